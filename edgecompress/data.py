@@ -1,0 +1,110 @@
+"""Labelled text datasets (CSV, TSV, JSONL) and their tokenization for the model and the artifacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content")
+LABEL_COLUMNS = ("label", "labels", "category", "class")
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+
+
+@dataclass
+class TextDataset:
+    path: Path
+    texts: list[str]
+    labels: list[str] | None  # None for unlabelled data (calibration, embedding models)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
+    """Read rows with a text column and (when required) a label column; one clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("data file does not exist", where=str(path),
+                        expected=f"a {', '.join(FORMATS)} file with a text column")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"unknown data format '{path.suffix}'", where=str(path),
+                        expected=f"one of {', '.join(FORMATS)}")
+    rows = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, "\t" if fmt == "tsv" else ",")
+    if not rows:
+        raise UserError("data file has no rows", where=str(path), expected="a header line and at least one row")
+    columns = list(rows[0].keys())
+    text_col = _pick(columns, TEXT_COLUMNS)
+    if text_col is None:
+        raise UserError(f"no text column among {columns}", where=str(path),
+                        expected=f"one of {', '.join(TEXT_COLUMNS)}")
+    label_col = _pick(columns, LABEL_COLUMNS)
+    if require_labels and label_col is None:
+        raise UserError(f"no label column among {columns}", where=str(path),
+                        expected=f"one of {', '.join(LABEL_COLUMNS)}")
+    texts = [str(row.get(text_col) or "") for row in rows]
+    labels = [str(row.get(label_col, "")).strip() for row in rows] if label_col else None
+    return TextDataset(path=path, texts=texts, labels=labels)
+
+
+def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
+    lowered = {c.strip().lower(): c for c in columns if c}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[dict]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle, delimiter=delimiter))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot parse file ({exc})", where=str(path), expected="UTF-8 text") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"invalid JSON ({exc.msg})", where=f"{path}:{number}") from None
+            if not isinstance(row, dict):
+                raise UserError("each line must be a JSON object", where=f"{path}:{number}")
+            rows.append(row)
+    return rows
+
+
+def label_ids(dataset: TextDataset, model_labels: list[str]) -> np.ndarray:
+    """Map dataset labels onto the model's label order; labels the model does not know are an error.
+
+    Integer labels ("0", "1") are accepted as indices when the model's names are not in the data.
+    """
+    assert dataset.labels is not None
+    index = {name: i for i, name in enumerate(model_labels)}
+    unknown = sorted(set(dataset.labels) - set(index))
+    if unknown and all(label.isdigit() and int(label) < len(model_labels) for label in dataset.labels):
+        return np.array([int(label) for label in dataset.labels], dtype=np.int64)
+    if unknown:
+        raise UserError(f"labels {unknown[:5]} are not known to the model", where=str(dataset.path),
+                        expected=f"labels among {model_labels} (from config.json id2label)")
+    return np.array([index[label] for label in dataset.labels], dtype=np.int64)
+
+
+def tokenize(tokenizer, texts: list[str], *, seq_len: int, input_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Tokenize exactly as the shipped manifest tells the app to: pad and truncate to `seq_len`."""
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    feeds = {}
+    for name in input_names:
+        values = encoded.get(name)
+        if values is None and name == "token_type_ids":
+            values = np.zeros_like(encoded["input_ids"])
+        feeds[name] = np.asarray(values, dtype=np.int64)
+    return feeds

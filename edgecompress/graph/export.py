@@ -1,0 +1,47 @@
+"""Lowering: the torch reference module -> an ONNX graph with dynamic batch and sequence axes.
+
+Shapes are fixed later by the `fix_shapes` pass, per device profile, so ONNX intake and torch intake
+go through the same rewrites. The TorchScript exporter is used on purpose: measured on MiniLM
+(torch 2.13, onnxruntime 1.31), its graph of eager attention is the one ONNX Runtime's transformer
+optimizer fuses into 6 `Attention` ops; the dynamo export fuses none.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+# onnxruntime 1.31 loads IR versions up to 13; stay well inside what mobile ORT builds accept.
+MAX_IR_VERSION = 9
+
+
+def export_onnx(bundle, sample_feeds: dict) -> "onnx.ModelProto":
+    """Export `bundle.module`; `sample_feeds` are real tokenized inputs used to trace the graph."""
+    import onnx
+    import torch
+
+    module = bundle.module.eval()
+    args = tuple(torch.from_numpy(sample_feeds[name][:1]) for name in bundle.input_names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in bundle.input_names}
+    axes[bundle.output_name] = {0: "batch"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
+        try:
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,
+                              input_names=list(bundle.input_names), output_names=[bundle.output_name],
+                              dynamic_axes=axes, do_constant_folding=True)
+        except Exception as exc:
+            raise UserError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc)[:300]}",
+                            where=str(bundle.source),
+                            hint="the model may contain a layer the ONNX exporter cannot lower") from None
+    model = onnx.load_from_string(buffer.getvalue())
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    model.producer_name = "edgecompress"
+    return model

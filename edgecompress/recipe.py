@@ -1,0 +1,63 @@
+"""A Recipe is data: the ordered passes of each stage, read from TOML and validated against the registry."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .passes import STAGES, Pass, make_pass
+from .paths import recipes_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    compress: tuple[Pass, ...]
+    graph: tuple[Pass, ...]
+
+    def passes(self, stage: str) -> tuple[Pass, ...]:
+        return getattr(self, stage)
+
+
+def known_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A packaged recipe by name, or a user's TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = recipes_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise UserError(f"unknown recipe '{name_or_path}'", hint=f"Known: {', '.join(known_recipes())}")
+    elif not path.is_file():
+        raise UserError("recipe file does not exist", where=str(path))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"invalid TOML ({exc})", where=str(path)) from None
+    unknown = sorted(set(data) - {"description", *STAGES})
+    if unknown:
+        raise UserError(f"unknown key '{unknown[0]}'", where=str(path),
+                        hint=f"Known: description, {', '.join(STAGES)}")
+    stages = {stage: _stage_passes(data.get(stage, []), stage, path) for stage in STAGES}
+    return Recipe(name=path.stem, description=str(data.get("description", "")), **stages)
+
+
+def _stage_passes(entries: list, stage: str, path: Path) -> tuple[Pass, ...]:
+    passes = []
+    for index, entry in enumerate(entries):
+        where = f"{path}: {stage}[{index}]"
+        if not isinstance(entry, dict) or "pass" not in entry:
+            raise UserError("each entry needs a 'pass' name", where=where)
+        options = {k: v for k, v in entry.items() if k != "pass"}
+        passes.append(make_pass(stage, entry["pass"], options, where))
+    return tuple(passes)

@@ -1,0 +1,30 @@
+"""The torch reference: the exact function every artifact is lowered from and checked against."""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReferenceModule(torch.nn.Module):
+    """(input_ids, attention_mask, token_type_ids) -> logits, or mean-pooled sentence embeddings.
+
+    Mean pooling over unmasked tokens is what sentence-transformers ships for MiniLM encoders; it is
+    part of the model here so that the app receives the embedding, not per-token states.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, pooled: bool):
+        super().__init__()
+        self.model = model
+        self.pooled = pooled
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if not self.pooled:
+            return out.logits
+        mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        summed = (out.last_hidden_state * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.model
