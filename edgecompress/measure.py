@@ -15,15 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InternalError
+from .errors import InternalError, UserError
 from .paths import runtimes_dir
 
 SCHEMA = "edgecompress.runner/1"
 
 # runtime name (as in reports and device profiles) -> runner script in the packaged runtimes/ folder
 RUNNERS = {"onnxruntime": "ort_runner"}
+# Which runtime executes a file, by its suffix.
+RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime"}
 
 _TAIL_CHARS = 2000
+
+
+def runner_for(artifact: Path) -> str:
+    """The runner script name for an artifact file; an unknown suffix is a user error."""
+    runtime = RUNTIME_FOR_SUFFIX.get(Path(artifact).suffix.lower())
+    if runtime is None:
+        raise UserError(f"no runner for '{Path(artifact).suffix}' files", where=str(artifact),
+                        expected=f"one of {', '.join(sorted(RUNTIME_FOR_SUFFIX))}")
+    return RUNNERS[runtime]
 
 
 def runner_script(runner: str) -> Path:

@@ -1,0 +1,60 @@
+"""Backends turn the final rewritten ONNX graph into one runtime's artifacts, registered by decorator.
+
+All artifacts of one export come from the same graph, so every runtime ships the same model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InternalError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str  # the profile's artifact name: onnx, ort, tflite
+    path: Path
+    runtime: str  # which runtime executes it; selects the runner in runtimes/
+    extra_files: tuple[Path, ...] = ()  # shipped beside it (e.g. required_operators.config)
+
+
+# A backend: (final ONNX model, output folder, wanted artifact kinds) -> artifacts written.
+Emitter = Callable[["onnx.ModelProto", Path, tuple[str, ...]], list[Artifact]]
+
+_BACKENDS: dict[str, tuple[tuple[str, ...], Emitter]] = {}
+
+
+def register_backend(name: str, kinds: tuple[str, ...]):
+    """Decorator: `emit` writes the artifacts of `kinds` it is asked for."""
+
+    def wrap(emit: Emitter) -> Emitter:
+        if name in _BACKENDS:
+            raise InternalError(f"backend {name!r} registered twice")
+        _BACKENDS[name] = (kinds, emit)
+        return emit
+
+    return wrap
+
+
+def backends() -> dict[str, tuple[tuple[str, ...], Emitter]]:
+    for module in pkgutil.iter_modules(__path__, __name__ + "."):
+        importlib.import_module(module.name)
+    return _BACKENDS
+
+
+def emit_all(model, out_dir: Path, wanted: tuple[str, ...]) -> list[Artifact]:
+    """Run every backend that produces one of the wanted kinds; unknown kinds are an internal error."""
+    known = {kind for kinds, _ in backends().values() for kind in kinds}
+    missing = sorted(set(wanted) - known)
+    if missing:
+        raise InternalError(f"no backend writes artifact kind(s) {missing}; known: {sorted(known)}")
+    artifacts: list[Artifact] = []
+    for kinds, emit in backends().values():
+        asked = tuple(kind for kind in wanted if kind in kinds)
+        if asked:
+            artifacts.extend(emit(model, out_dir, asked))
+    return artifacts

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import InternalError
+from ..logs import captured_library_output
 from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,17 @@ class FuseTransformer(Pass):
         from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
         from onnxruntime.transformers.optimizer import optimize_by_fusion
 
-        logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
         options = FusionOptions("bert")
-        optimized: BertOnnxModel = optimize_by_fusion(model, model_type="bert", num_heads=ctx.num_heads,
-                                                       hidden_size=ctx.hidden_size, optimization_options=options)
+        with captured_library_output() as library_notes:
+            optimized: BertOnnxModel = optimize_by_fusion(model, model_type="bert", num_heads=ctx.num_heads,
+                                                           hidden_size=ctx.hidden_size,
+                                                           optimization_options=options)
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
         result = optimized.model
         result.ir_version = model.ir_version
         _ensure_opset_import(result, "com.microsoft", 1)
         notes = [", ".join(f"{n} {op}" for op, n in sorted(fused.items())) or "no subgraph fused"]
+        notes += [f"onnxruntime.transformers said: {line}" for line in library_notes]
         return PassResult(result, notes, {"fused": fused, "expected_attention": ctx.num_layers})
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:

@@ -1,0 +1,57 @@
+"""ONNX Runtime backend: `model.onnx`, `model.ort` (mobile format) and `required_operators.config`.
+
+The `.ort` file is converted with the Fixed optimization style at level "all" for the ARM target
+platform: the optimizations are baked in for the shipped input shapes, and no x86-only kernels
+(NCHWc) are chosen, so the same file runs on the host for verification and on the phone.
+The operator config lists exactly the kernels a reduced-size ORT build must keep.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..logs import captured_library_output
+from . import Artifact, register_backend
+
+ONNX_NAME = "model.onnx"
+ORT_NAME = "model.ort"
+OPERATORS_CONFIG = "required_operators.config"
+
+
+@register_backend("onnxruntime", kinds=("onnx", "ort"))
+def emit_ort(model, out_dir: Path, kinds: tuple[str, ...]) -> list[Artifact]:
+    import onnx
+
+    onnx_path = out_dir / ONNX_NAME
+    onnx.save_model(model, str(onnx_path))
+    artifacts = []
+    if "onnx" in kinds:
+        artifacts.append(Artifact("onnx", onnx_path, "onnxruntime"))
+    if "ort" in kinds:
+        artifacts.append(_convert_to_ort(onnx_path, out_dir))
+    return artifacts
+
+
+def _convert_to_ort(onnx_path: Path, out_dir: Path) -> Artifact:
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        scratch_path = Path(scratch)
+        source = scratch_path / ONNX_NAME
+        shutil.copyfile(onnx_path, source)
+        with captured_library_output():  # the converter prints progress; not ours to show
+            convert_onnx_models_to_ort(source, output_dir=scratch_path / "ort",
+                                       optimization_styles=[OptimizationStyle.Fixed], target_platform="arm")
+        shutil.move(str(scratch_path / "ort" / ORT_NAME), out_dir / ORT_NAME)
+        config = (scratch_path / "ort" / "model.required_operators.config").read_text()
+    (out_dir / OPERATORS_CONFIG).write_text(_portable_config(config))
+    return Artifact("ort", out_dir / ORT_NAME, "onnxruntime", extra_files=(out_dir / OPERATORS_CONFIG,))
+
+
+def _portable_config(text: str) -> str:
+    """The converter names the temp path it read; the shipped file should name the shipped model."""
+    lines = [line for line in text.splitlines() if not line.startswith("# - ")]
+    body = [line for line in lines if not line.startswith("#")]
+    return "\n".join(["# Operators used by model.ort (for a reduced-size ONNX Runtime build)", *body]) + "\n"

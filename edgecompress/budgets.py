@@ -1,0 +1,31 @@
+"""Budget verdicts: each artifact's figures against the device profile's limits.
+
+Sizes are in MB of 10^6 bytes, as phone storage and app stores count them.
+"""
+
+from __future__ import annotations
+
+from .report import MEASURED, STATIC, Figure, Verdict
+
+MB = 1e6
+
+
+def size_verdict(budgets, size_bytes: int) -> Verdict:
+    return Verdict("artifact size", budgets.artifact_size_mb, size_bytes / MB, "MB", STATIC,
+                   size_bytes / MB <= budgets.artifact_size_mb)
+
+
+def memory_verdict(budgets, memory: Figure) -> Verdict:
+    return Verdict("peak memory", budgets.peak_memory_mb, memory.value, "MB", memory.how,
+                   memory.value <= budgets.peak_memory_mb)
+
+
+def latency_verdict(budgets, latency: Figure) -> Verdict:
+    return Verdict("p90 latency", budgets.latency_p90_ms, latency.value, "ms", latency.how,
+                   latency.value <= budgets.latency_p90_ms)
+
+
+def accuracy_verdict(budgets, reference_accuracy: float, artifact_accuracy: float) -> Verdict:
+    drop = 100.0 * (reference_accuracy - artifact_accuracy)
+    return Verdict("accuracy drop", budgets.accuracy_drop_points, drop, "points", MEASURED,
+                   drop <= budgets.accuracy_drop_points + 1e-9)

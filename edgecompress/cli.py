@@ -1,0 +1,185 @@
+"""Command line: parsing, progress drawing and error -> exit code mapping only.
+
+Exit codes: 0 all budgets met; 3 a budget exceeded (artifacts and report still written);
+2 bad input or usage (one line, no traceback); 1 internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import EdgecompressError, UserError
+
+EXIT_BUDGET = 3
+
+
+class _StderrProgress:
+    """Stage lines on stderr, with a percentage for long per-text steps (only on a terminal)."""
+
+    def __init__(self) -> None:
+        self._live = sys.stderr.isatty()
+        self._last = -1
+
+    def stage_started(self, index: int, total: int, name: str, detail: str) -> None:
+        click.echo(f"[{index:2d}/{total}] {name}{': ' + detail if detail else ''} ...", err=True)
+
+    def stage_finished(self, name: str, seconds: float, summary: str) -> None:
+        if self._live:
+            click.echo("\r\033[K", err=True, nl=False)
+        click.echo(f"        {name} done in {seconds:.1f} s{': ' + summary if summary else ''}", err=True)
+
+    def advanced(self, name: str, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if self._live and percent != self._last:
+            self._last = percent
+            click.echo(f"\r        {name}: {done}/{total} ({percent}%)", err=True, nl=False)
+
+
+def _run_guarded(action):
+    """Run a command body; map our errors to their exit codes with one line and no traceback."""
+    try:
+        return action()
+    except EdgecompressError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written; any previous output is intact", err=True)
+        sys.exit(130)
+
+
+@click.group()
+@click.version_option(package_name="edgecompress")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each pass does.")
+def main(verbose: bool) -> None:
+    """Compress a BERT-class text model into mobile artifacts proven to fit a named device."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--device", required=True, help="Device profile name (see `edgecompress devices`) or a .toml path.")
+@click.option("--data", type=click.Path(path_type=Path), help="Labelled texts (CSV/TSV/JSONL) to verify on.")
+@click.option("-o", "--output", "out_root", type=click.Path(path_type=Path), default=Path("dist"),
+              show_default=True, help="Output root; artifacts go to OUTPUT/<device>/.")
+@click.option("--recipe", help="Recipe name or .toml path; default: the device profile's recipe.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (for .onnx input).")
+@click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs on the host.")
+@click.option("--no-measure", is_flag=True, help="Skip the host latency measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def export(model, device, data, out_root, recipe, tokenizer, runs, no_measure, as_json):
+    """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
+    from .pipeline import ExportRequest, run_export
+
+    request = ExportRequest(model=model, device=device, out_root=out_root, data=data, recipe=recipe,
+                            tokenizer=tokenizer, runs=runs, measure=not no_measure)
+    result = _run_guarded(lambda: run_export(request, _StderrProgress()))
+    report = result.report
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_summary(result.out_dir, report)
+    for miss in report.misses():
+        click.echo(f"Budget exceeded: {miss}", err=True)
+    sys.exit(result.exit_code)
+
+
+def _print_summary(out_dir: Path, report) -> None:
+    click.echo(f"wrote {out_dir}/")
+    for a in report.artifacts:
+        host = a.host_latency
+        host_text = f", host p50 {host['p50_ms']:.2f} ms" if host else ""
+        acc = f", accuracy {100 * a.accuracy.value:.2f}%" if a.accuracy else ""
+        click.echo(f"  {a.file}: {a.size.value / 1e6:.2f} MB, max|diff| {a.parity['max_abs_diff']:.1e}{acc}"
+                   f"{host_text}, {report.device['name']} est. {a.device_latency.value:.3g} ms")
+    click.echo("all budgets met" if report.passed else "BUDGET EXCEEDED (see report.md)")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def devices(ctx, as_json: bool) -> None:
+    """List device profiles; `devices show NAME` for one."""
+    if ctx.invoked_subcommand:
+        return
+    from .devices import list_profiles
+
+    profiles = _run_guarded(list_profiles)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
+        return
+    rows = [("name", "device", "soc", "thr", "seq", "p90 ms", "mem MB", "size MB", "artifacts")]
+    for p in profiles:
+        b = p.budgets
+        rows.append((p.name, p.display_name, p.soc.name, str(p.runtime.threads), str(p.runtime.seq_len),
+                     f"{b.latency_p90_ms:g}", f"{b.peak_memory_mb:g}", f"{b.artifact_size_mb:g}",
+                     ",".join(p.artifacts)))
+    _print_table(rows)
+
+
+@devices.command("show")
+@click.argument("name")
+def devices_show(name: str) -> None:
+    """Show one device profile as JSON."""
+    from .devices import get_profile
+
+    profile = _run_guarded(lambda: get_profile(name))
+    click.echo(json.dumps(profile.to_dict(), indent=2))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--device", required=True, help="Device profile to check against.")
+@click.option("--json", "as_json", is_flag=True)
+def check(folder: Path, device: str, as_json: bool) -> None:
+    """Re-check the artifacts in FOLDER (an export's output) against another DEVICE's budgets."""
+    from .recheck import recheck
+
+    verdicts = _run_guarded(lambda: recheck(folder, device))
+    if as_json:
+        click.echo(json.dumps(verdicts.to_dict(), indent=2))
+    else:
+        for line in verdicts.lines():
+            click.echo(line)
+    sys.exit(0 if verdicts.passed else EXIT_BUDGET)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--seq-len", type=click.IntRange(1), help="Sequence length for dynamic-shape models.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json: bool) -> None:
+    """Measure ARTIFACT on this host through the standalone runner."""
+    from .measure import describe, run_runner, runner_for
+
+    def measure():
+        if not artifact.is_file():
+            raise UserError("artifact does not exist", where=str(artifact), expected="a .onnx or .ort file")
+        return run_runner(artifact, runner=runner_for(artifact), threads=threads, runs=runs, warmup=warmup,
+                          seq_len=seq_len)
+
+    result = _run_guarded(measure)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    lat = result["latency_ms"]
+    click.echo(f"{result['artifact']}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms, "
+               f"peak RSS {result['peak_rss_mb']:.0f} MB")
+    click.echo(describe(result))
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,113 @@
+"""Accuracy, agreement and parity: the reference model and every artifact run on the same real inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+Progress = Callable[[int, int], None]
+
+# Float artifacts must match the reference to this absolute tolerance on every output element.
+FLOAT_PARITY_ATOL = 1e-4
+
+
+@dataclass
+class Parity:
+    """How an artifact's outputs compare with the reference on the same inputs."""
+
+    examples: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    prediction_agreement: float | None  # classification only
+    min_cosine: float | None  # embeddings only
+    tolerance: float
+    passed: bool
+
+
+@dataclass
+class Accuracy:
+    examples: int
+    accuracy: float
+
+
+def reference_outputs(bundle, feeds: Feeds, *, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
+    """The reference: torch eager for torch intake, the untouched ONNX file (ORT, no rewrites) for ONNX intake."""
+    if bundle.module is None:
+        session = ort_session(bundle.onnx_model.SerializeToString(), threads=2, optimize=False)
+        return run_session(session, feeds, output_name=bundle.output_name, batch_size=1, progress=progress)
+    import torch
+
+    rows = len(next(iter(feeds.values())))
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, rows, batch_size):
+            args = [torch.from_numpy(feeds[name][start:start + batch_size]) for name in bundle.input_names]
+            outputs.append(bundle.module(*args).numpy())
+            if progress:
+                progress(min(start + batch_size, rows), rows)
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def artifact_outputs(path: Path, feeds: Feeds, *, output_name: str, threads: int = 2,
+                     progress: Progress | None = None) -> np.ndarray:
+    """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows."""
+    session = ort_session(str(path), threads=threads, optimize=True)
+    batch = session.get_inputs()[0].shape[0]
+    return run_session(session, feeds, output_name=output_name,
+                       batch_size=batch if isinstance(batch, int) and batch > 0 else 32, progress=progress)
+
+
+def ort_session(model, *, threads: int, optimize: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, feeds: Feeds, *, output_name: str, batch_size: int,
+                progress: Progress | None = None) -> np.ndarray:
+    names = [i.name for i in session.get_inputs()]
+    rows = len(next(iter(feeds.values())))
+    outputs = []
+    for start in range(0, rows, batch_size):
+        chunk = {name: feeds[name][start:start + batch_size] for name in names}
+        real = len(chunk[names[0]])
+        if real < batch_size and session.get_inputs()[0].shape[0] == batch_size:
+            chunk = {k: _pad_rows(v, batch_size) for k, v in chunk.items()}
+        outputs.append(session.run([output_name], chunk)[0][:real])
+        if progress:
+            progress(start + real, rows)
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
+    padding = np.repeat(values[-1:], rows - len(values), axis=0)
+    return np.concatenate([values, padding])
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: bool,
+            tolerance: float = FLOAT_PARITY_ATOL) -> Parity:
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    agreement = cosine = None
+    if classification:
+        agreement = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+    else:
+        norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1)
+        cosine = float(np.min(np.sum(reference * candidate, axis=-1) / np.maximum(norms, 1e-12)))
+    max_diff = float(diff.max()) if diff.size else 0.0
+    passed = max_diff <= tolerance and (agreement is None or agreement == 1.0)
+    return Parity(examples=len(reference), max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
+                  prediction_agreement=agreement, min_cosine=cosine, tolerance=tolerance, passed=passed)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
+    return Accuracy(examples=len(labels), accuracy=float(np.mean(logits.argmax(-1) == labels)))

@@ -1,0 +1,135 @@
+"""The report: every figure carries how it was obtained (measured, estimated or static) and by what method."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MEASURED, ESTIMATED, STATIC = "measured", "estimated", "static"
+
+
+@dataclass
+class Figure:
+    value: Any
+    unit: str
+    how: str  # MEASURED, ESTIMATED or STATIC
+    method: str
+
+    def short(self) -> str:
+        value = f"{self.value:.4g}" if isinstance(self.value, float) else str(self.value)
+        return f"{value} {self.unit}".strip() + f" ({self.how})"
+
+
+@dataclass
+class Verdict:
+    budget: str
+    limit: float
+    value: float
+    unit: str
+    how: str
+    passed: bool
+
+    def line(self, device: str, artifact: str) -> str:
+        relation = "<=" if self.passed else ">"
+        status = "ok" if self.passed else "EXCEEDED"
+        return (f"{status}: {self.budget} on {device} for {artifact}: {self.value:.4g} {self.unit} "
+                f"{relation} {self.limit:.4g} {self.unit} ({self.how})")
+
+
+@dataclass
+class ArtifactReport:
+    kind: str
+    file: str
+    runtime: str
+    size: Figure
+    op_histogram: dict[str, int]
+    float_ops: list[str]
+    parity: dict[str, Any]
+    accuracy: Figure | None
+    agreement: Figure | None
+    host_latency: dict[str, Any] | None
+    device_latency: Figure
+    memory: Figure
+    verdicts: list[Verdict] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    tool: dict[str, str]
+    model: dict[str, Any]
+    device: dict[str, Any]
+    recipe: dict[str, Any]
+    data: dict[str, Any]
+    stages: list[dict[str, Any]]
+    passes: list[dict[str, Any]]
+    reference: dict[str, Any]
+    artifacts: list[ArtifactReport]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for a in self.artifacts for v in a.verdicts)
+
+    def misses(self) -> list[str]:
+        return [v.line(self.device["name"], a.file) for a in self.artifacts for v in a.verdicts if not v.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+    def write(self, folder: Path) -> None:
+        (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        (folder / "report.md").write_text(render_markdown(self))
+
+
+def render_markdown(report: Report) -> str:
+    device = report.device
+    lines = [f"# edgecompress report: {report.model['name']} on {device['display_name']}", "",
+             f"Verdict: **{'all budgets met' if report.passed else 'BUDGET EXCEEDED'}**", ""]
+    lines += [f"- {miss}" for miss in report.misses()]
+    lines += ["", "How to read this: *measured* figures were taken by running the artifact (runtime, threads "
+              "and host named); *estimated* figures come from the model named beside them; *static* figures "
+              "are computed from the file or graph alone.", ""]
+    lines += _artifact_table(report)
+    lines += ["", "## Budgets", "", "| artifact | budget | value | limit | how | verdict |", "|---|---|---|---|---|---|"]
+    for artifact in report.artifacts:
+        for v in artifact.verdicts:
+            lines.append(f"| {artifact.file} | {v.budget} | {v.value:.4g} {v.unit} | {v.limit:.4g} {v.unit} "
+                         f"| {v.how} | {'ok' if v.passed else '**exceeded**'} |")
+    lines += ["", "## Passes", "", "| stage | pass | fired | notes | seconds |", "|---|---|---|---|---|"]
+    for p in report.passes:
+        lines.append(f"| {p['stage']} | {p['name']} | {'yes' if p['fired'] else 'no'} | "
+                     f"{'; '.join(p['notes'])} | {p['seconds']:.2f} |")
+    lines += ["", "## Methods", ""]
+    for artifact in report.artifacts[:1]:
+        for label, figure in (("device latency", artifact.device_latency), ("memory", artifact.memory)):
+            lines.append(f"- {label}: {figure.how}, {figure.method}")
+        if artifact.host_latency:
+            lines.append(f"- host latency: {artifact.host_latency['how']}, {artifact.host_latency['method']}")
+    lines.append(f"- parity and accuracy: {report.reference['method']}")
+    lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s['name']} | {s['seconds']:.2f} |" for s in report.stages]
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _artifact_table(report: Report) -> list[str]:
+    lines = ["## Artifacts", "",
+             "| file | size | parity max abs diff | agreement | accuracy | host p50 / p90 | device latency | memory |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in report.artifacts:
+        host = a.host_latency
+        host_text = (f"{host['p50_ms']:.2f} / {host['p90_ms']:.2f} ms ({host['threads']} thr)"
+                     if host else "not measured")
+        lines.append(
+            f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
+            f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
+            f"{a.memory.value:.1f} MB (est.) |")
+    return lines
+
+
+def _pct(figure: Figure | None) -> str:
+    return "n/a" if figure is None else f"{100 * figure.value:.2f}%"
