@@ -1,0 +1,226 @@
+"""Static estimates on tiny hand-built graphs whose numbers can be worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecompress.errors import UserError
+from edgecompress.estimate import (
+    MEMORY_METHOD,
+    estimate_latency,
+    estimate_memory,
+    infer_shapes,
+    op_histogram,
+)
+
+FLOAT = TensorProto.FLOAT
+DEVICE = dict(peak_fp32_ops_per_s=1e9, peak_int8_ops_per_s=4e9, bandwidth_bytes_per_s=1e9)
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, contrib=False):
+    opsets = [helper.make_opsetid("", opset)]
+    if contrib:
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    return model
+
+
+def weight(name, *shape, dtype=np.float32):
+    return numpy_helper.from_array(np.random.default_rng(0).random(shape).astype(dtype), name)
+
+
+def tensor(name, shape, elem_type=FLOAT):
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def matmul_model(m=8, k=16, n=32):
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                      [tensor("x", [1, m, k])], [tensor("y", [1, m, n])], [weight("w", k, n)])
+
+
+def test_matmul_flops_are_exact():
+    latency = estimate_latency(matmul_model(), **DEVICE)
+    assert latency.total_flops == 2 * 8 * 16 * 32
+    assert latency.by_op_type["MatMul"].count == 1
+    assert latency.nodes[0].compute_class == "fp32"
+
+
+def test_infer_shapes_covers_inputs_initializers_and_intermediates():
+    shapes = infer_shapes(matmul_model())
+    assert shapes["x"] == ((1, 8, 16), FLOAT)
+    assert shapes["w"] == ((16, 32), FLOAT)
+    assert shapes["y"] == ((1, 8, 32), FLOAT)
+
+
+def test_weight_bytes_are_initializer_bytes_by_dtype():
+    inits = [weight("w", 16, 32), weight("b", 32, dtype=np.float16),
+             numpy_helper.from_array(np.array([1, 8, 32], np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Cast", ["b"], ["b32"], to=FLOAT),
+             helper.make_node("Add", ["h", "b32"], ["z"]),
+             helper.make_node("Reshape", ["z", "shape"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 8, 16])], [tensor("y", [1, 8, 32])], inits)
+    memory = estimate_memory(model)
+    expected = sum(numpy_helper.to_array(t).nbytes for t in inits)
+    assert memory.weight_bytes == expected
+    assert memory.weight_bytes_by_dtype == {"float": 16 * 32 * 4, "int64": 24, "float16": 64}
+    assert memory.method == MEMORY_METHOD
+    assert memory.total_bytes == memory.weight_bytes + memory.peak_activation_bytes
+
+
+def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
+    packed = helper.make_tensor("w4", TensorProto.INT4, [16, 32], np.zeros(16 * 32, np.int8))
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "scale")
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+                 np.ones((32,), np.float32))),
+             helper.make_node("DequantizeLinear", ["w4", "scale"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Add", ["h", "c"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 32])], [packed, scale],
+                       opset=21)
+    memory = estimate_memory(model)
+    assert memory.weight_bytes_by_dtype == {"int4": 16 * 32 // 2, "float": 4 + 32 * 4}
+
+
+@pytest.mark.parametrize("h_is_output, peak, peak_node", [
+    (False, 64 + 2048, "A"),            # x and h live while A runs; x dies right after
+    (True, 2048 + 32 + 1024, "C"),      # h is a graph output, so it stays live through C
+])
+def test_liveness_peak_matches_hand_count(h_is_output, peak, peak_node):
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="A"),    # [1,16] -> [1,512]
+             helper.make_node("MatMul", ["h", "w2"], ["z"], name="B"),    # [1,512] -> [1,8]
+             helper.make_node("MatMul", ["z", "w3"], ["y"], name="C")]    # [1,8] -> [1,256]
+    outputs = [tensor("y", [1, 256])] + ([tensor("h", [1, 512])] if h_is_output else [])
+    model = make_model(nodes, [tensor("x", [1, 16])], outputs,
+                       [weight("w1", 16, 512), weight("w2", 512, 8), weight("w3", 8, 256)])
+    memory = estimate_memory(model)
+    assert memory.peak_activation_bytes == peak
+    assert memory.peak_node == peak_node
+    assert memory.peak_node_op_type == "MatMul"
+
+
+def test_symbolic_dim_raises_user_error_naming_input_and_dim():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [tensor("x", ["batch", 8])], [tensor("y", ["batch", 8])])
+    with pytest.raises(UserError, match=r"'x'.*'batch'.*hint: fix input shapes"):
+        estimate_memory(model)
+
+
+def test_roofline_picks_compute_or_memory_bound():
+    compute = matmul_model(m=64, k=256, n=256)           # 2*64*256*256 flops over 393216 bytes
+    add = make_model([helper.make_node("Add", ["a", "b"], ["y"])],
+                     [tensor("a", [64, 256]), tensor("b", [64, 256])], [tensor("y", [64, 256])])
+    params = dict(DEVICE, compute_efficiency=0.5, bandwidth_efficiency=0.5)
+
+    matmul = estimate_latency(compute, **params).nodes[0]
+    assert matmul.bound == "compute"
+    assert matmul.ms == pytest.approx(1e3 * 2 * 64 * 256 * 256 / (1e9 * 0.5))
+
+    elementwise = estimate_latency(add, **params)
+    assert elementwise.nodes[0].bound == "memory"
+    assert elementwise.total_ms == pytest.approx(1e3 * 3 * 64 * 256 * 4 / (1e9 * 0.5))
+    assert elementwise.total_flops == 64 * 256
+
+
+def test_bad_device_numbers_are_user_errors():
+    with pytest.raises(UserError, match="compute_efficiency"):
+        estimate_latency(matmul_model(), **DEVICE, compute_efficiency=1.5)
+    with pytest.raises(UserError, match="bandwidth_bytes_per_s"):
+        estimate_latency(matmul_model(), **dict(DEVICE, bandwidth_bytes_per_s=0))
+
+
+def test_dynamic_int8_matmul_is_int8_class_and_smaller(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, int8_path = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(matmul_model(), fp32_path)
+    quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+
+    latency = estimate_latency(int8_path, **DEVICE)
+    matmuls = [n for n in latency.nodes if n.op_type == "MatMulInteger"]
+    assert [n.compute_class for n in matmuls] == ["int8"]
+    assert matmuls[0].flops == 2 * 8 * 16 * 32
+    assert estimate_memory(int8_path).weight_bytes < estimate_memory(fp32_path).weight_bytes
+
+
+def test_contrib_attention_gets_shapes_and_flops():
+    batch, seq, hidden, heads = 1, 8, 16, 2
+    node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft",
+                            num_heads=heads, name="attn")
+    model = make_model([node], [tensor("x", [batch, seq, hidden]),
+                                tensor("mask", [batch, seq], TensorProto.INT32)],
+                       [tensor("y", [batch, seq, hidden])],
+                       [weight("w", hidden, 3 * hidden), weight("b", 3 * hidden)], contrib=True)
+    assert infer_shapes(model)["y"] == ((batch, seq, hidden), FLOAT)
+    tokens = batch * seq
+    projection = 2 * tokens * hidden * 3 * hidden + tokens * 3 * hidden
+    products = 2 * batch * seq * seq * (hidden + hidden)          # QK^T and AV
+    softmax = 7 * batch * heads * seq * seq                       # scale, mask, 5-op softmax
+    latency = estimate_latency(model, **DEVICE)
+    assert latency.by_op_type["com.microsoft::Attention"].flops == projection + products + softmax
+    assert op_histogram(model) == {"com.microsoft::Attention": 1}
+
+
+def test_op_histogram_is_sorted_by_count():
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Gelu", ["b"], ["y"], domain="com.microsoft")]
+    model = make_model(nodes, [tensor("x", [4])], [tensor("y", [4])], contrib=True)
+    assert list(op_histogram(model).items()) == [("Relu", 2), ("com.microsoft::Gelu", 1)]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT exported at [1, 16] and run through ORT's BERT optimizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.zeros(1, 16, dtype=torch.long)
+    folder = tmp_path_factory.mktemp("bert")
+    torch.onnx.export(model, (ids, torch.ones_like(ids)), folder / "bert.onnx", dynamo=True,
+                      external_data=False, input_names=["input_ids", "attention_mask"],
+                      output_names=["logits"])
+    optimized = optimize_model(str(folder / "bert.onnx"), model_type="bert", num_heads=2,
+                               hidden_size=32)
+    optimized.save_model_to_file(str(folder / "bert_opt.onnx"))
+    return folder / "bert_opt.onnx"
+
+
+def test_optimized_bert_flops_match_hand_count(tiny_bert):
+    seq, hidden, inter, layers = 16, 32, 64, 2
+    matmul_params = layers * (4 * hidden * hidden + 2 * hidden * inter)
+    attention = layers * 2 * (2 * seq * seq * hidden)              # QK^T and AV
+    hand = 2 * matmul_params * seq + attention
+
+    shapes = infer_shapes(tiny_bert)
+    latency = estimate_latency(tiny_bert, **DEVICE, shapes=shapes)
+    memory = estimate_memory(tiny_bert, shapes=shapes)
+    assert latency.total_flops == pytest.approx(hand, rel=0.2)
+    assert latency.total_ms > 0 and memory.peak_activation_bytes > 0
+    assert "com.microsoft::SkipLayerNormalization" in op_histogram(tiny_bert)
+
+
+def test_quantized_bert_is_mostly_int8(tiny_bert, tmp_path):
+    from onnxruntime.quantization import quantize_dynamic
+
+    # The optimizer leaves stale value_info that breaks quantize_dynamic's shape inference, and
+    # its fused outputs have no inferred type; both are the quantizer's problems, not ours.
+    model = onnx.load(tiny_bert)
+    del model.graph.value_info[:]
+    onnx.save(model, tmp_path / "clean.onnx")
+    quantize_dynamic(tmp_path / "clean.onnx", tmp_path / "int8.onnx",
+                     extra_options={"DefaultTensorType": FLOAT})
+
+    latency = estimate_latency(tmp_path / "int8.onnx", **DEVICE)
+    int8_flops = sum(n.flops for n in latency.nodes if n.compute_class == "int8")
+    assert int8_flops > 0.5 * latency.total_flops
+    assert estimate_memory(tmp_path / "int8.onnx").weight_bytes < estimate_memory(tiny_bert).weight_bytes
