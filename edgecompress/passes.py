@@ -36,7 +36,9 @@ class PassContext:
     hidden_size: int | None = None
     num_layers: int | None = None
     input_names: tuple[str, ...] = ()
-    calibration: Any = None  # tokenized calibration batches, for passes that need data
+    # Tokenized calibration texts ({input name: int64 [rows, seq_len]}) from --calibration or --data;
+    # None when neither was given. Passes that need data raise UserError naming both options.
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass
@@ -45,6 +47,9 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     fired: bool = True
+    # True when the pass changes the model's numbers on purpose (quantization, pruning): the artifact
+    # is then verified by agreement with the reference instead of a tight tolerance.
+    lossy: bool = False
 
 
 @dataclass
@@ -58,6 +63,7 @@ class PassRecord:
     notes: list[str]
     stats: dict[str, Any]
     seconds: float
+    lossy: bool = False
 
 
 class PassSkipped(Exception):
@@ -154,5 +160,5 @@ def apply_pass(p: Pass, model: Any, ctx: PassContext) -> tuple[Any, PassRecord]:
     except Exception as exc:  # a library failing inside a pass is our bug, named by pass
         raise InternalError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc}") from exc
     record = PassRecord(p.name, p.stage, p.options(), result.fired, result.notes, result.stats,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, lossy=result.lossy and result.fired)
     return result.model, record

@@ -43,6 +43,7 @@ class ExportRequest:
     device: str
     out_root: Path
     data: Path | None = None
+    calibration: Path | None = None  # unlabelled texts for passes that calibrate; default: --data
     recipe: str | None = None
     tokenizer: Path | None = None
     runs: int = 50
@@ -99,6 +100,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         dataset, feeds, labels = _prepare_data(bundle, request.data, profile.runtime.seq_len)
         summary.append(f"{len(dataset)} texts, seq_len {profile.runtime.seq_len}")
     context = _pass_context(bundle, profile)
+    context.calibration = _calibration_feeds(bundle, request, feeds, profile.runtime.seq_len)
     with run.stage("compress") as summary:
         original = _reference(bundle, feeds, run)
         bundle = _apply_stage(recipe.compress, bundle, context, run)
@@ -178,6 +180,15 @@ def _pass_context(bundle, profile) -> PassContext:
                        input_names=bundle.input_names)
 
 
+def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
+    from .data import load_dataset, tokenize
+
+    if request.calibration is not None:
+        texts = load_dataset(request.calibration, require_labels=False).texts
+        return tokenize(bundle.tokenizer, texts, seq_len=seq_len, input_names=bundle.input_names)
+    return feeds if request.data is not None else None
+
+
 def _reference(bundle, feeds, run: _Run) -> np.ndarray:
     from .evaluate import reference_outputs
 
@@ -225,16 +236,17 @@ def _verify(run: _Run, bundle, artifacts, feeds, reference: np.ndarray):
     from .evaluate import artifact_outputs, compare
     from .model import CLASSIFICATION
 
+    lossy = any(r.lossy for r in run.pass_records if r.stage == "graph")
     checks = []
     for artifact in artifacts:
-        outputs = artifact_outputs(artifact.path, feeds, output_name=bundle.output_name,
+        outputs = artifact_outputs(artifact, feeds, output_name=bundle.output_name,
                                    progress=run.ticker(f"verify {artifact.path.name}"))
-        parity = compare(reference, outputs, classification=bundle.kind == CLASSIFICATION)
+        parity = compare(reference, outputs, classification=bundle.kind == CLASSIFICATION, lossy=lossy)
         if not parity.passed:
             raise VerificationError(
                 f"{artifact.path.name} does not match the reference model: max |diff| {parity.max_abs_diff:.3g} "
-                f"(tolerance {parity.tolerance}), prediction agreement {parity.prediction_agreement}; "
-                f"nothing was written")
+                f"(tolerance {parity.tolerance}), prediction agreement {parity.prediction_agreement}, "
+                f"min cosine {parity.min_cosine}; nothing was written")
         checks.append((parity, outputs))
     return checks
 

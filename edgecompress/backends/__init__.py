@@ -40,6 +40,27 @@ def register_backend(name: str, kinds: tuple[str, ...]):
     return wrap
 
 
+# A runtime's executor: (artifact path, feeds, output name, threads, progress) -> outputs array.
+# Verification runs every artifact file through the executor of its runtime.
+Executor = Callable[..., "np.ndarray"]
+_EXECUTORS: dict[str, Executor] = {}
+
+
+def register_executor(runtime: str):
+    def wrap(run: Executor) -> Executor:
+        _EXECUTORS[runtime] = run
+        return run
+
+    return wrap
+
+
+def executor_for(runtime: str) -> Executor:
+    backends()
+    if runtime not in _EXECUTORS:
+        raise InternalError(f"no executor registered for runtime {runtime!r}; known: {sorted(_EXECUTORS)}")
+    return _EXECUTORS[runtime]
+
+
 def backends() -> dict[str, tuple[tuple[str, ...], Emitter]]:
     for module in pkgutil.iter_modules(__path__, __name__ + "."):
         importlib.import_module(module.name)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..logs import captured_library_output
-from . import Artifact, register_backend
+from . import Artifact, register_backend, register_executor
 
 ONNX_NAME = "model.onnx"
 ORT_NAME = "model.ort"
@@ -55,3 +55,14 @@ def _portable_config(text: str) -> str:
     lines = [line for line in text.splitlines() if not line.startswith("# - ")]
     body = [line for line in lines if not line.startswith("#")]
     return "\n".join(["# Operators used by model.ort (for a reduced-size ONNX Runtime build)", *body]) + "\n"
+
+
+@register_executor("onnxruntime")
+def run_ort_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None):
+    """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows."""
+    from ..evaluate import ort_session, run_session
+
+    session = ort_session(str(path), threads=threads, optimize=True)
+    batch = session.get_inputs()[0].shape[0]
+    return run_session(session, feeds, output_name=output_name,
+                       batch_size=batch if isinstance(batch, int) and batch > 0 else 32, progress=progress)
