@@ -1,0 +1,155 @@
+"""Each graph pass: it fires, it does not fire and says why, and outputs still match (tight tolerance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgecompress.data import tokenize
+from edgecompress.errors import InternalError
+from edgecompress.graph.export import export_onnx
+from edgecompress.graph.fix_shapes import FixShapes
+from edgecompress.graph.fold_constants import FoldConstants
+from edgecompress.graph.fuse_transformer import FuseTransformer
+from edgecompress.graph.remove_training_nodes import RemoveTrainingNodes
+from edgecompress.model import load_bundle
+from edgecompress.passes import PassContext, apply_pass
+
+from conftest import SENTENCES
+
+SEQ = 16
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    bundle = load_bundle(tiny_checkpoint)
+    feeds = tokenize(bundle.tokenizer, [t for t, _ in SENTENCES], seq_len=SEQ, input_names=bundle.input_names)
+    return bundle, export_onnx(bundle, feeds), {k: v[:1] for k, v in feeds.items()}
+
+
+def context(bundle, **overrides) -> PassContext:
+    values = dict(seq_len=SEQ, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
+                  hidden_size=bundle.hidden_size, num_layers=bundle.num_layers, input_names=bundle.input_names)
+    return PassContext(**{**values, **overrides})
+
+
+def copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
+
+
+DROPOUT_MODEL = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[2, 4] x) => (float[2, 4] y) {
+  d = Dropout(x)
+  i = Identity(d)
+  unused = Neg(x)
+  y = Relu(i)
+}
+"""
+
+
+def test_remove_training_nodes_fires_and_keeps_outputs():
+    model = onnx.parser.parse_model(DROPOUT_MODEL)
+    feeds = {"x": np.random.RandomState(0).randn(2, 4).astype(np.float32)}
+    result, record = apply_pass(RemoveTrainingNodes(), copy(model), context_free())
+    assert record.fired
+    assert [n.op_type for n in result.graph.node] == ["Relu"]
+    assert record.stats["removed"] == {"Dropout": 1, "Identity": 1, "Neg": 1}
+    np.testing.assert_array_equal(run(result, feeds), run(model, feeds))
+
+
+def test_remove_training_nodes_skips_with_reason():
+    model = onnx.parser.parse_model("""
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[2] x) => (float[2] y) { y = Relu(x) }
+""")
+    result, record = apply_pass(RemoveTrainingNodes(), model, context_free())
+    assert not record.fired
+    assert record.notes == ["skipped: no Dropout, Identity or dead nodes in the graph"]
+
+
+def context_free() -> PassContext:
+    return PassContext(seq_len=None, batch=1, dynamic_shapes=True)
+
+
+def test_fuse_transformer_fuses_one_attention_per_layer_and_matches(tiny):
+    bundle, model, feeds = tiny
+    fused, record = apply_pass(FuseTransformer(), copy(model), context(bundle))
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("Attention") == bundle.num_layers == 2
+    assert ops.count("SkipLayerNormalization") == 2 * bundle.num_layers
+    assert record.stats["fused"]["Attention"] == 2
+    assert "2 Attention" in record.notes[0]
+    np.testing.assert_allclose(run(fused, feeds), run(model, feeds), atol=1e-5)
+
+
+def test_fuse_transformer_skips_without_head_count(tiny):
+    bundle, model, _ = tiny
+    _, record = apply_pass(FuseTransformer(), copy(model), context(bundle, num_heads=None))
+    assert not record.fired
+    assert "num_heads/hidden_size unknown" in record.notes[0]
+
+
+def test_fuse_transformer_fails_loudly_when_attention_fusion_falls_short(tiny):
+    bundle, model, _ = tiny
+    with pytest.raises(InternalError, match="attention fusion fell short: 2 fused attention ops for 5"):
+        apply_pass(FuseTransformer(), copy(model), context(bundle, num_layers=5))
+    _, record = apply_pass(FuseTransformer(require_attention=False), copy(model), context(bundle, num_layers=5))
+    assert any(note.startswith("WARNING: attention fusion fell short") for note in record.notes)
+
+
+def test_fix_shapes_fixes_inputs_and_keeps_outputs(tiny):
+    bundle, model, feeds = tiny
+    fixed, record = apply_pass(FixShapes(), copy(model), context(bundle))
+    assert record.fired
+    for value in fixed.graph.input:
+        assert [d.dim_value for d in value.type.tensor_type.shape.dim] == [1, SEQ]
+    np.testing.assert_allclose(run(fixed, feeds), run(model, feeds), atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"dynamic_shapes": True}, "skipped: the device profile asks for dynamic shapes"),
+    ({"seq_len": None}, "skipped: no seq_len given"),
+])
+def test_fix_shapes_skips_with_reason(tiny, overrides, reason):
+    bundle, model, _ = tiny
+    _, record = apply_pass(FixShapes(), copy(model), context(bundle, **overrides))
+    assert (record.fired, record.notes) == (False, [reason])
+
+
+def test_fix_shapes_skips_fixed_graph(tiny):
+    bundle, model, _ = tiny
+    fixed, _ = apply_pass(FixShapes(), copy(model), context(bundle))
+    _, record = apply_pass(FixShapes(), fixed, context(bundle))
+    assert record.notes == ["skipped: all input dims are already fixed"]
+
+
+def test_fold_constants_folds_shape_arithmetic_after_fixing(tiny):
+    bundle, model, feeds = tiny
+    fixed, _ = apply_pass(FixShapes(), copy(model), context(bundle))
+    folded, record = apply_pass(FoldConstants(), copy(fixed), context(bundle))
+    assert record.fired
+    assert record.stats["nodes_after"] < record.stats["nodes_before"]
+    shape_ops = lambda m: sum(n.op_type == "Shape" for n in m.graph.node)  # noqa: E731
+    assert shape_ops(folded) < shape_ops(fixed)
+    np.testing.assert_allclose(run(folded, feeds), run(model, feeds), atol=1e-5)
+
+
+def test_fold_constants_does_not_fire_on_a_graph_without_constants():
+    model = onnx.parser.parse_model("""
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[2] x) => (float[2] y) { y = Relu(x) }
+""")
+    _, record = apply_pass(FoldConstants(), model, context_free())
+    assert not record.fired
+    assert record.notes == ["nodes 1 -> 1"]

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: install, then pytest (slow real-model tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install.sh
+export HF_HUB_OFFLINE=1
+python3 -m pytest -q "$@"
