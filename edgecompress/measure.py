@@ -47,7 +47,7 @@ def runner_script(runner: str) -> Path:
 
 def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs: int, warmup: int,
                inputs: dict[str, np.ndarray] | None = None, seq_len: int | None = None,
-               timeout_s: float = 600) -> dict:
+               keep_samples: bool = False, timeout_s: float = 600) -> dict:
     """Run `runner` on `artifact` with this interpreter and return its validated JSON result.
 
     `inputs` are passed through an .npz (keys = model input names); without them the runner
@@ -57,6 +57,8 @@ def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs
            "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
     if seq_len is not None:
         cmd += ["--seq-len", str(seq_len)]
+    if keep_samples:
+        cmd.append("--keep-samples")
     with tempfile.TemporaryDirectory(prefix="edgecompress-measure-") as tmp:
         if inputs is not None:
             npz = Path(tmp) / "inputs.npz"

@@ -95,6 +95,8 @@ def parse_args(argv):
     parser.add_argument("--save-outputs", help="write the first timed run's outputs to this .npz")
     parser.add_argument("--optimization", choices=sorted(OPTIMIZATION_LEVELS), default="all",
                         help="onnxruntime graph optimization level (default all)")
+    parser.add_argument("--keep-samples", action="store_true",
+                        help="also report every timed run as latency_samples_ms (for pooling across runs)")
     return parser.parse_args(argv)
 
 
@@ -279,7 +281,7 @@ def run(args):
     latencies, outputs = time_runs(session, feeds, args.warmup, args.runs)
     if args.save_outputs:
         save_outputs(args.save_outputs, outputs)
-    return {
+    result = {
         "schema": SCHEMA,
         "runner": PROG,
         "runtime": "onnxruntime",
@@ -299,6 +301,9 @@ def run(args):
         "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count()},
         "python": platform.python_version(),
     }
+    if args.keep_samples:
+        result["latency_samples_ms"] = [round(ms, 4) for ms in latencies]
+    return result
 
 
 def main(argv=None):

@@ -135,6 +135,14 @@ def test_result_has_the_contract_keys_and_sane_values(model_path):
     assert result["load_ms"] > 0 and result["peak_rss_mb"] > 1
     assert result["output_digest"].startswith("sha256:") and len(result["output_digest"]) == len("sha256:") + 64
     assert set(result["host"]) == {"machine", "system", "cpu_count"}
+    assert "latency_samples_ms" not in result
+
+
+def test_keep_samples_reports_every_timed_run(model_path):
+    result = run_json(model_path, *FAST, "--keep-samples")
+    samples = result["latency_samples_ms"]
+    assert len(samples) == result["runs"] == 5
+    assert min(samples) == result["latency_ms"]["min"] and max(samples) == result["latency_ms"]["max"]
 
 
 def test_digest_is_stable_and_tracks_the_inputs(model_path, tmp_path):
