@@ -93,11 +93,25 @@ def test_fuse_transformer_fuses_one_attention_per_layer_and_matches(tiny):
     np.testing.assert_allclose(run(fused, feeds), run(model, feeds), atol=1e-5)
 
 
-def test_fuse_transformer_skips_without_head_count(tiny):
+def test_fuse_transformer_without_a_config_counts_blocks_by_softmax_and_fails_loudly(tiny):
+    """Without a config the fuser must read heads off the graph; where it cannot, the export stops.
+
+    (The positive case, a third-party ONNX file fused 3/3, is in tests/test_export_onnx_intake.py.)
+    """
     bundle, model, _ = tiny
-    _, record = apply_pass(FuseTransformer(), copy(model), context(bundle, num_heads=None))
-    assert not record.fired
-    assert "num_heads/hidden_size unknown" in record.notes[0]
+    with pytest.raises(InternalError, match="0 fused attention ops for 2 encoder layers"):
+        apply_pass(FuseTransformer(), copy(model), context(bundle, num_heads=None, hidden_size=None,
+                                                           num_layers=None))
+
+
+def test_fuse_transformer_skips_a_graph_without_attention():
+    model = onnx.parser.parse_model("""
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[2, 4] x, float[4, 4] w) => (float[2, 4] y) { y = MatMul(x, w) }
+""")
+    _, record = apply_pass(FuseTransformer(), model, context_free())
+    assert (record.fired, record.notes) == (False, ["skipped: no Softmax in the graph: nothing that looks "
+                                                    "like attention to fuse"])
 
 
 def test_fuse_transformer_fails_loudly_when_attention_fusion_falls_short(tiny):

@@ -38,6 +38,7 @@ class FixShapes(Pass):
                     dim.dim_value = sizes[dim.dim_param]
         del model.graph.value_info[:]
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        fixed += _fix_output_shapes(model)
         return PassResult(model, [f"fixed inputs to batch {ctx.batch}, seq_len {ctx.seq_len}"],
                           {"fixed": fixed})
 
@@ -64,3 +65,27 @@ def _dim_sizes(model, ctx: PassContext) -> dict[str, int]:
                 dim.dim_param = dim.dim_param or f"{value.name}_dim{axis}"
                 sizes[dim.dim_param] = ctx.batch if axis == 0 else ctx.seq_len
     return sizes
+
+
+def _fix_output_shapes(model) -> list[str]:
+    """Outputs whose dims are still symbolic get the shapes one run of the fixed graph produces.
+
+    onnx shape inference stops at ONNX Runtime's contrib ops (the graph is fused by now), so the
+    app-facing output shape is observed instead: with fixed inputs it is fully determined.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    pending = [o for o in model.graph.output if any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
+    if not pending:
+        return []
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+    feeds = {i.name: np.zeros(i.shape, dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
+    observed = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    fixed = []
+    for output in pending:
+        for dim, size in zip(output.type.tensor_type.shape.dim, observed[output.name].shape):
+            dim.dim_value = size
+        fixed.append(f"{output.name}={list(observed[output.name].shape)}")
+    return fixed

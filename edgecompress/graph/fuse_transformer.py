@@ -34,19 +34,24 @@ class FuseTransformer(Pass):
     require_attention: bool = True
 
     def requires(self, model, ctx: PassContext) -> None:
-        if not ctx.num_heads or not ctx.hidden_size:
-            raise PassSkipped("num_heads/hidden_size unknown (ONNX intake without a config); "
-                              "the optimizer would guess them from the graph")
+        if not any(n.op_type == "Softmax" for n in model.graph.node):
+            raise PassSkipped("no Softmax in the graph: nothing that looks like attention to fuse")
 
     def run(self, model, ctx: PassContext) -> PassResult:
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
         from onnxruntime.transformers.optimizer import optimize_by_fusion
 
+        import onnx
+
+        expected = ctx.num_layers or _attention_blocks(model)
+        model_copy = onnx.ModelProto()
+        model_copy.CopyFrom(model)  # the fuser rewrites the proto it is given; the input stays intact
         options = FusionOptions("bert")
         with captured_library_output() as library_notes:
-            optimized: BertOnnxModel = optimize_by_fusion(model, model_type="bert", num_heads=ctx.num_heads,
-                                                           hidden_size=ctx.hidden_size,
+            # 0 lets the fuser read heads and width off the graph (ONNX intake has no config).
+            optimized: BertOnnxModel = optimize_by_fusion(model_copy, model_type="bert", num_heads=ctx.num_heads or 0,
+                                                           hidden_size=ctx.hidden_size or 0,
                                                            optimization_options=options)
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
         result = optimized.model
@@ -54,11 +59,11 @@ class FuseTransformer(Pass):
         _ensure_opset_import(result, "com.microsoft", 1)
         notes = [", ".join(f"{n} {op}" for op, n in sorted(fused.items())) or "no subgraph fused"]
         notes += [f"onnxruntime.transformers said: {line}" for line in library_notes]
-        return PassResult(result, notes, {"fused": fused, "expected_attention": ctx.num_layers})
+        return PassResult(result, notes, {"fused": fused, "expected_attention": expected})
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         attention = sum(result.stats["fused"].get(op, 0) for op in _ATTENTION_OPS)
-        expected = ctx.num_layers or 0
+        expected = result.stats["expected_attention"]
         if attention >= expected:
             return
         message = (f"attention fusion fell short: {attention} fused attention ops for {expected} "
@@ -69,6 +74,11 @@ class FuseTransformer(Pass):
             raise InternalError(message + "; check the onnxruntime/torch versions against "
                                 "tools/constraints.txt, or set require_attention = false in the recipe "
                                 "to ship anyway")
+
+
+def _attention_blocks(model) -> int:
+    """Without a config, count attention blocks by their one Softmax each (BERT-family graphs)."""
+    return sum(n.op_type == "Softmax" for n in model.graph.node)
 
 
 def _ensure_opset_import(model, domain: str, version: int) -> None:
