@@ -87,7 +87,7 @@ def export(model, device, data, calibration, out_root, recipe, tokenizer, runs, 
     else:
         _print_summary(result.out_dir, report)
     for miss in report.misses():
-        click.echo(f"Budget exceeded: {miss}", err=True)
+        click.echo(f"Budget exceeded: {miss.removeprefix('EXCEEDED: ')}", err=True)
     sys.exit(result.exit_code)
 
 
@@ -160,11 +160,15 @@ def check(folder: Path, device: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json: bool) -> None:
     """Measure ARTIFACT on this host through the standalone runner."""
-    from .measure import describe, run_runner, runner_for
+    from .measure import RUNTIME_FOR_SUFFIX, describe, run_runner, runner_for
 
     def measure():
+        expected = f"an artifact file ({', '.join(sorted(RUNTIME_FOR_SUFFIX))})"
+        if artifact.is_dir():
+            raise UserError("artifact is a folder, not a file", where=str(artifact), expected=expected,
+                            hint=f"pass a file inside it, e.g. {artifact / 'model.onnx'}")
         if not artifact.is_file():
-            raise UserError("artifact does not exist", where=str(artifact), expected="a .onnx or .ort file")
+            raise UserError("artifact does not exist", where=str(artifact), expected=expected)
         return run_runner(artifact, runner=runner_for(artifact), threads=threads, runs=runs, warmup=warmup,
                           seq_len=seq_len)
 

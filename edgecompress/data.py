@@ -36,9 +36,11 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
     if fmt is None:
         raise UserError(f"unknown data format '{path.suffix}'", where=str(path),
                         expected=f"one of {', '.join(FORMATS)}")
-    rows = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, "\t" if fmt == "tsv" else ",")
-    if not rows:
-        raise UserError("data file has no rows", where=str(path), expected="a header line and at least one row")
+    numbered = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, "\t" if fmt == "tsv" else ",")
+    if not numbered:
+        raise UserError("data file has no rows", where=str(path),
+                        expected="one JSON object per line" if fmt == "jsonl" else "a header line and at least one row")
+    rows = [row for _, row in numbered]
     columns = list(rows[0].keys())
     text_col = _pick(columns, TEXT_COLUMNS)
     if text_col is None:
@@ -49,7 +51,13 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
         raise UserError(f"no label column among {columns}", where=str(path),
                         expected=f"one of {', '.join(LABEL_COLUMNS)}")
     texts = [str(row.get(text_col) or "") for row in rows]
-    labels = [str(row.get(label_col, "")).strip() for row in rows] if label_col else None
+    labels = None
+    if label_col:
+        labels = ["" if row.get(label_col) is None else str(row.get(label_col)).strip() for row in rows]
+        blank = next((number for (number, _), label in zip(numbered, labels) if not label), None)
+        if require_labels and blank is not None:
+            raise UserError(f"row has no value in the '{label_col}' column", where=f"{path}:{blank}",
+                            expected="a label on every row")
     return TextDataset(path=path, texts=texts, labels=labels)
 
 
@@ -58,18 +66,25 @@ def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
-def _read_delimited(path: Path, delimiter: str) -> list[dict]:
+def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict]]:
+    """Rows with the line number each ends on; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle, delimiter=delimiter))
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            return [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot parse file ({exc})", where=str(path), expected="UTF-8 text") from None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=f"{path}:{number}",
+                                expected="UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -78,7 +93,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 raise UserError(f"invalid JSON ({exc.msg})", where=f"{path}:{number}") from None
             if not isinstance(row, dict):
                 raise UserError("each line must be a JSON object", where=f"{path}:{number}")
-            rows.append(row)
+            rows.append((number, row))
     return rows
 
 
@@ -90,10 +105,17 @@ def label_ids(dataset: TextDataset, model_labels: list[str]) -> np.ndarray:
     assert dataset.labels is not None
     index = {name: i for i, name in enumerate(model_labels)}
     unknown = sorted(set(dataset.labels) - set(index))
-    if unknown and all(label.isdigit() and int(label) < len(model_labels) for label in dataset.labels):
+    if unknown and all(label.isdigit() for label in dataset.labels):
+        out_of_range = sorted({int(label) for label in dataset.labels if int(label) >= len(model_labels)})
+        if out_of_range:
+            raise UserError(f"integer labels {out_of_range[:5]} are out of range for the model's "
+                            f"{len(model_labels)} labels", where=str(dataset.path),
+                            expected=f"0..{len(model_labels) - 1} or names among {model_labels} "
+                                     f"(from config.json id2label)")
         return np.array([int(label) for label in dataset.labels], dtype=np.int64)
     if unknown:
-        raise UserError(f"labels {unknown[:5]} are not known to the model", where=str(dataset.path),
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"labels {unknown[:5]}{more} are not known to the model", where=str(dataset.path),
                         expected=f"labels among {model_labels} (from config.json id2label)")
     return np.array([index[label] for label in dataset.labels], dtype=np.int64)
 

@@ -19,11 +19,12 @@ from .errors import InternalError, UserError
 from .paths import runtimes_dir
 
 SCHEMA = "edgecompress.runner/1"
+RUNNER_USER_ERROR = 2  # runners exit 2 with one stderr line for a bad model file or bad inputs
 
 # runtime name (as in reports and device profiles) -> runner script in the packaged runtimes/ folder
-RUNNERS = {"onnxruntime": "ort_runner"}
+RUNNERS = {"onnxruntime": "ort_runner", "litert": "litert_runner"}
 # Which runtime executes a file, by its suffix.
-RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime"}
+RUNTIME_FOR_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "litert"}
 
 _TAIL_CHARS = 2000
 
@@ -74,6 +75,9 @@ def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs
 
 def _parse_result(proc: subprocess.CompletedProcess, runner: str, artifact: Path) -> dict:
     """Turn the runner's exit status and stdout into a result, or an error carrying its stderr tail."""
+    if proc.returncode == RUNNER_USER_ERROR:  # the runner's own one-line verdict on its input
+        message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "rejected its input"
+        raise UserError(message.removeprefix(f"{runner}: error: "), where=str(artifact))
     if proc.returncode != 0:
         raise InternalError(f"{runner} on {artifact} exited with {proc.returncode}: {_tail(proc.stderr)}")
     try:

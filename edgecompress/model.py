@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,10 @@ def check_architecture(config: dict[str, Any], folder: Path) -> str:
         if not isinstance(config.get(key), int) or config[key] <= 0:
             raise UserError(f"field '{key}' must be a positive integer, got {config.get(key)!r}",
                             where=str(folder / "config.json"))
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise UserError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+                        f"{config['num_attention_heads']}", where=str(folder / "config.json"),
+                        hint="is config.json from the same checkpoint as the weights?")
     return architecture
 
 
@@ -152,17 +157,35 @@ def read_weights(folder: Path) -> dict[str, Any]:
         try:
             return load_file(str(safetensors_path))
         except Exception as exc:
-            raise UserError(f"cannot read weights ({exc})", where=str(safetensors_path)) from None
+            raise UserError(f"cannot read weights ({_brief(exc)})", where=str(safetensors_path)) from None
     if bin_path.is_file():
         import torch
 
         try:
-            return torch.load(str(bin_path), map_location="cpu", weights_only=True)
+            state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise UserError(f"cannot read weights safely ({exc})", where=str(bin_path),
+            raise UserError(f"cannot read weights safely ({_brief(exc)})", where=str(bin_path),
                             hint="re-save the checkpoint with safetensors") from None
+        found = (f"a {type(state).__name__}" if not isinstance(state, dict) else
+                 next((f"entry {k!r} is a {type(v).__name__}" for k, v in state.items()
+                       if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None))
+        if found:
+            raise UserError(f"not a state dict of named tensors ({found})", where=str(bin_path),
+                            expected="a file written by torch.save(model.state_dict()) or save_pretrained()")
+        return state
     raise UserError("no weights found", where=str(folder),
                     expected="model.safetensors or pytorch_model.bin")
+
+
+def _brief(exc: Exception) -> str:
+    """One line from a library's exception: torch's weights_only refusal spans paragraphs, keep its cause."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if match:
+        cause = " ".join(match.group(1).split()).split(". Please")[0]
+        text = f"torch.load(weights_only=True) refused it: {cause}"
+    line = " ".join(text.split())
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _align_prefix(state: dict[str, Any], shell) -> dict[str, Any]:
@@ -218,7 +241,7 @@ def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
                      if (folder / "tokenizer_config.json").is_file()
                      else BertTokenizerFast.from_pretrained(str(folder), local_files_only=True))
     except Exception as exc:
-        raise UserError(f"cannot load the tokenizer ({exc})", where=str(folder)) from None
+        raise UserError(f"cannot load the tokenizer ({_brief(exc)})", where=str(folder)) from None
     max_positions = int(config.get("max_position_embeddings", 512))
     max_length = min(int(getattr(tokenizer, "model_max_length", max_positions) or max_positions), max_positions)
     shipped = tuple(name for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",

@@ -280,14 +280,17 @@ def _staging_dir(out_root: Path, name: str) -> Path:
 
 
 def _commit(staging: Path, final: Path) -> None:
-    """Swap the finished staging folder in; the old output is removed only after the new one is in place."""
+    """Swap the finished staging folder in; the old output is removed only after the new one is in place.
+
+    Any interruption between the two renames (Ctrl-C included) puts the old output back.
+    """
     backup = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        final.rename(backup)
     try:
+        if final.exists():
+            final.rename(backup)
         staging.rename(final)
-    except OSError:
-        if backup.exists():
+    except BaseException:
+        if backup.exists() and not final.exists():
             backup.rename(final)
         raise
     shutil.rmtree(backup, ignore_errors=True)

@@ -86,6 +86,6 @@ def _check_shapes(manifest: dict, profile, result: Recheck) -> None:
     fixed = {shape[1] for shape in shapes if len(shape) > 1 and isinstance(shape[1], int)}
     if fixed and profile.runtime.seq_len not in fixed:
         result.verdicts["inputs"] = [Verdict("fixed seq_len", profile.runtime.seq_len, min(fixed), "tokens",
-                                             "static", False)]
+                                             "static", False, must_equal=True)]
         result.notes.append(f"artifacts are fixed to seq_len {sorted(fixed)}, {profile.name} wants "
                             f"{profile.runtime.seq_len}: re-export with --device {profile.name}")

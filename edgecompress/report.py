@@ -31,9 +31,13 @@ class Verdict:
     unit: str
     how: str
     passed: bool
+    must_equal: bool = False  # a requirement (e.g. the fixed seq_len) rather than an upper limit
 
     def line(self, device: str, artifact: str) -> str:
-        relation = "<=" if self.passed else ">"
+        if self.must_equal:
+            relation = "==" if self.passed else "!="
+        else:
+            relation = "<=" if self.passed else ">"
         status = "ok" if self.passed else "EXCEEDED"
         return (f"{status}: {self.budget} on {device} for {artifact}: {self.value:.4g} {self.unit} "
                 f"{relation} {self.limit:.4g} {self.unit} ({self.how})")

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.errors import InternalError
+from edgecompress.errors import InternalError, UserError
 from edgecompress.measure import RUNNERS, SCHEMA, describe, run_runner
 from edgecompress.paths import runtimes_dir
 
@@ -230,8 +230,16 @@ def test_measure_run_runner_round_trip(model_path):
     assert "1 thread," in describe(result)
 
 
-def test_measure_raises_internal_error_with_the_runner_stderr(tmp_path):
+def test_measure_maps_the_runners_input_errors_to_user_errors(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_text("not a model")
-    with pytest.raises(InternalError, match="ort_runner: error: cannot load"):
+    with pytest.raises(UserError) as err:
         run_runner(junk, threads=1, runs=5, warmup=0)
+    assert str(err.value).startswith(f"{junk}: cannot load")
+
+
+def test_measure_raises_internal_error_when_the_runner_crashes(tmp_path, monkeypatch):
+    monkeypatch.setattr("edgecompress.measure.runner_script", lambda runner: tmp_path / "crash.py")
+    (tmp_path / "crash.py").write_text("import sys; sys.stderr.write('boom\\n'); sys.exit(1)\n")
+    with pytest.raises(InternalError, match="exited with 1: boom"):
+        run_runner(tmp_path / "m.onnx", threads=1, runs=5, warmup=0)
