@@ -39,6 +39,9 @@ class PassContext:
     # Tokenized calibration texts ({input name: int64 [rows, seq_len]}) from --calibration or --data;
     # None when neither was given. Passes that need data raise UserError naming both options.
     calibration: dict[str, Any] | None = None
+    # Labelled training texts from --train-data (a TextDataset), for passes that learn or score by
+    # gradient (pruning importance, recovery fine-tuning); None when not given. Never the eval data.
+    train_data: Any = None
 
 
 @dataclass

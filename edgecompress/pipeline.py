@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import __version__
+from .data import tokenize
 from .errors import UserError, VerificationError
 from .passes import PassContext, PassRecord, apply_pass
 
@@ -44,6 +45,7 @@ class ExportRequest:
     out_root: Path
     data: Path | None = None
     calibration: Path | None = None  # unlabelled texts for passes that calibrate; default: --data
+    train_data: Path | None = None  # labelled texts for passes that train or score by gradient
     recipe: str | None = None
     tokenizer: Path | None = None
     runs: int = 50
@@ -101,9 +103,14 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         summary.append(f"{len(dataset)} texts, seq_len {profile.runtime.seq_len}")
     context = _pass_context(bundle, profile)
     context.calibration = _calibration_feeds(bundle, request, feeds, profile.runtime.seq_len)
+    context.train_data = _train_data(bundle, request)
     with run.stage("compress") as summary:
         original = _reference(bundle, feeds, run)
+        original_tokenizer = bundle.tokenizer
         bundle = _apply_stage(recipe.compress, bundle, context, run)
+        if bundle.tokenizer is not original_tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
+            feeds = tokenize(bundle.tokenizer, dataset.texts, seq_len=profile.runtime.seq_len,
+                             input_names=bundle.input_names)
         reference = original if not any(r.fired for r in run.pass_records) else _reference(bundle, feeds, run)
         summary.append(f"{len(recipe.compress)} passes")
     with run.stage("lower") as summary:
@@ -178,6 +185,15 @@ def _pass_context(bundle, profile) -> PassContext:
     return PassContext(seq_len=runtime.seq_len, batch=runtime.batch, dynamic_shapes=runtime.dynamic_shapes,
                        num_heads=bundle.num_heads, hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
                        input_names=bundle.input_names)
+
+
+def _train_data(bundle, request: ExportRequest):
+    from .data import load_dataset
+    from .model import CLASSIFICATION
+
+    if request.train_data is None:
+        return None
+    return load_dataset(request.train_data, require_labels=bundle.kind == CLASSIFICATION)
 
 
 def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
