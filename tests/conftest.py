@@ -54,6 +54,19 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label"))
     return path
 
 
+def user_error(result, out: Path | None = None) -> str:
+    """Assert the exit-2 contract (no traceback, one `error:` line, nothing on stdout or disk); return the line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+    return errors[0]
+
+
 SENTENCES = [
     ("a very good movie", "positive"), ("the worst film ever", "negative"), ("boring and dull", "negative"),
     ("i loved it", "positive"), ("great actor, great story", "positive"), ("this plot was awful!", "negative"),

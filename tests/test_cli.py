@@ -20,6 +20,8 @@ from edgecompress.cli import main
 from edgecompress.measure import RUNTIME_FOR_SUFFIX
 from edgecompress.paths import device_profiles_dir
 
+from conftest import user_error
+
 SHIPPED = sorted(p.stem for p in device_profiles_dir().glob("*.toml"))
 SUFFIXES = ", ".join(sorted(RUNTIME_FOR_SUFFIX))  # .onnx, .ort (and .tflite where LiteRT is wired in)
 EXPORT_FILES = {"model.onnx", "model.ort", "required_operators.config", "manifest.json", "report.json",
@@ -32,15 +34,6 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def user_error(result) -> str:
-    """The exit-2 contract: a SystemExit (no traceback), nothing on stdout, exactly one `error:` line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from edgecompress.cli import main
 from edgecompress.data import load_dataset, label_ids, tokenize
 
+from conftest import user_error
+
 LABELS = "['negative', 'positive']"
 
 
@@ -20,15 +22,6 @@ def run_export(model, device, data, out: Path):
                                      "-o", str(out), "--no-measure"])
 
 
-def user_error(result, out: Path) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert not out.exists() or not any(out.iterdir())
-    return errors[0]
 
 
 def write(path: Path, text: str | bytes) -> Path:

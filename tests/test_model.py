@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from edgecompress.cli import main
 
+from conftest import user_error
+
 SUPPORTED = "BertForSequenceClassification, BertModel"
 
 
@@ -25,17 +27,6 @@ def run_export(model, device, data, out: Path, *extra):
                                      "-o", str(out), "--no-measure", *map(str, extra)])
 
 
-def user_error(result, out: Path | None = None) -> str:
-    """Assert the exit-2 contract (no traceback, one `error:` line, nothing on stdout or disk); return the line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    if out is not None:
-        assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
-    return errors[0]
 
 
 @pytest.fixture
