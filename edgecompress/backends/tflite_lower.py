@@ -1,0 +1,237 @@
+"""Lower the final rewritten ONNX graph to TFLite builtins: one registered function per ONNX op family.
+
+Every ONNX node becomes one builtin or a short fixed sequence of builtins computing the same values in
+the same order (each lowering states its Before -> After). Nodes whose inputs are all known at export
+time (Constant, Shape of a fixed-shape value, shape arithmetic a fold left behind) are computed here
+with the ONNX reference evaluator and written as constants, because TFLite has no use for them at run
+time. Anything else without a lowering is a `UserError` naming the op, the node and the model: the
+backend never falls back to Flex (select TensorFlow) ops, which stock LiteRT builds cannot run.
+
+Shapes must be fixed: every value's shape and type comes from one onnxruntime run of the graph
+(`estimate.infer_shapes`), which knows the com.microsoft contrib ops that ONNX shape inference does not.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import InternalError, UserError
+from .tflite_writer import FlatModel, opcode, schema
+
+MS_DOMAIN = "com.microsoft"
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_FLEX_HINT = ("only LiteRT builtin ops are written (no Flex/select TF ops): remove \"tflite\" from the device "
+              "profile's artifacts, or use a recipe that does not leave this op in the graph")
+
+Lowerer = Callable[["Lowering", onnx.NodeProto], None]
+LOWERINGS: dict[tuple[str, str], Lowerer] = {}
+
+
+def lowers(*op_types: str, domain: str = ""):
+    """Decorator: the function writes the builtins for nodes of `op_types` in `domain`."""
+
+    def wrap(lower: Lowerer) -> Lowerer:
+        for op_type in op_types:
+            if (domain, op_type) in LOWERINGS:
+                raise InternalError(f"two TFLite lowerings for {domain or 'ai.onnx'}::{op_type}")
+            LOWERINGS[(domain, op_type)] = lower
+        return lower
+
+    return wrap
+
+
+def lower_to_tflite(model: onnx.ModelProto) -> bytes:
+    """The `.tflite` bytes computing what `model` computes; its inputs and outputs keep their ONNX names."""
+    from ..estimate import infer_shapes
+    from ..graph.legalize_tflite import legalize_for_tflite
+    # their @lowers decorators fill LOWERINGS
+    from . import tflite_contrib, tflite_dynamic, tflite_ops, tflite_quant  # noqa: F401
+
+    check_fixed_shapes(model)
+    model = legalize_for_tflite(model)
+    lowering = Lowering(model, infer_shapes(model))
+    for node in model.graph.node:
+        lowering.lower(node)
+    return lowering.finish()
+
+
+def check_fixed_shapes(model: onnx.ModelProto) -> None:
+    """TFLite tensors have one static shape each, so a dynamic input dim cannot be lowered."""
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                raise UserError(
+                    f"input '{value.name}' has a dynamic dimension {axis} ('{dim.dim_param or '?'}')",
+                    where=f"model '{model.graph.name}'", expected="fixed shapes for the TFLite backend",
+                    hint="the device profile must fix shapes: set dynamic_shapes = false under [runtime] so "
+                         "the fix_shapes pass fixes batch and seq_len")
+
+
+class Lowering:
+    """One ONNX graph being written as one TFLite subgraph; lowerings call `value`, `const` and `emit`."""
+
+    def __init__(self, model: onnx.ModelProto, shapes) -> None:
+        self.model = model
+        self.shapes = shapes
+        self.flat = FlatModel()
+        self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.tensors: dict[str, int] = {}  # ONNX value name (or derived constant key) -> TFLite tensor
+        self.cache: dict[tuple, int] = {}  # subgraphs several nodes share (the attention mask)
+        self.deferred: dict[str, Callable[[], int]] = {}  # values written only if something reads them
+        self.qparams: dict[str, tuple[float, int]] = {}  # int8 activation tensor -> (scale, zero point)
+        self.producers = {name: node for node in model.graph.node for name in node.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.graph_outputs = {value.name for value in model.graph.output}
+        self.absorbed: set[str] = set()  # first outputs of nodes an earlier lowering already wrote
+        self._scope = "graph"
+        self._counter = itertools.count()
+        initializers = set(self.constants)
+        self.inputs = [self._graph_input(v) for v in model.graph.input if v.name not in initializers]
+
+    # --- what lowerings read -----------------------------------------------------------------------
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.constants:
+            return tuple(self.constants[name].shape)
+        return tuple(int(d) for d in self.shapes[name][0])
+
+    def dtype(self, name: str) -> np.dtype:
+        if name in self.constants:
+            return self.constants[name].dtype
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.shapes[name][1]))
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or folded value, or None when it is only known at run time."""
+        return self.constants.get(name)
+
+    def used(self, name: str) -> bool:
+        return bool(name) and (name in self.readers or name in self.graph_outputs)
+
+    def sole_reader(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading `name`, when exactly one does and it is not also a graph output."""
+        readers = self.readers.get(name, [])
+        return readers[0] if len(readers) == 1 and name not in self.graph_outputs else None
+
+    def attr(self, node: onnx.NodeProto, name: str, default=None):
+        for attribute in node.attribute:
+            if attribute.name == name:
+                return helper.get_attribute_value(attribute)
+        return default
+
+    # --- what lowerings write ----------------------------------------------------------------------
+
+    def value(self, name: str) -> int:
+        """The TFLite tensor holding an ONNX value; a constant gets its buffer on first use."""
+        if name not in self.tensors and name in self.deferred:
+            self.tensors[name] = self.deferred.pop(name)()
+        if name not in self.tensors:
+            if name not in self.constants:
+                raise InternalError(f"TFLite lowering reached '{name}' before the node producing it")
+            array = self.constants[name]
+            self.tensors[name] = self.flat.tensor(name, array.shape, array.dtype, data=array)
+        return self.tensors[name]
+
+    def const(self, array: np.ndarray, key: str, quantization=None) -> int:
+        """A constant derived at export time (transposed weights, shape vectors), written once per key."""
+        if key not in self.tensors:
+            array = np.asarray(array)
+            self.tensors[key] = self.flat.tensor(key, array.shape, array.dtype, data=array,
+                                                 quantization=quantization)
+        return self.tensors[key]
+
+    def emit(self, op: str, inputs: list[int], *, out: str | None = None, shape=None, dtype=None,
+             options=None, quantization=None) -> int:
+        """Add builtin `op`; its output is the ONNX value `out` (its dtype overridable, for int8 tensors
+        standing for uint8 ones), or an intermediate of `shape` and `dtype`."""
+        if out is not None:
+            shape, dtype, name = self.shape(out), dtype or self.dtype(out), out
+        else:
+            name = f"{self._scope}/{op.lower()}_{next(self._counter)}"
+        tensor = self.flat.tensor(name, shape, dtype, quantization=quantization)
+        self.flat.operator(opcode(op), inputs, [tensor], options)
+        if out is not None:
+            self.tensors[out] = tensor
+        return tensor
+
+    def absorb(self, node: onnx.NodeProto) -> None:
+        """Mark a later node as written by the current lowering (the Add and QuantizeLinear an int8 op fuses)."""
+        self.absorbed.add(node.output[0])
+
+    def defer(self, name: str, write: Callable[[], int]) -> None:
+        """Write `name` with `write()` only when a later lowering reads it (a DEQUANTIZE an int8 op skips)."""
+        self.deferred[name] = write
+
+    def bind(self, name: str, tensor: int) -> None:
+        """Make an ONNX value an alias of a tensor an earlier builtin wrote."""
+        self.tensors[name] = tensor
+
+    def options(self, kind: str, **fields):
+        """The schema's `<kind>OptionsT` with `fields` set, e.g. options("FullyConnected", keepNumDims=True)."""
+        return getattr(schema(), f"{kind}OptionsT")(**fields)
+
+    def unsupported(self, node: onnx.NodeProto, why: str) -> UserError:
+        return unsupported_error(node, self.model, why)
+
+    # --- driving the lowering ----------------------------------------------------------------------
+
+    def lower(self, node: onnx.NodeProto) -> None:
+        if node.output[0] in self.absorbed:
+            return
+        self._scope = node.name or node.output[0]
+        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+        if domain == "" and self._is_static(node):
+            self._fold(node)
+            return
+        lowerer = LOWERINGS.get((domain, node.op_type))
+        if lowerer is None:
+            raise self.unsupported(node, "no lowering to LiteRT builtins exists for this op")
+        lowerer(self, node)
+
+    def finish(self) -> bytes:
+        outputs = [self._graph_output(v.name) for v in self.model.graph.output]
+        return self.flat.serialize(self.inputs, outputs, description=f"edgecompress: {self.model.graph.name}")
+
+    def _graph_output(self, name: str) -> int:
+        """Outputs are found by name: an output that aliases another value (Identity) gets its own copy."""
+        tensor = self.value(name)
+        if self.flat.tensors[tensor].name == name:
+            return tensor
+        self._scope = name
+        shape = list(self.shape(name))
+        return self.emit("RESHAPE", [tensor, self.const(np.array(shape, np.int32), f"shape{shape}")], out=name)
+
+    def _graph_input(self, value: onnx.ValueInfoProto) -> int:
+        self.tensors[value.name] = self.flat.tensor(value.name, self.shape(value.name), self.dtype(value.name))
+        return self.tensors[value.name]
+
+    def _is_static(self, node: onnx.NodeProto) -> bool:
+        """Computable now: all inputs constant, or a Shape of a value whose shape is fixed."""
+        return node.op_type == "Shape" or all(not name or name in self.constants for name in node.input)
+
+    def _fold(self, node: onnx.NodeProto) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        if node.op_type == "Shape":  # only the shape matters: run on zeros, not on data we do not have
+            feeds = {node.input[0]: np.zeros(self.shape(node.input[0]), self.dtype(node.input[0]))}
+        else:
+            feeds = {name: self.constants[name] for name in node.input if name}
+        results = ReferenceEvaluator(node).run(None, feeds)
+        for name, result in zip(node.output, results):
+            self.constants[name] = np.asarray(result)
+
+
+def unsupported_error(node: onnx.NodeProto, model: onnx.ModelProto, why: str) -> UserError:
+    domain = "" if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::"
+    return UserError(f"cannot lower {domain}{node.op_type} node '{node.name}' to TFLite: {why}",
+                     where=f"model '{model.graph.name}'", hint=_FLEX_HINT)

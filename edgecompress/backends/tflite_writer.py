@@ -1,0 +1,146 @@
+"""Write a TFLite flatbuffer with the schema's object API (`schema_py_generated` ships in ai-edge-litert).
+
+No TensorFlow converter is involved: the lowering adds tensors and builtin operators here one by one,
+and `serialize` packs them into one subgraph with a `serving_default` signature whose names are the
+ONNX input and output names, so apps and runners address the model exactly as they address model.onnx.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from ..errors import UserError
+
+# TFLite tensor types by numpy dtype name.
+TENSOR_TYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "int64": "INT64", "int8": "INT8",
+                "uint8": "UINT8", "int16": "INT16", "bool": "BOOL"}
+# Opcodes above this value are stored in `builtin_code`; `deprecated_builtin_code` then holds the placeholder.
+_PLACEHOLDER_FOR_GREATER_OP_CODES = 127
+# The schema asks buffers to be 16-byte aligned (`force_align: 16`); the generated Python ignores it.
+_BUFFER_ALIGNMENT = 16
+SCHEMA_VERSION = 3
+# Builtins whose kernels LiteRT registers from a version above 1 only (the version the converter writes
+# for their first supported form); every other builtin here is registered from version 1.
+_FIRST_VERSION = {"BROADCAST_TO": 2}
+
+
+def litert(module: str):
+    """An `ai_edge_litert` module; the package is the optional `tflite` extra, so its absence is a user error."""
+    try:
+        return importlib.import_module(f"ai_edge_litert.{module}")
+    except ImportError:
+        raise UserError("the tflite artifact needs the ai-edge-litert package, which is not installed",
+                        hint="pip install 'edgecompress[tflite]', or remove \"tflite\" from the device profile's "
+                             "artifacts") from None
+
+
+def schema():
+    return litert("schema_py_generated")
+
+
+def opcode(name: str) -> int:
+    """The builtin operator code for a name such as "FULLY_CONNECTED"."""
+    return getattr(schema().BuiltinOperator, name)
+
+
+def opcode_names() -> dict[int, str]:
+    ops = schema().BuiltinOperator
+    return {value: name for name, value in vars(ops).items() if not name.startswith("_")}
+
+
+class FlatModel:
+    """Tensors, constant buffers and operators of one TFLite subgraph, in the order they are added."""
+
+    def __init__(self) -> None:
+        s = schema()
+        self.tensors: list = []
+        self.buffers: list = [s.BufferT()]  # buffer 0 is the empty buffer of every non-constant tensor
+        self.operators: list = []
+        self.opcodes: dict[int, int] = {}  # builtin code -> index into the model's operator codes
+
+    def tensor(self, name: str, shape, dtype, data: np.ndarray | None = None, quantization=None) -> int:
+        """Add a tensor (a constant when `data` is given) and return its index."""
+        s = schema()
+        tensor = s.TensorT()
+        tensor.name = name
+        tensor.shape = [int(d) for d in shape]
+        tensor.type = getattr(s.TensorType, TENSOR_TYPES[np.dtype(dtype).name])
+        tensor.quantization = quantization
+        tensor.buffer = 0
+        if data is not None:
+            tensor.buffer = len(self.buffers)
+            self.buffers.append(_AlignedBuffer(np.ascontiguousarray(data, dtype=dtype)))
+        self.tensors.append(tensor)
+        return len(self.tensors) - 1
+
+    def operator(self, code: int, inputs: list[int], outputs: list[int], options=None) -> None:
+        """Add a builtin operator; `options` is the schema's `<Name>OptionsT` object for that builtin."""
+        s = schema()
+        op = s.OperatorT()
+        op.opcodeIndex = self.opcodes.setdefault(code, len(self.opcodes))
+        op.inputs, op.outputs = list(inputs), list(outputs)
+        if options is not None:
+            op.builtinOptionsType = getattr(s.BuiltinOptions, type(options).__name__[:-1])
+            op.builtinOptions = options
+        self.operators.append(op)
+
+    def serialize(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+        """The finished `.tflite` bytes."""
+        import flatbuffers
+
+        s = schema()
+        graph = s.SubGraphT()
+        graph.name = "main"
+        graph.tensors, graph.operators, graph.inputs, graph.outputs = self.tensors, self.operators, inputs, outputs
+        model = s.ModelT()
+        model.version = SCHEMA_VERSION
+        model.description = description
+        model.operatorCodes = [_operator_code(code) for code in sorted(self.opcodes, key=self.opcodes.get)]
+        model.subgraphs = [graph]
+        model.buffers = self.buffers
+        model.signatureDefs = [self._signature(inputs, outputs)]
+        builder = flatbuffers.Builder(1 << 20)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    def _signature(self, inputs: list[int], outputs: list[int]):
+        s = schema()
+        signature = s.SignatureDefT()
+        signature.signatureKey = "serving_default"
+        signature.subgraphIndex = 0
+        signature.inputs = [_tensor_map(self.tensors[i].name, i) for i in inputs]
+        signature.outputs = [_tensor_map(self.tensors[i].name, i) for i in outputs]
+        return signature
+
+
+def _tensor_map(name: str, index: int):
+    entry = schema().TensorMapT()
+    entry.name, entry.tensorIndex = name, index
+    return entry
+
+
+def _operator_code(code: int):
+    entry = schema().OperatorCodeT()
+    entry.builtinCode = code
+    entry.deprecatedBuiltinCode = min(code, _PLACEHOLDER_FOR_GREATER_OP_CODES)
+    entry.version = _FIRST_VERSION.get(opcode_names()[code], 1)
+    return entry
+
+
+class _AlignedBuffer:
+    """A constant buffer packed 16-byte aligned, so kernels may read weights in place."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+    def Pack(self, builder):  # noqa: N802 - the object API's method name
+        s = schema()
+        builder.StartVector(1, len(self.raw), _BUFFER_ALIGNMENT)
+        builder.head -= len(self.raw)
+        builder.Bytes[builder.head:builder.head + len(self.raw)] = self.raw
+        data = builder.EndVector()
+        s.BufferStart(builder)
+        s.BufferAddData(builder, data)
+        return s.BufferEnd(builder)

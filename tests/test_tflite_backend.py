@@ -1,0 +1,530 @@
+"""The LiteRT backend: ONNX -> .tflite lowering per op family, its errors, the executor, the audit, end to end.
+
+Every lowering test builds a tiny ONNX model inline, writes it as .tflite and runs both files on the same
+inputs: onnxruntime (graph optimizations off) against LiteRT with its default XNNPACK delegate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecompress.backends import backends, executor_for
+from edgecompress.backends.tflite_lower import lower_to_tflite
+from edgecompress.errors import UserError
+
+pytest.importorskip("ai_edge_litert")
+# The pipeline registers backends in file order (ort before tflite), and emit_all writes artifacts in
+# registration order; importing tflite.py first from here would reorder the manifests of later tests.
+backends()
+from edgecompress.backends.tflite import audit_tflite, load_interpreter, run_tflite_artifact  # noqa: E402
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+TOLERANCE = 1e-5
+RNG = np.random.default_rng(0)
+
+
+def value(name, elem_type, shape):
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def build(nodes, inputs, outputs, initializers=(), name="tiny"):
+    """An opset-17, IR-9 model (what the pipeline writes), with the com.microsoft domain when used."""
+    opsets = [helper.make_opsetid("", 17)]
+    if any(node.domain == "com.microsoft" for node in nodes):
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(helper.make_graph(nodes, name, inputs, outputs, list(initializers)),
+                              opset_imports=opsets)
+    model.ir_version = 9
+    return model
+
+
+def lowered(model, tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(lower_to_tflite(model))
+    return path
+
+
+def litert_run(path, feeds):
+    interpreter = load_interpreter(path, threads=1)
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], feeds[detail["name"]])
+    interpreter.invoke()
+    return {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+
+
+def ort_run(model, feeds):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def check(model, feeds, tmp_path) -> dict[str, int]:
+    """Lower, run both runtimes, compare every output; returns the .tflite op histogram."""
+    path = lowered(model, tmp_path)
+    want, got = ort_run(model, feeds), litert_run(path, feeds)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=TOLERANCE, atol=TOLERANCE, err_msg=name)
+    return audit_tflite(path).op_histogram
+
+
+def floats(*shape, positive=False):
+    array = RNG.standard_normal(shape).astype(np.float32)
+    return np.abs(array) + 0.1 if positive else array
+
+
+# --- op families ---------------------------------------------------------------------------------
+
+
+def test_elementwise_arithmetic_broadcasts(tmp_path):
+    ops = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Pow": "POW", "Max": "MAXIMUM", "Min": "MINIMUM"}
+    nodes = [helper.make_node(op, ["x", "b" if op in ("Add", "Mul") else "z"], [op.lower()]) for op in ops]
+    model = build(nodes, [value("x", FLOAT, [2, 3, 4]), value("z", FLOAT, [2, 1, 4])],
+                  [value(op.lower(), FLOAT, [2, 3, 4]) for op in ops], [const("b", floats(4))])
+    histogram = check(model, {"x": floats(2, 3, 4, positive=True), "z": floats(2, 1, 4, positive=True)}, tmp_path)
+    assert histogram == {builtin: 1 for builtin in ops.values()}
+
+
+def test_unary_ops(tmp_path):
+    ops = {"Tanh": "TANH", "Sqrt": "SQRT", "Exp": "EXP", "Relu": "RELU", "Sigmoid": "LOGISTIC", "Neg": "NEG",
+           "Abs": "ABS"}
+    nodes = [helper.make_node(op, ["x"], [op.lower()]) for op in ops]
+    model = build(nodes, [value("x", FLOAT, [2, 8])], [value(op.lower(), FLOAT, [2, 8]) for op in ops])
+    assert check(model, {"x": floats(2, 8, positive=True)}, tmp_path) == {b: 1 for b in ops.values()}
+
+
+def test_comparisons_logic_and_where(tmp_path):
+    nodes = [helper.make_node("Equal", ["a", "b"], ["eq"]), helper.make_node("Less", ["a", "b"], ["lt"]),
+             helper.make_node("Greater", ["a", "b"], ["gt"]), helper.make_node("LessOrEqual", ["a", "b"], ["le"]),
+             helper.make_node("GreaterOrEqual", ["a", "b"], ["ge"]), helper.make_node("And", ["lt", "le"], ["both"]),
+             helper.make_node("Or", ["eq", "gt"], ["either"]), helper.make_node("Not", ["either"], ["neither"]),
+             helper.make_node("Where", ["neither", "x", "zero"], ["picked"])]
+    bools = [value(n, TensorProto.BOOL, [2, 5]) for n in ("eq", "ge", "both", "neither")]
+    model = build(nodes, [value("a", INT64, [2, 5]), value("b", INT64, [1, 5]), value("x", FLOAT, [2, 5])],
+                  bools + [value("picked", FLOAT, [2, 5])], [const("zero", np.float32(0))])
+    feeds = {"a": RNG.integers(0, 3, (2, 5)), "b": RNG.integers(0, 3, (1, 5)), "x": floats(2, 5)}
+    histogram = check(model, feeds, tmp_path)
+    assert {"EQUAL", "LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL", "LOGICAL_AND", "LOGICAL_OR",
+            "LOGICAL_NOT", "SELECT_V2"} == set(histogram)
+
+
+def test_clip_with_one_or_two_bounds(tmp_path):
+    nodes = [helper.make_node("Clip", ["x", "lo"], ["low"]), helper.make_node("Clip", ["x", "lo", "hi"], ["both"])]
+    model = build(nodes, [value("x", FLOAT, [3, 4])], [value("low", FLOAT, [3, 4]), value("both", FLOAT, [3, 4])],
+                  [const("lo", np.float32(-0.5)), const("hi", np.float32(0.7))])
+    assert check(model, {"x": floats(3, 4)}, tmp_path) == {"MAXIMUM": 2, "MINIMUM": 1}
+
+
+def test_matmul_by_a_constant_is_fully_connected_and_by_a_value_batch_matmul(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["projected"]), helper.make_node("MatMul", ["a", "b"], ["scores"])]
+    inputs = [value("x", FLOAT, [1, 4, 8]), value("a", FLOAT, [1, 2, 4, 8]), value("b", FLOAT, [1, 2, 8, 4])]
+    outputs = [value("projected", FLOAT, [1, 4, 6]), value("scores", FLOAT, [1, 2, 4, 4])]
+    model = build(nodes, inputs, outputs, [const("w", floats(8, 6))])
+    feeds = {"x": floats(1, 4, 8), "a": floats(1, 2, 4, 8), "b": floats(1, 2, 8, 4)}
+    assert check(model, feeds, tmp_path) == {"FULLY_CONNECTED": 1, "BATCH_MATMUL": 1}
+
+
+def test_gemm_in_both_weight_layouts_with_bias(tmp_path):
+    nodes = [helper.make_node("Gemm", ["x", "w_nk", "bias"], ["y1"], transB=1),
+             helper.make_node("Gemm", ["x", "w_kn", "bias_row"], ["y2"])]
+    model = build(nodes, [value("x", FLOAT, [3, 8])], [value("y1", FLOAT, [3, 6]), value("y2", FLOAT, [3, 6])],
+                  [const("w_nk", floats(6, 8)), const("w_kn", floats(8, 6)), const("bias", floats(6)),
+                   const("bias_row", floats(1, 6))])
+    assert check(model, {"x": floats(3, 8)}, tmp_path) == {"FULLY_CONNECTED": 2}
+
+
+def test_gather_rows_and_a_constant_token(tmp_path):
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("Gather", ["rows", "zero"], ["first"], axis=1),
+             helper.make_node("Gather", ["rows", "last_and_first"], ["picked"], axis=-2)]
+    model = build(nodes, [value("ids", INT64, [1, 5])],
+                  [value("first", FLOAT, [1, 4]), value("picked", FLOAT, [1, 2, 4])],
+                  [const("table", floats(10, 4)), const("zero", np.int64(0)),
+                   const("last_and_first", np.array([-1, 0]))])
+    histogram = check(model, {"ids": RNG.integers(0, 10, (1, 5))}, tmp_path)
+    assert histogram == {"GATHER": 2, "SLICE": 1, "RESHAPE": 1}  # the constant token is a slice XNNPACK runs
+
+
+def test_shape_ops(tmp_path):
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["reshaped"]),
+             helper.make_node("Unsqueeze", ["x", "axis0"], ["unsqueezed"]),
+             helper.make_node("Squeeze", ["unsqueezed", "axis0"], ["squeezed"]),
+             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("Transpose", ["x"], ["transposed"], perm=[0, 2, 1]),
+             helper.make_node("Concat", ["x", "x"], ["joined"], axis=-1),
+             helper.make_node("Expand", ["row", "big"], ["expanded"]),
+             helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["sliced"]),
+             helper.make_node("Identity", ["x"], ["same"])]
+    outputs = [value("reshaped", FLOAT, [2, 12]), value("squeezed", FLOAT, [2, 3, 4]), value("flat", FLOAT, [2, 12]),
+               value("transposed", FLOAT, [2, 4, 3]), value("joined", FLOAT, [2, 3, 8]),
+               value("expanded", FLOAT, [2, 3, 4]), value("sliced", FLOAT, [2, 3, 2]), value("same", FLOAT, [2, 3, 4])]
+    model = build(nodes, [value("x", FLOAT, [2, 3, 4]), value("row", FLOAT, [1, 4])], outputs,
+                  [const("shape", np.array([0, -1])), const("axis0", np.array([0])), const("big", np.array([2, 3, 4])),
+                   const("starts", np.array([-1])), const("ends", np.array([-1000])), const("axes", np.array([2])),
+                   const("steps", np.array([-2]))])
+    histogram = check(model, {"x": floats(2, 3, 4), "row": floats(1, 4)}, tmp_path)
+    assert histogram == {"RESHAPE": 5, "TRANSPOSE": 1, "CONCATENATION": 1, "BROADCAST_TO": 1, "STRIDED_SLICE": 1}
+
+
+def test_softmax_layer_norm_reductions_and_cast(tmp_path):
+    nodes = [helper.make_node("Softmax", ["x"], ["probs"], axis=-1),
+             helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["normed"], axis=-1, epsilon=1e-12),
+             helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),
+             helper.make_node("ReduceMax", ["x"], ["peak"], axes=[-1], keepdims=0),
+             helper.make_node("Cast", ["ids"], ["ids_f"], to=FLOAT)]
+    outputs = [value("probs", FLOAT, [2, 3, 8]), value("normed", FLOAT, [2, 3, 8]), value("mean", FLOAT, [2, 8]),
+               value("total", FLOAT, [1, 3, 1]), value("peak", FLOAT, [2, 3]), value("ids_f", FLOAT, [2, 3])]
+    model = build(nodes, [value("x", FLOAT, [2, 3, 8]), value("ids", INT64, [2, 3])], outputs,
+                  [const("gamma", floats(8)), const("beta", floats(8)), const("axes", np.array([0, 2]))])
+    histogram = check(model, {"x": 3 + floats(2, 3, 8), "ids": RNG.integers(0, 100, (2, 3))}, tmp_path)
+    assert {"SOFTMAX", "MEAN", "SUM", "REDUCE_MAX", "CAST", "RSQRT"} <= set(histogram)
+
+
+def test_shape_arithmetic_with_fixed_shapes_is_computed_at_export(tmp_path):
+    """Before -> After: `Shape(X) -> Gather(., 1) -> Unsqueeze -> Concat -> Reshape(Y, .)` -> `RESHAPE(Y)`."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one"], ["length"]),
+             helper.make_node("Unsqueeze", ["length", "axis0"], ["length_1d"]),
+             helper.make_node("Concat", ["length_1d", "minus_one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [2, 3, 4])], [value("y", FLOAT, [3, 8])],
+                  [const("one", np.int64(1)), const("axis0", np.array([0])), const("minus_one", np.array([-1]))])
+    assert check(model, {"x": floats(2, 3, 4)}, tmp_path) == {"RESHAPE": 1}
+
+
+def test_torch_erf_gelu_becomes_the_gelu_builtin(tmp_path):
+    """LiteRT has no ERF: the exact-GELU subgraph of an unfused graph is legalized to GELU."""
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["scaled"]), helper.make_node("Erf", ["scaled"], ["erf"]),
+             helper.make_node("Add", ["erf", "one"], ["shifted"]),
+             helper.make_node("Mul", ["x", "shifted"], ["times_x"]),
+             helper.make_node("Mul", ["times_x", "half"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [2, 16])], [value("y", FLOAT, [2, 16])],
+                  [const("sqrt2", np.float32(math.sqrt(2))), const("one", np.float32(1)),
+                   const("half", np.float32(0.5))])
+    assert check(model, {"x": 3 * floats(2, 16)}, tmp_path) == {"GELU": 1}
+    assert [n.op_type for n in model.graph.node] == ["Div", "Erf", "Add", "Mul", "Mul"]  # the input is untouched
+
+
+def test_an_erf_outside_gelu_is_not_legalized_and_is_refused():
+    model = build([helper.make_node("Erf", ["x"], ["y"], name="lone_erf")], [value("x", FLOAT, [2, 4])],
+                  [value("y", FLOAT, [2, 4])])
+    with pytest.raises(UserError, match="cannot lower Erf node 'lone_erf' to TFLite: no lowering to LiteRT"):
+        lower_to_tflite(model)
+
+
+# --- the ONNX Runtime contrib ops of fused BERT graphs ----------------------------------------------
+
+HIDDEN, HEADS, SEQ, BATCH = 16, 2, 6, 2
+
+
+def _bert_layer(mask_output: bool):
+    """EmbedLayerNormalization -> Attention -> MatMul -> SkipLayerNormalization -> MatMul -> BiasGelu,
+    with int64 inputs cast to int32 as the fuser writes them."""
+    ms = {"domain": "com.microsoft"}
+    mask_index = "mask_index" if mask_output else ""
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32),
+        helper.make_node("Cast", ["token_type_ids"], ["types32"], to=TensorProto.INT32),
+        helper.make_node("Cast", ["attention_mask"], ["mask32"], to=TensorProto.INT32),
+        helper.make_node("EmbedLayerNormalization",
+                         ["ids32", "types32", "word", "position", "segment", "gamma", "beta", "mask32"],
+                         ["embedded", "mask_index"], epsilon=1e-12, **ms),
+        helper.make_node("Attention", ["embedded", "qkv_w", "qkv_b", mask_index], ["attended"], num_heads=HEADS, **ms),
+        helper.make_node("MatMul", ["attended", "out_w"], ["projected"]),
+        helper.make_node("SkipLayerNormalization", ["projected", "embedded", "gamma", "beta", "out_b"], ["normed"],
+                         epsilon=1e-12, **ms),
+        helper.make_node("MatMul", ["normed", "up_w"], ["up"]),
+        helper.make_node("BiasGelu", ["up", "up_b"], ["hidden"], **ms),
+    ]
+    initializers = [const("word", floats(30, HIDDEN)), const("position", floats(16, HIDDEN)),
+                    const("segment", floats(2, HIDDEN)), const("gamma", 1 + floats(HIDDEN) / 4),
+                    const("beta", floats(HIDDEN)), const("qkv_w", floats(HIDDEN, 3 * HIDDEN) / 2),
+                    const("qkv_b", floats(3 * HIDDEN)), const("out_w", floats(HIDDEN, HIDDEN)),
+                    const("out_b", floats(HIDDEN)), const("up_w", floats(HIDDEN, 2 * HIDDEN)),
+                    const("up_b", floats(2 * HIDDEN))]
+    inputs = [value(name, INT64, [BATCH, SEQ]) for name in ("input_ids", "attention_mask", "token_type_ids")]
+    return build(nodes, inputs, [value("hidden", FLOAT, [BATCH, SEQ, 2 * HIDDEN])], initializers)
+
+
+def _bert_feeds():
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], np.int64)
+    return {"input_ids": RNG.integers(1, 30, (BATCH, SEQ)) * mask, "attention_mask": mask,
+            "token_type_ids": np.array([[0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]], np.int64)}
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["mask_index", "no_mask"])
+def test_fused_bert_layer_matches_onnxruntime(tmp_path, masked):
+    histogram = check(_bert_layer(masked), _bert_feeds(), tmp_path)
+    assert {"GATHER", "FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX", "GELU", "MEAN", "RSQRT"} <= set(histogram)
+    assert ("GREATER_EQUAL" in histogram) == masked  # keys at or after each row's valid length are masked
+
+
+def test_attention_with_a_raw_2d_mask(tmp_path):
+    node = helper.make_node("Attention", ["x", "qkv_w", "qkv_b", "mask"], ["y"], num_heads=HEADS,
+                            domain="com.microsoft")
+    model = build([node], [value("x", FLOAT, [BATCH, SEQ, HIDDEN]), value("mask", TensorProto.INT32, [BATCH, SEQ])],
+                  [value("y", FLOAT, [BATCH, SEQ, HIDDEN])],
+                  [const("qkv_w", floats(HIDDEN, 3 * HIDDEN) / 2), const("qkv_b", floats(3 * HIDDEN))])
+    feeds = {"x": floats(BATCH, SEQ, HIDDEN), "mask": np.array([[1, 1, 0, 1, 0, 0], [1] * SEQ], np.int32)}
+    assert "LESS_EQUAL" in check(model, feeds, tmp_path)
+
+
+# --- QDQ int8 ------------------------------------------------------------------------------------
+
+K, N = 32, 16
+
+
+def _qdq_weights():
+    """Symmetric int8 weights with one scale per output column, as ONNX Runtime's QDQ quantizer writes them."""
+    weights = floats(K, N) / 4
+    scales = (np.abs(weights).max(axis=0) / 127).astype(np.float32)
+    return weights, np.round(weights / scales).astype(np.int8), scales
+
+
+def _sqnr_db(reference, candidate):
+    return 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - candidate) ** 2))
+
+
+@pytest.mark.parametrize("activation", [np.uint8, np.int8])
+def test_qdq_matmul_with_bias_runs_as_an_int8_fully_connected(tmp_path, activation):
+    weights, quantized, scales = _qdq_weights()
+    bias = floats(N) / 4
+    shift = 128 if activation == np.uint8 else 0
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["product"]), helper.make_node("Add", ["product", "b"], ["sum"]),
+             helper.make_node("QuantizeLinear", ["sum", "y_s", "y_z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "y_s", "y_z"], ["y"])]
+    y_scale = 0.05
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value("y", FLOAT, [1, 8, N])],
+                  [const("x_s", np.float32(3 / 127)), const("x_z", np.array(shift, activation)), const("wq", quantized),
+                   const("w_s", scales), const("w_z", np.zeros(N, np.int8)), const("b", bias),
+                   const("y_s", np.float32(y_scale)), const("y_z", np.array(shift - 20, activation))])
+    x = floats(1, 8, K)
+    path = lowered(model, tmp_path)
+    got, want = litert_run(path, {"x": x})["y"], ort_run(model, {"x": x})["y"]
+    # int32 bias and fixed-point requantization: at most one step of the output scale from ORT's float QDQ
+    assert np.abs(got - want).max() <= y_scale * 1.001 and np.mean(got == want) >= 0.95
+    assert _sqnr_db(x @ weights + bias, got) >= 25
+    audit = audit_tflite(path)
+    assert audit.op_histogram == {"QUANTIZE": 1, "FULLY_CONNECTED": 1, "DEQUANTIZE": 1}
+    assert audit.float_ops == []  # the matmul computes in int8; DEQUANTIZE only converts
+    assert audit.left_to_litert == {}  # XNNPACK's qs8 kernels take all three
+
+
+def test_weights_only_qdq_matmul_is_dynamic_range_int8(tmp_path):
+    weights, quantized, scales = _qdq_weights()
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "w_s"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["x", "wd"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value("y", FLOAT, [1, 8, N])],
+                  [const("wq", quantized), const("w_s", scales)])
+    x = floats(1, 8, K)
+    path = lowered(model, tmp_path)
+    got = litert_run(path, {"x": x})["y"]
+    assert _sqnr_db(x @ weights, got) >= 30  # weights and (at run time, per row) inputs in int8
+    details = load_interpreter(path, threads=1, delegate=False).get_tensor_details()
+    assert [(d["dtype"], len(d["quantization_parameters"]["scales"])) for d in details
+            if d["name"] == "wd/int8_weight"] == [(np.int8, N)]  # per-channel int8 in the file
+    assert audit_tflite(path).op_histogram == {"FULLY_CONNECTED": 1}
+
+
+def test_dequantized_activations_feed_float_ops_and_int8_weights_need_zero_points_of_zero(tmp_path):
+    _, quantized, scales = _qdq_weights()
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_s"], ["xd"]), helper.make_node("Tanh", ["xd"], ["t"]),
+             helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["t", "wd"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value("y", FLOAT, [1, 8, N])],
+                  [const("x_s", np.float32(3 / 127)), const("wq", quantized), const("w_s", scales),
+                   const("w_z", np.full(N, 3, np.int8))])
+    # asymmetric weights have no TFLite int8 form: they are dequantized at export and the matmul stays float
+    assert check(model, {"x": floats(1, 8, K)}, tmp_path) == {"QUANTIZE": 1, "DEQUANTIZE": 1, "TANH": 1,
+                                                               "FULLY_CONNECTED": 1}
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+HINT = ("hint: only LiteRT builtin ops are written (no Flex/select TF ops): remove \"tflite\" from the device "
+        "profile's artifacts, or use a recipe that does not leave this op in the graph")
+
+
+def test_an_op_without_a_lowering_is_a_user_error_naming_op_node_and_model():
+    model = build([helper.make_node("NonZero", ["x"], ["y"], name="find_tokens")], [value("x", FLOAT, [2, 3])],
+                  [value("y", INT64, [2, None])])
+    with pytest.raises(UserError) as error:
+        lower_to_tflite(model)
+    assert str(error.value) == ("model 'tiny': cannot lower NonZero node 'find_tokens' to TFLite: no lowering to "
+                                "LiteRT builtins exists for this op; " + HINT)
+    assert error.value.exit_code == 2
+
+
+def test_a_form_without_a_lowering_says_which_form():
+    model = build([helper.make_node("Softmax", ["x"], ["y"], axis=1, name="inner_softmax")],
+                  [value("x", FLOAT, [2, 3, 4])], [value("y", FLOAT, [2, 3, 4])])
+    with pytest.raises(UserError, match="^model 'tiny': cannot lower Softmax node 'inner_softmax' to TFLite: "
+                                        "axis 1 is not the last axis; hint: "):
+        lower_to_tflite(model)
+
+
+def test_decoder_attention_is_refused():
+    node = helper.make_node("Attention", ["x", "w", "b"], ["y"], num_heads=2, unidirectional=1, name="causal",
+                            domain="com.microsoft")
+    model = build([node], [value("x", FLOAT, [1, 4, 8])], [value("y", FLOAT, [1, 4, 8])],
+                  [const("w", floats(8, 24)), const("b", floats(24))])
+    with pytest.raises(UserError, match="com.microsoft::Attention node 'causal' to TFLite: unidirectional or rotary"):
+        lower_to_tflite(model)
+
+
+def test_a_dynamic_input_dim_is_a_user_error_asking_for_fixed_shapes():
+    model = build([helper.make_node("Relu", ["x"], ["y"])], [value("x", FLOAT, ["batch", 8])],
+                  [value("y", FLOAT, ["batch", 8])])
+    with pytest.raises(UserError) as error:
+        lower_to_tflite(model)
+    assert str(error.value) == (
+        "model 'tiny': input 'x' has a dynamic dimension 0 ('batch'); expected fixed shapes for the TFLite "
+        "backend; hint: the device profile must fix shapes: set dynamic_shapes = false under [runtime] so the "
+        "fix_shapes pass fixes batch and seq_len")
+    assert error.value.exit_code == 2
+
+
+# --- writer, executor, audit ---------------------------------------------------------------------
+
+
+def test_constant_buffers_are_16_byte_aligned(tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    nodes = [helper.make_node("Add", ["x", "odd"], ["y"]), helper.make_node("MatMul", ["y", "w"], ["z"])]
+    model = build(nodes, [value("x", FLOAT, [1, 3])], [value("z", FLOAT, [1, 5])],
+                  [const("odd", floats(3)), const("w", floats(3, 5))])
+    data = lowered(model, tmp_path).read_bytes()
+    flat = schema.Model.GetRootAs(data)
+    base = np.frombuffer(data, np.uint8).__array_interface__["data"][0]
+    offsets = [flat.Buffers(i).DataAsNumpy().__array_interface__["data"][0] - base
+               for i in range(flat.BuffersLength()) if flat.Buffers(i).DataLength()]
+    assert len(offsets) == 2 and all(offset % 16 == 0 for offset in offsets)
+
+
+def test_executor_runs_every_row_in_the_models_fixed_batch(tmp_path):
+    model = build([helper.make_node("MatMul", ["x", "w"], ["y"])], [value("x", FLOAT, [2, 4])],
+                  [value("y", FLOAT, [2, 3])], [const("w", floats(4, 3))])
+    path = lowered(model, tmp_path)
+    rows = floats(5, 4)
+    ticks = []
+    got = executor_for("litert")(path, {"x": rows}, output_name="y", threads=1,
+                                 progress=lambda done, total: ticks.append((done, total)))
+    np.testing.assert_allclose(got, rows @ numpy_helper.to_array(model.graph.initializer[0]), rtol=1e-5, atol=1e-6)
+    assert ticks == [(2, 5), (4, 5), (5, 5)]
+    assert executor_for("litert") is run_tflite_artifact
+
+
+def test_audit_counts_ops_float_ops_and_what_xnnpack_takes(tmp_path):
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]), helper.make_node("MatMul", ["rows", "w"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["y"])]
+    model = build(nodes, [value("ids", INT64, [1, 4])], [value("y", FLOAT, [1, 4, 3])],
+                  [const("table", floats(10, 8)), const("w", floats(8, 3))])
+    audit = audit_tflite(lowered(model, tmp_path))
+    assert audit.op_histogram == {"FULLY_CONNECTED": 1, "GATHER": 1, "TANH": 1}
+    assert audit.float_ops == ["FULLY_CONNECTED", "GATHER", "TANH"]
+    assert (audit.nodes, audit.delegated_nodes, audit.partitions) == (3, 2, 1)
+    assert audit.left_to_litert == {"GATHER": 1}  # XNNPACK has no gather: embedding lookups stay on LiteRT
+    assert "XNNPACK" in audit.method
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tflite_device(tiny_device, tmp_path_factory):
+    """The tiny device profile with a .tflite among its artifacts."""
+    text = tiny_device.read_text()
+    start = text.index("artifacts = [")
+    end = text.index("]", start) + 1
+    path = tmp_path_factory.mktemp("tflite-device") / "tinyphone.toml"
+    path.write_text(text[:start] + 'artifacts = ["onnx", "tflite"]' + text[end:])
+    return path
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny_checkpoint", "tiny_encoder"])
+def test_export_writes_a_verified_tflite(request, checkpoint, tflite_device, tiny_data, tmp_path):
+    from edgecompress.pipeline import ExportRequest, run_export
+
+    data = tiny_data if checkpoint == "tiny_checkpoint" else None
+    result = run_export(ExportRequest(model=request.getfixturevalue(checkpoint), device=str(tflite_device),
+                                      out_root=tmp_path, data=data, runs=3, warmup=1))
+    artifact = next(a for a in result.report.artifacts if a.file == "model.tflite")
+    assert artifact.runtime == "litert"
+    assert artifact.parity["passed"] and artifact.parity["max_abs_diff"] <= 1e-5
+    assert artifact.host_latency["method"].startswith("measured on host (litert ")
+    manifest = json.loads((result.out_dir / "manifest.json").read_text())
+    [entry] = [a for a in manifest["artifacts"] if a["kind"] == "tflite"]
+    assert (entry["file"], entry["runtime"]) == ("model.tflite", "litert")
+    audit = audit_tflite(result.out_dir / "model.tflite")
+    assert audit.partitions == 1  # all float math in one XNNPACK subgraph
+    # LiteRT's own kernels keep only the embedding lookups and the integer mask bookkeeping.
+    assert set(audit.left_to_litert) <= {"GATHER", "CAST", "EQUAL", "SUM", "RESHAPE", "GREATER_EQUAL"}
+
+
+def test_onnxruntime_dynamic_int8_bert_lowers_to_hybrid_int8(tiny_checkpoint, tflite_device, tmp_path):
+    """What the quantize_dynamic pass writes (ORT's dynamic quantizer on the fused graph): QEmbedLayerNormalization,
+    QAttention, DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul; LiteRT runs it as hybrid int8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgecompress.pipeline import ExportRequest, run_export
+
+    exported = run_export(ExportRequest(model=tiny_checkpoint, device=str(tflite_device), out_root=tmp_path,
+                                        measure=False))
+    fused = onnx.load(str(exported.out_dir / "model.onnx"))
+    del fused.graph.value_info[:]
+    onnx.save(fused, str(tmp_path / "fused.onnx"))
+    quantize_dynamic(str(tmp_path / "fused.onnx"), str(tmp_path / "int8.onnx"), per_channel=True,
+                     weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Attention", "EmbedLayerNormalization"],
+                     extra_options={"DefaultTensorType": FLOAT})
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    assert {"QEmbedLayerNormalization", "QAttention", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
+    path = lowered(model, tmp_path)
+    mask = np.zeros((1, 16), np.int64)
+    mask[0, :9] = 1
+    feeds = {"input_ids": RNG.integers(5, 100, (1, 16)) * mask, "attention_mask": mask,
+             "token_type_ids": np.zeros((1, 16), np.int64)}
+    got, want = litert_run(path, feeds)["logits"], ort_run(model, feeds)["logits"]
+    assert _sqnr_db(want, got) >= 30  # both quantize activations at run time: ORT per tensor, LiteRT per row
+    audit = audit_tflite(path)
+    assert audit.op_histogram["DEQUANTIZE"] == 2  # word and segment rows, gathered from uint8 tables
+    assert audit.partitions == 1 and "FULLY_CONNECTED" not in audit.left_to_litert
+
+
+@pytest.mark.slow
+def test_minilm_tflite_matches_torch(minilm_classifier, tmp_path):
+    from edgecompress.paths import device_profiles_dir
+    from edgecompress.pipeline import ExportRequest, run_export
+
+    text = (device_profiles_dir() / "pixel7.toml").read_text()
+    start = text.index("artifacts = [")
+    device = tmp_path / "pixel7-tflite.toml"
+    device.write_text(text[:start].replace('name = "pixel7"', 'name = "pixel7-tflite"') + 'artifacts = ["tflite"]'
+                      + text[text.index("]", start) + 1:])
+    result = run_export(ExportRequest(model=minilm_classifier, device=str(device), out_root=tmp_path / "dist",
+                                      runs=3, warmup=1))
+    [artifact] = result.report.artifacts
+    assert artifact.file == "model.tflite" and artifact.parity["passed"]
+    assert artifact.parity["max_abs_diff"] <= 1e-4 and artifact.parity["prediction_agreement"] == 1.0
+    audit = audit_tflite(result.out_dir / "model.tflite")
+    assert audit.op_histogram["FULLY_CONNECTED"] == 6 * 6 + 2  # Q, K, V, output, up, down per layer; pooler, head
+    assert audit.partitions == 1
