@@ -301,13 +301,18 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
     soc = reader.table(top["soc"], "soc", _SOC_RULES)
     clusters = tuple(Cluster(**reader.table(cluster, f"soc.clusters[{index}]", _CLUSTER_RULES, _OPTIONAL))
                      for index, cluster in enumerate(soc["clusters"]))
+    artifacts = reader.choices(top["artifacts"], "artifacts", ARTIFACTS)
+    runtime = Runtime(**reader.table(top["runtime"], "runtime", _RUNTIME_RULES))
+    if "tflite" in artifacts and runtime.dynamic_shapes:
+        raise reader.error("field 'runtime.dynamic_shapes' must be false when 'artifacts' has \"tflite\"",
+                           hint="LiteRT needs fixed shapes; drop tflite or fix shapes to seq_len")
     return DeviceProfile(
         name=top["name"], display_name=top["display_name"], kind=top["kind"], os=top["os"],
-        recipe=top["recipe"], artifacts=reader.choices(top["artifacts"], "artifacts", ARTIFACTS),
+        recipe=top["recipe"], artifacts=artifacts,
         soc=Soc(name=soc["name"], isa=soc["isa"],
                 features=reader.choices(soc["features"], "soc.features", FEATURES),
                 clusters=clusters, source=soc["source"]),
         memory=Memory(**reader.table(top["memory"], "memory", _MEMORY_RULES, _OPTIONAL)),
-        runtime=Runtime(**reader.table(top["runtime"], "runtime", _RUNTIME_RULES)),
+        runtime=runtime,
         budgets=Budgets(**reader.table(top["budgets"], "budgets", _BUDGET_RULES)),
     )

@@ -35,9 +35,10 @@ def build_report(run, bundle, profile, recipe, dataset, labels, original, refere
     reports = []
     for artifact, (parity, outputs), runner_result in zip(artifacts, checks, measured):
         accuracy = agreement = None
+        runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
             accuracy = Figure(float(np.mean(outputs.argmax(-1) == labels)), "fraction", MEASURED,
-                              f"onnxruntime on host running {artifact.path.name}, {len(labels)} labelled texts")
+                              f"{runs_on}, {len(labels)} labelled texts")
         if parity.prediction_agreement is not None:
             agreement = Figure(float(np.mean(outputs.argmax(-1) == original.argmax(-1))), "fraction", MEASURED,
                                "same predicted label as the uncompressed torch model")
@@ -48,14 +49,14 @@ def build_report(run, bundle, profile, recipe, dataset, labels, original, refere
                     "peak_rss_mb": runner_result["peak_rss_mb"], "output_digest": runner_result["output_digest"],
                     "how": MEASURED, "method": describe(runner_result)}
         size = artifact.path.stat().st_size
+        audit = artifact_audit(artifact, estimates)
         item = ArtifactReport(
             kind=artifact.kind, file=artifact.path.name, runtime=artifact.runtime,
             size=Figure(size, "bytes", STATIC, "file size on disk"),
-            op_histogram=estimates["histogram"], float_ops=estimates["float_ops"],
-            parity={**_parity_dict(parity), "how": MEASURED,
-                    "method": f"onnxruntime on host running {artifact.path.name} vs the reference"},
+            op_histogram=audit["op_histogram"], float_ops=audit["float_ops"], audit_method=audit["method"],
+            parity={**_parity_dict(parity), "how": MEASURED, "method": f"{runs_on} vs the reference"},
             accuracy=accuracy, agreement=agreement, host_latency=host,
-            device_latency=estimates["latency"], memory=estimates["memory"])
+            device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"))
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, estimates["latency"])]
         if accuracy is not None:
@@ -81,6 +82,17 @@ def build_report(run, bundle, profile, recipe, dataset, labels, original, refere
                               f"seq_len {profile.runtime.seq_len}, compared with the "
                               f"{'torch eager' if bundle.module is not None else 'original ONNX'} model")},
         artifacts=reports, notes=notes)
+
+
+def artifact_audit(artifact, estimates: dict) -> dict:
+    """Ops and float ops read from the artifact where its runtime can list them, else from the ONNX graph."""
+    from .backends import auditor_for
+
+    audit = auditor_for(artifact.runtime)
+    if audit is not None:
+        return audit(artifact.path)
+    return {"op_histogram": estimates["histogram"], "float_ops": estimates["float_ops"],
+            "method": "static: from model.onnx, the graph this artifact was written from"}
 
 
 def device_estimates(graph, profile) -> dict:
@@ -187,6 +199,12 @@ def _value_spec(value) -> dict:
 def _minimum_version(kind: str, opset: int | None) -> dict:
     import onnxruntime
 
+    if kind == "tflite":
+        from .backends.tflite import litert_version
+
+        return {"ai-edge-litert": litert_version(),
+                "why": "the LiteRT release this file was verified with; builtin op versions are written as 1 "
+                       "(BROADCAST_TO 2), so older runtimes fail at load rather than compute differently"}
     if kind == "ort":
         return {"onnxruntime": onnxruntime.__version__,
                 "why": "ORT-format files are read by the onnxruntime release that wrote them or a newer one"}

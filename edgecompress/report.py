@@ -51,6 +51,7 @@ class ArtifactReport:
     size: Figure
     op_histogram: dict[str, int]
     float_ops: list[str]
+    audit_method: str  # where the histogram and float-op list come from
     parity: dict[str, Any]
     accuracy: Figure | None
     agreement: Figure | None
@@ -58,6 +59,7 @@ class ArtifactReport:
     device_latency: Figure
     memory: Figure
     verdicts: list[Verdict] = field(default_factory=list)
+    delegation: dict[str, Any] | None = None  # LiteRT: nodes the XNNPACK delegate takes vs leaves
 
 
 @dataclass
@@ -97,6 +99,7 @@ def render_markdown(report: Report) -> str:
               "and host named); *estimated* figures come from the model named beside them; *static* figures "
               "are computed from the file or graph alone.", ""]
     lines += _artifact_table(report)
+    lines += _audit_lines(report)
     lines += ["", "## Budgets", "", "| artifact | budget | value | limit | how | verdict |", "|---|---|---|---|---|---|"]
     for artifact in report.artifacts:
         for v in artifact.verdicts:
@@ -132,6 +135,20 @@ def _artifact_table(report: Report) -> list[str]:
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
             f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
             f"{a.memory.value:.1f} MB (est.) |")
+    return lines
+
+
+def _audit_lines(report: Report) -> list[str]:
+    lines = ["", "## Op audit", ""]
+    for a in report.artifacts:
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(a.op_histogram.items(), key=lambda kv: -kv[1]))
+        lines.append(f"- **{a.file}** ({a.audit_method}): {ops}")
+        lines.append(f"  - computing in float: {', '.join(a.float_ops) or 'none'}")
+        if a.delegation:
+            d = a.delegation
+            left = ", ".join(f"{op} {n}" for op, n in d["left_to_litert"].items()) or "none"
+            lines.append(f"  - XNNPACK takes {d['delegated_nodes']} of {d['nodes']} nodes in {d['partitions']} "
+                         f"partition(s); left to LiteRT's kernels: {left}")
     return lines
 
 

@@ -301,3 +301,14 @@ def test_not_utf8(tmp_path):
     path.write_bytes(b"name = \"\xff\"\n")
     with pytest.raises(UserError, match="not UTF-8 text"):
         load_profile(path)
+
+
+def test_tflite_needs_fixed_shapes(tmp_path):
+    from edgecompress.paths import device_profiles_dir
+
+    text = (device_profiles_dir() / "pixel7.toml").read_text().replace("dynamic_shapes = false", "dynamic_shapes = true")
+    path = tmp_path / "pixel7.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_profile(path)
+    assert "field 'runtime.dynamic_shapes' must be false when 'artifacts' has \"tflite\"" in str(err.value)

@@ -59,5 +59,5 @@ def test_report_says_how_each_figure_was_obtained(exported):
         assert artifact["device_latency"]["how"] == "estimated"
         assert artifact["memory"]["how"] == "estimated"
         assert artifact["host_latency"]["how"] == "measured"
-        assert "onnxruntime" in artifact["host_latency"]["method"]
+        assert f"({artifact['runtime']} " in artifact["host_latency"]["method"]
         assert {v["budget"] for v in artifact["verdicts"]} == {"artifact size", "peak memory", "p90 latency"}

@@ -61,6 +61,24 @@ def executor_for(runtime: str) -> Executor:
     return _EXECUTORS[runtime]
 
 
+# A runtime's auditor: artifact path -> {"op_histogram", "float_ops", "method", ...} read from the file
+# itself; runtimes without one are audited from the ONNX graph they were written from.
+_AUDITORS: dict[str, Callable[[Path], dict]] = {}
+
+
+def register_auditor(runtime: str):
+    def wrap(audit: Callable[[Path], dict]) -> Callable[[Path], dict]:
+        _AUDITORS[runtime] = audit
+        return audit
+
+    return wrap
+
+
+def auditor_for(runtime: str) -> Callable[[Path], dict] | None:
+    backends()
+    return _AUDITORS.get(runtime)
+
+
 def backends() -> dict[str, tuple[tuple[str, ...], Emitter]]:
     for module in pkgutil.iter_modules(__path__, __name__ + "."):
         importlib.import_module(module.name)
@@ -78,4 +96,4 @@ def emit_all(model, out_dir: Path, wanted: tuple[str, ...]) -> list[Artifact]:
         asked = tuple(kind for kind in wanted if kind in kinds)
         if asked:
             artifacts.extend(emit(model, out_dir, asked))
-    return artifacts
+    return sorted(artifacts, key=lambda a: wanted.index(a.kind))  # the profile's order, not registration's

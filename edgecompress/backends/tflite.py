@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InternalError
-from . import Artifact, register_backend, register_executor
+from . import Artifact, register_auditor, register_backend, register_executor
 from .tflite_writer import litert
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,15 @@ class TFLiteAudit:
     partitions: int  # XNNPACK subgraphs; each boundary costs a hand-over between kernels
     left_to_litert: dict[str, int]  # builtin -> nodes LiteRT's own kernels run
     method: str
+
+
+@register_auditor(RUNTIME)
+def audit_for_report(path: Path) -> dict:
+    """The audit as report fields: histogram and float ops from the file, plus XNNPACK delegation."""
+    audit = audit_tflite(path)
+    return {"op_histogram": audit.op_histogram, "float_ops": audit.float_ops, "method": audit.method,
+            "delegation": {"nodes": audit.nodes, "delegated_nodes": audit.delegated_nodes,
+                           "partitions": audit.partitions, "left_to_litert": audit.left_to_litert}}
 
 
 def audit_tflite(path: Path | str) -> TFLiteAudit:
