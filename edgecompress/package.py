@@ -25,15 +25,17 @@ _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 3: "i
 _ORT_FOR_OPSET = {15: "1.10", 16: "1.11", 17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20"}
 
 
-def build_report(run, bundle, profile, recipe, dataset, labels, original, reference, graph, artifacts,
-                 checks, measured, feeds) -> Report:
+def build_report(run) -> Report:
+    """Figures and verdicts for every artifact of a finished `pipeline.Run`."""
     from .measure import describe
 
-    estimates = device_estimates(graph, profile)
+    bundle, profile, recipe, dataset = run.bundle, run.profile, run.recipe, run.dataset
+    labels, original = run.labels, run.original
+    estimates = device_estimates(run.graph, profile)
     threads = profile.runtime.threads
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
     reports = []
-    for artifact, (parity, outputs), runner_result in zip(artifacts, checks, measured):
+    for artifact, (parity, outputs), runner_result in zip(run.artifacts, run.checks, run.measured):
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
@@ -146,11 +148,11 @@ def float_op_types(model, shapes) -> list[str]:
     return sorted(found)
 
 
-def write_package(folder: Path, bundle, profile, graph, artifacts, report: Report) -> None:
-    copied = _copy_tokenizer(bundle, folder)
-    if bundle.labels:
-        (folder / "labels.txt").write_text("\n".join(bundle.labels) + "\n", encoding="utf-8")
-    manifest = build_manifest(folder, bundle, profile, graph, artifacts, report, copied)
+def write_package(folder: Path, run, report: Report) -> None:
+    copied = _copy_tokenizer(run.bundle, folder)
+    if run.bundle.labels:
+        (folder / "labels.txt").write_text("\n".join(run.bundle.labels) + "\n", encoding="utf-8")
+    manifest = build_manifest(folder, run.bundle, run.profile, run.graph, run.artifacts, report, copied)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -64,14 +64,26 @@ class ExportResult:
 
 
 @dataclass
-class _Run:
-    """State handed from stage to stage within one export."""
+class Run:
+    """One export's state, filled in stage by stage and read by the report."""
 
     request: ExportRequest
     progress: Progress
     stage_times: list[dict[str, Any]] = field(default_factory=list)
     pass_records: list[PassRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    profile: Any = None
+    recipe: Any = None
+    bundle: Any = None
+    dataset: Any = None
+    feeds: dict[str, np.ndarray] | None = None  # eval texts tokenized as the shipped tokenizer does
+    labels: np.ndarray | None = None
+    original: np.ndarray | None = None  # outputs of the model as given, before compression
+    reference: np.ndarray | None = None  # outputs of the model the graph was lowered from
+    graph: Any = None  # the final rewritten ONNX model
+    artifacts: list = field(default_factory=list)
+    checks: list = field(default_factory=list)  # (Parity, outputs) per artifact
+    measured: list = field(default_factory=list)  # runner result (or None) per artifact
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):
@@ -92,64 +104,71 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     from .devices import get_profile
     from .recipe import load_recipe
 
-    run = _Run(request, progress or Progress())
+    run = Run(request, progress or Progress())
     with run.stage("intake", str(request.model)) as summary:
-        profile = get_profile(request.device)
-        recipe = load_recipe(request.recipe or profile.recipe)
-        bundle = _intake(request)
-        summary.append(f"{bundle.kind}, recipe {recipe.name}")
+        run.profile = get_profile(request.device)
+        run.recipe = load_recipe(request.recipe or run.profile.recipe)
+        run.bundle = _intake(request)
+        summary.append(f"{run.bundle.kind}, recipe {run.recipe.name}")
+    seq_len = run.profile.runtime.seq_len
     with run.stage("data") as summary:
-        dataset, feeds, labels = _prepare_data(bundle, request.data, profile.runtime.seq_len)
-        summary.append(f"{len(dataset)} texts, seq_len {profile.runtime.seq_len}")
-    context = _pass_context(bundle, profile)
-    context.calibration = _calibration_feeds(bundle, request, feeds, profile.runtime.seq_len)
-    context.train_data = _train_data(bundle, request)
+        run.dataset, run.feeds, run.labels = _prepare_data(run.bundle, request.data, seq_len)
+        summary.append(f"{len(run.dataset)} texts, seq_len {seq_len}")
+    context = _pass_context(run.bundle, run.profile)
+    context.calibration = _calibration_feeds(run.bundle, request, run.feeds, seq_len)
+    context.train_data = _train_data(run.bundle, request)
     with run.stage("compress") as summary:
-        original = _reference(bundle, feeds, run)
-        original_tokenizer = bundle.tokenizer
-        bundle = _apply_stage(recipe.compress, bundle, context, run)
-        if bundle.tokenizer is not original_tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
-            feeds = tokenize(bundle.tokenizer, dataset.texts, seq_len=profile.runtime.seq_len,
-                             input_names=bundle.input_names)
-        reference = original if not any(r.fired for r in run.pass_records) else _reference(bundle, feeds, run)
-        summary.append(f"{len(recipe.compress)} passes")
+        _compress(run, context)
+        summary.append(f"{len(run.recipe.compress)} passes")
     with run.stage("lower") as summary:
-        graph = _lower(bundle, feeds, reference)
-        summary.append(f"{len(graph.graph.node)} nodes")
+        run.graph = _lower(run.bundle, run.feeds, run.reference)
+        summary.append(f"{len(run.graph.graph.node)} nodes")
     with run.stage("rewrite") as summary:
-        graph = _apply_stage(recipe.graph, graph, context, run)
-        summary.append(f"{len(graph.graph.node)} nodes after {len(recipe.graph)} passes")
-    staging = _staging_dir(request.out_root, profile.name)
+        run.graph = _apply_stage(run.recipe.graph, run.graph, context, run)
+        summary.append(f"{len(run.graph.graph.node)} nodes after {len(run.recipe.graph)} passes")
+    staging = _staging_dir(request.out_root, run.profile.name)
     try:
-        report = _finish(run, bundle, profile, recipe, dataset, feeds, labels, original, reference, graph, staging)
-        out_dir = request.out_root / profile.name
+        report = _finish(run, staging)
+        out_dir = request.out_root / run.profile.name
         _commit(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir, report)
 
 
-def _finish(run, bundle, profile, recipe, dataset, feeds, labels, original, reference, graph, staging):
+def _compress(run: Run, context: PassContext) -> None:
+    """Torch passes; the reference for parity becomes the compressed model, accuracy stays against the original."""
+    run.original = _reference(run.bundle, run.feeds, run)
+    original_tokenizer = run.bundle.tokenizer
+    run.bundle = _apply_stage(run.recipe.compress, run.bundle, context, run)
+    if run.bundle.tokenizer is not original_tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
+        run.feeds = tokenize(run.bundle.tokenizer, run.dataset.texts, seq_len=run.profile.runtime.seq_len,
+                             input_names=run.bundle.input_names)
+    fired = any(r.fired for r in run.pass_records)
+    run.reference = _reference(run.bundle, run.feeds, run) if fired else run.original
+
+
+def _finish(run: Run, staging: Path):
     from . import package
     from .backends import emit_all
 
-    with run.stage("emit", ", ".join(profile.artifacts)) as summary:
-        artifacts = emit_all(graph, staging, profile.artifacts)
-        summary.append(", ".join(a.path.name for a in artifacts))
-    with run.stage("verify", f"{len(dataset)} texts") as summary:
-        checks = _verify(run, bundle, artifacts, feeds, reference)
-        summary.append(", ".join(f"{a.path.name} max|diff| {c.max_abs_diff:.1e}" for a, (c, _) in zip(artifacts, checks)))
+    with run.stage("emit", ", ".join(run.profile.artifacts)) as summary:
+        run.artifacts = emit_all(run.graph, staging, run.profile.artifacts)
+        summary.append(", ".join(a.path.name for a in run.artifacts))
+    with run.stage("verify", f"{len(run.dataset)} texts") as summary:
+        run.checks = _verify(run)
+        summary.append(", ".join(f"{a.path.name} max|diff| {c.max_abs_diff:.1e}"
+                                 for a, (c, _) in zip(run.artifacts, run.checks)))
     with run.stage("measure") as summary:
-        measured = _measure(run, artifacts, feeds, profile)
+        run.measured = _measure(run)
         summary.append(", ".join(f"{a.path.name} p50 {m['latency_ms']['p50']:.2f} ms"
-                                 for a, m in zip(artifacts, measured) if m))
+                                 for a, m in zip(run.artifacts, run.measured) if m))
     with run.stage("check") as summary:
-        report = package.build_report(run, bundle, profile, recipe, dataset, labels, original, reference,
-                                      graph, artifacts, checks, measured, feeds)
+        report = package.build_report(run)
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with run.stage("package") as summary:
-        package.write_package(staging, bundle, profile, graph, artifacts, report)
-        summary.append(str(run.request.out_root / profile.name))
+        package.write_package(staging, run, report)
+        summary.append(str(run.request.out_root / run.profile.name))
     report.stages = run.stage_times
     report.write(staging)
     return report
@@ -205,13 +224,13 @@ def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
     return feeds if request.data is not None else None
 
 
-def _reference(bundle, feeds, run: _Run) -> np.ndarray:
+def _reference(bundle, feeds, run: Run) -> np.ndarray:
     from .evaluate import reference_outputs
 
     return reference_outputs(bundle, feeds, progress=run.ticker("reference"))
 
 
-def _apply_stage(passes, model, context: PassContext, run: _Run):
+def _apply_stage(passes, model, context: PassContext, run: Run):
     for p in passes:
         model, record = apply_pass(p, model, context)
         run.pass_records.append(record)
@@ -244,7 +263,7 @@ def _lower(bundle, feeds, reference: np.ndarray):
     return graph
 
 
-def _verify(run: _Run, bundle, artifacts, feeds, reference: np.ndarray):
+def _verify(run: Run):
     """Every artifact file is run on every text and must match the reference before anything ships.
 
     Returns (parity, outputs) per artifact; the outputs feed accuracy and agreement in the report.
@@ -253,11 +272,12 @@ def _verify(run: _Run, bundle, artifacts, feeds, reference: np.ndarray):
     from .model import CLASSIFICATION
 
     lossy = any(r.lossy for r in run.pass_records if r.stage == "graph")
+    classification = run.bundle.kind == CLASSIFICATION
     checks = []
-    for artifact in artifacts:
-        outputs = artifact_outputs(artifact, feeds, output_name=bundle.output_name,
+    for artifact in run.artifacts:
+        outputs = artifact_outputs(artifact, run.feeds, output_name=run.bundle.output_name,
                                    progress=run.ticker(f"verify {artifact.path.name}"))
-        parity = compare(reference, outputs, classification=bundle.kind == CLASSIFICATION, lossy=lossy)
+        parity = compare(run.reference, outputs, classification=classification, lossy=lossy)
         if not parity.passed:
             raise VerificationError(
                 f"{artifact.path.name} does not match the reference model: max |diff| {parity.max_abs_diff:.3g} "
@@ -267,18 +287,19 @@ def _verify(run: _Run, bundle, artifacts, feeds, reference: np.ndarray):
     return checks
 
 
-def _measure(run: _Run, artifacts, feeds, profile) -> list[dict | None]:
+def _measure(run: Run) -> list[dict | None]:
     from .measure import RUNNERS, run_runner
 
+    profile, feeds = run.profile, run.feeds
     if not run.request.measure:
-        return [None for _ in artifacts]
+        return [None for _ in run.artifacts]
     threads = min(profile.runtime.threads, os.cpu_count() or 1)
     if threads < profile.runtime.threads:
         run.notes.append(f"host has {os.cpu_count()} cores: host latency measured with {threads} threads, "
                          f"not the profile's {profile.runtime.threads}")
     first_row = {name: values[:1] for name, values in feeds.items()}
     results = []
-    for artifact in artifacts:
+    for artifact in run.artifacts:
         results.append(run_runner(artifact.path, runner=RUNNERS[artifact.runtime], threads=threads,
                                   runs=run.request.runs, warmup=run.request.warmup, inputs=first_row))
     return results
