@@ -1,0 +1,72 @@
+"""Parity rules (float vs lossy), the padding-free torch reference, and budget verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecompress.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
+from edgecompress.data import tokenize
+from edgecompress.devices import get_profile
+from edgecompress.evaluate import FLOAT_PARITY_ATOL, compare, reference_outputs
+from edgecompress.model import load_bundle
+from edgecompress.report import ESTIMATED, Figure
+
+from conftest import SENTENCES
+
+
+def logits(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randn(rows, 2).astype(np.float32)
+
+
+def test_float_parity_needs_the_tolerance_and_identical_predictions():
+    ref = logits(100)
+    assert compare(ref, ref + FLOAT_PARITY_ATOL / 2, classification=True).passed
+    assert not compare(ref, ref + FLOAT_PARITY_ATOL * 2, classification=True).passed
+    flipped = ref.copy()
+    flipped[0] = flipped[0, ::-1]
+    parity = compare(ref, flipped, classification=True)
+    assert not parity.passed and parity.prediction_agreement == 0.99
+
+
+def test_lossy_parity_is_judged_by_agreement():
+    ref = logits(100)
+    noisy = ref + 0.01
+    noisy[0] = noisy[0, ::-1]  # one flip in a hundred is allowed
+    parity = compare(ref, noisy, classification=True, lossy=True)
+    assert parity.passed and parity.tolerance is None and parity.prediction_agreement == 0.99
+    noisy[1] = noisy[1, ::-1]
+    assert not compare(ref, noisy, classification=True, lossy=True).passed
+
+
+def test_embedding_parity_reports_cosine():
+    ref = np.random.RandomState(1).randn(10, 8).astype(np.float32)
+    parity = compare(ref, ref * 1.0001, classification=False, lossy=True)
+    assert parity.min_cosine == pytest.approx(1.0, abs=1e-6) and parity.passed
+    assert not compare(ref, -ref, classification=False, lossy=True).passed
+
+
+def test_padding_free_reference_equals_the_padded_forward(tiny_checkpoint):
+    import torch
+
+    bundle = load_bundle(tiny_checkpoint)
+    feeds = tokenize(bundle.tokenizer, [t for t, _ in SENTENCES], seq_len=24, input_names=bundle.input_names)
+    trimmed = reference_outputs(bundle, feeds, batch_size=4)
+    with torch.no_grad():
+        padded = bundle.module(*[torch.from_numpy(feeds[n]) for n in bundle.input_names]).numpy()
+    np.testing.assert_allclose(trimmed, padded, atol=1e-5)
+
+
+def test_verdicts_compare_each_figure_with_its_budget():
+    budgets = get_profile("pixel7").budgets
+    assert size_verdict(budgets, int(budgets.artifact_size_mb * 1e6)).passed
+    assert not size_verdict(budgets, int(budgets.artifact_size_mb * 1e6) + 1).passed
+    slow = latency_verdict(budgets, Figure(budgets.latency_p90_ms + 1, "ms", ESTIMATED, "roofline"))
+    assert not slow.passed and slow.how == ESTIMATED
+    assert slow.line("pixel7", "model.ort") == (
+        f"EXCEEDED: p90 latency on pixel7 for model.ort: {budgets.latency_p90_ms + 1:.4g} ms > "
+        f"{budgets.latency_p90_ms:.4g} ms (estimated)")
+    assert memory_verdict(budgets, Figure(1.0, "MB", ESTIMATED, "liveness")).passed
+    drop = accuracy_verdict(budgets, 0.84, 0.84 - budgets.accuracy_drop_points / 100)
+    assert drop.passed and drop.value == pytest.approx(budgets.accuracy_drop_points)
+    assert not accuracy_verdict(budgets, 0.84, 0.80).passed
