@@ -1,0 +1,160 @@
+"""Shared pieces of the quantization passes: which nodes carry weights, running a graph, and scoring it.
+
+This module registers no pass. The quantization passes hand ONNX Runtime's quantizers a copy of the
+graph, so every helper here takes and returns an `onnx.ModelProto` and never edits its argument.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+# Graphs are run on at most this many rows at a time when their batch axis is symbolic.
+_DYNAMIC_BATCH = 8
+# SQNR of an output identical to the reference; a finite number keeps report.json valid JSON.
+MAX_SQNR_DB = 200.0
+
+
+def constant_weight_nodes(model, op_types: tuple[str, ...], weight_input: int = 1) -> list:
+    """Named nodes of `op_types` whose weight input is a float initializer (what a weight quantizer takes).
+
+    Quantizers pick nodes by name, so an unnamed node cannot be chosen and is left out.
+    """
+    import onnx
+
+    floats = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    return [node for node in model.graph.node if node.op_type in op_types and node.name
+            and len(node.input) > weight_input and node.input[weight_input] in floats]
+
+
+def nbits_quantizer_class():
+    """onnxruntime's `matmul_nbits_quantizer` calls `logging.basicConfig(level=INFO)` when imported, which
+    would turn on every library's INFO logs for the rest of the process; import it and undo that."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.setLevel(level)
+    root.handlers = handlers
+    return MatMulNBitsQuantizer
+
+
+def copy_model(model):
+    import onnx
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    return result
+
+
+def without_value_info(model):
+    """A copy without `value_info`: ONNX Runtime's quantizers trip over shapes left by earlier rewrites."""
+    result = copy_model(model)
+    del result.graph.value_info[:]
+    return result
+
+
+def with_contrib_shapes(model):
+    """A copy with every tensor typed: ONNX shape inference skips contrib ops (Attention, SkipLayerNormalization),
+    ONNX Runtime's symbolic one does not. A quantizer skips an activation whose type it does not know."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(without_value_info(model), auto_merge=True)
+
+
+def keep_model_props(quantized, source):
+    """Carry over what ONNX Runtime's quantizers reset: IR version, producer (the fuser checks it), metadata."""
+    quantized.ir_version = source.ir_version
+    quantized.producer_name, quantized.producer_version = source.producer_name, source.producer_version
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(source.metadata_props)
+    if any(n.domain == "com.microsoft" for n in quantized.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in quantized.opset_import):
+        entry = quantized.opset_import.add()
+        entry.domain, entry.version = "com.microsoft", 1
+    return quantized
+
+
+def through_file(quantize, model):
+    """Run an ONNX Runtime quantizer that writes its result to a path; return the loaded result."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as scratch:
+        out = Path(scratch) / "quantized.onnx"
+        quantize(model, out, Path(scratch))
+        return onnx.load(str(out))
+
+
+def size_mb(model) -> float:
+    """Serialized size: what the .onnx file on disk will weigh."""
+    return model.ByteSize() / 1e6
+
+
+def op_counts(model) -> dict[str, int]:
+    return dict(sorted(collections.Counter(node.op_type for node in model.graph.node).items()))
+
+
+def calibration_rows(calibration: dict[str, np.ndarray], input_names, rows: int) -> dict[str, np.ndarray]:
+    """At most `rows` evenly spaced rows of the model's inputs: a spread of the data, not its first file lines."""
+    total = len(next(iter(calibration.values())))
+    picked = np.unique(np.linspace(0, total - 1, num=min(rows, total)).round().astype(int))
+    return {name: calibration[name][picked] for name in input_names}
+
+
+def graph_input_names(model) -> tuple[str, ...]:
+    initializers = {init.name for init in model.graph.initializer}
+    return tuple(value.name for value in model.graph.input if value.name not in initializers)
+
+
+def run_model(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of `model` on every row of `feeds`, with ONNX Runtime as it will run on the device."""
+    from ..evaluate import ort_session, run_session
+
+    session = ort_session(model.SerializeToString(), threads=2, optimize=True)
+    batch = session.get_inputs()[0].shape[0]
+    return run_session(session, feeds, output_name=model.graph.output[0].name,
+                       batch_size=batch if isinstance(batch, int) and batch > 0 else _DYNAMIC_BATCH)
+
+
+@dataclass(frozen=True)
+class Error:
+    """How far a quantized graph's outputs are from the float graph's on the same rows."""
+
+    sqnr_db: float
+    max_abs_diff: float
+    flips: int | None  # rows whose argmax changed; None for outputs that are not class scores
+    rows: int
+
+    @property
+    def flip_rate(self) -> float:
+        return 0.0 if not self.flips else self.flips / self.rows
+
+    def describe(self) -> str:
+        flips = "" if self.flips is None else f", {self.flips}/{self.rows} predictions flipped"
+        return f"SQNR {self.sqnr_db:.1f} dB, max |diff| {self.max_abs_diff:.3g}{flips}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sqnr_db": self.sqnr_db, "max_abs_diff": self.max_abs_diff, "flips": self.flips, "rows": self.rows}
+
+
+def output_error(reference: np.ndarray, candidate: np.ndarray, *, classifier: bool) -> Error:
+    """Signal-to-quantization-noise ratio over all outputs, the largest deviation, and argmax flips."""
+    ref = reference.astype(np.float64)
+    noise = float(np.sum((ref - candidate.astype(np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    sqnr = MAX_SQNR_DB if noise == 0 else min(MAX_SQNR_DB, 10 * math.log10(max(signal, 1e-30) / noise))
+    flips = int(np.sum(reference.argmax(-1) != candidate.argmax(-1))) if classifier else None
+    return Error(round(sqnr, 2), float(np.max(np.abs(ref - candidate))), flips, len(reference))
+
+
+def is_classifier(model) -> bool:
+    """The exporter names a classifier's output `logits`; only then are argmax flips a meaningful measure."""
+    return model.graph.output[0].name == "logits"

@@ -1,0 +1,181 @@
+"""Quantization sensitivity, measured: which nodes must stay float so that the output survives.
+
+This module registers no pass: each quantization pass calls it with its own quantizer, so what is
+measured is exactly what ships, and the thresholds are that pass's options.
+
+Before -> After (a decision, not a rewrite): candidate nodes -> the nodes kept float, each with the
+error its quantization caused.
+
+Method, group first and then node (as Q-BERT ranks layers by sensitivity):
+1. Quantize one group at a time and leave the rest float: one op class (one role in every layer, e.g.
+   all `layer.*/intermediate/dense/MatMul`) or one encoder layer. Run ONNX Runtime on calibration
+   rows and compare with the float graph: SQNR of the outputs, max |diff|, prediction flips.
+2. Quantize each node of a group that broke the thresholds alone. A node that breaks them alone stays
+   float; groups that pass are quantized whole without further trials.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._quant_common import Error, is_classifier, op_counts, output_error, run_model, size_mb
+
+LAYER = re.compile(r"layer\.(\d+)")
+
+# (float model, names of the nodes to quantize) -> quantized model
+Quantizer = Callable[[Any, list[str]], Any]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The output a quantized group must still give: a noise floor and a cap on flipped predictions."""
+
+    min_sqnr_db: float
+    max_flip_rate: float
+
+    def accept(self, error: Error) -> bool:
+        return error.sqnr_db >= self.min_sqnr_db and error.flip_rate <= self.max_flip_rate
+
+    def why_not(self, error: Error) -> str:
+        reasons = []
+        if error.sqnr_db < self.min_sqnr_db:
+            reasons.append(f"SQNR {error.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB")
+        if error.flip_rate > self.max_flip_rate:
+            reasons.append(f"{error.flips}/{error.rows} predictions flipped > {self.max_flip_rate:.1%}")
+        return ", ".join(reasons)
+
+
+@dataclass(frozen=True)
+class Trial:
+    group: str
+    nodes: tuple[str, ...]
+    error: Error
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "nodes": list(self.nodes), **self.error.as_dict()}
+
+
+class Probe:
+    """Quantizes chosen nodes of one float graph and scores the result against the float outputs."""
+
+    def __init__(self, model, feeds, quantize: Quantizer):
+        self.model, self.feeds, self.quantize = model, feeds, quantize
+        self.classifier = is_classifier(model)
+        self.reference = run_model(model, feeds)
+        self._cache: dict[tuple[str, ...], Error] = {}
+
+    def error_of(self, quantized) -> Error:
+        return output_error(self.reference, run_model(quantized, self.feeds), classifier=self.classifier)
+
+    def trial(self, group: str, nodes: list[str]) -> Trial:
+        key = tuple(nodes)
+        if key not in self._cache:
+            self._cache[key] = self.error_of(self.quantize(self.model, list(nodes)))
+        return Trial(group, key, self._cache[key])
+
+
+def op_class(name: str, op_type: str) -> str:
+    """A node's role regardless of its layer: its name with the layer number starred, else its op type."""
+    return LAYER.sub("layer.*", name) if LAYER.search(name) else op_type
+
+
+def class_groups(nodes) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for node in nodes:
+        groups[f"op class {op_class(node.name, node.op_type)}"].append(node.name)
+    return dict(groups)
+
+
+def layer_groups(model, nodes) -> dict[str, list[str]]:
+    """Nodes by encoder layer, read from their names; a fused node (`Attention_3`) takes its consumer's layer.
+
+    Nodes whose layer cannot be told (embeddings, a third-party graph's names) are in no layer group.
+    """
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node.name)
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for node in nodes:
+        names = [node.name] + [c for output in node.output for c in consumers[output]]
+        layer = next((m.group(0) for m in map(LAYER.search, names) if m), None)
+        if layer is not None:
+            groups[layer].append(node.name)
+    return dict(groups)
+
+
+@dataclass
+class Sensitivity:
+    trials: list[Trial]
+    kept_float: dict[str, Trial]
+    thresholds: Thresholds
+
+    def notes(self) -> list[str]:
+        failed = [t for t in self.trials if not self.thresholds.accept(t.error)]
+        notes = [f"sensitivity: {len(self.trials)} trials on {self.trials[0].error.rows} calibration rows, "
+                 f"{len(failed)} broke the thresholds (SQNR >= {self.thresholds.min_sqnr_db:g} dB, flips <= "
+                 f"{self.thresholds.max_flip_rate:.1%})"] if self.trials else []
+        notes += [f"kept float: {name} (quantized alone: {self.thresholds.why_not(t.error)}; {t.error.describe()})"
+                  for name, t in self.kept_float.items()]
+        if self.trials and not self.kept_float:
+            worst = min(self.trials, key=lambda t: t.error.sqnr_db)
+            notes.append(f"kept float: none; least robust: {worst.group} ({worst.error.describe()})")
+        return notes
+
+    def stats(self) -> dict[str, Any]:
+        return {"trials": [t.as_dict() for t in self.trials],
+                "kept_float": {name: t.as_dict() for name, t in self.kept_float.items()}}
+
+
+def find_sensitive(probe: Probe, nodes, thresholds: Thresholds) -> Sensitivity:
+    """Group trials, then single-node trials inside failing groups; nodes failing alone stay float."""
+    groups = {**class_groups(nodes), **{f"layer {k}": v for k, v in layer_groups(probe.model, nodes).items()}}
+    trials = [probe.trial(name, members) for name, members in groups.items()]
+    suspects = {name for t in trials if not thresholds.accept(t.error) for name in t.nodes}
+    singles = [probe.trial(node.name, [node.name]) for node in nodes if node.name in suspects]
+    trials += [t for t in singles if t.nodes not in {g.nodes for g in trials}]
+    kept = {t.group: t for t in singles if not thresholds.accept(t.error)}
+    return Sensitivity(trials, kept, thresholds)
+
+
+@dataclass
+class Outcome:
+    """A quantized graph with what was quantized, what was kept float and why, and its measured error."""
+
+    model: Any
+    quantized: list[str]
+    sensitivity: Sensitivity | None
+    error: Error | None
+
+    def notes(self, before, candidates) -> list[str]:
+        kinds = collections.Counter(n.op_type for n in candidates if n.name in set(self.quantized))
+        notes = [f"quantized {len(self.quantized)} of {len(candidates)} weighted nodes "
+                 f"({', '.join(f'{count} {op}' for op, count in sorted(kinds.items())) or 'none'})"]
+        notes += self.sensitivity.notes() if self.sensitivity else [
+            "no calibration data: sensitivity analysis skipped, every supported node quantized"]
+        notes.append(f"size {size_mb(before):.1f} MB -> {size_mb(self.model):.1f} MB "
+                     f"({size_mb(self.model) / size_mb(before):.2f}x)")
+        if self.error is not None:
+            notes.append(f"whole graph vs float on {self.error.rows} calibration rows: {self.error.describe()}")
+        return notes
+
+    def stats(self, before) -> dict[str, Any]:
+        return {"quantized": self.quantized, "size_mb_before": round(size_mb(before), 3),
+                "size_mb_after": round(size_mb(self.model), 3), "ops_after": op_counts(self.model),
+                "error": self.error.as_dict() if self.error else None,
+                **(self.sensitivity.stats() if self.sensitivity else {})}
+
+
+def quantize_except_sensitive(model, nodes, quantize: Quantizer, feeds, thresholds: Thresholds) -> Outcome:
+    """Without calibration feeds every node is quantized; with them, nodes that break the output stay float."""
+    if feeds is None:
+        names = [n.name for n in nodes]
+        return Outcome(quantize(model, names), names, None, None)
+    probe = Probe(model, feeds, quantize)
+    sensitivity = find_sensitive(probe, nodes, thresholds)
+    chosen = [n.name for n in nodes if n.name not in sensitivity.kept_float]
+    quantized = quantize(model, chosen)
+    return Outcome(quantized, chosen, sensitivity, probe.error_of(quantized))

@@ -1,0 +1,80 @@
+"""Dynamic int8: weights int8 per output channel at export, activations quantized at run time from their range.
+
+Before -> After (ONNX Runtime's dynamic quantizer on the fused graph):
+  `MatMul(X, W)` -> `DynamicQuantizeLinear(X) -> MatMulInteger(Xq, Wq) -> Cast -> Mul(scales)`, which
+  ONNX Runtime fuses into one `DynamicQuantizeMatMul` when it loads the model;
+  `Attention(X, Wqkv)` -> `DynamicQuantizeLinear(X) -> QAttention(Xq, Wqkv_q)`;
+  `EmbedLayerNormalization(tables)` -> `QEmbedLayerNormalization(int8 tables)`, which is what makes the
+  file small (the word-embedding table is half of MiniLM).
+
+The no-data option: it needs no calibration. When calibration texts are there anyway (--data or
+--calibration), the sensitivity analysis keeps float every node whose quantization alone breaks the
+output. Activations are uint8, weights int8: the only pairing ONNX Runtime's dynamic quantizer emits,
+and the fast one on x86 (u8s8 VNNI) and on Arm with dotprod. The pooler and classifier `Gemm`s stay
+float (the quantizer rewrites them as MatMul + Add): 0.6 MB of one-row compute, next to the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..logs import captured_library_output
+from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from ._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,
+                            keep_model_props, through_file, without_value_info)
+from .quant_sensitivity import Thresholds, quantize_except_sensitive
+
+
+OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization")
+# Where each op type keeps the weight that makes it quantizable.
+_WEIGHT_INPUT = {"MatMul": 1, "Attention": 1, "EmbedLayerNormalization": 2}
+
+
+@register_pass
+@dataclass(frozen=True)
+class QuantizeDynamic(Pass):
+    name = "quantize_dynamic"
+    stage = "graph"
+    # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
+    # or flips more than this share of predictions, stays float. Used only with calibration data.
+    min_sqnr_db: float = 20.0
+    max_flip_rate: float = 0.02
+    calibration_rows: int = 64
+
+    def requires(self, model, ctx: PassContext) -> None:
+        if not weighted_nodes(model):
+            raise PassSkipped("no MatMul, Attention or EmbedLayerNormalization with constant float weights")
+
+    def run(self, model, ctx: PassContext) -> PassResult:
+        nodes = weighted_nodes(model)
+        feeds = None if ctx.calibration is None else \
+            calibration_rows(ctx.calibration, graph_input_names(model), self.calibration_rows)
+        outcome = quantize_except_sensitive(model, nodes, quantize_nodes, feeds,
+                                            Thresholds(self.min_sqnr_db, self.max_flip_rate))
+        return PassResult(outcome.model, outcome.notes(model, nodes), outcome.stats(model),
+                          fired=bool(outcome.quantized), lossy=True)
+
+
+def weighted_nodes(model) -> list:
+    """The nodes this pass can quantize, in graph order."""
+    names = {node.name for op in OP_TYPES for node in constant_weight_nodes(model, (op,), _WEIGHT_INPUT[op])}
+    return [node for node in model.graph.node if node.name in names]
+
+
+def quantize_nodes(model, nodes: list[str]):
+    """ONNX Runtime's dynamic quantizer on exactly `nodes`; an empty list quantizes nothing (not everything)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if not nodes:
+        return copy_model(model)
+
+    def quantize(source, out, _scratch):
+        quantize_dynamic(source, out, op_types_to_quantize=list(OP_TYPES), per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                         # contrib-op outputs have no inferred type on the fused graph; they are float
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+
+    with captured_library_output():
+        quantized = through_file(quantize, without_value_info(model))
+    return keep_model_props(quantized, model)

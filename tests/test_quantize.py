@@ -1,0 +1,208 @@
+"""Quantization passes on the tiny BERT: each fires, declines with a reason, and stays within a noise floor.
+
+Quantization changes numbers on purpose, so outputs are held to an SQNR floor against the float graph
+(not bit-exactness). The sensitivity analysis is checked on a model given one deliberate activation
+outlier, the way real BERTs have them: only the MatMul reading it may stay float.
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import SENTENCES, build_tiny_checkpoint, write_csv
+from edgecompress.errors import UserError
+from edgecompress.graph._quant_common import output_error, run_model
+from edgecompress.graph.quantize_int4 import embedding_nodes, matmul_nodes
+from edgecompress.passes import PassContext, apply_pass, make_pass
+from edgecompress.recipe import load_recipe
+
+SEQ_LEN = 16
+OUTLIER_NODE = "/model/bert/encoder/layer.1/output/dense/MatMul"
+TEXTS = [text for text, _ in SENTENCES] * 2
+
+
+def _bundle_and_feeds(checkpoint):
+    from edgecompress.data import tokenize
+    from edgecompress.model import load_bundle
+
+    bundle = load_bundle(checkpoint)
+    feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=SEQ_LEN, input_names=bundle.input_names)
+    return bundle, feeds
+
+
+def _context(bundle, calibration=None) -> PassContext:
+    return PassContext(seq_len=SEQ_LEN, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
+                       hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
+                       input_names=bundle.input_names, calibration=calibration)
+
+
+def _graph(checkpoint, *, fused: bool = True):
+    """The tiny BERT exported and rewritten by the default recipe (or only its first pass, unfused)."""
+    from edgecompress.graph.export import export_onnx
+
+    bundle, feeds = _bundle_and_feeds(checkpoint)
+    graph = export_onnx(bundle, feeds)
+    passes = load_recipe("default").graph
+    for p in passes if fused else passes[:1]:
+        graph, _ = apply_pass(p, graph, _context(bundle))
+    return graph, bundle, feeds
+
+
+def _quantize(name, graph, bundle, calibration=None, **options):
+    return apply_pass(make_pass("graph", name, options, "test"), graph, _context(bundle, calibration))
+
+
+def _sqnr(graph, quantized, feeds) -> float:
+    return output_error(run_model(graph, feeds), run_model(quantized, feeds), classifier=True).sqnr_db
+
+
+def _ops(model) -> set[str]:
+    return {node.op_type for node in model.graph.node}
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_checkpoint):
+    return _graph(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def outlier_checkpoint(tmp_path_factory):
+    """Tiny BERT whose layer-1 FFN has one unit stuck at a huge activation that the FFN's output projection
+    ignores (zero weights): float outputs do not depend on it, but it stretches the activation range of
+    exactly one MatMul, as the outlier features of real BERTs do. The projection is scaled up so that
+    the FFN, nearly silent in a random model, matters to the logits."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("outlier") / "checkpoint")
+    model = BertForSequenceClassification.from_pretrained(str(folder))
+    layer = model.bert.encoder.layer[1]
+    with torch.no_grad():
+        layer.intermediate.dense.bias[5] = 1000.0
+        layer.output.dense.weight *= 100.0
+        layer.output.dense.weight[:, 5] = 0.0
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def test_dynamic_quantizes_fused_ops_without_data(fused):
+    graph, bundle, feeds = fused
+    quantized, record = _quantize("quantize_dynamic", graph, bundle)
+    assert record.fired and record.lossy
+    assert {"QAttention", "QEmbedLayerNormalization", "MatMulInteger"} <= _ops(quantized)
+    assert "no calibration data: sensitivity analysis skipped, every supported node quantized" in record.notes
+    assert record.stats["size_mb_after"] < record.stats["size_mb_before"]
+    assert _sqnr(graph, quantized, feeds) >= 20.0
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("quantize_dynamic", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
+    ("quantize_static", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
+    ("quantize_int4", "no MatMul or embedding Gather with constant float weights"),
+])
+def test_passes_do_not_fire_without_weights(tiny_checkpoint, name, reason):
+    bundle, _ = _bundle_and_feeds(tiny_checkpoint)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    relu = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    _, record = _quantize(name, relu, bundle)
+    assert not record.fired
+    assert record.notes == [f"skipped: {reason}"]
+
+
+def test_static_needs_calibration_data(fused):
+    graph, bundle, _ = fused
+    with pytest.raises(UserError, match="calibration data missing; pass --data or --calibration"):
+        _quantize("quantize_static", graph, bundle)
+
+
+def test_static_rejects_unknown_activation_type():
+    with pytest.raises(UserError, match="activation_type"):
+        make_pass("graph", "quantize_static", {"activation_type": "int4"}, "test")
+
+
+def test_static_calibrates_matmul_activations(fused):
+    graph, bundle, feeds = fused
+    quantized, record = _quantize("quantize_static", graph, bundle, calibration=feeds)
+    assert record.fired and record.lossy
+    chosen = set(record.stats["quantized"])
+    matmuls = [n for n in quantized.graph.node if n.op_type == "MatMul" and n.name in chosen]
+    producers = {out: n.op_type for n in quantized.graph.node for out in n.output}
+    assert matmuls and all(producers[n.input[0]] == "DequantizeLinear" for n in matmuls)
+    assert {"QuantizeLinear", "QAttention"} <= _ops(quantized)
+    assert any(note.startswith("sensitivity: ") for note in record.notes)
+    assert _sqnr(graph, quantized, feeds) >= 15.0
+
+
+def test_sensitivity_keeps_the_outlier_matmul_float(outlier_checkpoint):
+    graph, bundle, feeds = _graph(outlier_checkpoint)
+    quantized, record = _quantize("quantize_dynamic", graph, bundle, calibration=feeds)
+    assert list(record.stats["kept_float"]) == [OUTLIER_NODE]
+    assert any(note.startswith(f"kept float: {OUTLIER_NODE} (quantized alone: SQNR") for note in record.notes)
+    assert OUTLIER_NODE in {n.name for n in quantized.graph.node if n.op_type == "MatMul"}
+    assert _sqnr(graph, quantized, feeds) >= 20.0
+
+
+def test_int4_quantizes_matmuls_and_embeddings_before_fusion(tiny_checkpoint):
+    graph, bundle, feeds = _graph(tiny_checkpoint, fused=False)
+    quantized, record = _quantize("quantize_int4", graph, bundle, mixed=False)
+    assert record.fired and record.lossy
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= _ops(quantized)
+    assert not matmul_nodes(quantized) and not embedding_nodes(quantized)
+    assert record.notes[0] == ("MatMul weights: 12 at 4 bits, 0 at 8 bits; "
+                               "embedding tables: 0 at 4 bits, 3 at 8 bits, 0 float")
+    assert "mixed = false: every layer at 4 bits" in record.notes
+    assert _sqnr(graph, quantized, feeds) >= 10.0
+
+
+def test_int4_packs_4_bit_embedding_tables(tiny_checkpoint):
+    graph, bundle, feeds = _graph(tiny_checkpoint, fused=False)
+    quantized, record = _quantize("quantize_int4", graph, bundle, mixed=False, embedding_bits=4)
+    tables = [n for n in quantized.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert tables and all(a.i == 4 for n in tables for a in n.attribute if a.name == "bits")
+    assert "embedding tables: 3 at 4 bits, 0 at 8 bits, 0 float" in record.notes[0]
+    assert _sqnr(graph, quantized, feeds) >= 10.0
+
+
+def test_int4_rejects_unsupported_embedding_bits():
+    with pytest.raises(UserError, match="embedding_bits"):
+        make_pass("graph", "quantize_int4", {"embedding_bits": 3}, "test")
+
+
+@pytest.mark.parametrize("min_sqnr_db, bits", [(0.0, 4), (200.0, 8)])
+def test_int4_mixed_chooses_bits_per_layer_from_measurement(tiny_checkpoint, min_sqnr_db, bits):
+    graph, bundle, feeds = _graph(tiny_checkpoint, fused=False)
+    _, record = _quantize("quantize_int4", graph, bundle, calibration=feeds, min_sqnr_db=min_sqnr_db)
+    layer_bits = {bit for name, bit in record.stats["bits"].items() if "layer." in name}
+    assert layer_bits == {bits}
+    assert any(note.startswith(f"layer.1: {bits} bits") for note in record.notes)
+
+
+def test_int4_after_fusion_says_what_stays_float(fused):
+    graph, bundle, _ = fused
+    _, record = _quantize("quantize_int4", graph, bundle, mixed=False)
+    assert any(note.startswith("Attention, EmbedLayerNormalization weights stay float") for note in record.notes)
+
+
+def test_recipes_place_quantization_after_or_before_fusion():
+    order = {name: [p.name for p in load_recipe(name).graph]
+             for name in ("dynamic-int8", "int8", "int4", "int8-int4-mixed")}
+    assert order["dynamic-int8"][-1] == "quantize_dynamic"
+    assert order["int8"][-1] == "quantize_static"
+    for name in ("int4", "int8-int4-mixed"):
+        assert order[name].index("quantize_int4") < order[name].index("fuse_transformer")
+
+
+def test_int8_recipe_exports_and_verifies(tiny_checkpoint, tiny_device, tmp_path):
+    from edgecompress.pipeline import ExportRequest, run_export
+
+    data = write_csv(tmp_path / "eval.csv", SENTENCES)
+    result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tiny_device), out_root=tmp_path / "dist",
+                                      data=data, recipe="int8", measure=False))
+    record = next(r for r in result.report.passes if r["name"] == "quantize_static")
+    assert record["fired"] and record["lossy"]
+    assert "QAttention" in _ops(onnx.load(str(result.out_dir / "model.onnx")))
+    onnx_artifact = next(a for a in result.report.artifacts if a.kind == "onnx")
+    assert onnx_artifact.parity["prediction_agreement"] >= 0.99
