@@ -1,0 +1,336 @@
+"""Structured surgery on BERT encoder layers, shared by the pruning passes (registers no pass).
+
+A prunable *unit* is a group of `width` consecutive output rows of producer Linear layers that feed
+the same `width` input columns of one consumer Linear:
+
+    attention head h:  rows of query/key/value [h*d:(h+1)*d]  ->  columns of attention.output.dense
+    FFN neuron j:      row j of intermediate.dense            ->  column j of output.dense
+
+Removing a unit slices those rows and columns. That is exact: the model computes what the unpruned
+model computes with that unit's slice of the consumer's input multiplied by 0 (`unit_masks`), because
+heads attend independently and an FFN neuron feeds nothing but its column. The same mask, left at 1
+with a gradient, gives the importance score I = E|dL/dmask| (Michel et al. 2019); for an FFN neuron
+that gradient is sum over tokens of activation x gradient, the first-order Taylor score.
+
+Every layer keeps the same number of units: ONNX Runtime's `Attention` fusion takes one head count
+for the whole graph, read from `config.json`'s num_attention_heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import torch
+
+from ..errors import InternalError, UserError
+from ..model import CLASSIFICATION
+from ..passes import Pass, PassContext, PassResult, PassSkipped
+from ._taskdata import TaskData, task_data, task_loss, training_seq_len
+
+
+class Units:
+    """One kind of prunable unit; subclasses name the Linear layers it spans in a BertLayer."""
+
+    kind = ""
+    config_key = ""
+    gradient_score = ""  # what the gradient importance of this kind of unit is, for the notes
+
+    def producers(self, layer) -> list[torch.nn.Linear]:
+        raise NotImplementedError
+
+    def consumer(self, layer) -> torch.nn.Linear:
+        raise NotImplementedError
+
+    def width(self, layer) -> int:
+        return 1
+
+    def value_producer(self, layer) -> torch.nn.Linear:
+        """The producer on the path whose output the consumer adds up (value for heads)."""
+        return self.producers(layer)[-1]
+
+    def count(self, layer) -> int:
+        return self.consumer(layer).in_features // self.width(layer)
+
+    def resized(self, layer, count: int) -> None:
+        """Update any bookkeeping the layer keeps about its unit count."""
+
+
+class AttentionHeads(Units):
+    kind, config_key = "head", "num_attention_heads"
+    gradient_score = "E|dL/d(head mask)| (Michel et al. 2019)"
+
+    def producers(self, layer):
+        attention = layer.attention.self
+        return [attention.query, attention.key, attention.value]
+
+    def consumer(self, layer):
+        return layer.attention.output.dense
+
+    def width(self, layer) -> int:
+        return layer.attention.self.attention_head_size
+
+    def resized(self, layer, count: int) -> None:
+        attention = layer.attention.self
+        attention.num_attention_heads = count
+        attention.all_head_size = count * attention.attention_head_size
+
+
+class FfnNeurons(Units):
+    kind, config_key = "neuron", "intermediate_size"
+    gradient_score = "|activation x gradient| (first-order Taylor)"
+
+    def producers(self, layer):
+        return [layer.intermediate.dense]
+
+    def consumer(self, layer):
+        return layer.output.dense
+
+
+HEADS, NEURONS = AttentionHeads(), FfnNeurons()
+
+
+def bert_model(module) -> torch.nn.Module:
+    """The BertModel inside a ReferenceModule, for classifiers and bare encoders alike."""
+    hf = module.hf_model
+    return hf.bert if hasattr(hf, "bert") else hf
+
+
+def encoder(module) -> torch.nn.Module:
+    return bert_model(module).encoder
+
+
+def encoder_layers(module) -> torch.nn.ModuleList:
+    return encoder(module).layer
+
+
+def check_ratio(pass_name: str, option: str, ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"option '{option}' of pass '{pass_name}' must be in [0, 1), got {ratio!r}",
+                        hint="it is the fraction of units removed from each layer")
+
+
+def units_to_remove(pass_name: str, option: str, ratio: float, total: int, kind: str) -> int:
+    """How many of a layer's `total` units `ratio` removes; removing all of them is a user error."""
+    count = round(ratio * total)
+    if count >= total:
+        raise UserError(f"option '{option}' of pass '{pass_name}' = {ratio} would remove all {total} "
+                        f"{kind}s of every layer", expected=f"a ratio below {(total - 0.5) / total:.3f}")
+    return count
+
+
+@contextlib.contextmanager
+def unit_masks(module, units: Units, masks: list[torch.Tensor]) -> Iterator[None]:
+    """Multiply each layer's units by `masks[layer]` (one value per unit) at the consumer's input."""
+    handles = []
+    for layer, mask in zip(encoder_layers(module), masks):
+        width = units.width(layer)
+        hook = (lambda m, args, mask=mask, width=width: (args[0] * mask.repeat_interleave(width),))
+        handles.append(units.consumer(layer).register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def gradient_importance(module, kinds: list[Units], data: TaskData, batch_size: int = 32) -> list[torch.Tensor]:
+    """E|dL/dmask| per unit for each kind ([layers, units] each), normalised to unit L2 norm per layer.
+
+    Michel et al. normalise per layer to compare heads across layers; here every layer loses the same
+    number of units, so the normalisation leaves the choice unchanged and only makes scores comparable.
+    Weights are frozen meanwhile: only the masks need gradients.
+    """
+    layers = encoder_layers(module)
+    masks = [[torch.ones(units.count(layer), requires_grad=True) for layer in layers] for units in kinds]
+    scores = [torch.zeros(len(layers), units.count(layers[0])) for units in kinds]
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    module.eval()
+    with contextlib.ExitStack() as stack, torch.enable_grad():
+        for units, kind_masks in zip(kinds, masks):
+            stack.enter_context(unit_masks(module, units, kind_masks))
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            for batch in data.batches(batch_size):
+                task_loss(module, batch).backward()
+                for kind_scores, kind_masks in zip(scores, masks):
+                    for i, mask in enumerate(kind_masks):
+                        kind_scores[i] += mask.grad.abs()
+                        mask.grad = None
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+    return [s / s.norm(dim=1, keepdim=True).clamp(min=1e-12) for s in scores]
+
+
+def magnitude_importance(module, units: Units) -> torch.Tensor:
+    """Without labelled data: ||value rows of the unit|| x ||consumer columns of the unit|| per unit.
+
+    The product bounds how much the unit can add to the residual stream per unit of input: attention
+    mixes values with weights that sum to 1, and GELU grows no faster than its input.
+    """
+    rows = []
+    for layer in encoder_layers(module):
+        width, count = units.width(layer), units.count(layer)
+        value = units.value_producer(layer).weight.detach().reshape(count, width, -1)
+        out = units.consumer(layer).weight.detach().reshape(-1, count, width)
+        rows.append(value.flatten(1).norm(dim=1) * out.transpose(0, 1).flatten(1).norm(dim=1))
+    return torch.stack(rows)
+
+
+@dataclass
+class Pruned:
+    """Which original units of each layer are still alive; removes the lowest-scoring ones in place."""
+
+    units: Units
+    total: int  # units per layer before pruning
+    alive: list[list[int]]
+
+    @classmethod
+    def start(cls, module, units: Units) -> "Pruned":
+        counts = [units.count(layer) for layer in encoder_layers(module)]
+        return cls(units, counts[0], [list(range(count)) for count in counts])
+
+    @property
+    def removed(self) -> int:
+        return self.total - len(self.alive[0])
+
+    def removed_ids(self) -> list[list[int]]:
+        return [sorted(set(range(self.total)) - set(ids)) for ids in self.alive]
+
+    def remove(self, module, scores: torch.Tensor, count: int) -> None:
+        """Remove the `count` lowest-scoring units of every layer."""
+        if count <= 0:
+            return
+        for i, layer in enumerate(encoder_layers(module)):
+            keep = torch.sort(torch.topk(scores[i], scores.shape[1] - count, sorted=False).indices).values
+            keep_units(layer, self.units, keep)
+            self.alive[i] = [self.alive[i][j] for j in keep.tolist()]
+
+
+def keep_units(layer, units: Units, keep: torch.Tensor) -> None:
+    """Slice the producers' rows and the consumer's columns down to the units in `keep`."""
+    width = units.width(layer)
+    columns = (keep[:, None] * width + torch.arange(width)).flatten()
+    for linear in units.producers(layer):
+        _slice(linear, columns, dim=0)
+    _slice(units.consumer(layer), columns, dim=1)
+    units.resized(layer, len(keep))
+
+
+def _slice(linear: torch.nn.Linear, index: torch.Tensor, dim: int) -> None:
+    linear.weight = torch.nn.Parameter(linear.weight.detach().index_select(dim, index).clone())
+    if dim == 0:
+        if linear.bias is not None:
+            linear.bias = torch.nn.Parameter(linear.bias.detach()[index].clone())
+        linear.out_features = len(index)
+    else:
+        linear.in_features = len(index)
+
+
+def cloned(bundle):
+    """A bundle with its own copy of the module and config, so a pass never changes its input."""
+    return dataclasses.replace(bundle, module=copy.deepcopy(bundle.module), config=dict(bundle.config))
+
+
+def set_config(bundle, **values) -> None:
+    """Record an architecture change in both the shipped config dict and the module's own config."""
+    bundle.config.update(values)
+    for key, value in values.items():
+        setattr(bundle.module.hf_model.config, key, value)
+
+
+def sync_context(ctx, bundle) -> None:
+    """Keep the pass context describing the model that later passes receive.
+
+    The pipeline fills the context from config.json before the compress stage; its only reader of
+    these fields, `fuse_transformer`, hands them to ONNX Runtime's fuser, whose `hidden_size` is "the
+    hidden dimension after pruning": the width of Q/K/V, heads x head size. For an unpruned BERT that
+    is hidden_size; with heads pruned it is smaller, and with the model's hidden_size the fuser finds
+    no head count and fuses nothing (measured on the tiny BERT, onnxruntime 1.31).
+    """
+    ctx.num_heads, ctx.num_layers = bundle.num_heads, bundle.num_layers
+    ctx.hidden_size = encoder_layers(bundle.module)[0].attention.self.all_head_size
+
+
+def parameter_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def importance_data(bundle, ctx, limit: int) -> tuple[TaskData | None, str]:
+    """Labelled texts to score units by gradient, or None and why weight magnitude is used instead."""
+    if bundle.kind != CLASSIFICATION:
+        return None, "a sentence encoder has no task loss to take gradients of"
+    if ctx.train_data is None or ctx.train_data.labels is None:
+        return None, "no labelled --train-data, so no task loss to take gradients of"
+    return task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx), limit=limit), ""
+
+
+def importance_method(units: Units, data: TaskData | None, why_not: str) -> str:
+    if data is None:
+        return f"weight magnitude ({why_not})"
+    return f"{units.gradient_score} on {len(data)} labelled training texts"
+
+
+def importance(module, kinds: list[Units], data: TaskData | None) -> list[torch.Tensor]:
+    if data is None:
+        return [magnitude_importance(module, units) for units in kinds]
+    return gradient_importance(module, kinds, data)
+
+
+@dataclass(frozen=True)
+class UnitPruningPass(Pass):
+    """Shared body of `prune_heads` and `prune_ffn`: the same fraction of units leaves every layer.
+
+    With `steps` > 1 the units go in equal rounds, importance re-measured on the pruned model each
+    round (Michel et al. prune iteratively: a unit's importance changes once its neighbours are gone).
+    """
+
+    units: ClassVar[Units]
+    ratio: float = 0.5
+    steps: int = 1
+    importance_texts: int = 1024  # labelled texts the gradient importance is averaged over
+
+    def requires(self, bundle, ctx: PassContext) -> None:
+        check_ratio(self.name, "ratio", self.ratio)
+        check_positive(self.name, "steps", self.steps)
+        check_positive(self.name, "importance_texts", self.importance_texts)
+        if bundle.module is None:
+            raise PassSkipped("the model came in as ONNX: there is no torch module to prune")
+        total = self.units.count(encoder_layers(bundle.module)[0])
+        if units_to_remove(self.name, "ratio", self.ratio, total, self.units.kind) == 0:
+            raise PassSkipped(f"ratio {self.ratio} of {total} {self.units.kind}s per layer removes none")
+
+    def run(self, bundle, ctx: PassContext) -> PassResult:
+        new = cloned(bundle)
+        pruned = Pruned.start(new.module, self.units)
+        count = units_to_remove(self.name, "ratio", self.ratio, pruned.total, self.units.kind)
+        data, why_not = importance_data(bundle, ctx, self.importance_texts)
+        method = importance_method(self.units, data, why_not)
+        for step in range(1, self.steps + 1):
+            scores, = importance(new.module, [self.units], data)
+            pruned.remove(new.module, scores, round(count * step / self.steps) - pruned.removed)
+        set_config(new, **{self.units.config_key: pruned.total - count})
+        sync_context(ctx, new)
+        notes = [f"removed {count} of {pruned.total} {self.units.kind}s in each of {len(pruned.alive)} layers "
+                 f"in {self.steps} step(s); importance: {method}"]
+        stats = {"importance": method, f"{self.units.kind}s_before": pruned.total,
+                 f"{self.units.kind}s_after": pruned.total - count, "removed": pruned.removed_ids(),
+                 "parameters_before": parameter_count(bundle.module), "parameters_after": parameter_count(new.module)}
+        return PassResult(new, notes, stats, lossy=True)
+
+    def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
+        expected = result.model.config[self.units.config_key]
+        found = {self.units.count(layer) for layer in encoder_layers(result.model.module)}
+        if found != {expected}:
+            raise InternalError(f"{self.name} left {sorted(found)} {self.units.kind}s per layer; "
+                                f"config says {expected}")
+
+
+def check_positive(pass_name: str, option: str, value: float) -> None:
+    if value <= 0:
+        raise UserError(f"option '{option}' of pass '{pass_name}' must be positive, got {value!r}")
