@@ -184,6 +184,58 @@ def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json
     click.echo(describe(result))
 
 
+@main.command()
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.option("--student", type=click.Choice(["bilstm", "cnn", "transformer"]), required=True,
+              help="Student architecture.")
+@click.option("--train-data", type=click.Path(path_type=Path), required=True,
+              help="Labelled training texts (CSV/TSV/JSONL) with the teacher's labels.")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Student checkpoint folder to write (exportable with `edgecompress export`).")
+@click.option("--augment", type=click.IntRange(0), default=0, show_default=True,
+              help="Augmented copies per labelled text (masking, neighbour words, n-grams), labelled by the teacher.")
+@click.option("--epochs", type=click.IntRange(1), help="Training epochs (default: per student).")
+@click.option("--batch-size", type=click.IntRange(1), help="Examples per step and process.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate (default: per student).")
+@click.option("--seq-len", type=click.IntRange(1), default=64, show_default=True,
+              help="Token length of the transfer set.")
+@click.option("--student-config", type=click.Path(path_type=Path),
+              help="JSON object of student hyper-parameters overriding the defaults.")
+@click.option("--loss", "logit_loss", type=click.Choice(["mse", "kl"]), help="Logit loss (default: per student).")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), help="Softmax temperature of the KL loss.")
+@click.option("--hard-weight", type=click.FloatRange(0, 1), help="Share of the hard-label loss.")
+@click.option("--hidden-weight", type=click.FloatRange(0), help="Hidden-state loss weight (transformer).")
+@click.option("--attention-weight", type=click.FloatRange(0), help="Attention loss weight (transformer).")
+@click.option("--layer-map", help="Teacher layer per student layer, e.g. 2,4,6 (transformer; default evenly spaced).")
+@click.option("--transfer-set", type=click.Path(path_type=Path),
+              help="Reuse the teacher-labelled texts saved in this .npz, or save them there for the next student.")
+@click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
+              help="Training processes (DistributedDataParallel over gloo, launched with torchrun).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def distill(teacher, student, train_data, out_dir, augment, epochs, batch_size, lr, seq_len, student_config,
+            logit_loss, temperature, hard_weight, hidden_weight, attention_weight, layer_map, transfer_set, processes,
+            seed):
+    """Distill TEACHER (a fine-tuned classifier checkpoint) into a small student checkpoint folder."""
+    from .compress.distill.run import DistillRequest, distill as run_distill
+
+    logging.getLogger("edgecompress.compress.distill").setLevel(logging.INFO)  # progress, step/total, ETA
+    training = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    losses = {k: v for k, v in dict(logit_loss=logit_loss, temperature=temperature, hard_weight=hard_weight,
+                                    hidden_weight=hidden_weight, attention_weight=attention_weight).items()
+              if v is not None}
+    if layer_map:
+        try:
+            losses["layer_map"] = tuple(int(part) for part in layer_map.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{layer_map!r} is not a comma-separated list of layer numbers",
+                                     param_hint="'--layer-map'") from None
+    request = DistillRequest(teacher=teacher, student=student, train_data=train_data, out_dir=out_dir,
+                             augment=augment, seq_len=seq_len, processes=processes, student_config=student_config,
+                             transfer_set=transfer_set, training=training, losses=losses)
+    written = _run_guarded(lambda: run_distill(request))
+    click.echo(f"wrote {written}/")
+
+
 def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -82,6 +82,12 @@ def load_checkpoint(folder: Path) -> ModelBundle:
         raise UserError("checkpoint folder is empty", where=str(folder),
                         expected="config.json, model.safetensors (or pytorch_model.bin), tokenizer files")
     config = read_config(folder)
+    from .compress.distill.students import ARCHITECTURES as STUDENTS
+
+    if (config.get("architectures") or [None])[0] in STUDENTS.values():  # a distilled BiLSTM or CNN
+        from .compress.distill.checkpoint import load_student
+
+        return load_student(folder, config)
     architecture = check_architecture(config, folder)
     module = build_module(folder, config, architecture)
     tokenizer, settings = load_tokenizer(folder, config, folder)
