@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .data import tokenize
+from .atomic import swap_in
 from .errors import UserError, VerificationError
 from .passes import PassContext, PassRecord, apply_pass
 
@@ -130,7 +131,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     try:
         report = _finish(run, staging)
         out_dir = request.out_root / run.profile.name
-        _commit(staging, out_dir)
+        swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir, report)
@@ -316,21 +317,6 @@ def _staging_dir(out_root: Path, name: str) -> Path:
     return staging
 
 
-def _commit(staging: Path, final: Path) -> None:
-    """Swap the finished staging folder in; the old output is removed only after the new one is in place.
-
-    Any interruption between the two renames (Ctrl-C included) puts the old output back.
-    """
-    backup = final.parent / f".{final.name}.old-{os.getpid()}"
-    try:
-        if final.exists():
-            final.rename(backup)
-        staging.rename(final)
-    except BaseException:
-        if backup.exists() and not final.exists():
-            backup.rename(final)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 __all__ = ["ExportRequest", "ExportResult", "Progress", "run_export", "__version__"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...atomic import swap_in
 from ...errors import InternalError, UserError
 from .augment import AugmentOptions
 from .losses import LossOptions
@@ -369,22 +370,10 @@ def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         write_student(staging, plan.job["kind"], init_config, trained["student"], plan.teacher, record)
-        _swap_in(staging, out)
+        swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s", out)
 
 
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace `final` by `staging`; an interruption between the two renames puts the old folder back."""
-    backup = final.parent / f".{final.name}.old-{os.getpid()}"
-    try:
-        if final.exists():
-            final.rename(backup)
-        staging.rename(final)
-    except BaseException:
-        if backup.exists() and not final.exists():
-            backup.rename(final)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
