@@ -12,9 +12,12 @@ Progress = Callable[[int, int], None]
 
 # Float artifacts must match the reference to this absolute tolerance on every output element.
 FLOAT_PARITY_ATOL = 1e-4
-# Artifacts from lossy passes (quantization) must instead agree on predictions (classification)
-# or stay this close in direction (embeddings); their accuracy is guarded by the budgets.
-LOSSY_MIN_AGREEMENT = 0.99
+# Artifacts from lossy passes (quantization) are judged in two steps. Verification only catches a
+# broken artifact: predictions must agree with the float reference on this share of texts. Whether the
+# artifact is good enough to ship is the accuracy-drop budget's call (exit 3). Measured on the Rotten
+# Tomatoes teacher: int8 variants agree on 96-99% (flips only where float's top-two logit gap is
+# below 0.65) while test accuracy moves by at most 0.7 points; a broken lowering agrees near 50%.
+LOSSY_MIN_AGREEMENT = 0.95
 LOSSY_MIN_COSINE = 0.99
 
 

@@ -89,7 +89,7 @@ def through_file(quantize, model):
 
     with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as scratch:
         out = Path(scratch) / "quantized.onnx"
-        quantize(model, out, Path(scratch))
+        quantize(model, out)
         return onnx.load(str(out))
 
 

@@ -69,7 +69,7 @@ def quantize_nodes(model, nodes: list[str]):
     if not nodes:
         return copy_model(model)
 
-    def quantize(source, out, _scratch):
+    def quantize(source, out):
         quantize_dynamic(source, out, op_types_to_quantize=list(OP_TYPES), per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                          # contrib-op outputs have no inferred type on the fused graph; they are float

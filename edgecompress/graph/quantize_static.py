@@ -127,7 +127,7 @@ def _qdq_matmuls(model, matmuls: list[str], activation_type: str, ranges: Path):
 
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
 
-    def quantize(source, out, _scratch):
+    def quantize(source, out):
         quantize_static(source, out, None,
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
                         activation_type=activation, weight_type=QuantType.QInt8, nodes_to_quantize=matmuls,
