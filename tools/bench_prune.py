@@ -13,6 +13,7 @@ Latency: model.onnx in the standalone runner, interleaved rounds (every variant 
 load from other processes on this shared machine hits all variants alike; medians and p90 of all runs.
 
     python tools/bench_prune.py [--rounds 5 --runs 40 --threads 1 2 --limit N]
+    python tools/bench_prune.py --recipe my_pruned.toml --variants "teacher float" "pruned + recovery"
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from edgecompress.paths import device_profiles_dir, recipes_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 SEQ_LEN = 64
+VARIANTS = ("teacher float", "pruned, no recovery", "pruned + recovery")
 GRAPH_PASSES = "".join(f'\n[[graph]]\npass = "{name}"\n' for name in
                        ("remove_training_nodes", "fuse_transformer", "fix_shapes", "fold_constants"))
 ONE_SHOT = """description = "prune_heads 0.5 + prune_ffn 0.5 + trim_vocab, no recovery"
@@ -63,8 +65,8 @@ def main() -> None:
         scratch = Path(tmp)
         train_csv = limited(splits / "train.csv", args.limit, scratch)
         recipes = {"teacher float": "default", "pruned, no recovery": write(scratch / "one_shot.toml", ONE_SHOT),
-                   "pruned + recovery": str(recipes_dir() / "pruned.toml")}
-        exports = {name: export(name, recipe, teacher, splits, train_csv, scratch) for name, recipe in recipes.items()}
+                   "pruned + recovery": args.recipe}
+        exports = {name: export(name, recipes[name], teacher, splits, train_csv, scratch) for name in args.variants}
         feeds = tokenize_first_row(exports, splits / "test.csv")
         latencies = {threads: measure_interleaved(exports, feeds, threads, args) for threads in args.threads}
         print_table(exports, latencies, teacher)
@@ -77,7 +79,13 @@ def parse_args():
     parser.add_argument("--runs", type=int, default=40, help="timed runs per variant per round")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--limit", type=int, default=None, help="training texts (a smoke run; default: all)")
-    return parser.parse_args()
+    parser.add_argument("--recipe", default=str(recipes_dir() / "pruned.toml"),
+                        help="recipe of the 'pruned + recovery' variant (default: the packaged pruned.toml)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="variants to run besides 'teacher float', which speed-ups are relative to")
+    args = parser.parse_args()
+    args.variants = [VARIANTS[0], *(v for v in VARIANTS[1:] if v in args.variants)]
+    return args
 
 
 def limited(train_csv: Path, limit: int | None, scratch: Path) -> Path:
