@@ -113,7 +113,9 @@ def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([values, padding])
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: bool, lossy: bool = False) -> Parity:
+def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: bool, lossy: bool = False,
+            atol: float = FLOAT_PARITY_ATOL) -> Parity:
+    """`atol` is the exact-parity tolerance; a model that is not float (integer-only) states its own."""
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     agreement = cosine = None
     if classification:
@@ -125,10 +127,10 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: boo
     if lossy:
         passed = agreement >= LOSSY_MIN_AGREEMENT if classification else cosine >= LOSSY_MIN_COSINE
     else:
-        passed = max_diff <= FLOAT_PARITY_ATOL and (agreement is None or agreement == 1.0)
+        passed = max_diff <= atol and (agreement is None or agreement == 1.0)
     return Parity(examples=len(reference), max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
                   prediction_agreement=agreement, min_cosine=cosine,
-                  tolerance=None if lossy else FLOAT_PARITY_ATOL, passed=passed)
+                  tolerance=None if lossy else atol, passed=passed)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:

@@ -245,7 +245,7 @@ LOWERING_CHECK_ROWS = 32
 def _lower(bundle, feeds, reference: np.ndarray):
     import onnx
 
-    from .evaluate import FLOAT_PARITY_ATOL, compare, ort_session, run_session
+    from .evaluate import compare, ort_session, run_session
     from .graph.export import export_onnx
     from .model import CLASSIFICATION
 
@@ -257,11 +257,20 @@ def _lower(bundle, feeds, reference: np.ndarray):
     rows = {name: values[:LOWERING_CHECK_ROWS] for name, values in feeds.items()}
     session = ort_session(graph.SerializeToString(), threads=2, optimize=False)
     outputs = run_session(session, rows, output_name=bundle.output_name, batch_size=8)
-    parity = compare(reference[:LOWERING_CHECK_ROWS], outputs, classification=bundle.kind == CLASSIFICATION)
+    parity = compare(reference[:LOWERING_CHECK_ROWS], outputs, classification=bundle.kind == CLASSIFICATION,
+                     atol=parity_atol(bundle))
     if not parity.passed:
         raise VerificationError(f"lowering to ONNX changed the model: max |diff| {parity.max_abs_diff:.3g} "
-                                f"> {FLOAT_PARITY_ATOL} on {parity.examples} texts (this is a bug; please report it)")
+                                f"> {parity.tolerance} on {parity.examples} texts (this is a bug; please report it)")
     return graph
+
+
+def parity_atol(bundle) -> float:
+    """Float models match to FLOAT_PARITY_ATOL; a torch module that is not float states its own tolerance
+    as `parity_atol` (an integer-only model: one least-significant bit of its output scale)."""
+    from .evaluate import FLOAT_PARITY_ATOL
+
+    return float(getattr(bundle.module, "parity_atol", FLOAT_PARITY_ATOL))
 
 
 def _verify(run: Run):
@@ -278,7 +287,8 @@ def _verify(run: Run):
     for artifact in run.artifacts:
         outputs = artifact_outputs(artifact, run.feeds, output_name=run.bundle.output_name,
                                    progress=run.ticker(f"verify {artifact.path.name}"))
-        parity = compare(run.reference, outputs, classification=classification, lossy=lossy)
+        parity = compare(run.reference, outputs, classification=classification, lossy=lossy,
+                         atol=parity_atol(run.bundle))
         if not parity.passed:
             raise VerificationError(
                 f"{artifact.path.name} does not match the reference model: max |diff| {parity.max_abs_diff:.3g} "

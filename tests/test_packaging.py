@@ -19,6 +19,10 @@ def test_wheel_carries_runners_profiles_and_recipes(tmp_path):
     assert "edgecompress/recipes/default.toml" in names
     for profile in (REPO / "device_profiles").glob("*.toml"):
         assert f"edgecompress/device_profiles/{profile.name}" in names
+    # Every module of the source tree ships: a subpackage missing from pyproject's list would install
+    # fine in editable mode and break only for users of the wheel.
+    for module in (REPO / "edgecompress").rglob("*.py"):
+        assert module.relative_to(REPO).as_posix() in names, module
 
 
 def test_importing_the_package_starts_nothing_heavy():

@@ -22,11 +22,20 @@ MAX_IR_VERSION = 9
 
 
 def export_onnx(bundle, sample_feeds: dict) -> "onnx.ModelProto":
-    """Export `bundle.module`; `sample_feeds` are real tokenized inputs used to trace the graph."""
+    """Export `bundle.module`; `sample_feeds` are real tokenized inputs used to trace the graph.
+
+    A module that lowers itself (`to_onnx(sample_feeds, input_names, output_name)`, e.g. the integer-only
+    model, whose integer arithmetic the torch exporter would turn into float ops) is asked to do so.
+    """
     import onnx
     import torch
 
     module = bundle.module.eval()
+    own_lowering = getattr(module, "to_onnx", None)
+    if own_lowering is not None:
+        model = own_lowering(sample_feeds, input_names=tuple(bundle.input_names), output_name=bundle.output_name)
+        onnx.helper.set_model_props(model, {"converted_by": "edgecompress"})
+        return model
     args = tuple(torch.from_numpy(sample_feeds[name][:1]) for name in bundle.input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in bundle.input_names}
     axes[bundle.output_name] = {0: "batch"}
