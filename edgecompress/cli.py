@@ -71,16 +71,20 @@ def main(verbose: bool) -> None:
 @click.option("--train-data", type=click.Path(path_type=Path),
               help="Labelled training texts for passes that train or score by gradient (pruning).")
 @click.option("--recipe", help="Recipe name or .toml path; default: the device profile's recipe.")
+@click.option("--quantize", metavar="MODE",
+              help="none, dynamic-int8, int8, int8-qat, int4, int8-int4-mixed or integer-only: replaces the "
+                   "recipe's quantization; default: as --recipe says, else the device profile's mode.")
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (for .onnx input).")
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs on the host.")
 @click.option("--no-measure", is_flag=True, help="Skip the host latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def export(model, device, data, calibration, train_data, out_root, recipe, tokenizer, runs, no_measure, as_json):
+def export(model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure,
+           as_json):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
     from .pipeline import ExportRequest, run_export
 
     request = ExportRequest(model=model, device=device, out_root=out_root, data=data, calibration=calibration,
-                            train_data=train_data, recipe=recipe,
+                            train_data=train_data, recipe=recipe, quantize=quantize,
                             tokenizer=tokenizer, runs=runs, measure=not no_measure)
     result = _run_guarded(lambda: run_export(request, _StderrProgress()))
     report = result.report

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from edgecompress.errors import UserError
 from edgecompress.paths import device_profiles_dir
+from edgecompress.recipe import QUANTIZE_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,6 +96,7 @@ class DeviceProfile:
     memory: Memory
     runtime: Runtime
     budgets: Budgets
+    quantize: str = "none"  # the default --quantize mode for this device (see recipe.QUANTIZE_MODES)
 
     def peak_ops_per_second(self, dtype: str, threads: int) -> float:
         """Peak rate for `threads` busy threads: the scheduler puts them on the fastest cores, one per core,
@@ -204,7 +206,7 @@ _TABLES = _Rule("a non-empty array of tables",
                 lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(item, dict) for item in v))
 
 _TOP_RULES = {"name": _SLUG, "display_name": _TEXT, "kind": _one_of(KINDS), "os": _one_of(OPERATING_SYSTEMS),
-              "recipe": _SLUG, "artifacts": _string_list(non_empty=True), "soc": _TABLE, "memory": _TABLE,
+              "recipe": _SLUG, "quantize": _SLUG, "artifacts": _string_list(non_empty=True), "soc": _TABLE, "memory": _TABLE,
               "runtime": _TABLE, "budgets": _TABLE}
 _SOC_RULES = {"name": _TEXT, "isa": _ISA, "features": _string_list(non_empty=False), "source": _TEXT,
               "clusters": _TABLES}
@@ -294,7 +296,7 @@ def _dotted(prefix: str, key: str) -> str:
 
 def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
     """Validate the whole document, then assemble the frozen profile."""
-    top = reader.table(raw, "", _TOP_RULES)
+    top = reader.table(raw, "", _TOP_RULES, frozenset({"quantize"}))
     if top["name"] != stem:
         raise reader.error(f"field 'name' must equal the file name stem {_show(stem)}, "
                            f"got {_show(top['name'])}", hint="rename the file or change 'name' so that they match")
@@ -302,13 +304,16 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
     clusters = tuple(Cluster(**reader.table(cluster, f"soc.clusters[{index}]", _CLUSTER_RULES, _OPTIONAL))
                      for index, cluster in enumerate(soc["clusters"]))
     artifacts = reader.choices(top["artifacts"], "artifacts", ARTIFACTS)
+    quantize = top.get("quantize", "none")
+    if quantize not in QUANTIZE_MODES:
+        raise reader.error(f"field 'quantize' must be one of {', '.join(QUANTIZE_MODES)}, got {_show(quantize)}")
     runtime = Runtime(**reader.table(top["runtime"], "runtime", _RUNTIME_RULES))
     if "tflite" in artifacts and runtime.dynamic_shapes:
         raise reader.error("field 'runtime.dynamic_shapes' must be false when 'artifacts' has \"tflite\"",
                            hint="LiteRT needs fixed shapes; drop tflite or fix shapes to seq_len")
     return DeviceProfile(
         name=top["name"], display_name=top["display_name"], kind=top["kind"], os=top["os"],
-        recipe=top["recipe"], artifacts=artifacts,
+        recipe=top["recipe"], quantize=quantize, artifacts=artifacts,
         soc=Soc(name=soc["name"], isa=soc["isa"],
                 features=reader.choices(soc["features"], "soc.features", FEATURES),
                 clusters=clusters, source=soc["source"]),

@@ -48,6 +48,7 @@ class ExportRequest:
     calibration: Path | None = None  # unlabelled texts for passes that calibrate; default: --data
     train_data: Path | None = None  # labelled texts for passes that train or score by gradient
     recipe: str | None = None
+    quantize: str | None = None  # a recipe.QUANTIZE_MODES key; None: as the recipe or the profile says
     tokenizer: Path | None = None
     runs: int = 50
     warmup: int = 5
@@ -85,6 +86,7 @@ class Run:
     artifacts: list = field(default_factory=list)
     checks: list = field(default_factory=list)  # (Parity, outputs) per artifact
     measured: list = field(default_factory=list)  # runner result (or None) per artifact
+    audits: list = field(default_factory=list)  # op audit (histogram, float ops) per artifact
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):
@@ -103,12 +105,12 @@ class Run:
 
 def run_export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
     from .devices import get_profile
-    from .recipe import load_recipe
+    from .recipe import choose_recipe
 
     run = Run(request, progress or Progress())
     with run.stage("intake", str(request.model)) as summary:
         run.profile = get_profile(request.device)
-        run.recipe = load_recipe(request.recipe or run.profile.recipe)
+        run.recipe = choose_recipe(request.recipe, request.quantize, run.profile)
         run.bundle = _intake(request)
         summary.append(f"{run.bundle.kind}, recipe {run.recipe.name}")
     seq_len = run.profile.runtime.seq_len
@@ -157,6 +159,8 @@ def _finish(run: Run, staging: Path):
         run.artifacts = emit_all(run.graph, staging, run.profile.artifacts)
         summary.append(", ".join(a.path.name for a in run.artifacts))
     with run.stage("verify", f"{len(run.dataset)} texts") as summary:
+        run.audits = [package.artifact_audit(a, run.graph) for a in run.artifacts]
+        _check_integer_only(run)
         run.checks = _verify(run)
         summary.append(", ".join(f"{a.path.name} max|diff| {c.max_abs_diff:.1e}"
                                  for a, (c, _) in zip(run.artifacts, run.checks)))
@@ -296,6 +300,21 @@ def _verify(run: Run):
                 f"min cosine {parity.min_cosine}; nothing was written")
         checks.append((parity, outputs))
     return checks
+
+
+def _check_integer_only(run: Run) -> None:
+    """An integer-only model may compute in float only at its boundary: the audit of each file decides."""
+    if not getattr(run.bundle.module, "integer_only", False):
+        return
+    for artifact, audit in zip(run.artifacts, run.audits):
+        inside = audit.get("float_ops_inside")
+        if inside is None:
+            raise VerificationError(f"{artifact.path.name}: the {artifact.runtime} audit cannot tell float ops "
+                                    f"inside the model, so an integer-only export cannot be proven; nothing "
+                                    f"was written")
+        if inside:
+            raise VerificationError(f"{artifact.path.name} is not integer-only: {len(inside)} node(s) compute in "
+                                    f"float between integer ops ({', '.join(inside[:5])}); nothing was written")
 
 
 def _measure(run: Run) -> list[dict | None]:

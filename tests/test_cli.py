@@ -266,6 +266,31 @@ def test_unknown_device(tmp_path, tiny_checkpoint, tiny_data):
     assert not (tmp_path / "out").exists()
 
 
+def test_unknown_quantize_mode(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "out",
+                    "--quantize", "int3")
+    line = user_error(result)
+    assert line.startswith("error: unknown quantization mode 'int3'; hint: Known: none, dynamic-int8, int8, ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_option_quantizes_the_profile_recipe(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "out",
+                    "--quantize", "dynamic-int8", "--no-measure", "--json")
+    assert result.exit_code in (0, 3), result.output
+    report = json.loads(result.stdout)
+    assert report["recipe"]["name"] == "dynamic-int8"
+    quantize = next(p for p in report["passes"] if p["name"] == "quantize_dynamic")
+    assert quantize["fired"] and quantize["lossy"]
+
+
+def test_profile_quantize_field_is_checked(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
+    device = device_variant(tmp_path / "devices", "tinyphone", tiny_device,
+                            **{r'quantize = "none"': 'quantize = "int3"'})
+    result = invoke("export", tiny_checkpoint, "--device", device, "--data", tiny_data, "-o", tmp_path / "out")
+    assert user_error(result).startswith(f"error: {device}: field 'quantize' must be one of none, dynamic-int8, ")
+
+
 def test_device_profile_with_a_bad_field_names_file_and_field(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
     device = device_variant(tmp_path / "devices", "tinyphone", tiny_device, **{r"threads = 2": 'threads = "two"'})
     result = invoke("export", tiny_checkpoint, "--device", device, "--data", tiny_data, "-o", tmp_path / "out")

@@ -66,3 +66,51 @@ def test_entry_without_pass_name(tmp_path):
     path.write_text("[[graph]]\nrequire_attention = true\n")
     with pytest.raises(UserError, match=r"graph\[0\]: each entry needs a 'pass' name"):
         load_recipe(str(path))
+
+
+def _profile(quantize: str = "none", recipe: str = "default"):
+    from dataclasses import replace
+
+    from edgecompress.devices import get_profile
+
+    return replace(get_profile("pixel7"), quantize=quantize, recipe=recipe)
+
+
+def test_quantize_replaces_the_graph_stage_and_keeps_the_compress_stage():
+    from edgecompress.recipe import choose_recipe
+
+    recipe = choose_recipe("pruned", "int8", _profile())
+    assert recipe.name == "pruned+int8"
+    assert [p.name for p in recipe.compress] == ["trim_vocab", "prune_schedule"]
+    assert recipe.graph == load_recipe("int8").graph
+
+
+def test_quantize_none_on_a_quantized_recipe_gives_the_float_graph():
+    from edgecompress.recipe import choose_recipe
+
+    recipe = choose_recipe("int8", "none", _profile())
+    assert recipe.graph == load_recipe("default").graph
+
+
+def test_the_profile_mode_applies_only_when_neither_recipe_nor_quantize_is_given():
+    from edgecompress.recipe import choose_recipe
+
+    profile = _profile(quantize="dynamic-int8")
+    assert choose_recipe(None, None, profile).name == "dynamic-int8"
+    assert choose_recipe("int4", None, profile).name == "int4"  # an explicit recipe is taken as written
+    assert choose_recipe(None, "none", profile).name == "default"
+
+
+def test_every_quantize_mode_names_a_packaged_recipe():
+    from edgecompress.recipe import QUANTIZE_MODES
+
+    assert set(QUANTIZE_MODES.values()) <= set(known_recipes())
+
+
+def test_unknown_quantize_mode_lists_the_known_ones():
+    from edgecompress.recipe import choose_recipe
+
+    with pytest.raises(UserError) as err:
+        choose_recipe(None, "int3", _profile())
+    assert "unknown quantization mode 'int3'" in str(err.value)
+    assert "dynamic-int8, int8" in str(err.value.hint)
