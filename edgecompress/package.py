@@ -35,7 +35,7 @@ def build_report(run) -> Report:
     threads = profile.runtime.threads
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
     reports = []
-    for artifact, (parity, outputs), runner_result in zip(run.artifacts, run.checks, run.measured):
+    for artifact, (parity, outputs), runner_result, audit in zip(run.artifacts, run.checks, run.measured, run.audits):
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
@@ -51,14 +51,14 @@ def build_report(run) -> Report:
                     "peak_rss_mb": runner_result["peak_rss_mb"], "output_digest": runner_result["output_digest"],
                     "how": MEASURED, "method": describe(runner_result)}
         size = artifact.path.stat().st_size
-        audit = artifact_audit(artifact, estimates)
         item = ArtifactReport(
             kind=artifact.kind, file=artifact.path.name, runtime=artifact.runtime,
             size=Figure(size, "bytes", STATIC, "file size on disk"),
             op_histogram=audit["op_histogram"], float_ops=audit["float_ops"], audit_method=audit["method"],
             parity={**_parity_dict(parity), "how": MEASURED, "method": f"{runs_on} vs the reference"},
             accuracy=accuracy, agreement=agreement, host_latency=host,
-            device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"))
+            device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
+            float_ops_inside=audit.get("float_ops_inside"))
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, estimates["latency"])]
         if accuracy is not None:
@@ -86,20 +86,21 @@ def build_report(run) -> Report:
         artifacts=reports, notes=notes)
 
 
-def artifact_audit(artifact, estimates: dict) -> dict:
+def artifact_audit(artifact, graph) -> dict:
     """Ops and float ops read from the artifact where its runtime can list them, else from the ONNX graph."""
     from .backends import auditor_for
+    from .estimate import infer_shapes, op_histogram
 
     audit = auditor_for(artifact.runtime)
     if audit is not None:
         return audit(artifact.path)
-    return {"op_histogram": estimates["histogram"], "float_ops": estimates["float_ops"],
+    return {"op_histogram": op_histogram(graph), "float_ops": float_op_types(graph, infer_shapes(graph)),
             "method": "static: from model.onnx, the graph this artifact was written from"}
 
 
 def device_estimates(graph, profile) -> dict:
     """Static memory and the roofline latency estimate on the profile's hardware, from the final graph."""
-    from .estimate import estimate_latency, estimate_memory, infer_shapes, op_histogram
+    from .estimate import estimate_latency, estimate_memory, infer_shapes
 
     fixed = _fixed_copy(graph, profile)
     shapes = infer_shapes(fixed)
@@ -118,8 +119,6 @@ def device_estimates(graph, profile) -> dict:
                          f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, activations "
                          f"{memory.peak_activation_bytes / MB:.2f} MB at {memory.peak_node_op_type}"),
         "latency": Figure(latency.total_ms, "ms", ESTIMATED, f"{latency.method} {where}"),
-        "histogram": op_histogram(graph),
-        "float_ops": float_op_types(fixed, shapes),
         "notes": [],
     }
 

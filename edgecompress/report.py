@@ -60,6 +60,10 @@ class ArtifactReport:
     memory: Figure
     verdicts: list[Verdict] = field(default_factory=list)
     delegation: dict[str, Any] | None = None  # LiteRT: nodes the XNNPACK delegate takes vs leaves
+    # Float-computing nodes between integer ops (see backends/ort_audit.py); None where not audited.
+    float_ops_inside: list[str] | None = None
+    # Host p50 of this artifact against its float twin's, for quantized artifacts (see pipeline).
+    speed_vs_float: dict[str, Any] | None = None
 
 
 @dataclass
@@ -144,6 +148,10 @@ def _audit_lines(report: Report) -> list[str]:
         ops = ", ".join(f"{op} {n}" for op, n in sorted(a.op_histogram.items(), key=lambda kv: -kv[1]))
         lines.append(f"- **{a.file}** ({a.audit_method}): {ops}")
         lines.append(f"  - computing in float: {', '.join(a.float_ops) or 'none'}")
+        if a.float_ops_inside is not None:
+            inside = a.float_ops_inside
+            lines.append(f"  - float nodes between integer ops: {len(inside)}"
+                         + (f" ({', '.join(inside[:8])}{', ...' if len(inside) > 8 else ''})" if inside else ""))
         if a.delegation:
             d = a.delegation
             left = ", ".join(f"{op} {n}" for op, n in d["left_to_litert"].items()) or "none"
