@@ -81,6 +81,7 @@ def main(verbose: bool) -> None:
 def export(model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure,
            as_json):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
+    from .float_twin import slower_note
     from .pipeline import ExportRequest, run_export
 
     request = ExportRequest(model=model, device=device, out_root=out_root, data=data, calibration=calibration,
@@ -94,6 +95,9 @@ def export(model, device, data, calibration, train_data, out_root, recipe, quant
         _print_summary(result.out_dir, report)
     for miss in report.misses():
         click.echo(f"Budget exceeded: {miss.removeprefix('EXCEEDED: ')}", err=True)
+    for artifact in report.artifacts:
+        if artifact.speed_vs_float and artifact.speed_vs_float["slower"]:
+            click.echo(f"Warning: {slower_note(artifact.file, artifact.speed_vs_float)}", err=True)
     sys.exit(result.exit_code)
 
 

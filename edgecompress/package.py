@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size_verdict
+from .float_twin import slower_note
 from .report import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
 
 _FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
@@ -35,7 +36,9 @@ def build_report(run) -> Report:
     threads = profile.runtime.threads
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
     reports = []
-    for artifact, (parity, outputs), runner_result, audit in zip(run.artifacts, run.checks, run.measured, run.audits):
+    speeds = run.speed_vs_float or [None] * len(run.artifacts)
+    for artifact, (parity, outputs), runner_result, audit, speed in zip(run.artifacts, run.checks, run.measured,
+                                                                       run.audits, speeds):
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
@@ -58,13 +61,14 @@ def build_report(run) -> Report:
             parity={**_parity_dict(parity), "how": MEASURED, "method": f"{runs_on} vs the reference"},
             accuracy=accuracy, agreement=agreement, host_latency=host,
             device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
-            float_ops_inside=audit.get("float_ops_inside"))
+            float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed)
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, estimates["latency"])]
         if accuracy is not None:
             item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value))
         reports.append(item)
     notes = list(run.notes) + estimates["notes"]
+    notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]
     if threads > 2:
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")
     return Report(

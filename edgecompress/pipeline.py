@@ -87,6 +87,8 @@ class Run:
     checks: list = field(default_factory=list)  # (Parity, outputs) per artifact
     measured: list = field(default_factory=list)  # runner result (or None) per artifact
     audits: list = field(default_factory=list)  # op audit (histogram, float ops) per artifact
+    float_twin: Any = None  # the graph without its quantization (see float_twin.py); None if not quantized
+    speed_vs_float: list = field(default_factory=list)  # float_twin.compare_speed (or None) per artifact
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):
@@ -127,7 +129,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         run.graph = _lower(run.bundle, run.feeds, run.reference)
         summary.append(f"{len(run.graph.graph.node)} nodes")
     with run.stage("rewrite") as summary:
-        run.graph = _apply_stage(run.recipe.graph, run.graph, context, run)
+        _rewrite(run, context)
         summary.append(f"{len(run.graph.graph.node)} nodes after {len(run.recipe.graph)} passes")
     staging = _staging_dir(request.out_root, run.profile.name)
     try:
@@ -166,6 +168,7 @@ def _finish(run: Run, staging: Path):
                                  for a, (c, _) in zip(run.artifacts, run.checks)))
     with run.stage("measure") as summary:
         run.measured = _measure(run)
+        run.speed_vs_float = _measure_float_twin(run)
         summary.append(", ".join(f"{a.path.name} p50 {m['latency_ms']['p50']:.2f} ms"
                                  for a, m in zip(run.artifacts, run.measured) if m))
     with run.stage("check") as summary:
@@ -240,6 +243,14 @@ def _apply_stage(passes, model, context: PassContext, run: Run):
         model, record = apply_pass(p, model, context)
         run.pass_records.append(record)
     return model
+
+
+def _rewrite(run: Run, context: PassContext) -> None:
+    from .float_twin import rewrite_with_twin
+
+    rewrite = rewrite_with_twin(run.recipe.graph, run.graph, context)
+    run.graph, run.float_twin = rewrite.graph, rewrite.float_twin
+    run.pass_records.extend(rewrite.records)
 
 
 # Lowering is checked on this many texts before any rewrite, so an exporter bug is named as such.
@@ -333,6 +344,23 @@ def _measure(run: Run) -> list[dict | None]:
         results.append(run_runner(artifact.path, runner=RUNNERS[artifact.runtime], threads=threads,
                                   runs=run.request.runs, warmup=run.request.warmup, inputs=first_row))
     return results
+
+
+def _measure_float_twin(run: Run) -> list[dict | None]:
+    """Time the float twin of a quantized export with the same runner, to flag a quantization that slows."""
+    from .float_twin import compare_speed, measure_twin
+    from .measure import RUNNERS, run_runner
+
+    if run.float_twin is None or not run.request.measure:
+        return [None for _ in run.artifacts]
+    threads = run.measured[0]["threads"]
+    first_row = {name: values[:1] for name, values in run.feeds.items()}
+    twin = measure_twin(run.float_twin, tuple(a.kind for a in run.artifacts),
+                        lambda a: run_runner(a.path, runner=RUNNERS[a.runtime], threads=threads, runs=run.request.runs,
+                                             warmup=run.request.warmup, inputs=first_row),
+                        scratch_root=run.request.out_root)
+    return [compare_speed(m, twin[a.kind], threads) if a.kind in twin else None
+            for a, m in zip(run.artifacts, run.measured)]
 
 
 def _staging_dir(out_root: Path, name: str) -> Path:

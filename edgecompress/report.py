@@ -139,6 +139,14 @@ def _artifact_table(report: Report) -> list[str]:
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
             f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
             f"{a.memory.value:.1f} MB (est.) |")
+    twins = [a for a in report.artifacts if a.speed_vs_float]
+    if twins:
+        lines += ["", f"Against the float twin ({twins[0].speed_vs_float['method']}):", ""]
+        for a in twins:
+            speed = a.speed_vs_float
+            verdict = "**slower than float**" if speed["slower"] else "ok"
+            lines.append(f"- {a.file}: p50 {speed['p50_ms']:.2f} ms vs float {speed['float_p50_ms']:.2f} ms, "
+                         f"{speed['speedup']:.2f}x: {verdict}")
     return lines
 
 
