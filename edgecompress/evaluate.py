@@ -19,6 +19,10 @@ FLOAT_PARITY_ATOL = 1e-4
 # below 0.65) while test accuracy moves by at most 0.7 points; a broken lowering agrees near 50%.
 LOSSY_MIN_AGREEMENT = 0.95
 LOSSY_MIN_COSINE = 0.99
+# One export ships the same model to every runtime: a lossy `.tflite` must predict what the ONNX Runtime
+# artifact of the same export predicts on this share of texts (float ones match to FLOAT_PARITY_ATOL).
+CROSS_RUNTIME_MIN_AGREEMENT = 0.99
+CROSS_RUNTIME_MIN_COSINE = 0.999
 
 
 @dataclass
@@ -131,6 +135,16 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: boo
     return Parity(examples=len(reference), max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
                   prediction_agreement=agreement, min_cosine=cosine,
                   tolerance=None if lossy else atol, passed=passed)
+
+
+def compare_runtimes(onnxruntime: np.ndarray, other: np.ndarray, *, classification: bool, lossy: bool,
+                     atol: float = FLOAT_PARITY_ATOL) -> Parity:
+    """Another runtime's artifact against the ONNX Runtime artifact of the same export."""
+    parity = compare(onnxruntime, other, classification=classification, lossy=lossy, atol=atol)
+    if lossy:
+        parity.passed = (parity.prediction_agreement >= CROSS_RUNTIME_MIN_AGREEMENT if classification
+                         else parity.min_cosine >= CROSS_RUNTIME_MIN_COSINE)
+    return parity
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:

@@ -37,8 +37,9 @@ def build_report(run) -> Report:
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
     reports = []
     speeds = run.speed_vs_float or [None] * len(run.artifacts)
-    for artifact, (parity, outputs), runner_result, audit, speed in zip(run.artifacts, run.checks, run.measured,
-                                                                       run.audits, speeds):
+    crosses = run.cross_runtime or [None] * len(run.artifacts)
+    for artifact, (parity, outputs), runner_result, audit, speed, cross in zip(
+            run.artifacts, run.checks, run.measured, run.audits, speeds, crosses):
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
@@ -61,7 +62,7 @@ def build_report(run) -> Report:
             parity={**_parity_dict(parity), "how": MEASURED, "method": f"{runs_on} vs the reference"},
             accuracy=accuracy, agreement=agreement, host_latency=host,
             device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
-            float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed)
+            float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed, parity_vs_onnxruntime=cross)
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, estimates["latency"])]
         if accuracy is not None:

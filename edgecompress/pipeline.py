@@ -7,6 +7,7 @@ the previous good one. Library code never prints: progress goes to the `Progress
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -89,6 +90,7 @@ class Run:
     audits: list = field(default_factory=list)  # op audit (histogram, float ops) per artifact
     float_twin: Any = None  # the graph without its quantization (see float_twin.py); None if not quantized
     speed_vs_float: list = field(default_factory=list)  # float_twin.compare_speed (or None) per artifact
+    cross_runtime: list = field(default_factory=list)  # parity with the ONNX Runtime artifact, per artifact
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):
@@ -310,7 +312,37 @@ def _verify(run: Run):
                 f"(tolerance {parity.tolerance}), prediction agreement {parity.prediction_agreement}, "
                 f"min cosine {parity.min_cosine}; nothing was written")
         checks.append((parity, outputs))
+    run.cross_runtime = _cross_check(run, checks, lossy=lossy, classification=classification)
     return checks
+
+
+def _cross_check(run: Run, checks, *, lossy: bool, classification: bool) -> list[dict | None]:
+    """Each non-ONNX-Runtime artifact against the ONNX Runtime one of the same export (or the final graph
+    run in ONNX Runtime when the profile ships none): one export must be one model on every runtime."""
+    from .evaluate import compare_runtimes, ort_session, run_session
+
+    others = [i for i, a in enumerate(run.artifacts) if a.runtime != "onnxruntime"]
+    if not others:
+        return [None] * len(run.artifacts)
+    ort_outputs = next((outputs for a, (_, outputs) in zip(run.artifacts, checks) if a.runtime == "onnxruntime"),
+                       None)
+    source = "the ONNX Runtime artifact"
+    if ort_outputs is None:
+        session = ort_session(run.graph.SerializeToString(), threads=2, optimize=True)
+        ort_outputs = run_session(session, run.feeds, output_name=run.bundle.output_name, batch_size=1)
+        source = "the final ONNX graph in ONNX Runtime"
+    results: list[dict | None] = [None] * len(run.artifacts)
+    for i in others:
+        artifact, outputs = run.artifacts[i], checks[i][1]
+        parity = compare_runtimes(ort_outputs, outputs, classification=classification, lossy=lossy,
+                                  atol=parity_atol(run.bundle))
+        if not parity.passed:
+            raise VerificationError(
+                f"{artifact.path.name} does not compute what {source} computes: max |diff| "
+                f"{parity.max_abs_diff:.3g}, same prediction on {parity.prediction_agreement}, min cosine "
+                f"{parity.min_cosine}; nothing was written")
+        results[i] = {**dataclasses.asdict(parity), "against": source, "how": "measured"}
+    return results
 
 
 def _check_integer_only(run: Run) -> None:

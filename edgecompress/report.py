@@ -64,6 +64,8 @@ class ArtifactReport:
     float_ops_inside: list[str] | None = None
     # Host p50 of this artifact against its float twin's, for quantized artifacts (see pipeline).
     speed_vs_float: dict[str, Any] | None = None
+    # Non-ONNX-Runtime artifacts: parity with the ONNX Runtime artifact of the same export.
+    parity_vs_onnxruntime: dict[str, Any] | None = None
 
 
 @dataclass
@@ -160,6 +162,11 @@ def _audit_lines(report: Report) -> list[str]:
             inside = a.float_ops_inside
             lines.append(f"  - float nodes between integer ops: {len(inside)}"
                          + (f" ({', '.join(inside[:8])}{', ...' if len(inside) > 8 else ''})" if inside else ""))
+        if a.parity_vs_onnxruntime:
+            c = a.parity_vs_onnxruntime
+            agreement = c["prediction_agreement"]
+            same = f", same prediction on {100 * agreement:.2f}% of texts" if agreement is not None else ""
+            lines.append(f"  - against {c['against']}: max |diff| {c['max_abs_diff']:.2e}{same}")
         if a.delegation:
             d = a.delegation
             left = ", ".join(f"{op} {n}" for op, n in d["left_to_litert"].items()) or "none"

@@ -99,6 +99,15 @@ def test_export_writes_every_artifact(exported, tiny_device):
     assert "ai.onnx;" in operators
 
 
+def test_tflite_is_checked_against_the_onnxruntime_artifact(exported):
+    report = json.loads(exported[0].stdout)
+    [tflite] = [a for a in report["artifacts"] if a["file"] == "model.tflite"]
+    cross = tflite["parity_vs_onnxruntime"]
+    assert cross["against"] == "the ONNX Runtime artifact" and cross["passed"]
+    assert cross["max_abs_diff"] <= 1e-4 and cross["prediction_agreement"] == 1.0
+    assert all(a["parity_vs_onnxruntime"] is None for a in report["artifacts"] if a["file"] != "model.tflite")
+
+
 def test_export_ships_the_checkpoint_tokenizer_unchanged(exported, tiny_checkpoint):
     _, folder = exported
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):

@@ -71,3 +71,23 @@ def test_verdicts_compare_each_figure_with_its_budget():
     drop = accuracy_verdict(budgets, 0.84, 0.84 - budgets.accuracy_drop_points / 100)
     assert drop.passed and drop.value == pytest.approx(budgets.accuracy_drop_points)
     assert not accuracy_verdict(budgets, 0.84, 0.80).passed
+
+
+def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():
+    from edgecompress.evaluate import compare_runtimes
+
+    ort = np.tile(np.array([[1.0, 0.0]], np.float32), (200, 1))
+    tflite = ort.copy()
+    tflite[:2] = [0.0, 1.0]  # 1% flipped: allowed
+    assert compare_runtimes(ort, tflite, classification=True, lossy=True).passed
+    tflite[:3] = [0.0, 1.0]  # 1.5% flipped
+    parity = compare_runtimes(ort, tflite, classification=True, lossy=True)
+    assert not parity.passed and parity.prediction_agreement == 0.985
+
+
+def test_float_tflite_must_match_onnxruntime_to_the_float_tolerance():
+    from edgecompress.evaluate import compare_runtimes
+
+    ort = np.zeros((4, 2), np.float32)
+    assert compare_runtimes(ort, ort + 5e-5, classification=True, lossy=False).passed
+    assert not compare_runtimes(ort, ort + 5e-4, classification=True, lossy=False).passed
