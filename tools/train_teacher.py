@@ -32,7 +32,6 @@ TEACHER_NAME = "minilm-rotten-tomatoes"
 ID2LABEL = {0: "negative", 1: "positive"}
 LABEL2ID = {label: i for i, label in ID2LABEL.items()}
 LOG_EVERY = 20
-BUCKET_POOL = 50  # batches per length-sorted pool: enough to group lengths, still a random order
 
 
 @dataclass(frozen=True)
@@ -89,20 +88,10 @@ def encode(tokenizer, rows: list[tuple[str, str]], max_length: int) -> Encoded:
 
 
 def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Index batches of similar length, in random order.
+    """Index batches of similar length, in random order (snippets average ~26 tokens; see _taskdata)."""
+    from edgecompress.compress._taskdata import bucketed_batches as batches_of_similar_length
 
-    Snippets average ~26 tokens, so padding to max_length would waste most compute. Sorting within
-    random pools of BUCKET_POOL batches keeps padding low while batches still differ per epoch.
-    """
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    pool_size = batch_size * BUCKET_POOL
-    batches = []
-    for start in range(0, len(order), pool_size):
-        pool = sorted(order[start:start + pool_size], key=lengths.__getitem__)
-        batches += [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    return batches_of_similar_length(lengths, batch_size, rng)
 
 
 def collate(examples: Encoded, pad_id: int) -> dict[str, torch.Tensor]:

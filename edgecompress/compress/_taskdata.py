@@ -43,7 +43,7 @@ class TaskData:
         if seed is None:
             groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         else:
-            groups = _bucketed(order, [len(ids) for ids in self.ids], batch_size, random.Random(seed))
+            groups = bucketed_batches([len(ids) for ids in self.ids], batch_size, random.Random(seed), order=order)
         for group in groups:
             yield self._collate(group)
 
@@ -58,8 +58,15 @@ class TaskData:
         return Batch((input_ids, mask, torch.zeros_like(input_ids)), labels)
 
 
-def _bucketed(order: list[int], lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    shuffled = order[:]
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random,
+                     order: list[int] | None = None) -> list[list[int]]:
+    """Batches of row indices (of `order`, default all rows) with similar lengths, in random order.
+
+    Texts are far shorter than seq_len, so padding every batch to seq_len would waste most compute.
+    Sorting within random pools of BUCKET_POOL batches keeps padding low while batches still differ
+    from epoch to epoch. tools/train_teacher.py batches the same way.
+    """
+    shuffled = list(range(len(lengths))) if order is None else order[:]
     rng.shuffle(shuffled)
     pool_size = batch_size * BUCKET_POOL
     groups = []
