@@ -125,7 +125,10 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     context.calibration = _calibration_feeds(run.bundle, request, run.feeds, seq_len)
     context.train_data = _train_data(run.bundle, request)
     with run.stage("compress") as summary:
+        tokenizer = run.bundle.tokenizer
         _compress(run, context)
+        if run.bundle.tokenizer is not tokenizer:  # e.g. a trimmed vocabulary: graph passes calibrate on new ids
+            context.calibration = _calibration_feeds(run.bundle, request, run.feeds, seq_len)
         summary.append(f"{len(run.recipe.compress)} passes")
     with run.stage("lower") as summary:
         run.graph = _lower(run.bundle, run.feeds, run.reference)

@@ -333,3 +333,18 @@ def test_trim_vocab_on_minilm_at_least_halves_the_embeddings_and_keeps_logits(mi
     assert 2 * record.stats["vocab_after"] <= record.stats["vocab_before"]
     texts = train.texts[::100]  # a spread of real training texts
     torch.testing.assert_close(logits(trimmed, texts, 64), logits(bundle, texts, 64), atol=0, rtol=0)
+
+
+def test_trimmed_vocabulary_then_static_int8_calibrates_on_the_new_token_ids(tiny_checkpoint, tiny_device,
+                                                                             tiny_data, train_csv, tmp_path):
+    """--quantize int8 on a trimming recipe: calibration texts are re-tokenized with the trimmed vocabulary
+    (old ids would index past the end of the smaller table)."""
+    path = tmp_path / "trim_only.toml"
+    path.write_text('[[compress]]\npass = "trim_vocab"\n')
+    result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tiny_device), out_root=tmp_path / "dist",
+                                      data=tiny_data, train_data=train_csv, recipe=str(path), quantize="int8",
+                                      measure=False))
+    records = {p["name"]: p for p in result.report.passes}
+    assert records["trim_vocab"]["fired"] and records["quantize_static"]["fired"]
+    assert result.report.recipe["name"] == "trim_only+int8"
+    assert all(a.parity["passed"] for a in result.report.artifacts)
