@@ -25,7 +25,12 @@ def latency_verdict(budgets, latency: Figure) -> Verdict:
                    latency.value <= budgets.latency_p90_ms)
 
 
-def accuracy_verdict(budgets, reference_accuracy: float, artifact_accuracy: float) -> Verdict:
+def accuracy_verdict(budgets, reference_accuracy: float, artifact_accuracy: float,
+                     variant: str | None = None) -> Verdict:
+    """The accuracy guard: the drop against the uncompressed model; the label names the variant and both
+    accuracies, so a failed build says which recipe lost what."""
     drop = 100.0 * (reference_accuracy - artifact_accuracy)
-    return Verdict("accuracy drop", budgets.accuracy_drop_points, drop, "points", MEASURED,
+    label = (f"accuracy drop of recipe {variant} ({100 * reference_accuracy:.2f}% uncompressed -> "
+             f"{100 * artifact_accuracy:.2f}%)" if variant else "accuracy drop")
+    return Verdict(label, budgets.accuracy_drop_points, drop, "points", MEASURED,
                    drop <= budgets.accuracy_drop_points + 1e-9)

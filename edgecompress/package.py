@@ -66,7 +66,8 @@ def build_report(run) -> Report:
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, estimates["latency"])]
         if accuracy is not None:
-            item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value))
+            item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value,
+                                                  variant=recipe.name))
         reports.append(item)
     notes = list(run.notes) + estimates["notes"]
     notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]

@@ -73,6 +73,15 @@ def test_verdicts_compare_each_figure_with_its_budget():
     assert not accuracy_verdict(budgets, 0.84, 0.80).passed
 
 
+def test_accuracy_guard_names_the_variant_and_both_accuracies():
+    budgets = get_profile("pixel7").budgets
+    miss = accuracy_verdict(budgets, 0.8401, 0.8200, variant="int4")
+    assert not miss.passed
+    assert miss.line("pixel7", "model.onnx") == (
+        f"EXCEEDED: accuracy drop of recipe int4 (84.01% uncompressed -> 82.00%) on pixel7 for model.onnx: "
+        f"2.01 points > {budgets.accuracy_drop_points:.4g} points (measured)")
+
+
 def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():
     from edgecompress.evaluate import compare_runtimes
 
