@@ -23,7 +23,8 @@ pytest.importorskip("ai_edge_litert")
 # The pipeline registers backends in file order (ort before tflite), and emit_all writes artifacts in
 # registration order; importing tflite.py first from here would reorder the manifests of later tests.
 backends()
-from edgecompress.backends.tflite import audit_tflite, load_interpreter, run_tflite_artifact  # noqa: E402
+from edgecompress.backends.tflite import (audit_for_report, audit_tflite, load_interpreter,  # noqa: E402
+                                          run_tflite_artifact)
 
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
@@ -328,6 +329,40 @@ def test_qdq_matmul_with_bias_runs_as_an_int8_fully_connected(tmp_path, activati
     assert audit.left_to_litert == {}  # XNNPACK's qs8 kernels take all three
 
 
+@pytest.mark.parametrize("zero", [128, 100], ids=["centred", "offset"])
+def test_qdq_matmul_with_a_float_result_keeps_the_calibrated_input_scale(tmp_path, zero):
+    """What quantize_static writes today (the MatMul's result stays float): ORT runs MatMulIntegerToFloat;
+    the hybrid FULLY_CONNECTED, given the grid's ends as guard columns, re-quantizes each row onto the same
+    calibrated grid, so it computes the same integer products."""
+    weights, quantized, scales = _qdq_weights()
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "w_s"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value("y", FLOAT, [1, 8, N])],
+                  [const("x_s", np.float32(3 / 127)), const("x_z", np.array(zero, np.uint8)), const("wq", quantized),
+                   const("w_s", scales)])
+    histogram = check(model, {"x": floats(1, 8, K)}, tmp_path)  # to float rounding, not to a quantization step
+    assert histogram == {"QUANTIZE": 1, "DEQUANTIZE": 1, "CONCATENATION": 1, "FULLY_CONNECTED": 1}
+
+
+def test_dynamic_int8_matmul_quantizes_per_tensor_as_onnxruntime_does(tmp_path):
+    """`DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul` (quantize_dynamic's MatMul): the guard columns
+    make LiteRT's per-row quantization the per-tensor one ORT computes, so the products are the same."""
+    _, quantized, scales = _qdq_weights()
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_s", "x_z"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "x_z", "w_z"], ["product"]),
+             helper.make_node("Cast", ["product"], ["product_f"], to=FLOAT),
+             helper.make_node("Mul", ["x_s", "w_s"], ["scale"]), helper.make_node("Mul", ["product_f", "scale"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value("y", FLOAT, [1, 8, N])],
+                  [const("wq", quantized), const("w_z", np.zeros(N, np.int8)), const("w_s", scales)])
+    x = floats(1, 8, K) + np.linspace(-1, 2, K, dtype=np.float32)  # rows with ranges of their own
+    path = lowered(model, tmp_path)
+    got, want = litert_run(path, {"x": x})["y"], ort_run(model, {"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert audit_tflite(path).op_histogram["FULLY_CONNECTED"] == 1
+
+
 def test_weights_only_qdq_matmul_is_dynamic_range_int8(tmp_path):
     weights, quantized, scales = _qdq_weights()
     nodes = [helper.make_node("DequantizeLinear", ["wq", "w_s"], ["wd"], axis=1),
@@ -356,6 +391,212 @@ def test_dequantized_activations_feed_float_ops_and_int8_weights_need_zero_point
     # asymmetric weights have no TFLite int8 form: they are dequantized at export and the matmul stays float
     assert check(model, {"x": floats(1, 8, K)}, tmp_path) == {"QUANTIZE": 1, "DEQUANTIZE": 1, "TANH": 1,
                                                                "FULLY_CONNECTED": 1}
+
+
+# --- int8 islands: ops between DequantizeLinear and QuantizeLinear -----------------------------------
+
+U8 = np.uint8
+
+
+def _q(x, scale, zero, out, name=""):
+    return helper.make_node("QuantizeLinear", [x, scale, zero], [out], name=name)
+
+
+def _dq(x, scale, zero, out):
+    return helper.make_node("DequantizeLinear", [x, scale, zero], [out])
+
+
+def _qdq(name, scale="s_in", zero="z_in"):
+    """`name` quantized and dequantized: the `name_d` operand of an int8 island."""
+    return [_q(name, scale, zero, f"{name}_q"), _dq(f"{name}_q", scale, zero, f"{name}_d")]
+
+
+def _closed(op_node, scale="s_out", zero="z_out"):
+    """`op_node` followed by the QuantizeLinear/DequantizeLinear pair ORT's QDQ quantizer writes after it."""
+    result = op_node.output[0]
+    return [op_node, _q(result, scale, zero, f"{result}_q"), _dq(f"{result}_q", scale, zero, "y")]
+
+
+ISLAND_PARAMS = [const("s_in", np.float32(0.03)), const("z_in", np.array(128, U8)), const("s_b", np.float32(0.02)),
+                 const("z_b", np.array(120, U8)), const("s_out", np.float32(0.05)), const("z_out", np.array(130, U8))]
+
+
+def _island_check(tmp_path, nodes, inputs, out_shape, feeds, extra=(), step=0.05):
+    """Lower, run both runtimes; the int8 kernels requantize in fixed point where ORT rounds a float, so
+    outputs may differ by one step of the output scale. Returns the audit."""
+    model = build(nodes, inputs, [value("y", FLOAT, out_shape)], ISLAND_PARAMS + list(extra))
+    path = lowered(model, tmp_path)
+    got, want = litert_run(path, feeds)["y"], ort_run(model, feeds)["y"]
+    assert np.abs(got - want).max() <= step * 1.001 and np.mean(np.isclose(got, want, atol=1e-6)) >= 0.8
+    return audit_tflite(path)
+
+
+SHAPE = [2, 4, 8]
+
+
+def test_qdq_add_of_two_int8_tensors_is_an_int8_add(tmp_path):
+    nodes = _qdq("a") + _qdq("b", "s_b", "z_b") + _closed(helper.make_node("Add", ["a_d", "b_d"], ["sum"]))
+    audit = _island_check(tmp_path, nodes, [value("a", FLOAT, SHAPE), value("b", FLOAT, SHAPE)], SHAPE,
+                          {"a": floats(*SHAPE), "b": floats(*SHAPE)})
+    assert audit.op_histogram == {"QUANTIZE": 2, "ADD": 1, "DEQUANTIZE": 1}
+    assert audit.float_ops == [] and audit.left_to_litert == {}  # XNNPACK's qs8 add takes it
+
+
+def test_qdq_mul_by_a_float_constant_quantizes_the_constant(tmp_path):
+    nodes = _qdq("a") + _closed(helper.make_node("Mul", ["a_d", "gain"], ["scaled"]))
+    audit = _island_check(tmp_path, nodes, [value("a", FLOAT, SHAPE)], SHAPE, {"a": floats(*SHAPE)},
+                          extra=[const("gain", floats(8))])
+    assert audit.op_histogram == {"QUANTIZE": 1, "MUL": 1, "DEQUANTIZE": 1} and audit.float_ops == []
+
+
+@pytest.mark.parametrize("scale", [1 / 256, 1 / 255], ids=["tflite_scale", "ort_scale"])
+def test_qdq_softmax_is_int8_at_tflites_output_scale(tmp_path, scale):
+    """TFLite's int8 SOFTMAX writes scale 1/256, zero point -128; other graph parameters are requantized."""
+    nodes = _qdq("a") + _closed(helper.make_node("Softmax", ["a_d"], ["probs"], axis=-1), "s_p", "z_p")
+    audit = _island_check(tmp_path, nodes, [value("a", FLOAT, SHAPE)], SHAPE, {"a": 3 * floats(*SHAPE)},
+                          extra=[const("s_p", np.float32(scale)), const("z_p", np.array(0, U8))], step=scale)
+    assert audit.op_histogram["SOFTMAX"] == 1 and audit.float_ops == []
+    assert audit.op_histogram["QUANTIZE"] == (1 if scale == 1 / 256 else 2)
+
+
+def test_qdq_attention_matmuls_are_int8_batch_matmuls(tmp_path):
+    """Q.K^T as ORT's quantizer writes it: K transposed between its own QDQ pair, then MatMul, then Q."""
+    heads = [1, 2, 4, 8]
+    nodes = _qdq("q") + _qdq("k", "s_b", "z_b") + [
+        helper.make_node("Transpose", ["k_d"], ["k_t"], perm=[0, 1, 3, 2]), _q("k_t", "s_b", "z_b", "k_t_q"),
+        _dq("k_t_q", "s_b", "z_b", "k_t_d")] + _closed(helper.make_node("MatMul", ["q_d", "k_t_d"], ["scores"]))
+    audit = _island_check(tmp_path, nodes, [value("q", FLOAT, heads), value("k", FLOAT, heads)], [1, 2, 4, 4],
+                          {"q": floats(*heads), "k": floats(*heads)})
+    assert audit.op_histogram == {"QUANTIZE": 2, "TRANSPOSE": 1, "BATCH_MATMUL": 1, "DEQUANTIZE": 1}
+    assert audit.float_ops == []
+
+
+def test_qdq_gelu_is_an_int8_gelu(tmp_path):
+    nodes = _qdq("a") + _closed(helper.make_node("Gelu", ["a_d"], ["g"], domain="com.microsoft"))
+    audit = _island_check(tmp_path, nodes, [value("a", FLOAT, SHAPE)], SHAPE, {"a": floats(*SHAPE)})
+    assert audit.op_histogram == {"QUANTIZE": 1, "GELU": 1, "DEQUANTIZE": 1} and audit.float_ops == []
+
+
+def test_an_op_the_graph_keeps_float_stays_float_between_qdq(tmp_path):
+    """LayerNormalization between DQ and Q: no int8 kernel, so DEQUANTIZE -> float math -> QUANTIZE."""
+    norm = helper.make_node("LayerNormalization", ["a_d", "gamma", "beta"], ["normed"], axis=-1, epsilon=1e-5)
+    audit = _island_check(tmp_path, _qdq("a") + _closed(norm), [value("a", FLOAT, SHAPE)], SHAPE,
+                          {"a": floats(*SHAPE)}, extra=[const("gamma", 1 + floats(8) / 4), const("beta", floats(8))])
+    assert audit.op_histogram["DEQUANTIZE"] == 2 and {"MEAN", "RSQRT"} <= set(audit.float_ops)
+
+
+def test_an_island_whose_result_is_also_read_in_float_stays_float(tmp_path):
+    nodes = _qdq("a") + _qdq("b", "s_b", "z_b") + _closed(helper.make_node("Add", ["a_d", "b_d"], ["sum"])) + [
+        helper.make_node("Tanh", ["sum"], ["t"])]
+    model = build(nodes, [value("a", FLOAT, SHAPE), value("b", FLOAT, SHAPE)],
+                  [value("y", FLOAT, SHAPE), value("t", FLOAT, SHAPE)], ISLAND_PARAMS)
+    histogram = check(model, {"a": floats(*SHAPE), "b": floats(*SHAPE)}, tmp_path)
+    assert histogram["DEQUANTIZE"] == 3  # both operands for the float ADD, and its quantized result
+    assert "ADD" in audit_tflite(lowered(model, tmp_path)).float_ops
+
+
+@pytest.mark.parametrize("params, why", [
+    ([const("s_pc", np.full(8, 0.05, np.float32)), const("z_pc", np.zeros(8, U8))],
+     "per-channel activation quantization \\(8 scales"),
+    ([const("s_pc", np.float32(0.001)), const("z_pc", np.array(0, np.int16))], "int16 quantization"),
+], ids=["per_channel", "int16"])
+def test_qdq_parameters_tflite_cannot_hold_are_a_user_error_naming_the_node(params, why):
+    nodes = _qdq("a") + [helper.make_node("Add", ["a_d", "a_d"], ["sum"]),
+                         _q("sum", "s_pc", "z_pc", "sum_q", name="requantize_sum"), _dq("sum_q", "s_pc", "z_pc", "y")]
+    model = build(nodes, [value("a", FLOAT, SHAPE)], [value("y", FLOAT, SHAPE)], ISLAND_PARAMS + params)
+    model.opset_import[0].version = 21  # int16 QuantizeLinear is opset 21
+    for node in model.graph.node:  # per-channel along the last axis, which ONNX allows
+        if "sum_q" in (*node.input, *node.output):
+            node.attribute.append(helper.make_attribute("axis", -1))
+    with pytest.raises(UserError, match=f"cannot lower QuantizeLinear node 'requantize_sum' to TFLite: {why}"):
+        lower_to_tflite(model)
+
+
+# --- block-quantized weights (quantize_int4) -----------------------------------------------------
+
+
+def _int4_model(bits: int, table_bits: int):
+    """Gather(table, ids) -> MatMul(., W) -> MatMul(., W2), block-quantized by the int4 pass's own code."""
+    from edgecompress.graph.quantize_int4 import quantize_weights
+
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="embed"),
+             helper.make_node("MatMul", ["rows", "w1"], ["h"], name="up"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="down")]
+    model = build(nodes, [value("ids", INT64, [2, 5])], [value("y", FLOAT, [2, 5, 16])],
+                  [const("table", floats(40, 64)), const("w1", floats(64, 96) / 4), const("w2", floats(96, 16) / 4)])
+    return model, quantize_weights(model, {"embed": table_bits, "up": bits, "down": bits}, block_size=32,
+                                   accuracy_level=0)
+
+
+def _weight_types(path) -> dict[str, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    flat = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes()))
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    return {t.name.decode(): names[t.type] for t in flat.subgraphs[0].tensors
+            if flat.buffers[t.buffer].data is not None}
+
+
+def test_4_bit_matmul_nbits_is_a_blockwise_int4_fully_connected(tmp_path):
+    original, model = _int4_model(bits=4, table_bits=8)
+    assert {n.op_type for n in model.graph.node} == {"GatherBlockQuantized", "MatMulNBits"}
+    ids = {"ids": RNG.integers(0, 40, (2, 5))}
+    path = lowered(model, tmp_path)
+    got, want, exact = litert_run(path, ids)["y"], ort_run(model, ids)["y"], ort_run(original, ids)["y"]
+    # LiteRT quantizes each input row to int8 at run time (ORT multiplies the 4-bit weights in float) and
+    # clips the +8s of negated blocks: a little noise on top of the 4-bit weights' own
+    assert _sqnr_db(want, got) >= 20 and _sqnr_db(exact, got) >= _sqnr_db(exact, want) - 3
+    types = _weight_types(path)
+    assert sorted(t for name, t in types.items() if "int4_blockwise" in name) == ["FLOAT16", "FLOAT16", "INT4", "INT4"]
+    audit = audit_tflite(path)
+    assert audit.op_histogram["FULLY_CONNECTED"] == 2 and "FULLY_CONNECTED" not in audit.left_to_litert
+    report = audit_for_report(path)  # the report says what the file stores: int4 blocks and the int8 table
+    assert {"INT4", "INT8"} <= set(report["weight_storage"]) and "weights stored as INT" in report["method"]
+
+
+def test_negative_block_scales_are_flipped_and_a_lone_plus_8_is_clipped():
+    from edgecompress.backends.tflite_int4 import dequantize_blocks, positive_scales
+
+    q = np.array([[[0, 8, 15, 9], [0, 1, 2, 3]]])  # stored with zero point 8: -8, 0, 7, 1 | -8, -7, -6, -5
+    scales = np.array([[0.5, -0.25]], np.float32)
+    values, positive = positive_scales((q, scales, np.full((1, 2), 8)))
+    assert (positive > 0).all() and values.tolist() == [[-8, 0, 7, 1, 7, 7, 6, 5]]  # 8 clipped to 7
+    exact = dequantize_blocks(q, scales, np.full((1, 2), 8))
+    assert np.abs(values.reshape(1, 2, 4) * positive[..., None] - exact.reshape(1, 2, 4)).max() == 0.25
+
+
+def test_8_bit_matmul_nbits_is_stored_as_int8_per_channel(tmp_path):
+    """LiteRT has no blockwise int8 kernel: the 8-bit blocks are re-quantized per output channel."""
+    _, model = _int4_model(bits=8, table_bits=8)
+    ids = {"ids": RNG.integers(0, 40, (2, 5))}
+    path = lowered(model, tmp_path)
+    assert _sqnr_db(ort_run(model, ids)["y"], litert_run(path, ids)["y"]) >= 30
+    types = _weight_types(path)
+    assert sorted(t for name, t in types.items() if "int8_per_channel" in name) == ["INT8", "INT8"]
+
+
+@pytest.mark.parametrize("table_bits", [8, 4])
+def test_gather_block_quantized_is_exact_from_an_int8_table(tmp_path, table_bits):
+    from edgecompress.graph.quantize_int4 import quantize_weights
+
+    model = build([helper.make_node("Gather", ["table", "ids"], ["y"], name="embed")], [value("ids", INT64, [2, 5])],
+                  [value("y", FLOAT, [2, 5, 64])], [const("table", floats(40, 64))])
+    model = quantize_weights(model, {"embed": table_bits}, block_size=32, accuracy_level=0)
+    histogram = check(model, {"ids": RNG.integers(0, 40, (2, 5))}, tmp_path)  # same floats as ORT
+    assert histogram["GATHER"] == 2 and histogram["CAST"] == 1 and histogram["MUL"] == 1
+    types = _weight_types(lowered(model, tmp_path))
+    assert [t for name, t in types.items() if name.endswith("/int8_table")] == ["INT8"]
+
+
+def test_gather_block_quantized_with_constant_ids_is_computed_at_export(tmp_path):
+    from edgecompress.graph.quantize_int4 import quantize_weights
+
+    model = build([helper.make_node("Gather", ["table", "positions"], ["rows"], name="embed"),
+                   helper.make_node("Add", ["x", "rows"], ["y"])], [value("x", FLOAT, [1, 3, 32])],
+                  [value("y", FLOAT, [1, 3, 32])],
+                  [const("table", floats(8, 32)), const("positions", np.array([[0, 1, 2]]))])
+    model = quantize_weights(model, {"embed": 8}, block_size=32, accuracy_level=0)
+    assert check(model, {"x": floats(1, 3, 32)}, tmp_path) == {"ADD": 1}
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -504,7 +745,9 @@ def test_onnxruntime_dynamic_int8_bert_lowers_to_hybrid_int8(tiny_checkpoint, tf
     feeds = {"input_ids": RNG.integers(5, 100, (1, 16)) * mask, "attention_mask": mask,
              "token_type_ids": np.zeros((1, 16), np.int64)}
     got, want = litert_run(path, feeds)["logits"], ort_run(model, feeds)["logits"]
-    assert _sqnr_db(want, got) >= 30  # both quantize activations at run time: ORT per tensor, LiteRT per row
+    # both quantize activations at run time per tensor (LiteRT's per-row kernel, held to the tensor's range
+    # by the guard columns): the same integers, so the outputs match to float rounding, not to int8 noise
+    assert _sqnr_db(want, got) >= 80
     audit = audit_tflite(path)
     assert audit.op_histogram["DEQUANTIZE"] == 2  # word and segment rows, gathered from uint8 tables
     assert audit.partitions == 1 and "FULLY_CONNECTED" not in audit.left_to_litert
@@ -521,7 +764,7 @@ def test_minilm_tflite_matches_torch(minilm_classifier, tmp_path):
     device.write_text(text[:start].replace('name = "pixel7"', 'name = "pixel7-tflite"') + 'artifacts = ["tflite"]'
                       + text[text.index("]", start) + 1:])
     result = run_export(ExportRequest(model=minilm_classifier, device=str(device), out_root=tmp_path / "dist",
-                                      runs=3, warmup=1))
+                                      quantize="none", runs=3, warmup=1))
     [artifact] = result.report.artifacts
     assert artifact.file == "model.tflite" and artifact.parity["passed"]
     assert artifact.parity["max_abs_diff"] <= 1e-4 and artifact.parity["prediction_agreement"] == 1.0

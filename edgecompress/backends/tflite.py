@@ -140,8 +140,12 @@ class TFLiteAudit:
 @register_auditor(RUNTIME)
 def audit_for_report(path: Path) -> dict:
     """The audit as report fields: histogram and float ops from the file, plus XNNPACK delegation."""
+    from .tflite_writer import describe_weight_storage, weight_storage
+
     audit = audit_tflite(path)
-    return {"op_histogram": audit.op_histogram, "float_ops": audit.float_ops, "method": audit.method,
+    storage = weight_storage(Path(path).read_bytes())  # e.g. 4-bit blocks stored as INT8 say so here
+    return {"op_histogram": audit.op_histogram, "float_ops": audit.float_ops, "weight_storage": storage,
+            "method": f"{audit.method}; {describe_weight_storage(storage)} (read from the file)",
             "delegation": {"nodes": audit.nodes, "delegated_nodes": audit.delegated_nodes,
                            "partitions": audit.partitions, "left_to_litert": audit.left_to_litert}}
 

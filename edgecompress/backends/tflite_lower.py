@@ -32,6 +32,11 @@ Lowerer = Callable[["Lowering", onnx.NodeProto], None]
 LOWERINGS: dict[tuple[str, str], Lowerer] = {}
 
 
+# Int8 forms tried before the float lowering: (lowering, node) -> True when the node was written in int8.
+Int8Lowerer = Callable[["Lowering", onnx.NodeProto], bool]
+INT8_LOWERINGS: dict[tuple[str, str], Int8Lowerer] = {}
+
+
 def lowers(*op_types: str, domain: str = ""):
     """Decorator: the function writes the builtins for nodes of `op_types` in `domain`."""
 
@@ -45,12 +50,27 @@ def lowers(*op_types: str, domain: str = ""):
     return wrap
 
 
+def lowers_int8(*op_types: str, domain: str = ""):
+    """Decorator: the function writes nodes of `op_types` as int8 builtins when their QDQ context allows
+    (see `tflite_quant`) and returns False, leaving them to the float lowering, when it does not."""
+
+    def wrap(lower: Int8Lowerer) -> Int8Lowerer:
+        for op_type in op_types:
+            if (domain, op_type) in INT8_LOWERINGS:
+                raise InternalError(f"two int8 TFLite lowerings for {domain or 'ai.onnx'}::{op_type}")
+            INT8_LOWERINGS[(domain, op_type)] = lower
+        return lower
+
+    return wrap
+
+
 def lower_to_tflite(model: onnx.ModelProto) -> bytes:
     """The `.tflite` bytes computing what `model` computes; its inputs and outputs keep their ONNX names."""
     from ..estimate import infer_shapes
     from ..graph.legalize_tflite import legalize_for_tflite
     # their @lowers decorators fill LOWERINGS
-    from . import tflite_contrib, tflite_dynamic, tflite_ops, tflite_quant  # noqa: F401
+    from . import tflite_contrib, tflite_dynamic, tflite_int4, tflite_ops, tflite_quant  # noqa: F401
+    from . import tflite_sequence  # noqa: F401
 
     check_fixed_shapes(model)
     model = legalize_for_tflite(model)
@@ -150,6 +170,12 @@ class Lowering:
                                                  quantization=quantization)
         return self.tensors[key]
 
+    def const_int4(self, packed: np.ndarray, shape, key: str, quantization) -> int:
+        """A constant INT4 tensor of `shape` whose values come packed two per byte (see `FlatModel.int4_tensor`)."""
+        if key not in self.tensors:
+            self.tensors[key] = self.flat.int4_tensor(key, shape, packed, quantization)
+        return self.tensors[key]
+
     def emit(self, op: str, inputs: list[int], *, out: str | None = None, shape=None, dtype=None,
              options=None, quantization=None) -> int:
         """Add builtin `op`; its output is the ONNX value `out` (its dtype overridable, for int8 tensors
@@ -192,6 +218,9 @@ class Lowering:
         domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
         if domain == "" and self._is_static(node):
             self._fold(node)
+            return
+        int8 = INT8_LOWERINGS.get((domain, node.op_type))
+        if int8 is not None and int8(self, node):
             return
         lowerer = LOWERINGS.get((domain, node.op_type))
         if lowerer is None:
