@@ -44,6 +44,11 @@ _MATMUL_OPS = {"MatMul", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul"
                "QLinearMatMul", "MatMulIntegerToFloat"}
 # Convolutions, with the index of their weight input [M, C/group, k...].
 _CONV_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+# Recurrent ops: (index of W, is W stored [dirs, in, 4H] rather than [dirs, 4H, in]); R is the next input.
+_LSTM_OPS = {"LSTM": (1, False), "DynamicQuantizeLSTM": (1, True)}
+# Elementwise ops per hidden unit and step of an LSTM cell: bias and two pre-activation adds for each of
+# the four gates (12), three sigmoids (3 x 4), two tanh (2 x 8), c = f*c + i*g (3), h = o*tanh(c) (1).
+_LSTM_CELL_OPS_PER_UNIT = 44
 # Index of the `past` input of fused attention ops (a [2, B, heads, past_len, head_size] cache).
 _ATTENTION_PAST_INPUT = {"Attention": 4, "QAttention": 8}
 
@@ -52,7 +57,7 @@ _ATTENTION_PAST_INPUT = {"Attention": 4, "QAttention": 8}
 # count it as int8-class, which is optimistic for accuracy_level < 4. QAttention is int8-class as
 # a whole although only its projections are integer.
 _INT8_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "MatMulNBits", "ConvInteger",
-             "MatMulIntegerToFloat", "QGemm"}
+             "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeLSTM"}
 
 # Ops per element of the largest input or output; every op not listed here or below costs 1.
 _OPS_PER_ELEMENT = {
@@ -230,7 +235,10 @@ def estimate_latency(model: onnx.ModelProto | str | Path, *, peak_fp32_ops_per_s
               f"QLinear*; MatMulNBits is counted as int8-class), {peak_fp32_ops_per_s:.3g} op/s "
               "otherwise; flops = 2*M*N*K for matmul/conv/attention products, else ops per "
               "element (1; softmax 5, layer norms 8-10, gelu 8); bytes = inputs + weights read + "
-              "outputs (gathers read only the rows they write; reshape-like views are free); "
+              "outputs (gathers read only the rows they write; reshape-like views are free; convolutions "
+              "wider than 1 add their im2col buffer, written and read); an LSTM is its input projection "
+              "(one GEMM) plus seq_len dependent steps per direction, each timed on its own roofline and "
+              "reading all recurrent weights R; "
               "efficiency factors are uncalibrated first guesses; no threading, cache or "
               "kernel-launch model")
     return LatencyEstimate(
@@ -368,12 +376,45 @@ def _node_cost(node: onnx.NodeProto, index: int, shapes: Shapes, achievable_ops:
                achievable_bandwidth: float) -> NodeCost:
     """One node's roofline time against the achievable (peak x efficiency) rates."""
     compute_class = "int8" if _is_int8(node) else "fp32"
-    flops, nbytes = _node_flops(node, shapes), _node_bytes(node, shapes)
-    compute_s = flops / achievable_ops[compute_class]
-    memory_s = nbytes / achievable_bandwidth
-    return NodeCost(node.name or f"{node.op_type}#{index}", node.op_type, compute_class, flops,
-                    nbytes, 1e3 * max(compute_s, memory_s),
-                    "compute" if compute_s > memory_s else "memory")
+    if node.op_type in _LSTM_OPS:
+        phases = _lstm_phases(node, shapes)
+    else:
+        phases = [(1, _node_flops(node, shapes), _node_bytes(node, shapes))]
+    seconds = {"compute": 0.0, "memory": 0.0}
+    for repeats, flops, nbytes in phases:
+        compute_s, memory_s = flops / achievable_ops[compute_class], nbytes / achievable_bandwidth
+        seconds["compute" if compute_s > memory_s else "memory"] += repeats * max(compute_s, memory_s)
+    return NodeCost(node.name or f"{node.op_type}#{index}", node.op_type, compute_class,
+                    sum(r * f for r, f, _ in phases), sum(r * b for r, _, b in phases),
+                    1e3 * sum(seconds.values()), max(seconds, key=seconds.get))
+
+
+def _lstm_phases(node: onnx.NodeProto, shapes: Shapes) -> list[tuple[int, int, int]]:
+    """An LSTM as (repeats, flops, bytes) phases, each timed on its own roofline and the times added.
+
+    The input projection X.W for all steps and directions is one large GEMM (compute-bound). The recurrence
+    is not: step t needs h_{t-1}, so each direction runs seq_len dependent steps of [batch, H] x [H, 4H]
+    plus the cell's elementwise math. At batch 1 that is a matrix-vector product that reads all of R
+    (4H x H weights) for 2 x 4H x H flops, 0.5 flop per fp32 byte: memory-bound, and paid seq_len times.
+    Charging the recurrence as one big GEMM (what a flops-only rule does) makes a BiLSTM look ~100x cheaper
+    than it runs. Every step is counted, padded ones included: LiteRT's sequence LSTM has no per-row
+    lengths, and ONNX Runtime's skipping of padded steps depends on the text, not on the graph. R is charged
+    at DRAM bandwidth like every weight here; a small R that stays in L2 runs faster (an upper bound).
+    """
+    weight_index, input_major = _LSTM_OPS[node.op_type]
+    x_dims = shapes[node.input[0]][0]
+    seq, batch = (x_dims[1], x_dims[0]) if _attr(node, "layout", 0) else (x_dims[0], x_dims[1])
+    w_dims = shapes[node.input[weight_index]][0]
+    directions, inputs = w_dims[0], (w_dims[1] if input_major else w_dims[2])
+    hidden = _attr(node, "hidden_size", 0) or w_dims[2 if input_major else 1] // 4
+    recurrent_bytes = _value_bytes(shapes, node.input[weight_index + 1]) // directions
+    gates = 4 * hidden * batch * 4  # fp32 pre-activations of one step
+    projection = (1, 2 * seq * batch * inputs * 4 * hidden * directions,
+                  _value_bytes(shapes, node.input[0]) + _value_bytes(shapes, node.input[weight_index])
+                  + seq * gates * directions)
+    step = (seq * directions, 2 * batch * hidden * 4 * hidden + _LSTM_CELL_OPS_PER_UNIT * batch * hidden,
+            recurrent_bytes + 2 * gates + 2 * 4 * batch * hidden)
+    return [projection, step]
 
 
 def _node_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
@@ -426,7 +467,25 @@ def _node_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
     indexed = _INDEXED_INPUTS.get(node.op_type, ())
     read = sum(min(_value_bytes(shapes, name), written) if i in indexed else _value_bytes(shapes, name)
                for i, name in enumerate(node.input) if name)
-    return read + written
+    return read + written + _im2col_bytes(node, shapes)
+
+
+def _im2col_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
+    """A convolution with a kernel wider than 1 runs as im2col + GEMM in ONNX Runtime's CPU kernels: the
+    [C x k, output positions] patch matrix is written and read back once (k times the input's bytes for a
+    1-D conv of stride 1), so it is traffic that reading the input and the weights once does not count."""
+    if node.op_type not in _CONV_WEIGHT_INPUT:
+        return 0
+    weight = node.input[_CONV_WEIGHT_INPUT[node.op_type]]
+    if weight not in shapes or node.output[0] not in shapes or node.input[0] not in shapes:
+        return 0
+    w_dims, out_dims = shapes[weight][0], shapes[node.output[0]][0]
+    kernel = math.prod(w_dims[2:])
+    if kernel == 1:
+        return 0
+    channels = w_dims[1] * _attr(node, "group", 1)
+    itemsize = _nbytes((1,), shapes[node.input[0]][1])
+    return 2 * out_dims[0] * math.prod(out_dims[2:]) * channels * kernel * itemsize
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

@@ -88,11 +88,9 @@ def students(teacher, tiny_data, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def student_device(tiny_device, tmp_path_factory) -> Path:
-    """The tiny device with ONNX Runtime artifacts only (the TFLite writer lowers neither LSTM nor Conv)."""
-    lines = [('artifacts = ["onnx", "ort"]' if line.startswith("artifacts =") else line)
-             for line in tiny_device.read_text().replace('name = "tinyphone"', 'name = "tinystudent"').splitlines()]
+    """The tiny device (onnx, ort and tflite artifacts) under another name."""
     path = tmp_path_factory.mktemp("student-device") / "tinystudent.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tiny_device.read_text().replace('name = "tinyphone"', 'name = "tinystudent"'))
     return path
 
 
@@ -372,11 +370,24 @@ def test_student_exports_with_verified_parity(students, student_device, tiny_dat
         lstm = next(node for node in graph.node if node.op_type == "LSTM")
         assert len(lstm.input) > 4 and lstm.input[4]
     assert [value.name for value in graph.input] == list(STUDENT_INPUTS)
+    assert [a.file for a in result.report.artifacts] == ["model.onnx", "model.ort", "model.tflite"]
     for artifact in result.report.artifacts:
         assert artifact.parity["passed"] and artifact.parity["max_abs_diff"] <= 1e-4
     fuse = next(p for p in result.report.passes if p["name"] == "fuse_transformer")
     assert not fuse["fired"] and fuse["notes"] == ["skipped: no Softmax in the graph: nothing that looks like "
                                                    "attention to fuse"]
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "cnn"])
+def test_student_exports_in_int8_to_every_runtime(students, student_device, tiny_data, tmp_path, kind):
+    result = run_export(ExportRequest(model=students[kind], device=str(student_device), out_root=tmp_path,
+                                      data=tiny_data, quantize="dynamic-int8", measure=False))
+    quantize = next(p for p in result.report.passes if p["name"] == "quantize_dynamic")
+    assert quantize["fired"] and quantize["lossy"]
+    [onnx_artifact, _, tflite] = result.report.artifacts
+    integer_op = "DynamicQuantizeLSTM" if kind == "bilstm" else "ConvInteger"
+    assert any(op.endswith(integer_op) for op in onnx_artifact.op_histogram), onnx_artifact.op_histogram
+    assert tflite.parity_vs_onnxruntime["passed"]
 
 
 def test_student_intake_is_strict(students, student_device, tiny_data, tmp_path):

@@ -6,6 +6,10 @@ Before -> After (ONNX Runtime's dynamic quantizer on the fused graph):
   `Attention(X, Wqkv)` -> `DynamicQuantizeLinear(X) -> QAttention(Xq, Wqkv_q)`;
   `EmbedLayerNormalization(tables)` -> `QEmbedLayerNormalization(int8 tables)`, which is what makes the
   file small (the word-embedding table is half of MiniLM).
+The distilled students (BiLSTM, CNN) bring three more:
+  `Gather(table, ids)` (their embedding) -> `DequantizeLinear(Gather(table uint8, ids))`, 4x smaller;
+  `LSTM(X, W, R)` -> `com.microsoft::DynamicQuantizeLSTM(X, W int8, R int8)` (per gate row);
+  `Conv(X, W)` -> `DynamicQuantizeLinear(X) -> ConvInteger(Xq, Wq) -> Cast -> Mul(scales) [-> Add(bias)]`.
 
 The no-data option: it needs no calibration. When calibration texts are there anyway (--data or
 --calibration), the sensitivity analysis keeps float every node whose quantization alone breaks the
@@ -25,9 +29,10 @@ from ._quant_common import (calibration_rows, constant_weight_nodes, copy_model,
 from .quant_sensitivity import Thresholds, quantize_except_sensitive
 
 
-OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization")
-# Where each op type keeps the weight that makes it quantizable.
-_WEIGHT_INPUT = {"MatMul": 1, "Attention": 1, "EmbedLayerNormalization": 2}
+OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather", "LSTM", "Conv")
+# Where each op type keeps the weight that makes it quantizable (a Gather's table is its data input; an
+# LSTM's R is quantized with its W).
+_WEIGHT_INPUT = {"MatMul": 1, "Attention": 1, "EmbedLayerNormalization": 2, "Gather": 0, "LSTM": 1, "Conv": 1}
 
 
 @register_pass
@@ -43,7 +48,8 @@ class QuantizeDynamic(Pass):
 
     def requires(self, model, ctx: PassContext) -> None:
         if not weighted_nodes(model):
-            raise PassSkipped("no MatMul, Attention or EmbedLayerNormalization with constant float weights")
+            raise PassSkipped("no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant "
+                              "float weights")
 
     def run(self, model, ctx: PassContext) -> PassResult:
         nodes = weighted_nodes(model)

@@ -10,8 +10,8 @@ tokenizer. A `token_map` buffer sends those ids to rows of a much smaller embedd
 the training corpus, see `embeddings.py`); every other id lands on [UNK]'s row. This is what lets an int8
 student fit in 2 MB: the teacher's 30,522-row table would not. Padding never changes the logits, so the
 reference (batches trimmed to their longest text) and the artifact (padded to seq_len) agree: the LSTM
-runs on packed sequences, which export as one ONNX `LSTM` with `sequence_lens`; the CNN zeroes padded
-embeddings and keeps only windows that start on a real token.
+runs on packed sequences, exported as one ONNX `LSTM` with `sequence_lens` (`ExportedLSTM`); the CNN
+zeroes padded embeddings and keeps only windows that start on a real token.
 """
 
 from __future__ import annotations
@@ -137,18 +137,74 @@ def _classes() -> dict[str, type]:
                                 bidirectional=True)
 
         def forward(self, input_ids, attention_mask):
-            lengths = attention_mask.sum(dim=1).clamp(min=1).cpu()
-            # Packing needs rows sorted by length in torch, but ONNX `LSTM` takes per-row lengths in any
-            # order: leave the sort (TopK, ScatterElements) out of the exported graph.
-            packed = pack_padded_sequence(self.embed(input_ids), lengths, batch_first=True,
-                                          enforce_sorted=torch.jit.is_tracing())
-            outputs, (final, _) = self.lstm(packed)
+            lengths = attention_mask.sum(dim=1).clamp(min=1)
+            embedded = self.embed(input_ids)
+            if torch.onnx.is_in_onnx_export():
+                outputs, final = ExportedLSTM.apply(embedded, lengths, *onnx_lstm_weights(self.lstm),
+                                                    (self.lstm.input_size, self.lstm.hidden_size))
+            else:
+                outputs, final = run_packed(self.lstm, embedded, lengths)
             if self.pooling == "final":
                 return self.head(torch.cat([final[0], final[1]], dim=1))
-            outputs, _ = pad_packed_sequence(outputs, batch_first=True)  # zeros after each text's end
-            real = attention_mask[:, :outputs.shape[1], None].bool()
+            real = attention_mask[:, :, None].bool()
             # LSTM outputs lie in (-1, 1), so -1 on padded steps can never win the max.
             return self.head(outputs.masked_fill(~real, -1.0).amax(dim=1))
+
+    def run_packed(lstm, embedded, lengths):
+        """(outputs [batch, seq, 2H], zeros after each text's end; final states [2, batch, H]): padding is
+        skipped, not computed, so the logits do not depend on it."""
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, (final, _) = lstm(packed)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.shape[1])
+        return outputs, final
+
+    def onnx_lstm_weights(lstm):
+        """torch's per-direction weights (gates i, f, g, o) stacked as ONNX LSTM's W, R, B (gates i, o, f, c)."""
+        def gates(tensor):
+            i, f, g, o = tensor.chunk(4, dim=0)
+            return torch.cat([i, o, f, g], dim=0)
+
+        suffixes = ("_l0", "_l0_reverse")
+        weights = torch.stack([gates(getattr(lstm, f"weight_ih{s}")) for s in suffixes])
+        recurrent = torch.stack([gates(getattr(lstm, f"weight_hh{s}")) for s in suffixes])
+        bias = torch.stack([torch.cat([gates(getattr(lstm, f"bias_ih{s}")), gates(getattr(lstm, f"bias_hh{s}"))])
+                            for s in suffixes])
+        return weights, recurrent, bias
+
+    class ExportedLSTM(torch.autograd.Function):
+        """Exports as one ONNX `LSTM` with per-text `sequence_lens`, what `run_packed` computes.
+
+        Tracing `pack_padded_sequence` goes through prim::PackPadded, which the TorchScript exporter only
+        half supports: it warns about missing shape inference, and a graph reading the final states fails
+        to export. This symbolic writes the ONNX op directly; the numbers are those of `run_packed`.
+        """
+
+        @staticmethod
+        def forward(ctx, embedded, lengths, weights, recurrent, bias, sizes):
+            # The module cannot be an argument here (its parameters are not inputs of the traced graph), so
+            # the LSTM is rebuilt from the exported tensors, back in torch's gate order.
+            lstm = nn.LSTM(*sizes, batch_first=True, bidirectional=True)
+            with torch.no_grad():
+                for index, suffix in enumerate(("_l0", "_l0_reverse")):
+                    getattr(lstm, f"weight_ih{suffix}").copy_(_torch_gates(weights[index]))
+                    getattr(lstm, f"weight_hh{suffix}").copy_(_torch_gates(recurrent[index]))
+                    getattr(lstm, f"bias_ih{suffix}").copy_(_torch_gates(bias[index, :4 * sizes[1]]))
+                    getattr(lstm, f"bias_hh{suffix}").copy_(_torch_gates(bias[index, 4 * sizes[1]:]))
+                return run_packed(lstm, embedded, lengths)
+
+        @staticmethod
+        def symbolic(g, embedded, lengths, weights, recurrent, bias, sizes):
+            steps = g.op("Transpose", embedded, perm_i=[1, 0, 2])  # ONNX LSTM's default layout: time first
+            lengths = g.op("Cast", lengths, to_i=6)  # int32, as ONNX requires
+            outputs, final, _ = g.op("LSTM", steps, weights, recurrent, bias, lengths, hidden_size_i=sizes[1],
+                                     direction_s="bidirectional", outputs=3)
+            batch_first = g.op("Transpose", outputs, perm_i=[2, 0, 1, 3])  # [batch, seq, 2, H]
+            shape = g.op("Constant", value_t=torch.tensor([0, 0, -1], dtype=torch.int64))
+            return g.op("Reshape", batch_first, shape), final
+
+    def _torch_gates(tensor):
+        i, o, f, c = tensor.chunk(4, dim=0)
+        return torch.cat([i, f, c, o], dim=0)
 
     class EdgecompressCNNClassifier(Student):
         def __init__(self, config: dict[str, Any]):
