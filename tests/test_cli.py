@@ -275,6 +275,17 @@ def test_unknown_device(tmp_path, tiny_checkpoint, tiny_data):
     assert not (tmp_path / "out").exists()
 
 
+def test_dynamic_shape_profile_exports_and_audits(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
+    device = device_variant(tmp_path / "devices", "tinyboard", tiny_device,
+                            **{r"dynamic_shapes = false": "dynamic_shapes = true",
+                               r'artifacts = \["onnx", "ort", "tflite"\]': 'artifacts = ["onnx", "ort"]'})
+    result = invoke("export", tiny_checkpoint, "--device", device, "--data", tiny_data, "-o", tmp_path / "out",
+                    "--no-measure", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert all(a["op_histogram"] and a["float_ops_inside"] == [] for a in report["artifacts"])
+
+
 def test_unknown_quantize_mode(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
     result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "out",
                     "--quantize", "int3")

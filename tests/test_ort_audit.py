@@ -65,3 +65,12 @@ def test_float_model_has_no_integer_region(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     audit = audit_for_report(path)
     assert audit["float_ops"] == ["Relu"] and audit["float_ops_inside"] == []
+
+
+def test_dynamic_shape_artifact_is_audited(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])])
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    assert audit_for_report(path)["float_ops"] == ["Relu"]

@@ -92,9 +92,23 @@ def read_onnx(path: Path) -> tuple[list[Node], dict[str, int]]:
     from ..estimate import infer_shapes
 
     model = onnx.load(str(path))
-    types = {name: elem_type for name, (_, elem_type) in infer_shapes(model).items()}
+    types = {name: elem_type for name, (_, elem_type) in infer_shapes(_with_unit_dims(model)).items()}
     nodes = [Node(n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output)) for n in model.graph.node]
     return nodes, types
+
+
+def _with_unit_dims(model):
+    """A copy whose symbolic input dims are 1: element types do not depend on shapes, and one run of a
+    dynamic-shape artifact (rpi5 ships one) then types every value."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    return copy
 
 
 def read_ort_format(path: Path) -> tuple[list[Node], dict[str, int]]:
