@@ -228,6 +228,15 @@ def test_an_erf_outside_gelu_is_not_legalized_and_is_refused():
         lower_to_tflite(model)
 
 
+def test_a_value_type_litert_cannot_store_names_the_node():
+    """e.g. the uint64 shifts of an integer-only graph: a clear refusal, not a KeyError from the writer."""
+    model = build([helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.UINT64, name="to_uint64"),
+                   helper.make_node("Cast", ["wide"], ["y"], to=TensorProto.FLOAT, name="back")],
+                  [value("x", FLOAT, [2, 4])], [value("y", FLOAT, [2, 4])])
+    with pytest.raises(UserError, match="cannot lower Cast node 'to_uint64' to TFLite: values of type uint64"):
+        lower_to_tflite(model)
+
+
 # --- the ONNX Runtime contrib ops of fused BERT graphs ----------------------------------------------
 
 HIDDEN, HEADS, SEQ, BATCH = 16, 2, 6, 2

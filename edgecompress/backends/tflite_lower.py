@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import InternalError, UserError
-from .tflite_writer import FlatModel, opcode, schema
+from .tflite_writer import FlatModel, UnsupportedTensorType, opcode, schema
 
 MS_DOMAIN = "com.microsoft"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -212,6 +212,12 @@ class Lowering:
     # --- driving the lowering ----------------------------------------------------------------------
 
     def lower(self, node: onnx.NodeProto) -> None:
+        try:
+            self._lower(node)
+        except UnsupportedTensorType as exc:
+            raise self.unsupported(node, str(exc)) from None
+
+    def _lower(self, node: onnx.NodeProto) -> None:
         if node.output[0] in self.absorbed:
             return
         self._scope = node.name or node.output[0]

@@ -26,6 +26,10 @@ SCHEMA_VERSION = 3
 _FIRST_VERSION = {"BROADCAST_TO": 2}
 
 
+class UnsupportedTensorType(ValueError):
+    """A value whose type TFLite cannot store; the lowering names the node that made it."""
+
+
 def litert(module: str):
     """An `ai_edge_litert` module; the package is the optional `tflite` extra, so its absence is a user error."""
     try:
@@ -66,6 +70,9 @@ class FlatModel:
         tensor = s.TensorT()
         tensor.name = name
         tensor.shape = [int(d) for d in shape]
+        if np.dtype(dtype).name not in TENSOR_TYPES:
+            raise UnsupportedTensorType(f"values of type {np.dtype(dtype).name}, which LiteRT has no tensor type "
+                                        f"for (it has {', '.join(TENSOR_TYPES)})")
         tensor.type = getattr(s.TensorType, TENSOR_TYPES[np.dtype(dtype).name])
         tensor.quantization = quantization
         tensor.buffer = 0
