@@ -216,6 +216,7 @@ def estimate_latency(model: onnx.ModelProto | str | Path, *, peak_fp32_ops_per_s
                           bandwidth_efficiency=bandwidth_efficiency)
     model = _load(model)
     shapes = shapes if shapes is not None else infer_shapes(model)
+    model = _as_onnxruntime_runs_it(model)
     peaks = {"fp32": peak_fp32_ops_per_s * compute_efficiency,
              "int8": peak_int8_ops_per_s * compute_efficiency}
     bandwidth = bandwidth_bytes_per_s * bandwidth_efficiency
@@ -238,7 +239,8 @@ def estimate_latency(model: onnx.ModelProto | str | Path, *, peak_fp32_ops_per_s
               "outputs (gathers read only the rows they write; reshape-like views are free; convolutions "
               "wider than 1 add their im2col buffer, written and read); an LSTM is its input projection "
               "(one GEMM) plus seq_len dependent steps per direction, each timed on its own roofline and "
-              "reading all recurrent weights R; "
+              "reading all recurrent weights R; QDQ MatMuls are timed as the integer kernel ORT fuses them "
+              "into, and dequantizations of constant weights as folded at load; "
               "efficiency factors are uncalibrated first guesses; no threading, cache or "
               "kernel-launch model")
     return LatencyEstimate(
@@ -246,6 +248,43 @@ def estimate_latency(model: onnx.ModelProto | str | Path, *, peak_fp32_ops_per_s
         total_bytes=sum(c.bytes for c in nodes),
         by_op_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1].ms)), nodes=nodes,
         method=method)
+
+
+def _as_onnxruntime_runs_it(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The QDQ graph as ONNX Runtime executes it, for timing (a copy; the file is not changed).
+
+    At session start ORT folds DequantizeLinear of constant weights and fuses `MatMul(DQ(x), DQ(W))`
+    into one integer kernel (MatMulIntegerToFloat / QLinearMatMul) reading the int8 tensors. Timing the
+    QDQ graph as written would charge float matmuls plus a dequantization of every weight on every run.
+    Before -> After: DQ(xq) -> MatMul <- DQ(Wq)  becomes  MatMulIntegerToFloat(xq, Wq); a DQ of a
+    constant that feeds anything else is free (folded once at load).
+    """
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    dequantized = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    if not dequantized:
+        return model
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    fused_inputs: set[str] = set()
+    nodes = []
+    for node in graph.node:
+        sources = [dequantized.get(name) for name in node.input[:2]]
+        if node.op_type == "MatMul" and all(sources):
+            nodes.append(onnx.helper.make_node("MatMulIntegerToFloat", [d.input[0] for d in sources],
+                                               list(node.output), name=node.name))
+            fused_inputs.update(node.input[:2])
+        else:
+            nodes.append(node)
+    kept = [n for n in nodes if not (n.op_type == "DequantizeLinear" and (
+        n.input[0] in constants or (n.output[0] in fused_inputs and consumers[n.output[0]] == 1)))]
+    view = onnx.ModelProto()
+    view.CopyFrom(model)
+    del view.graph.node[:]
+    view.graph.node.extend(kept)  # a folded weight's float value is still read by its consumer
+    return view
 
 
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:

@@ -148,6 +148,25 @@ def test_dynamic_int8_matmul_is_int8_class_and_smaller(tmp_path):
     assert estimate_memory(int8_path).weight_bytes < estimate_memory(fp32_path).weight_bytes
 
 
+def test_qdq_matmul_is_timed_as_the_fused_int8_kernel_onnxruntime_runs():
+    """DQ(x) -> MatMul <- DQ(W): ORT runs one integer kernel on the int8 tensors, not a float matmul plus a
+    dequantization of W on every run."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    params = [numpy_helper.from_array(np.array(0.1, np.float32), "sx"), numpy_helper.from_array(np.uint8(128), "zx"),
+              numpy_helper.from_array(np.array(0.05, np.float32), "sw"), numpy_helper.from_array(np.int8(0), "zw"),
+              numpy_helper.from_array(np.ones((16, 32), np.int8), "wq")]
+    model = make_model(nodes, [tensor("x", [8, 16])], [tensor("y", [8, 32])], params)
+    latency = estimate_latency(model, **DEVICE)
+    assert [(n.op_type, n.compute_class) for n in latency.nodes] == [("QuantizeLinear", "fp32"),
+                                                                    ("MatMulIntegerToFloat", "int8")]
+    fused = latency.nodes[1]
+    assert fused.flops == 2 * 8 * 16 * 32
+    assert fused.bytes == 8 * 16 + 16 * 32 + 8 * 32 * 4  # int8 activations and weights in, float out
+
+
 def test_contrib_attention_gets_shapes_and_flops():
     batch, seq, hidden, heads = 1, 8, 16, 2
     node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft",
