@@ -7,6 +7,10 @@
 - transformer students only: MSE between hidden states of mapped layers (through a learned projection
   when the widths differ, TinyBERT), and KL between attention distributions of mapped layers
   (MiniLM-style; head-averaged when the head counts differ). Both count real tokens only.
+
+The recovery fine-tuning of the compress passes (`compress/_recovery.py`) uses the same functions:
+`logit_loss` (KL) plus `hard_loss` for classifiers, `logit_loss` (MSE) for sentence embeddings, and
+`masked_mse` over same-numbered layers.
 """
 
 from __future__ import annotations
@@ -89,13 +93,20 @@ def hidden_loss(student_states, teacher_states, attention_mask, layer_map, proje
 
     States are per layer, index 0 being the embedding output, which is always matched to the teacher's.
     """
-    real = attention_mask[..., None].to(student_states[0].dtype)
     pairs = [(0, 0)] + [(i + 1, t) for i, t in enumerate(layer_map)]
+    project = (lambda state: state) if projection is None else projection
+    return masked_mse([(project(student_states[s]), teacher_states[t]) for s, t in pairs], attention_mask)
+
+
+def masked_mse(pairs, attention_mask):
+    """Mean over (student, teacher) state pairs of the squared error per real token and unit of width.
+
+    Padding is left out: its states are noise the model never uses. States are [batch, tokens, width].
+    """
+    real = attention_mask[..., None].to(pairs[0][0].dtype)
     total = 0.0
-    for s, t in pairs:
-        state = student_states[s] if projection is None else projection(student_states[s])
-        squared = ((state - teacher_states[t]) ** 2 * real).sum()
-        total = total + squared / (real.sum() * state.shape[-1])
+    for student, teacher in pairs:
+        total = total + ((student - teacher) ** 2 * real).sum() / (real.sum() * student.shape[-1])
     return total / len(pairs)
 
 
