@@ -42,6 +42,9 @@ class PassContext:
     # Labelled training texts from --train-data (a TextDataset), for passes that learn or score by
     # gradient (pruning importance, recovery fine-tuning); None when not given. Never the eval data.
     train_data: Any = None
+    # The artifact kinds the device profile wants (onnx, ort, tflite), for passes whose output only some
+    # runtimes can run; empty when unknown (a pass applied outside an export).
+    artifacts: tuple[str, ...] = ()
 
 
 @dataclass

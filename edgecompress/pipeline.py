@@ -216,7 +216,7 @@ def _pass_context(bundle, profile) -> PassContext:
     runtime = profile.runtime
     return PassContext(seq_len=runtime.seq_len, batch=runtime.batch, dynamic_shapes=runtime.dynamic_shapes,
                        num_heads=bundle.num_heads, hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
-                       input_names=bundle.input_names)
+                       input_names=bundle.input_names, artifacts=tuple(profile.artifacts))
 
 
 def _train_data(bundle, request: ExportRequest):

@@ -1,0 +1,124 @@
+"""The integer BERT forward, written once against an `ops` backend (torch eager, or ONNX emission).
+
+Boundary: the inputs are the token ids themselves. Embedding rows are gathered from int8 tables and
+summed in integers, so there is no float input quantization at all; the only float op is the final
+dequantization of the logits (one multiply by the output scale). Per layer:
+
+    h (int16) -> int8 -> Q, K, V (int8) -> scores (int32) -> i-softmax (uint8) -> context (int8)
+      -> dense (int32) + h -> residual (22-bit) -> i-LayerNorm -> h1 (int16)
+      -> int8 -> intermediate (int32) -> 16-bit -> i-GELU -> int8 -> dense (int32) + h1 -> i-LayerNorm -> h2
+pooler: h[:, 0] -> int8 -> dense -> 16-bit -> i-tanh (int8) -> classifier (int32) -> 16-bit logits -> float
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import (Dyadic, LayerNormParams, LinearParams, i_gelu, i_layernorm, i_linear, i_softmax, i_tanh,
+                      requantize)
+
+HIDDEN_BITS = 16  # the residual stream between layers
+# A residual sum, as LayerNorm's input (I-BERT uses 22). 20 keeps LayerNorm's sum of squares below
+# 2^53 (onnxruntime's int64 ReduceSum is exact only there) even at 8x the calibrated range.
+RESIDUAL_BITS = 20
+GELU_BITS = 14  # GELU's input, so that i-erf's square stays small
+LOGIT_BITS = 16  # the logits before the final dequantization
+
+
+@dataclass
+class EmbeddingPlan:
+    word: np.ndarray  # int8 [vocab, hidden]
+    position: np.ndarray  # int8 [positions, hidden]
+    token_type: np.ndarray  # int8 [types, hidden]
+    to_sum: tuple[Dyadic, Dyadic, Dyadic]  # each table's scale -> the sum's scale
+    norm: LayerNormParams
+
+
+@dataclass
+class LayerPlan:
+    heads: int
+    head_size: int
+    to_attn_input: Dyadic  # h scale -> int8 input of Q, K, V
+    query: LinearParams
+    key: LinearParams
+    value: LinearParams
+    to_qkv: tuple[Dyadic, Dyadic, Dyadic]  # accumulators -> int8 Q, K, V
+    score_scale: float  # s_q s_k / sqrt(head_size)
+    to_context: Dyadic  # probs (2^-8) x s_v -> int8 context
+    attn_out: LinearParams
+    attn_residual: tuple[Dyadic, Dyadic]  # dense accumulator and h -> residual sum scale
+    norm1: LayerNormParams
+    to_ffn_input: Dyadic
+    intermediate: LinearParams
+    to_gelu: Dyadic  # accumulator -> GELU input scale
+    gelu_scale: float
+    from_gelu: Dyadic  # GELU output scale -> int8
+    ffn_out: LinearParams
+    ffn_residual: tuple[Dyadic, Dyadic]
+    norm2: LayerNormParams
+
+
+@dataclass
+class HeadPlan:
+    to_pool_input: Dyadic
+    pooler: LinearParams
+    to_tanh: Dyadic
+    tanh_scale: float
+    classifier: LinearParams  # input: tanh output at 1/127
+    to_logits: Dyadic
+    logit_scale: float
+
+
+@dataclass
+class IntegerPlan:
+    embeddings: EmbeddingPlan
+    layers: list[LayerPlan]
+    head: HeadPlan
+
+
+def integer_forward(ops, plan: IntegerPlan, input_ids, attention_mask, token_type_ids):
+    """(int64 ids, mask, types) -> float logits; everything in between is integer."""
+    h = embed(ops, plan.embeddings, input_ids, token_type_ids)
+    key_mask = ops.key_mask(attention_mask)
+    for layer in plan.layers:
+        h = encoder_layer(ops, layer, h, key_mask)
+    return classify(ops, plan.head, h)
+
+
+def embed(ops, plan: EmbeddingPlan, input_ids, token_type_ids):
+    word = requantize(ops, ops.gather(plan.word, input_ids), plan.to_sum[0])
+    position = requantize(ops, ops.gather(plan.position, ops.positions(input_ids)), plan.to_sum[1])
+    token_type = requantize(ops, ops.gather(plan.token_type, token_type_ids), plan.to_sum[2])
+    return i_layernorm(ops, ops.add(ops.add(word, position), token_type), plan.norm)
+
+
+def encoder_layer(ops, plan: LayerPlan, h, key_mask):
+    x = requantize(ops, h, plan.to_attn_input, 8)
+    q, k, v = (requantize(ops, i_linear(ops, x, params), to_int8, 8)
+               for params, to_int8 in zip((plan.query, plan.key, plan.value), plan.to_qkv))
+    scores = ops.matmul(ops.split_heads(q, plan.heads, plan.head_size),
+                        ops.split_heads(k, plan.heads, plan.head_size, transpose=True))
+    probs, _ = i_softmax(ops, scores, plan.score_scale, key_mask)
+    context = ops.matmul(probs, ops.split_heads(v, plan.heads, plan.head_size), a_unsigned=True)
+    context = requantize(ops, ops.merge_heads(context, plan.heads * plan.head_size), plan.to_context, 8)
+    h1 = residual_norm(ops, i_linear(ops, context, plan.attn_out), h, plan.attn_residual, plan.norm1)
+    x = requantize(ops, h1, plan.to_ffn_input, 8)
+    gelu_in = requantize(ops, i_linear(ops, x, plan.intermediate), plan.to_gelu, GELU_BITS)
+    gelu, _ = i_gelu(ops, gelu_in, plan.gelu_scale)
+    x = requantize(ops, gelu, plan.from_gelu, 8)
+    return residual_norm(ops, i_linear(ops, x, plan.ffn_out), h1, plan.ffn_residual, plan.norm2)
+
+
+def residual_norm(ops, accumulator, skip, to_sum: tuple[Dyadic, Dyadic], norm: LayerNormParams):
+    total = ops.add(requantize(ops, accumulator, to_sum[0]), requantize(ops, skip, to_sum[1]))
+    return i_layernorm(ops, total, norm)
+
+
+def classify(ops, plan: HeadPlan, h):
+    x = requantize(ops, ops.first_token(h), plan.to_pool_input, 8)
+    tanh_in = requantize(ops, i_linear(ops, x, plan.pooler), plan.to_tanh, HIDDEN_BITS)
+    pooled, _ = i_tanh(ops, tanh_in, plan.tanh_scale)
+    logits = requantize(ops, i_linear(ops, pooled, plan.classifier), plan.to_logits, LOGIT_BITS)
+    return ops.dequantize(logits, plan.logit_scale)
