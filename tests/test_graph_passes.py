@@ -9,6 +9,7 @@ import pytest
 
 from edgecompress.data import tokenize
 from edgecompress.errors import InternalError
+from edgecompress.graph.attention_mask_value import AttentionMaskValue, mask_value
 from edgecompress.graph.export import export_onnx
 from edgecompress.graph.fix_shapes import FixShapes
 from edgecompress.graph.fold_constants import FoldConstants
@@ -118,8 +119,16 @@ def test_fuse_transformer_fails_loudly_when_attention_fusion_falls_short(tiny):
     bundle, model, _ = tiny
     with pytest.raises(InternalError, match="attention fusion fell short: 2 fused attention ops for 5"):
         apply_pass(FuseTransformer(), copy(model), context(bundle, num_layers=5))
-    _, record = apply_pass(FuseTransformer(require_attention=False), copy(model), context(bundle, num_layers=5))
-    assert any(note.startswith("WARNING: attention fusion fell short") for note in record.notes)
+
+
+def test_fuse_transformer_notes_unfused_attention_without_warning_when_not_required(tiny, caplog):
+    bundle, model, _ = tiny
+    with caplog.at_level("INFO", logger="edgecompress.graph.fuse_transformer"):
+        _, record = apply_pass(FuseTransformer(require_attention=False), copy(model), context(bundle, num_layers=5))
+    assert "note: 2 fused attention ops for 5 encoder layers; attention runs unfused (require_attention = false " \
+           "in the recipe)" in record.notes
+    assert not any("WARNING" in note for note in record.notes)
+    assert [r.levelname for r in caplog.records if "fell short" in r.getMessage()] == ["INFO"]
 
 
 def test_fix_shapes_fixes_inputs_and_keeps_outputs(tiny):
@@ -167,3 +176,72 @@ g (float[2] x) => (float[2] y) { y = Relu(x) }
     _, record = apply_pass(FoldConstants(), model, context_free())
     assert not record.fired
     assert record.notes == ["nodes 1 -> 1"]
+
+
+def _fused(tiny) -> onnx.ModelProto:
+    bundle, model, _ = tiny
+    fused, _ = apply_pass(FuseTransformer(), copy(model), context(bundle))
+    return fused
+
+
+def _mask_values(model) -> list[float]:
+    return [mask_value(n) for n in model.graph.node if n.op_type in ("Attention", "QAttention")]
+
+
+def test_attention_mask_value_fires_on_fused_attention_and_keeps_outputs(tiny):
+    bundle, _, _ = tiny
+    fused = _fused(tiny)
+    calibration = tokenize(bundle.tokenizer, [t for t, _ in SENTENCES], seq_len=SEQ, input_names=bundle.input_names)
+    assert calibration["attention_mask"].min() == 0  # the rows are padded, or the mask value would not matter
+    result, record = apply_pass(AttentionMaskValue(), copy(fused), context(bundle, calibration=calibration))
+    assert record.fired and not record.lossy
+    assert _mask_values(fused) == [-10000.0, -10000.0] and _mask_values(result) == [-60.0, -60.0]
+    assert record.notes[0] == "mask_filter_value -10000 -> -60 on 2 fused attention node(s) (2 Attention)"
+    assert record.notes[1].startswith("outputs on 8 padded calibration rows: max |diff| ")
+    assert record.stats["max_abs_diff"] <= 1e-6
+    np.testing.assert_allclose(run(result, calibration), run(fused, calibration), rtol=0, atol=1e-6)
+
+
+def test_attention_mask_value_checks_synthetic_padded_rows_without_data(tiny):
+    bundle, _, _ = tiny
+    _, record = apply_pass(AttentionMaskValue(), _fused(tiny), context(bundle))
+    assert record.notes[1].startswith("outputs on 8 padded synthetic rows: max |diff| ")
+    assert record.stats["max_abs_diff"] <= 1e-6
+
+
+def test_attention_mask_value_survives_quantization_into_qattention(tiny):
+    from edgecompress.graph.quantize_dynamic import quantize_nodes, weighted_nodes
+
+    bundle, _, _ = tiny
+    fast, _ = apply_pass(AttentionMaskValue(), _fused(tiny), context(bundle))
+    quantized = quantize_nodes(fast, [n.name for n in weighted_nodes(fast)])
+    assert _mask_values(quantized) == [-60.0, -60.0]
+    assert {n.op_type for n in quantized.graph.node} >= {"QAttention"}
+
+
+def test_attention_mask_value_fails_loudly_when_padding_would_get_attention(tiny):
+    """A mask value near 0 lets padded keys take attention: ensures compares outputs and says so."""
+    bundle, _, _ = tiny
+    fused = _fused(tiny)
+    too_close = AttentionMaskValue.__new__(AttentionMaskValue)  # bypass the option range check on purpose
+    object.__setattr__(too_close, "mask_filter_value", -0.5)
+    with pytest.raises(InternalError, match="mask_filter_value = -0.5 changed the outputs by"):
+        apply_pass(too_close, copy(fused), context(bundle))
+
+
+def test_attention_mask_value_skips_unfused_and_already_set_graphs(tiny):
+    bundle, model, _ = tiny
+    _, record = apply_pass(AttentionMaskValue(), copy(model), context(bundle))
+    assert (record.fired, record.notes) == (False, [
+        "skipped: no fused Attention, QAttention or MultiHeadAttention node (an unfused attention takes its "
+        "mask from the graph, not from this attribute)"])
+    done, _ = apply_pass(AttentionMaskValue(), _fused(tiny), context(bundle))
+    _, again = apply_pass(AttentionMaskValue(), done, context(bundle))
+    assert again.notes == ["skipped: every fused attention node already has mask_filter_value = -60"]
+
+
+def test_attention_mask_value_rejects_values_on_the_slow_path():
+    from edgecompress.errors import UserError
+
+    with pytest.raises(UserError, match=r"mask_filter_value.* is -10000"):
+        AttentionMaskValue(mask_filter_value=-10000.0)

@@ -12,7 +12,8 @@ from edgecompress.recipe import known_recipes, load_recipe
 def test_default_recipe_orders_fusion_before_fixing_shapes():
     recipe = load_recipe("default")
     names = [p.name for p in recipe.graph]
-    assert names == ["remove_training_nodes", "fuse_transformer", "fix_shapes", "fold_constants"]
+    assert names == ["remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes",
+                     "fold_constants"]
     assert recipe.compress == ()
 
 
