@@ -98,7 +98,8 @@ def test_dynamic_quantizes_fused_ops_without_data(fused):
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("quantize_dynamic", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
+    ("quantize_dynamic", "no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float "
+                         "weights"),
     ("quantize_static", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
     ("quantize_int4", "no MatMul or embedding Gather with constant float weights"),
 ])
@@ -206,3 +207,106 @@ def test_int8_recipe_exports_and_verifies(tiny_checkpoint, tiny_device, tmp_path
     assert "QAttention" in _ops(onnx.load(str(result.out_dir / "model.onnx")))
     onnx_artifact = next(a for a in result.report.artifacts if a.kind == "onnx")
     assert onnx_artifact.parity["prediction_agreement"] >= 0.99
+
+
+def _ops_count(model, op: str) -> int:
+    return sum(node.op_type == op for node in model.graph.node)
+
+
+def test_int4_quantizes_large_gemms_and_leaves_small_ones_float(tiny_checkpoint):
+    graph, bundle, feeds = _graph(tiny_checkpoint, fused=False)
+    assert _ops_count(graph, "Gemm") == 2  # pooler 32 x 32 and classifier 2 x 32
+    kept, record = _quantize("quantize_int4", graph, bundle, mixed=False)
+    assert _ops_count(kept, "Gemm") == 2 and not any("Gemm(s)" in note for note in record.notes)
+    quantized, record = _quantize("quantize_int4", graph, bundle, mixed=False, gemm_min_weights=0)
+    assert _ops_count(quantized, "Gemm") == 0
+    assert _ops_count(quantized, "MatMulNBits") == 12 + 2
+    assert "2 Gemm(s) with a large constant weight rewritten as MatMul + Add to take block-quantized weights" \
+        in record.notes
+    assert record.stats["size_mb_after"] < kept.ByteSize() / 1e6
+    assert _sqnr(graph, quantized, feeds) >= 10.0
+
+
+def test_int4_size_estimate_matches_the_file(tiny_checkpoint):
+    from edgecompress.graph.quantize_int4 import estimated_size_mb, quantize_weights
+
+    graph, _, _ = _graph(tiny_checkpoint, fused=False)
+    for bits in (4, 8):
+        plan = {n.name: bits for n in matmul_nodes(graph)} | {n.name: 8 for n in embedding_nodes(graph)}
+        actual = quantize_weights(graph, plan, block_size=32, accuracy_level=0).ByteSize() / 1e6
+        assert estimated_size_mb(graph, plan, 32) == pytest.approx(actual, abs=0.005)  # node and name bytes
+
+
+@pytest.mark.parametrize("cap, layer_bits", [(1.0, {8}), (0.01, {4})])
+def test_int4_mixed_size_cap_keeps_extra_bits_only_where_they_fit(tiny_checkpoint, cap, layer_bits):
+    graph, bundle, feeds = _graph(tiny_checkpoint, fused=False)
+    _, record = _quantize("quantize_int4", graph, bundle, calibration=feeds, min_sqnr_db=200.0,
+                          max_size_ratio=cap)
+    assert {bit for name, bit in record.stats["bits"].items() if "layer." in name} == layer_bits
+    returned = [note for note in record.notes if note.startswith(f"size cap {cap:g}x: ")]
+    if layer_bits == {4}:
+        groups = sorted(note.split(": ")[1].split(" stays")[0] for note in returned)
+        assert groups == ["embeddings", "layer.0", "layer.1"]
+        assert any(note.startswith(f"size cap {cap:g}x (") and "not reached" in note for note in record.notes)
+    else:
+        assert not returned
+
+
+def test_int4_size_cap_skips_a_widening_that_does_not_fit_and_keeps_a_smaller_one(tiny_checkpoint):
+    """The neediest group (lowest SQNR) is also the costliest: it does not fit, a cheaper one does and keeps its
+    8 bits; one large group that does not fit (MiniLM's word table) must not push out small ones that do."""
+    from edgecompress.graph._quant_common import Error
+    from edgecompress.graph.quant_sensitivity import Trial, layer_groups
+    from edgecompress.graph.quantize_int4 import _fit_size_cap, estimated_size_mb
+
+    graph, _, _ = _graph(tiny_checkpoint, fused=False)
+    groups = layer_groups(graph, matmul_nodes(graph)) | {"embeddings": [n.name for n in embedding_nodes(graph)]}
+    first = {name: 4 for names in groups.values() for name in names}
+    base = estimated_size_mb(graph, first, 32)
+    cost = {g: estimated_size_mb(graph, first | {n: 8 for n in names}, 32) - base for g, names in groups.items()}
+    big, small = max(cost, key=cost.get), min(cost, key=cost.get)
+    assert cost[big] > cost[small]
+    sqnr = {g: 20.0 for g in groups} | {big: 5.0, small: 10.0}
+    trials = {g: Trial(g, tuple(names), Error(sqnr[g], 0.0, 0, 8)) for g, names in groups.items()}
+    plan = {name: 8 for name in first}
+    ratio = (base + cost[small] + 1e-4) / (graph.ByteSize() / 1e6)
+    notes = _fit_size_cap(graph, plan, first, groups, trials, ratio, 32)
+    assert {plan[n] for n in groups[small]} == {8}
+    assert {plan[n] for g, names in groups.items() if g != small for n in names} == {4}
+    assert notes[0].startswith(f"size cap {ratio:g}x: {big} stays at 4 bits (SQNR 5.0 dB")
+    assert estimated_size_mb(graph, plan, 32) <= ratio * graph.ByteSize() / 1e6
+
+
+def test_trim_gathered_tables_cuts_the_position_table_exactly(tiny_checkpoint):
+    from edgecompress.data import tokenize
+
+    graph, bundle, _ = _graph(tiny_checkpoint, fused=False)
+    passes = load_recipe("int4").graph
+    assert passes[-1].name == "trim_gathered_tables"
+    for p in passes[1:-1]:  # quantize_int4 ... fold_constants, as the recipe orders and configures them
+        graph, _ = apply_pass(p, graph, _context(bundle))
+    assert any(n.op_type == "GatherBlockQuantized" for n in graph.graph.node)
+    trimmed, record = _quantize("trim_gathered_tables", graph, bundle)
+    assert record.fired
+    assert record.notes[0].endswith("cut to the 16 rows its constant indices read (of 64)")
+    assert record.stats["size_mb_after"] < record.stats["size_mb_before"]
+    rows = tokenize(bundle.tokenizer, TEXTS, seq_len=SEQ_LEN, input_names=bundle.input_names)
+    assert (run_model(trimmed, rows) == run_model(graph, rows)).all()
+
+
+def test_trim_gathered_tables_skips_gathers_by_runtime_indices(fused):
+    graph, bundle, _ = fused
+    _, record = _quantize("trim_gathered_tables", graph, bundle)
+    assert not record.fired
+    assert record.notes == ["skipped: no Gather of rows of a constant table by constant, non-negative indices "
+                            "that leave rows unread (run after fix_shapes and fold_constants to make position "
+                            "ids constant)"]
+
+
+def test_static_feeds_float_ops_the_float_activation(fused):
+    """The residual input of each SkipLayerNormalization reads the LayerNorm output itself, not its uint8 copy."""
+    graph, bundle, feeds = fused
+    quantized, _ = _quantize("quantize_static", graph, bundle, calibration=feeds)
+    producers = {out: n.op_type for n in quantized.graph.node for out in n.output}
+    skip_inputs = [name for n in quantized.graph.node if n.op_type == "SkipLayerNormalization" for name in n.input[:2]]
+    assert skip_inputs and not any(producers.get(name) == "DequantizeLinear" for name in skip_inputs)

@@ -7,11 +7,21 @@ Before -> After:
   token type) symmetric at `embedding_bits` (8 by default, or 4) with one scale per block of a row,
   stored as uint8 (zero point 128, or 8 packed in nibbles). The word table is half of MiniLM, so
   without this the file stays large whatever the MatMuls do.
+  `Gemm(X, W, b)` with a large constant W (the pooler) -> `Add(MatMulNBits(X, Wq, scales), b)`.
 
 Mixed precision in the spirit of Q-BERT (`mixed = true` and calibration data): each encoder layer is
 quantized to 4 bits alone and scored against the float graph; a layer that breaks the thresholds gets
 8-bit weights (`MatMulNBits` bits = 8) instead. The embedding tables are tried the same way: at 4 bits
 they fall back to 8, at 8 bits to float. Without data, or with `mixed = false`, nothing is measured.
+`max_size_ratio` caps the result: the most sensitive groups keep their extra bits while the estimated
+size fits; the others go back to their first choice.
+
+Where MiniLM's int4 bytes go (seq_len 128, all MatMuls at 4 bits, block 128; float file 90.9 MB):
+8-bit word table 11.72 MB + its scales 0.37 MB, MatMul weights 5.31 MB + scales 0.33 MB, position
+table 0.20 MB (0.05 MB once `trim_gathered_tables` keeps the 128 rows read), biases and norms 0.12 MB,
+graph 0.13 MB. The pooler Gemm was 0.59 MB of float until it became a MatMul here. So 8-bit
+embeddings alone are 0.133x of float and every encoder layer at 8 bits instead of 4 costs +0.03x:
+under a 0.2x cap there is room for none.
 
 Runs before `fuse_transformer`: after fusion, `Attention` holds the Q/K/V weights and
 `EmbedLayerNormalization` the word table, and neither op takes block-quantized weights, so 61% of
@@ -62,6 +72,15 @@ class QuantizeInt4(Pass):
     min_sqnr_db: float = 28.0
     max_flip_rate: float = 0.02
     calibration_rows: int = 64
+    # With `mixed`: a cap on the quantized graph's size as a share of the graph this pass is given;
+    # 0 = no cap. Of the groups the measurement widens, the most sensitive keep their extra bits
+    # while the estimate fits. With 8-bit embeddings on MiniLM (the 8-bit word table alone is 0.13x)
+    # a 0.2x cap leaves no room for any 8-bit layer; with `embedding_bits = 4` it does.
+    max_size_ratio: float = 0.0
+    # Gemms with at least this many weights (the pooler, 384 x 384 = 0.59 MB float on MiniLM, 3% of an
+    # int4 file) become MatMul + Add so they can take 4-bit weights. Smaller ones stay float: the
+    # classifier (2 x 384, 3 KB) gains nothing and writes the logits directly.
+    gemm_min_weights: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.embedding_bits not in _WIDER:
@@ -73,6 +92,7 @@ class QuantizeInt4(Pass):
             raise PassSkipped("no MatMul or embedding Gather with constant float weights")
 
     def run(self, model, ctx: PassContext) -> PassResult:
+        source, model = model, gemms_as_matmuls(model, self.gemm_min_weights)
         plan = {n.name: 4 for n in matmul_nodes(model)} | {n.name: self.embedding_bits
                                                             for n in embedding_nodes(model)}
         quantize = functools.partial(quantize_weights, block_size=self.block_size,
@@ -88,11 +108,11 @@ class QuantizeInt4(Pass):
             probe = Probe(model, feeds, lambda m, names: quantize(m, {n: first_choice[n] for n in names}))
             notes = self._choose_bits(model, plan, probe)
         quantized = quantize(model, plan)
-        notes = _summary(model, quantized, plan) + notes + _fused_leftovers(model)
+        notes = _summary(source, quantized, plan) + _gemm_note(source, model) + notes + _fused_leftovers(model)
         if probe is not None:
             error = probe.error_of(quantized)
             notes.append(f"whole graph vs float on {error.rows} calibration rows: {error.describe()}")
-        stats = {"bits": plan, "size_mb_before": round(size_mb(model), 3),
+        stats = {"bits": plan, "size_mb_before": round(size_mb(source), 3),
                  "size_mb_after": round(size_mb(quantized), 3), "ops_after": op_counts(quantized)}
         return PassResult(quantized, notes, stats, lossy=True)
 
@@ -104,8 +124,12 @@ class QuantizeInt4(Pass):
         in_layers = {name for names in groups.values() for name in names}
         groups["no layer"] = [n.name for n in matmuls if n.name not in in_layers]
         groups["embeddings"] = [n.name for n in embedding_nodes(model)]
-        return [_settle(group, names, plan, probe.trial(group, names), thresholds)
-                for group, names in groups.items() if names]
+        trials = {group: probe.trial(group, names) for group, names in groups.items() if names}
+        first_choice = dict(plan)
+        notes = [_settle(group, groups[group], plan, trial, thresholds) for group, trial in trials.items()]
+        if self.max_size_ratio > 0:
+            notes += _fit_size_cap(model, plan, first_choice, groups, trials, self.max_size_ratio, self.block_size)
+        return notes
 
 
 def _settle(group: str, names: list[str], plan: dict[str, int], trial, thresholds: Thresholds) -> str:
@@ -121,6 +145,114 @@ def _settle(group: str, names: list[str], plan: dict[str, int], trial, threshold
             plan[name] = wider
     return (f"{group}: {'float' if wider is None else f'{wider} bits'} (at {bits} bits alone: "
             f"{thresholds.why_not(trial.error)}; {trial.error.describe()})")
+
+
+def _fit_size_cap(model, plan: dict[str, int], first_choice: dict[str, int], groups: dict[str, list[str]],
+                  trials: dict, ratio: float, block_size: int) -> list[str]:
+    """Keep the widening of the groups that need it most (lowest SQNR at their first choice) while the
+    estimated size stays at most `ratio` of the input graph's; the others go back to their first choice.
+
+    Greedy from the bottom up, so one large group that does not fit (an embedding table) does not
+    push out several small ones that do (encoder layers).
+    """
+    cap = ratio * size_mb(model)
+    widened = {g: {n: plan.get(n) for n in groups[g]} for g in trials
+               if any(plan.get(n) != first_choice[n] for n in groups[g])}
+    for group in widened:
+        _set_bits(plan, {n: first_choice[n] for n in groups[group]})
+    notes = []
+    for group in sorted(widened, key=lambda g: trials[g].error.sqnr_db):
+        _set_bits(plan, widened[group])
+        if estimated_size_mb(model, plan, block_size) > cap:
+            _set_bits(plan, {n: first_choice[n] for n in groups[group]})
+            notes.append(f"size cap {ratio:g}x: {group} stays at {first_choice[groups[group][0]]} bits "
+                         f"({trials[group].error.describe()})")
+    size = estimated_size_mb(model, plan, block_size)
+    if size > cap:
+        notes.append(f"size cap {ratio:g}x ({cap:.2f} MB) not reached here: {size:.2f} MB estimated with every "
+                     "group at its first choice of bits (later passes may still trim)")
+    return notes
+
+
+def _set_bits(plan: dict[str, int], bits: dict[str, int | None]) -> None:
+    """Apply bits per node to `plan`; None (float) removes the node from it."""
+    for name, value in bits.items():
+        if value is None:
+            plan.pop(name, None)
+        else:
+            plan[name] = value
+
+
+def estimated_size_mb(model, plan: dict[str, int], block_size: int) -> float:
+    """The file size `plan` would give, from weight shapes alone (no quantizer run): float weights of the
+    planned nodes replaced by their packed bits plus one float32 scale per block."""
+    dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    delta = 0
+    for node in model.graph.node:
+        if node.name not in plan:
+            continue
+        if node.op_type == "MatMul":
+            rows, cols = dims[node.input[1]]
+            blocks = -(-rows // block_size) * cols
+            delta += blocks * (block_size * plan[node.name] // 8 + 4) - rows * cols * 4
+        else:
+            rows, cols = dims[node.input[0]]
+            delta += rows * cols * plan[node.name] // 8 + rows * (cols // _table_block(cols)) * 4 - rows * cols * 4
+    return size_mb(model) + delta / 1e6
+
+
+def gemms_as_matmuls(model, min_weights: int):
+    """`Gemm(X, W, b)` (alpha = beta = 1, X not transposed, W a large constant) -> `Add(MatMul(X, W'), b)`
+    with W' = W^T when transB: MatMulNBits, the 4-bit op, replaces MatMul only. Returns a copy."""
+    from onnx import helper, numpy_helper
+
+    result = copy_model(model)
+    tables = {init.name: init for init in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:  # read from `model`: `result`'s nodes are replaced below
+        if not _plain_gemm(node, tables, min_weights):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(tables[node.input[1]])
+        if _attr(node, "transB", 0):
+            weight = weight.T
+        name = f"{node.input[1]}_as_matmul"
+        result.graph.initializer.append(numpy_helper.from_array(weight.copy(), name))
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
+        if len(node.input) > 2:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}/bias"))
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    used = {name for node in result.graph.node for name in node.input}
+    kept = [init for init in result.graph.initializer if init.name in used]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(kept)
+    return result
+
+
+def _plain_gemm(node, tables, min_weights: int) -> bool:
+    import onnx
+
+    if node.op_type != "Gemm" or not node.name or len(node.input) < 2 or node.input[1] not in tables:
+        return False
+    weight = tables[node.input[1]]
+    return (weight.data_type == onnx.TensorProto.FLOAT and len(weight.dims) == 2
+            and weight.dims[0] * weight.dims[1] >= min_weights and not _attr(node, "transA", 0)
+            and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
+            and (len(node.input) < 3 or node.input[2] in tables and len(tables[node.input[2]].dims) == 1))
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _gemm_note(before, after) -> list[str]:
+    gemms = sum(n.op_type == "Gemm" for n in before.graph.node) - sum(n.op_type == "Gemm" for n in after.graph.node)
+    return [f"{gemms} Gemm(s) with a large constant weight rewritten as MatMul + Add to take "
+            "block-quantized weights"] if gemms else []
 
 
 def matmul_nodes(model) -> list:

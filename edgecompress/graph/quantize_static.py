@@ -137,7 +137,42 @@ def _qdq_matmuls(model, matmuls: list[str], activation_type: str, ranges: Path):
 
     with captured_library_output():
         quantized = through_file(quantize, model)
-    return keep_model_props(quantized, model)
+    return keep_model_props(float_inputs_for_float_ops(quantized, set(matmuls)), model)
+
+
+def float_inputs_for_float_ops(model, quantized: set[str]):
+    """In place: a node that stays float reads the float activation, not its quantize-dequantized copy.
+
+    Before -> After: `X -> QuantizeLinear -> DequantizeLinear -> Xdq -> {MatMul, SkipLayerNormalization}`
+    -> `Xdq -> MatMul` and `X -> SkipLayerNormalization`. ONNX Runtime's quantizer hands every consumer
+    of a quantized activation the dequantized copy; in a BERT layer the attention block's LayerNorm
+    output feeds both the FFN's first MatMul and, as the residual, the next SkipLayerNormalization,
+    which then added uint8 rounding to the residual stream and ran one DequantizeLinear per layer
+    (measured on MiniLM at seq_len 64: 6 DequantizeLinear, 0.17 ms of 10.4 ms per run).
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.name in quantized and node.op_type == "MatMul":
+            continue
+        for index, name in enumerate(node.input):
+            float_source = _dequantized_activation(name, producers)
+            if float_source is not None:
+                node.input[index] = float_source
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    dead = [node for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(out in used for out in node.output)]
+    for node in dead:
+        model.graph.node.remove(node)
+    return model
+
+
+def _dequantized_activation(name: str, producers) -> str | None:
+    """The float tensor X when `name` is DequantizeLinear(QuantizeLinear(X)) of an activation, else None."""
+    dequantize = producers.get(name)
+    if dequantize is None or dequantize.op_type != "DequantizeLinear":
+        return None
+    quantize = producers.get(dequantize.input[0])
+    return quantize.input[0] if quantize is not None and quantize.op_type == "QuantizeLinear" else None
 
 
 class _FeedReader:
