@@ -149,6 +149,143 @@ def test_gemm_in_both_weight_layouts_with_bias(tmp_path):
     assert check(model, {"x": floats(3, 8)}, tmp_path) == {"FULLY_CONNECTED": 2}
 
 
+# --- bias folding: the reader's bias moves into the FULLY_CONNECTED -----------------------------------
+
+MS = {"domain": "com.microsoft"}
+_BIAS_READERS = {  # reader of MatMul(x, w) -> "product": (its node, the ADDs it writes itself once folded)
+    "SkipLayerNormalization": (helper.make_node("SkipLayerNormalization", ["product", "skip", "gamma", "beta", "b"],
+                                                ["y"], epsilon=1e-12, **MS), 3),  # skip, epsilon, beta
+    "BiasGelu": (helper.make_node("BiasGelu", ["product", "b"], ["y"], **MS), 0),
+    "Add": (helper.make_node("Add", ["b", "product"], ["y"]), 0),
+}
+
+
+def _fc_biases(path) -> list[bool]:
+    """For each FULLY_CONNECTED of the file, whether it has a bias input."""
+    ops = load_interpreter(path, threads=1, delegate=False)._get_ops_details()
+    return [len(op["inputs"]) > 2 and int(op["inputs"][2]) >= 0 for op in ops if op["op_name"] == "FULLY_CONNECTED"]
+
+
+def _bias_model(reader: str, matmul, initializers, x_shape=(2, 5, 8)):
+    """(model, feeds): `matmul` writing "product" [.., 6] from x, read by `reader` with bias b."""
+    skip_ln = reader == "SkipLayerNormalization"
+    inputs, feeds = [value("x", FLOAT, list(x_shape))], {"x": floats(*x_shape)}
+    if skip_ln:
+        inputs.append(value("skip", FLOAT, [*x_shape[:-1], 6]))
+        feeds["skip"] = floats(*x_shape[:-1], 6)
+        initializers = [*initializers, const("gamma", 1 + floats(6) / 4), const("beta", floats(6))]
+    model = build([*matmul, _BIAS_READERS[reader][0]], inputs, [value("y", FLOAT, [*x_shape[:-1], 6])],
+                  [const("b", floats(6)), *initializers])
+    return model, feeds
+
+
+@pytest.mark.parametrize("reader", list(_BIAS_READERS))
+def test_a_float_matmuls_bias_is_added_by_its_fully_connected(tmp_path, reader):
+    """`R(MatMul(x, W), bias)` -> `R(FULLY_CONNECTED(x, W^T, bias))`: the separate ADD over the product is gone."""
+    model, feeds = _bias_model(reader, [helper.make_node("MatMul", ["x", "w"], ["product"])],
+                               [const("w", floats(8, 6))])
+    histogram = check(model, feeds, tmp_path)
+    assert histogram.get("ADD", 0) == _BIAS_READERS[reader][1]
+    assert _fc_biases(tmp_path / "model.tflite") == [True]
+
+
+@pytest.mark.parametrize("reader", ["BiasGelu", "Add"])
+def test_a_dynamic_int8_matmuls_bias_is_a_float_bias_of_the_hybrid_fully_connected(tmp_path, reader):
+    """ORT's dynamic int8 matmul (DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul) before a bias: the
+    hybrid kernel adds the float bias; the products stay ORT's, so the outputs agree to float rounding."""
+    _, quantized, scales = _qdq_weights()
+    matmul = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_s", "x_z"]),
+              helper.make_node("MatMulInteger", ["xq", "wq", "x_z", "w_z"], ["int_product"]),
+              helper.make_node("Cast", ["int_product"], ["product_f"], to=FLOAT),
+              helper.make_node("Mul", ["x_s", "w_s"], ["scale"]),
+              helper.make_node("Mul", ["product_f", "scale"], ["product"])]
+    model, feeds = _bias_model(reader, matmul, [const("wq", quantized[:, :6]), const("w_z", np.zeros(6, np.int8)),
+                                                const("w_s", scales[:6])], x_shape=(1, 8, K))
+    path = lowered(model, tmp_path)
+    np.testing.assert_allclose(litert_run(path, feeds)["y"], ort_run(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+    assert _fc_biases(path) == [True]
+    assert audit_tflite(path).op_histogram["ADD"] == 1  # the guard columns' broadcast only
+
+
+@pytest.mark.parametrize("form", ["weights_only", "static_input"])
+def test_a_qdq_weight_matmuls_bias_is_a_float_bias_of_the_hybrid_fully_connected(tmp_path, form):
+    weights, quantized, scales = _qdq_weights()
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "w_s"], ["wd"], axis=1)]
+    if form == "static_input":
+        nodes += [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"])]
+    nodes += [helper.make_node("MatMul", ["xd" if form == "static_input" else "x", "wd"], ["product"]),
+              helper.make_node("Add", ["product", "b"], ["y"])]
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value("y", FLOAT, [1, 8, N])],
+                  [const("wq", quantized), const("w_s", scales), const("x_s", np.float32(3 / 127)),
+                   const("x_z", np.uint8(128)), const("b", floats(1, 1, N))])
+    x, path = floats(1, 8, K), lowered(model, tmp_path)
+    got = litert_run(path, {"x": x})["y"]
+    if form == "static_input":  # the calibrated grid is kept exactly: ORT's numbers to float rounding
+        np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
+    assert _sqnr_db(x @ weights + numpy_helper.to_array(model.graph.initializer[-1]), got) >= 30
+    assert _fc_biases(path) == [True] and "ADD" not in audit_tflite(path).op_histogram
+
+
+@pytest.mark.parametrize("weight", ["float", "int8"])
+def test_matmuls_sharing_a_weight_keep_their_own_biases(tmp_path, weight):
+    _, quantized, scales = _qdq_weights()
+    if weight == "float":
+        nodes, initializers = [], [const("w", floats(K, N))]
+    else:
+        nodes, initializers = [helper.make_node("DequantizeLinear", ["wq", "w_s"], ["w"], axis=1)], \
+            [const("wq", quantized), const("w_s", scales)]
+    for index in (1, 2):
+        nodes += [helper.make_node("MatMul", ["x", "w"], [f"p{index}"]),
+                  helper.make_node("Add", [f"p{index}", f"b{index}"], [f"y{index}"])]
+        initializers.append(const(f"b{index}", floats(N) * index))
+    model = build(nodes, [value("x", FLOAT, [1, 8, K])], [value(f"y{i}", FLOAT, [1, 8, N]) for i in (1, 2)],
+                  initializers)
+    x, path = floats(1, 8, K), lowered(model, tmp_path)
+    got, want = litert_run(path, {"x": x}), ort_run(model, {"x": x})
+    for name in ("y1", "y2"):  # int8: the run-time row quantization is LiteRT's own, hence the looser check
+        assert _sqnr_db(want[name], got[name]) >= (100 if weight == "float" else 30), name
+    assert _fc_biases(path) == [True, True]
+
+
+@pytest.mark.parametrize("case, why", [
+    ("two_readers", "it is read by 2 nodes"),
+    ("graph_output", "it is a graph output"),
+    ("run_time_bias", "the bias 'b' of Add '' is not a constant"),
+    ("broadcast", "Add '' broadcasts it to [3, 2, 5, 6]"),
+    ("row_bias", "the bias 'b' is not a float32 vector of 6 (shape [5, 6])"),
+    ("no_bias", "its reader Relu '' adds no bias"),
+])
+def test_a_bias_that_cannot_move_into_the_fully_connected_stays_an_add_and_says_why(tmp_path, caplog, case, why):
+    x, w = value("x", FLOAT, [2, 5, 8]), const("w", floats(8, 6))
+    nodes, inputs, outputs, extra = [helper.make_node("MatMul", ["x", "w"], ["product"])], [x], [], []
+    feeds = {"x": floats(2, 5, 8)}
+    y = value("y", FLOAT, [2, 5, 6])
+    if case in ("two_readers", "graph_output"):
+        nodes.append(helper.make_node("Add", ["product", "b"], ["y"]))
+        extra.append(const("b", floats(6)))
+        outputs = [y, value("product", FLOAT, [2, 5, 6])] if case == "graph_output" else [y]
+        if case == "two_readers":
+            nodes.append(helper.make_node("Relu", ["product"], ["r"]))
+            outputs.append(value("r", FLOAT, [2, 5, 6]))
+    elif case == "run_time_bias":
+        nodes.append(helper.make_node("Add", ["product", "b"], ["y"]))
+        inputs.append(value("b", FLOAT, [6]))
+        feeds["b"], outputs = floats(6), [y]
+    elif case in ("broadcast", "row_bias"):
+        shape = [3, 1, 1, 6] if case == "broadcast" else [5, 6]
+        nodes.append(helper.make_node("Add", ["product", "b"], ["y"]))
+        extra.append(const("b", floats(*shape)))
+        outputs = [value("y", FLOAT, [3, 2, 5, 6] if case == "broadcast" else [2, 5, 6])]
+    else:
+        nodes.append(helper.make_node("Relu", ["product"], ["y"]))
+        outputs = [y]
+    caplog.set_level("DEBUG", logger="edgecompress.backends.tflite_lower")
+    check(build(nodes, inputs, outputs, [w, *extra]), feeds, tmp_path)
+    assert f"bias of 'product' not folded into its FULLY_CONNECTED: {why}" in caplog.messages
+    assert _fc_biases(tmp_path / "model.tflite") == [False]
+
+
 def test_gather_rows_and_a_constant_token(tmp_path):
     nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
              helper.make_node("Gather", ["rows", "zero"], ["first"], axis=1),
@@ -282,6 +419,19 @@ def test_fused_bert_layer_matches_onnxruntime(tmp_path, masked):
     histogram = check(_bert_layer(masked), _bert_feeds(), tmp_path)
     assert {"GATHER", "FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX", "GELU", "MEAN", "RSQRT"} <= set(histogram)
     assert ("GREATER_EQUAL" in histogram) == masked  # keys at or after each row's valid length are masked
+    # Q, K, V, output and up projections all add their bias; the score scale is in Q's weights, so no
+    # elementwise op runs over the [B, N, S, S] scores but the mask's ADD and the SOFTMAX
+    assert _fc_biases(tmp_path / "model.tflite") == [True] * 5
+    scores = [BATCH, HEADS, SEQ, SEQ]
+    assert [op for op, shape in _op_outputs(tmp_path / "model.tflite") if shape == scores] == \
+        ["BATCH_MATMUL"] + ["ADD"] * masked + ["SOFTMAX"]
+
+
+def _op_outputs(path) -> list[tuple[str, list[int]]]:
+    """(builtin, shape of its first output) for each op of the file, in order."""
+    interpreter = load_interpreter(path, threads=1, delegate=False)
+    shapes = {d["index"]: [int(n) for n in d["shape"]] for d in interpreter.get_tensor_details()}
+    return [(op["op_name"], shapes[int(op["outputs"][0])]) for op in interpreter._get_ops_details()]
 
 
 def test_attention_with_a_raw_2d_mask(tmp_path):
@@ -307,7 +457,9 @@ def _qdq_weights():
 
 
 def _sqnr_db(reference, candidate):
-    return 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - candidate) ** 2))
+    """Signal-to-quantization-noise ratio in dB; inf when the two are identical."""
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - candidate) ** 2))
 
 
 @pytest.mark.parametrize("activation", [np.uint8, np.int8])
@@ -369,7 +521,11 @@ def test_dynamic_int8_matmul_quantizes_per_tensor_as_onnxruntime_does(tmp_path):
     path = lowered(model, tmp_path)
     got, want = litert_run(path, {"x": x})["y"], ort_run(model, {"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert audit_tflite(path).op_histogram["FULLY_CONNECTED"] == 1
+    histogram = audit_tflite(path).op_histogram
+    assert histogram["FULLY_CONNECTED"] == 1
+    # the tensor's min and max in two steps, per row first, so XNNPACK's threads share the pass over x
+    assert histogram["REDUCE_MIN"] == histogram["REDUCE_MAX"] == 2
+    assert [shape for op, shape in _op_outputs(path) if op == "REDUCE_MIN"] == [[1, 8, 1], [1, 1, 1]]
 
 
 def test_weights_only_qdq_matmul_is_dynamic_range_int8(tmp_path):
@@ -779,4 +935,5 @@ def test_minilm_tflite_matches_torch(minilm_classifier, tmp_path):
     assert artifact.parity["max_abs_diff"] <= 1e-4 and artifact.parity["prediction_agreement"] == 1.0
     audit = audit_tflite(result.out_dir / "model.tflite")
     assert audit.op_histogram["FULLY_CONNECTED"] == 6 * 6 + 2  # Q, K, V, output, up, down per layer; pooler, head
+    assert _fc_biases(result.out_dir / "model.tflite") == [True] * (6 * 6 + 2)  # every bias inside its matmul
     assert audit.partitions == 1

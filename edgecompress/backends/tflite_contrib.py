@@ -76,13 +76,14 @@ def _mask_index(lw: Lowering, mask: str, batch: int, *, out: str) -> None:
 @lowers("SkipLayerNormalization", domain=MS_DOMAIN)
 def skip_layer_norm(lw: Lowering, node) -> None:
     """Before -> After: `SkipLayerNormalization(x, skip, gamma, beta, bias)` ->
-    `LayerNorm(ADD(ADD(x, skip), bias))`; the optional sum output is the inner ADD."""
+    `LayerNorm(ADD(ADD(x, skip), bias))`, or `LayerNorm(ADD(x, skip))` when the FULLY_CONNECTED writing x
+    (or skip) already added the bias (`Lowering.fold_bias`); the optional sum output is the last ADD."""
     x, skip, gamma, beta, bias = padded_inputs(node, 5)
     if any(lw.used(name) for name in node.output[1:3]):
         raise lw.unsupported(node, "its mean or inverse-std-dev outputs are used")
     shape = lw.shape(x)
     total = lw.emit("ADD", [lw.value(x), lw.value(skip)], shape=shape, dtype=_FLOAT32)
-    if bias:
+    if bias and x not in lw.biased and skip not in lw.biased:
         total = lw.emit("ADD", [total, lw.value(bias)], shape=shape, dtype=_FLOAT32)
     layer_norm(lw, total, shape, [len(shape) - 1], lw.value(gamma), lw.value(beta) if beta else None,
                lw.attr(node, "epsilon", 1e-12), out=node.output[0])
@@ -92,10 +93,11 @@ def skip_layer_norm(lw: Lowering, node) -> None:
 
 @lowers("BiasGelu", "Gelu", domain=MS_DOMAIN)
 def bias_gelu(lw: Lowering, node) -> None:
-    """Before -> After: `BiasGelu(x, bias)` -> `GELU(ADD(x, bias), approximate=False)` (the erf form);
+    """Before -> After: `BiasGelu(x, bias)` -> `GELU(ADD(x, bias), approximate=False)` (the erf form), or
+    `GELU(x)` when the FULLY_CONNECTED writing x already added the bias (`Lowering.fold_bias`);
     `Gelu(x)` -> `GELU(x)`."""
     x = lw.value(node.input[0])
-    if len(node.input) > 1 and node.input[1]:
+    if len(node.input) > 1 and node.input[1] and node.input[0] not in lw.biased:
         x = lw.emit("ADD", [x, lw.value(node.input[1])], shape=lw.shape(node.input[0]), dtype=_FLOAT32)
     lw.emit("GELU", [x], out=node.output[0], options=lw.options("Gelu", approximate=False))
 
@@ -103,21 +105,35 @@ def bias_gelu(lw: Lowering, node) -> None:
 @lowers("Attention", domain=MS_DOMAIN)
 def attention(lw: Lowering, node) -> None:
     """Before -> After: `Attention(x, W [H, 3H], b [3H], mask_index)` ->
-    Q, K, V = `FULLY_CONNECTED(x, W_part^T, b_part)` each, then `attention_core`."""
+    Q, K, V = `FULLY_CONNECTED(x, W_part^T, b_part)` each, Q's weights and bias multiplied by the score
+    scale at export (`attention_scale`), then `attention_core`."""
     x, weight_name, bias_name, mask = padded_inputs(node, 4)[:4]
     check_attention(lw, node, decoder_inputs=slice(4, None))
     weight, bias = lw.constant(weight_name), lw.constant(bias_name)
     if weight is None or bias is None:
         raise lw.unsupported(node, "QKV weights or bias that are not constants")
     hidden = weight.shape[1] // 3
+    scale = attention_scale(lw, node, hidden)
     projections = []
     for index, part in enumerate("qkv"):
         columns = slice(index * hidden, (index + 1) * hidden)
+        factor = scale if part == "q" else np.float32(1)
         projections.append(lw.emit(
-            "FULLY_CONNECTED", [lw.value(x), lw.const(weight[:, columns].T, f"{weight_name}/{part}"),
-                                lw.const(bias[columns], f"{bias_name}/{part}")],
+            "FULLY_CONNECTED", [lw.value(x), lw.const(weight[:, columns].T * factor, f"{weight_name}/{part}"),
+                                lw.const(bias[columns] * factor, f"{bias_name}/{part}")],
             shape=(*lw.shape(x)[:2], hidden), dtype=_FLOAT32, options=lw.options("FullyConnected", keepNumDims=True)))
     attention_core(lw, node, projections, mask)
+
+
+def attention_scale(lw: Lowering, node, hidden: int) -> np.float32:
+    """The factor on Q.K^T: the node's `scale`, else 1/sqrt(head size) in float32, as ORT computes it.
+
+    Callers fold it into Q's projection (weights and bias, or an int8 weight's scales): a product of
+    constants at export instead of a MUL over every [B, N, S, S] score at run time, four times the size
+    of Q at BERT's shapes; the same value up to float rounding.
+    """
+    head_size = hidden // lw.attr(node, "num_heads")
+    return np.float32(lw.attr(node, "scale", 0.0) or np.float32(1.0) / np.sqrt(np.float32(head_size)))
 
 
 def check_attention(lw: Lowering, node, decoder_inputs: slice) -> None:
@@ -132,8 +148,8 @@ def check_attention(lw: Lowering, node, decoder_inputs: slice) -> None:
 
 
 def attention_core(lw: Lowering, node, projections: list[int], mask: str) -> None:
-    """Before -> After: projected Q, K, V [B, S, H] ->
-    heads = `TRANSPOSE(RESHAPE(., [B, S, N, h]))`; `P = SOFTMAX(ADD(MUL(BATCH_MATMUL(Q, K, adj_y), scale), mask))`;
+    """Before -> After: projected Q (already multiplied by `attention_scale`), K, V [B, S, H] ->
+    heads = `TRANSPOSE(RESHAPE(., [B, S, N, h]))`; `P = SOFTMAX(ADD(BATCH_MATMUL(Q, K, adj_y), mask))`;
     `RESHAPE(TRANSPOSE(BATCH_MATMUL(P, V)), [B, S, H])`. The mask is -10000 (mask_filter_value) on keys at
     or after each row's mask_index, added to the scaled scores as ORT's kernel does.
     """
@@ -145,9 +161,6 @@ def attention_core(lw: Lowering, node, projections: list[int], mask: str) -> Non
     scores_shape = (batch, heads, length, length)
     scores = lw.emit("BATCH_MATMUL", [q, k], shape=scores_shape, dtype=_FLOAT32,
                      options=lw.options("BatchMatMul", adjY=True))
-    scale = lw.attr(node, "scale", 0.0) or np.float32(1.0) / np.sqrt(np.float32(head_size))  # ORT: in float
-    scores = lw.emit("MUL", [scores, lw.const(np.array(scale, np.float32), f"scale{scale!r}")],
-                     shape=scores_shape, dtype=_FLOAT32)
     if mask:
         filter_value = lw.attr(node, "mask_filter_value", -10000.0)
         scores = lw.emit("ADD", [scores, _additive_mask(lw, node, mask, batch, length, filter_value)],

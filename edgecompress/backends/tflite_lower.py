@@ -14,6 +14,8 @@ Shapes must be fixed: every value's shape and type comes from one onnxruntime ru
 from __future__ import annotations
 
 import itertools
+import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -22,6 +24,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import InternalError, UserError
 from .tflite_writer import FlatModel, UnsupportedTensorType, opcode, schema
+
+log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -114,6 +118,7 @@ class Lowering:
                 self.readers.setdefault(name, []).append(node)
         self.graph_outputs = {value.name for value in model.graph.output}
         self.absorbed: set[str] = set()  # first outputs of nodes an earlier lowering already wrote
+        self.biased: set[str] = set()  # MatMul results that already include their reader's bias (`fold_bias`)
         self._scope = "graph"
         self._counter = itertools.count()
         initializers = set(self.constants)
@@ -194,6 +199,20 @@ class Lowering:
         """Mark a later node as written by the current lowering (the Add and QuantizeLinear an int8 op fuses)."""
         self.absorbed.add(node.output[0])
 
+    def fold_bias(self, product: str) -> BiasFold | None:
+        """The bias the one reader of a MatMul result adds, for the FULLY_CONNECTED writing `product` to
+        add instead (see `match_bias_fold`): the reader's lowering then skips its ADD, or, for an Add, is
+        absorbed. None, with the reason logged, when the reader's bias cannot move into the matmul."""
+        fold = match_bias_fold(self, product)
+        if isinstance(fold, str):
+            log.debug("bias of '%s' not folded into its FULLY_CONNECTED: %s", product, fold)
+            return None
+        if fold.out == product:
+            self.biased.add(product)
+        else:
+            self.absorb(self.sole_reader(product))
+        return fold
+
     def defer(self, name: str, write: Callable[[], int]) -> None:
         """Write `name` with `write()` only when a later lowering reads it (a DEQUANTIZE an int8 op skips)."""
         self.deferred[name] = write
@@ -264,6 +283,58 @@ class Lowering:
         results = ReferenceEvaluator(node).run(None, feeds)
         for name, result in zip(node.output, results):
             self.constants[name] = np.asarray(result)
+
+
+@dataclass(frozen=True)
+class BiasFold:
+    """A constant bias a FULLY_CONNECTED adds in its own output pass, instead of a separate ADD."""
+
+    bias: np.ndarray  # float32 [N], one per output column
+    out: str  # the ONNX value the FULLY_CONNECTED writes: the MatMul's result, or the Add it replaces
+
+
+# Contrib readers of a MatMul result that add a constant bias: op -> (inputs the product may be, bias input)
+_BIAS_READERS = {"SkipLayerNormalization": ((0, 1), 4), "BiasGelu": ((0,), 1)}
+
+
+def match_bias_fold(lw: Lowering, product: str) -> BiasFold | str:
+    """Before -> After:
+    - `SkipLayerNormalization(MatMul(A, W), skip, gamma, beta, bias)` ->
+      `SkipLayerNormalization(FULLY_CONNECTED(A, W^T, bias), skip, gamma, beta)` (one ADD less);
+    - `BiasGelu(MatMul(A, W), bias)` -> `GELU(FULLY_CONNECTED(A, W^T, bias))`;
+    - `Add(MatMul(A, W), c)` with c a constant [N] (or [1, .., N]) -> `FULLY_CONNECTED(A, W^T, c)`.
+    The sum is the same up to float rounding (the kernel starts its accumulators at the bias); it saves a
+    full pass over the result. Returns why not when the pattern does not hold.
+    """
+    reader = lw.sole_reader(product)
+    if reader is None:
+        count = len(lw.readers.get(product, []))
+        return "it is a graph output" if product in lw.graph_outputs else f"it is read by {count} nodes"
+    width = lw.shape(product)[-1]
+    domain = "" if reader.domain in _DEFAULT_DOMAINS else reader.domain
+    if domain == MS_DOMAIN and reader.op_type in _BIAS_READERS:
+        positions, bias_at = _BIAS_READERS[reader.op_type]
+        bias_name = reader.input[bias_at] if len(reader.input) > bias_at else ""
+        if not any(index < len(reader.input) and reader.input[index] == product for index in positions):
+            return f"{reader.op_type} '{reader.name}' does not read it as its data input"
+        if not bias_name:
+            return f"{reader.op_type} '{reader.name}' has no bias"
+        out = product
+    elif domain == "" and reader.op_type == "Add":
+        others = [name for name in reader.input if name != product]
+        if len(others) != 1:
+            return f"Add '{reader.name}' adds it to itself"
+        bias_name, out = others[0], reader.output[0]
+        if lw.shape(out) != lw.shape(product):
+            return f"Add '{reader.name}' broadcasts it to {list(lw.shape(out))}"
+    else:
+        return f"its reader {reader.op_type} '{reader.name}' adds no bias"
+    bias = lw.constant(bias_name)
+    if bias is None:
+        return f"the bias '{bias_name}' of {reader.op_type} '{reader.name}' is not a constant"
+    if bias.dtype != np.float32 or bias.size != width or bias.shape[-1:] != (width,):
+        return f"the bias '{bias_name}' is not a float32 vector of {width} (shape {list(bias.shape)})"
+    return BiasFold(bias.reshape(-1), out)
 
 
 def unsupported_error(node: onnx.NodeProto, model: onnx.ModelProto, why: str) -> UserError:

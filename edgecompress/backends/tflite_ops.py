@@ -69,16 +69,21 @@ def where(lw: Lowering, node) -> None:
 
 @lowers("MatMul")
 def matmul(lw: Lowering, node) -> None:
-    """`MatMul(A, W const [K, N])` -> `FULLY_CONNECTED(A, W^T, keep_num_dims)`; else `BATCH_MATMUL(A, B)`.
+    """`MatMul(A, W const [K, N])` -> `FULLY_CONNECTED(A, W^T, bias, keep_num_dims)`; else `BATCH_MATMUL(A, B)`.
 
-    A weight that is a dequantized int8 constant keeps its int8 form (see `tflite_quant`).
+    The bias is the one the result's reader adds (skip-LayerNorm, BiasGelu, Add of a constant; see
+    `Lowering.fold_bias`), or none. A weight that is a dequantized int8 constant keeps its int8 form
+    (see `tflite_quant`).
     """
     if quantized_matmul(lw, node):
         return
     a, b = node.input
     weight = lw.constant(b)
     if weight is not None and weight.ndim == 2 and weight.dtype == _FLOAT32:
-        lw.emit("FULLY_CONNECTED", [lw.value(a), lw.const(weight.T, f"{b}/transposed"), -1], out=node.output[0],
+        fold = lw.fold_bias(node.output[0])
+        bias = -1 if fold is None else lw.const(fold.bias, f"{fold.out}/fc_bias")
+        lw.emit("FULLY_CONNECTED", [lw.value(a), lw.const(weight.T, f"{b}/transposed"), bias],
+                out=node.output[0] if fold is None else fold.out,
                 options=lw.options("FullyConnected", keepNumDims=True))
         return
     lw.emit("BATCH_MATMUL", [lw.value(a), lw.value(b)], out=node.output[0], options=lw.options("BatchMatMul"))

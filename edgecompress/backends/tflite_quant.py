@@ -93,8 +93,10 @@ def quantized_matmul(lw: Lowering, node) -> bool:
     elif source is not None:
         _static_input_fully_connected(lw, node, source, weights, scales)
     else:
+        fold = lw.fold_bias(node.output[0])  # the float bias of its reader, added by the hybrid kernel
         hybrid_fully_connected(lw, lw.value(node.input[0]), weights, scales, f"{node.input[1]}/int8_weight",
-                               out=node.output[0])
+                               bias=None if fold is None else fold.bias,
+                               out=node.output[0] if fold is None else fold.out)
     return True
 
 
@@ -161,14 +163,17 @@ def _static_input_fully_connected(lw: Lowering, node, source: str, weights, scal
     MatMulIntegerToFloat) -> `guarded_fully_connected(DEQUANTIZE(xq), guards at the ends of xq's grid)`.
 
     TFLite's int8 FULLY_CONNECTED needs an output scale the graph does not have; the hybrid one, given
-    the guards, quantizes each row back onto exactly the graph's calibrated grid.
+    the guards, quantizes each row back onto exactly the graph's calibrated grid. The float bias of the
+    result's reader, if it has one, is added by the kernel (`Lowering.fold_bias`).
     """
     x_scale, x_zero = lw.qparams[source]
     ends = (np.array([-128, 127], np.float32) - np.float32(x_zero)) * np.float32(x_scale)
     guard_shape = (*lw.shape(node.input[0])[:-1], GUARD_COLUMNS)
     guards = lw.const(np.broadcast_to(ends, guard_shape).astype(np.float32), f"{source}/grid_ends")
+    fold = lw.fold_bias(node.output[0])
     guarded_fully_connected(lw, lw.value(node.input[0]), guards, weights, scales, f"{node.input[1]}/int8_weight",
-                            out=node.output[0])
+                            bias=None if fold is None else fold.bias,
+                            out=node.output[0] if fold is None else fold.out)
 
 
 # Columns appended to a hybrid FULLY_CONNECTED's input holding its grid's two ends (see below).
@@ -202,7 +207,9 @@ def hybrid_fully_connected(lw: Lowering, x: int, weights, scales, key: str, *, b
                            shape=None) -> int:
     """`FULLY_CONNECTED` with float input and output and int8 weights [K, N]: LiteRT quantizes each input
     row at run time (asymmetric, the more accurate of its two modes) and runs the product in int8."""
-    bias_tensor = -1 if bias is None else lw.const(bias.astype(np.float32), f"{key}/bias")
+    # keyed by the result when it has a name: MatMuls sharing a weight can add different (folded) biases
+    bias_key = f"{out}/fc_bias" if out else f"{key}/bias"
+    bias_tensor = -1 if bias is None else lw.const(bias.astype(np.float32), bias_key)
     return lw.emit("FULLY_CONNECTED", [x, int8_weight(lw, weights, scales, key), bias_tensor], out=out, shape=shape,
                    dtype=None if out else np.float32,
                    options=lw.options("FullyConnected", keepNumDims=True, asymmetricQuantizeInputs=True))
