@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from .errors import EdgecompressError, UserError
+from .logs import show_progress_on_stderr
 
 EXIT_BUDGET = 3
 
@@ -58,6 +59,7 @@ def _run_guarded(action):
 def main(verbose: bool) -> None:
     """Compress a BERT-class text model into mobile artifacts proven to fit a named device."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    show_progress_on_stderr()
 
 
 @main.command()

@@ -41,3 +41,39 @@ def captured_library_output() -> Iterator[list[str]]:
         for name, (handlers, propagate) in saved.items():
             logger = logging.getLogger(name)
             logger.handlers, logger.propagate = handlers, propagate
+
+
+# Progress of long work inside a pass (training steps, with loss and time left) goes to this logger; the
+# CLI shows it on stderr without --verbose, because minutes of silence look like a hang.
+PROGRESS_LOGGER = "edgecompress.progress"
+
+
+def progress_log() -> logging.Logger:
+    return logging.getLogger(PROGRESS_LOGGER)
+
+
+def show_progress_on_stderr() -> None:
+    """Print progress lines on stderr, indented under the stage lines, whatever the log level."""
+    logger = progress_log()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("        %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for root_handler in logging.getLogger().handlers:  # printed once, by the handler above
+        if not any(isinstance(f, _NotProgress) for f in root_handler.filters):
+            root_handler.addFilter(_NotProgress())
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a test runner swaps it between commands)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        sys.stderr.write(self.format(record) + "\n")
+
+
+class _NotProgress(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(PROGRESS_LOGGER)

@@ -246,7 +246,7 @@ def test_trimmed_tokenizer_folder_goes_with_its_tokenizer(bundle, ctx):
 
 def test_prune_schedule_prunes_on_the_cubic_schedule_and_recovers(bundle, ctx, caplog):
     schedule = PruneSchedule(heads=0.5, ffn=0.5, steps=3, epochs=1.0, batch_size=4)
-    with caplog.at_level(logging.INFO, logger="edgecompress.compress"):
+    with caplog.at_level(logging.INFO, logger="edgecompress"):
         pruned, record = apply_pass(schedule, bundle, ctx)
     rounds = record.stats["rounds"]
     # s_i = 0.5 * (1 - (1 - i/3)^3) of 2 heads and 64 neurons: 0.35, 0.48, 0.5
@@ -257,7 +257,7 @@ def test_prune_schedule_prunes_on_the_cubic_schedule_and_recovers(bundle, ctx, c
     assert (ctx.num_heads, ctx.num_layers) == (1, 2)
     assert record.notes[1].startswith("round 1: 1 head, 23 neurons removed; recovery 3 steps of distillation on "
                                       "12 training texts in ")
-    assert "prune_schedule round 3/3: recovery step 3/3" in caplog.text
+    assert "prune_schedule round 3/3: step 3/3" in caplog.text
     assert not torch.allclose(logits(pruned), masked_logits(bundle, HEADS, record.stats["removed"]["head"]))
 
 

@@ -202,7 +202,7 @@ def test_unwrap_with_snap_leaves_weights_on_their_grid(module):
 
 def test_qat_fires_trains_under_fake_int8_and_ships_plain_float_modules(bundle, train_csv, private_cache, caplog):
     ctx = context(bundle, train_csv)
-    with caplog.at_level(logging.INFO, logger="edgecompress.compress"):
+    with caplog.at_level(logging.INFO, logger="edgecompress"):
         result, record = apply_pass(Qat(epochs=2.0, batch_size=4, holdout=0.25), bundle, ctx)
     assert record.fired and record.lossy
     stats = record.stats
@@ -211,7 +211,7 @@ def test_qat_fires_trains_under_fake_int8_and_ships_plain_float_modules(bundle, 
     assert set(stats["held_out_agreement"]) == {"fake_int8_before", "fake_int8_after", "float_after"}
     assert all(0.0 <= v <= 1.0 for v in stats["held_out_agreement"].values())
     assert record.notes[0].startswith("fine-tuned 13 fake-int8 modules (weights int8 per channel, Q/K/V 7-bit")
-    assert "qat: recovery step 10/10" in caplog.text
+    assert "qat: step 10/10" in caplog.text
     assert wrapped_count(result.module) == 0
     assert {type(m) for m in result.module.modules()} == {type(m) for m in bundle.module.modules()}
     assert result.config == bundle.config and result.tokenizer is bundle.tokenizer
@@ -368,6 +368,23 @@ def test_export_with_int8_qat_but_no_train_data_is_a_one_line_user_error(tiny_ch
     assert user_error(result, out) == ("error: pass 'qat' fine-tunes the model under simulated int8 on training "
                                        "texts, but none were given; expected --train-data (a labelled CSV, TSV "
                                        "or JSONL file)")
+
+
+def test_export_shows_training_progress_without_verbose(tiny_checkpoint, tiny_device, tiny_data, train_csv,
+                                                        private_cache, tmp_path):
+    from click.testing import CliRunner
+
+    from edgecompress.cli import main
+
+    runner = CliRunner()
+    for out in (tmp_path / "first", tmp_path / "second"):  # the second run must not write to a stale stream
+        result = runner.invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
+                                      str(tiny_data), "--train-data", str(train_csv), "-o", str(out),
+                                      "--recipe", "int8-qat", "--no-measure"])
+        assert result.exit_code in (0, 3), result.output
+        progress = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("qat: step")]
+        assert progress and progress[-1].startswith("qat: step ") and " left" in progress[-1]
+        assert "Logging error" not in result.stderr
 
 
 @pytest.mark.slow

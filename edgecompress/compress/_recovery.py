@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..logs import progress_log
 from ..paths import cache_dir
 from ._pruning import encoder_layers
 from ._taskdata import Batch, TaskData
@@ -138,8 +139,8 @@ def _record(progress: _Progress, step: int, steps: int, loss: float, label: str,
 
 def _progress(label: str, step: int, steps: int, loss: float, elapsed: float, eta: float | None = None) -> None:
     eta = elapsed / step * (steps - step) if eta is None else eta
-    log.info("%s: recovery step %d/%d, loss %.4f, %s elapsed, %s left", label, step, steps, loss,
-             _clock(elapsed), _clock(eta))
+    progress_log().info("%s: step %d/%d, loss %.4f, %s elapsed, %s left", label, step, steps, loss,
+                        _clock(elapsed), _clock(eta))
 
 
 def distillation_loss(student_out, teacher_out, batch: Batch, options: Recovery) -> torch.Tensor:
