@@ -60,8 +60,11 @@ def show_progress_on_stderr() -> None:
         handler.setFormatter(logging.Formatter("        %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    for root_handler in logging.getLogger().handlers:  # printed once, by the handler above
-        if not any(isinstance(f, _NotProgress) for f in root_handler.filters):
+    # Printed once, by the handler above: the plain stream handler `logging.basicConfig` gave the root
+    # logger skips progress records. Other root handlers (a test runner's capture) keep seeing them.
+    for root_handler in logging.getLogger().handlers:
+        if type(root_handler) is logging.StreamHandler and not any(isinstance(f, _NotProgress)
+                                                                     for f in root_handler.filters):
             root_handler.addFilter(_NotProgress())
 
 
