@@ -20,7 +20,6 @@ from .budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size
 from .float_twin import slower_note
 from .report import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
 
-_FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 3: "int8", 2: "uint8"}
 # Highest ai.onnx opset each onnxruntime release implements (onnxruntime.ai/docs/reference/compatibility).
 _ORT_FOR_OPSET = {15: "1.10", 16: "1.11", 17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20"}
@@ -145,12 +144,11 @@ def _fixed_copy(graph, profile):
 
 
 def float_op_types(model, shapes) -> list[str]:
-    """Op types with a floating-point output: what still computes in float inside the model."""
-    found = set()
-    for node in model.graph.node:
-        if any(shapes.get(out, ((), 0))[1] in _FLOAT_TYPES for out in node.output if out):
-            found.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}")
-    return sorted(found)
+    """Op types that compute in float (the ONNX Runtime audit's definition), from the graph and its shapes."""
+    from .backends.ort_audit import computes_in_float, graph_nodes
+
+    types = {name: elem_type for name, (_, elem_type) in shapes.items()}
+    return sorted({n.label for n in graph_nodes(model) if computes_in_float(n, types)})
 
 
 def write_package(folder: Path, run, report: Report) -> None:

@@ -364,38 +364,39 @@ def _check_integer_only(run: Run) -> None:
 
 
 def _measure(run: Run) -> list[dict | None]:
-    from .measure import RUNNERS, run_runner
-
-    profile, feeds = run.profile, run.feeds
     if not run.request.measure:
         return [None for _ in run.artifacts]
-    threads = min(profile.runtime.threads, os.cpu_count() or 1)
-    if threads < profile.runtime.threads:
+    threads = _host_threads(run.profile)
+    if threads < run.profile.runtime.threads:
         run.notes.append(f"host has {os.cpu_count()} cores: host latency measured with {threads} threads, "
-                         f"not the profile's {profile.runtime.threads}")
-    first_row = {name: values[:1] for name, values in feeds.items()}
-    results = []
-    for artifact in run.artifacts:
-        results.append(run_runner(artifact.path, runner=RUNNERS[artifact.runtime], threads=threads,
-                                  runs=run.request.runs, warmup=run.request.warmup, inputs=first_row))
-    return results
+                         f"not the profile's {run.profile.runtime.threads}")
+    return [_time_artifact(run, artifact, threads) for artifact in run.artifacts]
 
 
 def _measure_float_twin(run: Run) -> list[dict | None]:
     """Time the float twin of a quantized export with the same runner, to flag a quantization that slows."""
     from .float_twin import compare_speed, measure_twin
-    from .measure import RUNNERS, run_runner
 
     if run.float_twin is None or not run.request.measure:
         return [None for _ in run.artifacts]
-    threads = run.measured[0]["threads"]
-    first_row = {name: values[:1] for name, values in run.feeds.items()}
+    threads = _host_threads(run.profile)
     twin = measure_twin(run.float_twin, tuple(a.kind for a in run.artifacts),
-                        lambda a: run_runner(a.path, runner=RUNNERS[a.runtime], threads=threads, runs=run.request.runs,
-                                             warmup=run.request.warmup, inputs=first_row),
-                        scratch_root=run.request.out_root)
+                        lambda artifact: _time_artifact(run, artifact, threads), scratch_root=run.request.out_root)
     return [compare_speed(m, twin[a.kind], threads) if a.kind in twin else None
             for a, m in zip(run.artifacts, run.measured)]
+
+
+def _host_threads(profile) -> int:
+    return min(profile.runtime.threads, os.cpu_count() or 1)
+
+
+def _time_artifact(run: Run, artifact, threads: int) -> dict:
+    """The artifact in its runtime's standalone runner, on the first eval text, as the report quotes it."""
+    from .measure import RUNNERS, run_runner
+
+    first_row = {name: values[:1] for name, values in run.feeds.items()}
+    return run_runner(artifact.path, runner=RUNNERS[artifact.runtime], threads=threads, runs=run.request.runs,
+                      warmup=run.request.warmup, inputs=first_row)
 
 
 def _staging_dir(out_root: Path, name: str) -> Path:

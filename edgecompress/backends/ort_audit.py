@@ -93,8 +93,11 @@ def read_onnx(path: Path) -> tuple[list[Node], dict[str, int]]:
 
     model = onnx.load(str(path))
     types = {name: elem_type for name, (_, elem_type) in infer_shapes(_with_unit_dims(model)).items()}
-    nodes = [Node(n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output)) for n in model.graph.node]
-    return nodes, types
+    return graph_nodes(model), types
+
+
+def graph_nodes(model) -> list[Node]:
+    return [Node(n.name, n.op_type, n.domain, tuple(n.input), tuple(n.output)) for n in model.graph.node]
 
 
 def _with_unit_dims(model):
