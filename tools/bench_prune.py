@@ -2,8 +2,8 @@
 
 Variants, each a full `edgecompress export` (seq_len 64, Pixel 7 profile otherwise):
   teacher float           the default recipe: no compression
-  pruned, no recovery     prune_heads 0.5 + prune_ffn 0.5 (gradient importance on --train-data), trim_vocab
-  pruned + recovery       the packaged `pruned` recipe: trim_vocab, then prune_schedule (heads 0.5, ffn 0.5,
+  pruned, no recovery     prune_heads 0.5 + prune_ffn 0.75 (gradient importance on --train-data), trim_vocab
+  pruned + recovery       the packaged `pruned` recipe: trim_vocab, then prune_schedule (heads 0.5, ffn 0.75,
                           3 rounds, 1 epoch of distillation after each)
 
 Data: --train-data is the train split; --calibration is the validation split, so that trim_vocab keeps
@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
 from edgecompress.data import load_dataset, tokenize  # noqa: E402
+from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure import run_runner  # noqa: E402
 from edgecompress.paths import device_profiles_dir, recipes_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
@@ -42,14 +43,15 @@ from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 SEQ_LEN = 64
 VARIANTS = ("teacher float", "pruned, no recovery", "pruned + recovery")
 GRAPH_PASSES = "".join(f'\n[[graph]]\npass = "{name}"\n' for name in
-                       ("remove_training_nodes", "fuse_transformer", "fix_shapes", "fold_constants"))
-ONE_SHOT = """description = "prune_heads 0.5 + prune_ffn 0.5 + trim_vocab, no recovery"
+                       ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes",
+                        "fold_constants"))
+ONE_SHOT = """description = "prune_heads 0.5 + prune_ffn 0.75 + trim_vocab, no recovery"
 [[compress]]
 pass = "prune_heads"
 ratio = 0.5
 [[compress]]
 pass = "prune_ffn"
-ratio = 0.5
+ratio = 0.75
 [[compress]]
 pass = "trim_vocab"
 """ + GRAPH_PASSES
@@ -58,6 +60,7 @@ pass = "trim_vocab"
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    show_progress_on_stderr()  # training steps of recovery and distillation, with time left
     logging.getLogger("edgecompress.compress").setLevel(logging.INFO)  # pruning rounds and recovery progress
     teacher = train_teacher.teacher_dir()
     splits = example_assets.rotten_tomatoes_dir()
