@@ -21,7 +21,7 @@ from edgecompress.cli import main
 from edgecompress.compress.distill import trainer
 from edgecompress.compress.distill.augment import (AugmentOptions, augment, build_transfer_set, near_neighbours,
                                                    perturb, whole_word)
-from edgecompress.compress.distill.embeddings import teacher_word_embeddings
+from edgecompress.compress.distill.embeddings import contextual_token_vectors, teacher_word_embeddings
 from edgecompress.compress.distill.losses import (LossOptions, attention_loss, even_layer_map, hard_loss,
                                                   hidden_loss, logit_loss, prediction_loss)
 from edgecompress.compress.distill.run import DistillRequest, distill, plan_distillation, prepare, work_dir
@@ -131,6 +131,32 @@ def test_student_config_must_fit_the_tokenizer(teacher_bundle):
     with pytest.raises(UserError, match="unknown bilstm student setting 'kernel_sizes'; hint: Known: "):
         student_config("bilstm", {"kernel_sizes": [2]}, tokenizer=teacher_bundle.tokenizer, labels=["a", "b"],
                        max_positions=64, where="test")
+
+
+def test_student_config_rejects_an_unknown_embedding_init(teacher_bundle):
+    with pytest.raises(UserError, match="'embedding_init' must be one of contextual, word, got 'glove'"):
+        student_config("cnn", {"embedding_init": "glove"}, tokenizer=teacher_bundle.tokenizer, labels=["a", "b"],
+                       max_positions=64, where="test")
+
+
+def test_contextual_vectors_average_each_tokens_last_hidden_states(teacher_bundle):
+    hf_model = teacher_bundle.module.hf_model.eval()
+    feeds = tokenize(teacher_bundle.tokenizer, TEXTS, seq_len=16, input_names=("input_ids", "attention_mask"))
+    ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+    vectors = contextual_token_vectors(hf_model, ids, mask, batch_size=2)  # batches must not change the sums
+    with torch.no_grad():
+        hidden = hf_model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    token = int(ids[0, 1])  # the first word of the first text
+    occurrences = hidden[(ids == token) & real]
+    torch.testing.assert_close(vectors[token], occurrences.mean(dim=0), rtol=0, atol=1e-5)
+    seen = torch.zeros(len(vectors), dtype=torch.bool)
+    seen[ids[real]] = True
+    assert not seen.all()
+    # a token the texts never show gets the mean of the seen ones: the origin once PCA centres the table
+    torch.testing.assert_close(vectors[~seen], vectors[seen].mean(dim=0).expand(int((~seen).sum()), -1),
+                               rtol=0, atol=1e-5)
+    assert not torch.allclose(vectors[token], teacher_word_embeddings(hf_model)[token])
 
 
 # ---- losses -------------------------------------------------------------------------------------------------

@@ -298,28 +298,34 @@ def _write_initial_student(plan: Plan, work: Path) -> None:
         init_from_teacher(student, config, hf_teacher)
     else:
         with np.load(work / TRANSFER) as transfer:
-            config, student = _embedding_student(plan, torch.from_numpy(transfer["input_ids"]),
-                                                 torch.from_numpy(transfer["attention_mask"]), hf_teacher)
+            config, student = _embedding_student(plan, transfer, hf_teacher)
     tmp = work / (INIT + ".tmp")
     torch.save({"config": config, "state": student.state_dict()}, tmp)
     os.replace(tmp, work / INIT)
 
 
-def _embedding_student(plan: Plan, input_ids, attention_mask, hf_teacher):
-    """A BiLSTM/CNN whose embedding rows are the corpus tokens, initialised by PCA of the teacher's."""
+def _embedding_student(plan: Plan, transfer, hf_teacher):
+    """A BiLSTM/CNN whose embedding rows are the corpus tokens, initialised by PCA of the teacher's vectors
+    (`embeddings.py`: contextual ones from the labelled texts of the transfer set, or the word table)."""
     import torch
 
-    from .embeddings import kept_tokens, pca_projection, teacher_word_embeddings, token_map
+    from .embeddings import contextual_token_vectors, kept_tokens, pca_projection, teacher_word_embeddings, token_map
     from .students import build_student
 
+    input_ids, attention_mask = torch.from_numpy(transfer["input_ids"]), torch.from_numpy(transfer["attention_mask"])
     tokenizer = plan.teacher.tokenizer
     kept = kept_tokens(input_ids, attention_mask, tokenizer.all_special_ids, plan.config["max_vocab"])
     config = {**plan.config, "embedding_rows": len(kept)}
     student = build_student(config)
+    if config["embedding_init"] == "contextual":
+        labelled = torch.from_numpy(transfer["labels"] >= 0)  # the training texts, not their augmented copies
+        log.info("initial embeddings: the teacher's contextual vectors over %d labelled texts", int(labelled.sum()))
+        vectors = contextual_token_vectors(hf_teacher, input_ids[labelled], attention_mask[labelled])
+    else:
+        vectors = teacher_word_embeddings(hf_teacher)
     with torch.no_grad():
         student.token_map.copy_(token_map(kept, config["vocab_size"], tokenizer.unk_token_id))
-        table = teacher_word_embeddings(hf_teacher)[torch.tensor(kept)]
-        student.embedding.weight.copy_(pca_projection(table, config["embedding_dim"]))
+        student.embedding.weight.copy_(pca_projection(vectors[torch.tensor(kept)], config["embedding_dim"]))
     log.info("student vocabulary: %d of the teacher's %d tokens (those in the transfer set)",
              len(kept), config["vocab_size"])
     return config, student
