@@ -1,18 +1,21 @@
-"""Benchmark distilled students against the Rotten Tomatoes teacher (all-MiniLM-L6-v2, fine-tuned).
+"""Benchmark of issue 4's compressed models against the Rotten Tomatoes teacher (all-MiniLM-L6-v2, fine-tuned).
 
-Rows: the teacher (float); BiLSTM and CNN students, float and int8; the small-transformer student (3 of
-the teacher's 6 layers, same width), float. Every file is written by `edgecompress export` at seq_len 64,
-batch 1 (ONNX Runtime artifact). Int8 is the `dynamic-int8` recipe when the repo has one, otherwise
-onnxruntime's `quantize_dynamic` (uint8 activations, int8 weights) on the student's exported model.onnx.
-
-Students are trained by `edgecompress.compress.distill` on the train split plus `--augment` teacher-
-labelled copies per text (the BiLSTM and CNN share one labelling), and cached; `--retrain` trains them
-again. Accuracy and agreement with the teacher: every artifact on the whole test split. Latency: the
+Rows, every file written by `edgecompress export` at seq_len 64, batch 1 (ONNX Runtime artifact):
+  teacher             float (recipe default) and int8 (recipe dynamic-int8)
+  pruned teacher      the packaged `pruned` recipe (vocabulary trim, then heads and FFN neurons pruned in rounds
+                      with distillation from the unpruned teacher), float and with `--quantize dynamic-int8`
+  bilstm, cnn         distilled students (`edgecompress.compress.distill`), float and int8 (dynamic-int8)
+  transformer         the small-transformer student (3 of the teacher's 6 layers), float and int8
+Students are trained on the train split plus `--augment` teacher-labelled copies per text (the BiLSTM and
+CNN share one labelling) and cached; `--retrain` trains them again. The pruned rows prune inside the export
+(its compress stage, on the train split), every run. Parameters: float weights of the float row's model.onnx.
+Accuracy and agreement with the float teacher: every artifact on the whole test split. Latency: the
 standalone ONNX Runtime runner on one median-length test text padded to 64 tokens, in interleaved rounds
 (every artifact once per round) so that load from other processes on this shared machine hits all rows
 alike; p50/p90 over all runs.
 
     OMP_NUM_THREADS=1 python tools/bench_distill.py [--augment 4 --rounds 3 --runs 50 --threads 1 2 --retrain]
+                                                    [--skip-pruned]
 
 OMP_NUM_THREADS=1 is for a machine shared with other jobs, as ours is: torch on two contended cores
 labelled 14 texts/s, on one 54 texts/s. The runner's ONNX Runtime threads (`--threads`) are unaffected.
@@ -26,6 +29,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,19 +42,19 @@ import train_teacher  # noqa: E402
 from edgecompress.compress.distill.run import DistillRequest, distill  # noqa: E402
 from edgecompress.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.evaluate import ort_session, run_session  # noqa: E402
+from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure import run_runner  # noqa: E402
-from edgecompress.model import load_bundle  # noqa: E402
-from edgecompress.paths import cache_dir, device_profiles_dir, recipes_dir  # noqa: E402
+from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 SEQ_LEN = 64
-INT8_OPS = ("Gather", "MatMul", "Gemm", "LSTM")  # the embedding table, the MLP head, the LSTM
 STUDENTS = ("bilstm", "cnn", "transformer")
 
 
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    show_progress_on_stderr()  # training steps of recovery and distillation, with time left
     logging.getLogger("edgecompress.compress.distill").setLevel(logging.INFO)
     root = cache_dir() / "bench" / "distill"
     teacher, splits = train_teacher.teacher_dir(), example_assets.rotten_tomatoes_dir()
@@ -58,12 +62,16 @@ def main() -> None:
     exports = root / "exports"
     shutil.rmtree(exports, ignore_errors=True)
     device = bench_device(exports)
-    rows = [export_row("teacher", "float", teacher, device, splits, exports)]
-    for kind, folder in students.items():
-        rows.append(export_row(kind, "float", folder, device, splits, exports))
-        if kind != "transformer":
-            rows.append(int8_row(kind, folder, rows[-1], device, splits, exports))
-    score(rows, teacher, splits / "test.csv")
+    models = {"teacher": (teacher, None)}
+    if not args.skip_pruned:
+        models["pruned teacher"] = (teacher, "pruned")
+    models.update({kind: (folder, None) for kind, folder in students.items()})
+    rows = []
+    for name, (folder, recipe) in models.items():
+        rows.append(export_row(name, "float", folder, device, splits, exports, recipe=recipe, quantize="none"))
+        rows.append(export_row(name, "int8", folder, device, splits, exports, recipe=recipe,
+                               quantize="dynamic-int8", float_row=rows[-1]))
+    score(rows, splits / "test.csv")
     measure(rows, args)
     (root / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print_table(rows)
@@ -77,6 +85,7 @@ def parse_args():
     parser.add_argument("--runs", type=int, default=50, help="timed runs per artifact per round")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--retrain", action="store_true", help="train the students again")
+    parser.add_argument("--skip-pruned", action="store_true", help="leave out the pruned-teacher rows (~10 min)")
     return parser.parse_args()
 
 
@@ -108,45 +117,48 @@ def bench_device(folder: Path) -> Path:
     return path
 
 
-def export_row(name: str, precision: str, model: Path, device: Path, splits: Path, exports: Path,
-               recipe: str | None = None) -> dict:
+def export_row(name: str, precision: str, model: Path, device: Path, splits: Path, exports: Path, *,
+               recipe: str | None, quantize: str, float_row: dict | None = None) -> dict:
     log(f"exporting {name} ({precision})")
-    result = run_export(ExportRequest(model=model, device=str(device), out_root=exports / f"{name}-{precision}",
+    started = time.perf_counter()
+    result = run_export(ExportRequest(model=model, device=str(device),
+                                      out_root=exports / f"{name.replace(' ', '-')}-{precision}",
                                       data=splits / "test.csv", calibration=splits / "validation.csv",
-                                      recipe=recipe, measure=False))
-    bundle = load_bundle(model)
-    return {"model": name, "precision": precision, "artifact": result.out_dir / "model.onnx",
-            "input_names": bundle.input_names, "parameters": sum(p.numel() for p in bundle.module.parameters()),
-            "time": training_time(model), "how": f"edgecompress export, recipe {recipe or 'default'}",
-            "quantize_pass": next((p for p in result.report.passes if p["name"] == "quantize_dynamic"), None)}
+                                      train_data=splits / "train.csv" if recipe == "pruned" else None,
+                                      recipe=recipe, quantize=quantize, measure=False))
+    log(f"{name} ({precision}): exported in {time.perf_counter() - started:.0f} s")
+    artifact = result.out_dir / "model.onnx"
+    how = f"edgecompress export, recipe {result.report.recipe['name']}"
+    quantizer = next((p for p in result.report.passes if p["name"] == "quantize_dynamic"), None)
+    if quantize != "none" and not (quantizer and quantizer["fired"]):
+        how += f" (quantized nothing: {quantizer['notes'][0] if quantizer else 'no quantize_dynamic pass'})"
+    return {"model": name, "precision": precision, "artifact": artifact, "input_names": input_names(artifact),
+            "parameters": float_row["parameters"] if float_row else float_weights(artifact),
+            "time": training_time(model, result.report if recipe == "pruned" else None), "how": how}
 
 
-def int8_row(name: str, folder: Path, float_row: dict, device: Path, splits: Path, exports: Path) -> dict:
-    """The `dynamic-int8` recipe's artifact if its quantizer fires on the student, else quantize_dynamic's."""
-    why = "no dynamic-int8 recipe"
-    if (recipes_dir() / "dynamic-int8.toml").is_file():
-        row = export_row(name, "int8", folder, device, splits, exports, recipe="dynamic-int8")
-        quantize = row["quantize_pass"]
-        if quantize["fired"]:
-            return row
-        why = f"recipe dynamic-int8 quantized nothing ({quantize['notes'][0]})"
+def input_names(artifact: Path) -> tuple[str, ...]:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    target = exports / f"{name}-int8-quantize-dynamic" / "model.onnx"
-    target.parent.mkdir(parents=True)
-    model = onnx.load(float_row["artifact"])
-    # Stale shapes trip the quantizer when it turns Gemm into a transposed MatMul (see shared DATA.md).
-    del model.graph.value_info[:]
-    # Conv stays float: ONNX Runtime's ConvInteger ran the CNN student in 0.59 ms, float Conv in 0.21 ms.
-    quantize_dynamic(model, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
-    return {**float_row, "precision": "int8", "artifact": target,
-            "how": f"{why}: onnxruntime quantize_dynamic (u8 activations, s8 weights) of {', '.join(INT8_OPS)} "
-                   "on the exported model.onnx"}
+    return tuple(value.name for value in onnx.load(str(artifact), load_external_data=False).graph.input)
 
 
-def training_time(model: Path) -> dict:
-    """Training time, and for students the time the teacher spent labelling (once per shared transfer set)."""
+def float_weights(artifact: Path) -> int:
+    """Parameters as the float file stores them: elements of its floating-point initializers (integer
+    buffers such as the students' token map or position ids are not parameters)."""
+    import onnx
+
+    model = onnx.load(str(artifact))
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+
+
+def training_time(model: Path, report=None) -> dict:
+    """Training time, and for students the time the teacher spent labelling (once per shared transfer set).
+    For pruning inside the export, the compress stage of that export (importance, pruning rounds, recovery)."""
+    if report is not None:
+        seconds = next(stage["seconds"] for stage in report.stages if stage["name"] == "compress")
+        return {"train": seconds, "labelling": None, "what": "compress stage of the export"}
     record = json.loads((model / "training.json").read_text())
     if "wall_time_s" in record:  # the teacher's own fine-tuning record
         return {"train": record["wall_time_s"], "labelling": None}
@@ -154,27 +166,32 @@ def training_time(model: Path) -> dict:
             "transfer_set": record["transfer_set"]}
 
 
-def score(rows: list[dict], teacher: Path, test_csv: Path) -> None:
-    """Test accuracy and agreement with the teacher's predictions, running each artifact on every text.
+def score(rows: list[dict], test_csv: Path) -> None:
+    """Test accuracy and agreement with the float teacher's predictions, running each artifact on every text,
+    tokenized by the tokenizer its export shipped (the pruned teacher's vocabulary is trimmed).
 
-    Also picks the latency input: the median-length test text, padded to SEQ_LEN.
+    Also picks the latency input: the test text of median length (teacher tokens), padded to SEQ_LEN.
     """
-    bundle = load_bundle(teacher)
+    from transformers import AutoTokenizer
+
     dataset = load_dataset(test_csv, require_labels=True)
-    labels = label_ids(dataset, bundle.labels)
-    feeds = {names: tokenize(bundle.tokenizer, dataset.texts, seq_len=SEQ_LEN, input_names=names)
-             for names in {row["input_names"] for row in rows}}
-    lengths = next(iter(feeds.values()))["attention_mask"].sum(axis=1)
-    median = int(np.argsort(lengths, kind="stable")[len(dataset) // 2])
+    median = None
     predictions = []
     for row in rows:
+        folder = Path(row["artifact"]).parent
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        labels = (folder / "labels.txt").read_text().split("\n")[:-1]
+        feeds = tokenize(tokenizer, dataset.texts, seq_len=SEQ_LEN, input_names=row["input_names"])
+        if median is None:
+            lengths = feeds["attention_mask"].sum(axis=1)
+            median = int(np.argsort(lengths, kind="stable")[len(dataset) // 2])
         log(f"scoring {row['model']} ({row['precision']}) on {len(dataset)} test texts")
         session = ort_session(str(row["artifact"]), threads=2, optimize=True)
-        predictions.append(run_session(session, feeds[row["input_names"]], output_name="logits",
-                                       batch_size=1).argmax(-1))
-        row["inputs"] = {k: v[median:median + 1] for k, v in feeds[row["input_names"]].items()}
+        predicted = run_session(session, feeds, output_name="logits", batch_size=1).argmax(-1)
+        row["accuracy"] = float(np.mean(predicted == label_ids(dataset, labels)))
+        predictions.append(predicted)
+        row["inputs"] = {k: v[median:median + 1] for k, v in feeds.items()}
     for row, predicted in zip(rows, predictions):
-        row["accuracy"] = float(np.mean(predicted == labels))
         row["agreement"] = float(np.mean(predicted == predictions[0]))
 
 
@@ -210,10 +227,11 @@ def print_table(rows: list[dict]) -> None:
             cells += [f"{row[f'p50_{t}t']:.3f}", f"{row[f'p90_{t}t']:.3f}",
                       f"{teacher[f'p50_{t}t'] / row[f'p50_{t}t']:.1f}x"]
         spent = row["time"]
-        labelling = ("-" if spent["labelling"] is None else "shared (above)" if "reused" in spent["transfer_set"]
+        labelling = ("-" if spent["labelling"] is None else "cached transfer set" if "reused" in spent["transfer_set"]
                      else f"{spent['labelling'] / 60:.1f} min")
+        trained = f"{spent['train'] / 60:.1f} min" + (f" ({spent['what']})" if "what" in spent else "")
         cells += [f"{100 * row['accuracy']:.2f}%", f"{100 * row['agreement']:.2f}%",
-                  f"{spent['train'] / 60:.1f} min", labelling]
+                  trained, labelling]
         print("| " + " | ".join(cells) + " |")
     for row in rows:
         print(f"- {row['model']} {row['precision']}: {row['how']}")
