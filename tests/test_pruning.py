@@ -301,9 +301,10 @@ pass = "fold_constants"
 """
 
 
-@pytest.mark.parametrize("recipe, layers", [("packaged pruned.toml", 2), ("one-shot passes", 1)])
+# the tiny model has 2 layers of 2 heads and 64 FFN neurons; pruned.toml removes 3/4 of the neurons
+@pytest.mark.parametrize("recipe, layers, neurons", [("packaged pruned.toml", 2, 16), ("one-shot passes", 1, 32)])
 def test_pruned_models_export_with_one_fused_attention_per_layer(tiny_checkpoint, tiny_device, tiny_data,
-                                                                 train_csv, tmp_path, recipe, layers):
+                                                                 train_csv, tmp_path, recipe, layers, neurons):
     path = recipes_dir() / "pruned.toml"
     if recipe == "one-shot passes":
         path = tmp_path / "one_shot.toml"
@@ -315,7 +316,8 @@ def test_pruned_models_export_with_one_fused_attention_per_layer(tiny_checkpoint
     fused = next(p for p in report.passes if p["name"] == "fuse_transformer")["stats"]["fused"]
     assert fused["Attention"] == layers
     config = report.model["config"]
-    assert (config["num_hidden_layers"], config["num_attention_heads"], config["intermediate_size"]) == (layers, 1, 32)
+    assert (config["num_hidden_layers"], config["num_attention_heads"], config["intermediate_size"]) == \
+        (layers, 1, neurons)
     manifest = json.loads((result.out_dir / "manifest.json").read_text())
     assert "vocab.txt" in manifest["tokenizer"]["files"]
     shipped = (result.out_dir / "vocab.txt").read_text().split("\n")[:-1]
