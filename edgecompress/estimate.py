@@ -442,10 +442,10 @@ def _lstm_phases(node: onnx.NodeProto, shapes: Shapes) -> list[tuple[int, int, i
     """
     weight_index, input_major = _LSTM_OPS[node.op_type]
     x_dims = shapes[node.input[0]][0]
-    seq, batch = (x_dims[1], x_dims[0]) if _attr(node, "layout", 0) else (x_dims[0], x_dims[1])
+    seq, batch = (x_dims[1], x_dims[0]) if node_attribute(node, "layout", 0) else (x_dims[0], x_dims[1])
     w_dims = shapes[node.input[weight_index]][0]
     directions, inputs = w_dims[0], (w_dims[1] if input_major else w_dims[2])
-    hidden = _attr(node, "hidden_size", 0) or w_dims[2 if input_major else 1] // 4
+    hidden = node_attribute(node, "hidden_size", 0) or w_dims[2 if input_major else 1] // 4
     recurrent_bytes = _value_bytes(shapes, node.input[weight_index + 1]) // directions
     gates = 4 * hidden * batch * 4  # fp32 pre-activations of one step
     projection = (1, 2 * seq * batch * inputs * 4 * hidden * directions,
@@ -463,12 +463,12 @@ def _node_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
         return 0
     if op in _MATMUL_OPS:
         a_dims = shapes[node.input[0]][0]
-        transposed_a = op == "FusedMatMul" and _attr(node, "transA", 0)
+        transposed_a = op == "FusedMatMul" and node_attribute(node, "transA", 0)
         k = a_dims[-2] if transposed_a else a_dims[-1]
         return 2 * _numel(shapes, node.output[0]) * k
     if op == "Gemm":
         a_dims = shapes[node.input[0]][0]
-        k = a_dims[0] if _attr(node, "transA", 0) else a_dims[1]
+        k = a_dims[0] if node_attribute(node, "transA", 0) else a_dims[1]
         out = _numel(shapes, node.output[0])
         return 2 * out * k + (out if len(node.input) > 2 and node.input[2] else 0)
     if op in _CONV_WEIGHT_INPUT:
@@ -488,11 +488,11 @@ def _attention_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
     """
     batch, seq, hidden_in = shapes[node.input[0]][0]
     qkv_cols = shapes[node.input[1]][0][1]
-    hq, _, hv = _attr(node, "qkv_hidden_sizes", [qkv_cols // 3] * 3)
+    hq, _, hv = node_attribute(node, "qkv_hidden_sizes", [qkv_cols // 3] * 3)
     past_index = _ATTENTION_PAST_INPUT[node.op_type]
     has_past = len(node.input) > past_index and node.input[past_index] in shapes
     seq_kv = seq + (shapes[node.input[past_index]][0][3] if has_past else 0)
-    tokens, scores = batch * seq, batch * _attr(node, "num_heads", 1) * seq * seq_kv
+    tokens, scores = batch * seq, batch * node_attribute(node, "num_heads", 1) * seq * seq_kv
     projection = 2 * tokens * hidden_in * qkv_cols + tokens * qkv_cols
     products = 2 * batch * seq * seq_kv * (hq + hv)
     return projection + products + (_OPS_PER_ELEMENT["Softmax"] + 2) * scores
@@ -522,12 +522,13 @@ def _im2col_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
     kernel = math.prod(w_dims[2:])
     if kernel == 1:
         return 0
-    channels = w_dims[1] * _attr(node, "group", 1)
+    channels = w_dims[1] * node_attribute(node, "group", 1)
     itemsize = _nbytes((1,), shapes[node.input[0]][1])
     return 2 * out_dims[0] * math.prod(out_dims[2:]) * channels * kernel * itemsize
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def node_attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of the node's attribute `name`, or `default` when the node does not set it."""
     for attribute in node.attribute:
         if attribute.name == name:
             return helper.get_attribute_value(attribute)

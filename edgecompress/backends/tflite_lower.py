@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import InternalError, UserError
+from ..estimate import node_attribute
 from .tflite_writer import FlatModel, UnsupportedTensorType, opcode, schema
 
 log = logging.getLogger(__name__)
@@ -43,26 +44,21 @@ INT8_LOWERINGS: dict[tuple[str, str], Int8Lowerer] = {}
 
 def lowers(*op_types: str, domain: str = ""):
     """Decorator: the function writes the builtins for nodes of `op_types` in `domain`."""
-
-    def wrap(lower: Lowerer) -> Lowerer:
-        for op_type in op_types:
-            if (domain, op_type) in LOWERINGS:
-                raise InternalError(f"two TFLite lowerings for {domain or 'ai.onnx'}::{op_type}")
-            LOWERINGS[(domain, op_type)] = lower
-        return lower
-
-    return wrap
+    return _registering(LOWERINGS, "TFLite lowerings", op_types, domain)
 
 
 def lowers_int8(*op_types: str, domain: str = ""):
     """Decorator: the function writes nodes of `op_types` as int8 builtins when their QDQ context allows
     (see `tflite_quant`) and returns False, leaving them to the float lowering, when it does not."""
+    return _registering(INT8_LOWERINGS, "int8 TFLite lowerings", op_types, domain)
 
-    def wrap(lower: Int8Lowerer) -> Int8Lowerer:
+
+def _registering(table: dict, what: str, op_types: tuple[str, ...], domain: str):
+    def wrap(lower):
         for op_type in op_types:
-            if (domain, op_type) in INT8_LOWERINGS:
-                raise InternalError(f"two int8 TFLite lowerings for {domain or 'ai.onnx'}::{op_type}")
-            INT8_LOWERINGS[(domain, op_type)] = lower
+            if (domain, op_type) in table:
+                raise InternalError(f"two {what} for {domain or 'ai.onnx'}::{op_type}")
+            table[(domain, op_type)] = lower
         return lower
 
     return wrap
@@ -149,10 +145,7 @@ class Lowering:
         return readers[0] if len(readers) == 1 and name not in self.graph_outputs else None
 
     def attr(self, node: onnx.NodeProto, name: str, default=None):
-        for attribute in node.attribute:
-            if attribute.name == name:
-                return helper.get_attribute_value(attribute)
-        return default
+        return node_attribute(node, name, default)
 
     # --- what lowerings write ----------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ import numpy as np
 _DYNAMIC_BATCH = 8
 # SQNR of an output identical to the reference; a finite number keeps report.json valid JSON.
 MAX_SQNR_DB = 200.0
+# A rewrite meant to be exact may move outputs by float rounding only: this much, relative to the largest
+# output magnitude (or 1).
+ROUNDING_RTOL = 1e-5
 
 
 def constant_weight_nodes(model, op_types: tuple[str, ...], weight_input: int = 1) -> list:
@@ -122,6 +125,18 @@ def run_model(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
     batch = session.get_inputs()[0].shape[0]
     return run_session(session, feeds, output_name=model.graph.output[0].name,
                        batch_size=batch if isinstance(batch, int) and batch > 0 else _DYNAMIC_BATCH)
+
+
+def rounding_diff(before, result, feeds: dict[str, np.ndarray], rows: str) -> tuple[float, float]:
+    """(max |diff|, what float rounding allows) between `before` and `result.model` on `feeds`, recorded in
+    the result's stats and notes; the pass that meant to be exact judges and says what went wrong."""
+    reference, candidate = run_model(before, feeds), run_model(result.model, feeds)
+    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
+    allowed = ROUNDING_RTOL * max(1.0, float(np.max(np.abs(reference))))
+    result.stats["max_abs_diff"] = diff
+    result.notes.append(f"outputs on {len(candidate)} {rows} rows: max |diff| {diff:.3g} "
+                        f"(float rounding allows {allowed:.3g})")
+    return diff, allowed
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,11 @@ import numpy as np
 
 from ..errors import InternalError, UserError
 from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._quant_common import calibration_rows, copy_model, graph_input_names, run_model
+from ._quant_common import calibration_rows, copy_model, graph_input_names, rounding_diff
 
 FUSED_ATTENTION_OPS = ("Attention", "QAttention", "MultiHeadAttention")
 ORT_DEFAULT_MASK_VALUE = -10000.0
 ATTRIBUTE = "mask_filter_value"
-# Outputs may move by float rounding only: this much, relative to the largest output magnitude (or 1).
-ROUNDING_RTOL = 1e-5
 # Rows compared by `ensures`: enough lengths to cover short, medium and full rows.
 _CHECK_ROWS = 8
 _SYNTHETIC_SEQ_LEN = 16
@@ -89,12 +87,7 @@ class AttentionMaskValue(Pass):
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         feeds, source = check_rows(before, ctx)
-        reference, candidate = run_model(before, feeds), run_model(result.model, feeds)
-        diff = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
-        allowed = ROUNDING_RTOL * max(1.0, float(np.max(np.abs(reference))))
-        result.stats["max_abs_diff"] = diff
-        result.notes.append(f"outputs on {len(candidate)} padded {source} rows: max |diff| {diff:.3g} "
-                            f"(float rounding allows {allowed:.3g})")
+        diff, allowed = rounding_diff(before, result, feeds, f"padded {source}")
         if diff > allowed:
             raise InternalError(f"{ATTRIBUTE} = {self.mask_filter_value:g} changed the outputs by {diff:.3g} "
                                 f"> {allowed:.3g} on {source} rows: padded keys score far above real ones in "

@@ -37,14 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InternalError
+from ..estimate import node_attribute
 from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._quant_common import copy_model, run_model
+from ._quant_common import copy_model, rounding_diff
 from .attention_mask_value import check_rows
 
 log = logging.getLogger(__name__)
 
-# Outputs may move by float rounding only: this much, relative to the largest output magnitude (or 1).
-ROUNDING_RTOL = 1e-5
 # Slice takes its starts and ends as inputs from opset 10 on.
 _MIN_OPSET = 10
 
@@ -142,12 +141,7 @@ class Conv1dAsMatmul(Pass):
         if remaining:
             raise InternalError(f"conv1d_as_matmul left rewritten Conv nodes in the graph: {remaining}")
         feeds, source = _check_feeds(before, ctx)
-        reference, candidate = run_model(before, feeds), run_model(result.model, feeds)
-        diff = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
-        allowed = ROUNDING_RTOL * max(1.0, float(np.max(np.abs(reference))))
-        result.stats["max_abs_diff"] = diff
-        result.notes.append(f"outputs on {len(candidate)} {source} rows: max |diff| {diff:.3g} "
-                            f"(float rounding allows {allowed:.3g})")
+        diff, allowed = rounding_diff(before, result, feeds, source)
         if diff > allowed:
             raise InternalError(f"conv1d_as_matmul changed the outputs by {diff:.3g} > {allowed:.3g} on {source} "
                                 "rows; remove the 'conv1d_as_matmul' pass from the recipe")
@@ -182,7 +176,7 @@ def plan(model) -> tuple[list[_Rewrite], dict[str, str]]:
         if weight.shape[1] != x_shape[1]:
             left[_label(node)] = f"weight has {weight.shape[1]} input channels, input has {x_shape[1]}"
             continue
-        pads = tuple(int(p) for p in _attr(node, "pads", [0, 0]))
+        pads = tuple(int(p) for p in node_attribute(node, "pads", [0, 0]))
         steps = x_shape[2] + pads[0] + pads[1] - weight.shape[2] + 1
         if steps < 1:
             left[_label(node)] = f"kernel width {weight.shape[2]} is longer than its padded input"
@@ -210,16 +204,16 @@ def _unsupported(node, inits: dict, opset: int) -> str | None:
         return f"weight W is {onnx.TensorProto.DataType.Name(weight.data_type)}, not FLOAT"
     if _bias_name(node) and _bias_name(node) not in inits:
         return "bias B is not a constant initializer"
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = node_attribute(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad != "NOTSET":
         return f"auto_pad {auto_pad} (only explicit pads are rewritten)"
     for attribute, want in (("group", 1), ("strides", [1]), ("dilations", [1])):
-        value = _attr(node, attribute, want)
+        value = node_attribute(node, attribute, want)
         if value != want:
             return f"{attribute}={value} (only {want} is rewritten)"
-    if any(p < 0 for p in _attr(node, "pads", [0, 0])):
-        return f"negative pads {_attr(node, 'pads')}"
+    if any(p < 0 for p in node_attribute(node, "pads", [0, 0])):
+        return f"negative pads {node_attribute(node, 'pads')}"
     if opset < _MIN_OPSET:
         return f"opset {opset} (Slice takes its bounds as inputs from opset {_MIN_OPSET})"
     return None
@@ -435,12 +429,3 @@ def _bias_name(conv) -> str:
 
 def _label(node) -> str:
     return node.name or node.output[0]
-
-
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
+from ..estimate import node_attribute
 from ..logs import captured_library_output
 from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from ._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,
@@ -214,7 +215,7 @@ def gemms_as_matmuls(model, min_weights: int):
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(tables[node.input[1]])
-        if _attr(node, "transB", 0):
+        if node_attribute(node, "transB", 0):
             weight = weight.T
         name = f"{node.input[1]}_as_matmul"
         result.graph.initializer.append(numpy_helper.from_array(weight.copy(), name))
@@ -238,15 +239,9 @@ def _plain_gemm(node, tables, min_weights: int) -> bool:
         return False
     weight = tables[node.input[1]]
     return (weight.data_type == onnx.TensorProto.FLOAT and len(weight.dims) == 2
-            and weight.dims[0] * weight.dims[1] >= min_weights and not _attr(node, "transA", 0)
-            and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
+            and weight.dims[0] * weight.dims[1] >= min_weights and not node_attribute(node, "transA", 0)
+            and node_attribute(node, "alpha", 1.0) == 1.0 and node_attribute(node, "beta", 1.0) == 1.0
             and (len(node.input) < 3 or node.input[2] in tables and len(tables[node.input[2]].dims) == 1))
-
-
-def _attr(node, name: str, default):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _gemm_note(before, after) -> list[str]:
