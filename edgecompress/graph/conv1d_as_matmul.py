@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import InternalError
 from ..estimate import node_attribute
 from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from ._graph_edit import all_names, constant, drop_unused, fresh, readers, static_shapes
 from ._quant_common import copy_model, rounding_diff
 from .attention_mask_value import check_rows
 
@@ -95,7 +96,7 @@ class Conv1dAsMatmul(Pass):
         result = copy_model(model)
         rewrites, left = plan(result)
         graph = result.graph
-        names = _all_names(result)
+        names = all_names(result)
         order = {id(node): index for index, node in enumerate(graph.node)}
         by_input: dict[str, list[_Rewrite]] = {}
         for rewrite in rewrites:
@@ -125,7 +126,7 @@ class Conv1dAsMatmul(Pass):
         del graph.node[:]
         graph.node.extend(rebuilt)
         graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in new_inits)
-        dropped = _drop_unused(result, orphans)
+        dropped = drop_unused(result, orphans)
         for name, why in left.items():
             log.info("conv1d_as_matmul left Conv '%s' alone: %s", name, why)
             notes.append(f"left alone: Conv '{name}': {why}")
@@ -158,14 +159,14 @@ def plan(model) -> tuple[list[_Rewrite], dict[str, str]]:
         return [], {}
     inits = {init.name: init for init in model.graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    readers = _readers(model)
+    by_input = readers(model)
     outputs = {value.name for value in model.graph.output}
     shapes = None
     rewrites, left = [], {}
     for node in convs:
         why = _unsupported(node, inits, opset)
         if why is None and shapes is None:
-            shapes = _static_shapes(model)
+            shapes = static_shapes(model)
         x_shape = None if why is not None else shapes.get(node.input[0])
         if why is None and (x_shape is None or len(x_shape) != 3):
             why = f"input '{node.input[0]}' has no fixed rank-3 shape (run after fix_shapes)"
@@ -183,7 +184,7 @@ def plan(model) -> tuple[list[_Rewrite], dict[str, str]]:
             continue
         bias = numpy_helper.to_array(inits[_bias_name(node)]) if _bias_name(node) else None
         rewrite = _Rewrite(node, tuple(x_shape), weight, 0, steps, node.output[0], pads=pads, bias_value=bias)
-        kept = _absorbable_slice(model, node, steps, readers, outputs)
+        kept = _absorbable_slice(model, node, steps, by_input, outputs)
         if kept is not None:
             rewrite.absorbed, (rewrite.start, rewrite.stop) = kept[0], kept[1]
             rewrite.out = kept[0].output[0]
@@ -229,7 +230,7 @@ def _absorbable_slice(model, conv, steps: int, readers: dict, outputs: set):
     node = readers[conv.output[0]][0]
     if node.op_type != "Slice" or node.input[0] != conv.output[0] or len(node.input) < 4:
         return None
-    values = [_constant(model, name, numpy_helper) for name in node.input[1:5]]
+    values = [constant(model, name, numpy_helper) for name in node.input[1:5]]
     starts, ends, axes = values[:3]
     steps_given = values[3] if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
     if any(v is None or v.size != 1 for v in (starts, ends, axes, steps_given)):
@@ -250,7 +251,7 @@ def _padded_time_major(x: str, group: list[_Rewrite], names: set, new_inits: lis
     batch, channels, length = group[0].x_shape
     first = min(0, min(r.rows()[0] for r in group))
     end = max(length, max(r.rows()[1] for r in group))
-    stem = _fresh(f"{x}/time_major", names)
+    stem = fresh(f"{x}/time_major", names)
     nodes = [helper.make_node("Transpose", [x], [stem], name=stem, perm=[0, 2, 1])]
     if first == 0 and end == length:
         return stem, 0, nodes
@@ -259,10 +260,10 @@ def _padded_time_major(x: str, group: list[_Rewrite], names: set, new_inits: lis
         if rows is None:
             parts.append(stem)
         elif rows:
-            zeros = _fresh(f"{x}/zeros_{where}", names)
+            zeros = fresh(f"{x}/zeros_{where}", names)
             new_inits.append((zeros, np.zeros((batch, rows, channels), np.float32)))
             parts.append(zeros)
-    padded = _fresh(f"{x}/time_major_padded", names)
+    padded = fresh(f"{x}/time_major_padded", names)
     nodes.append(helper.make_node("Concat", parts, [padded], name=padded, axis=1))
     return padded, first, nodes
 
@@ -278,7 +279,7 @@ def _matmul_nodes(stack: list[_Rewrite], base: str, base_first: int, names: set,
     offset = stack[0].rows()[0] - base_first
 
     def const(name: str, value: np.ndarray) -> str:
-        name = _fresh(name, names)
+        name = fresh(name, names)
         new_inits.append((name, value))
         return name
 
@@ -287,26 +288,26 @@ def _matmul_nodes(stack: list[_Rewrite], base: str, base_first: int, names: set,
     for tap in range(width):
         bounds = [const(f"{stem}/im2col/{what}_{tap}", np.array([offset + tap + shift], np.int64))
                   for what, shift in (("start", 0), ("end", count))]
-        out = _fresh(f"{stem}/im2col/tap_{tap}", names)
+        out = fresh(f"{stem}/im2col/tap_{tap}", names)
         nodes.append(helper.make_node("Slice", [base, *bounds, axis], [out], name=out))
         taps.append(out)
-    windows = _fresh(f"{stem}/im2col/windows", names)
+    windows = fresh(f"{stem}/im2col/windows", names)
     nodes.append(helper.make_node("Concat", taps, [windows], name=windows, axis=2))
     weight = np.concatenate([_tap_major(r.weight, width) for r in stack], axis=1)
-    product = _fresh(f"{stem}/MatMul", names)
+    product = fresh(f"{stem}/MatMul", names)
     nodes.append(helper.make_node("MatMul", [windows, const(f"{stack[0].conv.input[1]}/im2col", weight)], [product],
                                   name=product))
     if any(_bias_name(r.conv) for r in stack):
         bias = _bias_name(stack[0].conv) if len(stack) == 1 else \
             const(f"{stem}/im2col/bias", np.concatenate([r.bias() for r in stack]))
-        biased = _fresh(f"{stem}/Add", names)
+        biased = fresh(f"{stem}/Add", names)
         nodes.append(helper.make_node("Add", [product, bias], [biased], name=biased))
         product = biased
     if len(stack) == 1:
         nodes.append(helper.make_node("Transpose", [product], [stack[0].out], perm=[0, 2, 1],
-                                      name=_fresh(f"{stem}/channels_first", names)))
+                                      name=fresh(f"{stem}/channels_first", names)))
         return nodes
-    channels_first = _fresh(f"{stem}/channels_first", names)
+    channels_first = fresh(f"{stem}/channels_first", names)
     nodes.append(helper.make_node("Transpose", [product], [channels_first], name=channels_first, perm=[0, 2, 1]))
     split_axis, done = const(f"{stem}/split/axis", np.array([1], np.int64)), 0
     for r in stack:
@@ -314,7 +315,7 @@ def _matmul_nodes(stack: list[_Rewrite], base: str, base_first: int, names: set,
         bounds = [const(f"{_label(r.conv)}/split/{what}", np.array([value], np.int64))
                   for what, value in (("start", done), ("end", done + filters))]
         nodes.append(helper.make_node("Slice", [channels_first, *bounds, split_axis], [r.out],
-                                      name=_fresh(f"{_label(r.conv)}/split", names)))
+                                      name=fresh(f"{_label(r.conv)}/split", names)))
         done += filters
     return nodes
 
@@ -342,19 +343,6 @@ def _describe(stack: list[_Rewrite]) -> str:
 
 # ---- helpers ------------------------------------------------------------------------------------------------
 
-def _static_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Shapes from the graph's own value_info after ONNX shape inference; symbolic dims make a shape unknown."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    shapes = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        tensor = value.type.tensor_type
-        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
-            shapes[value.name] = tuple(int(d.dim_value) for d in tensor.shape.dim)
-    return shapes
-
-
 def _check_feeds(model, ctx: PassContext) -> tuple[dict[str, np.ndarray], str]:
     """Token inputs from the calibration texts or synthetic padded rows; float inputs random normal."""
     import onnx
@@ -368,59 +356,6 @@ def _check_feeds(model, ctx: PassContext) -> tuple[dict[str, np.ndarray], str]:
             dims = [d.dim_value or 1 for d in tensor.shape.dim]
             feeds[name] = rng.normal(0, 1, (len(feeds[name]), *dims[1:])).astype(np.float32)
     return feeds, source
-
-
-def _readers(model) -> dict[str, list]:
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _constant(model, name: str, numpy_helper) -> np.ndarray | None:
-    """The value of an initializer or Constant node output (what fold_constants leaves), else None."""
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            return None if value is None else numpy_helper.to_array(value.t)
-    return None
-
-
-def _drop_unused(model, candidates: set) -> list[str]:
-    """Remove what the removed nodes read or wrote and nothing uses any more: their weights, the Slice
-    bounds (initializers or Constant nodes), stale value_info. Returns the dropped constants' names."""
-    graph = model.graph
-    used = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
-    unused = candidates - used
-    dropped = [init.name for init in graph.initializer if init.name in unused]
-    for entries, gone in ((graph.initializer, unused), (graph.input, set(dropped)), (graph.value_info, unused)):
-        kept = [entry for entry in entries if entry.name not in gone]
-        del entries[:]
-        entries.extend(kept)
-    constants = [node for node in graph.node if node.op_type == "Constant" and node.output[0] in unused]
-    for node in constants:
-        graph.node.remove(node)
-    return dropped + [node.output[0] for node in constants]
-
-
-def _all_names(model) -> set:
-    graph = model.graph
-    return ({init.name for init in graph.initializer} | {v.name for v in graph.input}
-            | {name for node in graph.node for name in (*node.output, node.name)})
-
-
-def _fresh(name: str, names: set) -> str:
-    """`name`, or `name_<n>` when the graph already uses it."""
-    candidate, n = name, 0
-    while candidate in names:
-        n += 1
-        candidate = f"{name}_{n}"
-    names.add(candidate)
-    return candidate
 
 
 def _bias_name(conv) -> str:

@@ -1,0 +1,75 @@
+"""Small edits of ONNX graphs shared by the rewriting passes: shapes, readers, constants, fresh names.
+
+This module registers no pass. Every helper reads or edits the `onnx.ModelProto` it is given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def static_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Shapes from the graph's own value_info after ONNX shape inference; symbolic dims make a shape unknown."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            shapes[value.name] = tuple(int(d.dim_value) for d in tensor.shape.dim)
+    return shapes
+
+
+def readers(model) -> dict[str, list]:
+    """Value name -> the nodes that read it, in graph order."""
+    found: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def constant(model, name: str, numpy_helper) -> np.ndarray | None:
+    """The value of an initializer or Constant node output (what fold_constants leaves), else None."""
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return None if value is None else numpy_helper.to_array(value.t)
+    return None
+
+
+def drop_unused(model, candidates: set) -> list[str]:
+    """Remove what the removed nodes read or wrote and nothing uses any more: their weights, the Slice
+    bounds (initializers or Constant nodes), stale value_info. Returns the dropped constants' names."""
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+    unused = candidates - used
+    dropped = [init.name for init in graph.initializer if init.name in unused]
+    for entries, gone in ((graph.initializer, unused), (graph.input, set(dropped)), (graph.value_info, unused)):
+        kept = [entry for entry in entries if entry.name not in gone]
+        del entries[:]
+        entries.extend(kept)
+    constants = [node for node in graph.node if node.op_type == "Constant" and node.output[0] in unused]
+    for node in constants:
+        graph.node.remove(node)
+    return dropped + [node.output[0] for node in constants]
+
+
+def all_names(model) -> set:
+    graph = model.graph
+    return ({init.name for init in graph.initializer} | {v.name for v in graph.input}
+            | {name for node in graph.node for name in (*node.output, node.name)})
+
+
+def fresh(name: str, names: set) -> str:
+    """`name`, or `name_<n>` when the graph already uses it."""
+    candidate, n = name, 0
+    while candidate in names:
+        n += 1
+        candidate = f"{name}_{n}"
+    names.add(candidate)
+    return candidate
