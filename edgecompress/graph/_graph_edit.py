@@ -73,3 +73,20 @@ def fresh(name: str, names: set) -> str:
         candidate = f"{name}_{n}"
     names.add(candidate)
     return candidate
+
+
+def check_feeds(model, ctx) -> tuple[dict[str, np.ndarray], str]:
+    """Token inputs from the calibration texts or synthetic padded rows; float inputs random normal."""
+    import onnx
+
+    from .attention_mask_value import check_rows
+
+    feeds, source = check_rows(model, ctx)
+    values = {value.name: value for value in model.graph.input}
+    rng = np.random.default_rng(0)
+    for name in feeds:
+        tensor = values[name].type.tensor_type
+        if tensor.elem_type == onnx.TensorProto.FLOAT:
+            dims = [d.dim_value or 1 for d in tensor.shape.dim]
+            feeds[name] = rng.normal(0, 1, (len(feeds[name]), *dims[1:])).astype(np.float32)
+    return feeds, source

@@ -39,9 +39,8 @@ import numpy as np
 from ..errors import InternalError
 from ..estimate import node_attribute
 from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._graph_edit import all_names, constant, drop_unused, fresh, readers, static_shapes
+from ._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, readers, static_shapes
 from ._quant_common import copy_model, rounding_diff
-from .attention_mask_value import check_rows
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class Conv1dAsMatmul(Pass):
         remaining = [_label(n) for n in result.model.graph.node if n.op_type == "Conv" and _label(n) in rewritten]
         if remaining:
             raise InternalError(f"conv1d_as_matmul left rewritten Conv nodes in the graph: {remaining}")
-        feeds, source = _check_feeds(before, ctx)
+        feeds, source = check_feeds(before, ctx)
         diff, allowed = rounding_diff(before, result, feeds, source)
         if diff > allowed:
             raise InternalError(f"conv1d_as_matmul changed the outputs by {diff:.3g} > {allowed:.3g} on {source} "
@@ -342,21 +341,6 @@ def _describe(stack: list[_Rewrite]) -> str:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
-
-def _check_feeds(model, ctx: PassContext) -> tuple[dict[str, np.ndarray], str]:
-    """Token inputs from the calibration texts or synthetic padded rows; float inputs random normal."""
-    import onnx
-
-    feeds, source = check_rows(model, ctx)
-    values = {value.name: value for value in model.graph.input}
-    rng = np.random.default_rng(0)
-    for name in feeds:
-        tensor = values[name].type.tensor_type
-        if tensor.elem_type == onnx.TensorProto.FLOAT:
-            dims = [d.dim_value or 1 for d in tensor.shape.dim]
-            feeds[name] = rng.normal(0, 1, (len(feeds[name]), *dims[1:])).astype(np.float32)
-    return feeds, source
-
 
 def _bias_name(conv) -> str:
     return conv.input[2] if len(conv.input) > 2 else ""

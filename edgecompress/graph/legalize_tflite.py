@@ -8,8 +8,10 @@ Before -> After:
 - `Mul(Cast(MatMulInteger(DynamicQuantizeLinear(X), Wq)), Mul(s_x, s_w))` (ONNX Runtime's dynamic int8
   matmul) -> `com.microsoft::DynamicQuantizeMatMul(X, Wq, s_w, z_w)`, the op ONNX Runtime itself fuses it
   into when it loads the model; it lowers to a hybrid int8 FULLY_CONNECTED on X.
-The math is unchanged (ONNX Runtime gives identical outputs before and after); the ONNX artifacts of the
-export do not see these rewrites, they happen on the backend's private copy.
+- `Concat(F(Slice(X, rows 0:1)), F(Slice(X, rows 1:S)))` (what `cls_row_apart` writes) -> `F(X)`: LiteRT
+  quantizes per row, so the split changes nothing on it but costs copies (graph/rejoin_row_slices.py).
+The math is unchanged on LiteRT (ONNX Runtime gives identical outputs before and after the first two); the
+ONNX artifacts of the export do not see these rewrites, they happen on the backend's private copy.
 """
 
 from __future__ import annotations
@@ -45,10 +47,17 @@ def _dynamic_quantize_matmul(op, x, weights, weight_zero, weight_scale):
 
 def legalize_for_tflite(model):
     """A copy of `model` with the rewrites above applied (the input is not modified)."""
-    from onnxscript.rewriter import pattern, rewrite
+    from ._quant_common import copy_model
+    from .rejoin_row_slices import rejoin_row_slices
 
     if not any(node.op_type in _TRIGGERS for node in model.graph.node):
-        return model
+        return rejoin_row_slices(copy_model(model))
+    return rejoin_row_slices(_rewritten(model))
+
+
+def _rewritten(model):
+    from onnxscript.rewriter import pattern, rewrite
+
     rules = pattern.RewriteRuleSet([pattern.RewriteRule(_gelu_outer_half, _gelu),
                                     pattern.RewriteRule(_gelu_inner_half, _gelu),
                                     pattern.RewriteRule(_dynamic_int8_matmul, _dynamic_quantize_matmul)],
