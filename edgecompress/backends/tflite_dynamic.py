@@ -11,11 +11,11 @@ teacher (1,276 test texts, seq_len 128; `cls_row_apart` in the recipe):
   ORT's: without these guards the .tflite agreed with the ONNX Runtime file on 98.98% of the texts,
   under the 99% the cross-runtime check asks.
 - `DynamicQuantizeMatMul` (the attention output projection and, split by `cls_row_apart`, the FFN) runs
-  LiteRT's own per-row quantization: guarding them cost ~12% of the int8 run time (mostly the
+  LiteRT's own per-row quantization: guarding them cost 10-17% of the int8 run time (mostly the
   concatenation's copy), and with [CLS] computed apart ORT's per-tensor FFN grids are close to per row:
-  the .tflite agrees with the ONNX Runtime file on 99.29% (with float: 99.37%, litert-torch's file
-  99.37%) and runs 1.03-1.04x the speed of litert-torch's dynamic int8 file (1 / 2 threads), where guards
-  everywhere gave 99.76% at 0.89-0.92x.
+  the .tflite agrees with the ONNX Runtime file on 99.29% (with float: 99.37%, as litert-torch's file)
+  and runs level with litert-torch's dynamic int8 file (0.95-1.03x over seq_len 64/128 and 1/2 threads
+  in tools/bench_tflite.py), where guards everywhere agreed on 99.76% at 0.84-0.93x.
 
 Before -> After:
 - `DynamicQuantizeMatMul(X, Wq, s_w, z_w, bias)` (legalized from `DynamicQuantizeLinear -> MatMulInteger

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from ..estimate import node_attribute
 from ._graph_edit import constant, drop_unused, readers
+from .cls_row_apart import ROW_WISE_OPS
 
 # A Slice end at or past this runs "to the end" of any axis a model here has (cls_row_apart writes int64 max).
 TO_THE_END = 2**31 - 1
 
-_ROW_WISE_OPS = {("com.microsoft", "DynamicQuantizeMatMul"), ("", "MatMul"), ("com.microsoft", "BiasGelu"),
-                 ("com.microsoft", "FastGelu"), ("com.microsoft", "Gelu"), ("", "Gelu"), ("", "Relu"),
-                 ("", "Add"), ("", "Mul")}
+# cls_row_apart's row-wise ops, plus the MatMuls by a constant: DynamicQuantizeMatMul is row-wise on LiteRT only
+_ROW_WISE_OPS = ROW_WISE_OPS | {("com.microsoft", "DynamicQuantizeMatMul"), ("", "MatMul")}
 
 
 def rejoin_row_slices(model):
