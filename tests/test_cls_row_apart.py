@@ -118,6 +118,11 @@ def test_the_tflite_legalisation_joins_the_quantized_split_back_into_one_block()
     assert block_input == "X"
 
 
+def test_the_exact_lowering_keeps_the_split_it_must_reproduce():
+    legal = legalize_for_tflite(split_int8(ffn_model()), rejoin_row_splits=False)
+    assert op_types(legal).count("Slice") == 2 and op_types(legal).count("DynamicQuantizeMatMul") == 4
+
+
 def test_copies_that_differ_are_not_joined():
     model = split_int8(ffn_model())
     other = next(n for n in model.graph.node if n.op_type == "MatMulInteger" and "other_rows" in n.name)

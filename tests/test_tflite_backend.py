@@ -926,6 +926,12 @@ def test_onnxruntime_dynamic_int8_bert_lowers_to_hybrid_int8(tiny_checkpoint, tf
     audit = audit_tflite(path)
     attention = sum(node.op_type == "QAttention" for node in model.graph.node)
     assert audit.op_histogram["REDUCE_MIN"] == 2 * attention  # one two-step range per guarded input
+    # the exact writer (what an export falls back to when per row misses the 99%): ORT's integers everywhere
+    exact = tmp_path / "exact.tflite"
+    exact.write_bytes(lower_to_tflite(model, exact_dynamic_int8=True))
+    assert _sqnr_db(want, litert_run(exact, feeds)["logits"]) >= 80
+    matmuls = sum(node.op_type == "MatMulInteger" for node in model.graph.node)
+    assert audit_tflite(exact).op_histogram["REDUCE_MIN"] == 2 * (attention + matmuls) > audit.op_histogram["REDUCE_MIN"]
     assert audit.op_histogram["DEQUANTIZE"] == 2  # word and segment rows, gathered from uint8 tables
     assert audit.partitions == 1 and "FULLY_CONNECTED" not in audit.left_to_litert
 

@@ -61,6 +61,26 @@ def executor_for(runtime: str) -> Executor:
     return _EXECUTORS[runtime]
 
 
+# A runtime's exact writer: (final ONNX model, output folder) -> the artifact again, computing the same
+# integers as ONNX Runtime where the default file takes the runtime's own (finer) rounding. The export
+# writes it when the default file misses the cross-runtime check (LiteRT's per-row int8, tflite_dynamic.py).
+ExactWriter = Callable[["onnx.ModelProto", Path], Artifact]
+_EXACT_WRITERS: dict[str, ExactWriter] = {}
+
+
+def register_exact_writer(runtime: str):
+    def wrap(write: ExactWriter) -> ExactWriter:
+        _EXACT_WRITERS[runtime] = write
+        return write
+
+    return wrap
+
+
+def exact_writer_for(runtime: str) -> ExactWriter | None:
+    backends()
+    return _EXACT_WRITERS.get(runtime)
+
+
 # A runtime's auditor: artifact path -> {"op_histogram", "float_ops", "method", ...} read from the file
 # itself; runtimes without one are audited from the ONNX graph they were written from.
 _AUDITORS: dict[str, Callable[[Path], dict]] = {}

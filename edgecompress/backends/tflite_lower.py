@@ -64,8 +64,12 @@ def _registering(table: dict, what: str, op_types: tuple[str, ...], domain: str)
     return wrap
 
 
-def lower_to_tflite(model: onnx.ModelProto) -> bytes:
-    """The `.tflite` bytes computing what `model` computes; its inputs and outputs keep their ONNX names."""
+def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False) -> bytes:
+    """The `.tflite` bytes computing what `model` computes; its inputs and outputs keep their ONNX names.
+
+    `exact_dynamic_int8`: every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns,
+    see tflite_dynamic.py), not only QAttention's: slower, but the same integers as the ONNX Runtime file.
+    """
     from ..estimate import infer_shapes
     from ..graph.legalize_tflite import legalize_for_tflite
     # their @lowers decorators fill LOWERINGS
@@ -73,8 +77,8 @@ def lower_to_tflite(model: onnx.ModelProto) -> bytes:
     from . import tflite_sequence  # noqa: F401
 
     check_fixed_shapes(model)
-    model = legalize_for_tflite(model)
-    lowering = Lowering(model, infer_shapes(model))
+    model = legalize_for_tflite(model, rejoin_row_splits=not exact_dynamic_int8)
+    lowering = Lowering(model, infer_shapes(model), exact_dynamic_int8=exact_dynamic_int8)
     for node in model.graph.node:
         lowering.lower(node)
     return lowering.finish()
@@ -98,9 +102,10 @@ def check_fixed_shapes(model: onnx.ModelProto) -> None:
 class Lowering:
     """One ONNX graph being written as one TFLite subgraph; lowerings call `value`, `const` and `emit`."""
 
-    def __init__(self, model: onnx.ModelProto, shapes) -> None:
+    def __init__(self, model: onnx.ModelProto, shapes, *, exact_dynamic_int8: bool = False) -> None:
         self.model = model
         self.shapes = shapes
+        self.exact_dynamic_int8 = exact_dynamic_int8  # see lower_to_tflite
         self.flat = FlatModel()
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.tensors: dict[str, int] = {}  # ONNX value name (or derived constant key) -> TFLite tensor

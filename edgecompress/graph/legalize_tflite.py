@@ -45,14 +45,15 @@ def _dynamic_quantize_matmul(op, x, weights, weight_zero, weight_scale):
     return op.DynamicQuantizeMatMul(x, weights, weight_scale, weight_zero, _domain="com.microsoft")
 
 
-def legalize_for_tflite(model):
-    """A copy of `model` with the rewrites above applied (the input is not modified)."""
+def legalize_for_tflite(model, *, rejoin_row_splits: bool = True):
+    """A copy of `model` with the rewrites above applied (the input is not modified); the row splits stay
+    when the lowering keeps ONNX Runtime's per-tensor grids (`rejoin_row_splits=False`)."""
     from ._quant_common import copy_model
     from .rejoin_row_slices import rejoin_row_slices
 
-    if not any(node.op_type in _TRIGGERS for node in model.graph.node):
-        return rejoin_row_slices(copy_model(model))
-    return rejoin_row_slices(_rewritten(model))
+    triggered = any(node.op_type in _TRIGGERS for node in model.graph.node)
+    legal = _rewritten(model) if triggered else copy_model(model)
+    return rejoin_row_slices(legal) if rejoin_row_splits else legal
 
 
 def _rewritten(model):
