@@ -30,8 +30,10 @@ def readers(model) -> dict[str, list]:
     return found
 
 
-def constant(model, name: str, numpy_helper) -> np.ndarray | None:
+def constant(model, name: str) -> np.ndarray | None:
     """The value of an initializer or Constant node output (what fold_constants leaves), else None."""
+    from onnx import numpy_helper
+
     for init in model.graph.initializer:
         if init.name == name:
             return numpy_helper.to_array(init)
@@ -49,14 +51,24 @@ def drop_unused(model, candidates: set) -> list[str]:
     used = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
     unused = candidates - used
     dropped = [init.name for init in graph.initializer if init.name in unused]
-    for entries, gone in ((graph.initializer, unused), (graph.input, set(dropped)), (graph.value_info, unused)):
-        kept = [entry for entry in entries if entry.name not in gone]
-        del entries[:]
-        entries.extend(kept)
+    for entries, gone in ((graph.initializer, unused), (graph.input, set(dropped))):
+        _remove_named(entries, gone)
+    forget_shapes(model, unused)
     constants = [node for node in graph.node if node.op_type == "Constant" and node.output[0] in unused]
     for node in constants:
         graph.node.remove(node)
     return dropped + [node.output[0] for node in constants]
+
+
+def forget_shapes(model, names: set) -> None:
+    """Drop the value_info of `names`: values a rewrite removed, or whose shape it changed."""
+    _remove_named(model.graph.value_info, names)
+
+
+def _remove_named(entries, names: set) -> None:
+    kept = [entry for entry in entries if entry.name not in names]
+    del entries[:]
+    entries.extend(kept)
 
 
 def all_names(model) -> set:

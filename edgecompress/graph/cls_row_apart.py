@@ -78,19 +78,17 @@ class ClsRowApart(Pass):
         result = copy_model(model)
         blocks = feed_forwards(result)
         names = all_names(result)
-        bounds = {key: fresh(f"cls_row_apart/{key}", names) for key in ("zero", "one", "end", "axis")}
         values = {"zero": 0, "one": 1, "end": np.iinfo(np.int64).max, "axis": 1}  # rows 1:end whatever S is
-        if len({block.rows for block in blocks}) > 1:
-            raise InternalError(f"cls_row_apart found feed-forward blocks over different row counts: "
-                                f"{sorted({block.rows for block in blocks})}")
-        first_nodes = {id(block.nodes[0]): block for block in blocks}
+        bounds = {key: fresh(f"cls_row_apart/{key}", names) for key in values}
+        first_nodes = {id(block.nodes[0]): block for block in blocks}  # `blocks` keeps these objects alive
         removed = {id(node) for block in blocks for node in block.nodes}
+        kept_outputs = {block.out for block in blocks}  # the Concat of the two copies writes them
         rebuilt, orphans = [], set()
         for node in result.graph.node:
             if id(node) in first_nodes:
                 rebuilt.extend(_split(first_nodes[id(node)], bounds, names))
             if id(node) in removed:
-                orphans.update(name for name in node.output if name not in {b.out for b in blocks})
+                orphans.update(name for name in node.output if name not in kept_outputs)
             else:
                 rebuilt.append(node)
         del result.graph.node[:]
@@ -112,15 +110,13 @@ class ClsRowApart(Pass):
 
 def feed_forwards(model) -> list[FeedForward]:
     """Every MatMul(X, constant) -> row-wise ops -> MatMul(constant) chain whose X is [B, rows >= 2, K]."""
-    from onnx import numpy_helper
-
     by_input, outputs = readers(model), {value.name for value in model.graph.output}
     shapes = None
     blocks = []
     for node in model.graph.node:
-        if not _matmul_by_constant(model, node, numpy_helper):
+        if not _matmul_by_constant(model, node):
             continue
-        chain = _chain_from(model, node, by_input, outputs, numpy_helper)
+        chain = _chain_from(model, node, by_input, outputs)
         if chain is None:
             continue
         shapes = _shapes(model) if shapes is None else shapes
@@ -136,7 +132,7 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
     return static_shapes(with_contrib_shapes(model))
 
 
-def _chain_from(model, first, by_input: dict, outputs: set, numpy_helper) -> list | None:
+def _chain_from(model, first, by_input: dict, outputs: set) -> list | None:
     """[first, row-wise ops..., second MatMul by a constant], each value read once and only inside; else None."""
     chain, node = [first], first
     while True:
@@ -145,21 +141,21 @@ def _chain_from(model, first, by_input: dict, outputs: set, numpy_helper) -> lis
         if value in outputs or len(following) != 1:
             return None
         node = following[0]
-        if _matmul_by_constant(model, node, numpy_helper) and node.input[0] == value:
+        if _matmul_by_constant(model, node) and node.input[0] == value:
             return chain + [node] if len(chain) > 1 else None  # two MatMuls in a row are no FFN
-        if not _row_wise(model, node, value, numpy_helper):
+        if not _row_wise(model, node, value):
             return None
         chain.append(node)
 
 
-def _matmul_by_constant(model, node, numpy_helper) -> bool:
+def _matmul_by_constant(model, node) -> bool:
     if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
         return False
-    weight = constant(model, node.input[1], numpy_helper)
+    weight = constant(model, node.input[1])
     return weight is not None and weight.ndim == 2
 
 
-def _row_wise(model, node, data: str, numpy_helper) -> bool:
+def _row_wise(model, node, data: str) -> bool:
     """Computes each row from that row of `data` alone: a known op whose other inputs are constants that do
     not vary along the rows (a bias [N], [1, 1, N])."""
     if (node.domain or "", node.op_type) not in ROW_WISE_OPS or len(node.output) != 1:
@@ -167,7 +163,7 @@ def _row_wise(model, node, data: str, numpy_helper) -> bool:
     for name in node.input:
         if name == data or not name:
             continue
-        value = constant(model, name, numpy_helper)
+        value = constant(model, name)
         if value is None or (value.ndim >= 2 and value.shape[-2] != 1):
             return False
     return list(node.input).count(data) == 1

@@ -224,14 +224,12 @@ def _unsupported(node, inits: dict, opset: int) -> str | None:
 def _absorbable_slice(model, conv, steps: int, readers: dict, outputs: set):
     """(Slice, (start, stop)) when the Conv's only reader keeps a constant range of its outputs along time
     with step 1; None otherwise."""
-    from onnx import numpy_helper
-
     if conv.output[0] in outputs or len(readers.get(conv.output[0], [])) != 1:
         return None
     node = readers[conv.output[0]][0]
     if node.op_type != "Slice" or node.input[0] != conv.output[0] or len(node.input) < 4:
         return None
-    values = [constant(model, name, numpy_helper) for name in node.input[1:5]]
+    values = [constant(model, name) for name in node.input[1:5]]
     starts, ends, axes = values[:3]
     steps_given = values[3] if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
     if any(v is None or v.size != 1 for v in (starts, ends, axes, steps_given)):

@@ -17,7 +17,8 @@ This is a helper of `legalize_for_tflite`, not a pass: the ONNX artifacts never 
 from __future__ import annotations
 
 from ..estimate import node_attribute
-from ._graph_edit import constant, drop_unused, readers
+from ._graph_edit import constant, drop_unused, forget_shapes, readers
+from ._quant_common import copy_model
 from .cls_row_apart import ROW_WISE_OPS
 
 # A Slice end at or past this runs "to the end" of any axis a model here has (cls_row_apart writes int64 max).
@@ -28,36 +29,38 @@ _ROW_WISE_OPS = ROW_WISE_OPS | {("com.microsoft", "DynamicQuantizeMatMul"), ("",
 
 
 def rejoin_row_slices(model):
-    """`model` with every joinable row split joined (edited in place and returned)."""
-    from onnx import numpy_helper
-
-    concats = [n for n in model.graph.node if n.op_type == "Concat" and len(n.input) == 2
-               and node_attribute(n, "axis", None) in (1, -2)]
-    if not concats:
+    """`model` itself when it has no joinable row split, else a copy with every one joined."""
+    if not _joins(model):
         return model
-    by_input = readers(model)
-    producers = {name: node for node in model.graph.node for name in node.output}
+    model = copy_model(model)
+    joins = _joins(model)  # holds the node objects whose id() `removed` keeps, until the filter below
     removed, orphans = set(), set()
-    for concat in concats:
-        joined = _joinable(model, concat, producers, by_input, numpy_helper)
-        if joined is None:
-            continue
-        x, first_chain, other_chain, slices = joined
+    for concat, (x, first_chain, other_chain, slices) in joins:
         _rewire(other_chain, x, concat.output[0])
         for node in (*first_chain, *slices, concat):
             removed.add(id(node))
             orphans.update([*node.input, *node.output])
-        orphans.update(name for node in other_chain for name in node.output)  # their shapes changed
-    if removed:
-        kept = [node for node in model.graph.node if id(node) not in removed]
-        del model.graph.node[:]
-        model.graph.node.extend(kept)
-        _drop_value_info(model, orphans)
-        drop_unused(model, orphans)
+        forget_shapes(model, {name for node in other_chain for name in node.output})  # now over all rows
+    kept = [node for node in model.graph.node if id(node) not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    drop_unused(model, orphans)
     return model
 
 
-def _joinable(model, concat, producers: dict, by_input: dict, numpy_helper):
+def _joins(model) -> list:
+    """(Concat, what `_joinable` found) for every Concat along axis 1 that joins a row split."""
+    concats = [n for n in model.graph.node if n.op_type == "Concat" and len(n.input) == 2
+               and node_attribute(n, "axis", None) in (1, -2)]
+    if not concats:
+        return []
+    by_input = readers(model)
+    producers = {name: node for node in model.graph.node for name in node.output}
+    found = [(concat, _joinable(model, concat, producers, by_input)) for concat in concats]
+    return [(concat, joined) for concat, joined in found if joined is not None]
+
+
+def _joinable(model, concat, producers: dict, by_input: dict):
     """(X, chain on row 0, chain on rows 1:, the two Slices) when `concat` joins a row split, else None."""
     chains = [_chain_to_slice(name, producers, by_input) for name in concat.input]
     if any(chain is None for chain in chains):
@@ -66,11 +69,11 @@ def _joinable(model, concat, producers: dict, by_input: dict, numpy_helper):
     x = first_slice.input[0]
     if other_slice.input[0] != x or len(first) != len(other) or not first:
         return None
-    other_rows = _rows(model, other_slice, numpy_helper)
-    if _rows(model, first_slice, numpy_helper) != (0, 1) or other_rows is None or other_rows[0] != 1 \
+    other_rows = _rows(model, other_slice)
+    if _rows(model, first_slice) != (0, 1) or other_rows is None or other_rows[0] != 1 \
             or other_rows[1] < TO_THE_END:
         return None
-    if not all(_same_op(model, a, b, numpy_helper) for a, b in zip(first, other)):
+    if not all(_same_op(model, a, b) for a, b in zip(first, other)):
         return None
     return x, first, other, (first_slice, other_slice)
 
@@ -89,9 +92,9 @@ def _chain_to_slice(value: str, producers: dict, by_input: dict):
     return chain[::-1], node
 
 
-def _rows(model, slice_node, numpy_helper) -> tuple[int, int] | None:
+def _rows(model, slice_node) -> tuple[int, int] | None:
     """(start, stop) of a Slice along axis 1 with step 1, or None for any other slicing."""
-    values = [constant(model, name, numpy_helper) for name in slice_node.input[1:]]
+    values = [constant(model, name) for name in slice_node.input[1:]]
     if len(values) < 3 or any(v is None or v.size != 1 for v in values):
         return None
     if int(values[2].reshape(-1)[0]) != 1 or (len(values) > 3 and int(values[3].reshape(-1)[0]) != 1):
@@ -99,7 +102,7 @@ def _rows(model, slice_node, numpy_helper) -> tuple[int, int] | None:
     return int(values[0].reshape(-1)[0]), int(values[1].reshape(-1)[0])
 
 
-def _same_op(model, a, b, numpy_helper) -> bool:
+def _same_op(model, a, b) -> bool:
     """Same op, attributes and non-data inputs (constants, by name or by value), data input at the same place."""
     if (a.op_type, a.domain, len(a.input)) != (b.op_type, b.domain, len(b.input)):
         return False
@@ -108,7 +111,7 @@ def _same_op(model, a, b, numpy_helper) -> bool:
     for index, (left, right) in enumerate(zip(a.input, b.input)):
         if index == 0 or left == right:
             continue
-        lv, rv = constant(model, left, numpy_helper), constant(model, right, numpy_helper)
+        lv, rv = constant(model, left), constant(model, right)
         if lv is None or rv is None or lv.shape != rv.shape or not (lv == rv).all():
             return False
     return True
@@ -117,10 +120,3 @@ def _same_op(model, a, b, numpy_helper) -> bool:
 def _rewire(chain: list, x: str, out: str) -> None:
     chain[0].input[0] = x
     chain[-1].output[0] = out
-
-
-def _drop_value_info(model, names: set) -> None:
-    kept = [value for value in model.graph.value_info if value.name not in names]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
-
