@@ -298,17 +298,14 @@ def _verify(run: Run):
 
     Returns (parity, outputs) per artifact; the outputs feed accuracy and agreement in the report.
     """
-    from .evaluate import artifact_outputs, compare
     from .model import CLASSIFICATION
 
     lossy = any(r.lossy for r in run.pass_records if r.stage == "graph")
     classification = run.bundle.kind == CLASSIFICATION
     checks = []
     for artifact in run.artifacts:
-        outputs = artifact_outputs(artifact, run.feeds, output_name=run.bundle.output_name,
-                                   progress=run.ticker(f"verify {artifact.path.name}"))
-        parity = compare(run.reference, outputs, classification=classification, lossy=lossy,
-                         atol=parity_atol(run.bundle))
+        parity, outputs = _against_reference(run, artifact, f"verify {artifact.path.name}", lossy=lossy,
+                                             classification=classification)
         if not parity.passed:
             raise VerificationError(
                 f"{artifact.path.name} does not match the reference model: max |diff| {parity.max_abs_diff:.3g} "
@@ -319,10 +316,26 @@ def _verify(run: Run):
     return checks
 
 
+def _against_reference(run: Run, artifact, label: str, *, lossy: bool, classification: bool):
+    """(parity with the reference model, outputs) of one artifact file run on every text."""
+    from .evaluate import artifact_outputs, compare
+
+    outputs = artifact_outputs(artifact, run.feeds, output_name=run.bundle.output_name, progress=run.ticker(label))
+    return compare(run.reference, outputs, classification=classification, lossy=lossy,
+                   atol=parity_atol(run.bundle)), outputs
+
+
+def _against_runtime(run: Run, ort_outputs, outputs, *, lossy: bool, classification: bool):
+    from .evaluate import compare_runtimes
+
+    return compare_runtimes(ort_outputs, outputs, classification=classification, lossy=lossy,
+                            atol=parity_atol(run.bundle))
+
+
 def _cross_check(run: Run, checks, *, lossy: bool, classification: bool) -> list[dict | None]:
     """Each non-ONNX-Runtime artifact against the ONNX Runtime one of the same export (or the final graph
     run in ONNX Runtime when the profile ships none): one export must be one model on every runtime."""
-    from .evaluate import compare_runtimes, ort_session, run_session
+    from .evaluate import ort_session, run_session
 
     others = [i for i, a in enumerate(run.artifacts) if a.runtime != "onnxruntime"]
     if not others:
@@ -336,9 +349,7 @@ def _cross_check(run: Run, checks, *, lossy: bool, classification: bool) -> list
         source = "the final ONNX graph in ONNX Runtime"
     results: list[dict | None] = [None] * len(run.artifacts)
     for i in others:
-        artifact, outputs = run.artifacts[i], checks[i][1]
-        parity = compare_runtimes(ort_outputs, outputs, classification=classification, lossy=lossy,
-                                  atol=parity_atol(run.bundle))
+        parity = _against_runtime(run, ort_outputs, checks[i][1], lossy=lossy, classification=classification)
         if not parity.passed:
             parity = _write_exact(run, i, checks, ort_outputs, parity, lossy=lossy, classification=classification)
         if not parity.passed:
@@ -356,23 +367,19 @@ def _write_exact(run: Run, i: int, checks, ort_outputs, missed, *, lossy: bool, 
     check it like the first, and say so in the report; returns the new cross-runtime parity (or `missed`)."""
     from . import package
     from .backends import exact_writer_for
-    from .evaluate import artifact_outputs, compare, compare_runtimes
 
     first = run.artifacts[i]
     write = exact_writer_for(first.runtime)
     if write is None:
         return missed
     artifact = write(run.graph, first.path.parent)
-    outputs = artifact_outputs(artifact, run.feeds, output_name=run.bundle.output_name,
-                               progress=run.ticker(f"verify {artifact.path.name} (exact)"))
-    reference = compare(run.reference, outputs, classification=classification, lossy=lossy,
-                        atol=parity_atol(run.bundle))
+    reference, outputs = _against_reference(run, artifact, f"verify {artifact.path.name} (exact)", lossy=lossy,
+                                            classification=classification)
     if not reference.passed:
         return missed
     run.artifacts[i], checks[i] = artifact, (reference, outputs)
     run.audits[i] = package.artifact_audit(artifact, run.graph)
-    parity = compare_runtimes(ort_outputs, outputs, classification=classification, lossy=lossy,
-                              atol=parity_atol(run.bundle))
+    parity = _against_runtime(run, ort_outputs, outputs, lossy=lossy, classification=classification)
     run.notes.append(f"{artifact.path.name}: with the runtime's own int8 rounding it missed the check against "
                      f"the ONNX Runtime artifact ({_agreement(missed)}); written again on ONNX Runtime's int8 "
                      f"grids, which is slower ({_agreement(parity)})")

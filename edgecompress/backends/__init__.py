@@ -40,18 +40,24 @@ def register_backend(name: str, kinds: tuple[str, ...]):
     return wrap
 
 
+def _per_runtime(table: dict):
+    """A decorator factory filling `table` with one function per runtime name."""
+
+    def register(runtime: str):
+        def wrap(function):
+            table[runtime] = function
+            return function
+
+        return wrap
+
+    return register
+
+
 # A runtime's executor: (artifact path, feeds, output name, threads, progress) -> outputs array.
 # Verification runs every artifact file through the executor of its runtime.
 Executor = Callable[..., "np.ndarray"]
 _EXECUTORS: dict[str, Executor] = {}
-
-
-def register_executor(runtime: str):
-    def wrap(run: Executor) -> Executor:
-        _EXECUTORS[runtime] = run
-        return run
-
-    return wrap
+register_executor = _per_runtime(_EXECUTORS)
 
 
 def executor_for(runtime: str) -> Executor:
@@ -66,14 +72,7 @@ def executor_for(runtime: str) -> Executor:
 # writes it when the default file misses the cross-runtime check (LiteRT's per-row int8, tflite_dynamic.py).
 ExactWriter = Callable[["onnx.ModelProto", Path], Artifact]
 _EXACT_WRITERS: dict[str, ExactWriter] = {}
-
-
-def register_exact_writer(runtime: str):
-    def wrap(write: ExactWriter) -> ExactWriter:
-        _EXACT_WRITERS[runtime] = write
-        return write
-
-    return wrap
+register_exact_writer = _per_runtime(_EXACT_WRITERS)
 
 
 def exact_writer_for(runtime: str) -> ExactWriter | None:
@@ -84,14 +83,7 @@ def exact_writer_for(runtime: str) -> ExactWriter | None:
 # A runtime's auditor: artifact path -> {"op_histogram", "float_ops", "method", ...} read from the file
 # itself; runtimes without one are audited from the ONNX graph they were written from.
 _AUDITORS: dict[str, Callable[[Path], dict]] = {}
-
-
-def register_auditor(runtime: str):
-    def wrap(audit: Callable[[Path], dict]) -> Callable[[Path], dict]:
-        _AUDITORS[runtime] = audit
-        return audit
-
-    return wrap
+register_auditor = _per_runtime(_AUDITORS)
 
 
 def auditor_for(runtime: str) -> Callable[[Path], dict] | None:

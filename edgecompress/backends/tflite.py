@@ -31,21 +31,21 @@ RUNTIME = "litert"
 
 @register_backend("litert", kinds=("tflite",))
 def emit_tflite(model, out_dir: Path, kinds: tuple[str, ...]) -> list[Artifact]:
-    from .tflite_lower import lower_to_tflite
-
-    path = out_dir / TFLITE_NAME
-    path.write_bytes(lower_to_tflite(model))
-    return [Artifact("tflite", path, RUNTIME)]
+    return [_write_tflite(model, out_dir, exact_dynamic_int8=False)]
 
 
 @register_exact_writer(RUNTIME)
 def emit_exact_tflite(model, out_dir: Path) -> Artifact:
     """Every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns on every hybrid
     FULLY_CONNECTED): the same integers as the ONNX Runtime file, at 10-17% more time on the MiniLM teacher."""
+    return _write_tflite(model, out_dir, exact_dynamic_int8=True)
+
+
+def _write_tflite(model, out_dir: Path, *, exact_dynamic_int8: bool) -> Artifact:
     from .tflite_lower import lower_to_tflite
 
     path = out_dir / TFLITE_NAME
-    path.write_bytes(lower_to_tflite(model, exact_dynamic_int8=True))
+    path.write_bytes(lower_to_tflite(model, exact_dynamic_int8=exact_dynamic_int8))
     return Artifact("tflite", path, RUNTIME)
 
 
