@@ -5,7 +5,7 @@ Sizes are in MB of 10^6 bytes, as phone storage and app stores count them.
 
 from __future__ import annotations
 
-from .report import MEASURED, STATIC, Figure, Verdict
+from edgecompress.report import MEASURED, STATIC, Figure, Verdict
 
 MB = 1e6
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from .errors import EdgecompressError, UserError
-from .logs import show_progress_on_stderr
+from edgecompress.errors import EdgecompressError, UserError
+from edgecompress.logs import show_progress_on_stderr
 
 EXIT_BUDGET = 3
 
@@ -83,8 +83,8 @@ def main(verbose: bool) -> None:
 def export(model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure,
            as_json):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
-    from .float_twin import slower_note
-    from .pipeline import ExportRequest, run_export
+    from edgecompress.float_twin import slower_note
+    from edgecompress.pipeline import ExportRequest, run_export
 
     request = ExportRequest(model=model, device=device, out_root=out_root, data=data, calibration=calibration,
                             train_data=train_data, recipe=recipe, quantize=quantize,
@@ -121,7 +121,7 @@ def devices(ctx, as_json: bool) -> None:
     """List device profiles; `devices show NAME` for one."""
     if ctx.invoked_subcommand:
         return
-    from .devices import list_profiles
+    from edgecompress.devices import list_profiles
 
     profiles = _run_guarded(list_profiles)
     if as_json:
@@ -140,7 +140,7 @@ def devices(ctx, as_json: bool) -> None:
 @click.argument("name")
 def devices_show(name: str) -> None:
     """Show one device profile as JSON."""
-    from .devices import get_profile
+    from edgecompress.devices import get_profile
 
     profile = _run_guarded(lambda: get_profile(name))
     click.echo(json.dumps(profile.to_dict(), indent=2))
@@ -152,7 +152,7 @@ def devices_show(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check(folder: Path, device: str, as_json: bool) -> None:
     """Re-check the artifacts in FOLDER (an export's output) against another DEVICE's budgets."""
-    from .recheck import recheck
+    from edgecompress.recheck import recheck
 
     verdicts = _run_guarded(lambda: recheck(folder, device))
     if as_json:
@@ -172,7 +172,7 @@ def check(folder: Path, device: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json: bool) -> None:
     """Measure ARTIFACT on this host through the standalone runner."""
-    from .measure import RUNTIME_FOR_SUFFIX, describe, run_runner, runner_for
+    from edgecompress.measure import RUNTIME_FOR_SUFFIX, describe, run_runner, runner_for
 
     def measure():
         expected = f"an artifact file ({', '.join(sorted(RUNTIME_FOR_SUFFIX))})"
@@ -226,7 +226,7 @@ def distill(teacher, student, train_data, out_dir, augment, epochs, batch_size, 
             logit_loss, temperature, hard_weight, hidden_weight, attention_weight, layer_map, transfer_set, processes,
             seed):
     """Distill TEACHER (a fine-tuned classifier checkpoint) into a small student checkpoint folder."""
-    from .compress.distill.run import DistillRequest, distill as run_distill
+    from edgecompress.compress.distill.run import DistillRequest, distill as run_distill
 
     logging.getLogger("edgecompress.compress.distill").setLevel(logging.INFO)  # progress, step/total, ETA
     training = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}

@@ -78,7 +78,7 @@ def _torch_outputs(bundle, feeds: Feeds, batch_size: int, progress: Progress | N
 def artifact_outputs(artifact, feeds: Feeds, *, output_name: str, threads: int = 2,
                      progress: Progress | None = None) -> np.ndarray:
     """Run the artifact file itself with the runtime that will execute it on the device."""
-    from .backends import executor_for
+    from edgecompress.backends import executor_for
 
     run = executor_for(artifact.runtime)
     return run(artifact.path, feeds, output_name=output_name, threads=threads, progress=progress)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .passes import PassContext, PassRecord, apply_pass
-from .report import MEASURED
+from edgecompress.passes import PassContext, PassRecord, apply_pass
+from edgecompress.report import MEASURED
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def rewrite_with_twin(passes, graph, context: PassContext) -> Rewrite:
 
 def measure_twin(twin, kinds: tuple[str, ...], measure_one, scratch_root: Path) -> dict[str, dict]:
     """Emit the twin's artifacts into a scratch folder and time each: {artifact kind: runner result}."""
-    from .backends import emit_all
+    from edgecompress.backends import emit_all
 
     with tempfile.TemporaryDirectory(prefix=".float-twin-", dir=scratch_root) as scratch:
         artifacts = emit_all(twin, Path(scratch), kinds)

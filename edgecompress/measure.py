@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InternalError, UserError
-from .paths import runtimes_dir
+from edgecompress.errors import InternalError, UserError
+from edgecompress.paths import runtimes_dir
 
 SCHEMA = "edgecompress.runner/1"
 RUNNER_USER_ERROR = 2  # runners exit 2 with one stderr line for a bad model file or bad inputs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from edgecompress.errors import UserError
 
 SUPPORTED_ARCHITECTURES = ("BertForSequenceClassification", "BertModel")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -70,7 +70,7 @@ def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle
         raise UserError("model path does not exist", where=str(path),
                         expected="a checkpoint folder (config.json, weights, tokenizer) or an .onnx file")
     if path.is_file():
-        from .onnx_intake import load_onnx_bundle
+        from edgecompress.onnx_intake import load_onnx_bundle
 
         return load_onnx_bundle(path, tokenizer_dir=tokenizer_dir)
     return load_checkpoint(path)
@@ -82,10 +82,10 @@ def load_checkpoint(folder: Path) -> ModelBundle:
         raise UserError("checkpoint folder is empty", where=str(folder),
                         expected="config.json, model.safetensors (or pytorch_model.bin), tokenizer files")
     config = read_config(folder)
-    from .compress.distill.students import ARCHITECTURES as STUDENTS
+    from edgecompress.compress.distill.students import ARCHITECTURES as STUDENTS
 
     if (config.get("architectures") or [None])[0] in STUDENTS.values():  # a distilled BiLSTM or CNN
-        from .compress.distill.checkpoint import load_student
+        from edgecompress.compress.distill.checkpoint import load_student
 
         return load_student(folder, config)
     architecture = check_architecture(config, folder)
@@ -150,7 +150,7 @@ def build_module(folder: Path, config: dict[str, Any], architecture: str):
     model.load_state_dict(state, strict=False, assign=True)
     _reinit_buffers(model, bert_config)
     model.eval()
-    from .reference import ReferenceModule
+    from edgecompress.reference import ReferenceModule
 
     return ReferenceModule(model, pooled=(architecture == "BertModel"))
 

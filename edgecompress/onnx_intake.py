@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
-from .model import CLASSIFICATION, EMBEDDING, ModelBundle, load_tokenizer
+from edgecompress.errors import UserError
+from edgecompress.model import CLASSIFICATION, EMBEDDING, ModelBundle, load_tokenizer
 
 _ID_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size_verdict
-from .float_twin import slower_note
-from .report import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
+from edgecompress import __version__
+from edgecompress.budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size_verdict
+from edgecompress.float_twin import slower_note
+from edgecompress.report import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
 
 _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 3: "int8", 2: "uint8"}
 # Highest ai.onnx opset each onnxruntime release implements (onnxruntime.ai/docs/reference/compatibility).
@@ -27,7 +27,7 @@ _ORT_FOR_OPSET = {15: "1.10", 16: "1.11", 17: "1.13", 18: "1.14", 19: "1.16", 20
 
 def build_report(run) -> Report:
     """Figures and verdicts for every artifact of a finished `pipeline.Run`."""
-    from .measure import describe
+    from edgecompress.measure import describe
 
     bundle, profile, recipe, dataset = run.bundle, run.profile, run.recipe, run.dataset
     labels, original = run.labels, run.original
@@ -93,8 +93,8 @@ def build_report(run) -> Report:
 
 def artifact_audit(artifact, graph) -> dict:
     """Ops and float ops read from the artifact where its runtime can list them, else from the ONNX graph."""
-    from .backends import auditor_for
-    from .estimate import infer_shapes, op_histogram
+    from edgecompress.backends import auditor_for
+    from edgecompress.estimate import infer_shapes, op_histogram
 
     audit = auditor_for(artifact.runtime)
     if audit is not None:
@@ -105,7 +105,7 @@ def artifact_audit(artifact, graph) -> dict:
 
 def device_estimates(graph, profile) -> dict:
     """Static memory and the roofline latency estimate on the profile's hardware, from the final graph."""
-    from .estimate import estimate_latency, estimate_memory, infer_shapes
+    from edgecompress.estimate import estimate_latency, estimate_memory, infer_shapes
 
     fixed = _fixed_copy(graph, profile)
     shapes = infer_shapes(fixed)
@@ -132,8 +132,8 @@ def _fixed_copy(graph, profile):
     """Estimates need fixed shapes; for a dynamic-shape artifact, estimate at the profile's seq_len."""
     import onnx
 
-    from .graph.fix_shapes import FixShapes
-    from .passes import PassContext
+    from edgecompress.graph.fix_shapes import FixShapes
+    from edgecompress.passes import PassContext
 
     copy = onnx.ModelProto()
     copy.CopyFrom(graph)
@@ -145,7 +145,7 @@ def _fixed_copy(graph, profile):
 
 def float_op_types(model, shapes) -> list[str]:
     """Op types that compute in float (the ONNX Runtime audit's definition), from the graph and its shapes."""
-    from .backends.ort_audit import computes_in_float, graph_nodes
+    from edgecompress.backends.ort_audit import computes_in_float, graph_nodes
 
     types = {name: elem_type for name, (_, elem_type) in shapes.items()}
     return sorted({n.label for n in graph_nodes(model) if computes_in_float(n, types)})
@@ -205,7 +205,7 @@ def _minimum_version(kind: str, opset: int | None) -> dict:
     import onnxruntime
 
     if kind == "tflite":
-        from .backends.tflite import litert_version
+        from edgecompress.backends.tflite import litert_version
 
         return {"ai-edge-litert": litert_version(),
                 "why": "the LiteRT release this file was verified with; builtin op versions are written as 1 "

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import EdgecompressError, InternalError, UserError
+from edgecompress.errors import EdgecompressError, InternalError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 
 def _import_pass_modules() -> None:
     """Import every module of the pass packages so their decorators run (no hand-kept list)."""
-    from . import compress, graph
+    from edgecompress import compress, graph
 
     for package in (compress, graph):
         for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):

@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
-from .errors import UserError
-from .report import Verdict
+from edgecompress.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
+from edgecompress.errors import UserError
+from edgecompress.report import Verdict
 
 
 @dataclass
@@ -40,8 +40,8 @@ class Recheck:
 def recheck(folder: Path, device: str) -> Recheck:
     import onnx
 
-    from .devices import get_profile
-    from .package import device_estimates
+    from edgecompress.devices import get_profile
+    from edgecompress.package import device_estimates
 
     manifest, report = _read_export(folder)
     profile = get_profile(device)

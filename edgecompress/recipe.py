@@ -6,9 +6,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .passes import STAGES, Pass, make_pass
-from .paths import recipes_dir
+from edgecompress.errors import UserError
+from edgecompress.passes import STAGES, Pass, make_pass
+from edgecompress.paths import recipes_dir
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InternalError
+from edgecompress.errors import InternalError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..logs import captured_library_output
-from . import Artifact, register_backend, register_executor
+from edgecompress.logs import captured_library_output
+from edgecompress.backends import Artifact, register_backend, register_executor
 
 ONNX_NAME = "model.onnx"
 ORT_NAME = "model.ort"
@@ -60,7 +60,7 @@ def _portable_config(text: str) -> str:
 @register_executor("onnxruntime")
 def run_ort_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None):
     """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows."""
-    from ..evaluate import ort_session, run_session
+    from edgecompress.evaluate import ort_session, run_session
 
     session = ort_session(str(path), threads=threads, optimize=True)
     batch = session.get_inputs()[0].shape[0]

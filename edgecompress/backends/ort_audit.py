@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import register_auditor
+from edgecompress.backends import register_auditor
 
 _FLOAT = {1, 10, 11, 16}  # float32, float16, float64, bfloat16 (onnx.TensorProto element types)
 _SMALL_INT = {2, 3, 6}  # uint8, int8, int32: the element types integer kernels compute in
@@ -89,7 +89,7 @@ def _reachable(start: set[int], step) -> set[int]:
 def read_onnx(path: Path) -> tuple[list[Node], dict[str, int]]:
     import onnx
 
-    from ..estimate import infer_shapes
+    from edgecompress.estimate import infer_shapes
 
     model = onnx.load(str(path))
     types = {name: elem_type for name, (_, elem_type) in infer_shapes(_with_unit_dims(model)).items()}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InternalError
-from . import Artifact, register_auditor, register_backend, register_exact_writer, register_executor
-from .tflite_writer import litert
+from edgecompress.errors import InternalError
+from edgecompress.backends import Artifact, register_auditor, register_backend, register_exact_writer, register_executor
+from edgecompress.backends.tflite_writer import litert
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def emit_exact_tflite(model, out_dir: Path) -> Artifact:
 
 
 def _write_tflite(model, out_dir: Path, *, exact_dynamic_int8: bool) -> Artifact:
-    from .tflite_lower import lower_to_tflite
+    from edgecompress.backends.tflite_lower import lower_to_tflite
 
     path = out_dir / TFLITE_NAME
     path.write_bytes(lower_to_tflite(model, exact_dynamic_int8=exact_dynamic_int8))
@@ -151,7 +151,7 @@ class TFLiteAudit:
 @register_auditor(RUNTIME)
 def audit_for_report(path: Path) -> dict:
     """The audit as report fields: histogram and float ops from the file, plus XNNPACK delegation."""
-    from .tflite_writer import describe_weight_storage, weight_storage
+    from edgecompress.backends.tflite_writer import describe_weight_storage, weight_storage
 
     audit = audit_tflite(path)
     storage = weight_storage(Path(path).read_bytes())  # e.g. 4-bit blocks stored as INT8 say so here

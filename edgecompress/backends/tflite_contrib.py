@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tflite_lower import MS_DOMAIN, Lowering, lowers
-from .tflite_ops import layer_norm
+from edgecompress.backends.tflite_lower import MS_DOMAIN, Lowering, lowers
+from edgecompress.backends.tflite_ops import layer_norm
 
 _FLOAT32 = np.dtype(np.float32)
 _INT32 = np.dtype(np.int32)

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tflite_contrib import attention_core, attention_scale, check_attention, embedding_norm, padded_inputs
-from .tflite_lower import MS_DOMAIN, Lowering, lowers
-from .tflite_quant import GUARD_COLUMNS, guarded_fully_connected, hybrid_fully_connected, quantization
+from edgecompress.backends.tflite_contrib import attention_core, attention_scale, check_attention, embedding_norm, padded_inputs
+from edgecompress.backends.tflite_lower import MS_DOMAIN, Lowering, lowers
+from edgecompress.backends.tflite_quant import GUARD_COLUMNS, guarded_fully_connected, hybrid_fully_connected, quantization
 
 _FLOAT32 = np.dtype(np.float32)
 

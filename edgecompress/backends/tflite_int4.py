@@ -29,10 +29,10 @@ import logging
 
 import numpy as np
 
-from .tflite_contrib import padded_inputs
-from .tflite_lower import MS_DOMAIN, Lowering, lowers
-from .tflite_quant import hybrid_fully_connected
-from .tflite_writer import schema
+from edgecompress.backends.tflite_contrib import padded_inputs
+from edgecompress.backends.tflite_lower import MS_DOMAIN, Lowering, lowers
+from edgecompress.backends.tflite_quant import hybrid_fully_connected
+from edgecompress.backends.tflite_writer import schema
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import InternalError, UserError
-from ..estimate import node_attribute
-from .tflite_writer import FlatModel, UnsupportedTensorType, opcode, schema
+from edgecompress.errors import InternalError, UserError
+from edgecompress.estimate import node_attribute
+from edgecompress.backends.tflite_writer import FlatModel, UnsupportedTensorType, opcode, schema
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False)
     `exact_dynamic_int8`: every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns,
     see tflite_dynamic.py), not only QAttention's: slower, but the same integers as the ONNX Runtime file.
     """
-    from ..estimate import infer_shapes
-    from ..graph.legalize_tflite import legalize_for_tflite
+    from edgecompress.estimate import infer_shapes
+    from edgecompress.graph.legalize_tflite import legalize_for_tflite
     # their @lowers decorators fill LOWERINGS
-    from . import tflite_contrib, tflite_dynamic, tflite_int4, tflite_ops, tflite_quant  # noqa: F401
-    from . import tflite_sequence  # noqa: F401
+    from edgecompress.backends import tflite_contrib, tflite_dynamic, tflite_int4, tflite_ops, tflite_quant  # noqa: F401
+    from edgecompress.backends import tflite_sequence  # noqa: F401
 
     check_fixed_shapes(model)
     model = legalize_for_tflite(model, rejoin_row_splits=not exact_dynamic_int8)

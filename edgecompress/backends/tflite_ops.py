@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tflite_lower import Lowering, lowers
-from .tflite_quant import quantized_matmul
+from edgecompress.backends.tflite_lower import Lowering, lowers
+from edgecompress.backends.tflite_quant import quantized_matmul
 
 _FLOAT32 = np.dtype(np.float32)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tflite_lower import MS_DOMAIN, Lowering, lowers, lowers_int8
-from .tflite_writer import schema
+from edgecompress.backends.tflite_lower import MS_DOMAIN, Lowering, lowers, lowers_int8
+from edgecompress.backends.tflite_writer import schema
 
 _INT8 = np.dtype(np.int8)
 _UINT8_TO_INT8 = 128

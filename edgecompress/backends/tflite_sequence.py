@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tflite_lower import MS_DOMAIN, Lowering, lowers, lowers_int8
-from .tflite_quant import quantization
-from .tflite_writer import opcode, schema
+from edgecompress.backends.tflite_lower import MS_DOMAIN, Lowering, lowers, lowers_int8
+from edgecompress.backends.tflite_quant import quantization
+from edgecompress.backends.tflite_writer import opcode, schema
 
 _FLOAT32 = np.dtype(np.float32)
 _INT32 = np.dtype(np.int32)

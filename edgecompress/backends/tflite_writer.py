@@ -11,7 +11,7 @@ import importlib
 
 import numpy as np
 
-from ..errors import UserError
+from edgecompress.errors import UserError
 
 # TFLite tensor types by numpy dtype name.
 TENSOR_TYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "int64": "INT64", "int8": "INT8",

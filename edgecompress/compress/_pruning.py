@@ -26,10 +26,10 @@ from typing import ClassVar, Iterator
 
 import torch
 
-from ..errors import InternalError, UserError
-from ..model import CLASSIFICATION
-from ..passes import Pass, PassContext, PassResult, PassSkipped
-from ._taskdata import TaskData, task_data, task_loss, training_seq_len
+from edgecompress.errors import InternalError, UserError
+from edgecompress.model import CLASSIFICATION
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped
+from edgecompress.compress._taskdata import TaskData, task_data, task_loss, training_seq_len
 
 
 class Units:

@@ -34,11 +34,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..logs import progress_log
-from ..paths import cache_dir
-from ._pruning import encoder_layers
-from ._taskdata import Batch, TaskData
-from .distill.losses import hard_loss, logit_loss, masked_mse
+from edgecompress.logs import progress_log
+from edgecompress.paths import cache_dir
+from edgecompress.compress._pruning import encoder_layers
+from edgecompress.compress._taskdata import Batch, TaskData
+from edgecompress.compress.distill.losses import hard_loss, logit_loss, masked_mse
 
 log = logging.getLogger(__name__)
 

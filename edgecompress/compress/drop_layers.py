@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InternalError, UserError
-from ..model import CLASSIFICATION
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._pruning import (check_positive, check_ratio, cloned, encoder, encoder_layers, parameter_count, set_config,
+from edgecompress.errors import InternalError, UserError
+from edgecompress.model import CLASSIFICATION
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.compress._pruning import (check_positive, check_ratio, cloned, encoder, encoder_layers, parameter_count, set_config,
                        sync_context)
-from ._taskdata import mean_task_loss, task_data, training_seq_len
+from edgecompress.compress._taskdata import mean_task_loss, task_data, training_seq_len
 
 STRATEGIES = ("every_other", "importance")
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..errors import InternalError, UserError
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._pruning import (HEADS, NEURONS, Pruned, check_positive, check_ratio, cloned, encoder_layers, importance,
+from edgecompress.errors import InternalError, UserError
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.compress._pruning import (HEADS, NEURONS, Pruned, check_positive, check_ratio, cloned, encoder_layers, importance,
                        importance_data, importance_method, parameter_count, set_config, sync_context,
                        units_to_remove)
-from ._recovery import Recovery, recover
-from ._taskdata import task_data, training_seq_len
+from edgecompress.compress._recovery import Recovery, recover
+from edgecompress.compress._taskdata import task_data, training_seq_len
 
 log = logging.getLogger(__name__)
 

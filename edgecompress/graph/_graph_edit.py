@@ -91,7 +91,7 @@ def check_feeds(model, ctx) -> tuple[dict[str, np.ndarray], str]:
     """Token inputs from the calibration texts or synthetic padded rows; float inputs random normal."""
     import onnx
 
-    from .attention_mask_value import check_rows
+    from edgecompress.graph.attention_mask_value import check_rows
 
     feeds, source = check_rows(model, ctx)
     values = {value.name: value for value in model.graph.input}

@@ -12,7 +12,7 @@ import io
 import logging
 import warnings
 
-from ..errors import UserError
+from edgecompress.errors import UserError
 
 log = logging.getLogger(__name__)
 

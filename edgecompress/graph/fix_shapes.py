@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 
 @register_pass
@@ -43,7 +43,7 @@ class FixShapes(Pass):
                           {"fixed": fixed})
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
-        from ..errors import InternalError
+        from edgecompress.errors import InternalError
 
         left = _symbolic_input_dims(result.model)
         if left:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..passes import Pass, PassContext, PassResult, register_pass
+from edgecompress.passes import Pass, PassContext, PassResult, register_pass
 
 
 @register_pass

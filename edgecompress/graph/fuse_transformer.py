@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..errors import InternalError
-from ..logs import captured_library_output
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.errors import InternalError
+from edgecompress.logs import captured_library_output
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def _dynamic_quantize_matmul(op, x, weights, weight_zero, weight_scale):
 def legalize_for_tflite(model, *, rejoin_row_splits: bool = True):
     """`model` with the rewrites above applied, as a copy when any applies (the input is not modified); the
     row splits stay when the lowering keeps ONNX Runtime's per-tensor grids (`rejoin_row_splits=False`)."""
-    from .rejoin_row_slices import rejoin_row_slices
+    from edgecompress.graph.rejoin_row_slices import rejoin_row_slices
 
     triggered = any(node.op_type in _TRIGGERS for node in model.graph.node)
     legal = _rewritten(model) if triggered else model

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._quant_common import Error, is_classifier, op_counts, output_error, run_model, size_mb
+from edgecompress.graph._quant_common import Error, is_classifier, op_counts, output_error, run_model, size_mb
 
 LAYER = re.compile(r"layer\.(\d+)")
 

@@ -38,13 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
-from ..estimate import node_attribute
-from ..logs import captured_library_output
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,
+from edgecompress.errors import UserError
+from edgecompress.estimate import node_attribute
+from edgecompress.logs import captured_library_output
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.graph._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,
                             keep_model_props, nbits_quantizer_class, op_counts, size_mb)
-from .quant_sensitivity import Probe, Thresholds, layer_groups
+from edgecompress.graph.quant_sensitivity import Probe, Thresholds, layer_groups
 
 
 # GatherBlockQuantized blocks must be powers of two of at least 16; larger blocks store fewer scales.

@@ -22,13 +22,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InternalError, UserError
-from ..logs import captured_library_output
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from . import quantize_dynamic
-from ._quant_common import (calibration_rows, copy_model, graph_input_names, keep_model_props, through_file,
+from edgecompress.errors import InternalError, UserError
+from edgecompress.logs import captured_library_output
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.graph import quantize_dynamic
+from edgecompress.graph._quant_common import (calibration_rows, copy_model, graph_input_names, keep_model_props, through_file,
                             with_contrib_shapes)
-from .quant_sensitivity import Thresholds, quantize_except_sensitive
+from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
 
 
 ACTIVATION_TYPES = ("uint8", "int8")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 _INFERENCE_NO_OPS = ("Dropout", "Identity")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InternalError
-from ..passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from ._quant_common import copy_model, size_mb
+from edgecompress.errors import InternalError
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.graph._quant_common import copy_model, size_mb
 
 GATHER_OPS = ("Gather", "GatherBlockQuantized")
 

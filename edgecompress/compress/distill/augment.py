@@ -118,7 +118,7 @@ def near_neighbours(words: set[str], vocab: dict[str, int], word_embeddings, k: 
 def build_transfer_set(teacher, texts: list[str], labels: np.ndarray, options: AugmentOptions, *,
                        seq_len: int, progress: Callable[[int, int], None] | None = None) -> TransferSet:
     """The labelled texts and their augmented copies, tokenized and labelled by the teacher bundle."""
-    from .embeddings import teacher_word_embeddings
+    from edgecompress.compress.distill.embeddings import teacher_word_embeddings
 
     tokenizer = teacher.tokenizer
     augmented = augment(texts, tokenizer.get_vocab(), teacher_word_embeddings(teacher.module.hf_model),
@@ -132,8 +132,8 @@ def build_transfer_set(teacher, texts: list[str], labels: np.ndarray, options: A
 def label_with_teacher(teacher, texts: list[str], *, seq_len: int,
                        progress: Callable[[int, int], None] | None = None):
     """(input_ids, attention_mask, teacher logits) of `texts`, padded and truncated to `seq_len`."""
-    from ...data import tokenize
-    from ...evaluate import reference_outputs
+    from edgecompress.data import tokenize
+    from edgecompress.evaluate import reference_outputs
 
     feeds = tokenize(teacher.tokenizer, texts, seq_len=seq_len, input_names=teacher.input_names)
     logits = reference_outputs(teacher, feeds, progress=progress)

@@ -25,7 +25,7 @@ def write_student(folder: Path, kind: str, config: dict[str, Any], state: dict, 
 
     folder.mkdir(parents=True)
     if kind == "transformer":  # BertConfig's own config.json; save_pretrained would draw a progress bar
-        from .small_bert import new_transformer_student
+        from edgecompress.compress.distill.small_bert import new_transformer_student
 
         new_transformer_student(config).config.to_json_file(str(folder / "config.json"))
     else:
@@ -41,9 +41,9 @@ def load_student(folder: Path, config: dict[str, Any]):
     """Intake for a BiLSTM or CNN student folder -> a ModelBundle taking (input_ids, attention_mask)."""
     import transformers  # noqa: F401  (imported before the capture below, so its log handler is captured too)
 
-    from ...logs import captured_library_output
-    from ...model import CLASSIFICATION, ModelBundle, label_names, load_tokenizer, read_weights
-    from .students import build_student, check_config, check_fits_tokenizer
+    from edgecompress.logs import captured_library_output
+    from edgecompress.model import CLASSIFICATION, ModelBundle, label_names, load_tokenizer, read_weights
+    from edgecompress.compress.distill.students import build_student, check_config, check_fits_tokenizer
 
     where = str(folder / "config.json")
     check_config(config, where)
@@ -63,7 +63,7 @@ def load_student(folder: Path, config: dict[str, Any]):
 
 
 def _check_weights(state: dict, expected: dict, folder: Path) -> None:
-    from ...errors import UserError
+    from edgecompress.errors import UserError
 
     hint = "is config.json from the same checkpoint as the weights?"
     for name, tensor in expected.items():

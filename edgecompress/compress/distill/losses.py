@@ -19,7 +19,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
-from ...errors import UserError
+from edgecompress.errors import UserError
 
 LOGIT_LOSSES = ("mse", "kl")
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...atomic import swap_in
-from ...errors import InternalError, UserError
-from .augment import AugmentOptions
-from .losses import LossOptions
-from .trainer import INIT, JOB, TRAINED, TRANSFER, TrainOptions
+from edgecompress.atomic import swap_in
+from edgecompress.errors import InternalError, UserError
+from edgecompress.compress.distill.augment import AugmentOptions
+from edgecompress.compress.distill.losses import LossOptions
+from edgecompress.compress.distill.trainer import INIT, JOB, TRAINED, TRANSFER, TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _train(work: Path, processes: int) -> None:
     if processes > 1:
         launch_torchrun(work, processes)
         return
-    from .trainer import train
+    from edgecompress.compress.distill.trainer import train
 
     train(work)
 
@@ -104,7 +104,7 @@ def work_dir(out_dir: Path) -> Path:
 
 def plan_distillation(request: DistillRequest) -> Plan:
     """Check the request against the teacher and the data; raises UserError before anything is written."""
-    from ...data import label_ids, load_dataset
+    from edgecompress.data import label_ids, load_dataset
 
     if request.student not in STUDENTS:
         raise UserError(f"unknown student '{request.student}'", expected=f"one of {', '.join(STUDENTS)}")
@@ -136,7 +136,7 @@ def _job(request: DistillRequest, teacher, config: dict[str, Any]) -> dict[str, 
 
 
 def _load_teacher(path: Path):
-    from ...model import CLASSIFICATION, load_bundle
+    from edgecompress.model import CLASSIFICATION, load_bundle
 
     teacher = load_bundle(path)
     if teacher.module is None or teacher.config.get("model_type") != "bert":
@@ -163,10 +163,10 @@ def _student_config(request: DistillRequest, teacher) -> dict[str, Any]:
     overrides = _read_overrides(request.student_config)
     where = str(request.student_config or "student defaults")
     if request.student == "transformer":
-        from .small_bert import transformer_config
+        from edgecompress.compress.distill.small_bert import transformer_config
 
         return transformer_config(teacher.config, overrides, tokenizer=teacher.tokenizer, where=where)
-    from .students import student_config
+    from edgecompress.compress.distill.students import student_config
 
     return student_config(request.student, overrides, tokenizer=teacher.tokenizer, labels=teacher.labels,
                           max_positions=teacher.config.get("max_position_embeddings", 512), where=where)
@@ -252,7 +252,7 @@ def _atomic_copy(source: Path, target: Path) -> None:
 def _write_transfer_set(plan: Plan, path: Path) -> None:
     import numpy as np
 
-    from .augment import build_transfer_set
+    from edgecompress.compress.distill.augment import build_transfer_set
 
     identity = plan.job["transfer"]
     options = AugmentOptions(**identity["augment"])
@@ -286,12 +286,12 @@ def _write_initial_student(plan: Plan, work: Path) -> None:
     import numpy as np
     import torch
 
-    from .trainer import new_student
+    from edgecompress.compress.distill.trainer import new_student
 
     torch.manual_seed(plan.job["train"]["seed"])
     hf_teacher = plan.teacher.module.hf_model
     if plan.job["kind"] == "transformer":
-        from .small_bert import init_from_teacher
+        from edgecompress.compress.distill.small_bert import init_from_teacher
 
         config = plan.config
         student = new_student("transformer", config)
@@ -309,8 +309,8 @@ def _embedding_student(plan: Plan, transfer, hf_teacher):
     (`embeddings.py`: contextual ones from the labelled texts of the transfer set, or the word table)."""
     import torch
 
-    from .embeddings import contextual_token_vectors, kept_tokens, pca_projection, teacher_word_embeddings, token_map
-    from .students import build_student
+    from edgecompress.compress.distill.embeddings import contextual_token_vectors, kept_tokens, pca_projection, teacher_word_embeddings, token_map
+    from edgecompress.compress.distill.students import build_student
 
     input_ids, attention_mask = torch.from_numpy(transfer["input_ids"]), torch.from_numpy(transfer["attention_mask"])
     tokenizer = plan.teacher.tokenizer
@@ -362,7 +362,7 @@ def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    from .checkpoint import write_student
+    from edgecompress.compress.distill.checkpoint import write_student
 
     out = plan.request.out_dir
     trained = torch.load(work / TRAINED, weights_only=True)

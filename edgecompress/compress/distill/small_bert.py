@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import UserError
-from .losses import even_layer_map
+from edgecompress.errors import UserError
+from edgecompress.compress.distill.losses import even_layer_map
 
 SETTINGS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "teacher_layers",
             "vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -67,7 +67,7 @@ def init_from_teacher(student, config: dict[str, Any], teacher_hf) -> None:
     """Copy the teacher's parts into a new student (see the module docstring)."""
     import torch
 
-    from .embeddings import pca_projection, teacher_word_embeddings
+    from edgecompress.compress.distill.embeddings import pca_projection, teacher_word_embeddings
 
     with torch.no_grad():
         if not same_width(config, teacher_hf.config.to_dict()):

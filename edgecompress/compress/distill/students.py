@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ...errors import UserError
+from edgecompress.errors import UserError
 
 MODEL_TYPE = "edgecompress-student"
 ARCHITECTURES = {"bilstm": "EdgecompressBiLSTMClassifier", "cnn": "EdgecompressCNNClassifier"}

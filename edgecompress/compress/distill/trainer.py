@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import EdgecompressError, InternalError
-from .losses import LossOptions
+from edgecompress.errors import EdgecompressError, InternalError
+from edgecompress.compress.distill.losses import LossOptions
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _teacher(job: dict):
     """The frozen teacher, only when the losses read its hidden states or attention maps."""
     if not LossOptions(**_loss_fields(job)).uses_internals:
         return None
-    from ...model import load_checkpoint
+    from edgecompress.model import load_checkpoint
 
     teacher = load_checkpoint(Path(job["transfer"]["teacher"])).module.hf_model.eval()
     teacher.requires_grad_(False)
@@ -164,7 +164,7 @@ def _objective(work: Path, job: dict, teacher):
     """Student (from init.pt) plus, for a narrower transformer's hidden-state loss, a learned projection."""
     import torch
 
-    from .losses import objective
+    from edgecompress.compress.distill.losses import objective
 
     init = torch.load(work / INIT, weights_only=True)
     student = new_student(job["kind"], init["config"])
@@ -179,10 +179,10 @@ def _objective(work: Path, job: dict, teacher):
 def new_student(kind: str, config: dict):
     """A student module of `kind` with fresh weights."""
     if kind == "transformer":
-        from .small_bert import new_transformer_student
+        from edgecompress.compress.distill.small_bert import new_transformer_student
 
         return new_transformer_student(config)
-    from .students import build_student
+    from edgecompress.compress.distill.students import build_student
 
     return build_student(config)
 

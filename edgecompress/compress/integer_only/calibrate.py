@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ...errors import UserError
+from edgecompress.errors import UserError
 
 # Activation points, by module path suffix -> (what is observed, point name). "in" is the module's
 # first input, "out" its output.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import InternalError
+from edgecompress.errors import InternalError
 
 DYADIC_BITS = 24  # b in [2^23, 2^24]: relative error of a requantization multiplier <= 2^-24
 LN_FRACTION_BITS = 16  # LayerNorm's normalized value (x - mean) / std, fixed point at 2^-16

@@ -18,9 +18,9 @@ import math
 import numpy as np
 import torch
 
-from ...errors import UserError
-from .kernels import TORCH, dyadic, layernorm_params, linear_params, quantize_float
-from .program import (GELU_BITS, HIDDEN_BITS, LOGIT_BITS, RESIDUAL_BITS, EmbeddingPlan, HeadPlan, IntegerPlan,
+from edgecompress.errors import UserError
+from edgecompress.compress.integer_only.kernels import TORCH, dyadic, layernorm_params, linear_params, quantize_float
+from edgecompress.compress.integer_only.program import (GELU_BITS, HIDDEN_BITS, LOGIT_BITS, RESIDUAL_BITS, EmbeddingPlan, HeadPlan, IntegerPlan,
                       LayerPlan, integer_forward)
 
 # Module types the integer lowering knows, by class name (transformers' BERT family, eager attention).
@@ -150,7 +150,7 @@ def _layer_plan(layer, r: dict, hidden_scale: float) -> LayerPlan:
 
 def _gelu_output_scale(input_scale: float) -> float:
     """i-GELU's output scale relative to its input scale (it depends only on the input scale)."""
-    from .kernels import i_gelu
+    from edgecompress.compress.integer_only.kernels import i_gelu
 
     _, scale = i_gelu(TORCH, torch.zeros(1, dtype=torch.long), input_scale)
     return scale / input_scale
@@ -189,7 +189,7 @@ class IntegerBert(torch.nn.Module):
             return integer_forward(TORCH, self.plan, input_ids.long(), attention_mask.long(), token_type_ids.long())
 
     def to_onnx(self, sample_feeds, *, input_names, output_name):
-        from .lower import lower_plan
+        from edgecompress.compress.integer_only.lower import lower_plan
 
         return lower_plan(self.plan, input_names=tuple(input_names), output_name=output_name)
 

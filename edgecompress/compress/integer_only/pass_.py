@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import InternalError, UserError
-from ...model import CLASSIFICATION
-from ...passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from .calibrate import calibrate
-from .model import check_convertible, integer_bert
+from edgecompress.errors import InternalError, UserError
+from edgecompress.model import CLASSIFICATION
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.compress.integer_only.calibrate import calibrate
+from edgecompress.compress.integer_only.model import check_convertible, integer_bert
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class IntegerOnly(Pass):
         ranges = calibrate(model, ctx.calibration, rows=rows, percentile=self.percentile)
         notes, stats = [], {"calibration_rows": rows, "percentile": self.percentile}
         if self.qat_epochs > 0:
-            from .qat import quantization_aware_training
+            from edgecompress.compress.integer_only.qat import quantization_aware_training
 
             trained = quantization_aware_training(model, float_model, bundle, ctx, ranges, self)
             stats.update(trained)

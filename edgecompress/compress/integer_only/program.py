@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import (Dyadic, LayerNormParams, LinearParams, i_gelu, i_layernorm, i_linear, i_softmax, i_tanh,
+from edgecompress.compress.integer_only.kernels import (Dyadic, LayerNormParams, LinearParams, i_gelu, i_layernorm, i_linear, i_softmax, i_tanh,
                       requantize)
 
 HIDDEN_BITS = 16  # the residual stream between layers

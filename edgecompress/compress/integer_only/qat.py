@@ -21,10 +21,10 @@ from typing import Iterator
 import torch
 from torch.nn.utils import parametrize
 
-from .. import _recovery
-from .._taskdata import task_data, training_seq_len
-from ...reference import ReferenceModule
-from .kernels import GELU_A, GELU_B
+from edgecompress.compress import _recovery
+from edgecompress.compress._taskdata import task_data, training_seq_len
+from edgecompress.reference import ReferenceModule
+from edgecompress.compress.integer_only.kernels import GELU_A, GELU_B
 
 INT8 = 127
 
