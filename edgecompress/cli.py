@@ -83,7 +83,7 @@ def main(verbose: bool) -> None:
 def export(model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure,
            as_json):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
-    from edgecompress.float_twin import slower_note
+    from edgecompress.measure.float_twin import slower_note
     from edgecompress.pipeline import ExportRequest, run_export
 
     request = ExportRequest(model=model, device=device, out_root=out_root, data=data, calibration=calibration,
@@ -152,7 +152,7 @@ def devices_show(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check(folder: Path, device: str, as_json: bool) -> None:
     """Re-check the artifacts in FOLDER (an export's output) against another DEVICE's budgets."""
-    from edgecompress.recheck import recheck
+    from edgecompress.report.recheck import recheck
 
     verdicts = _run_guarded(lambda: recheck(folder, device))
     if as_json:
@@ -172,10 +172,11 @@ def check(folder: Path, device: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json: bool) -> None:
     """Measure ARTIFACT on this host through the standalone runner."""
-    from edgecompress.measure import RUNTIME_FOR_SUFFIX, describe, run_runner, runner_for
+    from edgecompress.backends import artifact_suffixes
+    from edgecompress.measure.runner import describe, run_runner, runner_for
 
     def measure():
-        expected = f"an artifact file ({', '.join(sorted(RUNTIME_FOR_SUFFIX))})"
+        expected = f"an artifact file ({', '.join(artifact_suffixes())})"
         if artifact.is_dir():
             raise UserError("artifact is a folder, not a file", where=str(artifact), expected=expected,
                             hint=f"pass a file inside it, e.g. {artifact / 'model.onnx'}")
@@ -226,9 +227,9 @@ def distill(teacher, student, train_data, out_dir, augment, epochs, batch_size, 
             logit_loss, temperature, hard_weight, hidden_weight, attention_weight, layer_map, transfer_set, processes,
             seed):
     """Distill TEACHER (a fine-tuned classifier checkpoint) into a small student checkpoint folder."""
-    from edgecompress.compress.distill.run import DistillRequest, distill as run_distill
+    from edgecompress.distill.run import DistillRequest, distill as run_distill
 
-    logging.getLogger("edgecompress.compress.distill").setLevel(logging.INFO)  # progress, step/total, ETA
+    logging.getLogger("edgecompress.distill").setLevel(logging.INFO)  # progress, step/total, ETA
     training = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     losses = {k: v for k, v in dict(logit_loss=logit_loss, temperature=temperature, hard_weight=hard_weight,
                                     hidden_weight=hidden_weight, attention_weight=attention_weight).items()

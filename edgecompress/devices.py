@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgecompress.backends import artifact_kinds
 from edgecompress.errors import UserError
 from edgecompress.paths import device_profiles_dir
 from edgecompress.recipe import QUANTIZE_MODES
@@ -29,7 +30,6 @@ else:  # pyproject pulls in tomli on 3.10
     import tomli as tomllib
 
 FEATURES = ("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2", "sme")
-ARTIFACTS = ("onnx", "ort", "tflite")
 KINDS = ("phone", "board")
 OPERATING_SYSTEMS = ("android", "linux")
 _OPS_PER_CYCLE_FIELD = {"fp32": "fp32_flops_per_cycle", "int8": "int8_ops_per_cycle"}
@@ -303,7 +303,7 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
     soc = reader.table(top["soc"], "soc", _SOC_RULES)
     clusters = tuple(Cluster(**reader.table(cluster, f"soc.clusters[{index}]", _CLUSTER_RULES, _OPTIONAL))
                      for index, cluster in enumerate(soc["clusters"]))
-    artifacts = reader.choices(top["artifacts"], "artifacts", ARTIFACTS)
+    artifacts = reader.choices(top["artifacts"], "artifacts", artifact_kinds())
     quantize = top.get("quantize", "none")
     if quantize not in QUANTIZE_MODES:
         raise reader.error(f"field 'quantize' must be one of {', '.join(QUANTIZE_MODES)}, got {_show(quantize)}")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecompress import __version__
-from edgecompress.data import tokenize
+from edgecompress.intake.data import tokenize
 from edgecompress.atomic import swap_in
 from edgecompress.errors import UserError, VerificationError
 from edgecompress.passes import PassContext, PassRecord, apply_pass
@@ -159,7 +159,7 @@ def _compress(run: Run, context: PassContext) -> None:
 
 
 def _finish(run: Run, staging: Path):
-    from edgecompress import package
+    from edgecompress.report import manifest as package
     from edgecompress.backends import emit_all
 
     with run.stage("emit", ", ".join(run.profile.artifacts)) as summary:
@@ -188,15 +188,15 @@ def _finish(run: Run, staging: Path):
 
 
 def _intake(request: ExportRequest):
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     return load_bundle(request.model, tokenizer_dir=request.tokenizer)
 
 
 def _prepare_data(bundle, data_path: Path | None, seq_len: int):
-    from edgecompress.data import TextDataset, label_ids, load_dataset, tokenize
-    from edgecompress.model import CLASSIFICATION
-    from edgecompress.samples import SAMPLE_TEXTS
+    from edgecompress.intake.data import TextDataset, label_ids, load_dataset, tokenize
+    from edgecompress.intake.model import CLASSIFICATION
+    from edgecompress.intake.samples import SAMPLE_TEXTS
 
     max_length = bundle.tokenizer_settings.max_length
     if seq_len > max_length:
@@ -220,8 +220,8 @@ def _pass_context(bundle, profile) -> PassContext:
 
 
 def _train_data(bundle, request: ExportRequest):
-    from edgecompress.data import load_dataset
-    from edgecompress.model import CLASSIFICATION
+    from edgecompress.intake.data import load_dataset
+    from edgecompress.intake.model import CLASSIFICATION
 
     if request.train_data is None:
         return None
@@ -229,7 +229,7 @@ def _train_data(bundle, request: ExportRequest):
 
 
 def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
-    from edgecompress.data import load_dataset, tokenize
+    from edgecompress.intake.data import load_dataset, tokenize
 
     if request.calibration is not None:
         texts = load_dataset(request.calibration, require_labels=False).texts
@@ -238,7 +238,7 @@ def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
 
 
 def _reference(bundle, feeds, run: Run) -> np.ndarray:
-    from edgecompress.evaluate import reference_outputs
+    from edgecompress.verify.evaluate import reference_outputs
 
     return reference_outputs(bundle, feeds, progress=run.ticker("reference"))
 
@@ -251,7 +251,7 @@ def _apply_stage(passes, model, context: PassContext, run: Run):
 
 
 def _rewrite(run: Run, context: PassContext) -> None:
-    from edgecompress.float_twin import rewrite_with_twin
+    from edgecompress.rewrite import rewrite_with_twin
 
     rewrite = rewrite_with_twin(run.recipe.graph, run.graph, context)
     run.graph, run.float_twin = rewrite.graph, rewrite.float_twin
@@ -265,9 +265,9 @@ LOWERING_CHECK_ROWS = 32
 def _lower(bundle, feeds, reference: np.ndarray):
     import onnx
 
-    from edgecompress.evaluate import compare, ort_session, run_session
-    from edgecompress.graph.export import export_onnx
-    from edgecompress.model import CLASSIFICATION
+    from edgecompress.verify.evaluate import compare, ort_session, run_session
+    from edgecompress.lower import export_onnx
+    from edgecompress.intake.model import CLASSIFICATION
 
     if bundle.module is None:
         graph = onnx.ModelProto()
@@ -288,7 +288,7 @@ def _lower(bundle, feeds, reference: np.ndarray):
 def parity_atol(bundle) -> float:
     """Float models match to FLOAT_PARITY_ATOL; a torch module that is not float states its own tolerance
     as `parity_atol` (an integer-only model: one least-significant bit of its output scale)."""
-    from edgecompress.evaluate import FLOAT_PARITY_ATOL
+    from edgecompress.verify.evaluate import FLOAT_PARITY_ATOL
 
     return float(getattr(bundle.module, "parity_atol", FLOAT_PARITY_ATOL))
 
@@ -298,7 +298,7 @@ def _verify(run: Run):
 
     Returns (parity, outputs) per artifact; the outputs feed accuracy and agreement in the report.
     """
-    from edgecompress.model import CLASSIFICATION
+    from edgecompress.intake.model import CLASSIFICATION
 
     lossy = any(r.lossy for r in run.pass_records if r.stage == "graph")
     classification = run.bundle.kind == CLASSIFICATION
@@ -318,7 +318,7 @@ def _verify(run: Run):
 
 def _against_reference(run: Run, artifact, label: str, *, lossy: bool, classification: bool):
     """(parity with the reference model, outputs) of one artifact file run on every text."""
-    from edgecompress.evaluate import artifact_outputs, compare
+    from edgecompress.verify.evaluate import artifact_outputs, compare
 
     outputs = artifact_outputs(artifact, run.feeds, output_name=run.bundle.output_name, progress=run.ticker(label))
     return compare(run.reference, outputs, classification=classification, lossy=lossy,
@@ -326,7 +326,7 @@ def _against_reference(run: Run, artifact, label: str, *, lossy: bool, classific
 
 
 def _against_runtime(run: Run, ort_outputs, outputs, *, lossy: bool, classification: bool):
-    from edgecompress.evaluate import compare_runtimes
+    from edgecompress.verify.evaluate import compare_runtimes
 
     return compare_runtimes(ort_outputs, outputs, classification=classification, lossy=lossy,
                             atol=parity_atol(run.bundle))
@@ -335,7 +335,7 @@ def _against_runtime(run: Run, ort_outputs, outputs, *, lossy: bool, classificat
 def _cross_check(run: Run, checks, *, lossy: bool, classification: bool) -> list[dict | None]:
     """Each non-ONNX-Runtime artifact against the ONNX Runtime one of the same export (or the final graph
     run in ONNX Runtime when the profile ships none): one export must be one model on every runtime."""
-    from edgecompress.evaluate import ort_session, run_session
+    from edgecompress.verify.evaluate import ort_session, run_session
 
     others = [i for i, a in enumerate(run.artifacts) if a.runtime != "onnxruntime"]
     if not others:
@@ -365,11 +365,11 @@ def _cross_check(run: Run, checks, *, lossy: bool, classification: bool) -> list
 def _write_exact(run: Run, i: int, checks, ort_outputs, missed, *, lossy: bool, classification: bool):
     """Write artifact `i` again with its runtime's exact writer (ONNX Runtime's integers) when it has one,
     check it like the first, and say so in the report; returns the new cross-runtime parity (or `missed`)."""
-    from edgecompress import package
-    from edgecompress.backends import exact_writer_for
+    from edgecompress.report import manifest as package
+    from edgecompress.backends import backend_for
 
     first = run.artifacts[i]
-    write = exact_writer_for(first.runtime)
+    write = backend_for(first.runtime).exact_writer
     if write is None:
         return missed
     artifact = write(run.graph, first.path.parent)
@@ -419,7 +419,7 @@ def _measure(run: Run) -> list[dict | None]:
 
 def _measure_float_twin(run: Run) -> list[dict | None]:
     """Time the float twin of a quantized export with the same runner, to flag a quantization that slows."""
-    from edgecompress.float_twin import compare_speed, measure_twin
+    from edgecompress.measure.float_twin import compare_speed, measure_twin
 
     if run.float_twin is None or not run.request.measure:
         return [None for _ in run.artifacts]
@@ -436,10 +436,11 @@ def _host_threads(profile) -> int:
 
 def _time_artifact(run: Run, artifact, threads: int) -> dict:
     """The artifact in its runtime's standalone runner, on the first eval text, as the report quotes it."""
-    from edgecompress.measure import RUNNERS, run_runner
+    from edgecompress.backends import backend_for
+    from edgecompress.measure.runner import run_runner
 
     first_row = {name: values[:1] for name, values in run.feeds.items()}
-    return run_runner(artifact.path, runner=RUNNERS[artifact.runtime], threads=threads, runs=run.request.runs,
+    return run_runner(artifact.path, runner=backend_for(artifact.runtime).runner, threads=threads, runs=run.request.runs,
                       warmup=run.request.warmup, inputs=first_row)
 
 

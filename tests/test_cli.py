@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from edgecompress.cli import main
-from edgecompress.measure import RUNTIME_FOR_SUFFIX
+from edgecompress.backends import artifact_suffixes
 from edgecompress.paths import device_profiles_dir
 
 from conftest import user_error
 
 SHIPPED = sorted(p.stem for p in device_profiles_dir().glob("*.toml"))
-SUFFIXES = ", ".join(sorted(RUNTIME_FOR_SUFFIX))  # .onnx, .ort (and .tflite where LiteRT is wired in)
+SUFFIXES = ", ".join(artifact_suffixes())  # .onnx, .ort (and .tflite where LiteRT is wired in)
 EXPORT_FILES = {"model.onnx", "model.ort", "required_operators.config", "manifest.json", "report.json",
                 "report.md", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "labels.txt"}
 
@@ -216,10 +216,10 @@ def test_export_failing_after_staging_keeps_the_previous_output(previous, monkey
     """A verification failure happens with the staging folder half written: it must vanish, the old stays."""
     import numpy as np
 
-    import edgecompress.evaluate
+    import edgecompress.verify.evaluate
 
     root, before = previous
-    monkeypatch.setattr(edgecompress.evaluate, "artifact_outputs",
+    monkeypatch.setattr(edgecompress.verify.evaluate, "artifact_outputs",
                         lambda artifact, feeds, **_: np.full((len(feeds["input_ids"]), 2), 9.0, np.float32))
     result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
                     "--no-measure")

@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.graph.cls_row_apart import ClsRowApart
-from edgecompress.graph.legalize_tflite import legalize_for_tflite
+from edgecompress.backends.tflite.legalize import legalize_for_tflite
 from edgecompress.graph.quantize_dynamic import quantize_nodes, weighted_nodes
-from edgecompress.graph.rejoin_row_slices import rejoin_row_slices
+from edgecompress.backends.tflite.rejoin_row_slices import rejoin_row_slices
 from edgecompress.passes import PassContext, apply_pass
 
 from test_tflite_backend import tflite_device  # noqa: F401  (the tiny device with a .tflite, a fixture)
@@ -155,7 +155,7 @@ def test_a_joined_float_block_computes_what_the_unsplit_one_does():
 
 def test_dynamic_int8_export_splits_for_onnxruntime_and_joins_for_litert(tiny_checkpoint, tflite_device, tiny_data,
                                                                          tmp_path):
-    from edgecompress.backends.tflite import audit_tflite
+    from edgecompress.backends.tflite.artifact import audit_tflite
     from edgecompress.pipeline import ExportRequest, run_export
 
     result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tflite_device), out_root=tmp_path,

@@ -182,7 +182,7 @@ def test_wrong_rewrite_fails_loudly(monkeypatch):
 
 def test_cnn_student_dynamic_int8_has_no_conv_integer_and_its_tflite_verifies(
         student_folders, tiny_device, tiny_data, tmp_path):  # noqa: F811
-    from edgecompress.backends.tflite import audit_tflite, load_interpreter
+    from edgecompress.backends.tflite.artifact import audit_tflite, load_interpreter
     from edgecompress.pipeline import ExportRequest, run_export
 
     result = run_export(ExportRequest(model=student_folders["cnn"], device=str(tiny_device), out_root=tmp_path,

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecompress.cli import main
-from edgecompress.data import load_dataset, label_ids, tokenize
+from edgecompress.intake.data import load_dataset, label_ids, tokenize
 
 from conftest import user_error
 
@@ -39,14 +39,14 @@ def out(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier(tiny_checkpoint):
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     return load_bundle(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def encoder(tiny_encoder):
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     return load_bundle(tiny_encoder)
 
@@ -238,7 +238,7 @@ def test_tokenize_pads_truncates_and_fills_token_types(classifier):
 
 
 def test_label_ids_prefers_names_and_reports_unknown_ones():
-    from edgecompress.data import TextDataset
+    from edgecompress.intake.data import TextDataset
     from edgecompress.errors import UserError
 
     data = TextDataset(Path("x.csv"), ["a", "b"], ["positive", "negative"])

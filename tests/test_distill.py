@@ -18,18 +18,18 @@ import torch
 from click.testing import CliRunner
 
 from edgecompress.cli import main
-from edgecompress.compress.distill import trainer
-from edgecompress.compress.distill.augment import (AugmentOptions, augment, build_transfer_set, near_neighbours,
+from edgecompress.distill import trainer
+from edgecompress.distill.augment import (AugmentOptions, augment, build_transfer_set, near_neighbours,
                                                    perturb, whole_word)
-from edgecompress.compress.distill.embeddings import contextual_token_vectors, teacher_word_embeddings
-from edgecompress.compress.distill.losses import (LossOptions, attention_loss, even_layer_map, hard_loss,
+from edgecompress.distill.embeddings import contextual_token_vectors, teacher_word_embeddings
+from edgecompress.distill.losses import (LossOptions, attention_loss, even_layer_map, hard_loss,
                                                   hidden_loss, logit_loss, prediction_loss)
-from edgecompress.compress.distill.run import DistillRequest, distill, plan_distillation, prepare, work_dir
-from edgecompress.compress.distill.students import build_student, student_config
-from edgecompress.data import tokenize
+from edgecompress.distill.run import DistillRequest, distill, plan_distillation, prepare, work_dir
+from edgecompress.distill.students import build_student, student_config
+from edgecompress.intake.data import tokenize
 from edgecompress.errors import UserError
-from edgecompress.evaluate import reference_outputs
-from edgecompress.model import load_bundle
+from edgecompress.verify.evaluate import reference_outputs
+from edgecompress.intake.model import load_bundle
 from edgecompress.pipeline import ExportRequest, run_export
 
 from conftest import SENTENCES, build_tiny_checkpoint, user_error, write_csv
@@ -323,7 +323,7 @@ def test_interrupted_training_resumes_to_the_same_weights(teacher, tiny_data, tm
 
 
 def test_transfer_set_is_saved_once_and_reused(teacher, tiny_data, tmp_path, monkeypatch):
-    from edgecompress.compress.distill import augment as augment_module
+    from edgecompress.distill import augment as augment_module
 
     saved = tmp_path / "transfer.npz"
     distill(request(teacher, tiny_data, tmp_path / "cnn", "cnn", epochs=1, transfer_set=saved))
@@ -353,7 +353,7 @@ def test_two_gloo_processes_end_with_identical_weights(teacher, tiny_data, tmp_p
 
 
 def test_narrow_transformer_student_learns_through_a_projection(teacher, tiny_data, tmp_path, monkeypatch):
-    from edgecompress.compress.distill import losses
+    from edgecompress.distill import losses
 
     config = tmp_path / "narrow.json"
     config.write_text(json.dumps({"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}))
@@ -494,7 +494,7 @@ def test_cli_rejects_transformer_losses_for_a_bilstm(teacher, tiny_data, tmp_pat
 
 def test_importing_the_distill_modules_imports_no_torch():
     """The pass registry imports every module under edgecompress.compress; torch costs seconds to import."""
-    code = ("import importlib, pkgutil, sys, edgecompress.compress.distill as d\n"
+    code = ("import importlib, pkgutil, sys, edgecompress.distill as d\n"
             "for m in pkgutil.walk_packages(d.__path__, d.__name__ + '.'): importlib.import_module(m.name)\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

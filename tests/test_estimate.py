@@ -8,13 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.errors import UserError
-from edgecompress.estimate import (
-    MEMORY_METHOD,
-    estimate_latency,
-    estimate_memory,
-    infer_shapes,
-    op_histogram,
-)
+from edgecompress.measure.estimate import MEMORY_METHOD, estimate_latency, estimate_memory
+from edgecompress.onnx_facts import infer_shapes, op_histogram
 
 FLOAT = TensorProto.FLOAT
 DEVICE = dict(peak_fp32_ops_per_s=1e9, peak_int8_ops_per_s=4e9, bandwidth_bytes_per_s=1e9)

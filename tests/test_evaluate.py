@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompress.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
-from edgecompress.data import tokenize
+from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
+from edgecompress.intake.data import tokenize
 from edgecompress.devices import get_profile
-from edgecompress.evaluate import FLOAT_PARITY_ATOL, LOSSY_MIN_AGREEMENT, compare, reference_outputs
-from edgecompress.model import load_bundle
-from edgecompress.report import ESTIMATED, Figure
+from edgecompress.verify.evaluate import FLOAT_PARITY_ATOL, LOSSY_MIN_AGREEMENT, compare, reference_outputs
+from edgecompress.intake.model import load_bundle
+from edgecompress.report.document import ESTIMATED, Figure
 
 from conftest import SENTENCES
 
@@ -83,7 +83,7 @@ def test_accuracy_guard_names_the_variant_and_both_accuracies():
 
 
 def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():
-    from edgecompress.evaluate import compare_runtimes
+    from edgecompress.verify.evaluate import compare_runtimes
 
     ort = np.tile(np.array([[1.0, 0.0]], np.float32), (200, 1))
     tflite = ort.copy()
@@ -95,7 +95,7 @@ def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():
 
 
 def test_float_tflite_must_match_onnxruntime_to_the_float_tolerance():
-    from edgecompress.evaluate import compare_runtimes
+    from edgecompress.verify.evaluate import compare_runtimes
 
     ort = np.zeros((4, 2), np.float32)
     assert compare_runtimes(ort, ort + 5e-5, classification=True, lossy=False).passed

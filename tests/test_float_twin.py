@@ -6,15 +6,16 @@ import json
 
 import onnx
 
-from edgecompress.float_twin import compare_speed, rewrite_with_twin
+from edgecompress.measure.float_twin import compare_speed
+from edgecompress.rewrite import rewrite_with_twin
 from edgecompress.passes import PassContext
 from edgecompress.recipe import load_recipe
 
 
 def _lowered(tiny_checkpoint, tiny_data):
-    from edgecompress.data import load_dataset, tokenize
-    from edgecompress.graph.export import export_onnx
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.data import load_dataset, tokenize
+    from edgecompress.lower import export_onnx
+    from edgecompress.intake.model import load_bundle
 
     bundle = load_bundle(tiny_checkpoint)
     feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=False).texts, seq_len=16, input_names=bundle.input_names)

@@ -7,15 +7,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgecompress.data import tokenize
+from edgecompress.intake.data import tokenize
 from edgecompress.errors import InternalError
 from edgecompress.graph.attention_mask_value import AttentionMaskValue, mask_value
-from edgecompress.graph.export import export_onnx
+from edgecompress.lower import export_onnx
 from edgecompress.graph.fix_shapes import FixShapes
 from edgecompress.graph.fold_constants import FoldConstants
 from edgecompress.graph.fuse_transformer import FuseTransformer
 from edgecompress.graph.remove_training_nodes import RemoveTrainingNodes
-from edgecompress.model import load_bundle
+from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, apply_pass
 
 from conftest import SENTENCES

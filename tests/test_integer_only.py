@@ -21,10 +21,10 @@ from edgecompress.compress.integer_only.calibrate import calibrate
 from edgecompress.compress.integer_only.lower import float_nodes
 from edgecompress.compress.integer_only.model import integer_bert
 from edgecompress.compress.integer_only.pass_ import IntegerOnly
-from edgecompress.data import tokenize
+from edgecompress.intake.data import tokenize
 from edgecompress.errors import UserError
 from edgecompress.graph.fix_shapes import FixShapes
-from edgecompress.model import load_bundle
+from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, PassSkipped, apply_pass
 from edgecompress.recipe import load_recipe
 
@@ -305,7 +305,7 @@ def test_fake_quantized_model_sees_the_integer_rounding(bundle, feeds, integer):
 
 
 def test_pass_with_qat_trains_then_converts(bundle, feeds, tiny_data, tmp_path):
-    from edgecompress.data import load_dataset
+    from edgecompress.intake.data import load_dataset
 
     before = {k: v.clone() for k, v in bundle.module.hf_model.state_dict().items()}
     ctx = _ctx(feeds, train_data=load_dataset(tiny_data, require_labels=True))

@@ -15,8 +15,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.backends.tflite_lower import lower_to_tflite
-from edgecompress.measure import RUNNERS, SCHEMA, describe, run_runner, runner_for
+from edgecompress.backends.tflite.lowering import lower_to_tflite
+from edgecompress.backends import backend_for
+from edgecompress.measure.runner import SCHEMA, describe, run_runner, runner_for
 from edgecompress.paths import runtimes_dir
 
 pytest.importorskip("ai_edge_litert")
@@ -190,7 +191,7 @@ def test_runner_is_standalone(model_path, tmp_path):
 
 
 def test_measure_knows_the_runner_and_round_trips(model_path):
-    assert runner_for(model_path) == RUNNERS["litert"] == "litert_runner"
+    assert runner_for(model_path) == backend_for("litert").runner == "litert_runner"
     result = run_runner(model_path, runner="litert_runner", threads=1, runs=5, warmup=1, inputs=feeds())
     assert result["schema"] == SCHEMA and result["inputs"]["input_ids"]["source"] == "file"
     assert describe(result).startswith("measured on host (litert ")

@@ -240,7 +240,7 @@ def test_bin_that_is_not_a_state_dict(ckpt, tiny_device, tiny_data, out, payload
 # ---- loading, without the CLI ----------------------------------------------------------------------------------
 
 def test_bundle_of_a_classifier_and_of_an_encoder(tiny_checkpoint, tiny_encoder):
-    from edgecompress.model import CLASSIFICATION, EMBEDDING, load_bundle
+    from edgecompress.intake.model import CLASSIFICATION, EMBEDDING, load_bundle
 
     classifier = load_bundle(tiny_checkpoint)
     assert (classifier.kind, classifier.labels, classifier.output_name) == (
@@ -258,7 +258,7 @@ def test_loaded_weights_are_the_checkpoint_weights(tiny_checkpoint):
     import torch
     from transformers import BertForSequenceClassification
 
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     bundle = load_bundle(tiny_checkpoint)
     reference = BertForSequenceClassification.from_pretrained(str(tiny_checkpoint)).eval()
@@ -276,7 +276,7 @@ def test_prefixless_weights_are_aligned(ckpt):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     state = load_file(str(ckpt / "model.safetensors"))
     original = load_bundle(ckpt)

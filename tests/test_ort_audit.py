@@ -7,8 +7,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.backends import Artifact
-from edgecompress.backends.ort import emit_ort
-from edgecompress.backends.ort_audit import audit_for_report
+from edgecompress.backends.ort.artifact import emit_ort
+from edgecompress.backends.ort.audit import audit_for_report
 
 
 def _integer_graph(float_in_the_middle: bool) -> onnx.ModelProto:

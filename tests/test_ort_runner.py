@@ -1,4 +1,4 @@
-"""The standalone onnxruntime runner (runtimes/ort_runner.py) and its host wrapper edgecompress.measure."""
+"""The standalone onnxruntime runner (runtimes/ort_runner.py) and its host wrapper edgecompress.measure.runner."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.measure import RUNNERS, SCHEMA, describe, run_runner
+from edgecompress.backends import backend_for
+from edgecompress.measure.runner import SCHEMA, describe, run_runner
 from edgecompress.paths import runtimes_dir
 
 RUNNER = runtimes_dir() / "ort_runner.py"
@@ -220,7 +221,7 @@ def test_runner_is_standalone(model_path, tmp_path):
 
 
 def test_measure_run_runner_round_trip(model_path):
-    result = run_runner(model_path, runner=RUNNERS["onnxruntime"], threads=1, runs=5, warmup=1, inputs=feeds(10))
+    result = run_runner(model_path, runner=backend_for("onnxruntime").runner, threads=1, runs=5, warmup=1, inputs=feeds(10))
     assert result["schema"] == SCHEMA and result["runs"] == 5
     assert result["inputs"]["input_ids"] == {"shape": [1, 10], "dtype": "int64", "source": "file"}
     synthetic = run_runner(model_path, threads=2, runs=5, warmup=0, seq_len=6)
@@ -239,7 +240,7 @@ def test_measure_maps_the_runners_input_errors_to_user_errors(tmp_path):
 
 
 def test_measure_raises_internal_error_when_the_runner_crashes(tmp_path, monkeypatch):
-    monkeypatch.setattr("edgecompress.measure.runner_script", lambda runner: tmp_path / "crash.py")
+    monkeypatch.setattr("edgecompress.measure.runner.runner_script", lambda runner: tmp_path / "crash.py")
     (tmp_path / "crash.py").write_text("import sys; sys.stderr.write('boom\\n'); sys.exit(1)\n")
     with pytest.raises(InternalError, match="exited with 1: boom"):
         run_runner(tmp_path / "m.onnx", threads=1, runs=5, warmup=0)

@@ -19,9 +19,9 @@ from edgecompress.compress.prune_ffn import PruneFfn
 from edgecompress.compress.prune_heads import PruneHeads
 from edgecompress.compress.prune_schedule import PruneSchedule
 from edgecompress.compress.trim_vocab import TrimVocab
-from edgecompress.data import load_dataset, tokenize
+from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.errors import UserError
-from edgecompress.model import load_bundle
+from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, apply_pass
 from edgecompress.paths import recipes_dir
 from edgecompress.pipeline import ExportRequest, run_export

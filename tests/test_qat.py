@@ -20,9 +20,9 @@ from edgecompress.compress._fake_quant import (INT8_REDUCED, INT8_SYMMETRIC, UIN
 from edgecompress.compress._recovery import CHECKPOINT_FILE, Recovery, recover, training_digest
 from edgecompress.compress._taskdata import task_data
 from edgecompress.compress.qat import Qat, calibrate_ranges, split
-from edgecompress.data import load_dataset, tokenize
+from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.errors import UserError
-from edgecompress.model import load_bundle
+from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, apply_pass
 from edgecompress.pipeline import ExportRequest, run_export
 from edgecompress.recipe import load_recipe

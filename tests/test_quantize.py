@@ -24,8 +24,8 @@ TEXTS = [text for text, _ in SENTENCES] * 2
 
 
 def _bundle_and_feeds(checkpoint):
-    from edgecompress.data import tokenize
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.data import tokenize
+    from edgecompress.intake.model import load_bundle
 
     bundle = load_bundle(checkpoint)
     feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=SEQ_LEN, input_names=bundle.input_names)
@@ -40,7 +40,7 @@ def _context(bundle, calibration=None) -> PassContext:
 
 def _graph(checkpoint, *, fused: bool = True):
     """The tiny BERT exported and rewritten by the default recipe (or only its first pass, unfused)."""
-    from edgecompress.graph.export import export_onnx
+    from edgecompress.lower import export_onnx
 
     bundle, feeds = _bundle_and_feeds(checkpoint)
     graph = export_onnx(bundle, feeds)
@@ -278,7 +278,7 @@ def test_int4_size_cap_skips_a_widening_that_does_not_fit_and_keeps_a_smaller_on
 
 
 def test_trim_gathered_tables_cuts_the_position_table_exactly(tiny_checkpoint):
-    from edgecompress.data import tokenize
+    from edgecompress.intake.data import tokenize
 
     graph, bundle, _ = _graph(tiny_checkpoint, fused=False)
     passes = load_recipe("int4").graph

@@ -15,15 +15,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.backends import backends, executor_for
-from edgecompress.backends.tflite_lower import lower_to_tflite
+from edgecompress.backends import backend_for, backends
+from edgecompress.backends.tflite.lowering import lower_to_tflite
 from edgecompress.errors import UserError
 
 pytest.importorskip("ai_edge_litert")
 # The pipeline registers backends in file order (ort before tflite), and emit_all writes artifacts in
 # registration order; importing tflite.py first from here would reorder the manifests of later tests.
 backends()
-from edgecompress.backends.tflite import (audit_for_report, audit_tflite, load_interpreter,  # noqa: E402
+from edgecompress.backends.tflite.artifact import (audit_for_report, audit_tflite, load_interpreter,  # noqa: E402
                                           run_tflite_artifact)
 
 FLOAT = TensorProto.FLOAT
@@ -280,7 +280,7 @@ def test_a_bias_that_cannot_move_into_the_fully_connected_stays_an_add_and_says_
     else:
         nodes.append(helper.make_node("Relu", ["product"], ["y"]))
         outputs = [y]
-    caplog.set_level("DEBUG", logger="edgecompress.backends.tflite_lower")
+    caplog.set_level("DEBUG", logger="edgecompress.backends.tflite.lowering")
     check(build(nodes, inputs, outputs, [w, *extra]), feeds, tmp_path)
     assert f"bias of 'product' not folded into its FULLY_CONNECTED: {why}" in caplog.messages
     assert _fc_biases(tmp_path / "model.tflite") == [False]
@@ -731,7 +731,7 @@ def test_4_bit_matmul_nbits_is_a_blockwise_int4_fully_connected(tmp_path):
 
 
 def test_negative_block_scales_are_flipped_and_a_lone_plus_8_is_clipped():
-    from edgecompress.backends.tflite_int4 import dequantize_blocks, positive_scales
+    from edgecompress.backends.tflite.ops.int4 import dequantize_blocks, positive_scales
 
     q = np.array([[[0, 8, 15, 9], [0, 1, 2, 3]]])  # stored with zero point 8: -8, 0, 7, 1 | -8, -7, -6, -5
     scales = np.array([[0.5, -0.25]], np.float32)
@@ -843,11 +843,11 @@ def test_executor_runs_every_row_in_the_models_fixed_batch(tmp_path):
     path = lowered(model, tmp_path)
     rows = floats(5, 4)
     ticks = []
-    got = executor_for("litert")(path, {"x": rows}, output_name="y", threads=1,
+    got = backend_for("litert").execute(path, {"x": rows}, output_name="y", threads=1,
                                  progress=lambda done, total: ticks.append((done, total)))
     np.testing.assert_allclose(got, rows @ numpy_helper.to_array(model.graph.initializer[0]), rtol=1e-5, atol=1e-6)
     assert ticks == [(2, 5), (4, 5), (5, 5)]
-    assert executor_for("litert") is run_tflite_artifact
+    assert backend_for("litert").execute is run_tflite_artifact
 
 
 def test_audit_counts_ops_float_ops_and_what_xnnpack_takes(tmp_path):

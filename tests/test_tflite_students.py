@@ -16,10 +16,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.backends.tflite import audit_tflite, load_interpreter
-from edgecompress.backends.tflite_lower import lower_to_tflite
+from edgecompress.backends.tflite.artifact import audit_tflite, load_interpreter
+from edgecompress.backends.tflite.lowering import lower_to_tflite
 from edgecompress.errors import UserError
-from edgecompress.estimate import estimate_latency, infer_shapes
+from edgecompress.measure.estimate import estimate_latency
+from edgecompress.onnx_facts import infer_shapes
 from edgecompress.graph.quantize_dynamic import QuantizeDynamic
 from edgecompress.passes import PassContext
 from edgecompress.pipeline import ExportRequest, run_export
@@ -251,8 +252,8 @@ def student_folders(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from edgecompress.compress.distill.students import build_student, student_config
-    from edgecompress.model import load_bundle
+    from edgecompress.distill.students import build_student, student_config
+    from edgecompress.intake.model import load_bundle
 
     teacher = load_bundle(tiny_checkpoint)
     folders = {}
@@ -293,9 +294,9 @@ def test_student_exports_to_every_artifact(student_folders, student, recipe, tin
 
 
 def test_bilstm_export_is_one_lstm_with_lengths_and_no_exporter_warnings(student_folders, tiny_data, capfd):
-    from edgecompress.data import load_dataset, tokenize
-    from edgecompress.graph.export import export_onnx
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.data import load_dataset, tokenize
+    from edgecompress.lower import export_onnx
+    from edgecompress.intake.model import load_bundle
 
     bundle = load_bundle(student_folders["bilstm-final"])
     feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=True).texts, seq_len=16,

@@ -4,7 +4,7 @@ Rows, every file written by `edgecompress export` at seq_len 64, batch 1 (ONNX R
   teacher             float (recipe default) and int8 (recipe dynamic-int8)
   pruned teacher      the packaged `pruned` recipe (vocabulary trim, then heads and FFN neurons pruned in rounds
                       with distillation from the unpruned teacher), float and with `--quantize dynamic-int8`
-  bilstm, cnn         distilled students (`edgecompress.compress.distill`), float and int8 (dynamic-int8)
+  bilstm, cnn         distilled students (`edgecompress.distill`), float and int8 (dynamic-int8)
   transformer         the small-transformer student (3 of the teacher's 6 layers), float and int8
 Students are trained on the train split plus `--augment` teacher-labelled copies per text (the BiLSTM and
 CNN share one labelling) and cached; `--retrain` trains them again. The pruned rows prune inside the export
@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from edgecompress.compress.distill.run import DistillRequest, distill  # noqa: E402
-from edgecompress.data import label_ids, load_dataset, tokenize  # noqa: E402
-from edgecompress.evaluate import ort_session, run_session  # noqa: E402
+from edgecompress.distill.run import DistillRequest, distill  # noqa: E402
+from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
+from edgecompress.verify.evaluate import ort_session, run_session  # noqa: E402
 from edgecompress.logs import show_progress_on_stderr  # noqa: E402
-from edgecompress.measure import run_runner  # noqa: E402
+from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     show_progress_on_stderr()  # training steps of recovery and distillation, with time left
-    logging.getLogger("edgecompress.compress.distill").setLevel(logging.INFO)
+    logging.getLogger("edgecompress.distill").setLevel(logging.INFO)
     root = cache_dir() / "bench" / "distill"
     teacher, splits = train_teacher.teacher_dir(), example_assets.rotten_tomatoes_dir()
     students = {kind: train_student(root, teacher, splits, kind, args) for kind in STUDENTS}

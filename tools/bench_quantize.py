@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from edgecompress.data import label_ids, load_dataset, tokenize  # noqa: E402
-from edgecompress.evaluate import LOSSY_MIN_AGREEMENT as MIN_AGREEMENT  # noqa: E402  (the pipeline's gate)
-from edgecompress.evaluate import ort_session, run_session  # noqa: E402
-from edgecompress.measure import run_runner  # noqa: E402
+from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
+from edgecompress.verify.evaluate import LOSSY_MIN_AGREEMENT as MIN_AGREEMENT  # noqa: E402  (the pipeline's gate)
+from edgecompress.verify.evaluate import ort_session, run_session  # noqa: E402
+from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir  # noqa: E402
 
 DEFAULT_RECIPES = ("dynamic-int8", "int8", "int4", "int8-int4-mixed")
@@ -122,7 +122,7 @@ def _recipe_of(label: str) -> str:
 
 def build_graph(bundle, passes: tuple, seq_len: int, calibration):
     """The passes on our export, with the PassContext `edgecompress export` would build."""
-    from edgecompress.graph.export import export_onnx
+    from edgecompress.lower import export_onnx
     from edgecompress.passes import PassContext, apply_pass
 
     context = PassContext(seq_len=seq_len, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
@@ -187,7 +187,7 @@ def build_all(teacher: Path, seq_len: int, out: Path, recipes, ablations: list[s
     """Every variant at one sequence length; an existing file is reused, not rebuilt."""
     import onnx
 
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
     from edgecompress.recipe import Recipe
 
     bundle = load_bundle(teacher)
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=100, help="timed runs per round")
     parser.add_argument("--out", type=Path, default=cache_dir() / "bench-quantize")
     args = parser.parse_args(argv)
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     teacher = wait_for_teacher()
     args.out.mkdir(parents=True, exist_ok=True)

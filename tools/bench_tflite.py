@@ -57,9 +57,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from edgecompress.data import label_ids, load_dataset, tokenize  # noqa: E402
+from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.devices import load_profile  # noqa: E402
-from edgecompress.measure import run_runner  # noqa: E402
+from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
 
 PEER_PYTHON = Path("/work/venvs/litert-torch/bin/python")
@@ -244,7 +244,7 @@ def last_line(text: str) -> str:
 
 def score(variants: list[Variant], model_dir: Path, seq_len: int, test_csv: Path, texts: int | None) -> None:
     """Accuracy against the labels and agreement with the float torch model, for every file present."""
-    from edgecompress.model import load_bundle
+    from edgecompress.intake.model import load_bundle
 
     bundle = load_bundle(model_dir)
     dataset = load_dataset(test_csv, require_labels=True)
@@ -329,7 +329,7 @@ def file_feeds(v: Variant) -> dict[str, np.ndarray]:
 
 
 def audit(path: Path) -> dict:
-    from edgecompress.backends.tflite import audit_tflite
+    from edgecompress.backends.tflite.artifact import audit_tflite
 
     found = audit_tflite(path)
     return {"nodes": found.nodes, "xnnpack_nodes": found.delegated_nodes, "partitions": found.partitions,

@@ -81,7 +81,7 @@ def load_student(checkpoint: Path, config: dict) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from edgecompress.compress.distill.students import build_student
+    from edgecompress.distill.students import build_student
 
     module = build_student(config)
     module.load_state_dict(load_file(str(checkpoint / "model.safetensors")))

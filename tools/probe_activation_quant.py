@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from edgecompress.data import label_ids, load_dataset  # noqa: E402
+from edgecompress.intake.data import label_ids, load_dataset  # noqa: E402
 
 MODES = ("float", "per tensor", "per row", "cls apart")
 FFN_INPUTS = ("intermediate.dense", "output.dense")  # BERT's FFN: `attention.output.dense` is not matched

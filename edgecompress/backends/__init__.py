@@ -1,4 +1,10 @@
-"""Backends turn the final rewritten ONNX graph into one runtime's artifacts, registered by decorator.
+"""Backends turn the final rewritten ONNX graph into one runtime's artifacts; one `Backend` per runtime.
+
+A backend is one folder (`ort/`, `tflite/`) whose `__init__` registers a `Backend` object: the artifact
+kinds it writes and their file suffixes, the runner script in `runtimes/` that times its files, the
+executor verification runs every file through, the auditor that reads ops back from a file, the exact
+writer (if any) and the minimum runtime version an app needs. Device profiles, the measure stage, the
+manifest and the CLI read these facts from here instead of keeping their own lists.
 
 All artifacts of one export come from the same graph, so every runtime ships the same model.
 """
@@ -9,103 +15,109 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from edgecompress.errors import InternalError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
 
 
 @dataclass(frozen=True)
 class Artifact:
     kind: str  # the profile's artifact name: onnx, ort, tflite
     path: Path
-    runtime: str  # which runtime executes it; selects the runner in runtimes/
+    runtime: str  # which runtime executes it; selects its Backend
     extra_files: tuple[Path, ...] = ()  # shipped beside it (e.g. required_operators.config)
 
 
-# A backend: (final ONNX model, output folder, wanted artifact kinds) -> artifacts written.
+# (final ONNX model, output folder, wanted artifact kinds) -> artifacts written.
 Emitter = Callable[["onnx.ModelProto", Path, tuple[str, ...]], list[Artifact]]
-
-_BACKENDS: dict[str, tuple[tuple[str, ...], Emitter]] = {}
-
-
-def register_backend(name: str, kinds: tuple[str, ...]):
-    """Decorator: `emit` writes the artifacts of `kinds` it is asked for."""
-
-    def wrap(emit: Emitter) -> Emitter:
-        if name in _BACKENDS:
-            raise InternalError(f"backend {name!r} registered twice")
-        _BACKENDS[name] = (kinds, emit)
-        return emit
-
-    return wrap
-
-
-def _per_runtime(table: dict):
-    """A decorator factory filling `table` with one function per runtime name."""
-
-    def register(runtime: str):
-        def wrap(function):
-            table[runtime] = function
-            return function
-
-        return wrap
-
-    return register
-
-
-# A runtime's executor: (artifact path, feeds, output name, threads, progress) -> outputs array.
-# Verification runs every artifact file through the executor of its runtime.
+# (artifact path, feeds, output name, threads, progress) -> outputs array: verification runs every
+# artifact file through the executor of its runtime.
 Executor = Callable[..., "np.ndarray"]
-_EXECUTORS: dict[str, Executor] = {}
-register_executor = _per_runtime(_EXECUTORS)
-
-
-def executor_for(runtime: str) -> Executor:
-    backends()
-    if runtime not in _EXECUTORS:
-        raise InternalError(f"no executor registered for runtime {runtime!r}; known: {sorted(_EXECUTORS)}")
-    return _EXECUTORS[runtime]
-
-
-# A runtime's exact writer: (final ONNX model, output folder) -> the artifact again, computing the same
-# integers as ONNX Runtime where the default file takes the runtime's own (finer) rounding. The export
-# writes it when the default file misses the cross-runtime check (LiteRT's per-row int8, tflite_dynamic.py).
+# (final ONNX model, output folder) -> the artifact again, computing the same integers as ONNX Runtime
+# where the default file takes the runtime's own (finer) rounding; written when the default file misses
+# the cross-runtime check (LiteRT's per-row int8, tflite/ops/dynamic_int8.py).
 ExactWriter = Callable[["onnx.ModelProto", Path], Artifact]
-_EXACT_WRITERS: dict[str, ExactWriter] = {}
-register_exact_writer = _per_runtime(_EXACT_WRITERS)
+# artifact path -> {"op_histogram", "float_ops", "method", ...} read from the file itself.
+Auditor = Callable[[Path], dict]
+# (artifact kind, ai.onnx opset of the graph) -> {package: version, "why": reason} for the manifest.
+MinimumVersion = Callable[[str, "int | None"], dict[str, Any]]
 
 
-def exact_writer_for(runtime: str) -> ExactWriter | None:
-    backends()
-    return _EXACT_WRITERS.get(runtime)
+@dataclass(frozen=True)
+class Backend:
+    runtime: str  # names the runtime in reports and manifests: onnxruntime, litert
+    suffixes: Mapping[str, str]  # artifact kind -> file suffix, in the order the backend writes them
+    runner: str  # the standalone runner script in runtimes/ that times this runtime's files
+    emit: Emitter
+    execute: Executor
+    minimum_version: MinimumVersion
+    # None: the runtime cannot list a file's ops, so its artifacts are audited from the ONNX graph.
+    audit: Auditor | None = None
+    exact_writer: ExactWriter | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.suffixes)
 
 
-# A runtime's auditor: artifact path -> {"op_histogram", "float_ops", "method", ...} read from the file
-# itself; runtimes without one are audited from the ONNX graph they were written from.
-_AUDITORS: dict[str, Callable[[Path], dict]] = {}
-register_auditor = _per_runtime(_AUDITORS)
+_BACKENDS: dict[str, Backend] = {}
 
 
-def auditor_for(runtime: str) -> Callable[[Path], dict] | None:
-    backends()
-    return _AUDITORS.get(runtime)
+def register_backend(backend: Backend) -> Backend:
+    """Make a backend known; each backend package's `__init__` calls this once."""
+    if backend.runtime in _BACKENDS:
+        raise InternalError(f"backend {backend.runtime!r} registered twice")
+    taken = set(artifact_kinds(imported_only=True)) & set(backend.kinds)
+    if taken:
+        raise InternalError(f"artifact kind(s) {sorted(taken)} of {backend.runtime!r} already belong to a backend")
+    _BACKENDS[backend.runtime] = backend
+    return backend
 
 
-def backends() -> dict[str, tuple[tuple[str, ...], Emitter]]:
+def backends() -> dict[str, Backend]:
+    """Every backend, by runtime name, in folder order (ort before tflite): no hand-kept list."""
     for module in pkgutil.iter_modules(__path__, __name__ + "."):
         importlib.import_module(module.name)
     return _BACKENDS
 
 
+def backend_for(runtime: str) -> Backend:
+    known = backends()
+    if runtime not in known:
+        raise InternalError(f"no backend registered for runtime {runtime!r}; known: {sorted(known)}")
+    return known[runtime]
+
+
+def backend_for_suffix(suffix: str) -> Backend | None:
+    """The backend whose artifacts carry this file suffix (case-insensitive), or None."""
+    suffix = suffix.lower()
+    return next((b for b in backends().values() if suffix in b.suffixes.values()), None)
+
+
+def artifact_kinds(*, imported_only: bool = False) -> tuple[str, ...]:
+    """Every artifact kind a device profile may ask for, in backend order."""
+    known = _BACKENDS if imported_only else backends()
+    return tuple(kind for backend in known.values() for kind in backend.kinds)
+
+
+def artifact_suffixes() -> tuple[str, ...]:
+    """Every artifact file suffix the runners can time, sorted."""
+    return tuple(sorted({s for backend in backends().values() for s in backend.suffixes.values()}))
+
+
 def emit_all(model, out_dir: Path, wanted: tuple[str, ...]) -> list[Artifact]:
     """Run every backend that produces one of the wanted kinds; unknown kinds are an internal error."""
-    known = {kind for kinds, _ in backends().values() for kind in kinds}
-    missing = sorted(set(wanted) - known)
+    known = artifact_kinds()
+    missing = sorted(set(wanted) - set(known))
     if missing:
         raise InternalError(f"no backend writes artifact kind(s) {missing}; known: {sorted(known)}")
     artifacts: list[Artifact] = []
-    for kinds, emit in backends().values():
-        asked = tuple(kind for kind in wanted if kind in kinds)
+    for backend in backends().values():
+        asked = tuple(kind for kind in wanted if kind in backend.kinds)
         if asked:
-            artifacts.extend(emit(model, out_dir, asked))
+            artifacts.extend(backend.emit(model, out_dir, asked))
     return sorted(artifacts, key=lambda a: wanted.index(a.kind))  # the profile's order, not registration's

@@ -27,7 +27,7 @@ from typing import ClassVar, Iterator
 import torch
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.model import CLASSIFICATION
+from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped
 from edgecompress.compress._taskdata import TaskData, task_data, task_loss, training_seq_len
 

@@ -38,7 +38,7 @@ from edgecompress.logs import progress_log
 from edgecompress.paths import cache_dir
 from edgecompress.compress._pruning import encoder_layers
 from edgecompress.compress._taskdata import Batch, TaskData
-from edgecompress.compress.distill.losses import hard_loss, logit_loss, masked_mse
+from edgecompress.distill.losses import hard_loss, logit_loss, masked_mse
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Iterator
 
 import torch
 
-from edgecompress.data import label_ids
-from edgecompress.model import CLASSIFICATION
+from edgecompress.intake.data import label_ids
+from edgecompress.intake.model import CLASSIFICATION
 
 # Batches per length-sorted pool when shuffling: lengths are grouped, yet batches differ per epoch.
 BUCKET_POOL = 50

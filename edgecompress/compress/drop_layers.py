@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.model import CLASSIFICATION
+from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._pruning import (check_positive, check_ratio, cloned, encoder, encoder_layers, parameter_count, set_config,
                        sync_context)

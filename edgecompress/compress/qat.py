@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.model import CLASSIFICATION
+from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._fake_quant import ActivationQuantizer, unwrap_bert, wrap_bert, wrapped_count
 from edgecompress.compress._pruning import check_positive, cloned

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.model import load_tokenizer
+from edgecompress.intake.model import load_tokenizer
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._pruning import bert_model, cloned, set_config
 

@@ -119,7 +119,7 @@ def graph_input_names(model) -> tuple[str, ...]:
 
 def run_model(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """The first output of `model` on every row of `feeds`, with ONNX Runtime as it will run on the device."""
-    from edgecompress.evaluate import ort_session, run_session
+    from edgecompress.verify.evaluate import ort_session, run_session
 
     session = ort_session(model.SerializeToString(), threads=2, optimize=True)
     batch = session.get_inputs()[0].shape[0]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.estimate import node_attribute
+from edgecompress.onnx_facts import node_attribute
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, readers, static_shapes
 from edgecompress.graph._quant_common import copy_model, rounding_diff

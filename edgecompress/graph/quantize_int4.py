@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import UserError
-from edgecompress.estimate import node_attribute
+from edgecompress.onnx_facts import node_attribute
 from edgecompress.logs import captured_library_output
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.model import CLASSIFICATION
+from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress.integer_only.calibrate import calibrate
 from edgecompress.compress.integer_only.model import check_convertible, integer_bert

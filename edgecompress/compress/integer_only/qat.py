@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from edgecompress.compress import _recovery
 from edgecompress.compress._taskdata import task_data, training_seq_len
-from edgecompress.reference import ReferenceModule
+from edgecompress.intake.reference import ReferenceModule
 from edgecompress.compress.integer_only.kernels import GELU_A, GELU_B
 
 INT8 = 127

@@ -1,0 +1,17 @@
+"""The ONNX Runtime backend: `model.onnx`, `model.ort` (mobile format) and `required_operators.config`.
+
+`artifact.py` writes and runs the files, `audit.py` reads their ops back (ORT format and ONNX alike).
+"""
+
+from edgecompress.backends import Backend, register_backend
+from edgecompress.backends.ort import artifact, audit
+
+ONNX_RUNTIME = register_backend(Backend(
+    runtime="onnxruntime",
+    suffixes={"onnx": ".onnx", "ort": ".ort"},
+    runner="ort_runner",
+    emit=artifact.emit_ort,
+    execute=artifact.run_ort_artifact,
+    minimum_version=artifact.minimum_version,
+    audit=audit.audit_for_report,
+))

@@ -1,0 +1,22 @@
+"""The LiteRT (TFLite) backend: `model.tflite`, written from the same final ONNX graph as `model.onnx`.
+
+- `artifact.py`: writes, runs and audits the file (LiteRT's interpreter, XNNPACK delegation);
+- `legalize.py`, `rejoin_row_slices.py`: the graph edits TFLite needs before lowering (not recipe passes);
+- `lowering.py`: walks the graph and writes each node through the op registry (`registry.py`, a leaf);
+- `ops/`: one file per op family, each registering its lowerings with `@lowers`;
+- `writer.py`: the flatbuffer, built with the schema LiteRT ships.
+"""
+
+from edgecompress.backends import Backend, register_backend
+from edgecompress.backends.tflite import artifact
+
+LITERT = register_backend(Backend(
+    runtime=artifact.RUNTIME,
+    suffixes={"tflite": ".tflite"},
+    runner="litert_runner",
+    emit=artifact.emit_tflite,
+    execute=artifact.run_tflite_artifact,
+    minimum_version=artifact.minimum_version,
+    audit=artifact.audit_for_report,
+    exact_writer=artifact.emit_exact_tflite,
+))

@@ -1,0 +1,270 @@
+"""Intake: a Hugging Face BERT-family checkpoint folder or an existing .onnx file -> ModelBundle.
+
+Loading is offline and safe: safetensors, or `torch.load(weights_only=True)` for `.bin`. Weights are
+matched against the config by hand (not `from_pretrained`), because `from_pretrained` silently
+initialises missing tensors at random, which would ship an untrained model without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import UserError
+
+SUPPORTED_ARCHITECTURES = ("BertForSequenceClassification", "BertModel")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+CLASSIFICATION = "sequence-classification"
+EMBEDDING = "sentence-embedding"
+
+
+@dataclass
+class TokenizerSettings:
+    """What the app's tokenizer must do so that the model sees what it was trained on."""
+
+    lowercase: bool
+    max_length: int
+    padding: str = "max_length"
+    truncation: bool = True
+    pad_token_id: int = 0
+    files: tuple[str, ...] = ()
+
+
+@dataclass
+class ModelBundle:
+    """The model as it travels through the compress stage (torch) or enters at the graph stage (ONNX)."""
+
+    source: Path
+    kind: str  # CLASSIFICATION or EMBEDDING
+    labels: list[str] | None
+    tokenizer: Any  # a transformers PreTrainedTokenizerFast
+    tokenizer_dir: Path
+    tokenizer_settings: TokenizerSettings
+    module: Any = None  # torch.nn.Module taking (input_ids, attention_mask, token_type_ids)
+    onnx_model: Any = None  # onnx.ModelProto for ONNX intake
+    config: dict[str, Any] = field(default_factory=dict)
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    output_name: str = "logits"
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.config.get("num_attention_heads")
+
+    @property
+    def hidden_size(self) -> int | None:
+        return self.config.get("hidden_size")
+
+    @property
+    def num_layers(self) -> int | None:
+        return self.config.get("num_hidden_layers")
+
+
+def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle:
+    """Intake dispatch: a checkpoint folder or an .onnx file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("model path does not exist", where=str(path),
+                        expected="a checkpoint folder (config.json, weights, tokenizer) or an .onnx file")
+    if path.is_file():
+        from edgecompress.intake.onnx_file import load_onnx_bundle
+
+        return load_onnx_bundle(path, tokenizer_dir=tokenizer_dir)
+    return load_checkpoint(path)
+
+
+def load_checkpoint(folder: Path) -> ModelBundle:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
+    if not any(folder.iterdir()):
+        raise UserError("checkpoint folder is empty", where=str(folder),
+                        expected="config.json, model.safetensors (or pytorch_model.bin), tokenizer files")
+    config = read_config(folder)
+    from edgecompress.distill.students import ARCHITECTURES as STUDENTS
+
+    if (config.get("architectures") or [None])[0] in STUDENTS.values():  # a distilled BiLSTM or CNN
+        from edgecompress.distill.checkpoint import load_student
+
+        return load_student(folder, config)
+    architecture = check_architecture(config, folder)
+    module = build_module(folder, config, architecture)
+    tokenizer, settings = load_tokenizer(folder, config, folder)
+    kind = CLASSIFICATION if architecture == "BertForSequenceClassification" else EMBEDDING
+    labels = label_names(config) if kind == CLASSIFICATION else None
+    return ModelBundle(source=folder, kind=kind, labels=labels, tokenizer=tokenizer, tokenizer_dir=folder,
+                       tokenizer_settings=settings, module=module, config=config,
+                       output_name="logits" if kind == CLASSIFICATION else "sentence_embedding")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UserError("config.json is missing", where=str(folder),
+                        hint="point at the folder written by save_pretrained()")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config.json is not valid JSON ({exc})", where=str(path)) from None
+    if not isinstance(config, dict):
+        raise UserError("config.json is not a JSON object", where=str(path))
+    return config
+
+
+def check_architecture(config: dict[str, Any], folder: Path) -> str:
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type")
+    architecture = architectures[0] if architectures else None
+    if model_type != "bert" or architecture not in SUPPORTED_ARCHITECTURES:
+        raise UserError(f"unsupported architecture {architecture!r} (model_type {model_type!r})",
+                        where=str(folder / "config.json"),
+                        expected=f"model_type 'bert' with one of {', '.join(SUPPORTED_ARCHITECTURES)}")
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
+        if not isinstance(config.get(key), int) or config[key] <= 0:
+            raise UserError(f"field '{key}' must be a positive integer, got {config.get(key)!r}",
+                            where=str(folder / "config.json"))
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise UserError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+                        f"{config['num_attention_heads']}", where=str(folder / "config.json"),
+                        hint="is config.json from the same checkpoint as the weights?")
+    return architecture
+
+
+def build_module(folder: Path, config: dict[str, Any], architecture: str):
+    """Build the torch model with eager attention and load the weights strictly."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    # Eager attention exports the MatMul/Softmax pattern ONNX Runtime fuses into `Attention`; SDPA
+    # exports a NaN-guarded softmax that no fuser recognises (measured: 0 fused attention ops).
+    bert_config = BertConfig.from_dict({**config, "attn_implementation": "eager"})
+    bert_config._attn_implementation = "eager"
+    with torch.device("meta"):
+        shell = (BertForSequenceClassification(bert_config) if architecture == "BertForSequenceClassification"
+                 else BertModel(bert_config))
+    state = read_weights(folder)
+    state = _align_prefix(state, shell)
+    _check_weights(state, shell, folder)
+    model = shell.to_empty(device="cpu")
+    model.load_state_dict(state, strict=False, assign=True)
+    _reinit_buffers(model, bert_config)
+    model.eval()
+    from edgecompress.intake.reference import ReferenceModule
+
+    return ReferenceModule(model, pooled=(architecture == "BertModel"))
+
+
+def read_weights(folder: Path) -> dict[str, Any]:
+    safetensors_path, bin_path = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safetensors_path.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(safetensors_path))
+        except Exception as exc:
+            raise UserError(f"cannot read weights ({_brief(exc)})", where=str(safetensors_path)) from None
+    if bin_path.is_file():
+        import torch
+
+        try:
+            state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(f"cannot read weights safely ({_brief(exc)})", where=str(bin_path),
+                            hint="re-save the checkpoint with safetensors") from None
+        found = (f"a {type(state).__name__}" if not isinstance(state, dict) else
+                 next((f"entry {k!r} is a {type(v).__name__}" for k, v in state.items()
+                       if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None))
+        if found:
+            raise UserError(f"not a state dict of named tensors ({found})", where=str(bin_path),
+                            expected="a file written by torch.save(model.state_dict()) or save_pretrained()")
+        return state
+    raise UserError("no weights found", where=str(folder),
+                    expected="model.safetensors or pytorch_model.bin")
+
+
+def _brief(exc: Exception) -> str:
+    """One line from a library's exception: torch's weights_only refusal spans paragraphs, keep its cause."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if match:
+        cause = " ".join(match.group(1).split()).split(". Please")[0]
+        text = f"torch.load(weights_only=True) refused it: {cause}"
+    line = " ".join(text.split())
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _align_prefix(state: dict[str, Any], shell) -> dict[str, Any]:
+    """Sentence-transformers save `embeddings.*`, classifiers save `bert.embeddings.*`: match the model."""
+    wanted_prefix = "bert." if any(k.startswith("bert.") for k in shell.state_dict()) else ""
+    has_prefix = any(k.startswith("bert.") for k in state)
+    if wanted_prefix and not has_prefix:
+        return {("bert." + k if not k.startswith("classifier.") else k): v for k, v in state.items()}
+    if not wanted_prefix and has_prefix:
+        return {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+    return state
+
+
+# Buffers that transformers recomputes from the config; checkpoints may or may not carry them.
+_DERIVED_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def _check_weights(state: dict[str, Any], shell, folder: Path) -> None:
+    expected = shell.state_dict()
+    where = str(folder)
+    for name, tensor in expected.items():
+        if name.endswith(_DERIVED_BUFFERS):
+            continue
+        if name not in state:
+            raise UserError(f"weights do not match the config: tensor '{name}' is missing", where=where,
+                            hint="is config.json from the same checkpoint as the weights?")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UserError(f"weights do not match the config: '{name}' has shape "
+                            f"{tuple(state[name].shape)}", where=where,
+                            expected=f"{tuple(tensor.shape)} from config.json")
+
+
+def _reinit_buffers(model, bert_config) -> None:
+    """Buffers left on `meta` (not in the checkpoint) are rebuilt as transformers would."""
+    import torch
+
+    embeddings = model.bert.embeddings if hasattr(model, "bert") else model.embeddings
+    length = bert_config.max_position_embeddings
+    embeddings.register_buffer("position_ids", torch.arange(length).expand((1, -1)), persistent=False)
+    embeddings.register_buffer("token_type_ids", torch.zeros((1, length), dtype=torch.long), persistent=False)
+
+
+def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
+    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if not present:
+        raise UserError("tokenizer is missing", where=str(where),
+                        expected=f"one of {', '.join(TOKENIZER_FILES)} in {folder}",
+                        hint="save the tokenizer with tokenizer.save_pretrained() next to the model")
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    try:
+        tokenizer = (AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+                     if (folder / "tokenizer_config.json").is_file()
+                     else BertTokenizerFast.from_pretrained(str(folder), local_files_only=True))
+    except Exception as exc:
+        raise UserError(f"cannot load the tokenizer ({_brief(exc)})", where=str(folder)) from None
+    max_positions = int(config.get("max_position_embeddings", 512))
+    max_length = min(int(getattr(tokenizer, "model_max_length", max_positions) or max_positions), max_positions)
+    shipped = tuple(name for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                      "special_tokens_map.json") if (folder / name).is_file())
+    settings = TokenizerSettings(lowercase=_lowercase(tokenizer), max_length=max_length,
+                                 pad_token_id=int(tokenizer.pad_token_id or 0), files=shipped)
+    return tokenizer, settings
+
+
+def _lowercase(tokenizer) -> bool:
+    if hasattr(tokenizer, "do_lower_case"):
+        return bool(tokenizer.do_lower_case)
+    probe = tokenizer.tokenize("HELLO")
+    return probe == tokenizer.tokenize("hello")
+
+
+def label_names(config: dict[str, Any]) -> list[str]:
+    id2label = config.get("id2label") or {}
+    count = int(config.get("num_labels", len(id2label) or 2))
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]

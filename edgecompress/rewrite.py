@@ -1,0 +1,47 @@
+"""The rewrite stage: the recipe's graph passes in order, keeping the float twin of a quantized graph.
+
+The float twin is the graph from just before the first lossy pass (a quantization), given the same
+non-lossy passes that followed it (shape fixing, folding); the measure stage times it beside the
+quantized artifact (see `measure/float_twin.py`).
+
+Before -> After (int8 recipe): passes [remove, fuse, fix, fold, quantize_static] -> graph after all five,
+twin = graph after the first four. For int4 (quantize first): twin = the lowered graph after [fuse, fix,
+fold], i.e. the float recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecompress.passes import PassContext, PassRecord, apply_pass
+
+
+@dataclass
+class Rewrite:
+    graph: Any
+    records: list[PassRecord] = field(default_factory=list)
+    float_twin: Any = None  # None when no graph pass was lossy
+
+
+def rewrite_with_twin(passes, graph, context: PassContext) -> Rewrite:
+    """Apply `passes` in order; keep the graph from before the first lossy pass as the float twin."""
+    import onnx
+
+    result = Rewrite(graph)
+    twin, twin_passes = None, []
+    for p in passes:
+        before = None
+        if twin is None:  # passes may edit their input in place, so the candidate twin is a copy
+            before = onnx.ModelProto()
+            before.CopyFrom(result.graph)
+        result.graph, record = apply_pass(p, result.graph, context)
+        result.records.append(record)
+        if twin is None and record.lossy:
+            twin = before
+        elif twin is not None and not record.lossy:
+            twin_passes.append(p)
+    for p in twin_passes:  # the twin gets the same non-lossy rewrites that followed the quantization
+        twin, _ = apply_pass(p, twin, context)
+    result.float_twin = twin
+    return result
