@@ -19,14 +19,15 @@ from edgecompress.compress.prune_ffn import PruneFfn
 from edgecompress.compress.prune_heads import PruneHeads
 from edgecompress.compress.prune_schedule import PruneSchedule
 from edgecompress.compress.trim_vocab import TrimVocab
-from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.errors import UserError
+from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, apply_pass
 from edgecompress.paths import recipes_dir
 from edgecompress.pipeline import ExportRequest, run_export
 
 from conftest import SENTENCES, write_csv
+from helpers import pass_context
 
 SEQ = 16
 TEXTS = [text for text, _ in SENTENCES]
@@ -48,9 +49,7 @@ def ctx(bundle, train_csv) -> PassContext:
 
 
 def context(bundle, **overrides) -> PassContext:
-    values = dict(seq_len=SEQ, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                  hidden_size=bundle.hidden_size, num_layers=bundle.num_layers, input_names=bundle.input_names)
-    return PassContext(**{**values, **overrides})
+    return pass_context(bundle, **{"seq_len": SEQ, **overrides})
 
 
 def logits(bundle, texts=TEXTS, seq_len=SEQ) -> torch.Tensor:
