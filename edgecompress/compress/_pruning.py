@@ -290,6 +290,7 @@ class UnitPruningPass(Pass):
     round (Michel et al. prune iteratively: a unit's importance changes once its neighbours are gone).
     """
 
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
     units: ClassVar[Units]
     ratio: float = 0.5
     steps: int = 1

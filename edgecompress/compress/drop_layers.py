@@ -30,6 +30,7 @@ STRATEGIES = ("every_other", "importance")
 class DropLayers(Pass):
     name = "drop_layers"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
     strategy: str = "every_other"
     ratio: float = 0.5  # fraction of the encoder layers dropped
     importance_texts: int = 512  # labelled texts the loss is measured on (strategy "importance")

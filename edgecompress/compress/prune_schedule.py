@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class PruneSchedule(Pass):
     name = "prune_schedule"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
     heads: float = 0.5  # final fraction of attention heads removed per layer
     ffn: float = 0.5  # final fraction of FFN neurons removed per layer
     steps: int = 3  # pruning rounds

@@ -51,6 +51,7 @@ _SOURCE_KWARGS = ("vocab", "vocab_file", "tokenizer_file", "tokenizer_object", "
 class TrimVocab(Pass):
     name = "trim_vocab"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
 
     def requires(self, bundle, ctx: PassContext) -> None:
         if bundle.module is None:

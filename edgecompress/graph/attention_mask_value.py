@@ -48,6 +48,11 @@ _SYNTHETIC_SEQ_LEN = 16
 class AttentionMaskValue(Pass):
     name = "attention_mask_value"
     stage = "graph"
+    in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
+    # It sets an attribute of the fused attention ops, before the quantizers calibrate and run their
+    # sensitivity trials, so that what they measure runs the same fast softmax as what ships.
+    runs_after = ("fuse_transformer",)
+    runs_before = ("quantize_dynamic", "quantize_static")
     # Between -80 and -20: below -86 MLAS's exp leaves its fast range (see the module docstring); above
     # -20 a padded key's weight is e^-20 ~ 2e-9 of the row's largest even when it scores like a real key.
     mask_filter_value: float = -60.0

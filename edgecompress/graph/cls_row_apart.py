@@ -66,6 +66,9 @@ class FeedForward:
 class ClsRowApart(Pass):
     name = "cls_row_apart"
     stage = "graph"
+    in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
+    runs_after = ("fix_shapes",)  # it splits FFN inputs of fixed shape [batch, rows, features]
+    runs_before = ("quantize_dynamic",)  # whose run-time ranges the split is for
 
     def requires(self, model, ctx: PassContext) -> None:
         if not feed_forwards(model):

@@ -82,6 +82,9 @@ class _Rewrite:
 class Conv1dAsMatmul(Pass):
     name = "conv1d_as_matmul"
     stage = "graph"
+    in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
+    runs_after = ("fix_shapes",)  # it rewrites Convs whose input has a fixed rank-3 shape
+    runs_before = ("quantize_dynamic",)  # which would make each Conv a slow ConvInteger
 
     def requires(self, model, ctx: PassContext) -> None:
         rewrites, left = plan(model)

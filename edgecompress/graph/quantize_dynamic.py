@@ -40,6 +40,10 @@ _WEIGHT_INPUT = {"MatMul": 1, "Attention": 1, "EmbedLayerNormalization": 2, "Gat
 class QuantizeDynamic(Pass):
     name = "quantize_dynamic"
     stage = "graph"
+    in_place = False  # ONNX Runtime's quantizer writes a new file
+    # After fusion, so that Attention becomes QAttention and the fused embedding QEmbedLayerNormalization;
+    # with fixed shapes, so that the sensitivity trials run the graph that ships.
+    runs_after = ("fuse_transformer", "fix_shapes")
     # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
     # or flips more than this share of predictions, stays float. Used only with calibration data.
     min_sqnr_db: float = 20.0

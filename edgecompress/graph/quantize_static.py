@@ -41,6 +41,9 @@ _CALIBRATION_CHUNK = 8
 class QuantizeStatic(Pass):
     name = "quantize_static"
     stage = "graph"
+    in_place = False  # ONNX Runtime's quantizer writes a new file
+    # After fusion and with fixed shapes, so the calibrated ranges are those of the shipped graph.
+    runs_after = ("fuse_transformer", "fix_shapes")
     activation_type: str = "uint8"
     # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
     # or flips more than this share of predictions, stays float.

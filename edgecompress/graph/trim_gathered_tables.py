@@ -29,6 +29,8 @@ GATHER_OPS = ("Gather", "GatherBlockQuantized")
 class TrimGatheredTables(Pass):
     name = "trim_gathered_tables"
     stage = "graph"
+    in_place = False  # `ensures` compares the size of the graph it was given with the new one
+    runs_after = ("fix_shapes", "fold_constants")  # they make the position ids constant
 
     def requires(self, model, ctx: PassContext) -> None:
         if not trimmable(model):
