@@ -32,9 +32,13 @@ log = logging.getLogger(__name__)
 STAGES = ("compress", "graph")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PassContext:
-    """What a pass may know about the export beyond the model itself."""
+    """What a pass may know about the export beyond the model itself.
+
+    Frozen: the pipeline builds one for each stage (the graph stage's from the compressed model, once the
+    compress stage is done), and passes describe the model they return on the model itself, never here.
+    """
 
     seq_len: int | None
     batch: int

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from edgecompress.errors import InternalError, UserError
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._pruning import (HEADS, NEURONS, Pruned, check_positive, check_ratio, cloned, encoder_layers, importance,
-                       importance_data, importance_method, parameter_count, set_config, sync_context,
+                       importance_data, importance_method, parameter_count, record_attention_width, set_config,
                        units_to_remove)
 from edgecompress.compress._recovery import Recovery, recover
 from edgecompress.compress._taskdata import task_data, training_seq_len
@@ -84,7 +84,7 @@ class PruneSchedule(Pass):
             result = recover(new.module, bundle.module, training, recovery, seed=self.seed + 1000 * step, label=label)
             rounds.append({"removed": {u.kind: p.removed for u, p in pruned.items()}, **result})
         set_config(new, **{units.config_key: p.total - p.removed for units, p in pruned.items()})
-        sync_context(ctx, new)
+        record_attention_width(new)
         notes = self._notes(pruned, rounds, training, [importance_method(u, scoring, why_not) for u in targets])
         stats = {"rounds": rounds, "training_seconds": round(sum(r["seconds"] for r in rounds), 1),
                  "removed": {u.kind: p.removed_ids() for u, p in pruned.items()},

@@ -41,7 +41,7 @@ def recheck(folder: Path, device: str) -> Recheck:
     import onnx
 
     from edgecompress.devices import get_profile
-    from edgecompress.report.manifest import device_estimates
+    from edgecompress.report.build import device_estimates
 
     manifest, report = _read_export(folder)
     profile = get_profile(device)

@@ -102,7 +102,8 @@ class IntegerOnly(Pass):
         notes.append(f"prediction agreement with the float model on the calibration texts: {agreement:.1%}")
         log.info("integer_only: %d layers converted, agreement with float %.1f%% on %d texts",
                  integer.layer_count, 100 * agreement, rows)
-        return PassResult(dataclasses.replace(bundle, module=integer), notes, stats, lossy=True)
+        new = dataclasses.replace(bundle, module=integer, integer_only=True, parity_atol=integer.parity_atol)
+        return PassResult(new, notes, stats, lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         module = result.model.module
