@@ -28,17 +28,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
-from edgecompress.logs import progress_log
-from edgecompress.paths import cache_dir
 from edgecompress.compress._pruning import encoder_layers
 from edgecompress.compress._taskdata import Batch, TaskData
 from edgecompress.distill.losses import hard_loss, logit_loss, masked_mse
+from edgecompress.logs import progress_log
+from edgecompress.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

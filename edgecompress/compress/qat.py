@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from edgecompress.errors import InternalError, UserError
-from edgecompress.intake.model import CLASSIFICATION
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._fake_quant import ActivationQuantizer, unwrap_bert, wrap_bert, wrapped_count
 from edgecompress.compress._pruning import check_positive, cloned
 from edgecompress.compress._recovery import Recovery, recover, training_digest, work_dir
 from edgecompress.compress._taskdata import TaskData, task_data, training_seq_len
+from edgecompress.errors import InternalError, UserError
+from edgecompress.intake.model import CLASSIFICATION
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 log = logging.getLogger(__name__)
 

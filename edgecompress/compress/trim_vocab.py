@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgecompress.compress._pruning import bert_model, cloned, set_config
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import load_tokenizer
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.compress._pruning import bert_model, cloned, set_config
 
 # Constructor arguments of a transformers tokenizer that name its source files, not its behaviour.
 _SOURCE_KWARGS = ("vocab", "vocab_file", "tokenizer_file", "tokenizer_object", "added_tokens_decoder",

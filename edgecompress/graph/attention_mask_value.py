@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._quant_common import calibration_rows, copy_model, graph_input_names, rounding_diff
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 FUSED_ATTENTION_OPS = ("Attention", "QAttention", "MultiHeadAttention")
 ORT_DEFAULT_MASK_VALUE = -10000.0

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, readers, static_shapes
 from edgecompress.graph._quant_common import copy_model, rounding_diff, with_contrib_shapes
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 # Ops that compute each row of their output from the same row of their data input (other inputs constant).
 ROW_WISE_OPS = {("", "Relu"), ("", "Gelu"), ("com.microsoft", "Gelu"), ("com.microsoft", "BiasGelu"),

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.onnx_facts import node_attribute
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, readers, static_shapes
 from edgecompress.graph._quant_common import copy_model, rounding_diff
+from edgecompress.onnx_facts import node_attribute
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgecompress.graph._quant_common import (
+    calibration_rows,
+    constant_weight_nodes,
+    copy_model,
+    graph_input_names,
+    keep_model_props,
+    through_file,
+    without_value_info,
+)
+from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
 from edgecompress.logs import captured_library_output
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.graph._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,
-                            keep_model_props, through_file, without_value_info)
-from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
-
 
 OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather", "LSTM", "Conv")
 # Where each op type keeps the weight that makes it quantizable (a Gather's table is its data input; an

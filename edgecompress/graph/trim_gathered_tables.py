@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._quant_common import copy_model, size_mb
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 GATHER_OPS = ("Gather", "GatherBlockQuantized")
 

@@ -17,17 +17,17 @@ import importlib
 import itertools
 import logging
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgecompress.errors import InternalError, UserError
-from edgecompress.onnx_facts import node_attribute
 from edgecompress.backends.tflite.registry import INT8_LOWERINGS, LOWERINGS, MS_DOMAIN
 from edgecompress.backends.tflite.writer import FlatModel, UnsupportedTensorType, opcode, schema
+from edgecompress.errors import InternalError, UserError
+from edgecompress.onnx_facts import node_attribute
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False)
     `exact_dynamic_int8`: every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns,
     see tflite_dynamic.py), not only QAttention's: slower, but the same integers as the ONNX Runtime file.
     """
-    from edgecompress.onnx_facts import infer_shapes
     from edgecompress.backends.tflite.legalize import legalize_for_tflite
+    from edgecompress.onnx_facts import infer_shapes
 
     import_op_lowerings()
     check_fixed_shapes(model)
