@@ -187,7 +187,8 @@ def _optimizer(module, lr: float, steps: int):
     """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0."""
     from transformers import get_linear_schedule_with_warmup
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in module.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},

@@ -347,6 +347,7 @@ def launch_torchrun(work: Path, processes: int) -> None:
     log.info("launching %d training processes: %s", processes, " ".join(cmd[2:]))
     tail: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             if line.strip():
                 log.info("%s", line.rstrip())

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, reader_indices, static_shapes
+from edgecompress.graph._graph_edit import (
+    all_names,
+    check_feeds,
+    constant,
+    drop_unused,
+    fresh,
+    reader_indices,
+    static_shapes,
+)
 from edgecompress.graph._quant_common import copy_model, rounding_diff, with_contrib_shapes
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
@@ -88,7 +96,7 @@ class ClsRowApart(Pass):
         first_nodes = {block.at[0]: block for block in blocks}
         removed = {index for block in blocks for index in block.at}
         kept_outputs = {block.out for block in blocks}  # the Concat of the two copies writes them
-        rebuilt, orphans = [], set()
+        rebuilt, orphans = [], set[str]()
         for index, node in enumerate(result.graph.node):
             if index in first_nodes:
                 rebuilt.extend(_split(first_nodes[index], bounds, names))

@@ -35,14 +35,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, reader_indices, static_shapes
+from edgecompress.graph._graph_edit import (
+    all_names,
+    check_feeds,
+    constant,
+    drop_unused,
+    fresh,
+    reader_indices,
+    static_shapes,
+)
 from edgecompress.graph._quant_common import copy_model, rounding_diff
 from edgecompress.onnx_facts import node_attribute
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +120,10 @@ class Conv1dAsMatmul(Pass):
         for rewrite in rewrites:
             by_input.setdefault(rewrite.conv.input[0], []).append(rewrite)
 
-        new_inits, inserted, removed, notes = [], {}, set(), []
+        new_inits: list[onnx.TensorProto] = []
+        inserted: dict[int, list[onnx.NodeProto]] = {}
+        removed: set[int] = set()
+        notes: list[str] = []
         for x, group in by_input.items():
             base, base_first, nodes = _padded_time_major(x, group, names, new_inits)
             inserted.setdefault(group[0].at, []).extend(nodes)  # group is in graph order

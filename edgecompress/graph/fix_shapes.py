@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._quant_common import copy_model
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 
 @register_pass

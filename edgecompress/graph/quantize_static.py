@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompress.errors import InternalError, UserError
+from edgecompress.graph import quantize_dynamic
+from edgecompress.graph._quant_common import (
+    calibration_rows,
+    graph_input_names,
+    keep_model_props,
+    through_file,
+    with_contrib_shapes,
+)
+from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
 from edgecompress.logs import captured_library_output
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.graph import quantize_dynamic
-from edgecompress.graph._quant_common import (calibration_rows, graph_input_names, keep_model_props, through_file,
-                            with_contrib_shapes)
-from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
-
 
 ACTIVATION_TYPES = ("uint8", "int8")
 # Rows per calibrator call, which bounds the tensors it holds at once.

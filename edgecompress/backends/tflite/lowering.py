@@ -19,6 +19,7 @@ import logging
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -86,7 +87,7 @@ class Lowering:
         self.flat = FlatModel()
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.tensors: dict[str, int] = {}  # ONNX value name (or derived constant key) -> TFLite tensor
-        self.cache: dict[tuple, int] = {}  # subgraphs several nodes share (the attention mask)
+        self.cache: dict[tuple, Any] = {}  # subgraphs several nodes share (the attention mask)
         self.deferred: dict[str, Callable[[], int]] = {}  # values written only if something reads them
         self.qparams: dict[str, tuple[float, int]] = {}  # int8 activation tensor -> (scale, zero point)
         self.producers = {name: node for node in model.graph.node for name in node.output}
