@@ -134,21 +134,24 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 
 
 def broken_order(passes) -> tuple[int, str] | None:
-    """(index, reason) of the first pass in one stage's list whose declared order the list breaks; else None.
+    """(index, reason) of a declared order one stage's list of passes breaks; None when it breaks none.
 
-    `p.runs_after` names must not appear after p, `p.runs_before` names not before it.
-    Before -> After: [fold_constants, trim_gathered_tables, fix_shapes] ->
-    (1, "pass 'trim_gathered_tables' must come after 'fix_shapes'").
+    `p.runs_after` names must not appear after p, `p.runs_before` names not before it. Reading down the
+    list, the first pass that completes a broken pair decides which is reported; its own declaration
+    goes first. The index is that of the pass that declares the order.
+    Before -> After: [fix_shapes, trim_gathered_tables, fold_constants] ->
+    (1, "pass 'trim_gathered_tables' must come after 'fold_constants'").
     """
     names = [p.name for p in passes]
+    # (where the pair is complete, -index of the declaring pass, seen, index, reason)
+    broken: list[tuple[int, int, int, int, str]] = []
     for index, p in enumerate(passes):
-        for other in p.runs_after:
-            if other in names[index + 1:]:
-                return index, f"pass '{p.name}' must come after '{other}'"
-        for other in p.runs_before:
-            if other in names[:index]:
-                return index, f"pass '{p.name}' must come before '{other}'"
-    return None
+        for at, name in enumerate(names):
+            if at > index and name in p.runs_after:
+                broken.append((at, -index, len(broken), index, f"pass '{p.name}' must come after '{name}'"))
+            if at < index and name in p.runs_before:
+                broken.append((index, -index, len(broken), index, f"pass '{p.name}' must come before '{name}'"))
+    return min(broken)[3:] if broken else None
 
 
 def _import_pass_modules() -> None:
