@@ -233,13 +233,14 @@ def _check_in_place(p: Pass, model: Any, returned: Any, unchanged: str | None) -
 
 
 def _fingerprint(model: Any) -> str | None:
-    """A cheap digest of an ONNX model: every node, input, output, value_info and opset, each initializer's
-    name, type and dims, and the serialized size (weight bytes are sized, not hashed). None for a torch
-    bundle, which `_check_in_place` checks by identity only."""
+    """A cheap digest of an ONNX model: every node, input, output, value_info and opset, the IR version, and
+    each initializer's name, type and dims. Weight values are not read (an edit that keeps a weight's shape
+    goes unseen): 2 ms on a 69 MB MiniLM, where ByteSize() alone took 320 ms. None for a torch bundle,
+    which `_check_in_place` checks by identity only."""
     graph = getattr(model, "graph", None)
-    if graph is None or not hasattr(model, "ByteSize"):
+    if graph is None or not hasattr(model, "opset_import"):
         return None
-    digest = hashlib.blake2b(str(model.ByteSize()).encode(), digest_size=16)
+    digest = hashlib.blake2b(str(model.ir_version).encode(), digest_size=16)
     for part in (graph.node, graph.input, graph.output, graph.value_info, model.opset_import):
         for item in part:
             digest.update(item.SerializeToString())
