@@ -42,6 +42,11 @@ def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False)
     `exact_dynamic_int8`: every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns,
     see tflite_dynamic.py), not only QAttention's: slower, but the same integers as the ONNX Runtime file.
     """
+    return lower_graph(model, exact_dynamic_int8=exact_dynamic_int8).finish()
+
+
+def lower_graph(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False) -> Lowering:
+    """`model` walked into one TFLite subgraph, not yet serialized (see `lower_to_tflite`)."""
     from edgecompress.backends.tflite.legalize import legalize_for_tflite
     from edgecompress.onnx_facts import infer_shapes
 
@@ -51,7 +56,7 @@ def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False)
     lowering = Lowering(model, infer_shapes(model), exact_dynamic_int8=exact_dynamic_int8)
     for node in model.graph.node:
         lowering.lower(node)
-    return lowering.finish()
+    return lowering
 
 
 def import_op_lowerings() -> None:
@@ -229,8 +234,14 @@ class Lowering:
         lowerer(self, node)
 
     def finish(self) -> bytes:
-        outputs = [self._graph_output(v.name) for v in self.model.graph.output]
-        return self.flat.serialize(self.inputs, outputs, description=f"edgecompress: {self.model.graph.name}")
+        return self.flat.serialize(self.inputs, self.outputs(), description=self.description())
+
+    def outputs(self) -> list[int]:
+        """The graph outputs' tensors, written now (call once, after the last node)."""
+        return [self._graph_output(v.name) for v in self.model.graph.output]
+
+    def description(self) -> str:
+        return f"edgecompress: {self.model.graph.name}"
 
     def _graph_output(self, name: str) -> int:
         """Outputs are found by name: an output that aliases another value (Identity) gets its own copy."""

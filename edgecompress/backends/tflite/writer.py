@@ -7,6 +7,7 @@ ONNX input and output names, so apps and runners address the model exactly as th
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 
 import numpy as np
@@ -103,32 +104,75 @@ class FlatModel:
         self.operators.append(op)
 
     def serialize(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
-        """The finished `.tflite` bytes."""
-        import flatbuffers
+        """The finished `.tflite` bytes: this one subgraph, signature "serving_default"."""
+        graph = self._subgraph("main", inputs, outputs)
+        opcodes = sorted(self.opcodes, key=self.opcodes.__getitem__)
+        return _pack(description, opcodes, [graph], self.buffers,
+                     [_signature("serving_default", 0, graph)])
 
-        s = schema()
-        graph = s.SubGraphT()
-        graph.name = "main"
+    def _subgraph(self, name: str, inputs: list[int], outputs: list[int]):
+        graph = schema().SubGraphT()
+        graph.name = name
         graph.tensors, graph.operators, graph.inputs, graph.outputs = self.tensors, self.operators, inputs, outputs
-        model = s.ModelT()
-        model.version = SCHEMA_VERSION
-        model.description = description
-        model.operatorCodes = [_operator_code(code) for code in sorted(self.opcodes, key=self.opcodes.__getitem__)]
-        model.subgraphs = [graph]
-        model.buffers = self.buffers
-        model.signatureDefs = [self._signature(inputs, outputs)]
-        builder = flatbuffers.Builder(1 << 20)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        return bytes(builder.Output())
+        return graph
 
-    def _signature(self, inputs: list[int], outputs: list[int]):
-        s = schema()
-        signature = s.SignatureDefT()
-        signature.signatureKey = "serving_default"
-        signature.subgraphIndex = 0
-        signature.inputs = [_tensor_map(self.tensors[i].name, i) for i in inputs]
-        signature.outputs = [_tensor_map(self.tensors[i].name, i) for i in outputs]
-        return signature
+
+def serialize_signatures(parts: list[tuple[str, FlatModel, list[int], list[int]]], description: str) -> bytes:
+    """One `.tflite` holding several subgraphs, each under its own signature, in the order given: `parts`
+    are (signature key, subgraph, input tensors, output tensors).
+
+    Before -> After: N FlatModels, each with its own buffers and operator codes -> one model whose constant
+    buffers are stored once per distinct content (type, shape and bytes alike: a buffer equal to one
+    already written is referenced, not copied) and whose operator codes are one table. The FlatModels'
+    tensors and operators are re-pointed in place, so each may be serialized only once.
+    """
+    s = schema()
+    buffers: list = [s.BufferT()]
+    stored: dict[tuple, int] = {}  # (tensor type, shape, sha256 of the bytes) -> buffer index
+    opcodes: dict[int, int] = {}  # builtin code -> index in the shared table
+    graphs, signatures = [], []
+    for index, (key, flat, inputs, outputs) in enumerate(parts):
+        codes = sorted(flat.opcodes, key=flat.opcodes.__getitem__)  # local opcode index -> builtin code
+        for op in flat.operators:
+            op.opcodeIndex = opcodes.setdefault(codes[op.opcodeIndex], len(opcodes))
+        for tensor in flat.tensors:
+            if tensor.buffer:
+                buffer = flat.buffers[tensor.buffer]
+                content = (tensor.type, tuple(tensor.shape), hashlib.sha256(buffer.raw).digest())
+                if content not in stored:
+                    stored[content] = len(buffers)
+                    buffers.append(buffer)
+                tensor.buffer = stored[content]
+        graph = flat._subgraph(key, inputs, outputs)
+        graphs.append(graph)
+        signatures.append(_signature(key, index, graph))
+    return _pack(description, sorted(opcodes, key=opcodes.__getitem__), graphs, buffers, signatures)
+
+
+def _pack(description: str, opcodes: list[int], graphs: list, buffers: list, signatures: list) -> bytes:
+    import flatbuffers
+
+    s = schema()
+    model = s.ModelT()
+    model.version = SCHEMA_VERSION
+    model.description = description
+    model.operatorCodes = [_operator_code(code) for code in opcodes]
+    model.subgraphs = graphs
+    model.buffers = buffers
+    model.signatureDefs = signatures
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _signature(key: str, subgraph: int, graph):
+    """Inputs and outputs are named as their tensors are (the ONNX names), so apps address them alike."""
+    signature = schema().SignatureDefT()
+    signature.signatureKey = key
+    signature.subgraphIndex = subgraph
+    signature.inputs = [_tensor_map(graph.tensors[i].name, i) for i in graph.inputs]
+    signature.outputs = [_tensor_map(graph.tensors[i].name, i) for i in graph.outputs]
+    return signature
 
 
 def _tensor_map(name: str, index: int):
@@ -164,20 +208,55 @@ class _AlignedBuffer:
 
 def weight_storage(data: bytes) -> dict[str, int]:
     """Bytes of constant data per tensor type in a `.tflite` (e.g. {"INT4": ..., "INT8": ..., "FLOAT32": ...}),
-    read from the file: what precision its weights are stored in, whatever the graph it came from."""
+    read from the file: what precision its weights are stored in, whatever the graph it came from. A buffer
+    several tensors share (the subgraphs of a bucketed file) is counted once, as the type it is first read as."""
     s = schema()
     model = s.Model.GetRootAs(data)
     names = {value: name for name, value in vars(s.TensorType).items() if not name.startswith("_")}
     storage: dict[str, int] = {}
+    counted: set[int] = set()
     for index in range(model.SubgraphsLength()):
         graph = model.Subgraphs(index)
         for position in range(graph.TensorsLength()):
             tensor = graph.Tensors(position)
             size = model.Buffers(tensor.Buffer()).DataLength()
-            if size:
+            if size and tensor.Buffer() not in counted:
+                counted.add(tensor.Buffer())
                 kind = names[tensor.Type()]
                 storage[kind] = storage.get(kind, 0) + size
     return dict(sorted(storage.items(), key=lambda item: -item[1]))
+
+
+def weight_sharing(data: bytes) -> dict:
+    """Constant bytes read by more than one subgraph ("shared") and, per subgraph in file order, the bytes
+    only it reads ("own"): in a bucketed file the weights against each bucket's length-dependent constants."""
+    model = schema().Model.GetRootAs(data)
+    readers: dict[int, set[int]] = {}
+    for index in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(index)
+        for position in range(graph.TensorsLength()):
+            readers.setdefault(graph.Tensors(position).Buffer(), set()).add(index)
+    sizes = {buffer: model.Buffers(buffer).DataLength() for buffer in readers}
+    own = [sum(sizes[b] for b, graphs in readers.items() if graphs == {index})
+           for index in range(model.SubgraphsLength())]
+    return {"shared": sum(sizes[b] for b, graphs in readers.items() if len(graphs) > 1), "own": own}
+
+
+def subgraph_alone(data: bytes, index: int) -> bytes:
+    """The file with subgraph `index` as its only subgraph (and its signature only): LiteRT's Python API
+    lists nodes and delegation for subgraph 0 alone, so the audit looks at another subgraph this way. For
+    files written here, whose operators call no other subgraph."""
+    import flatbuffers
+
+    s = schema()
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(data))
+    model.subgraphs = [model.subgraphs[index]]
+    model.signatureDefs = [sig for sig in model.signatureDefs or [] if sig.subgraphIndex == index]
+    for signature in model.signatureDefs:
+        signature.subgraphIndex = 0
+    builder = flatbuffers.Builder(len(data) + (1 << 20))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def describe_weight_storage(storage: dict[str, int]) -> str:
