@@ -47,9 +47,16 @@ def _write_tflite(model, out_dir: Path, *, exact_dynamic_int8: bool) -> Artifact
     return Artifact("tflite", path, RUNTIME)
 
 
-def run_tflite_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None) -> np.ndarray:
-    """Run the `.tflite` file in LiteRT on all rows, in batches of the model's fixed batch (the last padded)."""
+def run_tflite_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None,
+                        signature: str | None = None) -> np.ndarray:
+    """Run the `.tflite` file in LiteRT on all rows, in batches of the model's fixed batch (the last padded).
+
+    Without `signature` the primary subgraph runs (`invoke()`, what an app without signatures gets); with it,
+    that signature's runner (e.g. "seq_16" of a bucketed file), fed by its input names.
+    """
     interpreter = load_interpreter(path, threads=threads)
+    if signature is not None:
+        return _run_signature(interpreter, path, feeds, output_name, signature, progress)
     inputs = interpreter.get_input_details()
     output = _output_detail(interpreter, output_name, path)
     batch = int(inputs[0]["shape"][0])
@@ -65,6 +72,33 @@ def run_tflite_artifact(path: Path, feeds, *, output_name: str, threads: int = 2
         if progress:
             progress(start + real, rows)
     return np.concatenate(outputs).astype(np.float32)
+
+
+def _run_signature(interpreter, path: Path, feeds, output_name: str, key: str, progress) -> np.ndarray:
+    runner = signature_runner(interpreter, key, path)
+    inputs = runner.get_input_details()  # signature input name -> tensor details
+    if output_name not in runner.get_output_details():
+        raise InternalError(f"{Path(path).name} signature '{key}' has no output '{output_name}' "
+                            f"(outputs: {sorted(runner.get_output_details())})")
+    batch = int(next(iter(inputs.values()))["shape"][0])
+    rows = len(next(iter(feeds.values())))
+    outputs = []
+    for start in range(0, rows, batch):
+        real = min(batch, rows - start)
+        chunk = {name: _pad_rows(feeds[name][start:start + batch], batch).astype(detail["dtype"], copy=False)
+                 for name, detail in inputs.items()}
+        outputs.append(runner(**chunk)[output_name][:real].copy())
+        if progress:
+            progress(start + real, rows)
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def signature_runner(interpreter, key: str, path: Path | str):
+    """LiteRT's runner for signature `key`; a key the file does not have names the ones it has."""
+    keys = list(interpreter.get_signature_list())
+    if key not in keys:
+        raise InternalError(f"{Path(path).name} has no signature '{key}' (signatures: {', '.join(keys) or 'none'})")
+    return interpreter.get_signature_runner(key)
 
 
 def load_interpreter(path: Path | str, *, threads: int, delegate: bool = True):
@@ -140,8 +174,20 @@ DELEGATION_METHOD = ("static, from LiteRT {version} on the host: the nodes insid
 
 
 @dataclass(frozen=True)
+class SignatureAudit:
+    """One signature's subgraph: its size and where LiteRT runs it."""
+
+    key: str
+    subgraph: int
+    nodes: int
+    delegated_nodes: int
+    partitions: int
+    own_weight_bytes: int  # constant bytes no other subgraph reads (a bucket's position rows, shape vectors)
+
+
+@dataclass(frozen=True)
 class TFLiteAudit:
-    """What a `.tflite` contains and where LiteRT runs it."""
+    """What a `.tflite` contains and where LiteRT runs it; the op figures are the primary subgraph's."""
 
     op_histogram: dict[str, int]  # builtin -> nodes
     float_ops: list[str]  # builtins computing in float: a float32 result and no int8/uint8 operand
@@ -150,32 +196,79 @@ class TFLiteAudit:
     partitions: int  # XNNPACK subgraphs; each boundary costs a hand-over between kernels
     left_to_litert: dict[str, int]  # builtin -> nodes LiteRT's own kernels run
     method: str
+    signatures: tuple[SignatureAudit, ...] = ()  # in subgraph order; several in a bucketed file
+    shared_weight_bytes: int = 0  # constant bytes read by more than one subgraph
 
 
 def audit_for_report(path: Path) -> dict:
-    """The audit as report fields: histogram and float ops from the file, plus XNNPACK delegation."""
+    """The audit as report fields: histogram and float ops from the file, plus XNNPACK delegation; a file with
+    several signatures adds each one's figures and the weight bytes they share (one signature: as before)."""
     from edgecompress.backends.tflite.writer import describe_weight_storage, weight_storage
 
     audit = audit_tflite(path)
     storage = weight_storage(Path(path).read_bytes())  # e.g. 4-bit blocks stored as INT8 say so here
-    return {"op_histogram": audit.op_histogram, "float_ops": audit.float_ops, "weight_storage": storage,
-            "method": f"{audit.method}; {describe_weight_storage(storage)} (read from the file)",
-            "delegation": {"nodes": audit.nodes, "delegated_nodes": audit.delegated_nodes,
-                           "partitions": audit.partitions, "left_to_litert": audit.left_to_litert}}
+    fields = {"op_histogram": audit.op_histogram, "float_ops": audit.float_ops, "weight_storage": storage,
+              "method": f"{audit.method}; {describe_weight_storage(storage)} (read from the file)",
+              "delegation": {"nodes": audit.nodes, "delegated_nodes": audit.delegated_nodes,
+                             "partitions": audit.partitions, "left_to_litert": audit.left_to_litert}}
+    if len(audit.signatures) > 1:
+        fields["signatures"] = {sig.key: {"subgraph": sig.subgraph, "nodes": sig.nodes,
+                                          "delegated_nodes": sig.delegated_nodes, "partitions": sig.partitions,
+                                          "own_weight_bytes": sig.own_weight_bytes} for sig in audit.signatures}
+        fields["shared_weight_bytes"] = audit.shared_weight_bytes
+    return fields
 
 
 def audit_tflite(path: Path | str) -> TFLiteAudit:
-    """Op histogram, float ops and XNNPACK delegation of a `.tflite` file, from LiteRT itself."""
-    plain = load_interpreter(path, threads=1, delegate=False)._get_ops_details()
-    delegated = load_interpreter(path, threads=1, delegate=True)._get_ops_details()
-    delegates = [op for op in delegated[len(plain):] if op["op_name"] == "DELEGATE"]
-    taken = _delegated_nodes(delegated[:len(plain)], delegates)
+    """Op histogram, float ops and XNNPACK delegation of a `.tflite` file, from LiteRT itself; every other
+    signature's subgraph is audited alone (`writer.subgraph_alone`), since LiteRT lists subgraph 0 only."""
+    from edgecompress.backends.tflite.writer import weight_sharing
+
+    plain, delegates, taken = _delegation(path)
+    data = Path(path).read_bytes()
+    sharing = weight_sharing(data)
+    signatures = []
+    for key, subgraph in _signature_subgraphs(data):
+        nodes, partitions, delegated = len(plain), len(delegates), len(taken)
+        if subgraph != 0:
+            nodes, partitions, delegated = _other_subgraph(data, subgraph)
+        signatures.append(SignatureAudit(key, subgraph, nodes, delegated, partitions, sharing["own"][subgraph]))
     return TFLiteAudit(op_histogram=dict(sorted(Counter(op["op_name"] for op in plain).items())),
                        float_ops=sorted({op["op_name"] for op in plain if _computes_in_float(op)}),
                        nodes=len(plain), delegated_nodes=len(taken), partitions=len(delegates),
                        left_to_litert=dict(sorted(Counter(op["op_name"] for op in plain
                                                           if op["index"] not in taken).items())),
-                       method=DELEGATION_METHOD.format(version=litert_version()))
+                       method=DELEGATION_METHOD.format(version=litert_version()),
+                       signatures=tuple(signatures), shared_weight_bytes=sharing["shared"])
+
+
+def _delegation(path: Path | str) -> tuple[list[dict], list[dict], set[int]]:
+    """Subgraph 0's nodes without delegation, the XNNPACK DELEGATE nodes, and the node indices they took."""
+    plain = load_interpreter(path, threads=1, delegate=False)._get_ops_details()
+    delegated = load_interpreter(path, threads=1, delegate=True)._get_ops_details()
+    delegates = [op for op in delegated[len(plain):] if op["op_name"] == "DELEGATE"]
+    return plain, delegates, _delegated_nodes(delegated[:len(plain)], delegates)
+
+
+def _other_subgraph(data: bytes, subgraph: int) -> tuple[int, int, int]:
+    """(nodes, partitions, delegated nodes) of a non-primary subgraph, audited as a file of its own."""
+    from edgecompress.backends.tflite.writer import subgraph_alone
+
+    with tempfile.TemporaryDirectory() as folder:
+        alone = Path(folder) / f"subgraph{subgraph}.tflite"
+        alone.write_bytes(subgraph_alone(data, subgraph))
+        plain, delegates, taken = _delegation(alone)
+    return len(plain), len(delegates), len(taken)
+
+
+def _signature_subgraphs(data: bytes) -> list[tuple[str, int]]:
+    """(signature key, subgraph index) of each SignatureDef in the file, in subgraph order."""
+    from edgecompress.backends.tflite.writer import schema
+
+    model = schema().Model.GetRootAs(data)
+    pairs = [(model.SignatureDefs(i).SignatureKey().decode(), model.SignatureDefs(i).SubgraphIndex())
+             for i in range(model.SignatureDefsLength())]
+    return sorted(pairs, key=lambda pair: pair[1])
 
 
 def _computes_in_float(op: dict) -> bool:
