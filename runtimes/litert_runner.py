@@ -16,13 +16,18 @@ Output (stdout, exactly one JSON object, schema "edgecompress.runner/1"):
               LiteRT applies the XNNPACK delegate and packs the weights).
   delegate    "xnnpack" (LiteRT's default CPU delegate, what an app gets) or "none"
               (LiteRT's own builtin kernels), chosen with --delegate.
+  signature   the signature run, chosen with --signature (e.g. "seq_16" of a file with one
+              signature per length bucket), or null: the primary subgraph through invoke(),
+              what an app calling run() without a signature gets. Its subgraph is allocated
+              on its first (warm-up) run, so load_ms is the same interpreter load either way.
+  signatures  the model's signature keys, in file order.
   peak_rss_mb peak resident set size of the whole process in MiB (includes interpreter and
               imports), or null where the platform exposes no figure.
   output_digest  sha256 over the first timed run's outputs in name order: for each output a
               JSON header [name, dtype, shape] plus a newline, then its little-endian raw bytes.
               Two hosts report the same digest iff they produced bit-identical outputs.
 
-Expected errors (missing file, not a model, bad --inputs) print one line
+Expected errors (missing file, not a model, bad --inputs, unknown --signature) print one line
 `litert_runner: error: ...` on stderr and exit 2.
 """
 
@@ -93,6 +98,8 @@ def parse_args(argv):
     parser.add_argument("--save-outputs", help="write the first timed run's outputs to this .npz")
     parser.add_argument("--delegate", choices=DELEGATES, default="xnnpack",
                         help="xnnpack: LiteRT's default CPU delegate; none: builtin kernels only (default xnnpack)")
+    parser.add_argument("--signature", metavar="KEY",
+                        help="run this signature's runner instead of the primary subgraph (e.g. seq_16)")
     parser.add_argument("--keep-samples", action="store_true",
                         help="also report every timed run as latency_samples_ms (for pooling across runs)")
     return parser.parse_args(argv)
@@ -215,12 +222,32 @@ def build_feeds(args, details):
     return {detail["name"]: synthesize(detail, args.seq_len, rng) for detail in details}, "synthetic"
 
 
-def time_runs(interpreter, feeds, warmup, runs):
-    """Returns (per-run latencies in ms, outputs of the first timed run by name)."""
+def signature_keys(interpreter):
+    """The model's signature keys in file order; none where the runtime predates signatures."""
+    listing = getattr(interpreter, "get_signature_list", None)
+    return list(listing()) if listing is not None else []
+
+
+def check_signature(keys, key):
+    """An unknown signature key is the user's error; the message names the known ones."""
+    if key not in keys:
+        raise RunnerError("unknown signature %r; the model has: %s" % (key, ", ".join(keys) or "no signatures"))
+
+
+def signature_inputs(runner):
+    """The signature's input details as a list, each named by its signature input name."""
+    return [dict(detail, name=name) for name, detail in runner.get_input_details().items()]
+
+
+def time_runs(interpreter, feeds, warmup, runs, runner=None):
+    """Returns (per-run latencies in ms, outputs of the first timed run by name). With a signature
+    `runner`, a run is one call of it (set inputs + invoke + read outputs of its subgraph)."""
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
 
     def run_once():
+        if runner is not None:
+            return runner(**feeds)
         for detail in inputs:
             interpreter.set_tensor(detail["index"], feeds[detail["name"]])
         interpreter.invoke()
@@ -313,10 +340,20 @@ def save_outputs(path, outputs):
 def run(args):
     """Load, feed, time and summarize one model; returns the JSON-ready result."""
     interpreter, create_ms = open_interpreter(args.model, args.threads, args.delegate)
-    details = interpreter.get_input_details()
-    feeds, source = build_feeds(args, details)
-    allocate_ms = prepare(interpreter, {name: feed.shape for name, feed in feeds.items()})
-    latencies, outputs = time_runs(interpreter, feeds, args.warmup, args.runs)
+    keys = signature_keys(interpreter)
+    runner = None
+    if args.signature is None:
+        details = interpreter.get_input_details()
+        feeds, source = build_feeds(args, details)
+        allocate_ms = prepare(interpreter, {name: feed.shape for name, feed in feeds.items()})
+    else:
+        check_signature(keys, args.signature)
+        # the interpreter as it is (a runner holds the interpreter, which then refuses allocate_tensors)
+        allocate_ms = prepare(interpreter, {d["name"]: d["shape"] for d in interpreter.get_input_details()})
+        runner = interpreter.get_signature_runner(args.signature)
+        details = signature_inputs(runner)
+        feeds, source = build_feeds(args, details)
+    latencies, outputs = time_runs(interpreter, feeds, args.warmup, args.runs, runner)
     if args.save_outputs:
         save_outputs(args.save_outputs, outputs)
     result = {
@@ -330,6 +367,8 @@ def run(args):
         "runs": args.runs,
         "warmup": args.warmup,
         "delegate": args.delegate,
+        "signature": args.signature,
+        "signatures": keys,
         "inputs": describe_arrays({detail["name"]: feeds[detail["name"]] for detail in details}, source),
         "load_ms": round(create_ms + allocate_ms, 4),
         "latency_ms": latency_summary(latencies),
