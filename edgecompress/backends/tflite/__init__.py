@@ -3,6 +3,7 @@
 - `artifact.py`: writes, runs and audits the file (LiteRT's interpreter, XNNPACK delegation);
 - `legalize.py`, `rejoin_row_slices.py`: the graph edits TFLite needs before lowering (not recipe passes);
 - `lowering.py`: walks the graph and writes each node through the op registry (`registry.py`, a leaf);
+- `buckets.py`: one file, one signature per sequence-length bucket, the weights stored once;
 - `ops/`: one file per op family, each registering its lowerings with `@lowers`;
 - `writer.py`: the flatbuffer, built with the schema LiteRT ships.
 """

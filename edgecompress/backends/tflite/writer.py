@@ -3,6 +3,7 @@
 No TensorFlow converter is involved: the lowering adds tensors and builtin operators here one by one,
 and `serialize` packs them into one subgraph with a `serving_default` signature whose names are the
 ONNX input and output names, so apps and runners address the model exactly as they address model.onnx.
+`serialize_signatures` packs several such subgraphs (the length buckets) into one file sharing buffers.
 """
 
 from __future__ import annotations
