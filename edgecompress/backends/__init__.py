@@ -59,6 +59,9 @@ class Backend:
     # None: the runtime cannot list a file's ops, so its artifacts are audited from the ONNX graph.
     audit: Auditor | None = None
     exact_writer: ExactWriter | None = None
+    # How a file serves one length bucket of a bucketed export: the runner's --signature for that length
+    # (LiteRT: one signature per bucket); None: feeds cut to the length run as they are (a dynamic axis).
+    bucket_signature: Callable[[int], str] | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -72,7 +75,7 @@ def register_backend(backend: Backend) -> Backend:
     """Make a backend known; each backend package's `__init__` calls this once."""
     if backend.runtime in _BACKENDS:
         raise InternalError(f"backend {backend.runtime!r} registered twice")
-    taken = set(artifact_kinds(imported_only=True)) & set(backend.kinds)
+    taken = {kind for known in _BACKENDS.values() for kind in known.kinds} & set(backend.kinds)
     if taken:
         raise InternalError(f"artifact kind(s) {sorted(taken)} of {backend.runtime!r} already belong to a backend")
     _BACKENDS[backend.runtime] = backend
@@ -80,10 +83,13 @@ def register_backend(backend: Backend) -> Backend:
 
 
 def backends() -> dict[str, Backend]:
-    """Every backend, by runtime name, in folder order (ort before tflite): no hand-kept list."""
+    """Every backend, by runtime name, in folder order (ort before tflite) whatever was imported first: no
+    hand-kept list. Each backend package names its object `BACKEND`."""
+    found = {}
     for module in pkgutil.iter_modules(__path__, __name__ + "."):
-        importlib.import_module(module.name)
-    return _BACKENDS
+        backend = importlib.import_module(module.name).BACKEND
+        found[backend.runtime] = backend
+    return found
 
 
 def backend_for(runtime: str) -> Backend:
@@ -99,10 +105,9 @@ def backend_for_suffix(suffix: str) -> Backend | None:
     return next((b for b in backends().values() if suffix in b.suffixes.values()), None)
 
 
-def artifact_kinds(*, imported_only: bool = False) -> tuple[str, ...]:
+def artifact_kinds() -> tuple[str, ...]:
     """Every artifact kind a device profile may ask for, in backend order."""
-    known = _BACKENDS if imported_only else backends()
-    return tuple(kind for backend in known.values() for kind in backend.kinds)
+    return tuple(kind for backend in backends().values() for kind in backend.kinds)
 
 
 def artifact_suffixes() -> tuple[str, ...]:

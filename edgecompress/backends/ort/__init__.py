@@ -6,7 +6,7 @@
 from edgecompress.backends import Backend, register_backend
 from edgecompress.backends.ort import artifact, audit
 
-ONNX_RUNTIME = register_backend(Backend(
+BACKEND = register_backend(Backend(
     runtime="onnxruntime",
     suffixes={"onnx": ".onnx", "ort": ".ort"},
     runner="ort_runner",

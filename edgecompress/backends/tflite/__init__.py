@@ -11,7 +11,7 @@
 from edgecompress.backends import Backend, register_backend
 from edgecompress.backends.tflite import artifact
 
-LITERT = register_backend(Backend(
+BACKEND = register_backend(Backend(
     runtime=artifact.RUNTIME,
     suffixes={"tflite": ".tflite"},
     runner="litert_runner",
