@@ -72,9 +72,13 @@ class Runtime:
     """How the app runs the model: the artifact is exported for these shapes."""
 
     threads: int
-    seq_len: int
+    seq_len: int  # the longest input, in tokens: longer texts are truncated to it
     batch: int
     dynamic_shapes: bool
+    # Input lengths the artifacts serve, ascending, the last one seq_len: a text of n tokens runs at the
+    # smallest bucket >= n (LiteRT: one signature per bucket over shared weights; ONNX Runtime: a dynamic
+    # sequence axis). One bucket, (seq_len,), is one fixed length.
+    buckets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Budgets:
     peak_memory_mb: float
     artifact_size_mb: float
     accuracy_drop_points: float
+    # What latency_p90_ms bounds: "real-text", the p90 over --data's texts each run at its bucket, or
+    # "longest-bucket", the latency at seq_len (every input padded to the longest length).
+    latency_applies_to: str = "longest-bucket"
 
 
 @dataclass(frozen=True)
@@ -215,9 +222,12 @@ _CLUSTER_RULES = {"core": _TEXT, "count": _COUNT, "max_ghz": _POSITIVE, "fp32_fl
                   "int8_ops_per_cycle": _POSITIVE, "source": _TEXT, "derivation": _TEXT}
 _MEMORY_RULES = {"ram_gb": _POSITIVE, "type": _TEXT, "bandwidth_gbps": _POSITIVE, "source": _TEXT,
                  "derivation": _TEXT}
-_RUNTIME_RULES = {"threads": _COUNT, "seq_len": _COUNT, "batch": _COUNT, "dynamic_shapes": _BOOL}
+_COUNTS = _Rule("a non-empty list of positive integers",
+                lambda v: isinstance(v, list) and len(v) > 0 and all(_COUNT.accepts(item) for item in v))
+_RUNTIME_RULES = {"threads": _COUNT, "seq_len": _COUNT, "batch": _COUNT, "dynamic_shapes": _BOOL, "buckets": _COUNTS}
+LATENCY_APPLIES_TO = ("real-text", "longest-bucket")
 _BUDGET_RULES = {"latency_p90_ms": _POSITIVE, "peak_memory_mb": _POSITIVE, "artifact_size_mb": _POSITIVE,
-                 "accuracy_drop_points": _POSITIVE}
+                 "accuracy_drop_points": _POSITIVE, "latency_applies_to": _one_of(LATENCY_APPLIES_TO)}
 _OPTIONAL = frozenset({"derivation"})
 
 
@@ -308,7 +318,7 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
     quantize = top.get("quantize", "none")
     if quantize not in QUANTIZE_MODES:
         raise reader.error(f"field 'quantize' must be one of {', '.join(QUANTIZE_MODES)}, got {_show(quantize)}")
-    runtime = Runtime(**reader.table(top["runtime"], "runtime", _RUNTIME_RULES))
+    runtime = _runtime(reader.table(top["runtime"], "runtime", _RUNTIME_RULES, frozenset({"buckets"})), reader)
     if "tflite" in artifacts and runtime.dynamic_shapes:
         raise reader.error("field 'runtime.dynamic_shapes' must be false when 'artifacts' has \"tflite\"",
                            hint="LiteRT needs fixed shapes; drop tflite or fix shapes to seq_len")
@@ -320,5 +330,16 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
                 clusters=clusters, source=soc["source"]),
         memory=Memory(**reader.table(top["memory"], "memory", _MEMORY_RULES, _OPTIONAL)),
         runtime=runtime,
-        budgets=Budgets(**reader.table(top["budgets"], "budgets", _BUDGET_RULES)),
+        budgets=Budgets(**reader.table(top["budgets"], "budgets", _BUDGET_RULES, frozenset({"latency_applies_to"}))),
     )
+
+
+def _runtime(raw: dict[str, Any], reader: _Reader) -> Runtime:
+    """The runtime table, its buckets checked: ascending, each once, the longest equal to seq_len."""
+    buckets = raw.get("buckets", [raw["seq_len"]])
+    if sorted(set(buckets)) != buckets:
+        raise reader.error(f"field 'runtime.buckets' must be ascending with each length once, got {_show(buckets)}")
+    if buckets[-1] != raw["seq_len"]:
+        raise reader.error(f"field 'runtime.buckets' must end with seq_len {raw['seq_len']}, got {_show(buckets)}",
+                           hint="seq_len is the longest input; list the shorter lengths before it")
+    return Runtime(**{**raw, "buckets": tuple(buckets)})

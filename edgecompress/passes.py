@@ -56,6 +56,15 @@ class PassContext:
     # The artifact kinds the device profile wants (onnx, ort, tflite), for passes whose output only some
     # runtimes can run; empty when unknown (a pass applied outside an export).
     artifacts: tuple[str, ...] = ()
+    # Input lengths the artifacts serve (the profile's runtime.buckets, the last one seq_len). With more than
+    # one, the graph keeps a symbolic sequence axis (fix_shapes fixes the batch only) and each backend
+    # serves the lengths its own way; empty or one length: every shape is fixed to seq_len.
+    buckets: tuple[int, ...] = ()
+
+    @property
+    def dynamic_sequence(self) -> bool:
+        """The graph keeps its sequence axis symbolic: several lengths, or dynamic shapes throughout."""
+        return self.dynamic_shapes or len(self.buckets) > 1
 
 
 @dataclass

@@ -15,10 +15,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -171,7 +172,7 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
     from edgecompress.report.build import build_report
     from edgecompress.report.manifest import write_package
     from edgecompress.verify.artifacts import Reference, verify_artifacts
-    from edgecompress.verify.evaluate import parity_atol
+    from edgecompress.verify.evaluate import BUCKET_ATOL, parity_atol
 
     bundle, graph = compressed.bundle, rewrite.graph
     with clock.stage("emit", ", ".join(profile.artifacts)) as summary:
@@ -180,7 +181,9 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
     with clock.stage("verify", f"{len(data.dataset)} texts") as summary:
         reference = Reference(compressed.reference, compressed.feeds, bundle.output_name,
                               classification=bundle.kind == CLASSIFICATION,
-                              lossy=any(r.lossy for r in rewrite.records), atol=parity_atol(bundle))
+                              lossy=any(r.lossy for r in rewrite.records), atol=parity_atol(bundle),
+                              buckets=profile.runtime.buckets,
+                              bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol)
         verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only,
                                     ticker=clock.ticker)
         summary.append(", ".join(f"{a.path.name} max|diff| {p.max_abs_diff:.1e}"
@@ -211,7 +214,8 @@ def _pass_context(bundle, profile, calibration, train_data) -> PassContext:
     return PassContext(seq_len=runtime.seq_len, batch=runtime.batch, dynamic_shapes=runtime.dynamic_shapes,
                        num_heads=bundle.num_heads, hidden_size=bundle.attention_width or bundle.hidden_size,
                        num_layers=bundle.num_layers, input_names=bundle.input_names, calibration=calibration,
-                       train_data=train_data, artifacts=tuple(profile.artifacts))
+                       train_data=train_data, artifacts=tuple(profile.artifacts),
+                       buckets=runtime.buckets)
 
 
 def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):

@@ -21,6 +21,21 @@ def static_shapes(model) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def known_shapes(model) -> dict[str, tuple[int | str, ...]]:
+    """Shapes after ONNX shape inference where every dim is known, a fixed size or a named symbol (the
+    sequence axis of a graph that serves several lengths); dims with neither make a shape unknown."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim if tensor.HasField("shape") else []
+        if tensor.HasField("shape") and all(d.HasField("dim_value") or d.dim_param for d in dims):
+            shapes[value.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else d.dim_param for d in dims)
+    return shapes
+
+
 def readers(model) -> dict[str, list]:
     """Value name -> the nodes that read it, in graph order."""
     found: dict[str, list] = {}

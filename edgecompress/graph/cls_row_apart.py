@@ -37,8 +37,8 @@ from edgecompress.graph._graph_edit import (
     constant,
     drop_unused,
     fresh,
+    known_shapes,
     reader_indices,
-    static_shapes,
 )
 from edgecompress.graph._quant_common import copy_model, rounding_diff, with_contrib_shapes
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
@@ -55,7 +55,7 @@ class FeedForward:
     `at` their positions in graph.node, by which the rewrite finds them."""
 
     nodes: tuple
-    rows: int
+    rows: int | str  # the row count, or the name of a symbolic sequence axis (a graph serving several lengths)
     at: tuple[int, ...]
 
     @property
@@ -77,13 +77,13 @@ class ClsRowApart(Pass):
     name = "cls_row_apart"
     stage = "graph"
     in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
-    runs_after = ("fix_shapes",)  # it splits FFN inputs of fixed shape [batch, rows, features]
+    runs_after = ("fix_shapes",)  # it splits FFN inputs of shape [batch, rows, features], batch fixed
     runs_before = ("quantize_dynamic",)  # whose run-time ranges the split is for
 
     def requires(self, model, ctx: PassContext) -> None:
         if not feed_forwards(model):
             raise PassSkipped("no feed-forward block (MatMul by a constant, row-wise ops, MatMul by a constant) "
-                              "on a fixed-shape [batch, rows, features] input with at least 2 rows")
+                              "on a [batch, rows, features] input with at least 2 rows (or a symbolic sequence axis)")
 
     def run(self, model, ctx: PassContext) -> PassResult:
         from onnx import numpy_helper
@@ -122,7 +122,8 @@ class ClsRowApart(Pass):
 
 
 def feed_forwards(model) -> list[FeedForward]:
-    """Every MatMul(X, constant) -> row-wise ops -> MatMul(constant) chain whose X is [B, rows >= 2, K]."""
+    """Every MatMul(X, constant) -> row-wise ops -> MatMul(constant) chain whose X is [B, rows, K], rows >= 2
+    or the symbolic sequence axis."""
     nodes = model.graph.node
     by_input, outputs = reader_indices(model), {value.name for value in model.graph.output}
     shapes = None
@@ -135,15 +136,16 @@ def feed_forwards(model) -> list[FeedForward]:
             continue
         shapes = _shapes(model) if shapes is None else shapes
         shape = shapes.get(node.input[0])
-        if shape is not None and len(shape) == 3 and shape[1] >= 2:
+        if shape is not None and len(shape) == 3 and (isinstance(shape[1], str) or shape[1] >= 2):
             blocks.append(FeedForward(tuple(nodes[i] for i in chain), shape[1], tuple(chain)))
     return blocks
 
 
-def _shapes(model) -> dict[str, tuple[int, ...]]:
-    """Fixed shapes, contrib ops included (ONNX's own inference stops at SkipLayerNormalization, whose output
-    is the FFN input of every fused BERT layer)."""
-    return static_shapes(with_contrib_shapes(model))
+def _shapes(model) -> dict[str, tuple[int | str, ...]]:
+    """Shapes, contrib ops included (ONNX's own inference stops at SkipLayerNormalization, whose output is the
+    FFN input of every fused BERT layer). A symbolic sequence axis stays a name: the split takes rows 1:end,
+    whatever the length at run time."""
+    return known_shapes(with_contrib_shapes(model))
 
 
 def _chain_from(model, first: int, by_input: dict, outputs: set) -> list[int] | None:

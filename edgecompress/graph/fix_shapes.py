@@ -1,8 +1,12 @@
 """Fix the symbolic batch and sequence axes of the inputs to the profile's `batch` and `seq_len`.
 
 Before -> After: `input_ids[batch, sequence]` -> `input_ids[1, 128]` (and every other graph input and
-output axis named the same). Stale `value_info` entries are dropped and shapes re-inferred, because
-ONNX Runtime's quantizer and shape-dependent rewrites trip over shapes left from the dynamic export.
+output axis named the same). When the profile serves several lengths (buckets), only the batch is fixed:
+`input_ids[batch, sequence]` -> `input_ids[1, sequence]`, and each backend serves the buckets from that
+graph (ONNX Runtime as it is, LiteRT one signature per length, see rewrite.specialize).
+
+Stale `value_info` entries are dropped and shapes re-inferred, because ONNX Runtime's quantizer and
+shape-dependent rewrites trip over shapes left from the dynamic export.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class FixShapes(Pass):
             raise PassSkipped("the device profile asks for dynamic shapes")
         if ctx.seq_len is None:
             raise PassSkipped("no seq_len given")
-        if not _symbolic_input_dims(model):
+        if not _symbolic_input_dims(model, keep_sequence=ctx.dynamic_sequence):
             raise PassSkipped("all input dims are already fixed")
 
     def run(self, model, ctx: PassContext) -> PassResult:
@@ -41,21 +45,26 @@ class FixShapes(Pass):
                     dim.dim_value = sizes[dim.dim_param]
         del model.graph.value_info[:]
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        fixed += _fix_output_shapes(model)
-        return PassResult(model, [f"fixed inputs to batch {ctx.batch}, seq_len {ctx.seq_len}"],
-                          {"fixed": fixed})
+        fixed += _fix_output_shapes(model, _sequence_params(model) if ctx.dynamic_sequence else set(), ctx.seq_len)
+        if ctx.dynamic_sequence:
+            note = f"fixed inputs to batch {ctx.batch}; the sequence axis serves lengths {list(ctx.buckets)}"
+        else:
+            note = f"fixed inputs to batch {ctx.batch}, seq_len {ctx.seq_len}"
+        return PassResult(model, [note], {"fixed": fixed})
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         from edgecompress.errors import InternalError
 
-        left = _symbolic_input_dims(result.model)
+        left = _symbolic_input_dims(result.model, keep_sequence=ctx.dynamic_sequence)
         if left:
             raise InternalError(f"fix_shapes left symbolic input dims {left}")
 
 
-def _symbolic_input_dims(model) -> list[str]:
+def _symbolic_input_dims(model, *, keep_sequence: bool = False) -> list[str]:
+    """Input dims not fixed yet; with `keep_sequence`, axis 1 (the sequence) is meant to stay symbolic."""
     return [f"{value.name}.{dim.dim_param}" for value in model.graph.input
-            for dim in value.type.tensor_type.shape.dim if not dim.HasField("dim_value")]
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim)
+            if not dim.HasField("dim_value") and not (keep_sequence and axis == 1)]
 
 
 def _dim_sizes(model, ctx: PassContext) -> dict[str, int]:
@@ -66,29 +75,44 @@ def _dim_sizes(model, ctx: PassContext) -> dict[str, int]:
         for axis, dim in enumerate(dims):
             if dim.HasField("dim_param") or not dim.HasField("dim_value"):
                 dim.dim_param = dim.dim_param or f"{value.name}_dim{axis}"
-                sizes[dim.dim_param] = ctx.batch if axis == 0 else ctx.seq_len
+                if axis == 0 or not ctx.dynamic_sequence:
+                    sizes[dim.dim_param] = ctx.batch if axis == 0 else ctx.seq_len
     return sizes
 
 
-def _fix_output_shapes(model) -> list[str]:
+def _sequence_params(model) -> set[str]:
+    """The names of the inputs' symbolic sequence axes (axis 1), which stay symbolic for bucketed profiles."""
+    return {value.type.tensor_type.shape.dim[1].dim_param for value in model.graph.input
+            if len(value.type.tensor_type.shape.dim) > 1 and value.type.tensor_type.shape.dim[1].dim_param}
+
+
+def _fix_output_shapes(model, sequence_params: set[str], seq_len: int | None) -> list[str]:
     """Outputs whose dims are still symbolic get the shapes one run of the fixed graph produces.
 
     onnx shape inference stops at ONNX Runtime's contrib ops (the graph is fused by now), so the
-    app-facing output shape is observed instead: with fixed inputs it is fully determined.
+    app-facing output shape is observed instead: with fixed inputs it is fully determined. Dims named
+    like the inputs' sequence axis (`sequence_params`) stay symbolic; the run then uses `seq_len` there.
     """
     import numpy as np
     import onnxruntime as ort
 
-    pending = [o for o in model.graph.output if any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
+    def open_dims(output) -> list:
+        return [d for d in output.type.tensor_type.shape.dim
+                if not d.HasField("dim_value") and d.dim_param not in sequence_params]
+
+    pending = [o for o in model.graph.output if open_dims(o)]
     if not pending:
         return []
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
-    feeds = {i.name: np.zeros(i.shape, dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else seq_len for d in i.shape],
+                              dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
     observed = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     fixed = []
     for output in pending:
         for dim, size in zip(output.type.tensor_type.shape.dim, observed[output.name].shape):
-            dim.dim_value = size
-        fixed.append(f"{output.name}={list(observed[output.name].shape)}")
+            if dim.dim_param not in sequence_params or dim.HasField("dim_value"):
+                dim.dim_value = size
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
+        fixed.append(f"{output.name}={shape}")
     return fixed

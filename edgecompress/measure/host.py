@@ -14,15 +14,20 @@ from typing import Any
 import numpy as np
 
 from edgecompress.backends import Artifact, backend_for
+from edgecompress.report.document import MEASURED
 
 
 @dataclass
 class HostTiming:
     """What the measure stage hands on: a runner result (or None when not measured) per artifact."""
 
-    results: list[dict | None]
+    results: list[dict | None]  # at the longest length: every text padded to seq_len
     speed_vs_float: list[dict | None]  # float_twin.compare_speed per quantized artifact
     notes: list[str] = field(default_factory=list)
+    # Length buckets: {bucket: runner result} per artifact, and the latency over --data's texts each run at
+    # its bucket (real_text); empty lists without buckets.
+    per_bucket: list[dict[int, dict]] = field(default_factory=list)
+    real_text: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,15 @@ class TimingPlan:
     runs: int
     warmup: int
     inputs: dict[str, np.ndarray]  # the first eval text, as the report quotes it
+    # Texts of --data per length bucket ({seq_len: all} without buckets): the real length distribution.
+    texts_per_bucket: dict[int, int] = field(default_factory=dict)
 
 
-def plan_timing(profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int) -> TimingPlan:
+def plan_timing(profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int,
+                texts_per_bucket: dict[int, int] | None = None) -> TimingPlan:
     return TimingPlan(threads=min(profile.runtime.threads, os.cpu_count() or 1), runs=runs, warmup=warmup,
-                      inputs={name: values[:1] for name, values in feeds.items()})
+                      inputs={name: values[:1] for name, values in feeds.items()},
+                      texts_per_bucket=texts_per_bucket or {})
 
 
 def measure_on_host(artifacts: list[Artifact], float_twin, profile, plan: TimingPlan | None,
@@ -47,8 +56,41 @@ def measure_on_host(artifacts: list[Artifact], float_twin, profile, plan: Timing
     if plan.threads < profile.runtime.threads:
         notes.append(f"host has {os.cpu_count()} cores: host latency measured with {plan.threads} threads, "
                      f"not the profile's {profile.runtime.threads}")
-    results: list[dict | None] = [time_artifact(a, plan) for a in artifacts]
-    return HostTiming(results, _against_float_twin(artifacts, results, float_twin, plan, scratch_root), notes)
+    bucketed = len(plan.texts_per_bucket) > 1
+    results: list[dict | None] = [time_artifact(a, plan, keep_samples=bucketed) for a in artifacts]
+    timing = HostTiming(results, _against_float_twin(artifacts, results, float_twin, plan, scratch_root), notes)
+    if bucketed:
+        timing.per_bucket = [_time_buckets(a, plan, result) for a, result in zip(artifacts, results)]
+        timing.real_text = [real_text_latency(buckets, plan.texts_per_bucket) for buckets in timing.per_bucket]
+    return timing
+
+
+def _time_buckets(artifact: Artifact, plan: TimingPlan, longest: dict | None) -> dict[int, dict]:
+    """The runner at every bucket, the first text cut to it (the longest bucket's run is `longest`)."""
+    lengths = sorted(plan.texts_per_bucket)
+    timed = {length: time_artifact(artifact, plan, length=length, keep_samples=True) for length in lengths[:-1]}
+    timed[lengths[-1]] = longest or time_artifact(artifact, plan, keep_samples=True)
+    return timed
+
+
+def real_text_latency(per_bucket: dict[int, dict], texts_per_bucket: dict[int, int]) -> dict[str, Any]:
+    """p50/p90 of the latency a text of --data sees, each text at its bucket: the runs of each bucket pooled,
+    each run weighted by its bucket's share of the texts (nearest rank on the weighted runs)."""
+    total = sum(texts_per_bucket.values())
+    pooled = []
+    for length, result in per_bucket.items():
+        samples = result["latency_samples_ms"]
+        pooled += [(ms, texts_per_bucket.get(length, 0) / total / len(samples)) for ms in samples]
+    pooled.sort()
+    cumulative = np.cumsum([weight for _, weight in pooled])
+
+    def percentile(q: float) -> float:
+        return float(pooled[min(int(np.searchsorted(cumulative, q / 100 - 1e-12)), len(pooled) - 1)][0])
+
+    threads = next(iter(per_bucket.values()))["threads"]
+    return {"p50_ms": percentile(50), "p90_ms": percentile(90), "texts": total, "how": MEASURED,
+            "method": (f"measured on host, {threads} thread(s): each bucket timed by its runner, the runs pooled "
+                       f"and weighted by the share of the {total} texts of --data that run at that bucket")}
 
 
 def _against_float_twin(artifacts: list[Artifact], results: list[dict | None], float_twin, plan: TimingPlan,
@@ -64,9 +106,16 @@ def _against_float_twin(artifacts: list[Artifact], results: list[dict | None], f
             for a, m in zip(artifacts, results)]
 
 
-def time_artifact(artifact: Artifact, plan: TimingPlan) -> dict[str, Any]:
-    """The artifact in its runtime's standalone runner, on the first eval text, as the report quotes it."""
+def time_artifact(artifact: Artifact, plan: TimingPlan, *, length: int | None = None,
+                  keep_samples: bool = False) -> dict[str, Any]:
+    """The artifact in its runtime's standalone runner, on the first eval text, as the report quotes it;
+    with `length`, the text cut to that bucket, run the way the file serves it."""
     from edgecompress.measure.runner import run_runner
 
-    return run_runner(artifact.path, runner=backend_for(artifact.runtime).runner, threads=plan.threads,
-                      runs=plan.runs, warmup=plan.warmup, inputs=plan.inputs)
+    backend = backend_for(artifact.runtime)
+    inputs, signature = plan.inputs, None
+    if length is not None:
+        inputs = {name: values[:, :length] for name, values in plan.inputs.items()}
+        signature = backend.bucket_signature(length) if backend.bucket_signature else None
+    return run_runner(artifact.path, runner=backend.runner, threads=plan.threads, runs=plan.runs,
+                      warmup=plan.warmup, inputs=inputs, keep_samples=keep_samples, signature=signature)

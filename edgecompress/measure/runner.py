@@ -46,14 +46,17 @@ def runner_script(runner: str) -> Path:
 
 def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs: int, warmup: int,
                inputs: dict[str, np.ndarray] | None = None, seq_len: int | None = None,
-               keep_samples: bool = False, timeout_s: float = 600) -> dict:
+               keep_samples: bool = False, signature: str | None = None, timeout_s: float = 600) -> dict:
     """Run `runner` on `artifact` with this interpreter and return its validated JSON result.
 
     `inputs` are passed through an .npz (keys = model input names); without them the runner
-    synthesizes inputs, with `seq_len` for the sequence axis.
+    synthesizes inputs, with `seq_len` for the sequence axis. `signature`: the LiteRT signature to run
+    (one per length bucket), for the LiteRT runner only.
     """
     cmd = [sys.executable, str(runner_script(runner)), str(artifact),
            "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
+    if signature is not None:
+        cmd += ["--signature", signature]
     if seq_len is not None:
         cmd += ["--seq-len", str(seq_len)]
     if keep_samples:

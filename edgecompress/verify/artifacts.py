@@ -1,23 +1,34 @@
 """The verify stage: every artifact file is run on every text and must match the reference before anything ships.
 
-Three checks, in order: each file against the reference model (the compressed torch model, or the input
-ONNX file); each non-ONNX-Runtime file against the ONNX Runtime file of the same export (one export must
-be one model on every runtime; a runtime with an exact writer gets a second chance on ONNX Runtime's
-integer grids); and, for an integer-only model, the op audit of each file (no float op between integer
-ops). The result carries every figure the report needs; nothing here writes outside the staging folder.
+Four checks, in order: for an integer-only model, the op audit of each file (no float op between integer
+ops); each file against the reference model (the compressed torch model, or the input ONNX file), every
+text padded to the longest length; each non-ONNX-Runtime file against the ONNX Runtime file of the same
+export (one export must be one model on every runtime; a runtime with an exact writer gets a second
+chance on ONNX Runtime's integer grids); and, for a profile with length buckets, each file run the way
+the app runs it, every text at its bucket, against the same file at the longest length. The result
+carries every figure the report needs; nothing here writes outside the staging folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edgecompress.backends import Artifact, backend_for
 from edgecompress.errors import VerificationError
-from edgecompress.verify.evaluate import Parity, artifact_outputs, compare, compare_runtimes
+from edgecompress.verify.evaluate import (
+    BUCKET_ATOL,
+    Parity,
+    artifact_outputs,
+    bucket_of,
+    compare,
+    compare_buckets,
+    compare_runtimes,
+)
 
 Ticker = Callable[[str], Callable[[int, int], None]]  # label -> progress(done, total)
 
@@ -32,6 +43,13 @@ class Verified:
     audits: list[dict]  # op histogram, float ops (and more) per artifact
     cross_runtime: list[dict | None]  # parity with the ONNX Runtime artifact, per non-ORT artifact
     notes: list[str] = field(default_factory=list)
+    # With length buckets: each artifact's outputs with every text at its bucket (what the app gets; accuracy
+    # is scored on these), and how they compare with `outputs`, per artifact. Empty without buckets.
+    served_outputs: list[np.ndarray] = field(default_factory=list)
+    bucket_parity: list[dict] = field(default_factory=list)
+
+    def outputs_as_served(self, i: int) -> np.ndarray:
+        return self.served_outputs[i] if self.served_outputs else self.outputs[i]
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,14 @@ class Reference:
     classification: bool
     lossy: bool  # a pass changed the numbers on purpose: agreement instead of a tight tolerance
     atol: float
+    buckets: tuple[int, ...] = ()  # the lengths the artifacts serve; one or none: the feeds' length only
+    bucket_atol: float = BUCKET_ATOL  # a bucket against the longest length, for a float model
+
+    def lengths(self) -> np.ndarray:
+        """Each text's token count as tokenized (padding excluded; at most the longest length)."""
+        mask = self.feeds.get("attention_mask")
+        width = next(iter(self.feeds.values())).shape[1]
+        return mask.sum(axis=1) if mask is not None else np.full(len(self.outputs), width)
 
 
 def verify_artifacts(artifacts: list[Artifact], graph, reference: Reference, *, integer_only: bool,
@@ -63,7 +89,47 @@ def verify_artifacts(artifacts: list[Artifact], graph, reference: Reference, *, 
         outputs.append(values)
     verified = Verified(list(artifacts), parities, outputs, audits, [None] * len(artifacts))
     _cross_check(verified, graph, reference, ticker)
+    if len(reference.buckets) > 1:
+        _check_buckets(verified, reference, ticker)
     return verified
+
+
+def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> None:
+    """Every artifact with each text at its bucket must compute what it computes at the longest length."""
+    which = bucket_of(reference.lengths(), reference.buckets)
+    for artifact, padded in zip(verified.artifacts, verified.outputs):
+        served = _run_bucketed(artifact, reference, which, ticker(f"buckets {artifact.path.name}"))
+        parity = compare_buckets(padded, served, classification=reference.classification, lossy=reference.lossy,
+                                 atol=reference.bucket_atol)
+        if not parity.passed:
+            raise VerificationError(
+                f"{artifact.path.name} with each text at its length bucket does not compute what it computes at "
+                f"length {reference.buckets[-1]}: max |diff| {parity.max_abs_diff:.3g} (tolerance "
+                f"{parity.tolerance}), same prediction on {parity.prediction_agreement}, min cosine "
+                f"{parity.min_cosine}; nothing was written")
+        counts = {int(b): int(np.sum(which == b)) for b in reference.buckets}
+        verified.served_outputs.append(served)
+        verified.bucket_parity.append({**dataclasses.asdict(parity), "texts_per_bucket": counts, "how": "measured",
+                                       "against": f"the same file with every text padded to {reference.buckets[-1]}"})
+
+
+def _run_bucketed(artifact: Artifact, reference: Reference, which: np.ndarray, progress) -> np.ndarray:
+    """The artifact's outputs with every text cut to its bucket, as the manifest tells the app to run it."""
+    served: np.ndarray | None = None
+    done = 0
+    for length in reference.buckets:
+        rows = np.flatnonzero(which == length)
+        if not len(rows):
+            continue
+        feeds = {name: values[rows, :length] for name, values in reference.feeds.items()}
+        values = artifact_outputs(artifact, feeds, output_name=reference.output_name, length=length)
+        if served is None:
+            served = np.empty((len(which), *values.shape[1:]), dtype=values.dtype)
+        served[rows] = values
+        done += len(rows)
+        progress(done, len(which))
+    assert served is not None  # every text has a bucket
+    return served
 
 
 def _against_reference(artifact: Artifact, reference: Reference, progress) -> tuple[Parity, np.ndarray]:

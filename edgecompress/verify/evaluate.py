@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -23,6 +23,11 @@ LOSSY_MIN_COSINE = 0.99
 # artifact of the same export predicts on this share of texts (float ones match to FLOAT_PARITY_ATOL).
 CROSS_RUNTIME_MIN_AGREEMENT = 0.99
 CROSS_RUNTIME_MIN_COSINE = 0.999
+# Each length bucket must compute what the same artifact computes with the text padded to the longest length:
+# float to this tolerance with identical predictions; quantized with the same prediction on this share of
+# texts (run-time activation ranges change with the padding, so a few flips are expected).
+BUCKET_ATOL = 1e-5
+BUCKET_MIN_AGREEMENT = 0.995
 
 
 @dataclass
@@ -82,12 +87,15 @@ def _torch_outputs(bundle, feeds: Feeds, batch_size: int, progress: Progress | N
 
 
 def artifact_outputs(artifact, feeds: Feeds, *, output_name: str, threads: int = 2,
-                     progress: Progress | None = None) -> np.ndarray:
-    """Run the artifact file itself with the runtime that will execute it on the device."""
+                     progress: Progress | None = None, length: int | None = None) -> np.ndarray:
+    """Run the artifact file itself with the runtime that will execute it on the device; `length`: the
+    bucket the feeds are cut to (None: the full length the graph was written for)."""
     from edgecompress.backends import backend_for
 
     run = backend_for(artifact.runtime).execute
-    return run(artifact.path, feeds, output_name=output_name, threads=threads, progress=progress)
+    if length is None:
+        return run(artifact.path, feeds, output_name=output_name, threads=threads, progress=progress)
+    return run(artifact.path, feeds, output_name=output_name, threads=threads, progress=progress, length=length)
 
 
 def ort_session(model, *, threads: int, optimize: bool):
@@ -151,6 +159,23 @@ def compare_runtimes(onnxruntime: np.ndarray, other: np.ndarray, *, classificati
         parity.passed = (parity.prediction_agreement >= CROSS_RUNTIME_MIN_AGREEMENT if classification
                          else parity.min_cosine >= CROSS_RUNTIME_MIN_COSINE)
     return parity
+
+
+def compare_buckets(padded: np.ndarray, bucketed: np.ndarray, *, classification: bool, lossy: bool,
+                    atol: float = BUCKET_ATOL) -> Parity:
+    """An artifact's outputs with each text at its bucket against the same artifact at the longest length."""
+    parity = compare(padded, bucketed, classification=classification, lossy=lossy, atol=max(atol, BUCKET_ATOL))
+    if lossy:
+        parity.passed = (parity.prediction_agreement >= BUCKET_MIN_AGREEMENT if classification
+                         else parity.min_cosine >= CROSS_RUNTIME_MIN_COSINE)
+    return parity
+
+
+def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
+    """The bucket each text runs at: the smallest bucket >= its token count (longer texts: the longest,
+    truncated to it)."""
+    index = np.searchsorted(np.asarray(buckets), np.minimum(lengths, buckets[-1]), side="left")
+    return np.asarray(buckets)[index]
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:

@@ -59,8 +59,9 @@ def _portable_config(text: str) -> str:
     return "\n".join(["# Operators used by model.ort (for a reduced-size ONNX Runtime build)", *body]) + "\n"
 
 
-def run_ort_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None):
-    """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows."""
+def run_ort_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None, length=None):
+    """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows. A bucketed
+    export's graph has a symbolic sequence axis, so feeds cut to a bucket's `length` run as they are."""
     from edgecompress.verify.evaluate import ort_session, run_session
 
     session = ort_session(str(path), threads=threads, optimize=True)
