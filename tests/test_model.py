@@ -149,7 +149,8 @@ def test_more_layers_in_config_than_in_weights(ckpt, tiny_device, tiny_data, out
 def test_no_weights_file(ckpt, tiny_device, tiny_data, out):
     (ckpt / "model.safetensors").unlink()
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == f"error: {ckpt}: no weights found; expected model.safetensors or pytorch_model.bin"
+    assert line == f"error: {ckpt}: no weights found; expected model.safetensors, model.safetensors.index.json with its shards, "
+                    f"or pytorch_model.bin"
 
 
 def test_corrupt_safetensors(ckpt, tiny_device, tiny_data, out):
