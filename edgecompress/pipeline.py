@@ -21,7 +21,7 @@ import numpy as np
 
 from edgecompress import __version__
 from edgecompress.intake.data import tokenize
-from edgecompress.atomic import swap_in
+from edgecompress.atomic import abandon, check_output, staging_dir, swap_in
 from edgecompress.errors import UserError, VerificationError
 from edgecompress.passes import PassContext, PassRecord, apply_pass
 
@@ -114,6 +114,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     run = Run(request, progress or Progress())
     with run.stage("intake", str(request.model)) as summary:
         run.profile = get_profile(request.device)
+        check_output(request.out_root, run.profile.name)  # before any work, not after it
         run.recipe = choose_recipe(request.recipe, request.quantize, run.profile)
         run.bundle = _intake(request)
         summary.append(f"{run.bundle.kind}, recipe {run.recipe.name}")
@@ -136,11 +137,14 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     with run.stage("rewrite") as summary:
         _rewrite(run, context)
         summary.append(f"{len(run.graph.graph.node)} nodes after {len(run.recipe.graph)} passes")
-    staging = _staging_dir(request.out_root, run.profile.name)
+    staging, created = staging_dir(request.out_root, run.profile.name)
     try:
         report = _finish(run, staging)
         out_dir = request.out_root / run.profile.name
         swap_in(staging, out_dir)
+    except BaseException as exc:
+        abandon(staging, created, exc, request.out_root)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir, report)
@@ -442,19 +446,6 @@ def _time_artifact(run: Run, artifact, threads: int) -> dict:
     first_row = {name: values[:1] for name, values in run.feeds.items()}
     return run_runner(artifact.path, runner=backend_for(artifact.runtime).runner, threads=threads, runs=run.request.runs,
                       warmup=run.request.warmup, inputs=first_row)
-
-
-def _staging_dir(out_root: Path, name: str) -> Path:
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the output folder ({exc.strerror})", where=str(out_root)) from None
-    staging = out_root / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
 
 
 __all__ = ["ExportRequest", "ExportResult", "Progress", "run_export", "__version__"]
