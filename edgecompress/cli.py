@@ -1,7 +1,7 @@
 """Command line: parsing, progress drawing and error -> exit code mapping only.
 
 Exit codes: 0 all budgets met; 3 a budget exceeded (artifacts and report still written);
-2 bad input or usage (one line, no traceback); 1 internal error; 130 interrupted.
+2 bad input or usage (one line, no traceback); 1 internal error; 130 interrupted; 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
