@@ -170,7 +170,7 @@ def devices(ctx, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
         return
-    rows = [("name", "device", "soc", "thr", "seq", "p90 ms", "mem MB", "size MB", "artifacts")]
+    rows: list[tuple[str, ...]] = [("name", "device", "soc", "thr", "seq", "p90 ms", "mem MB", "size MB", "artifacts")]
     for p in profiles:
         b = p.budgets
         rows.append((p.name, p.display_name, p.soc.name, str(p.runtime.threads), str(p.runtime.seq_len),

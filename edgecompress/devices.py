@@ -15,9 +15,10 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgecompress.backends import artifact_kinds
 from edgecompress.errors import UserError
@@ -206,8 +207,8 @@ _TABLES = _Rule("a non-empty array of tables",
                 lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(item, dict) for item in v))
 
 _TOP_RULES = {"name": _SLUG, "display_name": _TEXT, "kind": _one_of(KINDS), "os": _one_of(OPERATING_SYSTEMS),
-              "recipe": _SLUG, "quantize": _SLUG, "artifacts": _string_list(non_empty=True), "soc": _TABLE, "memory": _TABLE,
-              "runtime": _TABLE, "budgets": _TABLE}
+              "recipe": _SLUG, "quantize": _SLUG, "artifacts": _string_list(non_empty=True), "soc": _TABLE,
+              "memory": _TABLE, "runtime": _TABLE, "budgets": _TABLE}
 _SOC_RULES = {"name": _TEXT, "isa": _ISA, "features": _string_list(non_empty=False), "source": _TEXT,
               "clusters": _TABLES}
 _CLUSTER_RULES = {"core": _TEXT, "count": _COUNT, "max_ghz": _POSITIVE, "fp32_flops_per_cycle": _POSITIVE,

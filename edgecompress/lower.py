@@ -1,4 +1,4 @@
-"""Lowering: the torch reference module -> an ONNX graph with dynamic batch and sequence axes.
+"""The lower stage: the compressed torch module -> an ONNX graph with dynamic batch and sequence axes.
 
 Shapes are fixed later by the `fix_shapes` pass, per device profile, so ONNX intake and torch intake
 go through the same rewrites. The TorchScript exporter is used on purpose: measured on MiniLM
@@ -11,8 +11,12 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
 from edgecompress.errors import UserError
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +59,34 @@ def export_onnx(bundle, sample_feeds: dict) -> "onnx.ModelProto":
     # producer_name stays "pytorch": ONNX Runtime's fuser checks it to pick its BERT patterns.
     onnx.helper.set_model_props(model, {"converted_by": "edgecompress"})
     return model
+
+
+# Lowering is checked on this many texts before any rewrite, so an exporter bug is named as such.
+LOWERING_CHECK_ROWS = 32
+
+
+def lower(bundle, feeds: dict, reference) -> "onnx.ModelProto":
+    """The lower stage: the compressed model as an ONNX graph, checked against its reference outputs.
+
+    An ONNX intake is handed on as a copy of the input file's graph (the rewrites never touch the input).
+    """
+    import onnx
+
+    from edgecompress.errors import VerificationError
+    from edgecompress.intake.model import CLASSIFICATION
+    from edgecompress.verify.evaluate import compare, ort_session, parity_atol, run_session
+
+    if bundle.module is None:
+        graph = onnx.ModelProto()
+        graph.CopyFrom(bundle.onnx_model)
+        return graph
+    graph = export_onnx(bundle, feeds)
+    rows = {name: values[:LOWERING_CHECK_ROWS] for name, values in feeds.items()}
+    session = ort_session(graph.SerializeToString(), threads=2, optimize=False)
+    outputs = run_session(session, rows, output_name=bundle.output_name, batch_size=8)
+    parity = compare(reference[:LOWERING_CHECK_ROWS], outputs, classification=bundle.kind == CLASSIFICATION,
+                     atol=parity_atol(bundle))
+    if not parity.passed:
+        raise VerificationError(f"lowering to ONNX changed the model: max |diff| {parity.max_abs_diff:.3g} "
+                                f"> {parity.tolerance} on {parity.examples} texts (this is a bug; please report it)")
+    return graph

@@ -1,4 +1,13 @@
-"""A Recipe is data: the ordered passes of each stage, read from TOML and validated against the registry."""
+"""A Recipe is data: the ordered passes of each stage, read from TOML and validated against the registry.
+
+A recipe may extend another one: `extends = "default"` (a packaged recipe's name, or a path to a .toml
+file, relative to the extending file) puts the base's passes first in each stage, then the file's own.
+Its description, when it has none, is the base's.
+
+Every stage is checked against the orders its passes declare (`runs_after`, `runs_before` in passes.py)
+when the recipe loads, before any work: `my.toml: graph[4]: pass 'trim_gathered_tables' must come after
+'fold_constants'`. In an extending recipe the index counts the base's passes first.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompress.errors import UserError
-from edgecompress.passes import STAGES, Pass, make_pass
+from edgecompress.passes import STAGES, Pass, broken_order, make_pass
 from edgecompress.paths import recipes_dir
 
 if sys.version_info >= (3, 11):
@@ -53,16 +62,57 @@ def load_recipe(name_or_path: str) -> Recipe:
             raise UserError(f"unknown recipe '{name_or_path}'", hint=f"Known: {', '.join(known_recipes())}")
     elif not path.is_file():
         raise UserError("recipe file does not exist", where=str(path))
+    return _load(path, ())
+
+
+def _load(path: Path, extended_by: tuple[Path, ...]) -> Recipe:
+    """The recipe in `path`, its base's passes first; `extended_by` are the files that extend it (a cycle)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"invalid TOML ({exc})", where=str(path)) from None
-    unknown = sorted(set(data) - {"description", *STAGES})
+    unknown = sorted(set(data) - {"description", "extends", *STAGES})
     if unknown:
         raise UserError(f"unknown key '{unknown[0]}'", where=str(path),
-                        hint=f"Known: description, {', '.join(STAGES)}")
-    stages = {stage: _stage_passes(data.get(stage, []), stage, path) for stage in STAGES}
-    return Recipe(name=path.stem, description=str(data.get("description", "")), **stages)
+                        hint=f"Known: description, extends, {', '.join(STAGES)}")
+    base = _base(data["extends"], path, extended_by) if "extends" in data else None
+    stages = {}
+    for stage in STAGES:
+        inherited = base.passes(stage) if base else ()
+        stages[stage] = inherited + _stage_passes(data.get(stage, []), stage, path)
+        hint = f"the index counts the {len(inherited)} passes of base recipe '{base.name}' first" \
+            if base and inherited else None
+        _check_order(stages[stage], stage, str(path), hint)
+    description = data.get("description", base.description if base else "")
+    return Recipe(name=path.stem, description=str(description), **stages)
+
+
+def _base(extends, path: Path, extended_by: tuple[Path, ...]) -> Recipe:
+    where = f"{path}: extends"
+    if not isinstance(extends, str):
+        raise UserError(f"'extends' is {extends!r}", where=where,
+                        expected='one recipe: a packaged name like "default", or a path to a .toml file')
+    if extends.endswith(".toml"):
+        base = path.parent / extends
+        if not base.is_file():
+            raise UserError(f"base recipe file '{extends}' does not exist", where=where)
+    else:
+        base = recipes_dir() / f"{extends}.toml"
+        if not base.is_file():
+            raise UserError(f"unknown base recipe '{extends}'", where=where,
+                            hint=f"Known: {', '.join(known_recipes())}")
+    chain = (*extended_by, path)
+    if base.resolve() in {p.resolve() for p in chain}:
+        cycle = [p.name for p in chain[[p.resolve() for p in chain].index(base.resolve()):]] + [base.name]
+        raise UserError(f"recipes extend each other in a cycle: {' -> '.join(cycle)}", where=where)
+    return _load(base, chain)
+
+
+def _check_order(passes: tuple[Pass, ...], stage: str, where: str, hint: str | None = None) -> None:
+    broken = broken_order(passes)
+    if broken is not None:
+        index, reason = broken
+        raise UserError(reason, where=f"{where}: {stage}[{index}]", hint=hint)
 
 
 def _stage_passes(entries: list, stage: str, path: Path) -> tuple[Pass, ...]:
@@ -95,6 +145,8 @@ def with_quantization(base: Recipe, mode: str) -> Recipe:
         name, description = source.name, source.description
     else:
         name, description = f"{base.name}+{mode}", f"{base.description} Quantization: {source.description}"
+    for stage, passes in (("compress", compress), ("graph", source.graph)):
+        _check_order(passes, stage, f"recipe '{base.name}' with --quantize {mode}")
     return Recipe(name=name, description=description, compress=compress, graph=source.graph)
 
 

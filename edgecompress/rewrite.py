@@ -25,16 +25,20 @@ class Rewrite:
 
 
 def rewrite_with_twin(passes, graph, context: PassContext) -> Rewrite:
-    """Apply `passes` in order; keep the graph from before the first lossy pass as the float twin."""
-    import onnx
+    """Apply `passes` in order; keep the graph from before the first lossy pass as the float twin.
+
+    Only an in-place pass edits the graph it is given, so the candidate twin is copied only before one;
+    any other pass leaves its input as it was (`apply_pass` checks both). `graph` itself is the first
+    pass's input, edited when that pass works in place.
+    """
+    from edgecompress.graph._quant_common import copy_model
 
     result = Rewrite(graph)
     twin, twin_passes = None, []
     for p in passes:
-        before = None
-        if twin is None:  # passes may edit their input in place, so the candidate twin is a copy
-            before = onnx.ModelProto()
-            before.CopyFrom(result.graph)
+        before = result.graph
+        if twin is None and p.in_place:
+            before = copy_model(result.graph)
         result.graph, record = apply_pass(p, result.graph, context)
         result.records.append(record)
         if twin is None and record.lossy:

@@ -74,7 +74,7 @@ def _int_at_least(minimum):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError("expected an integer, got %r" % text)
+            raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
         if value < minimum:
             raise argparse.ArgumentTypeError("expected an integer >= %d, got %d" % (minimum, value))
         return value
@@ -100,7 +100,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-class _NativeStderr(object):
+class _NativeStderr:
     """Collects what LiteRT's C++ side writes to file descriptor 2 ("INFO: Created TensorFlow Lite
     XNNPACK delegate for CPU."), so stderr keeps the one-line error contract."""
 
@@ -133,7 +133,7 @@ def open_interpreter(path, threads, delegate):
             interpreter = litert.Interpreter(model_path=path, num_threads=threads,
                                              experimental_op_resolver_type=resolver)
     except Exception as exc:  # LiteRT raises ValueError or RuntimeError for unreadable models
-        raise RunnerError("cannot load %s as a TFLite model: %s %s" % (path, exc, native.text))
+        raise RunnerError("cannot load %s as a TFLite model: %s %s" % (path, exc, native.text)) from exc
     return interpreter, (time.perf_counter() - start) * 1000.0
 
 
@@ -148,7 +148,8 @@ def prepare(interpreter, shapes):
                     interpreter.resize_tensor_input(detail["index"], list(shapes[detail["name"]]))
             interpreter.allocate_tensors()
     except Exception as exc:  # a fixed dim fed another size surfaces here
-        raise RunnerError("cannot prepare the model for inputs of shapes %s: %s %s" % (shapes, exc, native.text))
+        raise RunnerError("cannot prepare the model for inputs of shapes %s: %s %s"
+                          % (shapes, exc, native.text)) from exc
     return (time.perf_counter() - start) * 1000.0
 
 
@@ -169,7 +170,7 @@ def load_inputs(path, details):
         with archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise RunnerError("cannot read inputs %s as .npz: %s" % (path, exc))
+        raise RunnerError("cannot read inputs %s as .npz: %s" % (path, exc)) from exc
     expected = [detail["name"] for detail in details]
     missing = [name for name in expected if name not in arrays]
     extra = sorted(set(arrays) - set(expected))
@@ -239,7 +240,7 @@ def time_runs(interpreter, feeds, warmup, runs):
             if first is None:
                 first = result
     except Exception as exc:  # LiteRT reports kernel failures as RuntimeError
-        raise RunnerError("inference failed: %s" % exc)
+        raise RunnerError("inference failed: %s" % exc) from exc
     return latencies, first
 
 
@@ -308,7 +309,7 @@ def save_outputs(path, outputs):
         with open(path, "wb") as handle:
             np.savez(handle, **outputs)
     except OSError as exc:
-        raise RunnerError("cannot write outputs to %s: %s" % (path, exc))
+        raise RunnerError("cannot write outputs to %s: %s" % (path, exc)) from exc
 
 
 def run(args):

@@ -76,7 +76,7 @@ def _int_at_least(minimum):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError("expected an integer, got %r" % text)
+            raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
         if value < minimum:
             raise argparse.ArgumentTypeError("expected an integer >= %d, got %d" % (minimum, value))
         return value
@@ -116,7 +116,7 @@ def open_session(path, threads, optimization):
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several unrelated types for unreadable models
-        raise RunnerError("cannot load %s as an ONNX or ORT model: %s" % (path, exc))
+        raise RunnerError("cannot load %s as an ONNX or ORT model: %s" % (path, exc)) from exc
     return session, (time.perf_counter() - start) * 1000.0
 
 
@@ -136,7 +136,7 @@ def load_inputs(path, metas):
         with archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise RunnerError("cannot read inputs %s as .npz: %s" % (path, exc))
+        raise RunnerError("cannot read inputs %s as .npz: %s" % (path, exc)) from exc
     expected = [meta.name for meta in metas]
     missing = [name for name in expected if name not in arrays]
     extra = sorted(set(arrays) - set(expected))
@@ -203,7 +203,7 @@ def time_runs(session, feeds, warmup, runs):
             if first is None:
                 first = outputs
     except Exception as exc:  # shape/type mismatches in user-supplied inputs surface here
-        raise RunnerError("inference failed: %s" % exc)
+        raise RunnerError("inference failed: %s" % exc) from exc
     return latencies, {name: np.asarray(value) for name, value in zip(names, first)}
 
 
@@ -272,7 +272,7 @@ def save_outputs(path, outputs):
         with open(path, "wb") as handle:
             np.savez(handle, **outputs)
     except OSError as exc:
-        raise RunnerError("cannot write outputs to %s: %s" % (path, exc))
+        raise RunnerError("cannot write outputs to %s: %s" % (path, exc)) from exc
 
 
 def run(args):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgecompress.cli import main
 from edgecompress.backends import artifact_suffixes
+from edgecompress.cli import main
 from edgecompress.paths import device_profiles_dir
 
 from conftest import user_error
@@ -216,10 +216,10 @@ def test_export_failing_after_staging_keeps_the_previous_output(previous, monkey
     """A verification failure happens with the staging folder half written: it must vanish, the old stays."""
     import numpy as np
 
-    import edgecompress.verify.evaluate
+    import edgecompress.verify.artifacts
 
     root, before = previous
-    monkeypatch.setattr(edgecompress.verify.evaluate, "artifact_outputs",
+    monkeypatch.setattr(edgecompress.verify.artifacts, "artifact_outputs",
                         lambda artifact, feeds, **_: np.full((len(feeds["input_ids"]), 2), 9.0, np.float32))
     result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
                     "--no-measure")
@@ -235,12 +235,12 @@ def test_export_failing_after_staging_keeps_the_previous_output(previous, monkey
 @pytest.mark.parametrize("with_previous", [True, False], ids=["over-previous", "first-export"])
 def test_interrupted_export_exits_130_and_leaves_no_trace(with_previous, previous, tmp_path, monkeypatch,
                                                           tiny_checkpoint, tiny_device, tiny_data):
-    import edgecompress.pipeline
+    import edgecompress.measure.host
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(edgecompress.pipeline, "_measure", interrupted)
+    monkeypatch.setattr(edgecompress.measure.host, "measure_on_host", interrupted)
     root, before = previous
     if not with_previous:
         shutil.rmtree(root / "tinyphone")
@@ -359,7 +359,8 @@ def test_check_against_a_device_with_another_seq_len(exported, tmp_path, tiny_de
     assert result.exit_code == 3, (result.output, result.exception)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("EXCEEDED: fixed seq_len on tinyphone32 for inputs:")
-    assert "note: artifacts are fixed to seq_len [16], tinyphone32 wants 32: re-export with --device tinyphone32" in lines
+    assert ("note: artifacts are fixed to seq_len [16], tinyphone32 wants 32: re-export with --device tinyphone32"
+            in lines)
     assert lines[-1] == "BUDGET EXCEEDED"
 
 
@@ -482,13 +483,13 @@ def test_full_disk_is_one_line_naming_the_folder_and_keeps_the_previous_output(p
 
 def test_late_failure_removes_the_output_root_it_created(tmp_path, monkeypatch, tiny_checkpoint, tiny_device,
                                                          tiny_data):
-    import edgecompress.verify.evaluate
+    import edgecompress.verify.artifacts
     from edgecompress.errors import VerificationError
 
     def fails(*args, **kwargs):
         raise VerificationError("made to fail late")
 
-    monkeypatch.setattr(edgecompress.verify.evaluate, "artifact_outputs", fails)
+    monkeypatch.setattr(edgecompress.verify.artifacts, "artifact_outputs", fails)
     root = tmp_path / "new" / "out"
     result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
                     "--no-measure")
@@ -498,12 +499,12 @@ def test_late_failure_removes_the_output_root_it_created(tmp_path, monkeypatch, 
 
 def test_unforeseen_exception_is_one_please_report_line(tmp_path, monkeypatch, tiny_checkpoint, tiny_device,
                                                         tiny_data):
-    import edgecompress.pipeline
+    import edgecompress.intake.data
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(edgecompress.pipeline, "_prepare_data", broken)
+    monkeypatch.setattr(edgecompress.intake.data, "prepare_eval_data", broken)
     result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "o")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.stderr

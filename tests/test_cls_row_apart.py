@@ -8,12 +8,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.graph.cls_row_apart import ClsRowApart
 from edgecompress.backends.tflite.legalize import legalize_for_tflite
-from edgecompress.graph.quantize_dynamic import quantize_nodes, weighted_nodes
 from edgecompress.backends.tflite.rejoin_row_slices import rejoin_row_slices
+from edgecompress.graph.cls_row_apart import ClsRowApart
+from edgecompress.graph.quantize_dynamic import quantize_nodes, weighted_nodes
 from edgecompress.passes import PassContext, apply_pass
 
+from helpers import pass_context
 from test_tflite_backend import tflite_device  # noqa: F401  (the tiny device with a .tflite, a fixture)
 
 ROWS, WIDTH, HIDDEN = 6, 8, 12
@@ -21,7 +22,7 @@ RNG = np.random.default_rng(3)
 
 
 def context() -> PassContext:
-    return PassContext(seq_len=ROWS, batch=1, dynamic_shapes=False)
+    return pass_context(seq_len=ROWS)
 
 
 def weight(name: str, *shape: int) -> onnx.TensorProto:
@@ -41,8 +42,8 @@ def ffn_model(*, rows=ROWS, activation: str = "BiasGelu", second_weight: str = "
     graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, rows, WIDTH])],
                               outputs, [weight("W1", WIDTH, HIDDEN), weight("b1", HIDDEN),
                                         weight(second_weight, HIDDEN, WIDTH)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                             ir_version=9)
+    return helper.make_model(graph, ir_version=9,
+                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -153,8 +154,9 @@ def test_a_joined_float_block_computes_what_the_unsplit_one_does():
 
 # ---- end to end --------------------------------------------------------------------------------------------
 
-def test_dynamic_int8_export_splits_for_onnxruntime_and_joins_for_litert(tiny_checkpoint, tflite_device, tiny_data,
-                                                                         tmp_path):
+# tflite_device is the fixture imported from test_tflite_backend, taken by name as pytest does.
+def test_dynamic_int8_export_splits_for_onnxruntime_and_joins_for_litert(tiny_checkpoint, tflite_device,  # noqa: F811
+                                                                         tiny_data, tmp_path):
     from edgecompress.backends.tflite.artifact import audit_tflite
     from edgecompress.pipeline import ExportRequest, run_export
 

@@ -13,6 +13,7 @@ from edgecompress.graph import conv1d_as_matmul
 from edgecompress.graph.conv1d_as_matmul import Conv1dAsMatmul
 from edgecompress.passes import PassContext, apply_pass
 
+from helpers import pass_context
 from test_tflite_students import student_folders  # noqa: F401  (the tiny CNN student, a fixture)
 
 CHANNELS, STEPS, FILTERS = 4, 9, 5
@@ -21,7 +22,7 @@ ATOL = 1e-5
 
 
 def context() -> PassContext:
-    return PassContext(seq_len=STEPS, batch=1, dynamic_shapes=False)
+    return pass_context(seq_len=STEPS)
 
 
 def conv(name: str, width: int, *, x: str = "X", out: str | None = None, bias: bool = True, **attributes):

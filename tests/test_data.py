@@ -53,9 +53,9 @@ def encoder(tiny_encoder):
 
 def prepare(bundle, path: Path, seq_len: int = 16):
     """The pipeline's own data stage: load, check labels against the model, tokenize."""
-    from edgecompress.pipeline import _prepare_data
+    from edgecompress.intake.data import prepare_eval_data
 
-    return _prepare_data(bundle, path, seq_len)
+    return prepare_eval_data(bundle, path, seq_len)
 
 
 # ---- bad files, through the CLI ----------------------------------------------------------------------------------

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from edgecompress.devices import (
-    Budgets, Cluster, DeviceProfile, Memory, Runtime, Soc, _display_path, get_profile, list_profiles, load_profile,
+    Budgets,
+    Cluster,
+    DeviceProfile,
+    Memory,
+    Runtime,
+    Soc,
+    _display_path,
+    get_profile,
+    list_profiles,
+    load_profile,
 )
 from edgecompress.errors import UserError
 from edgecompress.paths import device_profiles_dir
@@ -211,7 +220,8 @@ def test_negative_budget(tmp_path):
 @pytest.mark.parametrize("old, new, expected", [
     ("ram_gb = 8", "ram_gb = 0", "field 'memory.ram_gb' must be a positive number, got 0"),
     ("max_ghz = 2.0", "max_ghz = -2.0", "field 'soc.clusters[1].max_ghz' must be a positive number, got -2.0"),
-    ("bandwidth_gbps = 51.2", "bandwidth_gbps = inf", "field 'memory.bandwidth_gbps' must be a positive number, got inf"),
+    ("bandwidth_gbps = 51.2", "bandwidth_gbps = inf",
+     "field 'memory.bandwidth_gbps' must be a positive number, got inf"),
     ("threads = 2", "threads = 0", "field 'runtime.threads' must be a positive integer, got 0"),
 ])
 def test_non_positive_numbers(tmp_path, old, new, expected):
@@ -273,7 +283,8 @@ def test_unknown_key_in_a_cluster(tmp_path):
 @pytest.mark.parametrize("old, new, expected", [
     ('features = ["neon", "dotprod"]', 'features = ["neon", "dotprd"]',
      "field 'soc.features[1]' must be one of neon, fp16, dotprod, i8mm, bf16, sve, sve2, sme, got \"dotprd\""),
-    ('features = ["neon", "dotprod"]', 'features = ["neon", "neon"]', "field 'soc.features' lists \"neon\" more than once"),
+    ('features = ["neon", "dotprod"]', 'features = ["neon", "neon"]',
+     "field 'soc.features' lists \"neon\" more than once"),
     ('artifacts = ["onnx", "ort"]', 'artifacts = ["onnx", "tflite", "coreml"]',
      "field 'artifacts[2]' must be one of onnx, ort, tflite, got \"coreml\""),
 ])
@@ -306,7 +317,8 @@ def test_not_utf8(tmp_path):
 def test_tflite_needs_fixed_shapes(tmp_path):
     from edgecompress.paths import device_profiles_dir
 
-    text = (device_profiles_dir() / "pixel7.toml").read_text().replace("dynamic_shapes = false", "dynamic_shapes = true")
+    text = (device_profiles_dir() / "pixel7.toml").read_text()
+    text = text.replace("dynamic_shapes = false", "dynamic_shapes = true")
     path = tmp_path / "pixel7.toml"
     path.write_text(text)
     with pytest.raises(UserError) as err:

@@ -19,18 +19,31 @@ from click.testing import CliRunner
 
 from edgecompress.cli import main
 from edgecompress.distill import trainer
-from edgecompress.distill.augment import (AugmentOptions, augment, build_transfer_set, near_neighbours,
-                                                   perturb, whole_word)
+from edgecompress.distill.augment import (
+    AugmentOptions,
+    augment,
+    build_transfer_set,
+    near_neighbours,
+    perturb,
+    whole_word,
+)
 from edgecompress.distill.embeddings import contextual_token_vectors, teacher_word_embeddings
-from edgecompress.distill.losses import (LossOptions, attention_loss, even_layer_map, hard_loss,
-                                                  hidden_loss, logit_loss, prediction_loss)
+from edgecompress.distill.losses import (
+    LossOptions,
+    attention_loss,
+    even_layer_map,
+    hard_loss,
+    hidden_loss,
+    logit_loss,
+    prediction_loss,
+)
 from edgecompress.distill.run import DistillRequest, distill, plan_distillation, prepare, work_dir
 from edgecompress.distill.students import build_student, student_config
-from edgecompress.intake.data import tokenize
 from edgecompress.errors import UserError
-from edgecompress.verify.evaluate import reference_outputs
+from edgecompress.intake.data import tokenize
 from edgecompress.intake.model import load_bundle
 from edgecompress.pipeline import ExportRequest, run_export
+from edgecompress.verify.evaluate import reference_outputs
 
 from conftest import SENTENCES, build_tiny_checkpoint, user_error, write_csv
 

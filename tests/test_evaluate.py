@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
-from edgecompress.intake.data import tokenize
 from edgecompress.devices import get_profile
-from edgecompress.verify.evaluate import FLOAT_PARITY_ATOL, LOSSY_MIN_AGREEMENT, compare, reference_outputs
+from edgecompress.intake.data import tokenize
 from edgecompress.intake.model import load_bundle
+from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import ESTIMATED, Figure
+from edgecompress.verify.evaluate import FLOAT_PARITY_ATOL, LOSSY_MIN_AGREEMENT, compare, reference_outputs
 
 from conftest import SENTENCES
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(minilm_classifier, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    result = run_export(ExportRequest(model=minilm_classifier, device="pixel7", out_root=out, quantize="none", runs=5, warmup=1))
+    result = run_export(ExportRequest(model=minilm_classifier, device="pixel7", out_root=out, quantize="none", runs=5,
+                                      warmup=1))
     return result
 
 

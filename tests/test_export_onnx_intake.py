@@ -17,8 +17,8 @@ def exported(minilm_dir, tmp_path_factory):
 
     onnx_path = example_assets.paraphrase_onnx_path()
     out = tmp_path_factory.mktemp("dist")
-    return run_export(ExportRequest(model=onnx_path, device="pixel7", out_root=out, quantize="none", tokenizer=minilm_dir,
-                                    runs=3, warmup=1))
+    return run_export(ExportRequest(model=onnx_path, device="pixel7", out_root=out, quantize="none",
+                                    tokenizer=minilm_dir, runs=3, warmup=1))
 
 
 def test_fuses_every_attention_block_without_a_config(exported):

@@ -7,21 +7,21 @@ import json
 import onnx
 
 from edgecompress.measure.float_twin import compare_speed
-from edgecompress.rewrite import rewrite_with_twin
-from edgecompress.passes import PassContext
 from edgecompress.recipe import load_recipe
+from edgecompress.rewrite import rewrite_with_twin
+
+from helpers import pass_context
 
 
 def _lowered(tiny_checkpoint, tiny_data):
     from edgecompress.intake.data import load_dataset, tokenize
-    from edgecompress.lower import export_onnx
     from edgecompress.intake.model import load_bundle
+    from edgecompress.lower import export_onnx
 
     bundle = load_bundle(tiny_checkpoint)
-    feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=False).texts, seq_len=16, input_names=bundle.input_names)
-    context = PassContext(seq_len=16, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                          hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
-                          input_names=bundle.input_names, calibration=feeds)
+    feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=False).texts, seq_len=16,
+                     input_names=bundle.input_names)
+    context = pass_context(bundle, seq_len=16, calibration=feeds)
     return export_onnx(bundle, feeds), context
 
 

@@ -7,18 +7,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgecompress.intake.data import tokenize
 from edgecompress.errors import InternalError
 from edgecompress.graph.attention_mask_value import AttentionMaskValue, mask_value
-from edgecompress.lower import export_onnx
 from edgecompress.graph.fix_shapes import FixShapes
 from edgecompress.graph.fold_constants import FoldConstants
 from edgecompress.graph.fuse_transformer import FuseTransformer
 from edgecompress.graph.remove_training_nodes import RemoveTrainingNodes
+from edgecompress.intake.data import tokenize
 from edgecompress.intake.model import load_bundle
+from edgecompress.lower import export_onnx
 from edgecompress.passes import PassContext, apply_pass
 
 from conftest import SENTENCES
+from helpers import pass_context
 
 SEQ = 16
 
@@ -37,9 +38,7 @@ def tiny(tiny_checkpoint):
 
 
 def context(bundle, **overrides) -> PassContext:
-    values = dict(seq_len=SEQ, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                  hidden_size=bundle.hidden_size, num_layers=bundle.num_layers, input_names=bundle.input_names)
-    return PassContext(**{**values, **overrides})
+    return pass_context(bundle, **{"seq_len": SEQ, **overrides})
 
 
 def copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -80,7 +79,7 @@ g (float[2] x) => (float[2] y) { y = Relu(x) }
 
 
 def context_free() -> PassContext:
-    return PassContext(seq_len=None, batch=1, dynamic_shapes=True)
+    return pass_context(seq_len=None, dynamic_shapes=True)
 
 
 def test_fuse_transformer_fuses_one_attention_per_layer_and_matches(tiny):

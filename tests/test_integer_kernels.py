@@ -14,13 +14,23 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper
 
-from edgecompress.compress.integer_only.kernels import (TORCH, dyadic, i_exp, i_gelu, i_layernorm, i_linear,
-                                                        i_softmax, i_tanh, isqrt, layernorm_params, linear_params,
-                                                        requantize)
+from edgecompress.compress.integer_only.kernels import (
+    TORCH,
+    dyadic,
+    i_exp,
+    i_gelu,
+    i_layernorm,
+    i_linear,
+    i_softmax,
+    i_tanh,
+    isqrt,
+    layernorm_params,
+    linear_params,
+    requantize,
+)
 from edgecompress.compress.integer_only.lower import IR_VERSION, OPSET, OnnxOps
 from edgecompress.errors import InternalError
 

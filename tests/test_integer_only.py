@@ -15,18 +15,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import SENTENCES, user_error
 from edgecompress.cli import main
 from edgecompress.compress.integer_only.calibrate import calibrate
 from edgecompress.compress.integer_only.lower import float_nodes
 from edgecompress.compress.integer_only.model import integer_bert
 from edgecompress.compress.integer_only.pass_ import IntegerOnly
-from edgecompress.intake.data import tokenize
 from edgecompress.errors import UserError
 from edgecompress.graph.fix_shapes import FixShapes
+from edgecompress.intake.data import tokenize
 from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, PassSkipped, apply_pass
 from edgecompress.recipe import load_recipe
+
+from conftest import SENTENCES, user_error
+from helpers import pass_context
 
 SEQ_LEN = 16
 TEXTS = [text for text, _ in SENTENCES]
@@ -50,8 +52,7 @@ def integer(bundle, feeds):
 
 
 def _ctx(feeds=None, **overrides) -> PassContext:
-    return PassContext(seq_len=SEQ_LEN, batch=1, dynamic_shapes=False, input_names=NAMES, calibration=feeds,
-                       **overrides)
+    return pass_context(seq_len=SEQ_LEN, input_names=NAMES, calibration=feeds, **overrides)
 
 
 def _torch(module, feeds) -> np.ndarray:

@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.backends.tflite.lowering import lower_to_tflite
 from edgecompress.backends import backend_for
+from edgecompress.backends.tflite.lowering import lower_to_tflite
 from edgecompress.measure.runner import SCHEMA, describe, run_runner, runner_for
 from edgecompress.paths import runtimes_dir
 

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.errors import InternalError, UserError
 from edgecompress.backends import backend_for
+from edgecompress.errors import InternalError, UserError
 from edgecompress.measure.runner import SCHEMA, describe, run_runner
 from edgecompress.paths import runtimes_dir
 
@@ -221,7 +221,8 @@ def test_runner_is_standalone(model_path, tmp_path):
 
 
 def test_measure_run_runner_round_trip(model_path):
-    result = run_runner(model_path, runner=backend_for("onnxruntime").runner, threads=1, runs=5, warmup=1, inputs=feeds(10))
+    result = run_runner(model_path, runner=backend_for("onnxruntime").runner, threads=1, runs=5, warmup=1,
+                        inputs=feeds(10))
     assert result["schema"] == SCHEMA and result["runs"] == 5
     assert result["inputs"]["input_ids"] == {"shape": [1, 10], "dtype": "int64", "source": "file"}
     synthetic = run_runner(model_path, threads=2, runs=5, warmup=0, seq_len=6)

@@ -1,4 +1,5 @@
-"""tools/probe_activation_quant.py: its fake quantizers are the runtimes' own roundings, its probe leaves float alone."""
+"""tools/probe_activation_quant.py: its fake quantizers are the runtimes' own roundings, its probe leaves float
+alone."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_cls_apart_changes_only_what_the_cls_row_did_to_the_others():
     tensor = torch.from_numpy(x)
     apart = probe.cls_apart(tensor)
     assert torch.equal(apart[:, 1:], probe.ort_per_tensor(tensor[:, 1:]))
-    assert (apart[:, 1:] - tensor[:, 1:]).abs().max() < (probe.ort_per_tensor(tensor)[:, 1:] - tensor[:, 1:]).abs().max()
+    per_tensor = probe.ort_per_tensor(tensor)
+    assert (apart[:, 1:] - tensor[:, 1:]).abs().max() < (per_tensor[:, 1:] - tensor[:, 1:]).abs().max()
 
 
 def test_the_probe_keeps_float_predictions_and_records_every_token_kind(tiny_checkpoint):
@@ -70,4 +72,5 @@ def test_the_probe_keeps_float_predictions_and_records_every_token_kind(tiny_che
     assert all(len(tracked.predict(mode, encoded)) == 2 for mode in probe.MODES[1:])
     first = next(iter(tracked.row_max.values()))
     assert {kind: sum(len(rows) for rows in first[kind]) for kind in probe.TOKEN_KINDS} == \
-        {"cls": 2, "sep": 2, "pad": 24 - int(encoded["attention_mask"].sum()), "text": int(encoded["attention_mask"].sum()) - 4}
+        {"cls": 2, "sep": 2, "pad": 24 - int(encoded["attention_mask"].sum()),
+         "text": int(encoded["attention_mask"].sum()) - 4}

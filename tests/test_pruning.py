@@ -19,14 +19,15 @@ from edgecompress.compress.prune_ffn import PruneFfn
 from edgecompress.compress.prune_heads import PruneHeads
 from edgecompress.compress.prune_schedule import PruneSchedule
 from edgecompress.compress.trim_vocab import TrimVocab
-from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.errors import UserError
+from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, apply_pass
 from edgecompress.paths import recipes_dir
 from edgecompress.pipeline import ExportRequest, run_export
 
 from conftest import SENTENCES, write_csv
+from helpers import pass_context
 
 SEQ = 16
 TEXTS = [text for text, _ in SENTENCES]
@@ -48,9 +49,7 @@ def ctx(bundle, train_csv) -> PassContext:
 
 
 def context(bundle, **overrides) -> PassContext:
-    values = dict(seq_len=SEQ, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                  hidden_size=bundle.hidden_size, num_layers=bundle.num_layers, input_names=bundle.input_names)
-    return PassContext(**{**values, **overrides})
+    return pass_context(bundle, **{"seq_len": SEQ, **overrides})
 
 
 def logits(bundle, texts=TEXTS, seq_len=SEQ) -> torch.Tensor:
@@ -80,7 +79,7 @@ def test_prune_heads_slices_heads_and_equals_the_masked_original(bundle, ctx):
     attention = encoder_layers(pruned.module)[0].attention
     assert (attention.self.query.out_features, attention.output.dense.in_features) == (16, 16)
     assert pruned.config["num_attention_heads"] == pruned.module.hf_model.config.num_attention_heads == 1
-    assert ctx.num_heads == 1
+    assert (pruned.num_heads, pruned.attention_width) == (1, 16)  # what the graph stage's context is built from
     assert bundle.config["num_attention_heads"] == 2  # the input bundle is untouched
     torch.testing.assert_close(logits(pruned), masked_logits(bundle, HEADS, record.stats["removed"]),
                                atol=1e-6, rtol=0)
@@ -170,7 +169,7 @@ def test_drop_layers_every_other_keeps_the_even_layers(bundle):
     ctx = context(bundle)
     dropped, record = apply_pass(DropLayers(), bundle, ctx)
     assert record.notes == ["dropped layers [1] of 2, evenly spaced (strategy every_other)"]
-    assert (dropped.config["num_hidden_layers"], ctx.num_layers) == (1, 1)
+    assert (dropped.config["num_hidden_layers"], dropped.num_layers) == (1, 1)
     assert torch.equal(encoder_layers(dropped.module)[0].attention.self.query.weight,
                        encoder_layers(bundle.module)[0].attention.self.query.weight)
 
@@ -254,7 +253,7 @@ def test_prune_schedule_prunes_on_the_cubic_schedule_and_recovers(bundle, ctx, c
                                               {"head": 1, "neuron": 32}]
     assert [r["steps"] for r in rounds] == [3, 3, 3]
     assert (pruned.config["num_attention_heads"], pruned.config["intermediate_size"]) == (1, 32)
-    assert (ctx.num_heads, ctx.num_layers) == (1, 2)
+    assert (pruned.num_heads, pruned.num_layers, pruned.attention_width) == (1, 2, 16)
     assert record.notes[1].startswith("round 1: 1 head, 23 neurons removed; recovery 3 steps of distillation on "
                                       "12 training texts in ")
     assert "prune_schedule round 3/3: step 3/3" in caplog.text

@@ -14,20 +14,31 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress.compress._fake_quant import (INT8_REDUCED, INT8_SYMMETRIC, UINT8, ActivationQuantizer,
-                                               QuantEmbedding, QuantLinear, fake_quantize, fake_quantize_weight,
-                                               unwrap_bert, wrap_bert, wrapped_count)
+from edgecompress.compress._fake_quant import (
+    INT8_REDUCED,
+    INT8_SYMMETRIC,
+    UINT8,
+    ActivationQuantizer,
+    QuantEmbedding,
+    QuantLinear,
+    fake_quantize,
+    fake_quantize_weight,
+    unwrap_bert,
+    wrap_bert,
+    wrapped_count,
+)
 from edgecompress.compress._recovery import CHECKPOINT_FILE, Recovery, recover, training_digest
 from edgecompress.compress._taskdata import task_data
 from edgecompress.compress.qat import Qat, calibrate_ranges, split
-from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.errors import UserError
+from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, apply_pass
 from edgecompress.pipeline import ExportRequest, run_export
 from edgecompress.recipe import load_recipe
 
 from conftest import SENTENCES, user_error, write_csv
+from helpers import pass_context
 
 SEQ = 16
 TEXTS = [text for text, _ in SENTENCES]
@@ -52,9 +63,7 @@ def train_csv(tmp_path_factory):
 
 def context(bundle, train_csv=None, *, labelled=True) -> PassContext:
     train = None if train_csv is None else load_dataset(train_csv, require_labels=labelled)
-    return PassContext(seq_len=SEQ, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                       hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
-                       input_names=bundle.input_names, train_data=train)
+    return pass_context(bundle, seq_len=SEQ, train_data=train)
 
 
 @pytest.fixture(scope="module")

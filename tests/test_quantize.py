@@ -11,12 +11,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import SENTENCES, build_tiny_checkpoint, write_csv
 from edgecompress.errors import UserError
 from edgecompress.graph._quant_common import output_error, run_model
 from edgecompress.graph.quantize_int4 import embedding_nodes, matmul_nodes
 from edgecompress.passes import PassContext, apply_pass, make_pass
 from edgecompress.recipe import load_recipe
+
+from conftest import SENTENCES, build_tiny_checkpoint, write_csv
+from helpers import pass_context
 
 SEQ_LEN = 16
 OUTLIER_NODE = "/model/bert/encoder/layer.1/output/dense/MatMul"
@@ -33,9 +35,7 @@ def _bundle_and_feeds(checkpoint):
 
 
 def _context(bundle, calibration=None) -> PassContext:
-    return PassContext(seq_len=SEQ_LEN, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                       hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
-                       input_names=bundle.input_names, calibration=calibration)
+    return pass_context(bundle, seq_len=SEQ_LEN, calibration=calibration)
 
 
 def _graph(checkpoint, *, fused: bool = True):

@@ -23,8 +23,7 @@ pytest.importorskip("ai_edge_litert")
 # The pipeline registers backends in file order (ort before tflite), and emit_all writes artifacts in
 # registration order; importing tflite.py first from here would reorder the manifests of later tests.
 backends()
-from edgecompress.backends.tflite.artifact import (audit_for_report, audit_tflite, load_interpreter,  # noqa: E402
-                                          run_tflite_artifact)
+from edgecompress.backends.tflite.artifact import audit_for_report, audit_tflite, load_interpreter, run_tflite_artifact  # noqa: E402
 
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
@@ -931,7 +930,8 @@ def test_onnxruntime_dynamic_int8_bert_lowers_to_hybrid_int8(tiny_checkpoint, tf
     exact.write_bytes(lower_to_tflite(model, exact_dynamic_int8=True))
     assert _sqnr_db(want, litert_run(exact, feeds)["logits"]) >= 80
     matmuls = sum(node.op_type == "MatMulInteger" for node in model.graph.node)
-    assert audit_tflite(exact).op_histogram["REDUCE_MIN"] == 2 * (attention + matmuls) > audit.op_histogram["REDUCE_MIN"]
+    assert (audit_tflite(exact).op_histogram["REDUCE_MIN"] == 2 * (attention + matmuls)
+            > audit.op_histogram["REDUCE_MIN"])
     assert audit.op_histogram["DEQUANTIZE"] == 2  # word and segment rows, gathered from uint8 tables
     assert audit.partitions == 1 and "FULLY_CONNECTED" not in audit.left_to_litert
 

@@ -19,11 +19,12 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecompress.backends.tflite.artifact import audit_tflite, load_interpreter
 from edgecompress.backends.tflite.lowering import lower_to_tflite
 from edgecompress.errors import UserError
+from edgecompress.graph.quantize_dynamic import QuantizeDynamic
 from edgecompress.measure.estimate import estimate_latency
 from edgecompress.onnx_facts import infer_shapes
-from edgecompress.graph.quantize_dynamic import QuantizeDynamic
-from edgecompress.passes import PassContext
 from edgecompress.pipeline import ExportRequest, run_export
+
+from helpers import pass_context
 
 FLOAT_ATOL = 1e-4
 SEQ, FEATURES, HIDDEN = 6, 4, 3
@@ -206,8 +207,7 @@ def test_grouped_conv_is_a_user_error():
 
 def quantized(model: onnx.ModelProto):
     """The quantize_dynamic pass without calibration data: every supported node quantized."""
-    context = PassContext(seq_len=SEQ, batch=1, dynamic_shapes=False, num_heads=None, hidden_size=None,
-                          num_layers=None, input_names=tuple(v.name for v in model.graph.input))
+    context = pass_context(seq_len=SEQ, input_names=tuple(v.name for v in model.graph.input))
     return QuantizeDynamic().run(model, context)
 
 
@@ -295,8 +295,8 @@ def test_student_exports_to_every_artifact(student_folders, student, recipe, tin
 
 def test_bilstm_export_is_one_lstm_with_lengths_and_no_exporter_warnings(student_folders, tiny_data, capfd):
     from edgecompress.intake.data import load_dataset, tokenize
-    from edgecompress.lower import export_onnx
     from edgecompress.intake.model import load_bundle
+    from edgecompress.lower import export_onnx
 
     bundle = load_bundle(student_folders["bilstm-final"])
     feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=True).texts, seq_len=16,

@@ -37,15 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import example_assets  # noqa: E402
-import train_teacher  # noqa: E402
 from edgecompress.distill.run import DistillRequest, distill  # noqa: E402
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
-from edgecompress.verify.evaluate import ort_session, run_session  # noqa: E402
 from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
+from edgecompress.verify.evaluate import ort_session, run_session  # noqa: E402
+
+import example_assets  # noqa: E402
+import train_teacher  # noqa: E402
 
 SEQ_LEN = 64
 STUDENTS = ("bilstm", "cnn", "transformer")

@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import example_assets  # noqa: E402
-import train_teacher  # noqa: E402
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import device_profiles_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
+
+import example_assets  # noqa: E402
+import train_teacher  # noqa: E402
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -37,13 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-import example_assets  # noqa: E402
-import train_teacher  # noqa: E402
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
-from edgecompress.verify.evaluate import LOSSY_MIN_AGREEMENT as MIN_AGREEMENT  # noqa: E402  (the pipeline's gate)
-from edgecompress.verify.evaluate import ort_session, run_session  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir  # noqa: E402
+from edgecompress.verify.evaluate import (  # noqa: E402
+    LOSSY_MIN_AGREEMENT as MIN_AGREEMENT,  # the pipeline's gate
+    ort_session,
+    run_session,
+)
+
+import example_assets  # noqa: E402
+import train_teacher  # noqa: E402
 
 DEFAULT_RECIPES = ("dynamic-int8", "int8", "int4", "int8-int4-mixed")
 # Row names of the packaged recipes in the table; any other recipe is shown under its own name.

@@ -57,8 +57,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.devices import load_profile  # noqa: E402
+from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
 

@@ -10,8 +10,8 @@ and LiteRT. It does what a user following litert-torch's README would do with a 
 
 A BiLSTM/CNN student folder of `edgecompress distill` is converted the same way from its torch module
 (built from this repository's `students.py`, weights from model.safetensors), inputs `input_ids` and
-`attention_mask`. Float and dynamic-range int8 (int8 weights per channel, activations quantized at run time: litert-torch's
-`full_dynamic_recipe`, applied by ai-edge-quantizer). The sample inputs are batch 1, `--seq-len` long,
+`attention_mask`. Float and dynamic-range int8 (int8 weights per channel, activations quantized at run time:
+litert-torch's `full_dynamic_recipe`, applied by ai-edge-quantizer). The sample inputs are batch 1, `--seq-len` long,
 int64 like the inputs of edgecompress's `.tflite`; litert-torch
 narrows int64 model inputs to int32 by default (`enable_x64=False`), which is kept, since it is what a
 user gets. Prints one JSON line: {"float": path, "int8": path, "seconds": {...}, "versions": {...}}.
@@ -40,7 +40,8 @@ VARIANTS = ("float", "int8")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="checkpoint folder: a transformers sequence classifier or an edgecompress student")
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint folder: a transformers sequence classifier or an edgecompress student")
     parser.add_argument("--seq-len", type=int, required=True, help="fixed sequence length of the inputs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for float.tflite and int8.tflite")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))

@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from edgecompress.intake.data import label_ids, load_dataset  # noqa: E402
+
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from edgecompress.intake.data import label_ids, load_dataset  # noqa: E402
 
 MODES = ("float", "per tensor", "per row", "cls apart")
 FFN_INPUTS = ("intermediate.dense", "output.dense")  # BERT's FFN: `attention.output.dense` is not matched
@@ -125,7 +126,8 @@ def print_row_ranges(row_max: dict[str, dict[str, list[np.ndarray]]]) -> None:
         if name.endswith(("self.key", "self.value")):  # the same input as self.query
             continue
         medians = [np.median(np.concatenate(kinds[kind])) if kinds[kind] else float("nan") for kind in TOKEN_KINDS]
-        print(f"| {name.removeprefix('bert.encoder.').replace('self.query', 'self.query/key/value')} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+        label = name.removeprefix("bert.encoder.").replace("self.query", "self.query/key/value")
+        print(f"| {label} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
 
 
 def print_agreement(labels: dict[str, np.ndarray], truth: np.ndarray) -> None:

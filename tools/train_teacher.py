@@ -25,8 +25,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoTokenizer, BertForSequenceClassification  # noqa: E402
 
-import example_assets  # noqa: E402
 from edgecompress.paths import cache_dir  # noqa: E402
+
+import example_assets  # noqa: E402
 
 TEACHER_NAME = "minilm-rotten-tomatoes"
 ID2LABEL = {0: "negative", 1: "positive"}

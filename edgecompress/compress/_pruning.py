@@ -244,17 +244,16 @@ def set_config(bundle, **values) -> None:
         setattr(bundle.module.hf_model.config, key, value)
 
 
-def sync_context(ctx, bundle) -> None:
-    """Keep the pass context describing the model that later passes receive.
+def record_attention_width(bundle) -> None:
+    """Keep the bundle describing the model it carries: the graph stage's context is built from it once,
+    after the compress stage.
 
-    The pipeline fills the context from config.json before the compress stage; its only reader of
-    these fields, `fuse_transformer`, hands them to ONNX Runtime's fuser, whose `hidden_size` is "the
-    hidden dimension after pruning": the width of Q/K/V, heads x head size. For an unpruned BERT that
-    is hidden_size; with heads pruned it is smaller, and with the model's hidden_size the fuser finds
-    no head count and fuses nothing (measured on the tiny BERT, onnxruntime 1.31).
+    ONNX Runtime's fuser takes `hidden_size` as "the hidden dimension after pruning", the width of Q/K/V
+    (heads x head size): for an unpruned BERT that is hidden_size; with heads pruned it is smaller, and
+    with the model's hidden_size the fuser finds no head count and fuses nothing (measured on the tiny
+    BERT, onnxruntime 1.31).
     """
-    ctx.num_heads, ctx.num_layers = bundle.num_heads, bundle.num_layers
-    ctx.hidden_size = encoder_layers(bundle.module)[0].attention.self.all_head_size
+    bundle.attention_width = encoder_layers(bundle.module)[0].attention.self.all_head_size
 
 
 def parameter_count(module) -> int:
@@ -290,6 +289,7 @@ class UnitPruningPass(Pass):
     round (Michel et al. prune iteratively: a unit's importance changes once its neighbours are gone).
     """
 
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
     units: ClassVar[Units]
     ratio: float = 0.5
     steps: int = 1
@@ -315,7 +315,7 @@ class UnitPruningPass(Pass):
             scores, = importance(new.module, [self.units], data)
             pruned.remove(new.module, scores, round(count * step / self.steps) - pruned.removed)
         set_config(new, **{self.units.config_key: pruned.total - count})
-        sync_context(ctx, new)
+        record_attention_width(new)
         notes = [f"removed {count} of {pruned.total} {self.units.kind}s in each of {len(pruned.alive)} layers "
                  f"in {self.steps} step(s); importance: {method}"]
         stats = {"importance": method, f"{self.units.kind}s_before": pruned.total,

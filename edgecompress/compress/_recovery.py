@@ -28,17 +28,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
-from edgecompress.logs import progress_log
-from edgecompress.paths import cache_dir
 from edgecompress.compress._pruning import encoder_layers
 from edgecompress.compress._taskdata import Batch, TaskData
 from edgecompress.distill.losses import hard_loss, logit_loss, masked_mse
+from edgecompress.logs import progress_log
+from edgecompress.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def _optimizer(module, lr: float, steps: int):
     """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0."""
     from transformers import get_linear_schedule_with_warmup
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in module.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},

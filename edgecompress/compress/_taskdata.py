@@ -8,8 +8,8 @@ padding every batch to the device's seq_len would spend most of the compute on p
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

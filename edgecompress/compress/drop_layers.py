@@ -18,8 +18,8 @@ import torch
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.compress._pruning import (check_positive, check_ratio, cloned, encoder, encoder_layers, parameter_count, set_config,
-                       sync_context)
+from edgecompress.compress._pruning import (check_positive, check_ratio, cloned, encoder, encoder_layers, parameter_count,
+                                            record_attention_width, set_config)
 from edgecompress.compress._taskdata import mean_task_loss, task_data, training_seq_len
 
 STRATEGIES = ("every_other", "importance")
@@ -30,6 +30,7 @@ STRATEGIES = ("every_other", "importance")
 class DropLayers(Pass):
     name = "drop_layers"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
     strategy: str = "every_other"
     ratio: float = 0.5  # fraction of the encoder layers dropped
     importance_texts: int = 512  # labelled texts the loss is measured on (strategy "importance")
@@ -72,7 +73,7 @@ class DropLayers(Pass):
                    + " -> ".join(f"{loss:.4f}" for loss in losses))
         keep(new.module, [i for i in range(len(layers)) if i not in dropped])
         set_config(new, num_hidden_layers=len(layers) - count)
-        sync_context(ctx, new)
+        record_attention_width(new)
         notes = [f"dropped layers {sorted(dropped)} of {len(layers)}, {how}"]
         stats = {"dropped": sorted(dropped), "layers_before": len(layers), "layers_after": len(layers) - count,
                  "parameters_before": parameter_count(bundle.module), "parameters_after": parameter_count(new.module)}

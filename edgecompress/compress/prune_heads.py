@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecompress.passes import register_pass
 from edgecompress.compress._pruning import HEADS, UnitPruningPass
+from edgecompress.passes import register_pass
 
 
 @register_pass

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from edgecompress.errors import InternalError, UserError
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._pruning import (HEADS, NEURONS, Pruned, check_positive, check_ratio, cloned, encoder_layers, importance,
-                       importance_data, importance_method, parameter_count, set_config, sync_context,
+                       importance_data, importance_method, parameter_count, record_attention_width, set_config,
                        units_to_remove)
 from edgecompress.compress._recovery import Recovery, recover
 from edgecompress.compress._taskdata import task_data, training_seq_len
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class PruneSchedule(Pass):
     name = "prune_schedule"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
     heads: float = 0.5  # final fraction of attention heads removed per layer
     ffn: float = 0.5  # final fraction of FFN neurons removed per layer
     steps: int = 3  # pruning rounds
@@ -83,7 +84,7 @@ class PruneSchedule(Pass):
             result = recover(new.module, bundle.module, training, recovery, seed=self.seed + 1000 * step, label=label)
             rounds.append({"removed": {u.kind: p.removed for u, p in pruned.items()}, **result})
         set_config(new, **{units.config_key: p.total - p.removed for units, p in pruned.items()})
-        sync_context(ctx, new)
+        record_attention_width(new)
         notes = self._notes(pruned, rounds, training, [importance_method(u, scoring, why_not) for u in targets])
         stats = {"rounds": rounds, "training_seconds": round(sum(r["seconds"] for r in rounds), 1),
                  "removed": {u.kind: p.removed_ids() for u, p in pruned.items()},

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from edgecompress.errors import InternalError, UserError
-from edgecompress.intake.model import CLASSIFICATION
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.compress._fake_quant import ActivationQuantizer, unwrap_bert, wrap_bert, wrapped_count
 from edgecompress.compress._pruning import check_positive, cloned
 from edgecompress.compress._recovery import Recovery, recover, training_digest, work_dir
 from edgecompress.compress._taskdata import TaskData, task_data, training_seq_len
+from edgecompress.errors import InternalError, UserError
+from edgecompress.intake.model import CLASSIFICATION
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ KEEP_FLOAT = ("bert.pooler.dense", "pooler.dense", "classifier")
 class Qat(Pass):
     name = "qat"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
+    # Last of the passes that change the float model: the weights it trains under simulated int8 (and
+    # leaves on the int8 grid) are the ones quantize_static must find.
+    runs_after = ("drop_layers", "prune_heads", "prune_ffn", "prune_schedule")
     epochs: float = 1.0  # passes over the training texts (--train-data minus the held-out slice)
     lr: float = 2e-5  # small: the model is already fine-tuned, training only adapts it to the int8 grid
     batch_size: int = 32

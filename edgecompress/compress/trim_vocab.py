@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgecompress.compress._pruning import bert_model, cloned, set_config
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import load_tokenizer
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.compress._pruning import bert_model, cloned, set_config
 
 # Constructor arguments of a transformers tokenizer that name its source files, not its behaviour.
 _SOURCE_KWARGS = ("vocab", "vocab_file", "tokenizer_file", "tokenizer_object", "added_tokens_decoder",
@@ -51,6 +51,7 @@ _SOURCE_KWARGS = ("vocab", "vocab_file", "tokenizer_file", "tokenizer_object", "
 class TrimVocab(Pass):
     name = "trim_vocab"
     stage = "compress"
+    in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
 
     def requires(self, bundle, ctx: PassContext) -> None:
         if bundle.module is None:

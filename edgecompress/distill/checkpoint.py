@@ -41,9 +41,9 @@ def load_student(folder: Path, config: dict[str, Any]):
     """Intake for a BiLSTM or CNN student folder -> a ModelBundle taking (input_ids, attention_mask)."""
     import transformers  # noqa: F401  (imported before the capture below, so its log handler is captured too)
 
-    from edgecompress.logs import captured_library_output
-    from edgecompress.intake.model import CLASSIFICATION, ModelBundle, label_names, load_tokenizer, read_weights
     from edgecompress.distill.students import build_student, check_config, check_fits_tokenizer
+    from edgecompress.intake.model import CLASSIFICATION, ModelBundle, label_names, load_tokenizer, read_weights
+    from edgecompress.logs import captured_library_output
 
     where = str(folder / "config.json")
     check_config(config, where)

@@ -37,7 +37,7 @@ class LossOptions:
     def uses_internals(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0
 
-    def resolved(self, *, student_layers: int | None, teacher_layers: int, where: str) -> "LossOptions":
+    def resolved(self, *, student_layers: int | None, teacher_layers: int, where: str) -> LossOptions:
         """Checked options with the layer map filled in; `student_layers` is None for non-transformers."""
         if self.logit_loss not in LOGIT_LOSSES:
             raise UserError(f"unknown logit loss {self.logit_loss!r}", where=where,

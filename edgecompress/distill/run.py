@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.atomic import swap_in
-from edgecompress.errors import InternalError, UserError
 from edgecompress.distill.augment import AugmentOptions
 from edgecompress.distill.losses import LossOptions
 from edgecompress.distill.trainer import INIT, JOB, TRAINED, TRANSFER, TrainOptions
+from edgecompress.errors import InternalError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,13 @@ def _embedding_student(plan: Plan, transfer, hf_teacher):
     (`embeddings.py`: contextual ones from the labelled texts of the transfer set, or the word table)."""
     import torch
 
-    from edgecompress.distill.embeddings import contextual_token_vectors, kept_tokens, pca_projection, teacher_word_embeddings, token_map
+    from edgecompress.distill.embeddings import (
+        contextual_token_vectors,
+        kept_tokens,
+        pca_projection,
+        teacher_word_embeddings,
+        token_map,
+    )
     from edgecompress.distill.students import build_student
 
     input_ids, attention_mask = torch.from_numpy(transfer["input_ids"]), torch.from_numpy(transfer["attention_mask"])
@@ -341,6 +347,7 @@ def launch_torchrun(work: Path, processes: int) -> None:
     log.info("launching %d training processes: %s", processes, " ".join(cmd[2:]))
     tail: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             if line.strip():
                 log.info("%s", line.rstrip())

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecompress.errors import UserError
 from edgecompress.distill.losses import even_layer_map
+from edgecompress.errors import UserError
 
 SETTINGS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "teacher_layers",
             "vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob")

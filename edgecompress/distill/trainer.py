@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecompress.errors import EdgecompressError, InternalError
 from edgecompress.distill.losses import LossOptions
+from edgecompress.errors import EdgecompressError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class World:
     size: int
 
     @classmethod
-    def join(cls) -> "World":
+    def join(cls) -> World:
         import torch.distributed as dist
 
         size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -203,7 +203,7 @@ def _optimizer(model, options: TrainOptions, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _run_epoch(trainable, optimizer, scheduler, data, batches, teacher, progress: "_Progress") -> float:
+def _run_epoch(trainable, optimizer, scheduler, data, batches, teacher, progress: _Progress) -> float:
     import torch
 
     trainable.train()

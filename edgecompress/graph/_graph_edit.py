@@ -30,6 +30,20 @@ def readers(model) -> dict[str, list]:
     return found
 
 
+def reader_indices(model) -> dict[str, list[int]]:
+    """Value name -> the positions in `graph.node` of the nodes that read it, in graph order.
+
+    A rewrite that plans in one walk over the nodes and rebuilds the list in another matches nodes by
+    position (valid until the node list is edited), never by id(): upb hands out Python wrappers for
+    nodes that come and go, and reuses the id of a dropped one.
+    """
+    found: dict[str, list[int]] = {}
+    for index, node in enumerate(model.graph.node):
+        for name in node.input:
+            found.setdefault(name, []).append(index)
+    return found
+
+
 def constant(model, name: str) -> np.ndarray | None:
     """The value of an initializer or Constant node output (what fold_constants leaves), else None."""
     from onnx import numpy_helper

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Graphs are run on at most this many rows at a time when their batch axis is symbolic.
 _DYNAMIC_BATCH = 8
 # SQNR of an output identical to the reference; a finite number keeps report.json valid JSON.

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError, UserError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._quant_common import calibration_rows, copy_model, graph_input_names, rounding_diff
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 FUSED_ATTENTION_OPS = ("Attention", "QAttention", "MultiHeadAttention")
 ORT_DEFAULT_MASK_VALUE = -10000.0
@@ -48,6 +48,11 @@ _SYNTHETIC_SEQ_LEN = 16
 class AttentionMaskValue(Pass):
     name = "attention_mask_value"
     stage = "graph"
+    in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
+    # It sets an attribute of the fused attention ops, before the quantizers calibrate and run their
+    # sensitivity trials, so that what they measure runs the same fast softmax as what ships.
+    runs_after = ("fuse_transformer",)
+    runs_before = ("quantize_dynamic", "quantize_static")
     # Between -80 and -20: below -86 MLAS's exp leaves its fast range (see the module docstring); above
     # -20 a padded key's weight is e^-20 ~ 2e-9 of the row's largest even when it scores like a real key.
     mask_filter_value: float = -60.0

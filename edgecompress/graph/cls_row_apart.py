@@ -31,9 +31,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, readers, static_shapes
+from edgecompress.graph._graph_edit import (
+    all_names,
+    check_feeds,
+    constant,
+    drop_unused,
+    fresh,
+    reader_indices,
+    static_shapes,
+)
 from edgecompress.graph._quant_common import copy_model, rounding_diff, with_contrib_shapes
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 # Ops that compute each row of their output from the same row of their data input (other inputs constant).
 ROW_WISE_OPS = {("", "Relu"), ("", "Gelu"), ("com.microsoft", "Gelu"), ("com.microsoft", "BiasGelu"),
@@ -43,10 +51,12 @@ BRANCHES = ("cls_row", "other_rows")
 
 @dataclass(frozen=True)
 class FeedForward:
-    """MatMul by a constant, row-wise ops, MatMul by a constant: `nodes` in order, reading [B, rows, K]."""
+    """MatMul by a constant, row-wise ops, MatMul by a constant: `nodes` in order, reading [B, rows, K];
+    `at` their positions in graph.node, by which the rewrite finds them."""
 
     nodes: tuple
     rows: int
+    at: tuple[int, ...]
 
     @property
     def x(self) -> str:
@@ -66,6 +76,9 @@ class FeedForward:
 class ClsRowApart(Pass):
     name = "cls_row_apart"
     stage = "graph"
+    in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
+    runs_after = ("fix_shapes",)  # it splits FFN inputs of fixed shape [batch, rows, features]
+    runs_before = ("quantize_dynamic",)  # whose run-time ranges the split is for
 
     def requires(self, model, ctx: PassContext) -> None:
         if not feed_forwards(model):
@@ -80,14 +93,14 @@ class ClsRowApart(Pass):
         names = all_names(result)
         values = {"zero": 0, "one": 1, "end": np.iinfo(np.int64).max, "axis": 1}  # rows 1:end whatever S is
         bounds = {key: fresh(f"cls_row_apart/{key}", names) for key in values}
-        first_nodes = {id(block.nodes[0]): block for block in blocks}  # `blocks` keeps these objects alive
-        removed = {id(node) for block in blocks for node in block.nodes}
+        first_nodes = {block.at[0]: block for block in blocks}
+        removed = {index for block in blocks for index in block.at}
         kept_outputs = {block.out for block in blocks}  # the Concat of the two copies writes them
-        rebuilt, orphans = [], set()
-        for node in result.graph.node:
-            if id(node) in first_nodes:
-                rebuilt.extend(_split(first_nodes[id(node)], bounds, names))
-            if id(node) in removed:
+        rebuilt, orphans = [], set[str]()
+        for index, node in enumerate(result.graph.node):
+            if index in first_nodes:
+                rebuilt.extend(_split(first_nodes[index], bounds, names))
+            if index in removed:
                 orphans.update(name for name in node.output if name not in kept_outputs)
             else:
                 rebuilt.append(node)
@@ -110,19 +123,20 @@ class ClsRowApart(Pass):
 
 def feed_forwards(model) -> list[FeedForward]:
     """Every MatMul(X, constant) -> row-wise ops -> MatMul(constant) chain whose X is [B, rows >= 2, K]."""
-    by_input, outputs = readers(model), {value.name for value in model.graph.output}
+    nodes = model.graph.node
+    by_input, outputs = reader_indices(model), {value.name for value in model.graph.output}
     shapes = None
     blocks = []
-    for node in model.graph.node:
+    for index, node in enumerate(nodes):
         if not _matmul_by_constant(model, node):
             continue
-        chain = _chain_from(model, node, by_input, outputs)
+        chain = _chain_from(model, index, by_input, outputs)
         if chain is None:
             continue
         shapes = _shapes(model) if shapes is None else shapes
         shape = shapes.get(node.input[0])
         if shape is not None and len(shape) == 3 and shape[1] >= 2:
-            blocks.append(FeedForward(tuple(chain), shape[1]))
+            blocks.append(FeedForward(tuple(nodes[i] for i in chain), shape[1], tuple(chain)))
     return blocks
 
 
@@ -132,20 +146,21 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
     return static_shapes(with_contrib_shapes(model))
 
 
-def _chain_from(model, first, by_input: dict, outputs: set) -> list | None:
-    """[first, row-wise ops..., second MatMul by a constant], each value read once and only inside; else None."""
-    chain, node = [first], first
+def _chain_from(model, first: int, by_input: dict, outputs: set) -> list[int] | None:
+    """Positions of [first, row-wise ops..., second MatMul by a constant], each value read once and only
+    inside; else None."""
+    chain, node = [first], model.graph.node[first]
     while True:
         value = node.output[0]
         following = by_input.get(value, [])
         if value in outputs or len(following) != 1:
             return None
-        node = following[0]
+        node = model.graph.node[following[0]]
         if _matmul_by_constant(model, node) and node.input[0] == value:
-            return chain + [node] if len(chain) > 1 else None  # two MatMuls in a row are no FFN
+            return chain + following if len(chain) > 1 else None  # two MatMuls in a row are no FFN
         if not _row_wise(model, node, value):
             return None
-        chain.append(node)
+        chain.append(following[0])
 
 
 def _matmul_by_constant(model, node) -> bool:

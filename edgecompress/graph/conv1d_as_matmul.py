@@ -35,14 +35,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgecompress.errors import InternalError
+from edgecompress.graph._graph_edit import (
+    all_names,
+    check_feeds,
+    constant,
+    drop_unused,
+    fresh,
+    reader_indices,
+    static_shapes,
+)
+from edgecompress.graph._quant_common import copy_model, rounding_diff
 from edgecompress.onnx_facts import node_attribute
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.graph._graph_edit import all_names, check_feeds, constant, drop_unused, fresh, readers, static_shapes
-from edgecompress.graph._quant_common import copy_model, rounding_diff
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +64,18 @@ _MIN_OPSET = 10
 
 @dataclass
 class _Rewrite:
-    """One Conv to rewrite: the output positions [start, stop) it must compute, written to `out`."""
+    """One Conv to rewrite: the output positions [start, stop) it must compute, written to `out`. `at` and
+    `absorbed_at` are the Conv's and the Slice's positions in graph.node, by which the rewrite finds them."""
 
     conv: object
+    at: int
     x_shape: tuple[int, int, int]
     weight: np.ndarray
     start: int
     stop: int
     out: str
     absorbed: object = None  # the Slice node whose work the rewrite does, or None
+    absorbed_at: int | None = None
     pads: tuple[int, int] = (0, 0)
     bias_value: np.ndarray | None = None
 
@@ -82,6 +97,9 @@ class _Rewrite:
 class Conv1dAsMatmul(Pass):
     name = "conv1d_as_matmul"
     stage = "graph"
+    in_place = False  # `ensures` compares the outputs of the graph it was given with the new one
+    runs_after = ("fix_shapes",)  # it rewrites Convs whose input has a fixed rank-3 shape
+    runs_before = ("quantize_dynamic",)  # which would make each Conv a slow ConvInteger
 
     def requires(self, model, ctx: PassContext) -> None:
         rewrites, left = plan(model)
@@ -98,29 +116,31 @@ class Conv1dAsMatmul(Pass):
         rewrites, left = plan(result)
         graph = result.graph
         names = all_names(result)
-        order = {id(node): index for index, node in enumerate(graph.node)}
         by_input: dict[str, list[_Rewrite]] = {}
         for rewrite in rewrites:
             by_input.setdefault(rewrite.conv.input[0], []).append(rewrite)
 
-        new_inits, inserted, removed, notes = [], {}, set(), []
+        new_inits: list[onnx.TensorProto] = []
+        inserted: dict[int, list[onnx.NodeProto]] = {}
+        removed: set[int] = set()
+        notes: list[str] = []
         for x, group in by_input.items():
             base, base_first, nodes = _padded_time_major(x, group, names, new_inits)
-            inserted.setdefault(id(group[0].conv), []).extend(nodes)  # group is in graph order
+            inserted.setdefault(group[0].at, []).extend(nodes)  # group is in graph order
             stacks: dict[tuple[int, int], list[_Rewrite]] = {}
             for rewrite in group:
                 stacks.setdefault((rewrite.rows()[0], rewrite.stop - rewrite.start), []).append(rewrite)
             for stack in stacks.values():
-                first = min(stack, key=lambda r: order[id(r.conv)])
-                inserted.setdefault(id(first.conv), []).extend(_matmul_nodes(stack, base, base_first, names,
+                first = min(stack, key=lambda r: r.at)
+                inserted.setdefault(first.at, []).extend(_matmul_nodes(stack, base, base_first, names,
                                                                              new_inits))
-                removed.update(id(node) for r in stack for node in (r.conv, r.absorbed) if node is not None)
+                removed.update(at for r in stack for at in (r.at, r.absorbed_at) if at is not None)
                 notes.append(_describe(stack))
 
         rebuilt, orphans = [], set()
-        for node in graph.node:
-            rebuilt.extend(inserted.get(id(node), []))
-            if id(node) in removed:
+        for index, node in enumerate(graph.node):
+            rebuilt.extend(inserted.get(index, []))
+            if index in removed:
                 orphans.update([*node.input, *node.output])
             else:
                 rebuilt.append(node)
@@ -155,16 +175,17 @@ def plan(model) -> tuple[list[_Rewrite], dict[str, str]]:
     """(the Convs this pass rewrites, {Conv: why it is left alone} for the other 1-D and 2-D Convs)."""
     from onnx import numpy_helper
 
-    convs = [node for node in model.graph.node if node.op_type == "Conv" and node.domain in ("", "ai.onnx")]
+    convs = [(at, node) for at, node in enumerate(model.graph.node)
+             if node.op_type == "Conv" and node.domain in ("", "ai.onnx")]
     if not convs:
         return [], {}
     inits = {init.name: init for init in model.graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    by_input = readers(model)
+    by_input = reader_indices(model)
     outputs = {value.name for value in model.graph.output}
     shapes = None
     rewrites, left = [], {}
-    for node in convs:
+    for at, node in convs:
         why = _unsupported(node, inits, opset)
         if why is None and shapes is None:
             shapes = static_shapes(model)
@@ -184,11 +205,11 @@ def plan(model) -> tuple[list[_Rewrite], dict[str, str]]:
             left[_label(node)] = f"kernel width {weight.shape[2]} is longer than its padded input"
             continue
         bias = numpy_helper.to_array(inits[_bias_name(node)]) if _bias_name(node) else None
-        rewrite = _Rewrite(node, tuple(x_shape), weight, 0, steps, node.output[0], pads=pads, bias_value=bias)
+        rewrite = _Rewrite(node, at, tuple(x_shape), weight, 0, steps, node.output[0], pads=pads, bias_value=bias)
         kept = _absorbable_slice(model, node, steps, by_input, outputs)
         if kept is not None:
-            rewrite.absorbed, (rewrite.start, rewrite.stop) = kept[0], kept[1]
-            rewrite.out = kept[0].output[0]
+            rewrite.absorbed_at, rewrite.absorbed, (rewrite.start, rewrite.stop) = kept
+            rewrite.out = rewrite.absorbed.output[0]
         rewrites.append(rewrite)
     return rewrites, left
 
@@ -222,11 +243,12 @@ def _unsupported(node, inits: dict, opset: int) -> str | None:
 
 
 def _absorbable_slice(model, conv, steps: int, readers: dict, outputs: set):
-    """(Slice, (start, stop)) when the Conv's only reader keeps a constant range of its outputs along time
-    with step 1; None otherwise."""
+    """(its position, Slice, (start, stop)) when the Conv's only reader keeps a constant range of its outputs
+    along time with step 1; None otherwise."""
     if conv.output[0] in outputs or len(readers.get(conv.output[0], [])) != 1:
         return None
-    node = readers[conv.output[0]][0]
+    at = readers[conv.output[0]][0]
+    node = model.graph.node[at]
     if node.op_type != "Slice" or node.input[0] != conv.output[0] or len(node.input) < 4:
         return None
     values = [constant(model, name) for name in node.input[1:5]]
@@ -237,7 +259,7 @@ def _absorbable_slice(model, conv, steps: int, readers: dict, outputs: set):
     if int(axes.reshape(())) not in (2, -1) or int(steps_given.reshape(())) != 1:
         return None
     start, stop, _ = slice(int(starts.reshape(())), int(ends.reshape(())), 1).indices(steps)
-    return (node, (start, stop)) if stop > start else None
+    return (at, node, (start, stop)) if stop > start else None
 
 
 # ---- the rewrite --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgecompress.graph._quant_common import copy_model
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 
@@ -17,6 +18,7 @@ from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, regi
 class FixShapes(Pass):
     name = "fix_shapes"
     stage = "graph"
+    in_place = False
 
     def requires(self, model, ctx: PassContext) -> None:
         if ctx.dynamic_shapes:
@@ -29,6 +31,7 @@ class FixShapes(Pass):
     def run(self, model, ctx: PassContext) -> PassResult:
         import onnx
 
+        model = copy_model(model)  # the dims below are set on the graph's own inputs
         sizes = _dim_sizes(model, ctx)
         fixed = []
         for value in list(model.graph.input) + list(model.graph.output):

@@ -22,6 +22,8 @@ from edgecompress.passes import Pass, PassContext, PassResult, register_pass
 class FoldConstants(Pass):
     name = "fold_constants"
     stage = "graph"
+    in_place = False  # onnx-ir edits its own copy of the graph
+    runs_after = ("fix_shapes",)  # shape arithmetic is constant only once shapes are fixed
 
     def run(self, model, ctx: PassContext) -> PassResult:
         import onnx_ir as ir

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from edgecompress.graph._quant_common import Error, is_classifier, op_counts, output_error, run_model, size_mb
 

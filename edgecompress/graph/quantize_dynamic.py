@@ -22,12 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgecompress.graph._quant_common import (
+    calibration_rows,
+    constant_weight_nodes,
+    copy_model,
+    graph_input_names,
+    keep_model_props,
+    through_file,
+    without_value_info,
+)
+from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
 from edgecompress.logs import captured_library_output
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.graph._quant_common import (calibration_rows, constant_weight_nodes, copy_model, graph_input_names,
-                            keep_model_props, through_file, without_value_info)
-from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
-
 
 OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather", "LSTM", "Conv")
 # Where each op type keeps the weight that makes it quantizable (a Gather's table is its data input; an
@@ -40,6 +46,10 @@ _WEIGHT_INPUT = {"MatMul": 1, "Attention": 1, "EmbedLayerNormalization": 2, "Gat
 class QuantizeDynamic(Pass):
     name = "quantize_dynamic"
     stage = "graph"
+    in_place = False  # ONNX Runtime's quantizer writes a new file
+    # After fusion, so that Attention becomes QAttention and the fused embedding QEmbedLayerNormalization;
+    # with fixed shapes, so that the sensitivity trials run the graph that ships.
+    runs_after = ("fuse_transformer", "fix_shapes")
     # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
     # or flips more than this share of predictions, stays float. Used only with calibration data.
     min_sqnr_db: float = 20.0

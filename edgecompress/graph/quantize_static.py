@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecompress.errors import InternalError, UserError
+from edgecompress.graph import quantize_dynamic
+from edgecompress.graph._quant_common import (
+    calibration_rows,
+    graph_input_names,
+    keep_model_props,
+    through_file,
+    with_contrib_shapes,
+)
+from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
 from edgecompress.logs import captured_library_output
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.graph import quantize_dynamic
-from edgecompress.graph._quant_common import (calibration_rows, copy_model, graph_input_names, keep_model_props, through_file,
-                            with_contrib_shapes)
-from edgecompress.graph.quant_sensitivity import Thresholds, quantize_except_sensitive
-
 
 ACTIVATION_TYPES = ("uint8", "int8")
 # Rows per calibrator call, which bounds the tensors it holds at once.
@@ -41,6 +45,9 @@ _CALIBRATION_CHUNK = 8
 class QuantizeStatic(Pass):
     name = "quantize_static"
     stage = "graph"
+    in_place = False  # ONNX Runtime's quantizer writes a new file
+    # After fusion and with fixed shapes, so the calibrated ranges are those of the shipped graph.
+    runs_after = ("fuse_transformer", "fix_shapes")
     activation_type: str = "uint8"
     # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
     # or flips more than this share of predictions, stays float.
@@ -118,7 +125,9 @@ def quantize_nodes(model, nodes: list[str], *, activation_type: str, ranges: Pat
     names = set(nodes)
     matmuls = [n.name for n in model.graph.node if n.name in names and n.op_type == "MatMul"]
     fused = [name for name in nodes if name not in set(matmuls)]
-    result = _qdq_matmuls(model, matmuls, activation_type, ranges) if matmuls else copy_model(model)
+    if not matmuls:  # quantize_dynamic's quantizer writes a new model (a copy when given no node)
+        return quantize_dynamic.quantize_nodes(model, fused)
+    result = _qdq_matmuls(model, matmuls, activation_type, ranges)
     return quantize_dynamic.quantize_nodes(result, fused) if fused else result
 
 

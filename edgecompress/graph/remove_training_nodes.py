@@ -17,6 +17,7 @@ _INFERENCE_NO_OPS = ("Dropout", "Identity")
 class RemoveTrainingNodes(Pass):
     name = "remove_training_nodes"
     stage = "graph"
+    in_place = False  # onnx-ir edits its own copy of the graph
 
     def requires(self, model, ctx: PassContext) -> None:
         if not any(n.op_type in _INFERENCE_NO_OPS for n in model.graph.node) and not _dead_nodes(model):

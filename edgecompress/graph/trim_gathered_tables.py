@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.errors import InternalError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 from edgecompress.graph._quant_common import copy_model, size_mb
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 GATHER_OPS = ("Gather", "GatherBlockQuantized")
 
@@ -29,6 +29,8 @@ GATHER_OPS = ("Gather", "GatherBlockQuantized")
 class TrimGatheredTables(Pass):
     name = "trim_gathered_tables"
     stage = "graph"
+    in_place = False  # `ensures` compares the size of the graph it was given with the new one
+    runs_after = ("fix_shapes", "fold_constants")  # they make the position ids constant
 
     def requires(self, model, ctx: PassContext) -> None:
         if not trimmable(model):

@@ -6,6 +6,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -150,3 +151,39 @@ def tokenize(tokenizer, texts: list[str], *, seq_len: int, input_names: tuple[st
             values = np.zeros_like(encoded["input_ids"])
         feeds[name] = np.asarray(values, dtype=np.int64)
     return feeds
+
+
+class EvalData(NamedTuple):
+    """What the data stage hands on: the eval texts, tokenized at the profile's length, with label ids."""
+
+    dataset: TextDataset
+    feeds: dict[str, np.ndarray]  # tokenized as the model's tokenizer as given does
+    labels: np.ndarray | None  # label ids, for a classifier given labelled --data
+
+
+def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
+    """Load `--data` (or the built-in sentences), check its labels against the model, tokenize."""
+    from edgecompress.intake.model import CLASSIFICATION
+    from edgecompress.intake.samples import SAMPLE_TEXTS
+
+    max_length = bundle.tokenizer_settings.max_length
+    if seq_len > max_length:
+        raise UserError(f"device seq_len {seq_len} exceeds the model's maximum length {max_length}",
+                        hint="pick a device profile with a smaller seq_len")
+    labelled = bundle.kind == CLASSIFICATION and bundle.labels is not None
+    if data_path is None:
+        dataset = TextDataset(path=Path("<built-in samples>"), texts=list(SAMPLE_TEXTS), labels=None)
+    else:
+        dataset = load_dataset(data_path, require_labels=labelled)
+    labels = label_ids(dataset, bundle.labels) if labelled and dataset.labels is not None else None
+    feeds = tokenize(bundle.tokenizer, dataset.texts, seq_len=seq_len, input_names=bundle.input_names)
+    return EvalData(dataset, feeds, labels)
+
+
+def load_train_data(bundle, path: Path | None) -> TextDataset | None:
+    """`--train-data`: labelled texts for passes that train or score by gradient; None when not given."""
+    from edgecompress.intake.model import CLASSIFICATION
+
+    if path is None:
+        return None
+    return load_dataset(path, require_labels=bundle.kind == CLASSIFICATION)

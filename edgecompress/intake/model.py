@@ -49,6 +49,15 @@ class ModelBundle:
     config: dict[str, Any] = field(default_factory=dict)
     input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     output_name: str = "logits"
+    # Width of the attention's Q/K/V projections (heads x head size): ONNX Runtime's fuser calls it
+    # `hidden_size`, "the hidden dimension after pruning". None: the config's hidden_size (no heads pruned).
+    attention_width: int | None = None
+    # The model computes in integers from its inputs to its outputs (I-BERT): every artifact's op audit
+    # must then find no float op between integer ops.
+    integer_only: bool = False
+    # Tolerance of artifact parity for a model that is not float (an integer-only model: one least-significant
+    # bit of its output scale); None: the float tolerance, FLOAT_PARITY_ATOL.
+    parity_atol: float | None = None
 
     @property
     def num_heads(self) -> int | None:

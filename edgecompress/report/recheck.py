@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.errors import UserError
+from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import Verdict
 
 
@@ -38,10 +38,9 @@ class Recheck:
 
 
 def recheck(folder: Path, device: str) -> Recheck:
-    import onnx
 
     from edgecompress.devices import get_profile
-    from edgecompress.report.manifest import device_estimates
+    from edgecompress.report.build import device_estimates
 
     manifest, report = _read_export(folder)
     _check_hashes(folder, manifest)

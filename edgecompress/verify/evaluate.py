@@ -44,6 +44,12 @@ class Accuracy:
     accuracy: float
 
 
+def parity_atol(bundle) -> float:
+    """How closely artifacts must match this model: FLOAT_PARITY_ATOL for a float model, or the tolerance the
+    model states (an integer-only model: one least-significant bit of its output scale)."""
+    return FLOAT_PARITY_ATOL if bundle.parity_atol is None else float(bundle.parity_atol)
+
+
 def reference_outputs(bundle, feeds: Feeds, *, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
     """The reference: torch eager for torch intake, the untouched ONNX file (ORT, no rewrites) for ONNX intake."""
     if bundle.module is None:

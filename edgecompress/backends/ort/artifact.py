@@ -13,9 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgecompress.logs import captured_library_output
 from edgecompress.backends import Artifact
 from edgecompress.backends.ort.canonical import make_canonical
+from edgecompress.logs import captured_library_output
 
 # Highest ai.onnx opset each onnxruntime release implements (onnxruntime.ai/docs/reference/compatibility).
 _ORT_FOR_OPSET = {15: "1.10", 16: "1.11", 17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20"}

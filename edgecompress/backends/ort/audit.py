@@ -19,7 +19,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-
 _FLOAT = {1, 10, 11, 16}  # float32, float16, float64, bfloat16 (onnx.TensorProto element types)
 _SMALL_INT = {2, 3, 6}  # uint8, int8, int32: the element types integer kernels compute in
 _CONVERSIONS = {"Cast", "DequantizeLinear"}

@@ -26,8 +26,12 @@ def canonical_ort(data: bytes) -> bytes:
     """The same ORT-format model with its kernel-type-string resolver in sorted order."""
     import flatbuffers
     from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
-        ArgTypeAndIndex, InferenceSession, KernelTypeStrArgsEntry, KernelTypeStrResolver,
-        OpIdKernelTypeStrArgsEntry)
+        ArgTypeAndIndex,
+        InferenceSession,
+        KernelTypeStrArgsEntry,
+        KernelTypeStrResolver,
+        OpIdKernelTypeStrArgsEntry,
+    )
 
     buf = bytearray(data)
     session = InferenceSession.InferenceSession.GetRootAs(buf, 0)

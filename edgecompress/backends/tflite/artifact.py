@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
 import os
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgecompress.errors import InternalError
 from edgecompress.backends import Artifact
 from edgecompress.backends.tflite.writer import litert
+from edgecompress.errors import InternalError
 
 log = logging.getLogger(__name__)
 

@@ -17,17 +17,18 @@ import importlib
 import itertools
 import logging
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgecompress.errors import InternalError, UserError
-from edgecompress.onnx_facts import node_attribute
 from edgecompress.backends.tflite.registry import INT8_LOWERINGS, LOWERINGS, MS_DOMAIN
 from edgecompress.backends.tflite.writer import FlatModel, UnsupportedTensorType, opcode, schema
+from edgecompress.errors import InternalError, UserError
+from edgecompress.onnx_facts import node_attribute
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False)
     `exact_dynamic_int8`: every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns,
     see tflite_dynamic.py), not only QAttention's: slower, but the same integers as the ONNX Runtime file.
     """
-    from edgecompress.onnx_facts import infer_shapes
     from edgecompress.backends.tflite.legalize import legalize_for_tflite
+    from edgecompress.onnx_facts import infer_shapes
 
     import_op_lowerings()
     check_fixed_shapes(model)
@@ -86,7 +87,7 @@ class Lowering:
         self.flat = FlatModel()
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.tensors: dict[str, int] = {}  # ONNX value name (or derived constant key) -> TFLite tensor
-        self.cache: dict[tuple, int] = {}  # subgraphs several nodes share (the attention mask)
+        self.cache: dict[tuple, Any] = {}  # subgraphs several nodes share (the attention mask)
         self.deferred: dict[str, Callable[[], int]] = {}  # values written only if something reads them
         self.qparams: dict[str, tuple[float, int]] = {}  # int8 activation tensor -> (scale, zero point)
         self.producers = {name: node for node in model.graph.node for name in node.output}

@@ -8,7 +8,8 @@ new file under `ops/`, found by `lowering.import_op_lowerings()`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edgecompress.errors import InternalError
 

@@ -16,10 +16,10 @@ This is a helper of `legalize_for_tflite`, not a pass: the ONNX artifacts never 
 
 from __future__ import annotations
 
-from edgecompress.onnx_facts import node_attribute
 from edgecompress.graph._graph_edit import constant, drop_unused, forget_shapes, readers
 from edgecompress.graph._quant_common import copy_model
 from edgecompress.graph.cls_row_apart import ROW_WISE_OPS
+from edgecompress.onnx_facts import node_attribute
 
 # A Slice end at or past this runs "to the end" of any axis a model here has (cls_row_apart writes int64 max).
 TO_THE_END = 2**31 - 1

@@ -113,7 +113,7 @@ class FlatModel:
         model = s.ModelT()
         model.version = SCHEMA_VERSION
         model.description = description
-        model.operatorCodes = [_operator_code(code) for code in sorted(self.opcodes, key=self.opcodes.get)]
+        model.operatorCodes = [_operator_code(code) for code in sorted(self.opcodes, key=self.opcodes.__getitem__)]
         model.subgraphs = [graph]
         model.buffers = self.buffers
         model.signatureDefs = [self._signature(inputs, outputs)]

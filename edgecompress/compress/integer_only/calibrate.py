@@ -9,7 +9,7 @@ that percentile of |x| per batch instead (the max over batches); wider points al
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecompress.errors import InternalError
 from edgecompress.compress.integer_only.kernels import POW2
 from edgecompress.compress.integer_only.program import IntegerPlan, integer_forward
+from edgecompress.errors import InternalError
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17; onnxruntime 1.31 and mobile builds load it

@@ -18,10 +18,19 @@ import math
 import numpy as np
 import torch
 
-from edgecompress.errors import UserError
 from edgecompress.compress.integer_only.kernels import TORCH, dyadic, layernorm_params, linear_params, quantize_float
-from edgecompress.compress.integer_only.program import (GELU_BITS, HIDDEN_BITS, LOGIT_BITS, RESIDUAL_BITS, EmbeddingPlan, HeadPlan, IntegerPlan,
-                      LayerPlan, integer_forward)
+from edgecompress.compress.integer_only.program import (
+    GELU_BITS,
+    HIDDEN_BITS,
+    LOGIT_BITS,
+    RESIDUAL_BITS,
+    EmbeddingPlan,
+    HeadPlan,
+    IntegerPlan,
+    LayerPlan,
+    integer_forward,
+)
+from edgecompress.errors import UserError
 
 # Module types the integer lowering knows, by class name (transformers' BERT family, eager attention).
 KNOWN_MODULES = {

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 class IntegerOnly(Pass):
     name = "integer_only"
     stage = "compress"
+    in_place = False  # converts a copy: the pipeline keeps the float input as the accuracy reference
+    # It takes a float BERT and returns an integer module that no other torch pass can take.
+    runs_after = ("trim_vocab", "drop_layers", "prune_heads", "prune_ffn", "prune_schedule", "qat")
     calibration_rows: int = 256  # calibration texts the activation ranges are taken on
     percentile: float = 100.0  # of |x| for the int8 Q, K, V ranges (100: the max); other ranges take the max
     qat_epochs: float = 0.0  # quantization-aware fine-tuning on --train-data; 0: calibrate only
@@ -99,7 +102,8 @@ class IntegerOnly(Pass):
         notes.append(f"prediction agreement with the float model on the calibration texts: {agreement:.1%}")
         log.info("integer_only: %d layers converted, agreement with float %.1f%% on %d texts",
                  integer.layer_count, 100 * agreement, rows)
-        return PassResult(dataclasses.replace(bundle, module=integer), notes, stats, lossy=True)
+        new = dataclasses.replace(bundle, module=integer, integer_only=True, parity_atol=integer.parity_atol)
+        return PassResult(new, notes, stats, lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         module = result.model.module

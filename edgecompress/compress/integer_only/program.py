@@ -16,8 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecompress.compress.integer_only.kernels import (Dyadic, LayerNormParams, LinearParams, i_gelu, i_layernorm, i_linear, i_softmax, i_tanh,
-                      requantize)
+from edgecompress.compress.integer_only.kernels import (
+    Dyadic,
+    LayerNormParams,
+    LinearParams,
+    i_gelu,
+    i_layernorm,
+    i_linear,
+    i_softmax,
+    i_tanh,
+    requantize,
+)
 
 HIDDEN_BITS = 16  # the residual stream between layers
 # A residual sum, as LayerNorm's input (I-BERT uses 22). 20 keeps LayerNorm's sum of squares below

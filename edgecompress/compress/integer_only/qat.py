@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.nn.utils import parametrize
 
 from edgecompress.compress import _recovery
 from edgecompress.compress._taskdata import task_data, training_seq_len
-from edgecompress.intake.reference import ReferenceModule
 from edgecompress.compress.integer_only.kernels import GELU_A, GELU_B
+from edgecompress.intake.reference import ReferenceModule
 
 INT8 = 127
 

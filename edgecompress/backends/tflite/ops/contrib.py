@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers
 from edgecompress.backends.tflite.ops.standard import layer_norm
+from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers
 
 if TYPE_CHECKING:  # the lowering imports this file's package; the registry keeps it a leaf
     from edgecompress.backends.tflite.lowering import Lowering

@@ -39,9 +39,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecompress.backends.tflite.ops.contrib import attention_core, attention_scale, check_attention, embedding_norm, padded_inputs
+from edgecompress.backends.tflite.ops.contrib import (
+    attention_core,
+    attention_scale,
+    check_attention,
+    embedding_norm,
+    padded_inputs,
+)
+from edgecompress.backends.tflite.ops.static_int8 import (
+    GUARD_COLUMNS,
+    guarded_fully_connected,
+    hybrid_fully_connected,
+    quantization,
+)
 from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers
-from edgecompress.backends.tflite.ops.static_int8 import GUARD_COLUMNS, guarded_fully_connected, hybrid_fully_connected, quantization
 
 if TYPE_CHECKING:  # the lowering imports this file's package; the registry keeps it a leaf
     from edgecompress.backends.tflite.lowering import Lowering

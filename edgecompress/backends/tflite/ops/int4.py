@@ -25,15 +25,14 @@ Before -> After:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgecompress.backends.tflite.ops.contrib import padded_inputs
-from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers
 from edgecompress.backends.tflite.ops.static_int8 import hybrid_fully_connected
+from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers
 from edgecompress.backends.tflite.writer import schema
 
 if TYPE_CHECKING:  # the lowering imports this file's package; the registry keeps it a leaf

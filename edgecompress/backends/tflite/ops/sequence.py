@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers, lowers_int8
 from edgecompress.backends.tflite.ops.static_int8 import quantization
+from edgecompress.backends.tflite.registry import MS_DOMAIN, lowers, lowers_int8
 from edgecompress.backends.tflite.writer import opcode, schema
 
 if TYPE_CHECKING:  # the lowering imports this file's package; the registry keeps it a leaf

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecompress.backends.tflite.registry import lowers
 from edgecompress.backends.tflite.ops.static_int8 import quantized_matmul
+from edgecompress.backends.tflite.registry import lowers
 
 if TYPE_CHECKING:  # the lowering imports this file's package; the registry keeps it a leaf
     from edgecompress.backends.tflite.lowering import Lowering

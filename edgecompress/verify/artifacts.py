@@ -1,0 +1,164 @@
+"""The verify stage: every artifact file is run on every text and must match the reference before anything ships.
+
+Three checks, in order: each file against the reference model (the compressed torch model, or the input
+ONNX file); each non-ONNX-Runtime file against the ONNX Runtime file of the same export (one export must
+be one model on every runtime; a runtime with an exact writer gets a second chance on ONNX Runtime's
+integer grids); and, for an integer-only model, the op audit of each file (no float op between integer
+ops). The result carries every figure the report needs; nothing here writes outside the staging folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecompress.backends import Artifact, backend_for
+from edgecompress.errors import VerificationError
+from edgecompress.verify.evaluate import Parity, artifact_outputs, compare, compare_runtimes
+
+Ticker = Callable[[str], Callable[[int, int], None]]  # label -> progress(done, total)
+
+
+@dataclass
+class Verified:
+    """What the verify stage hands on: the artifacts as finally written, with their checks and audits."""
+
+    artifacts: list[Artifact]
+    parities: list[Parity]  # against the reference model, per artifact
+    outputs: list[np.ndarray]  # each artifact's outputs on every text, for accuracy and agreement
+    audits: list[dict]  # op histogram, float ops (and more) per artifact
+    cross_runtime: list[dict | None]  # parity with the ONNX Runtime artifact, per non-ORT artifact
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the artifacts are checked against, and how strictly."""
+
+    outputs: np.ndarray  # outputs of the model the graph was lowered from, on `feeds`
+    feeds: dict[str, np.ndarray]  # the eval texts, tokenized as the shipped tokenizer does
+    output_name: str
+    classification: bool
+    lossy: bool  # a pass changed the numbers on purpose: agreement instead of a tight tolerance
+    atol: float
+
+
+def verify_artifacts(artifacts: list[Artifact], graph, reference: Reference, *, integer_only: bool,
+                     ticker: Ticker) -> Verified:
+    audits = [artifact_audit(a, graph) for a in artifacts]
+    if integer_only:
+        check_integer_only(artifacts, audits)
+    parities, outputs = [], []
+    for artifact in artifacts:
+        parity, values = _against_reference(artifact, reference, ticker(f"verify {artifact.path.name}"))
+        if not parity.passed:
+            raise VerificationError(
+                f"{artifact.path.name} does not match the reference model: max |diff| {parity.max_abs_diff:.3g} "
+                f"(tolerance {parity.tolerance}), prediction agreement {parity.prediction_agreement}, "
+                f"min cosine {parity.min_cosine}; nothing was written")
+        parities.append(parity)
+        outputs.append(values)
+    verified = Verified(list(artifacts), parities, outputs, audits, [None] * len(artifacts))
+    _cross_check(verified, graph, reference, ticker)
+    return verified
+
+
+def _against_reference(artifact: Artifact, reference: Reference, progress) -> tuple[Parity, np.ndarray]:
+    """(parity with the reference model, outputs) of one artifact file run on every text."""
+    outputs = artifact_outputs(artifact, reference.feeds, output_name=reference.output_name, progress=progress)
+    return compare(reference.outputs, outputs, classification=reference.classification, lossy=reference.lossy,
+                   atol=reference.atol), outputs
+
+
+def _against_runtime(ort_outputs: np.ndarray, outputs: np.ndarray, reference: Reference) -> Parity:
+    return compare_runtimes(ort_outputs, outputs, classification=reference.classification, lossy=reference.lossy,
+                            atol=reference.atol)
+
+
+def _cross_check(verified: Verified, graph, reference: Reference, ticker: Ticker) -> None:
+    """Each non-ONNX-Runtime artifact against the ONNX Runtime one of the same export (or the final graph
+    run in ONNX Runtime when the profile ships none): one export must be one model on every runtime."""
+    from edgecompress.verify.evaluate import ort_session, run_session
+
+    others = [i for i, a in enumerate(verified.artifacts) if a.runtime != "onnxruntime"]
+    if not others:
+        return
+    ort_outputs = next((outputs for a, outputs in zip(verified.artifacts, verified.outputs)
+                        if a.runtime == "onnxruntime"), None)
+    source = "the ONNX Runtime artifact"
+    if ort_outputs is None:
+        session = ort_session(graph.SerializeToString(), threads=2, optimize=True)
+        ort_outputs = run_session(session, reference.feeds, output_name=reference.output_name, batch_size=1)
+        source = "the final ONNX graph in ONNX Runtime"
+    for i in others:
+        parity = _against_runtime(ort_outputs, verified.outputs[i], reference)
+        if not parity.passed:
+            parity = _write_exact(verified, i, graph, ort_outputs, parity, reference, ticker)
+        if not parity.passed:
+            raise VerificationError(
+                f"{verified.artifacts[i].path.name} does not compute what {source} computes: max |diff| "
+                f"{parity.max_abs_diff:.3g}, same prediction on {parity.prediction_agreement}, min cosine "
+                f"{parity.min_cosine}; nothing was written")
+        verified.cross_runtime[i] = {**dataclasses.asdict(parity), "against": source, "how": "measured"}
+
+
+def _write_exact(verified: Verified, i: int, graph, ort_outputs: np.ndarray, missed: Parity, reference: Reference,
+                 ticker: Ticker) -> Parity:
+    """Write artifact `i` again with its runtime's exact writer (ONNX Runtime's integers) when it has one,
+    check it like the first, and say so in the notes; returns the new cross-runtime parity (or `missed`)."""
+    first = verified.artifacts[i]
+    write = backend_for(first.runtime).exact_writer
+    if write is None:
+        return missed
+    artifact = write(graph, first.path.parent)
+    parity, outputs = _against_reference(artifact, reference, ticker(f"verify {artifact.path.name} (exact)"))
+    if not parity.passed:
+        return missed
+    verified.artifacts[i], verified.parities[i], verified.outputs[i] = artifact, parity, outputs
+    verified.audits[i] = artifact_audit(artifact, graph)
+    again = _against_runtime(ort_outputs, outputs, reference)
+    verified.notes.append(f"{artifact.path.name}: with the runtime's own int8 rounding it missed the check against "
+                          f"the ONNX Runtime artifact ({_agreement(missed)}); written again on ONNX Runtime's int8 "
+                          f"grids, which is slower ({_agreement(again)})")
+    return again
+
+
+def _agreement(parity: Parity) -> str:
+    if parity.prediction_agreement is not None:
+        return f"same prediction on {parity.prediction_agreement:.2%} of texts"
+    return f"max |diff| {parity.max_abs_diff:.3g}"
+
+
+def check_integer_only(artifacts: list[Artifact], audits: list[dict]) -> None:
+    """An integer-only model may compute in float only at its boundary: the audit of each file decides."""
+    for artifact, audit in zip(artifacts, audits):
+        inside = audit.get("float_ops_inside")
+        if inside is None:
+            raise VerificationError(f"{artifact.path.name}: the {artifact.runtime} audit cannot tell float ops "
+                                    f"inside the model, so an integer-only export cannot be proven; nothing "
+                                    f"was written")
+        if inside:
+            raise VerificationError(f"{artifact.path.name} is not integer-only: {len(inside)} node(s) compute in "
+                                    f"float between integer ops ({', '.join(inside[:5])}); nothing was written")
+
+
+def artifact_audit(artifact: Artifact, graph) -> dict[str, Any]:
+    """Ops and float ops read from the artifact where its runtime can list them, else from the ONNX graph."""
+    from edgecompress.onnx_facts import infer_shapes, op_histogram
+
+    audit = backend_for(artifact.runtime).audit
+    if audit is not None:
+        return audit(artifact.path)
+    return {"op_histogram": op_histogram(graph), "float_ops": float_op_types(graph, infer_shapes(graph)),
+            "method": "static: from model.onnx, the graph this artifact was written from"}
+
+
+def float_op_types(model, shapes) -> list[str]:
+    """Op types that compute in float (the ONNX Runtime audit's definition), from the graph and its shapes."""
+    from edgecompress.backends.ort.audit import computes_in_float, graph_nodes
+
+    types = {name: elem_type for name, (_, elem_type) in shapes.items()}
+    return sorted({n.label for n in graph_nodes(model) if computes_in_float(n, types)})

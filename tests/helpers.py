@@ -1,0 +1,21 @@
+"""Helpers shared by test files (fixtures live in conftest.py): `from helpers import pass_context`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecompress.passes import PassContext
+
+
+def pass_context(bundle: Any = None, *, seq_len: int | None = 16, **fields: Any) -> PassContext:
+    """A PassContext for tiny models: fixed shapes, batch 1, seq_len 16 unless given.
+
+    With a bundle, the model's facts come from it (heads, width, layers, input names); `fields` set or
+    override any PassContext field (`calibration=`, `train_data=`, `dynamic_shapes=True`, ...). The context
+    is frozen: derive a variant with `dataclasses.replace(context, field=value)`.
+    """
+    values: dict[str, Any] = {"seq_len": seq_len, "batch": 1, "dynamic_shapes": False}
+    if bundle is not None:
+        values.update(num_heads=bundle.num_heads, hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
+                      input_names=bundle.input_names)
+    return PassContext(**{**values, **fields})
