@@ -1,13 +1,14 @@
 """Command line: parsing, progress drawing and error -> exit code mapping only.
 
 Exit codes: 0 all budgets met; 3 a budget exceeded (artifacts and report still written);
-2 bad input or usage (one line, no traceback); 1 internal error; 130 interrupted.
+2 bad input or usage (one line, no traceback); 1 internal error; 130 interrupted; 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -41,16 +42,56 @@ class _StderrProgress:
             click.echo(f"\r        {name}: {done}/{total} ({percent}%)", err=True, nl=False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner's or build system's cancel), unwound exactly like Ctrl-C: staging removed,
+    the previous output intact."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def _run_guarded(action):
-    """Run a command body; map our errors to their exit codes with one line and no traceback."""
+    """Run a command body; map our errors to their exit codes with one line and no traceback.
+
+    Interrupted runs exit 128 + the signal number, as a shell reports a process the signal ended:
+    130 for SIGINT (Ctrl-C), 143 for SIGTERM, so a CI log tells a user's cancel from the runner's.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return action()
     except EdgecompressError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("terminated (SIGTERM): nothing was written; any previous output is intact", err=True)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written; any previous output is intact", err=True)
         sys.exit(130)
+    except Exception as exc:  # anything unforeseen is our bug: one line, the traceback only with -v
+        logging.getLogger("edgecompress").info("internal error", exc_info=True)
+        brief = " ".join(str(exc).split())[:300]
+        click.echo(f"error: internal error: {type(exc).__name__}: {brief} (this is a bug in edgecompress; "
+                   f"please report it with the output of -v)", err=True)
+        sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _set_verbose(ctx, param, value: bool) -> None:
+    if value:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def verbose_option(command):
+    """`-v` after the subcommand too (`edgecompress export ... -v`), as before it."""
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+                        help="Log what each pass does.")(command)
 
 
 @click.group()
@@ -63,6 +104,7 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
+@verbose_option
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--device", required=True, help="Device profile name (see `edgecompress devices`) or a .toml path.")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled texts (CSV/TSV/JSONL) to verify on.")
@@ -115,6 +157,7 @@ def _print_summary(out_dir: Path, report) -> None:
 
 
 @main.group(invoke_without_command=True)
+@verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def devices(ctx, as_json: bool) -> None:
@@ -137,6 +180,7 @@ def devices(ctx, as_json: bool) -> None:
 
 
 @devices.command("show")
+@verbose_option
 @click.argument("name")
 def devices_show(name: str) -> None:
     """Show one device profile as JSON."""
@@ -147,6 +191,7 @@ def devices_show(name: str) -> None:
 
 
 @main.command()
+@verbose_option
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--device", required=True, help="Device profile to check against.")
 @click.option("--json", "as_json", is_flag=True)
@@ -164,6 +209,7 @@ def check(folder: Path, device: str, as_json: bool) -> None:
 
 
 @main.command()
+@verbose_option
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(1), default=100, show_default=True)
@@ -196,6 +242,7 @@ def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json
 
 
 @main.command()
+@verbose_option
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.option("--student", type=click.Choice(["bilstm", "cnn", "transformer"]), required=True,
               help="Student architecture.")

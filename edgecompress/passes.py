@@ -214,6 +214,11 @@ def apply_pass(p: Pass, model: Any, ctx: PassContext) -> tuple[Any, PassRecord]:
         record = PassRecord(p.name, p.stage, p.options(), False, [f"skipped: {skipped}"], {},
                             time.perf_counter() - start)
         return model, record
+    except EdgecompressError:
+        raise
+    except Exception as exc:  # a precondition that cannot even be checked is our bug, named by pass
+        raise InternalError(f"pass '{p.name}' could not check its preconditions: {type(exc).__name__}: "
+                            f"{exc}") from exc
     try:
         unchanged = None if p.in_place else _fingerprint(model)
         result = p.run(model, ctx)

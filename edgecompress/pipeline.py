@@ -12,7 +12,6 @@ the previous good one. Library code never prints: progress goes to the `Progress
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress import __version__
-from edgecompress.atomic import swap_in
-from edgecompress.errors import UserError
+from edgecompress.atomic import abandon, check_output, staging_dir, swap_in
 from edgecompress.passes import PassContext, PassRecord, apply_pass
 
 log = logging.getLogger(__name__)
@@ -112,6 +110,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     clock = StageClock(progress or Progress())
     with clock.stage("intake", str(request.model)) as summary:
         profile = get_profile(request.device)
+        check_output(request.out_root, profile.name)  # before any work, not after it
         recipe = choose_recipe(request.recipe, request.quantize, profile)
         bundle = load_bundle(request.model, tokenizer_dir=request.tokenizer)
         summary.append(f"{bundle.kind}, recipe {recipe.name}")
@@ -134,11 +133,14 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         context = _pass_context(compressed.bundle, profile, calibration, train_data)
         rewrite = rewrite_with_twin(recipe.graph, lowered, context)
         summary.append(f"{len(rewrite.graph.graph.node)} nodes after {len(recipe.graph)} passes")
-    staging = _staging_dir(request.out_root, profile.name)
+    staging, created = staging_dir(request.out_root, profile.name)
     try:
         report = _finish(request, profile, recipe, data, compressed, rewrite, staging, clock)
         out_dir = request.out_root / profile.name
         swap_in(staging, out_dir)
+    except BaseException as exc:
+        abandon(staging, created, exc, request.out_root)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir, report)
@@ -201,7 +203,7 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
         write_package(staging, bundle=bundle, profile=profile, graph=graph, artifacts=verified.artifacts,
-                      report=report)
+                      records=[*compressed.records, *rewrite.records], report=report)
         summary.append(str(request.out_root / profile.name))
     report.stages = clock.times
     report.write(staging)
@@ -226,17 +228,6 @@ def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
         texts = load_dataset(request.calibration, require_labels=False).texts
         return tokenize(bundle.tokenizer, texts, seq_len=seq_len, input_names=bundle.input_names)
     return feeds if request.data is not None else None
-
-
-def _staging_dir(out_root: Path, name: str) -> Path:
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the output folder ({exc.strerror})", where=str(out_root)) from None
-    staging = out_root / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
 
 
 __all__ = ["ExportRequest", "ExportResult", "Progress", "run_export", "__version__"]

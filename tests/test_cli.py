@@ -454,3 +454,137 @@ def test_bench_a_corrupt_onnx(tmp_path):
     path.write_text("not a model\n")
     line = user_error(invoke("bench", path))
     assert "cannot load" in line and "bug" not in line
+
+
+# ---- issue 17: faults, reproducibility, small contracts ------------------------------------------------------
+
+def test_full_disk_is_one_line_naming_the_folder_and_keeps_the_previous_output(previous, monkeypatch, tiny_checkpoint,
+                                                                              tiny_device, tiny_data):
+    """ENOSPC as the writer meets it: part of the file lands on disk, then the write fails."""
+    import errno
+    import os
+
+    import onnx
+
+    root, before = previous
+
+    def full_disk(model, path, *args, **kwargs):
+        Path(path).write_bytes(model.SerializeToString()[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(onnx, "save_model", full_disk)
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
+                    "--no-measure")
+    line = user_error(result)
+    assert line.startswith(f"error: {root}: no space left while writing the export (No space left on device)")
+    assert digests(root / "tinyphone") == before
+    assert leftovers(root) == []
+
+
+def test_late_failure_removes_the_output_root_it_created(tmp_path, monkeypatch, tiny_checkpoint, tiny_device,
+                                                         tiny_data):
+    import edgecompress.verify.artifacts
+    from edgecompress.errors import VerificationError
+
+    def fails(*args, **kwargs):
+        raise VerificationError("made to fail late")
+
+    monkeypatch.setattr(edgecompress.verify.artifacts, "artifact_outputs", fails)
+    root = tmp_path / "new" / "out"
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
+                    "--no-measure")
+    assert result.exit_code == 1 and "made to fail late" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_unforeseen_exception_is_one_please_report_line(tmp_path, monkeypatch, tiny_checkpoint, tiny_device,
+                                                        tiny_data):
+    import edgecompress.intake.data
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(edgecompress.intake.data, "prepare_eval_data", broken)
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "o")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: internal error: ZeroDivisionError: division by zero (this is a bug in edgecompress; please report "
+        "it with the output of -v)")
+
+
+def test_stale_staging_of_a_dead_process_is_removed_by_the_next_export(previous, tiny_checkpoint, tiny_device,
+                                                                       tiny_data):
+    import subprocess
+    import sys
+
+    root, _ = previous
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / f".tinyphone.partial-{dead.pid}"
+    (stale / "model.onnx").parent.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    alive = root / ".tinyphone.partial-1"  # pid 1 is alive: another export's staging stays
+    alive.mkdir()
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
+                    "--no-measure")
+    assert result.exit_code == 0, result.output
+    assert leftovers(root) == [alive.name]
+
+
+def test_sigterm_exits_143_removes_staging_and_keeps_the_previous_output(previous, tiny_checkpoint, tiny_device,
+                                                                         tiny_data):
+    """A real process and a real signal, sent while the staging folder exists (during measure)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, before = previous
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecompress.cli", "export", str(tiny_checkpoint), "--device", str(tiny_device),
+         "--data", str(tiny_data), "-o", str(root), "--runs", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any((root / p).is_dir() and ".partial-" in p for p in os.listdir(root)):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == "terminated (SIGTERM): nothing was written; any previous output is intact"
+    assert leftovers(root) == []
+    assert digests(root / "tinyphone") == before
+
+
+def test_two_identical_exports_are_byte_identical(exported, tmp_path, tiny_checkpoint, tiny_device, tiny_data):
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path,
+                    "--no-measure")
+    assert result.exit_code == 0, result.output
+    first, second = digests(exported[1]), digests(tmp_path / "tinyphone")
+    shipped = sorted(artifact_files(exported[1]) | {"required_operators.config"})
+    assert "model.ort" in shipped
+    assert {name: first[name] for name in shipped} == {name: second[name] for name in shipped}
+
+
+def test_manifest_names_the_quantization(exported, tmp_path, tiny_checkpoint, tiny_device, tiny_data):
+    assert json.loads((exported[1] / "manifest.json").read_text())["quantization"] == "none"
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path,
+                    "--quantize", "dynamic-int8", "--no-measure")
+    assert result.exit_code in (0, 3), result.output
+    assert json.loads((tmp_path / "tinyphone" / "manifest.json").read_text())["quantization"] == "dynamic-int8"
+
+
+def test_verbose_after_the_subcommand():
+    result = invoke("devices", "show", "pixel7", "-v")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "pixel7"
+
+
+def test_bench_a_small_vocabulary_tflite(exported):
+    result = invoke("bench", exported[1] / "model.tflite", "--runs", 3, "--warmup", 1, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["runs"] == 3

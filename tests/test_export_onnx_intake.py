@@ -38,3 +38,21 @@ def test_manifest_names_the_embedding_output(exported):
     assert manifest["model"]["task"] == "sentence-embedding"
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["outputs"][0]["shape"] == [1, 384]
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["default-pixel7", "int8-calibrated"])
+def test_quantized_recipes_take_the_third_party_file(quantize, minilm_dir, tmp_path):
+    """Issue 17, item 1: fold_constants left Constant<value_ints>, and cls_row_apart's precondition (default
+    dynamic int8) and quantize_static's shape inference crashed with AttributeError on it."""
+    import example_assets
+
+    calibration = tmp_path / "calibration.csv"
+    calibration.write_text("text\n" + "\n".join(f"a {w} film, number {i}" for i, w in
+                                                 enumerate(["good", "bad", "dull", "great"] * 4)) + "\n")
+    extra = {"quantize": quantize, "calibration": calibration} if quantize else {}
+    result = run_export(ExportRequest(model=example_assets.paraphrase_onnx_path(), device="pixel7",
+                                      out_root=tmp_path / "dist", tokenizer=minilm_dir, measure=False, **extra))
+    passes = {p["name"]: p for p in result.report.passes}
+    assert passes["quantize_dynamic" if quantize is None else "quantize_static"]["fired"]
+    manifest = json.loads((result.out_dir / "manifest.json").read_text())
+    assert manifest["quantization"] == ("dynamic-int8" if quantize is None else "int8")

@@ -177,6 +177,62 @@ g (float[2] x) => (float[2] y) { y = Relu(x) }
     assert record.notes == ["nodes 1 -> 1"]
 
 
+# onnxscript's folder writes a folded Shape read by an unfoldable node as Constant<value_ints=...>, as on the
+# third-party MiniLM-L3 file (issue 17, item 1).
+SHAPE_READ_BY_WHERE = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[1, 4] x, int64[2] n) => (int64[2] y) {
+  s = Shape(x)
+  e = Equal(s, n)
+  y = Where(e, n, s)
+}
+"""
+
+
+def test_fold_constants_leaves_every_constant_as_a_tensor_onnxruntime_can_infer():
+    from edgecompress.graph._quant_common import with_contrib_shapes
+
+    model = onnx.parser.parse_model(SHAPE_READ_BY_WHERE)
+    folded, record = apply_pass(FoldConstants(), copy(model), context_free())
+    constants = [n for n in folded.graph.node if n.op_type == "Constant"]
+    assert constants and all([a.name for a in n.attribute] == ["value"] for n in constants)
+    assert record.stats["constants_as_tensors"] == 1
+    with_contrib_shapes(folded)  # ONNX Runtime's symbolic inference: AttributeError on value_ints
+    feeds = {"x": np.zeros((1, 4), np.float32), "n": np.array([1, 5], np.int64)}
+    np.testing.assert_array_equal(run(folded, feeds), run(model, feeds))
+
+
+def test_contrib_shapes_read_attribute_constants_of_an_input_file():
+    """A graph that never went through fold_constants (an input file) may carry them too."""
+    from edgecompress.graph._quant_common import with_contrib_shapes
+
+    model = onnx.parser.parse_model("""
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[1, 4] x) => (float[4, 1] y) {
+  s = Constant <value_ints = [4, 1]> ()
+  y = Reshape(x, s)
+}
+""")
+    inferred = with_contrib_shapes(model)
+    assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [4, 1]
+
+
+def test_apply_pass_names_the_pass_whose_precondition_crashes():
+    from edgecompress.passes import Pass
+
+    class Broken(Pass):
+        name, stage = "broken_precondition", "graph"
+
+        def requires(self, model, ctx):
+            return None.HasField("x")
+
+    with pytest.raises(InternalError) as raised:
+        apply_pass(Broken(), onnx.ModelProto(), context_free())
+    message = str(raised.value)
+    assert message.startswith("pass 'broken_precondition' could not check its preconditions: AttributeError: ")
+    assert message.endswith("please report it)")
+
+
 def _fused(tiny) -> onnx.ModelProto:
     bundle, model, _ = tiny
     fused, _ = apply_pass(FuseTransformer(), copy(model), context(bundle))

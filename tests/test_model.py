@@ -149,7 +149,8 @@ def test_more_layers_in_config_than_in_weights(ckpt, tiny_device, tiny_data, out
 def test_no_weights_file(ckpt, tiny_device, tiny_data, out):
     (ckpt / "model.safetensors").unlink()
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == f"error: {ckpt}: no weights found; expected model.safetensors or pytorch_model.bin"
+    assert line == (f"error: {ckpt}: no weights found; expected model.safetensors, model.safetensors.index.json "
+                    f"with its shards, or pytorch_model.bin")
 
 
 def test_corrupt_safetensors(ckpt, tiny_device, tiny_data, out):
@@ -347,3 +348,53 @@ def test_onnx_without_a_tokenizer(tmp_path, tiny_device, tiny_data, out):
     line = user_error(run_export(path, tiny_device, tiny_data, out), out)
     assert line == (f"error: {path}: tokenizer is missing; expected one of tokenizer.json, vocab.txt in {folder}; "
                     f"hint: save the tokenizer with tokenizer.save_pretrained() next to the model")
+
+
+# ---- issue 17: checkpoints that must load ----------------------------------------------------------------------
+
+def _logits(bundle):
+    import torch
+
+    ids = torch.tensor([[2, 10, 11, 3] + [0] * 12])
+    with torch.no_grad():
+        return bundle.module(ids, (ids > 0).long(), torch.zeros_like(ids))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoint_loads_computing_in_float32(ckpt, dtype):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from edgecompress.intake.model import load_bundle
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    save_file({k: v.to(getattr(torch, dtype)) for k, v in state.items()}, str(ckpt / "model.safetensors"))
+    bundle = load_bundle(ckpt)
+    assert {p.dtype for p in bundle.module.parameters()} == {torch.float32}
+    assert _logits(bundle).dtype == torch.float32
+
+
+def test_half_precision_checkpoint_exports(ckpt, tiny_device, tiny_data, out):
+    """LiteRT refused the half-precision graph ('cannot load model.tflite ... this is a bug') before."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in state.items()}, str(ckpt / "model.safetensors"))
+    result = run_export(ckpt, tiny_device, tiny_data, out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert (out / "tinyphone" / "model.tflite").is_file()
+
+
+def test_sharded_checkpoint_loads(ckpt, tiny_checkpoint):
+    from transformers import BertForSequenceClassification
+
+    from edgecompress.intake.model import load_bundle
+
+    model = BertForSequenceClassification.from_pretrained(str(tiny_checkpoint), local_files_only=True)
+    (ckpt / "model.safetensors").unlink()
+    model.save_pretrained(str(ckpt), safe_serialization=True, max_shard_size="50KB")
+    assert (ckpt / "model.safetensors.index.json").is_file()
+    import torch
+
+    torch.testing.assert_close(_logits(load_bundle(ckpt)), _logits(load_bundle(tiny_checkpoint)))

@@ -73,6 +73,38 @@ def constant(model, name: str) -> np.ndarray | None:
     return None
 
 
+# Constant attributes other than `value` (a tensor), with the numpy dtype each one means.
+ATTRIBUTE_CONSTANTS = {"value_int": np.int64, "value_ints": np.int64, "value_float": np.float32,
+                        "value_floats": np.float32}
+
+
+def tensor_constants(model) -> int:
+    """Rewrite every `Constant(value_int(s)=...)` / `Constant(value_float(s)=...)` as `Constant(value=tensor)`,
+    in place; returns how many were rewritten.
+
+    Before -> After: `Constant<value_ints=[1, 128]>()` -> `Constant<value=int64[2] {1, 128}>()`. Both are
+    valid ONNX, but ONNX Runtime's symbolic shape inference (quantizers, contrib shapes) and numpy_helper
+    readers only take the tensor form; onnxscript's constant folder writes the attribute form for folded
+    `Shape` outputs.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+            continue
+        attribute = node.attribute[0]
+        dtype = ATTRIBUTE_CONSTANTS.get(attribute.name)
+        if dtype is None:
+            continue
+        value = np.array(onnx.helper.get_attribute_value(attribute), dtype=dtype)
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+        count += 1
+    return count
+
+
 def drop_unused(model, candidates: set) -> list[str]:
     """Remove what the removed nodes read or wrote and nothing uses any more: their weights, the Slice
     bounds (initializers or Constant nodes), stale value_info. Returns the dropped constants' names."""

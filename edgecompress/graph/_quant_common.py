@@ -69,7 +69,11 @@ def with_contrib_shapes(model):
     ONNX Runtime's symbolic one does not. A quantizer skips an activation whose type it does not know."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    return SymbolicShapeInference.infer_shapes(without_value_info(model), auto_merge=True)
+    from edgecompress.graph._graph_edit import tensor_constants
+
+    typed = without_value_info(model)
+    tensor_constants(typed)  # ONNX Runtime's inference reads only Constant(value=tensor)
+    return SymbolicShapeInference.infer_shapes(typed, auto_merge=True)
 
 
 def keep_model_props(quantized, source):

@@ -37,6 +37,7 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
     if fmt is None:
         raise UserError(f"unknown data format '{path.suffix}'", where=str(path),
                         expected=f"one of {', '.join(FORMATS)}")
+    _check_encoding(path)
     numbered = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, "\t" if fmt == "tsv" else ",")
     if not numbered:
         raise UserError("data file has no rows", where=str(path),
@@ -44,6 +45,13 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
     rows = [row for _, row in numbered]
     columns = list(rows[0].keys())
     text_col = _pick(columns, TEXT_COLUMNS)
+    if text_col is None and fmt != "jsonl" and len(columns) == 1:
+        separator = next((sep for sep in (";", "\t", ",", "|") if sep in (columns[0] or "")), None)
+        if separator is not None:
+            raise UserError(f"the header {columns[0]!r} is one column: the columns seem separated by "
+                            f"{separator!r}", where=str(path),
+                            expected=f"{'tab' if fmt == 'tsv' else 'comma'}-separated columns for a {path.suffix} file",
+                            hint="re-save with commas as .csv (or tabs as .tsv)")
     if text_col is None:
         raise UserError(f"no text column among {columns}", where=str(path),
                         expected=f"one of {', '.join(TEXT_COLUMNS)}")
@@ -60,6 +68,18 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
             raise UserError(f"row has no value in the '{label_col}' column", where=f"{path}:{blank}",
                             expected="a label on every row")
     return TextDataset(path=path, texts=texts, labels=labels)
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _check_encoding(path: Path) -> None:
+    """UTF-16 (Excel's "Unicode text", PowerShell's default) is named as such, not as a decoding error."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith(_UTF16_BOMS) or (len(head) >= 2 and (head[0] == 0) != (head[1] == 0)):
+        raise UserError("the file is UTF-16 text", where=str(path), expected="UTF-8 text",
+                        hint="re-save it as UTF-8 (e.g. Excel: 'CSV UTF-8'; iconv -f UTF-16 -t UTF-8)")
 
 
 def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:

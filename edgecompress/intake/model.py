@@ -100,6 +100,7 @@ def load_checkpoint(folder: Path) -> ModelBundle:
     architecture = check_architecture(config, folder)
     module = build_module(folder, config, architecture)
     tokenizer, settings = load_tokenizer(folder, config, folder)
+    check_vocabulary(tokenizer, config["vocab_size"], folder, "config.json vocab_size")
     kind = CLASSIFICATION if architecture == "BertForSequenceClassification" else EMBEDDING
     labels = label_names(config) if kind == CLASSIFICATION else None
     return ModelBundle(source=folder, kind=kind, labels=labels, tokenizer=tokenizer, tokenizer_dir=folder,
@@ -152,9 +153,10 @@ def build_module(folder: Path, config: dict[str, Any], architecture: str):
     with torch.device("meta"):
         shell = (BertForSequenceClassification(bert_config) if architecture == "BertForSequenceClassification"
                  else BertModel(bert_config))
-    state = read_weights(folder)
+    state = _as_float32(read_weights(folder))
     state = _align_prefix(state, shell)
     _check_weights(state, shell, folder)
+    _check_finite(state, folder)
     model = shell.to_empty(device="cpu")
     model.load_state_dict(state, strict=False, assign=True)
     _reinit_buffers(model, bert_config)
@@ -167,12 +169,10 @@ def build_module(folder: Path, config: dict[str, Any], architecture: str):
 def read_weights(folder: Path) -> dict[str, Any]:
     safetensors_path, bin_path = folder / "model.safetensors", folder / "pytorch_model.bin"
     if safetensors_path.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(safetensors_path))
-        except Exception as exc:
-            raise UserError(f"cannot read weights ({_brief(exc)})", where=str(safetensors_path)) from None
+        return _read_safetensors(safetensors_path)
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.is_file():
+        return _read_shards(index_path)
     if bin_path.is_file():
         import torch
 
@@ -189,7 +189,53 @@ def read_weights(folder: Path) -> dict[str, Any]:
                             expected="a file written by torch.save(model.state_dict()) or save_pretrained()")
         return state
     raise UserError("no weights found", where=str(folder),
-                    expected="model.safetensors or pytorch_model.bin")
+                    expected="model.safetensors, model.safetensors.index.json with its shards, or pytorch_model.bin")
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"cannot read weights ({_brief(exc)})", where=str(path)) from None
+
+
+def _read_shards(index_path: Path) -> dict[str, Any]:
+    """A sharded checkpoint (save_pretrained with max_shard_size): every shard the index names."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"not a readable shard index ({type(exc).__name__}: {exc})", where=str(index_path),
+                        expected='a JSON object with a "weight_map" of tensor name -> shard file') from None
+    state: dict[str, Any] = {}
+    for shard in shards:
+        path = index_path.parent / str(shard)
+        if path.parent != index_path.parent or not path.is_file():
+            raise UserError(f"shard '{shard}' named in the index is missing", where=str(index_path.parent),
+                            expected="every file of the weight_map beside the index")
+        state.update(_read_safetensors(path))
+    return state
+
+
+def _as_float32(state: dict[str, Any]) -> dict[str, Any]:
+    """Half-precision checkpoints (float16, bfloat16) compute in float32: no device profile asks for fp16
+    compute, and every runtime here takes float32 weights."""
+    import torch
+
+    return {name: tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+            for name, tensor in state.items()}
+
+
+def _check_finite(state: dict[str, Any], folder: Path) -> None:
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"tensor '{name}' has {bad} NaN or infinite value(s)", where=str(folder),
+                            expected="finite weights", hint="the checkpoint is damaged or training diverged")
 
 
 def _brief(exc: Exception) -> str:
@@ -221,6 +267,12 @@ _DERIVED_BUFFERS = ("position_ids", "token_type_ids")
 def _check_weights(state: dict[str, Any], shell, folder: Path) -> None:
     expected = shell.state_dict()
     where = str(folder)
+    extra = sorted(name for name in state if name not in expected and not name.endswith(_DERIVED_BUFFERS))
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise UserError(f"weights do not match the config: {len(extra)} tensor(s) the config has no place for "
+                        f"({', '.join(repr(n) for n in extra[:3])}{more})", where=where,
+                        hint="is config.json from the same checkpoint as the weights?")
     for name, tensor in expected.items():
         if name.endswith(_DERIVED_BUFFERS):
             continue
@@ -264,6 +316,15 @@ def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
     settings = TokenizerSettings(lowercase=_lowercase(tokenizer), max_length=max_length,
                                  pad_token_id=int(tokenizer.pad_token_id or 0), files=shipped)
     return tokenizer, settings
+
+
+def check_vocabulary(tokenizer, rows: int, where: Path, table: str) -> None:
+    """Every id the tokenizer can emit must index a row of the embedding table (else: IndexError at run time)."""
+    size = len(tokenizer)
+    if size > rows:
+        raise UserError(f"the tokenizer has {size} tokens but the model's embedding table has {rows} rows "
+                        f"({table})", where=str(where), expected=f"a tokenizer of at most {rows} tokens",
+                        hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)")
 
 
 def _lowercase(tokenizer) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecompress.errors import UserError
-from edgecompress.intake.model import CLASSIFICATION, EMBEDDING, ModelBundle, load_tokenizer
+from edgecompress.intake.model import CLASSIFICATION, EMBEDDING, ModelBundle, check_vocabulary, load_tokenizer
 
 _ID_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -26,8 +26,14 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None) -> ModelBundle:
     if "input_ids" not in input_names or unknown:
         raise UserError(f"unsupported model inputs {list(input_names)}", where=str(path),
                         expected=f"text-model inputs among {', '.join(_ID_INPUTS)}")
+    _check_finite(model, path)
     folder = tokenizer_dir or path.parent
-    tokenizer, settings = load_tokenizer(folder, {}, path)
+    tables = _embedding_tables(model)
+    # Like config.json's max_position_embeddings: a profile's seq_len beyond the table is refused at intake.
+    config = {"max_position_embeddings": tables["position"]} if "position" in tables else {}
+    tokenizer, settings = load_tokenizer(folder, config, path)
+    if "word" in tables:
+        check_vocabulary(tokenizer, tables["word"], folder, f"the input_ids table of {path.name}")
     output = _primary_output(model, path)
     kind = CLASSIFICATION if output.name == "logits" else EMBEDDING
     return ModelBundle(source=path, kind=kind, labels=None, tokenizer=tokenizer, tokenizer_dir=folder,
@@ -46,3 +52,41 @@ def _primary_output(model, path: Path):
             return output
     raise UserError("no logits or 2-D float embedding output found", where=str(path),
                     expected="an output named 'logits' or a [batch, hidden] float output")
+
+
+def _embedding_tables(model) -> dict[str, int]:
+    """Rows of the word table (gathered by `input_ids`) and of the position table (gathered by computed ids
+    from a table named for positions, or the only such table of more than 2 rows), when the graph shows them.
+
+    Before fusion a BERT export reads `Gather(word_table, input_ids)`, `Gather(type_table, token_type_ids)`
+    and `Gather(position_table, Slice(position_ids))`.
+    """
+    tables = {init.name: tuple(init.dims) for init in model.graph.initializer if len(init.dims) == 2}
+    inputs = {value.name for value in model.graph.input}
+    gathers = [(node.input[0], node.input[1]) for node in model.graph.node
+               if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in tables]
+    found = {}
+    word = next((table for table, ids in gathers if ids == "input_ids"), None)
+    if word is None:
+        return found
+    found["word"] = tables[word][0]
+    width = tables[word][1]
+    computed = [table for table, ids in gathers if ids not in inputs and tables[table][1] == width]
+    named = [table for table in computed if "position" in table.lower()]
+    larger = [table for table in computed if tables[table][0] > 2]
+    position = named[0] if len(named) == 1 else larger[0] if len(larger) == 1 else None
+    if position is not None:
+        found["position"] = tables[position][0]
+    return found
+
+
+def _check_finite(model, path: Path) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type in (1, 10, 11, 16):  # float, float16, double, bfloat16
+            values = numpy_helper.to_array(init)
+            if not np.isfinite(values.astype(np.float32)).all():
+                raise UserError(f"initializer '{init.name}' has {int((~np.isfinite(values.astype(np.float32))).sum())} "
+                                f"NaN or infinite value(s)", where=str(path), expected="finite weights")

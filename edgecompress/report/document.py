@@ -106,7 +106,8 @@ def render_markdown(report: Report) -> str:
               "are computed from the file or graph alone.", ""]
     lines += _artifact_table(report)
     lines += _audit_lines(report)
-    lines += ["", "## Budgets", "", "| artifact | budget | value | limit | how | verdict |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Budgets", "", "| artifact | budget | value | limit | how | verdict |",
+              "|---|---|---|---|---|---|"]
     for artifact in report.artifacts:
         for v in artifact.verdicts:
             lines.append(f"| {artifact.file} | {v.budget} | {v.value:.4g} {v.unit} | {v.limit:.4g} {v.unit} "

@@ -12,18 +12,18 @@ import json
 import shutil
 from pathlib import Path
 
-
 from edgecompress.backends import backend_for
 from edgecompress.report.document import Report
 
 _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 3: "int8", 2: "uint8"}
 
 
-def write_package(folder: Path, *, bundle, profile, graph, artifacts, report: Report) -> None:
+def write_package(folder: Path, *, bundle, profile, graph, artifacts, records, report: Report) -> None:
     copied = _copy_tokenizer(bundle, folder)
     if bundle.labels:
         (folder / "labels.txt").write_text("\n".join(bundle.labels) + "\n", encoding="utf-8")
-    manifest = build_manifest(folder, bundle, profile, graph, artifacts, report, copied)
+    manifest = build_manifest(folder, bundle, profile, graph, artifacts, report, copied,
+                              quantization=quantization_mode(records))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -35,7 +35,23 @@ def _copy_tokenizer(bundle, folder: Path) -> list[str]:
     return names
 
 
-def build_manifest(folder: Path, bundle, profile, graph, artifacts, report: Report, tokenizer_files) -> dict:
+def quantization_mode(records) -> str:
+    """The `--quantize` mode the applied passes amount to (read by app builds), from what fired, so a
+    recipe file that quantizes without a mode is named too."""
+    fired = {r.name: r for r in records if r.fired}
+    if "integer_only" in fired:
+        return "integer-only"
+    if "quantize_int4" in fired:
+        return "int8-int4-mixed" if fired["quantize_int4"].options.get("mixed") else "int4"
+    if "quantize_static" in fired:
+        return "int8-qat" if "qat" in fired else "int8"
+    if "quantize_dynamic" in fired:
+        return "dynamic-int8"
+    return "none"
+
+
+def build_manifest(folder: Path, bundle, profile, graph, artifacts, report: Report, tokenizer_files, *,
+                   quantization: str = "none") -> dict:
     settings = bundle.tokenizer_settings
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in ("manifest.json",))
     opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -50,11 +66,11 @@ def build_manifest(folder: Path, bundle, profile, graph, artifacts, report: Repo
                       "max_length": profile.runtime.seq_len, "padding": "max_length", "truncation": True,
                       "pad_token_id": settings.pad_token_id,
                       "token_type_ids": "zeros" if "token_type_ids" in bundle.input_names else "not used"},
-        "quantization": "none",
+        "quantization": quantization,
         "artifacts": [{"kind": a.kind, "file": a.path.name, "runtime": a.runtime,
                        "runtime_minimum_version": backend_for(a.runtime).minimum_version(a.kind, opset),
                        "extra_files": [p.name for p in a.extra_files]} for a in artifacts],
-        "files": [{"path": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files],
+        "files": [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files],
         "graph": {"opset": opset, "ir_version": graph.ir_version,
                   "contrib_ops": sorted({n.op_type for n in graph.graph.node if n.domain == "com.microsoft"})},
         "budgets": profile.to_dict()["budgets"],
@@ -69,7 +85,7 @@ def _value_spec(value) -> dict:
     return {"name": value.name, "dtype": _DTYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.errors import UserError
+from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import Verdict
 
 
@@ -38,14 +38,14 @@ class Recheck:
 
 
 def recheck(folder: Path, device: str) -> Recheck:
-    import onnx
 
     from edgecompress.devices import get_profile
     from edgecompress.report.build import device_estimates
 
     manifest, report = _read_export(folder)
+    _check_hashes(folder, manifest)
     profile = get_profile(device)
-    graph = onnx.load(str(folder / "model.onnx"))
+    graph = _load_graph(folder / "model.onnx")
     result = Recheck(device=profile.name, folder=folder)
     _check_shapes(manifest, profile, result)
     estimates = device_estimates(graph, profile)
@@ -74,10 +74,62 @@ def _read_export(folder: Path) -> tuple[dict, dict]:
     if absent:
         raise UserError(f"not an edgecompress export: {', '.join(absent)} missing", where=str(folder),
                         hint="pass the folder `edgecompress export` wrote, e.g. dist/pixel7")
+    manifest, report = (_read_json(folder / name) for name in ("manifest.json", "report.json"))
+    _expect(manifest, "manifest.json", folder, {"inputs": list, "artifacts": list, "files": list})
+    _expect(report, "report.json", folder, {"artifacts": list, "data": dict})
+    for name, doc, entries, keys in (("manifest.json", manifest, "inputs", {"shape": list}),
+                                     ("manifest.json", manifest, "artifacts", {"file": str, "kind": str}),
+                                     ("manifest.json", manifest, "files", {"path": str, "sha256": str}),
+                                     ("report.json", report, "artifacts", {"file": str})):
+        for index, entry in enumerate(doc[entries]):
+            _expect(entry, f"{name} {entries}[{index}]", folder, keys)
+    return manifest, report
+
+
+def _read_json(path: Path):
     try:
-        return (json.loads((folder / "manifest.json").read_text()), json.loads((folder / "report.json").read_text()))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"corrupt export metadata ({exc})", where=str(folder)) from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"corrupt export metadata: {path.name} is not valid JSON ({exc})", where=str(path.parent),
+                        hint="re-export; an export writes it whole or not at all") from None
+
+
+def _expect(doc, what: str, folder: Path, fields: dict[str, type]) -> None:
+    """`doc` is an object with each field of the type an export writes; else one line naming the field."""
+    if not isinstance(doc, dict):
+        raise UserError(f"corrupt export metadata: {what} is a {type(doc).__name__}, not an object",
+                        where=str(folder), hint="re-export; an export writes it whole or not at all")
+    for key, kind in fields.items():
+        if not isinstance(doc.get(key), kind):
+            found = "missing" if key not in doc else f"a {type(doc[key]).__name__}"
+            raise UserError(f"corrupt export metadata: field '{key}' of {what} is {found}", where=str(folder),
+                            expected=f"a {kind.__name__}", hint="re-export; an export writes it whole or not at all")
+
+
+def _check_hashes(folder: Path, manifest: dict) -> None:
+    """Every file the manifest lists must be there, byte for byte: a changed file is not what was verified."""
+    from edgecompress.report.manifest import file_sha256
+
+    for entry in manifest["files"]:
+        name = entry["path"]
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            raise UserError(f"file '{name}' listed in manifest.json is missing", where=str(folder),
+                            hint="re-export; nothing in this folder can be trusted to be what was verified")
+        if file_sha256(path) != entry["sha256"]:
+            raise UserError(f"file '{name}' was modified after export: its sha256 differs from manifest.json",
+                            where=str(folder), hint="re-export; the shipped file must be the one that was verified")
+
+
+def _load_graph(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise UserError(f"model.onnx is not a readable ONNX model ({type(exc).__name__})", where=str(path.parent),
+                        hint="re-export; the file is truncated or damaged") from None
 
 
 def _check_shapes(manifest: dict, profile, result: Recheck) -> None:

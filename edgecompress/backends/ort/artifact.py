@@ -2,7 +2,8 @@
 
 The `.ort` file is converted with the Fixed optimization style at level "all" for the ARM target
 platform: the optimizations are baked in for the shipped input shapes, and no x86-only kernels
-(NCHWc) are chosen, so the same file runs on the host for verification and on the phone.
+(NCHWc) are chosen, so the same file runs on the host for verification and on the phone. Its
+kernel-type table is rewritten in sorted order (canonical.py) so that the same inputs give the same bytes.
 The operator config lists exactly the kernels a reduced-size ORT build must keep.
 """
 
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from edgecompress.backends import Artifact
+from edgecompress.backends.ort.canonical import make_canonical
 from edgecompress.logs import captured_library_output
 
 # Highest ai.onnx opset each onnxruntime release implements (onnxruntime.ai/docs/reference/compatibility).
@@ -47,6 +49,7 @@ def _convert_to_ort(onnx_path: Path, out_dir: Path) -> Artifact:
             convert_onnx_models_to_ort(source, output_dir=scratch_path / "ort",
                                        optimization_styles=[OptimizationStyle.Fixed], target_platform="arm")
         shutil.move(str(scratch_path / "ort" / ORT_NAME), out_dir / ORT_NAME)
+        make_canonical(out_dir / ORT_NAME)  # the converter's kernel-type table comes in hash order
         config = (scratch_path / "ort" / "model.required_operators.config").read_text()
     (out_dir / OPERATORS_CONFIG).write_text(_portable_config(config))
     return Artifact("ort", out_dir / ORT_NAME, "onnxruntime", extra_files=(out_dir / OPERATORS_CONFIG,))
