@@ -9,6 +9,12 @@ length-dependent constants (a position table trimmed to n rows, shape vectors) a
 The largest bucket is subgraph 0: `Interpreter.invoke()` without a signature runs it, so a caller that
 knows nothing of buckets gets the padded full-length model, as from a single-graph file. A single graph
 is written by `lower_to_tflite` unchanged (one subgraph, signature "serving_default"), byte for byte.
+
+Measured (LiteRT 2.3.0, host, MiniLM-L6 float, buckets 16/32/64/128): the file grows 0.33%; every
+signature's subgraph is delegated to XNNPACK like subgraph 0 and runs as fast as its graph written
+alone. Memory is another matter: XNNPACK packs the shared weights once per subgraph at load, so the
+resident size after load grows by about 41 MB per extra bucket (124 -> 248 MB for four); without
+XNNPACK the four buckets cost what one does.
 """
 
 from __future__ import annotations
