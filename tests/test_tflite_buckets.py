@@ -225,20 +225,24 @@ def run_runner(*args) -> subprocess.CompletedProcess:
 
 
 def test_the_runner_times_a_chosen_signature(embedding_file, tmp_path):
-    proc = run_runner(embedding_file, "--runs", "3", "--warmup", "1", "--signature", "seq_32",
-                      "--save-outputs", tmp_path / "out.npz")
+    proc = run_runner(embedding_file, "--runs", "3", "--warmup", "1", "--signature", "seq_32")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["signature"] == "seq_32"
     assert result["signatures"] == ["seq_128", "seq_64", "seq_32", "seq_16"]
-    assert {name: block["shape"] for name, block in result["inputs"].items()} == {
+    assert {name: block["shape"] for name, block in result["inputs"].items()} == {  # synthesized for seq_32
         "input_ids": [1, 32], "attention_mask": [1, 32]}
     assert result["outputs"] == {"pooled": {"shape": [1, 8], "dtype": "float32"}}
     default = json.loads(run_runner(embedding_file, "--runs", "3", "--warmup", "1").stdout)
     assert default["signature"] is None and default["inputs"]["input_ids"]["shape"] == [1, 128]
-    # the saved outputs are the signature's: onnxruntime on the 32 graph, fed as the runner synthesizes
-    rng = np.random.default_rng(0)
-    feeds = {"attention_mask": np.ones((1, 32), np.int64), "input_ids": rng.integers(1000, 2000, (1, 32))}
+    # fed from a file, the saved outputs are the signature's: onnxruntime's on the 32 graph
+    feeds = {"input_ids": np.random.default_rng(5).integers(0, VOCAB, (1, 32)),
+             "attention_mask": np.ones((1, 32), np.int64)}
+    feeds["attention_mask"][0, 20:] = 0
+    np.savez(tmp_path / "in.npz", **feeds)
+    proc = run_runner(embedding_file, "--runs", "1", "--warmup", "0", "--signature", "seq_32",
+                      "--inputs", tmp_path / "in.npz", "--save-outputs", tmp_path / "out.npz")
+    assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / "out.npz") as saved:
         np.testing.assert_allclose(saved["pooled"], ort_run(embedding_model(32), feeds)["pooled"], atol=TOLERANCE)
 
