@@ -128,6 +128,24 @@ class DeviceProfile:
         return _lists(dataclasses.asdict(self))
 
 
+def derived_profile_text(base: str, *, name: str, seq_len: int | None = None,
+                         buckets: list[int] | None = None, artifacts: list[str] | None = None) -> str:
+    """A shipped profile's TOML with its name (and, when given, seq_len, buckets and artifacts) replaced: how
+    benchmarks and tests make a variant (a shorter seq_len, one artifact) without copying the hardware facts.
+    With a new seq_len and no buckets, the variant serves that one length."""
+    text = (device_profiles_dir() / f"{base}.toml").read_text(encoding="utf-8")
+    text = re.sub(r'^name = ".*"$', f'name = "{name}"', text, count=1, flags=re.M)
+    if seq_len is not None:
+        text = re.sub(r"^seq_len = \d+$", f"seq_len = {seq_len}", text, count=1, flags=re.M)
+        buckets = buckets or [seq_len]
+    if buckets is not None:
+        text = re.sub(r"^buckets = \[.*\]$", f"buckets = [{', '.join(map(str, buckets))}]", text, count=1, flags=re.M)
+    if artifacts is not None:
+        listed = ", ".join(f'"{kind}"' for kind in artifacts)
+        text = re.sub(r"^artifacts = \[.*\]$", f"artifacts = [{listed}]", text, count=1, flags=re.M)
+    return text
+
+
 def load_profile(path: str | Path) -> DeviceProfile:
     """Read and strictly validate one profile TOML, shipped or the user's own."""
     path = Path(path)

@@ -169,6 +169,7 @@ def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> 
 def _finish(request: ExportRequest, profile, recipe, data, compressed: Compressed, rewrite, staging: Path,
             clock: StageClock):
     from edgecompress.backends import emit_all
+    from edgecompress.intake.data import TextLengths, token_counts
     from edgecompress.intake.model import CLASSIFICATION
     from edgecompress.measure.host import measure_on_host, plan_timing
     from edgecompress.report.build import build_report
@@ -177,27 +178,31 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
     from edgecompress.verify.evaluate import BUCKET_ATOL, parity_atol
 
     bundle, graph = compressed.bundle, rewrite.graph
+    buckets = profile.runtime.buckets
+    lengths = TextLengths(buckets, token_counts(bundle.tokenizer, data.dataset.texts))
     with clock.stage("emit", ", ".join(profile.artifacts)) as summary:
-        artifacts = emit_all(graph, staging, profile.artifacts)
+        artifacts = emit_all(graph, staging, profile.artifacts, buckets)
         summary.append(", ".join(a.path.name for a in artifacts))
     with clock.stage("verify", f"{len(data.dataset)} texts") as summary:
         reference = Reference(compressed.reference, compressed.feeds, bundle.output_name,
                               classification=bundle.kind == CLASSIFICATION,
                               lossy=any(r.lossy for r in rewrite.records), atol=parity_atol(bundle),
-                              buckets=profile.runtime.buckets,
+                              buckets=buckets,
                               bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol)
         verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only,
                                     ticker=clock.ticker)
         summary.append(", ".join(f"{a.path.name} max|diff| {p.max_abs_diff:.1e}"
                                  for a, p in zip(verified.artifacts, verified.parities)))
     with clock.stage("measure") as summary:
-        plan = plan_timing(profile, compressed.feeds, runs=request.runs, warmup=request.warmup) \
+        plan = plan_timing(profile, compressed.feeds, runs=request.runs, warmup=request.warmup,
+                           texts_per_bucket=lengths.per_bucket() if len(buckets) > 1 else None) \
             if request.measure else None
         timing = measure_on_host(verified.artifacts, rewrite.float_twin, profile, plan, request.out_root)
         summary.append(", ".join(f"{a.path.name} p50 {m['latency_ms']['p50']:.2f} ms"
                                  for a, m in zip(verified.artifacts, timing.results) if m))
     with clock.stage("check") as summary:
-        report = build_report(profile=profile, recipe=recipe, bundle=bundle, data=data, original=compressed.original,
+        report = build_report(profile=profile, recipe=recipe, bundle=bundle, data=data, lengths=lengths,
+                              original=compressed.original,
                               graph=graph, records=[*compressed.records, *rewrite.records], verified=verified,
                               timing=timing)
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")

@@ -49,3 +49,21 @@ def rewrite_with_twin(passes, graph, context: PassContext) -> Rewrite:
         twin, _ = apply_pass(p, twin, context)
     result.float_twin = twin
     return result
+
+
+def specialize(graph, seq_len: int):
+    """One length bucket's graph: the symbolic sequence axis fixed to `seq_len` and the shape arithmetic that
+    then becomes constant folded (fix_shapes, fold_constants), for runtimes that need every shape fixed.
+
+    Before -> After: `input_ids[1, sequence]` -> `input_ids[1, 32]`, `Range(0, Shape(x)[1])` -> constant
+    0..31. The weights are the same tensors in every bucket's graph, so a writer can store them once.
+    """
+    from edgecompress.graph.fix_shapes import FixShapes
+    from edgecompress.graph.fold_constants import FoldConstants
+
+    first = graph.graph.input[0].type.tensor_type.shape.dim
+    batch = first[0].dim_value if first and first[0].HasField("dim_value") else 1
+    context = PassContext(seq_len=seq_len, batch=batch, dynamic_shapes=False)
+    for p in (FixShapes(), FoldConstants()):
+        graph, _ = apply_pass(p, graph, context)
+    return graph

@@ -354,7 +354,8 @@ def test_devices_show_unknown():
 
 def test_check_against_a_device_with_another_seq_len(exported, tmp_path, tiny_device):
     _, folder = exported
-    device = device_variant(tmp_path, "tinyphone32", tiny_device, **{r"seq_len = 16": "seq_len = 32"})
+    device = device_variant(tmp_path, "tinyphone32", tiny_device,
+                            **{r"seq_len = 16": "seq_len = 32", r"buckets = \[16\]": "buckets = [32]"})
     result = invoke("check", folder, "--device", device)
     assert result.exit_code == 3, (result.output, result.exception)
     lines = result.stdout.splitlines()

@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
+from edgecompress.devices import derived_profile_text
 from edgecompress.distill.run import DistillRequest, distill  # noqa: E402
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
-from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
+from edgecompress.paths import cache_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 from edgecompress.verify.evaluate import ort_session, run_session  # noqa: E402
 
@@ -109,12 +110,10 @@ def train_student(root: Path, teacher: Path, splits: Path, kind: str, args) -> P
 
 def bench_device(folder: Path) -> Path:
     """pixel7's profile at seq_len 64 with the ONNX artifact only: latency is measured here, not estimated."""
-    text = (device_profiles_dir() / "pixel7.toml").read_text()
-    text = text.replace('name = "pixel7"', 'name = "bench64"').replace("seq_len = 128", f"seq_len = {SEQ_LEN}")
-    lines = ['artifacts = ["onnx"]' if line.startswith("artifacts =") else line for line in text.splitlines()]
+    text = derived_profile_text("pixel7", name="bench64", seq_len=SEQ_LEN, artifacts=["onnx"])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bench64.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(text)
     return path
 
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
+from edgecompress.devices import derived_profile_text
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
-from edgecompress.paths import device_profiles_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
@@ -100,10 +100,8 @@ def bench_seq_len(scratch: Path, teacher: Path, test_csv: Path, seq_len: int, ar
 
 
 def device_with_seq_len(scratch: Path, seq_len: int) -> Path:
-    text = (device_profiles_dir() / "pixel7.toml").read_text()
-    text = text.replace('name = "pixel7"', f'name = "bench{seq_len}"').replace("seq_len = 128", f"seq_len = {seq_len}")
     # The ONNX Runtime artifacts are what this benchmark compares; .tflite has its own (bench_tflite).
-    text = text.replace('artifacts = ["onnx", "ort", "tflite"]', 'artifacts = ["onnx", "ort"]')
+    text = derived_profile_text("pixel7", name=f"bench{seq_len}", seq_len=seq_len, artifacts=["onnx", "ort"])
     path = scratch / f"bench{seq_len}.toml"
     path.write_text(text)
     return path

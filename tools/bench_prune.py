@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
+from edgecompress.devices import derived_profile_text
 from edgecompress.intake.data import load_dataset, tokenize  # noqa: E402
 from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
-from edgecompress.paths import device_profiles_dir, recipes_dir  # noqa: E402
+from edgecompress.paths import recipes_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
@@ -107,8 +108,7 @@ def write(path: Path, text: str) -> str:
 
 
 def device(scratch: Path) -> Path:
-    text = (device_profiles_dir() / "pixel7.toml").read_text()
-    text = text.replace('name = "pixel7"', 'name = "bench"').replace("seq_len = 128", f"seq_len = {SEQ_LEN}")
+    text = derived_profile_text("pixel7", name="bench", seq_len=SEQ_LEN)
     return Path(write(scratch / "bench.toml", text))
 
 

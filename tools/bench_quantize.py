@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from edgecompress.devices import derived_profile_text
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir  # noqa: E402
@@ -170,17 +171,14 @@ def build_with_export(teacher: Path, recipe: str, seq_len: int, path: Path) -> N
     import shutil
     import tempfile
 
-    from edgecompress.paths import device_profiles_dir
     from edgecompress.pipeline import ExportRequest, run_export
 
     data = example_assets.rotten_tomatoes_dir()
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as scratch:
         profile = Path(scratch) / f"pixel7-seq{seq_len}.toml"
-        profile.write_text((device_profiles_dir() / "pixel7.toml").read_text()
-                           .replace('name = "pixel7"', f'name = "pixel7-seq{seq_len}"')
-                           .replace("seq_len = 128", f"seq_len = {seq_len}")
-                           # only model.onnx is benchmarked; integer-only models have no .tflite
-                           .replace('artifacts = ["onnx", "ort", "tflite"]', 'artifacts = ["onnx"]'))
+        # only model.onnx is benchmarked; integer-only models have no .tflite
+        profile.write_text(derived_profile_text("pixel7", name=f"pixel7-seq{seq_len}", seq_len=seq_len,
+                                                artifacts=["onnx"]))
         result = run_export(ExportRequest(model=teacher, device=str(profile), out_root=Path(scratch) / "dist",
                                           data=data / "validation.csv", calibration=data / "validation.csv",
                                           train_data=data / "train.csv", recipe=recipe, measure=False))

@@ -43,7 +43,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -57,10 +56,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from edgecompress.devices import load_profile  # noqa: E402
+from edgecompress.devices import derived_profile_text, load_profile  # noqa: E402
 from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
-from edgecompress.paths import cache_dir, device_profiles_dir  # noqa: E402
+from edgecompress.paths import cache_dir  # noqa: E402
 
 PEER_PYTHON = Path("/work/venvs/litert-torch/bin/python")
 OUR_RECIPES = {"ours float": "default", "ours dynamic-int8": "dynamic-int8", "ours int8": "int8"}
@@ -162,10 +161,7 @@ def bench_seq_len(work: Path, seq_len: int, inputs: dict[str, Path], args) -> li
 
 def write_profile(work: Path, seq_len: int) -> Path:
     """pixel7 with another seq_len and only the `.tflite` artifact: the profile decides the fixed shapes."""
-    text = (device_profiles_dir() / "pixel7.toml").read_text()
-    text = re.sub(r'(?m)^name = "pixel7"', f'name = "tflite{seq_len}"', text)
-    text = re.sub(r"(?m)^seq_len = \d+", f"seq_len = {seq_len}", text)
-    text = re.sub(r"(?m)^artifacts = \[.*\]", 'artifacts = ["tflite"]', text)
+    text = derived_profile_text("pixel7", name=f"tflite{seq_len}", seq_len=seq_len, artifacts=["tflite"])
     path = work / f"tflite{seq_len}.toml"
     path.write_text(text)
     profile = load_profile(path)  # fails loudly if pixel7.toml changed shape under the substitutions

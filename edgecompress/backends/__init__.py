@@ -33,15 +33,16 @@ class Artifact:
     extra_files: tuple[Path, ...] = ()  # shipped beside it (e.g. required_operators.config)
 
 
-# (final ONNX model, output folder, wanted artifact kinds) -> artifacts written.
-Emitter = Callable[["onnx.ModelProto", Path, tuple[str, ...]], list[Artifact]]
+# (final ONNX model, output folder, wanted artifact kinds, length buckets) -> artifacts written. With several
+# buckets the model's sequence axis is symbolic and each backend serves the buckets its own way.
+Emitter = Callable[["onnx.ModelProto", Path, tuple[str, ...], tuple[int, ...]], list[Artifact]]
 # (artifact path, feeds, output name, threads, progress) -> outputs array: verification runs every
 # artifact file through the executor of its runtime.
 Executor = Callable[..., "np.ndarray"]
-# (final ONNX model, output folder) -> the artifact again, computing the same integers as ONNX Runtime
+# (final ONNX model, output folder, buckets) -> the artifact again, computing the same integers as ONNX Runtime
 # where the default file takes the runtime's own (finer) rounding; written when the default file misses
 # the cross-runtime check (LiteRT's per-row int8, tflite/ops/dynamic_int8.py).
-ExactWriter = Callable[["onnx.ModelProto", Path], Artifact]
+ExactWriter = Callable[["onnx.ModelProto", Path, tuple[int, ...]], Artifact]
 # artifact path -> {"op_histogram", "float_ops", "method", ...} read from the file itself.
 Auditor = Callable[[Path], dict]
 # (artifact kind, ai.onnx opset of the graph) -> {package: version, "why": reason} for the manifest.
@@ -115,7 +116,7 @@ def artifact_suffixes() -> tuple[str, ...]:
     return tuple(sorted({s for backend in backends().values() for s in backend.suffixes.values()}))
 
 
-def emit_all(model, out_dir: Path, wanted: tuple[str, ...]) -> list[Artifact]:
+def emit_all(model, out_dir: Path, wanted: tuple[str, ...], buckets: tuple[int, ...] = ()) -> list[Artifact]:
     """Run every backend that produces one of the wanted kinds; unknown kinds are an internal error."""
     known = artifact_kinds()
     missing = sorted(set(wanted) - set(known))
@@ -125,5 +126,5 @@ def emit_all(model, out_dir: Path, wanted: tuple[str, ...]) -> list[Artifact]:
     for backend in backends().values():
         asked = tuple(kind for kind in wanted if kind in backend.kinds)
         if asked:
-            artifacts.extend(backend.emit(model, out_dir, asked))
+            artifacts.extend(backend.emit(model, out_dir, asked, buckets))
     return sorted(artifacts, key=lambda a: wanted.index(a.kind))  # the profile's order, not registration's

@@ -45,7 +45,10 @@ class FixShapes(Pass):
                     dim.dim_value = sizes[dim.dim_param]
         del model.graph.value_info[:]
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        fixed += _fix_output_shapes(model, _sequence_params(model) if ctx.dynamic_sequence else set(), ctx.seq_len)
+        if ctx.dynamic_sequence:
+            fixed += _fix_output_shapes(model, _sequence_params(model), ctx.seq_len, _other_length(ctx))
+        else:
+            fixed += _fix_output_shapes(model, set(), ctx.seq_len)
         if ctx.dynamic_sequence:
             note = f"fixed inputs to batch {ctx.batch}; the sequence axis serves lengths {list(ctx.buckets)}"
         else:
@@ -80,22 +83,27 @@ def _dim_sizes(model, ctx: PassContext) -> dict[str, int]:
     return sizes
 
 
+def _other_length(ctx: PassContext) -> int:
+    """A second length to run a symbolic-sequence graph at: the shortest bucket, or half the longest."""
+    shortest = ctx.buckets[0] if ctx.buckets else 0
+    return shortest if 0 < shortest < ctx.seq_len else max(ctx.seq_len // 2, 1)
+
+
 def _sequence_params(model) -> set[str]:
     """The names of the inputs' symbolic sequence axes (axis 1), which stay symbolic for bucketed profiles."""
     return {value.type.tensor_type.shape.dim[1].dim_param for value in model.graph.input
             if len(value.type.tensor_type.shape.dim) > 1 and value.type.tensor_type.shape.dim[1].dim_param}
 
 
-def _fix_output_shapes(model, sequence_params: set[str], seq_len: int | None) -> list[str]:
+def _fix_output_shapes(model, sequence_params: set[str], seq_len: int | None,
+                       other_len: int | None = None) -> list[str]:
     """Outputs whose dims are still symbolic get the shapes one run of the fixed graph produces.
 
     onnx shape inference stops at ONNX Runtime's contrib ops (the graph is fused by now), so the
-    app-facing output shape is observed instead: with fixed inputs it is fully determined. Dims named
-    like the inputs' sequence axis (`sequence_params`) stay symbolic; the run then uses `seq_len` there.
+    app-facing output shape is observed instead: with fixed inputs it is fully determined. With a symbolic
+    sequence axis (`sequence_params`), the graph is run at two lengths and only dims that do not move with
+    the length are fixed; a dim equal to the length both times is named like the inputs' sequence axis.
     """
-    import numpy as np
-    import onnxruntime as ort
-
     def open_dims(output) -> list:
         return [d for d in output.type.tensor_type.shape.dim
                 if not d.HasField("dim_value") and d.dim_param not in sequence_params]
@@ -103,16 +111,31 @@ def _fix_output_shapes(model, sequence_params: set[str], seq_len: int | None) ->
     pending = [o for o in model.graph.output if open_dims(o)]
     if not pending:
         return []
+    observed = _observe_outputs(model, seq_len)
+    again = _observe_outputs(model, other_len) if sequence_params and other_len else observed
+    sequence_name = sorted(sequence_params)[0] if sequence_params else None
+    fixed = []
+    for output in pending:
+        shapes = zip(output.type.tensor_type.shape.dim, observed[output.name].shape, again[output.name].shape)
+        for dim, size, other in shapes:
+            if dim.HasField("dim_value") or dim.dim_param in sequence_params:
+                continue
+            if size == other:
+                dim.dim_value = size
+            elif (size, other) == (seq_len, other_len):
+                dim.dim_param = sequence_name
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
+        fixed.append(f"{output.name}={shape}")
+    return fixed
+
+
+def _observe_outputs(model, seq_len: int | None) -> dict:
+    """Every graph output of one run on zeros, symbolic input dims at `seq_len`."""
+    import numpy as np
+    import onnxruntime as ort
+
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
     feeds = {i.name: np.zeros([d if isinstance(d, int) else seq_len for d in i.shape],
                               dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
-    observed = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    fixed = []
-    for output in pending:
-        for dim, size in zip(output.type.tensor_type.shape.dim, observed[output.name].shape):
-            if dim.dim_param not in sequence_params or dim.HasField("dim_value"):
-                dim.dim_value = size
-        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
-        fixed.append(f"{output.name}={shape}")
-    return fixed
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))

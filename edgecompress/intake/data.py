@@ -153,6 +153,43 @@ def tokenize(tokenizer, texts: list[str], *, seq_len: int, input_names: tuple[st
     return feeds
 
 
+def token_counts(tokenizer, texts: list[str]) -> np.ndarray:
+    """Each text's length in tokens, special tokens included, before any truncation."""
+    encoded = tokenizer(texts, truncation=False, padding=False, add_special_tokens=True, verbose=False)
+    return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
+def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
+    """The bucket each text runs at: the smallest bucket >= its token count (longer texts: the longest,
+    truncated to it). This is the rule the manifest gives the app."""
+    index = np.searchsorted(np.asarray(buckets), np.minimum(lengths, buckets[-1]), side="left")
+    return np.asarray(buckets)[index]
+
+
+@dataclass(frozen=True)
+class TextLengths:
+    """How the texts of --data fall into the profile's length buckets (one bucket: seq_len)."""
+
+    buckets: tuple[int, ...]
+    tokens: np.ndarray  # each text's token count before truncation, special tokens included
+
+    def per_bucket(self) -> dict[int, int]:
+        which = bucket_of(self.tokens, self.buckets)
+        return {int(b): int(np.sum(which == b)) for b in self.buckets}
+
+    @property
+    def truncated(self) -> int:
+        """Texts longer than the longest bucket: the app truncates them, and so did every figure here."""
+        return int(np.sum(self.tokens > self.buckets[-1]))
+
+    def summary(self) -> dict:
+        tokens = self.tokens
+        return {"tokens_p50": int(np.percentile(tokens, 50)), "tokens_p90": int(np.percentile(tokens, 90)),
+                "tokens_max": int(tokens.max()), "longest_input": self.buckets[-1], "truncated": self.truncated,
+                "truncated_share": self.truncated / len(tokens), "buckets": list(self.buckets),
+                "texts_per_bucket": {str(b): n for b, n in self.per_bucket().items()}}
+
+
 class EvalData(NamedTuple):
     """What the data stage hands on: the eval texts, tokenized at the profile's length, with label ids."""
 

@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 SLOWER_MARGIN = 1.05
 
 
-def measure_twin(twin, kinds: tuple[str, ...], measure_one, scratch_root: Path) -> dict[str, dict]:
+def measure_twin(twin, kinds: tuple[str, ...], measure_one, scratch_root: Path,
+                 buckets: tuple[int, ...] = ()) -> dict[str, dict]:
     """Emit the twin's artifacts into a scratch folder and time each: {artifact kind: runner result}."""
     from edgecompress.backends import emit_all
 
     with tempfile.TemporaryDirectory(prefix=".float-twin-", dir=scratch_root) as scratch:
-        artifacts = emit_all(twin, Path(scratch), kinds)
+        artifacts = emit_all(twin, Path(scratch), kinds, buckets)
         return {a.kind: measure_one(a) for a in artifacts}
 
 

@@ -101,7 +101,7 @@ def _against_float_twin(artifacts: list[Artifact], results: list[dict | None], f
     if float_twin is None:
         return [None] * len(artifacts)
     twin = measure_twin(float_twin, tuple(a.kind for a in artifacts), lambda a: time_artifact(a, plan),
-                        scratch_root=scratch_root)
+                        scratch_root=scratch_root, buckets=tuple(sorted(plan.texts_per_bucket)))
     return [compare_speed(m, twin[a.kind], plan.threads) if a.kind in twin and m else None
             for a, m in zip(artifacts, results)]
 

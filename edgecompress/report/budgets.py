@@ -20,8 +20,11 @@ def memory_verdict(budgets, memory: Figure) -> Verdict:
                    memory.value <= budgets.peak_memory_mb)
 
 
-def latency_verdict(budgets, latency: Figure) -> Verdict:
-    return Verdict("p90 latency", budgets.latency_p90_ms, latency.value, "ms", latency.how,
+def latency_verdict(budgets, latency: Figure, applies_to: str | None = None) -> Verdict:
+    """`applies_to` names what the bounded figure is for a bucketed export: "real-text" (each text of --data
+    at its bucket) or "longest-bucket" (every input padded to seq_len)."""
+    label = "p90 latency" if applies_to is None else f"p90 latency ({applies_to})"
+    return Verdict(label, budgets.latency_p90_ms, latency.value, "ms", latency.how,
                    latency.value <= budgets.latency_p90_ms)
 
 

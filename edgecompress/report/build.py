@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress import __version__
-from edgecompress.intake.data import EvalData
+from edgecompress.intake.data import EvalData, TextLengths
 from edgecompress.measure.float_twin import slower_note
 from edgecompress.measure.host import HostTiming
 from edgecompress.passes import PassRecord
@@ -21,23 +21,27 @@ from edgecompress.report.document import ESTIMATED, MEASURED, STATIC, ArtifactRe
 from edgecompress.verify.artifacts import Verified
 
 
-def build_report(*, profile, recipe, bundle, data: EvalData, original: np.ndarray, graph, records: list[PassRecord],
-                 verified: Verified, timing: HostTiming) -> Report:
+def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLengths, original: np.ndarray, graph,
+                 records: list[PassRecord], verified: Verified, timing: HostTiming) -> Report:
     """Figures and verdicts for every artifact, from the stage results of one export.
 
     `bundle` is the model as compressed; `original` the outputs of the model as given, on `data`'s texts
-    (accuracy drops are judged against it).
+    (accuracy drops are judged against it); `lengths` how those texts fall into the length buckets.
     """
     from edgecompress.measure.runner import describe
 
     dataset, labels = data.dataset, data.labels
     estimates = device_estimates(graph, profile)
+    bucketed = len(profile.runtime.buckets) > 1
+    if bucketed:
+        estimates["real_text"] = real_text_estimate(graph, profile, lengths)
     threads = profile.runtime.threads
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
     reports = []
-    for artifact, parity, outputs, runner_result, audit, speed, cross in zip(
-            verified.artifacts, verified.parities, verified.outputs, timing.results, verified.audits,
-            timing.speed_vs_float, verified.cross_runtime):
+    for i, (artifact, parity, runner_result, audit, speed, cross) in enumerate(zip(
+            verified.artifacts, verified.parities, timing.results, verified.audits, timing.speed_vs_float,
+            verified.cross_runtime)):
+        outputs = verified.outputs_as_served(i)  # each text at its bucket, as the app runs it
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
@@ -61,13 +65,17 @@ def build_report(*, profile, recipe, bundle, data: EvalData, original: np.ndarra
             accuracy=accuracy, agreement=agreement, host_latency=host,
             device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
             float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed, parity_vs_onnxruntime=cross)
+        if bucketed:
+            _add_bucket_figures(item, i, verified, timing, estimates["real_text"])
+        applies_to = profile.budgets.latency_applies_to if bucketed else "longest-bucket"
+        bounded = estimates["real_text"] if applies_to == "real-text" else estimates["latency"]
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
-                         latency_verdict(profile.budgets, estimates["latency"])]
+                         latency_verdict(profile.budgets, bounded, applies_to if bucketed else None)]
         if accuracy is not None:
             item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value,
                                                   variant=recipe.name))
         reports.append(item)
-    notes = verified.notes + timing.notes + estimates["notes"]
+    notes = verified.notes + timing.notes + estimates["notes"] + _length_notes(lengths)
     notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]
     if threads > 2:
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")
@@ -81,13 +89,59 @@ def build_report(*, profile, recipe, bundle, data: EvalData, original: np.ndarra
         recipe={"name": recipe.name, "description": recipe.description},
         data={"source": str(dataset.path), "texts": len(dataset), "labelled": labels is not None,
               "seq_len": profile.runtime.seq_len,
-              "reference_accuracy": reference_accuracy},
+              "reference_accuracy": reference_accuracy, "lengths": lengths.summary()},
         stages=[], passes=[_record_dict(r) for r in records],
         reference={"kind": "torch eager" if bundle.module is not None else "input ONNX file in onnxruntime",
                    "method": (f"each artifact run on all {len(dataset)} texts of {dataset.path.name}, padded to "
                               f"seq_len {profile.runtime.seq_len}, compared with the "
                               f"{'torch eager' if bundle.module is not None else 'original ONNX'} model")},
         artifacts=reports, notes=notes)
+
+
+# Above this share of --data's texts cut at seq_len, the report warns: the figures are for truncated texts.
+TRUNCATION_WARNING_SHARE = 0.01
+
+
+def _length_notes(lengths: TextLengths) -> list[str]:
+    share = lengths.truncated / len(lengths.tokens)
+    if share <= TRUNCATION_WARNING_SHARE:
+        return []
+    return [f"{lengths.truncated} of {len(lengths.tokens)} texts ({100 * share:.1f}%) are longer than "
+            f"{lengths.buckets[-1]} tokens and were truncated to it, in every figure here as in the app "
+            f"(longest text: {int(lengths.tokens.max())} tokens)"]
+
+
+def _add_bucket_figures(item: ArtifactReport, i: int, verified: Verified, timing: HostTiming,
+                        estimate: Figure) -> None:
+    """Per-bucket exactness and latency, and the latency over --data's real length distribution."""
+    item.bucket_parity = verified.bucket_parity[i]
+    item.device_latency_real_text = estimate
+    if timing.per_bucket:
+        item.host_latency_buckets = {str(length): {"p50_ms": r["latency_ms"]["p50"], "p90_ms": r["latency_ms"]["p90"]}
+                                     for length, r in timing.per_bucket[i].items()}
+        item.host_latency_real_text = timing.real_text[i]
+
+
+def real_text_estimate(graph, profile, lengths: TextLengths) -> Figure:
+    """The estimated p90 latency over --data's texts, each at its bucket: the roofline estimate of every bucket's
+    graph, weighted by the texts that run at it."""
+    from edgecompress.measure.estimate import estimate_latency
+    from edgecompress.onnx_facts import infer_shapes
+
+    counts = lengths.per_bucket()
+    per_bucket = {}
+    threads = profile.runtime.threads
+    for length in profile.runtime.buckets:
+        fixed = _fixed_copy(graph, profile, seq_len=length)
+        per_bucket[length] = estimate_latency(
+            fixed, peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
+            peak_int8_ops_per_s=profile.peak_ops_per_second("int8", threads),
+            bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9, shapes=infer_shapes(fixed)).total_ms
+    each = np.sort(np.repeat([per_bucket[b] for b in counts], [counts[b] for b in counts]))
+    p90 = float(each[min(int(np.ceil(0.9 * len(each))) - 1, len(each) - 1)])
+    shown = ", ".join(f"{b}: {ms:.3g} ms x {counts[b]}" for b, ms in per_bucket.items())
+    return Figure(p90, "ms", ESTIMATED, f"p90 over the {len(each)} texts of --data, each at its bucket's roofline "
+                                        f"estimate (bucket: estimate x texts: {shown})")
 
 
 def device_estimates(graph, profile) -> dict:
@@ -116,8 +170,9 @@ def device_estimates(graph, profile) -> dict:
     }
 
 
-def _fixed_copy(graph, profile):
-    """Estimates need fixed shapes; for a dynamic-shape artifact, estimate at the profile's seq_len."""
+def _fixed_copy(graph, profile, seq_len: int | None = None):
+    """Estimates need fixed shapes; for a dynamic-shape artifact, estimate at the profile's seq_len (or the
+    bucket length given)."""
     import onnx
 
     from edgecompress.graph.fix_shapes import FixShapes
@@ -127,7 +182,8 @@ def _fixed_copy(graph, profile):
     copy.CopyFrom(graph)
     if not any(d.HasField("dim_param") for i in copy.graph.input for d in i.type.tensor_type.shape.dim):
         return copy
-    context = PassContext(seq_len=profile.runtime.seq_len, batch=profile.runtime.batch, dynamic_shapes=False)
+    context = PassContext(seq_len=seq_len or profile.runtime.seq_len, batch=profile.runtime.batch,
+                          dynamic_shapes=False)
     return FixShapes().run(copy, context).model
 
 

@@ -66,6 +66,12 @@ class ArtifactReport:
     speed_vs_float: dict[str, Any] | None = None
     # Non-ONNX-Runtime artifacts: parity with the ONNX Runtime artifact of the same export.
     parity_vs_onnxruntime: dict[str, Any] | None = None
+    # Length buckets: each text at its bucket against the same file at the longest length; latency per bucket
+    # and over --data's length distribution (host, measured), and the device estimate over that distribution.
+    bucket_parity: dict[str, Any] | None = None
+    host_latency_buckets: dict[str, dict[str, float]] | None = None
+    host_latency_real_text: dict[str, Any] | None = None
+    device_latency_real_text: Figure | None = None
 
 
 @dataclass
@@ -105,6 +111,7 @@ def render_markdown(report: Report) -> str:
               "and host named); *estimated* figures come from the model named beside them; *static* figures "
               "are computed from the file or graph alone.", ""]
     lines += _artifact_table(report)
+    lines += _bucket_lines(report)
     lines += _audit_lines(report)
     lines += ["", "## Budgets", "", "| artifact | budget | value | limit | how | verdict |",
               "|---|---|---|---|---|---|"]
@@ -150,6 +157,34 @@ def _artifact_table(report: Report) -> list[str]:
             verdict = "**slower than float**" if speed["slower"] else "ok"
             lines.append(f"- {a.file}: p50 {speed['p50_ms']:.2f} ms vs float {speed['float_p50_ms']:.2f} ms, "
                          f"{speed['speedup']:.2f}x: {verdict}")
+    return lines
+
+
+def _bucket_lines(report: Report) -> list[str]:
+    """Length buckets: where --data's texts fall, and each artifact's latency the way the app runs it."""
+    lengths = report.data.get("lengths")
+    bucketed = [a for a in report.artifacts if a.bucket_parity]
+    if not lengths or not bucketed:
+        return []
+    counts = ", ".join(f"{b}: {n}" for b, n in lengths["texts_per_bucket"].items())
+    lines = ["", "## Length buckets", "",
+             f"Texts of --data: p50 {lengths['tokens_p50']} tokens, p90 {lengths['tokens_p90']}, longest "
+             f"{lengths['tokens_max']}; {lengths['truncated']} ({100 * lengths['truncated_share']:.1f}%) longer than "
+             f"{lengths['longest_input']} and truncated. Texts per bucket: {counts}.", "",
+             "| file | host p50 / p90, real text | host p50 per bucket | device est. p90, real text | "
+             "bucket vs longest |", "|---|---|---|---|---|"]
+    for a in bucketed:
+        real = a.host_latency_real_text
+        real_text = f"{real['p50_ms']:.2f} / {real['p90_ms']:.2f} ms" if real else "not measured"
+        per_bucket = ", ".join(f"{b}: {v['p50_ms']:.2f}" for b, v in (a.host_latency_buckets or {}).items()) or "-"
+        parity = a.bucket_parity
+        agreement = parity["prediction_agreement"]
+        exact = f"max abs diff {parity['max_abs_diff']:.1e}" + (
+            f", same prediction {100 * agreement:.2f}%" if agreement is not None else "")
+        estimate = a.device_latency_real_text
+        lines.append(f"| {a.file} | {real_text} | {per_bucket} | "
+                     f"{estimate.value:.3g} ms (est.) | {exact} |" if estimate else f"| {a.file} | {real_text} | "
+                     f"{per_bucket} | - | {exact} |")
     return lines
 
 

@@ -35,6 +35,29 @@ def _copy_tokenizer(bundle, folder: Path) -> list[str]:
     return names
 
 
+def length_buckets(profile, artifacts) -> dict:
+    """How the app calls the model for a text of n tokens ([CLS] and [SEP] included)."""
+    buckets = list(profile.runtime.buckets)
+    calls = {}
+    for artifact in artifacts:
+        signature = backend_for(artifact.runtime).bucket_signature
+        if len(buckets) == 1:
+            calls[artifact.path.name] = f"inputs of shape [{profile.runtime.batch}, {buckets[0]}]"
+        elif signature is not None:
+            calls[artifact.path.name] = {str(n): f"signature {signature(n)}" for n in buckets}
+        else:
+            calls[artifact.path.name] = (f"inputs of shape [{profile.runtime.batch}, bucket]: the sequence axis takes "
+                                         f"any length up to {buckets[-1]}")
+    return {
+        "lengths": buckets,
+        "choose": "the smallest bucket >= n; pad the text with pad_token_id (attention_mask 0) up to it",
+        "long_inputs": {"policy": "truncate", "max_tokens": buckets[-1],
+                        "how": f"a text longer than {buckets[-1]} tokens is cut to its first {buckets[-1] - 1} "
+                               "tokens followed by [SEP], as the tokenizer's truncation does"},
+        "calls": calls,
+    }
+
+
 def quantization_mode(records) -> str:
     """The `--quantize` mode the applied passes amount to (read by app builds), from what fired, so a
     recipe file that quantizes without a mode is named too."""
@@ -63,10 +86,13 @@ def build_manifest(folder: Path, bundle, profile, graph, artifacts, report: Repo
         "inputs": [_value_spec(v) for v in graph.graph.input],
         "outputs": [_value_spec(v) for v in graph.graph.output if v.name == bundle.output_name],
         "tokenizer": {"files": tokenizer_files, "lowercase": settings.lowercase,
-                      "max_length": profile.runtime.seq_len, "padding": "max_length", "truncation": True,
+                      "max_length": profile.runtime.seq_len,
+                      "padding": "max_length" if len(profile.runtime.buckets) == 1 else "to the length bucket",
+                      "truncation": True,
                       "pad_token_id": settings.pad_token_id,
                       "token_type_ids": "zeros" if "token_type_ids" in bundle.input_names else "not used"},
         "quantization": quantization,
+        "length_buckets": length_buckets(profile, artifacts),
         "artifacts": [{"kind": a.kind, "file": a.path.name, "runtime": a.runtime,
                        "runtime_minimum_version": backend_for(a.runtime).minimum_version(a.kind, opset),
                        "extra_files": [p.name for p in a.extra_files]} for a in artifacts],

@@ -20,11 +20,12 @@ import numpy as np
 
 from edgecompress.backends import Artifact, backend_for
 from edgecompress.errors import VerificationError
+from edgecompress.intake.data import bucket_of
 from edgecompress.verify.evaluate import (
     BUCKET_ATOL,
     Parity,
     artifact_outputs,
-    bucket_of,
+    bucket_fidelity,
     compare,
     compare_buckets,
     compare_runtimes,
@@ -101,16 +102,28 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
         served = _run_bucketed(artifact, reference, which, ticker(f"buckets {artifact.path.name}"))
         parity = compare_buckets(padded, served, classification=reference.classification, lossy=reference.lossy,
                                  atol=reference.bucket_atol)
+        fidelity = None
+        if reference.lossy and not parity.passed:  # two quantized runs may differ where both are near float
+            fidelity = bucket_fidelity(reference.outputs, padded, served, classification=reference.classification)
+            parity.passed = fidelity["passed"]
         if not parity.passed:
             raise VerificationError(
                 f"{artifact.path.name} with each text at its length bucket does not compute what it computes at "
                 f"length {reference.buckets[-1]}: max |diff| {parity.max_abs_diff:.3g} (tolerance "
                 f"{parity.tolerance}), same prediction on {parity.prediction_agreement}, min cosine "
-                f"{parity.min_cosine}; nothing was written")
+                f"{parity.min_cosine}{_fidelity_text(fidelity)}; nothing was written")
         counts = {int(b): int(np.sum(which == b)) for b in reference.buckets}
         verified.served_outputs.append(served)
         verified.bucket_parity.append({**dataclasses.asdict(parity), "texts_per_bucket": counts, "how": "measured",
-                                       "against": f"the same file with every text padded to {reference.buckets[-1]}"})
+                                       "against": f"the same file with every text padded to {reference.buckets[-1]}",
+                                       "fidelity_to_reference": fidelity})
+
+
+def _fidelity_text(fidelity: dict | None) -> str:
+    if fidelity is None:
+        return ""
+    return (f", and it is further from the reference model than the padded run ({fidelity['measure']} "
+            f"{fidelity['bucketed']:.4f} against {fidelity['padded']:.4f})")
 
 
 def _run_bucketed(artifact: Artifact, reference: Reference, which: np.ndarray, progress) -> np.ndarray:
@@ -179,7 +192,7 @@ def _write_exact(verified: Verified, i: int, graph, ort_outputs: np.ndarray, mis
     write = backend_for(first.runtime).exact_writer
     if write is None:
         return missed
-    artifact = write(graph, first.path.parent)
+    artifact = write(graph, first.path.parent, reference.buckets)
     parity, outputs = _against_reference(artifact, reference, ticker(f"verify {artifact.path.name} (exact)"))
     if not parity.passed:
         return missed

@@ -28,6 +28,12 @@ CROSS_RUNTIME_MIN_COSINE = 0.999
 # texts (run-time activation ranges change with the padding, so a few flips are expected).
 BUCKET_ATOL = 1e-5
 BUCKET_MIN_AGREEMENT = 0.995
+# ...or, when that fails, be at least as faithful to the reference model as the padded run, within this slack
+# (agreement: points of texts; cosine: of the minimum). ONNX Runtime's run-time int8 ranges are per tensor,
+# so the padded rows shift every token's grid: measured on the MiniLM teacher (1,276 texts), bucketed and
+# padded runs agree on 99.29%, yet the bucketed run agrees with float on 99.45% against the padded run's
+# 99.22%. Two runs each ~0.8% off float need not agree on 99.5% with each other.
+BUCKET_FIDELITY_SLACK = {"agreement": 0.0025, "cosine": 0.001}
 
 
 @dataclass
@@ -171,11 +177,16 @@ def compare_buckets(padded: np.ndarray, bucketed: np.ndarray, *, classification:
     return parity
 
 
-def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
-    """The bucket each text runs at: the smallest bucket >= its token count (longer texts: the longest,
-    truncated to it)."""
-    index = np.searchsorted(np.asarray(buckets), np.minimum(lengths, buckets[-1]), side="left")
-    return np.asarray(buckets)[index]
+def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndarray, *,
+                    classification: bool) -> dict:
+    """How close the padded and the bucketed runs of a quantized artifact each come to the reference model, and
+    whether the bucketed run is at least as faithful (within BUCKET_FIDELITY_SLACK)."""
+    measure = "prediction_agreement" if classification else "min_cosine"
+    slack = BUCKET_FIDELITY_SLACK["agreement" if classification else "cosine"]
+    padded_score = getattr(compare(reference, padded, classification=classification, lossy=True), measure)
+    bucketed_score = getattr(compare(reference, bucketed, classification=classification, lossy=True), measure)
+    return {"measure": measure, "padded": padded_score, "bucketed": bucketed_score, "slack": slack,
+            "passed": bucketed_score >= padded_score - slack}
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:

@@ -25,7 +25,9 @@ ORT_NAME = "model.ort"
 OPERATORS_CONFIG = "required_operators.config"
 
 
-def emit_ort(model, out_dir: Path, kinds: tuple[str, ...]) -> list[Artifact]:
+def emit_ort(model, out_dir: Path, kinds: tuple[str, ...], buckets: tuple[int, ...] = ()) -> list[Artifact]:
+    """`model.onnx` and `model.ort` of the final graph as it is: with several length buckets its sequence axis
+    stays symbolic and ONNX Runtime runs each input at its own length (the fused kernels take any length)."""
     import onnx
 
     onnx_path = out_dir / ONNX_NAME

@@ -20,4 +20,5 @@ BACKEND = register_backend(Backend(
     minimum_version=artifact.minimum_version,
     audit=artifact.audit_for_report,
     exact_writer=artifact.emit_exact_tflite,
+    bucket_signature=artifact.bucket_signature,
 ))

@@ -29,31 +29,50 @@ TFLITE_NAME = "model.tflite"
 RUNTIME = "litert"
 
 
-def emit_tflite(model, out_dir: Path, kinds: tuple[str, ...]) -> list[Artifact]:
-    return [_write_tflite(model, out_dir, exact_dynamic_int8=False)]
+def emit_tflite(model, out_dir: Path, kinds: tuple[str, ...], buckets: tuple[int, ...] = ()) -> list[Artifact]:
+    return [_write_tflite(model, out_dir, buckets, exact_dynamic_int8=False)]
 
 
-def emit_exact_tflite(model, out_dir: Path) -> Artifact:
+def emit_exact_tflite(model, out_dir: Path, buckets: tuple[int, ...] = ()) -> Artifact:
     """Every run-time int8 activation on ONNX Runtime's per-tensor grid (guard columns on every hybrid
     FULLY_CONNECTED): the same integers as the ONNX Runtime file, at 10-17% more time on the MiniLM teacher."""
-    return _write_tflite(model, out_dir, exact_dynamic_int8=True)
+    return _write_tflite(model, out_dir, buckets, exact_dynamic_int8=True)
 
 
-def _write_tflite(model, out_dir: Path, *, exact_dynamic_int8: bool) -> Artifact:
+def _write_tflite(model, out_dir: Path, buckets: tuple[int, ...], *, exact_dynamic_int8: bool) -> Artifact:
+    """One fixed-shape graph: one subgraph. Several length buckets: the graph's symbolic sequence axis fixed to
+    each (rewrite.specialize), one signature per bucket over one stored set of weights (buckets.py)."""
+    from edgecompress.backends.tflite.buckets import lower_to_tflite_buckets
     from edgecompress.backends.tflite.lowering import lower_to_tflite
 
     path = out_dir / TFLITE_NAME
-    path.write_bytes(lower_to_tflite(model, exact_dynamic_int8=exact_dynamic_int8))
+    if len(buckets) > 1:
+        from edgecompress.rewrite import specialize
+
+        graphs = {length: specialize(model, length) for length in buckets}
+        path.write_bytes(lower_to_tflite_buckets(graphs, exact_dynamic_int8=exact_dynamic_int8))
+    else:
+        path.write_bytes(lower_to_tflite(model, exact_dynamic_int8=exact_dynamic_int8))
     return Artifact("tflite", path, RUNTIME)
 
 
+def bucket_signature(length: int) -> str:
+    """The signature a bucketed file serves `length`-token inputs with (imports the writer side only when asked)."""
+    from edgecompress.backends.tflite.buckets import signature_key
+
+    return signature_key(length)
+
+
 def run_tflite_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None,
-                        signature: str | None = None) -> np.ndarray:
+                        signature: str | None = None, length: int | None = None) -> np.ndarray:
     """Run the `.tflite` file in LiteRT on all rows, in batches of the model's fixed batch (the last padded).
 
     Without `signature` the primary subgraph runs (`invoke()`, what an app without signatures gets); with it,
-    that signature's runner (e.g. "seq_16" of a bucketed file), fed by its input names.
+    that signature's runner (e.g. "seq_16" of a bucketed file), fed by its input names. `length` names the
+    signature of that length bucket (the executor contract every backend shares).
     """
+    if length is not None:
+        signature = bucket_signature(length)
     interpreter = load_interpreter(path, threads=threads)
     if signature is not None:
         return _run_signature(interpreter, path, feeds, output_name, signature, progress)
