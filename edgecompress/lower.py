@@ -25,7 +25,7 @@ OPSET = 17
 MAX_IR_VERSION = 9
 
 
-def export_onnx(bundle, sample_feeds: dict) -> "onnx.ModelProto":
+def export_onnx(bundle, sample_feeds: dict) -> onnx.ModelProto:
     """Export `bundle.module`; `sample_feeds` are real tokenized inputs used to trace the graph.
 
     A module that lowers itself (`to_onnx(sample_feeds, input_names, output_name)`, e.g. the integer-only
@@ -47,7 +47,8 @@ def export_onnx(bundle, sample_feeds: dict) -> "onnx.ModelProto":
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         try:
-            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,
+            # torch's stub names only paths; the TorchScript exporter writes to any binary file object
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                               input_names=list(bundle.input_names), output_names=[bundle.output_name],
                               dynamic_axes=axes, do_constant_folding=True)
         except Exception as exc:
@@ -65,7 +66,7 @@ def export_onnx(bundle, sample_feeds: dict) -> "onnx.ModelProto":
 LOWERING_CHECK_ROWS = 32
 
 
-def lower(bundle, feeds: dict, reference) -> "onnx.ModelProto":
+def lower(bundle, feeds: dict, reference) -> onnx.ModelProto:
     """The lower stage: the compressed model as an ONNX graph, checked against its reference outputs.
 
     An ONNX intake is handed on as a copy of the input file's graph (the rewrites never touch the input).

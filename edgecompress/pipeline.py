@@ -159,7 +159,7 @@ def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> 
         records.append(record)
     feeds = data.feeds
     if compressed.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
-        feeds = tokenize(compressed.tokenizer, data.dataset.texts, seq_len=context.seq_len,
+        feeds = tokenize(compressed.tokenizer, data.dataset.texts, seq_len=next(iter(data.feeds.values())).shape[1],
                          input_names=compressed.input_names)
     fired = any(r.fired for r in records)
     reference = reference_outputs(compressed, feeds, progress=clock.ticker("reference")) if fired else original

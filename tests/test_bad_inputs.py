@@ -19,8 +19,6 @@ from click.testing import CliRunner
 
 from edgecompress.cli import main
 
-from conftest import write_csv
-
 
 @dataclass
 class Kit:
@@ -153,7 +151,8 @@ CASES = [
     ("data-semicolons", lambda k: _data_file(k, "x.csv", b"text;label\nfun;positive\n"), 2,
      "the columns seem separated by ';'"),
     # item 2: a tokenizer larger than the embedding table (IndexError at run time before)
-    ("vocab-larger-than-table", _smaller_vocab, 2, "the tokenizer has 110 tokens but the model's embedding table has 50 rows"),
+    ("vocab-larger-than-table", _smaller_vocab, 2,
+     "the tokenizer has 110 tokens but the model's embedding table has 50 rows"),
     ("onnx-vocab-larger-than-table",
      lambda k: k.export_args(_onnx_table(k, "word_embeddings", 50), "--tokenizer", k.checkpoint), 2,
      "the tokenizer has 110 tokens but the model's embedding table has 50 rows"),

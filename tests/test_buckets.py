@@ -107,7 +107,8 @@ def test_specialize_fixes_the_sequence_axis_and_keeps_the_weights():
     model = _symbolic(ffn_model())
     fixed = specialize(model, 9)
     assert [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim] == [1, 9, 8]
-    assert {t.name: t.raw_data for t in fixed.graph.initializer} == {t.name: t.raw_data for t in model.graph.initializer}
+    weights = {t.name: t.raw_data for t in model.graph.initializer}
+    assert {t.name: t.raw_data for t in fixed.graph.initializer} == weights
     x = rows_input(9)
     np.testing.assert_allclose(run(fixed, x), run(model, x), rtol=0, atol=1e-6)
 
@@ -134,8 +135,9 @@ def long_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bucketed(tiny_checkpoint, bucket_device, long_data, tmp_path_factory):
-    from edgecompress.cli import main
     from click.testing import CliRunner
+
+    from edgecompress.cli import main
 
     out = tmp_path_factory.mktemp("dist")
     result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(bucket_device), "--data",

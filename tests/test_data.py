@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecompress.cli import main
-from edgecompress.intake.data import load_dataset, label_ids, tokenize
+from edgecompress.intake.data import label_ids, load_dataset, tokenize
 
 from conftest import user_error
 
@@ -62,7 +62,8 @@ def prepare(bundle, path: Path, seq_len: int = 16):
 
 def test_data_missing(tmp_path, tiny_checkpoint, tiny_device, out):
     line = user_error(run_export(tiny_checkpoint, tiny_device, tmp_path / "eval.csv", out), out)
-    assert line == f"error: {tmp_path / 'eval.csv'}: data file does not exist; expected a .csv, .tsv, .jsonl file with a text column"
+    assert line == (f"error: {tmp_path / 'eval.csv'}: data file does not exist; "
+                    "expected a .csv, .tsv, .jsonl file with a text column")
 
 
 def test_data_unknown_format(tmp_path, tiny_checkpoint, tiny_device, out):
@@ -143,7 +144,7 @@ def test_jsonl_line_that_is_not_an_object(tmp_path, tiny_checkpoint, tiny_device
 
 def test_jsonl_not_utf8_names_the_line(tmp_path, tiny_checkpoint, tiny_device, out):
     # Used to escape as a UnicodeDecodeError traceback.
-    path = write(tmp_path / "eval.jsonl", '{"text": "fun", "label": "positive"}\n'.encode()
+    path = write(tmp_path / "eval.jsonl", b'{"text": "fun", "label": "positive"}\n'
                  + '{"text": "caf\xe9", "label": "positive"}\n'.encode("latin-1"))
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
     assert line == f"error: {path}:2: not UTF-8 text (invalid continuation byte at byte 13); expected UTF-8 text"
@@ -238,8 +239,8 @@ def test_tokenize_pads_truncates_and_fills_token_types(classifier):
 
 
 def test_label_ids_prefers_names_and_reports_unknown_ones():
-    from edgecompress.intake.data import TextDataset
     from edgecompress.errors import UserError
+    from edgecompress.intake.data import TextDataset
 
     data = TextDataset(Path("x.csv"), ["a", "b"], ["positive", "negative"])
     assert label_ids(data, ["negative", "positive"]).tolist() == [1, 0]

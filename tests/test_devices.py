@@ -271,7 +271,8 @@ def test_table_of_wrong_type(tmp_path):
 def test_unknown_key_lists_known_ones_and_suggests(tmp_path):
     message = error_for(tmp_path, edited("latency_p90_ms = 40.0", "latency_ms = 40.0"))
     assert message == (f"{tmp_path / 'testphone.toml'}: unknown field 'budgets.latency_ms'. "
-                       "Known: accuracy_drop_points, artifact_size_mb, latency_applies_to, latency_p90_ms, peak_memory_mb; "
+                       "Known: accuracy_drop_points, artifact_size_mb, latency_applies_to, latency_p90_ms, "
+                       "peak_memory_mb; "
                        "hint: did you mean 'latency_p90_ms'?")
 
 

@@ -21,15 +21,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 
+from edgecompress.compress._taskdata import TaskData, task_data, task_loss, training_seq_len
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped
-from edgecompress.compress._taskdata import TaskData, task_data, task_loss, training_seq_len
 
 
 class Units:
@@ -128,7 +129,9 @@ def unit_masks(module, units: Units, masks: list[torch.Tensor]) -> Iterator[None
     handles = []
     for layer, mask in zip(encoder_layers(module), masks):
         width = units.width(layer)
-        hook = (lambda m, args, mask=mask, width=width: (args[0] * mask.repeat_interleave(width),))
+        def hook(module, args, mask=mask, width=width):
+            return (args[0] * mask.repeat_interleave(width),)
+
         handles.append(units.consumer(layer).register_forward_pre_hook(hook))
     try:
         yield
@@ -191,7 +194,7 @@ class Pruned:
     alive: list[list[int]]
 
     @classmethod
-    def start(cls, module, units: Units) -> "Pruned":
+    def start(cls, module, units: Units) -> Pruned:
         counts = [units.count(layer) for layer in encoder_layers(module)]
         return cls(units, counts[0], [list(range(count)) for count in counts])
 

@@ -15,12 +15,20 @@ from dataclasses import dataclass
 
 import torch
 
+from edgecompress.compress._pruning import (
+    check_positive,
+    check_ratio,
+    cloned,
+    encoder,
+    encoder_layers,
+    parameter_count,
+    record_attention_width,
+    set_config,
+)
+from edgecompress.compress._taskdata import mean_task_loss, task_data, training_seq_len
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.compress._pruning import (check_positive, check_ratio, cloned, encoder, encoder_layers, parameter_count,
-                                            record_attention_width, set_config)
-from edgecompress.compress._taskdata import mean_task_loss, task_data, training_seq_len
 
 STRATEGIES = ("every_other", "importance")
 

@@ -18,13 +18,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from edgecompress.errors import InternalError, UserError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.compress._pruning import (HEADS, NEURONS, Pruned, check_positive, check_ratio, cloned, encoder_layers, importance,
-                       importance_data, importance_method, parameter_count, record_attention_width, set_config,
-                       units_to_remove)
+from edgecompress.compress._pruning import (
+    HEADS,
+    NEURONS,
+    Pruned,
+    check_positive,
+    check_ratio,
+    cloned,
+    encoder_layers,
+    importance,
+    importance_data,
+    importance_method,
+    parameter_count,
+    record_attention_width,
+    set_config,
+    units_to_remove,
+)
 from edgecompress.compress._recovery import Recovery, recover
 from edgecompress.compress._taskdata import task_data, training_seq_len
+from edgecompress.errors import InternalError, UserError
+from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 log = logging.getLogger(__name__)
 

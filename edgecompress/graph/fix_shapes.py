@@ -135,7 +135,8 @@ def _observe_outputs(model, seq_len: int | None) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
-    feeds = {i.name: np.zeros([d if isinstance(d, int) else seq_len for d in i.shape],
+    dtypes: dict[str, type[np.generic]] = {"tensor(int64)": np.int64, "tensor(int32)": np.int32,
+                                           "tensor(float)": np.float32}
+    feeds = {i.name: np.zeros([d if isinstance(d, int) else seq_len or 1 for d in i.shape],
                               dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))

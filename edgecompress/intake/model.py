@@ -301,7 +301,8 @@ def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
         raise UserError("tokenizer is missing", where=str(where),
                         expected=f"one of {', '.join(TOKENIZER_FILES)} in {folder}",
                         hint="save the tokenizer with tokenizer.save_pretrained() next to the model")
-    from transformers import AutoTokenizer, BertTokenizerFast
+    # transformers 5 exports BertTokenizerFast as an alias its type stubs do not declare
+    from transformers import AutoTokenizer, BertTokenizerFast  # type: ignore[attr-defined]
 
     try:
         tokenizer = (AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

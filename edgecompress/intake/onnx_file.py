@@ -65,7 +65,7 @@ def _embedding_tables(model) -> dict[str, int]:
     inputs = {value.name for value in model.graph.input}
     gathers = [(node.input[0], node.input[1]) for node in model.graph.node
                if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in tables]
-    found = {}
+    found: dict[str, int] = {}
     word = next((table for table, ids in gathers if ids == "input_ids"), None)
     if word is None:
         return found

@@ -34,7 +34,7 @@ MEMORY_METHOD = ("static: initializer bytes + peak live activations from graph l
 
 
 # Packed sub-byte element types: their byte size is ceil(elements * bits / 8), not elements * itemsize.
-_SUB_BYTE_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
+_SUB_BYTE_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
                   TensorProto.INT2: 2, TensorProto.UINT2: 2}
 
 # Matmul-like ops whose first input is A [..., K] and whose output is [..., N]: 2*K flops per output.
@@ -232,8 +232,8 @@ def _as_onnxruntime_runs_it(model: onnx.ModelProto) -> onnx.ModelProto:
     fused_inputs: set[str] = set()
     nodes = []
     for node in graph.node:
-        sources = [dequantized.get(name) for name in node.input[:2]]
-        if node.op_type == "MatMul" and all(sources):
+        sources = [dequantized[name] for name in node.input[:2] if name in dequantized]
+        if node.op_type == "MatMul" and len(sources) == 2:
             nodes.append(onnx.helper.make_node("MatMulIntegerToFloat", [d.input[0] for d in sources],
                                                list(node.output), name=node.name))
             fused_inputs.update(node.input[:2])
@@ -340,7 +340,7 @@ def _node_cost(node: onnx.NodeProto, index: int, shapes: Shapes, achievable_ops:
         seconds["compute" if compute_s > memory_s else "memory"] += repeats * max(compute_s, memory_s)
     return NodeCost(node.name or f"{node.op_type}#{index}", node.op_type, compute_class,
                     sum(r * f for r, f, _ in phases), sum(r * b for r, _, b in phases),
-                    1e3 * sum(seconds.values()), max(seconds, key=seconds.get))
+                    1e3 * sum(seconds.values()), max(seconds, key=lambda bound: seconds[bound]))
 
 
 def _lstm_phases(node: onnx.NodeProto, shapes: Shapes) -> list[tuple[int, int, int]]:

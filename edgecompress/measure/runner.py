@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs
     with tempfile.TemporaryDirectory(prefix="edgecompress-measure-") as tmp:
         if inputs is not None:
             npz = Path(tmp) / "inputs.npz"
-            np.savez(npz, **inputs)
+            arrays: dict[str, Any] = dict(inputs)  # numpy's stub would match a key to savez's allow_pickle
+            np.savez(npz, **arrays)
             cmd += ["--inputs", str(npz)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)

@@ -71,7 +71,7 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         bounded = estimates["real_text"] if applies_to == "real-text" else estimates["latency"]
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, bounded, applies_to if bucketed else None)]
-        if accuracy is not None:
+        if accuracy is not None and reference_accuracy is not None:
             item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value,
                                                   variant=recipe.name))
         reports.append(item)

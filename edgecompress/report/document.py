@@ -151,9 +151,9 @@ def _artifact_table(report: Report) -> list[str]:
             f"{a.memory.value:.1f} MB (est.) |")
     twins = [a for a in report.artifacts if a.speed_vs_float]
     if twins:
-        lines += ["", f"Against the float twin ({twins[0].speed_vs_float['method']}):", ""]
+        lines += ["", f"Against the float twin ({(twins[0].speed_vs_float or {})['method']}):", ""]
         for a in twins:
-            speed = a.speed_vs_float
+            speed = a.speed_vs_float or {}
             verdict = "**slower than float**" if speed["slower"] else "ok"
             lines.append(f"- {a.file}: p50 {speed['p50_ms']:.2f} ms vs float {speed['float_p50_ms']:.2f} ms, "
                          f"{speed['speedup']:.2f}x: {verdict}")
@@ -177,7 +177,7 @@ def _bucket_lines(report: Report) -> list[str]:
         real = a.host_latency_real_text
         real_text = f"{real['p50_ms']:.2f} / {real['p90_ms']:.2f} ms" if real else "not measured"
         per_bucket = ", ".join(f"{b}: {v['p50_ms']:.2f}" for b, v in (a.host_latency_buckets or {}).items()) or "-"
-        parity = a.bucket_parity
+        parity = a.bucket_parity or {}
         agreement = parity["prediction_agreement"]
         exact = f"max abs diff {parity['max_abs_diff']:.1e}" + (
             f", same prediction {100 * agreement:.2f}%" if agreement is not None else "")

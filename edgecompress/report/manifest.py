@@ -38,7 +38,7 @@ def _copy_tokenizer(bundle, folder: Path) -> list[str]:
 def length_buckets(profile, artifacts) -> dict:
     """How the app calls the model for a text of n tokens ([CLS] and [SEP] included)."""
     buckets = list(profile.runtime.buckets)
-    calls = {}
+    calls: dict[str, str | dict[str, str]] = {}
     for artifact in artifacts:
         signature = backend_for(artifact.runtime).bucket_signature
         if len(buckets) == 1:

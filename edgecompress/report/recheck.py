@@ -77,10 +77,12 @@ def _read_export(folder: Path) -> tuple[dict, dict]:
     manifest, report = (_read_json(folder / name) for name in ("manifest.json", "report.json"))
     _expect(manifest, "manifest.json", folder, {"inputs": list, "artifacts": list, "files": list})
     _expect(report, "report.json", folder, {"artifacts": list, "data": dict})
-    for name, doc, entries, keys in (("manifest.json", manifest, "inputs", {"shape": list}),
-                                     ("manifest.json", manifest, "artifacts", {"file": str, "kind": str}),
-                                     ("manifest.json", manifest, "files", {"path": str, "sha256": str}),
-                                     ("report.json", report, "artifacts", {"file": str})):
+    checks: tuple[tuple[str, dict, str, dict[str, type]], ...] = (
+        ("manifest.json", manifest, "inputs", {"shape": list}),
+        ("manifest.json", manifest, "artifacts", {"file": str, "kind": str}),
+        ("manifest.json", manifest, "files", {"path": str, "sha256": str}),
+        ("report.json", report, "artifacts", {"file": str}))
+    for name, doc, entries, keys in checks:
         for index, entry in enumerate(doc[entries]):
             _expect(entry, f"{name} {entries}[{index}]", folder, keys)
     return manifest, report

@@ -148,13 +148,20 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: boo
         norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1)
         cosine = float(np.min(np.sum(reference * candidate, axis=-1) / np.maximum(norms, 1e-12)))
     max_diff = float(diff.max()) if diff.size else 0.0
+    parity = Parity(examples=len(reference), max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
+                    prediction_agreement=agreement, min_cosine=cosine, tolerance=None if lossy else atol,
+                    passed=max_diff <= atol and (agreement is None or agreement == 1.0))
     if lossy:
-        passed = agreement >= LOSSY_MIN_AGREEMENT if classification else cosine >= LOSSY_MIN_COSINE
-    else:
-        passed = max_diff <= atol and (agreement is None or agreement == 1.0)
-    return Parity(examples=len(reference), max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
-                  prediction_agreement=agreement, min_cosine=cosine,
-                  tolerance=None if lossy else atol, passed=passed)
+        parity.passed = _close_enough(parity, LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE)
+    return parity
+
+
+def _close_enough(parity: Parity, min_agreement: float, min_cosine: float) -> bool:
+    """A lossy comparison's verdict: predictions agree on `min_agreement` of texts (classifiers), or every
+    pair of embeddings has at least `min_cosine` (encoders)."""
+    if parity.prediction_agreement is not None:
+        return parity.prediction_agreement >= min_agreement
+    return parity.min_cosine is not None and parity.min_cosine >= min_cosine
 
 
 def compare_runtimes(onnxruntime: np.ndarray, other: np.ndarray, *, classification: bool, lossy: bool,
@@ -162,8 +169,7 @@ def compare_runtimes(onnxruntime: np.ndarray, other: np.ndarray, *, classificati
     """Another runtime's artifact against the ONNX Runtime artifact of the same export."""
     parity = compare(onnxruntime, other, classification=classification, lossy=lossy, atol=atol)
     if lossy:
-        parity.passed = (parity.prediction_agreement >= CROSS_RUNTIME_MIN_AGREEMENT if classification
-                         else parity.min_cosine >= CROSS_RUNTIME_MIN_COSINE)
+        parity.passed = _close_enough(parity, CROSS_RUNTIME_MIN_AGREEMENT, CROSS_RUNTIME_MIN_COSINE)
     return parity
 
 
@@ -172,8 +178,7 @@ def compare_buckets(padded: np.ndarray, bucketed: np.ndarray, *, classification:
     """An artifact's outputs with each text at its bucket against the same artifact at the longest length."""
     parity = compare(padded, bucketed, classification=classification, lossy=lossy, atol=max(atol, BUCKET_ATOL))
     if lossy:
-        parity.passed = (parity.prediction_agreement >= BUCKET_MIN_AGREEMENT if classification
-                         else parity.min_cosine >= CROSS_RUNTIME_MIN_COSINE)
+        parity.passed = _close_enough(parity, BUCKET_MIN_AGREEMENT, CROSS_RUNTIME_MIN_COSINE)
     return parity
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edgecompress.compress.integer_only.calibrate import calibrate
+from edgecompress.compress.integer_only.model import check_convertible, integer_bert
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
-from edgecompress.compress.integer_only.calibrate import calibrate
-from edgecompress.compress.integer_only.model import check_convertible, integer_bert
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,12 @@ class IntegerOnly(Pass):
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
         float_model = bundle.module.hf_model
-        rows = min(self.calibration_rows, len(ctx.calibration["input_ids"]))
+        calibration = ctx.calibration
+        if calibration is None:  # requires() refuses a context without calibration texts
+            raise InternalError("integer_only ran without calibration texts")
+        rows = min(self.calibration_rows, len(calibration["input_ids"]))
         model = copy.deepcopy(float_model)
-        ranges = calibrate(model, ctx.calibration, rows=rows, percentile=self.percentile)
+        ranges = calibrate(model, calibration, rows=rows, percentile=self.percentile)
         notes, stats = [], {"calibration_rows": rows, "percentile": self.percentile}
         if self.qat_epochs > 0:
             from edgecompress.compress.integer_only.qat import quantization_aware_training
@@ -91,9 +94,9 @@ class IntegerOnly(Pass):
             stats.update(trained)
             notes.append(f"QAT: {self.qat_epochs} epochs ({trained['steps']} steps, {trained['seconds']} s), "
                          f"loss {trained.get('loss_first')} -> {trained.get('loss_last')}")
-            ranges = calibrate(model, ctx.calibration, rows=rows, percentile=self.percentile)
+            ranges = calibrate(model, calibration, rows=rows, percentile=self.percentile)
         integer = integer_bert(model, ranges, where=str(bundle.source))
-        agreement = _agreement(integer, bundle.module, ctx.calibration, rows)
+        agreement = _agreement(integer, bundle.module, calibration, rows)
         stats.update({"layers": integer.layer_count, "weight_bits": 8, "activation_bits": 8,
                       "qat_epochs": self.qat_epochs, "calibration_agreement": round(agreement, 4),
                       "logit_lsb": integer.parity_atol})
