@@ -33,15 +33,18 @@ def rejoin_row_slices(model):
     if not _joins(model):
         return model
     model = copy_model(model)
-    joins = _joins(model)  # holds the node objects whose id() `removed` keeps, until the filter below
-    removed, orphans = set(), set()
+    joins = _joins(model)
+    # Nodes go by their position, found by their outputs (unique in the graph) before any rewiring: after it,
+    # the kept chain writes the Concat's output. Never by id(): upb recycles the ids of dropped node wrappers.
+    dropped = {tuple(node.output) for _, (_, first_chain, _, slices) in joins
+               for node in (*first_chain, *slices)} | {tuple(concat.output) for concat, _ in joins}
+    removed = {index for index, node in enumerate(model.graph.node) if tuple(node.output) in dropped}
+    orphans = set()
     for concat, (x, first_chain, other_chain, slices) in joins:
+        orphans.update(name for node in (*first_chain, *slices, concat) for name in (*node.input, *node.output))
         _rewire(other_chain, x, concat.output[0])
-        for node in (*first_chain, *slices, concat):
-            removed.add(id(node))
-            orphans.update([*node.input, *node.output])
         forget_shapes(model, {name for node in other_chain for name in node.output})  # now over all rows
-    kept = [node for node in model.graph.node if id(node) not in removed]
+    kept = [node for index, node in enumerate(model.graph.node) if index not in removed]
     del model.graph.node[:]
     model.graph.node.extend(kept)
     drop_unused(model, orphans)
