@@ -236,3 +236,11 @@ def test_quantized_buckets_pass_when_as_faithful_to_the_reference_as_the_padded_
     bucketed[20:30] = 1  # now 2% off the reference: less faithful than the padded run by more than the slack
     fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), classification=True)
     assert not fidelity["passed"]
+
+
+def test_the_report_lists_the_signatures_and_what_the_memory_estimate_leaves_out(bucketed):
+    report = json.loads((bucketed / "report.json").read_text())
+    [tflite] = [a for a in report["artifacts"] if a["file"] == "model.tflite"]
+    assert list(tflite["signatures"]) == ["seq_16", "seq_8", "seq_4"] and tflite["shared_weight_bytes"] > 0
+    assert any(n.startswith("model.tflite: LiteRT's XNNPACK delegate packs the shared weights again")
+               for n in report["notes"])

@@ -69,6 +69,10 @@ class ArtifactReport:
     # Length buckets: each text at its bucket against the same file at the longest length; latency per bucket
     # and over --data's length distribution (host, measured), and the device estimate over that distribution.
     bucket_parity: dict[str, Any] | None = None
+    # A .tflite with one signature per bucket: each signature's nodes, delegation and own weight bytes, and the
+    # weight bytes all signatures share (read from the file).
+    signatures: dict[str, Any] | None = None
+    shared_weight_bytes: int | None = None
     host_latency_buckets: dict[str, dict[str, float]] | None = None
     host_latency_real_text: dict[str, Any] | None = None
     device_latency_real_text: Figure | None = None
