@@ -7,15 +7,18 @@ syntax and long-standing onnxruntime APIs. The host runs the very same file, whi
 makes host and device figures comparable.
 
 Output (stdout, exactly one JSON object, schema "edgecompress.runner/1"):
-  latency_ms  p50/p90/p99 use the nearest-rank method on the sorted timed runs (see
+  latency_ms  p10/p25/p50/p75/p90/p99 use the nearest-rank method on the sorted timed runs (see
               `nearest_rank`), so every percentile is a latency that was actually measured;
-              mean/min/max are over the same runs. Warm-up runs are excluded.
+              mean/min/max are over the same runs; iqr (p75 - p25) and mad (median absolute
+              deviation from p50) give the spread. Warm-up runs are excluded.
   load_ms     wall time to create the InferenceSession (parse + optimize + allocate).
   peak_rss_mb peak resident set size of the whole process in MiB (includes interpreter and
               imports), or null where the platform exposes no figure.
   output_digest  sha256 over the first timed run's outputs in name order: for each output a
               JSON header [name, dtype, shape] plus a newline, then its little-endian raw bytes.
               Two hosts report the same digest iff they produced bit-identical outputs.
+  host        machine, system, cpu_count, and the 1-minute load average before and after the
+              timed runs (load_1m_before/after; null where the platform has none).
 
 Expected errors (missing file, not a model, bad --inputs) print one line
 `ort_runner: error: ...` on stderr and exit 2.
@@ -218,10 +221,14 @@ def nearest_rank(sorted_values, percent):
 
 
 def latency_summary(latencies):
-    """p50/p90/p99 (nearest rank), mean, min, max in ms; 4 decimals is 0.1 us, below timer noise."""
+    """p10/p25/p50/p75/p90/p99 (nearest rank), mean, min, max, and the spread in ms; 4 decimals is 0.1 us,
+    below timer noise. Spread: iqr = p75 - p25, and mad = the median absolute deviation from p50 (nearest
+    rank too), both robust to the odd run a scheduler hiccup slows down."""
     ordered = sorted(latencies)
-    summary = {"p%d" % p: nearest_rank(ordered, p) for p in (50, 90, 99)}
+    summary = {"p%d" % p: nearest_rank(ordered, p) for p in (10, 25, 50, 75, 90, 99)}
     summary.update(mean=sum(ordered) / len(ordered), min=ordered[0], max=ordered[-1])
+    summary["iqr"] = summary["p75"] - summary["p25"]
+    summary["mad"] = nearest_rank(sorted(abs(value - summary["p50"]) for value in ordered), 50)
     return {key: round(value, 4) for key, value in summary.items()}
 
 
@@ -234,6 +241,15 @@ def output_digest(outputs):
         digest.update(json.dumps([name, array.dtype.name, list(array.shape)]).encode("utf-8") + b"\n")
         digest.update(array.tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def load_average():
+    """The 1-minute load average (runnable tasks, averaged by the kernel), or None where the platform has none:
+    read before and after the timed runs, so a reader can tell a busy host from a slow model."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def peak_rss_mb():
@@ -280,6 +296,7 @@ def run(args):
     session, load_ms = open_session(args.model, args.threads, args.optimization)
     metas = session.get_inputs()
     feeds, source = build_feeds(args, metas)
+    load_before = load_average()
     latencies, outputs = time_runs(session, feeds, args.warmup, args.runs)
     if args.save_outputs:
         save_outputs(args.save_outputs, outputs)
@@ -300,7 +317,8 @@ def run(args):
         "peak_rss_mb": peak_rss_mb(),
         "outputs": describe_arrays(outputs),
         "output_digest": output_digest(outputs),
-        "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count()},
+        "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
+                 "load_1m_before": load_before, "load_1m_after": load_average()},
         "python": platform.python_version(),
     }
     if args.keep_samples:

@@ -204,7 +204,7 @@ def test_latency_figures_are_computed_the_same_way_in_both(runners):
     samples = [float(v) for v in np.random.default_rng(4).uniform(1, 9, 37)]
     summaries = [runners[name].latency_summary(samples) for name in RUNNERS]
     assert summaries[0] == summaries[1]
-    assert set(summaries[0]) == {"p50", "p90", "p99", "mean", "min", "max"}
+    assert set(summaries[0]) == {"p10", "p25", "p50", "p75", "p90", "p99", "mean", "min", "max", "iqr", "mad"}
     ranks = [[runners[name].nearest_rank(sorted(samples), p) for p in (1, 50, 90, 99, 100)] for name in RUNNERS]
     assert ranks[0] == ranks[1]
     arrays = {"a": np.zeros((1, 3), np.int64)}
@@ -213,6 +213,21 @@ def test_latency_figures_are_computed_the_same_way_in_both(runners):
 
 
 # ---- results of a real run --------------------------------------------------------------------------------------
+
+def test_both_give_the_spread_as_iqr_and_median_absolute_deviation(runners):
+    """Issue 17 item 15: one p50 says nothing of how much the runs moved; both runners report it the same way."""
+    samples = [10.0, 10.0, 11.0, 11.0, 12.0, 12.0, 13.0, 30.0]  # one slow outlier: iqr and mad ignore it
+    for name in RUNNERS:
+        summary = runners[name].latency_summary(samples)
+        assert (summary["p10"], summary["p25"], summary["p75"]) == (10.0, 10.0, 12.0), name
+        assert summary["iqr"] == 2.0 and summary["mad"] == 1.0, name
+
+
+def test_both_report_the_load_average_around_the_timed_runs(results):
+    for name in RUNNERS:
+        host = results[name]["json"]["host"]
+        assert isinstance(host["load_1m_before"], float) and isinstance(host["load_1m_after"], float), name
+
 
 def test_a_real_run_of_each_reports_the_same_keys(results):
     keys = {name: set(results[name]["json"]) - OWN_KEYS[name] for name in RUNNERS}

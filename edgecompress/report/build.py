@@ -18,6 +18,7 @@ from edgecompress.measure.host import HostTiming
 from edgecompress.passes import PassRecord
 from edgecompress.report.budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
+from edgecompress.report.host_noise import host_latency, host_notes
 from edgecompress.verify.artifacts import Verified
 
 
@@ -50,12 +51,7 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         if parity.prediction_agreement is not None:
             agreement = Figure(float(np.mean(outputs.argmax(-1) == original.argmax(-1))), "fraction", MEASURED,
                                "same predicted label as the uncompressed torch model")
-        host = None
-        if runner_result:
-            host = {"p50_ms": runner_result["latency_ms"]["p50"], "p90_ms": runner_result["latency_ms"]["p90"],
-                    "p99_ms": runner_result["latency_ms"]["p99"], "threads": runner_result["threads"],
-                    "peak_rss_mb": runner_result["peak_rss_mb"], "output_digest": runner_result["output_digest"],
-                    "how": MEASURED, "method": describe(runner_result)}
+        host = host_latency(runner_result, describe(runner_result)) if runner_result else None
         size = artifact.path.stat().st_size
         item = ArtifactReport(
             kind=artifact.kind, file=artifact.path.name, runtime=artifact.runtime,
@@ -77,6 +73,7 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
                                                   variant=recipe.name))
         reports.append(item)
     notes = verified.notes + timing.notes + estimates["notes"] + _length_notes(lengths) + _packing_notes(reports)
+    notes += host_notes([(a.file, a.host_latency) for a in reports])
     notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]
     if threads > 2:
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")

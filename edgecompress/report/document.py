@@ -141,14 +141,24 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _host_text(host: dict) -> str:
+    """p50 / p90 with the runs' spread (p10-p90, IQR) and the load average the runner saw, when it reports them."""
+    text = f"{host['p50_ms']:.2f} / {host['p90_ms']:.2f} ms ({host['threads']} thr"
+    if host.get("iqr_ms") is not None:
+        text += f", p10-p90 {host['p10_ms']:.2f}-{host['p90_ms']:.2f}, IQR {host['iqr_ms']:.2f}"
+    if host.get("load_1m_before") is not None:
+        text += f", load {host['load_1m_before']:.2f}/{host['cpu_count']} cores"
+    text += ")"
+    return text + (" **unreliable**" if host.get("unreliable") else "")
+
+
 def _artifact_table(report: Report) -> list[str]:
     lines = ["## Artifacts", "",
              "| file | size | parity max abs diff | agreement | accuracy | host p50 / p90 | device latency | memory |",
              "|---|---|---|---|---|---|---|---|"]
     for a in report.artifacts:
         host = a.host_latency
-        host_text = (f"{host['p50_ms']:.2f} / {host['p90_ms']:.2f} ms ({host['threads']} thr)"
-                     if host else "not measured")
+        host_text = _host_text(host) if host else "not measured"
         lines.append(
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
             f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
