@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -21,14 +22,22 @@ EXIT_BUDGET = 3
 
 
 class _StderrProgress:
-    """Stage lines on stderr, with a percentage for long per-text steps (only on a terminal)."""
+    """Stage lines on stderr, and progress of long per-text steps with rate and time left: redrawn in place on a
+    terminal, one line every LOG_EVERY_S seconds when stderr is a log (CI), so a long run says it is alive."""
 
-    def __init__(self) -> None:
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, clock=time.monotonic) -> None:
         self._live = sys.stderr.isatty()
         self._last = -1
+        self._clock = clock
+        self._started: dict[str, tuple[float, int]] = {}  # step name -> (when it started, done then)
+        self._seen: dict[str, int] = {}  # step name -> done at its last call
+        self._logged = 0.0
 
     def stage_started(self, index: int, total: int, name: str, detail: str) -> None:
         click.echo(f"[{index:2d}/{total}] {name}{': ' + detail if detail else ''} ...", err=True)
+        self._logged = self._clock()
 
     def stage_finished(self, name: str, seconds: float, summary: str) -> None:
         if self._live:
@@ -36,10 +45,34 @@ class _StderrProgress:
         click.echo(f"        {name} done in {seconds:.1f} s{': ' + summary if summary else ''}", err=True)
 
     def advanced(self, name: str, done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if self._live and percent != self._last:
-            self._last = percent
-            click.echo(f"\r        {name}: {done}/{total} ({percent}%)", err=True, nl=False)
+        now = self._clock()
+        start, done_then = self._started.get(name, (None, 0))
+        if start is None or done < self._seen.get(name, 0):  # a new step (or the same name run again)
+            self._started[name] = (now, done)
+            start, done_then = now, done
+        self._seen[name] = done
+        if self._live:
+            percent = 100 * done // max(total, 1)
+            if percent != self._last:
+                self._last = percent
+                click.echo(f"\r\033[K        {self._line(name, done, total, now - start, done - done_then)}",
+                           err=True, nl=False)
+        elif now - self._logged >= self.LOG_EVERY_S:
+            self._logged = now
+            click.echo(f"        {self._line(name, done, total, now - start, done - done_then)}", err=True)
+
+    @staticmethod
+    def _line(name: str, done: int, total: int, elapsed: float, counted: int) -> str:
+        line = f"{name}: {done}/{total} ({100 * done // max(total, 1)}%)"
+        if elapsed > 0 and counted > 0:
+            rate = counted / elapsed
+            line += f", {rate:.0f} texts/s, {_duration((total - done) / rate)} left"
+        return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 class Terminated(KeyboardInterrupt):
