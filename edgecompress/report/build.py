@@ -19,6 +19,7 @@ from edgecompress.passes import PassRecord
 from edgecompress.report.budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
 from edgecompress.report.host_noise import host_latency, host_notes
+from edgecompress.report.per_class import class_figures, class_loss_notes
 from edgecompress.verify.artifacts import Verified
 
 
@@ -38,6 +39,9 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         estimates["real_text"] = real_text_estimate(graph, profile, lengths)
     threads = profile.runtime.threads
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
+    reference_classes = (class_figures(original.argmax(-1), labels, list(bundle.labels))
+                         if labels is not None and bundle.labels else None)
+    class_notes: list[str] = []
     reports = []
     for i, (artifact, parity, runner_result, audit, speed, cross) in enumerate(zip(
             verified.artifacts, verified.parities, timing.results, verified.audits, timing.speed_vs_float,
@@ -62,6 +66,10 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
             device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
             float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed, parity_vs_onnxruntime=cross,
             signatures=audit.get("signatures"), shared_weight_bytes=audit.get("shared_weight_bytes"))
+        if reference_classes is not None:
+            item.classes = class_figures(outputs.argmax(-1), labels, list(bundle.labels))
+            class_notes += class_loss_notes(item.file, item.classes, reference_classes,
+                                            profile.budgets.accuracy_drop_points)
         if bucketed:
             _add_bucket_figures(item, i, verified, timing, estimates["real_text"])
         applies_to = profile.budgets.latency_applies_to if bucketed else "longest-bucket"
@@ -73,7 +81,7 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
                                                   variant=recipe.name))
         reports.append(item)
     notes = verified.notes + timing.notes + estimates["notes"] + _length_notes(lengths) + _packing_notes(reports)
-    notes += host_notes([(a.file, a.host_latency) for a in reports])
+    notes += host_notes([(a.file, a.host_latency) for a in reports]) + class_notes
     notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]
     if threads > 2:
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")
@@ -87,7 +95,8 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         recipe={"name": recipe.name, "description": recipe.description},
         data={"source": str(dataset.path), "texts": len(dataset), "labelled": labels is not None,
               "seq_len": profile.runtime.seq_len,
-              "reference_accuracy": reference_accuracy, "lengths": lengths.summary()},
+              "reference_accuracy": reference_accuracy, "reference_classes": reference_classes,
+              "lengths": lengths.summary()},
         stages=[], passes=[_record_dict(r) for r in records],
         reference={"kind": "torch eager" if bundle.module is not None else "input ONNX file in onnxruntime",
                    "method": (f"each artifact run on all {len(dataset)} texts of {dataset.path.name}, padded to "

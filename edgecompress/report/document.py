@@ -74,6 +74,8 @@ class ArtifactReport:
     signatures: dict[str, Any] | None = None
     shared_weight_bytes: int | None = None
     host_latency_buckets: dict[str, dict[str, float]] | None = None
+    # Classifiers with labelled --data: recall per class and macro-F1 (report/per_class.py).
+    classes: dict[str, Any] | None = None
     host_latency_real_text: dict[str, Any] | None = None
     device_latency_real_text: Figure | None = None
 
@@ -163,6 +165,7 @@ def _artifact_table(report: Report) -> list[str]:
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
             f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
             f"{a.memory.value:.1f} MB (est.) |")
+    lines += _class_lines(report)
     twins = [a for a in report.artifacts if a.speed_vs_float]
     if twins:
         lines += ["", f"Against the float twin ({(twins[0].speed_vs_float or {})['method']}):", ""]
@@ -171,6 +174,24 @@ def _artifact_table(report: Report) -> list[str]:
             verdict = "**slower than float**" if speed["slower"] else "ok"
             lines.append(f"- {a.file}: p50 {speed['p50_ms']:.2f} ms vs float {speed['float_p50_ms']:.2f} ms, "
                          f"{speed['speedup']:.2f}x: {verdict}")
+    return lines
+
+
+def _class_lines(report: Report) -> list[str]:
+    """Recall per class and macro-F1 of the uncompressed model and each artifact (labelled --data only)."""
+    reference = report.data.get("reference_classes")
+    if not reference:
+        return []
+    names = list(reference["recall"])
+    lines = ["", f"Per class ({reference['method']}):", "",
+             "| model | macro-F1 | " + " | ".join(f"recall {n} ({reference['support'][n]})" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for label, figures in [("uncompressed", reference)] + [(a.file, a.classes) for a in report.artifacts
+                                                           if a.classes]:
+        recalls = " | ".join("-" if figures["recall"][n] is None else f"{100 * figures['recall'][n]:.1f}%"
+                             for n in names)
+        f1 = figures["macro_f1"]
+        lines.append(f"| {label} | {'-' if f1 is None else f'{f1:.3f}'} | {recalls} |")
     return lines
 
 
