@@ -303,9 +303,12 @@ def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json
 @click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
               help="Training processes (DistributedDataParallel over gloo, launched with torchrun).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-data", type=click.Path(path_type=Path),
+              help="Labelled held-out texts (not in --train-data): teacher and student accuracy, printed at the end "
+                   "and recorded for `export`, which judges the student's accuracy drop against the teacher.")
 def distill(teacher, student, train_data, out_dir, augment, epochs, batch_size, lr, seq_len, student_config,
             logit_loss, temperature, hard_weight, hidden_weight, attention_weight, layer_map, transfer_set, processes,
-            seed):
+            seed, eval_data):
     """Distill TEACHER (a fine-tuned classifier checkpoint) into a small student checkpoint folder."""
     from edgecompress.distill.run import DistillRequest, distill as run_distill
 
@@ -322,9 +325,23 @@ def distill(teacher, student, train_data, out_dir, augment, epochs, batch_size, 
                                      param_hint="'--layer-map'") from None
     request = DistillRequest(teacher=teacher, student=student, train_data=train_data, out_dir=out_dir,
                              augment=augment, seq_len=seq_len, processes=processes, student_config=student_config,
-                             transfer_set=transfer_set, training=training, losses=losses)
+                             transfer_set=transfer_set, training=training, losses=losses, eval_data=eval_data)
     written = _run_guarded(lambda: run_distill(request))
     click.echo(f"wrote {written}/")
+    click.echo(_held_out_line(written))
+
+
+def _held_out_line(folder: Path) -> str:
+    """Teacher and student accuracy on --eval-data, as distill recorded them (or how to get them)."""
+    record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    teacher, student = record["teacher"]["held_out"], record["student_held_out"]
+    if teacher is None or student is None:
+        return ("held-out accuracy: not measured (give --eval-data FILE, labelled texts not in --train-data; "
+                "`export` then judges the student against the teacher on its own --data when the teacher is there)")
+    drop = 100 * (teacher["accuracy"] - student["accuracy"])
+    return (f"held-out accuracy on {Path(teacher['data']).name} ({teacher['texts']} texts, {teacher['seq_len']} "
+            f"tokens): teacher {100 * teacher['accuracy']:.2f}%, student {100 * student['accuracy']:.2f}% "
+            f"({drop:+.2f} points below the teacher)")
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

@@ -457,8 +457,50 @@ def test_cli_distills_a_student(teacher, tiny_data, tmp_path):
     result = distill_cli(teacher, "--student", "cnn", "--train-data", tiny_data, "--epochs", 1, "--seq-len", 16,
                          "-o", out)
     assert result.exit_code == 0, (result.output, result.exception)
-    assert result.stdout == f"wrote {out}/\n"
+    assert result.stdout.splitlines() == [f"wrote {out}/", "held-out accuracy: not measured (give --eval-data FILE, "
+                                          "labelled texts not in --train-data; `export` then judges the student "
+                                          "against the teacher on its own --data when the teacher is there)"]
     assert {"config.json", "model.safetensors", "vocab.txt", "training.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_cli_prints_and_records_held_out_accuracy_of_teacher_and_student(teacher, teacher_bundle, tiny_data,
+                                                                         tmp_path):
+    """Issue 17 item 11: the student records its teacher, and distill ends with both held-out accuracies."""
+    from edgecompress.distill.held_out import checkpoint_digest
+
+    held_out = write_csv(tmp_path / "held_out.csv", HELD_OUT)
+    out = tmp_path / "cnn"
+    result = distill_cli(teacher, "--student", "cnn", "--train-data", tiny_data, "--epochs", 1, "--seq-len", 16,
+                         "--eval-data", held_out, "-o", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    record = json.loads((out / "training.json").read_text())
+    assert record["teacher"]["path"] == str(teacher.resolve())
+    assert record["teacher"]["digest"] == checkpoint_digest(teacher)
+    teacher_accuracy = float(np.mean(predictions(teacher_bundle, [t for t, _ in HELD_OUT]) == [
+        teacher_bundle.labels.index(label) for _, label in HELD_OUT]))
+    assert record["teacher"]["held_out"]["accuracy"] == teacher_accuracy
+    student = record["student_held_out"]["accuracy"]
+    assert result.stdout.splitlines()[-1] == (
+        f"held-out accuracy on held_out.csv (4 texts, 16 tokens): teacher {100 * teacher_accuracy:.2f}%, student "
+        f"{100 * student:.2f}% ({100 * (teacher_accuracy - student):+.2f} points below the teacher)")
+
+
+HELD_OUT = [("a great film", "positive"), ("dull and awful", "negative"), ("i hated this movie", "negative"),
+            ("fun story", "positive")]
+
+
+def test_distill_warns_when_seq_len_is_shorter_than_most_training_texts(teacher, tiny_data, tmp_path, caplog):
+    """Issue 17 item 13."""
+    long_rows = [(" ".join(["the very good movie"] * 4), "positive"), (" ".join(["an awful plot"] * 5), "negative"),
+                 ("fun", "positive")]
+    data = write_csv(tmp_path / "long.csv", long_rows)
+    with caplog.at_level("WARNING", logger="edgecompress.distill"):
+        plan_distillation(request(teacher, data, tmp_path / "out", "cnn"))  # seq_len 16
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("--seq-len 16 is shorter than most training texts: 2 of 3 (67%) are longer")
+               for w in warnings), warnings
+    assert any(w.startswith("--seq-len 16 is shorter than the 128 tokens the student will be exported at (")
+               for w in warnings), warnings
 
 
 def assert_nothing_written(result, out: Path) -> str:

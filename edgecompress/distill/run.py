@@ -57,6 +57,7 @@ class DistillRequest:
     transfer_set: Path | None = None  # .npz to reuse the teacher's labels from, or to save them to
     training: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields overriding the defaults
     losses: dict[str, Any] = field(default_factory=dict)  # LossOptions fields overriding the defaults
+    eval_data: Path | None = None  # labelled held-out texts: teacher and student accuracy at the end
 
 
 @dataclass
@@ -114,12 +115,23 @@ def plan_distillation(request: DistillRequest) -> Plan:
     if request.seq_len > teacher.tokenizer_settings.max_length:
         raise UserError(f"seq_len {request.seq_len} exceeds the teacher's maximum length "
                         f"{teacher.tokenizer_settings.max_length}")
+    if request.eval_data is not None:
+        label_ids(load_dataset(request.eval_data, require_labels=True), teacher.labels)  # bad input fails now
     _check_output(request)
+    _warn_about_lengths(teacher, dataset.texts, request.seq_len)
     config = _student_config(request, teacher)
     job = _job(request, teacher, config)
     if request.transfer_set is not None and Path(request.transfer_set).exists():
         _check_transfer_file(Path(request.transfer_set), job["transfer"])
     return Plan(request, teacher, dataset.texts, labels, config, job)
+
+
+def _warn_about_lengths(teacher, texts: list[str], seq_len: int) -> None:
+    from edgecompress.distill.held_out import length_warnings, shipped_export_lengths
+    from edgecompress.intake.data import token_counts
+
+    for warning in length_warnings(token_counts(teacher.tokenizer, texts), seq_len, shipped_export_lengths()):
+        log.warning(warning)
 
 
 def _job(request: DistillRequest, teacher, config: dict[str, Any]) -> dict[str, Any]:
@@ -376,13 +388,20 @@ def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
     init_config = torch.load(work / INIT, weights_only=True)["config"]
     with np.load(work / TRANSFER) as transfer:
         labels = transfer["labels"]
+    from edgecompress.distill.held_out import checkpoint_digest
+
     record = {**plan.job, "config": init_config,
               "examples": {"labelled": int((labels >= 0).sum()), "augmented": int((labels < 0).sum())},
-              **provenance, **trained["record"]}
+              **provenance, **trained["record"],
+              "teacher": {"path": str(Path(plan.request.teacher).resolve()),
+                          "digest": checkpoint_digest(Path(plan.request.teacher)), "held_out": None},
+              "student_held_out": None}
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         write_student(staging, plan.job["kind"], init_config, trained["student"], plan.teacher, record)
+        if plan.request.eval_data is not None:
+            _measure_held_out(plan, staging, record)
         swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -390,3 +409,14 @@ def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
     log.info("wrote %s", out)
 
 
+
+
+def _measure_held_out(plan: Plan, folder: Path, record: dict[str, Any]) -> None:
+    """Teacher and student accuracy on --eval-data, recorded in the student's training.json."""
+    from edgecompress.distill.held_out import held_out_accuracy
+    from edgecompress.intake.model import load_bundle
+
+    seq_len, path = plan.request.seq_len, Path(plan.request.eval_data or "")
+    record["teacher"]["held_out"] = held_out_accuracy(plan.teacher, path, seq_len)
+    record["student_held_out"] = held_out_accuracy(load_bundle(folder), path, seq_len)
+    (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
