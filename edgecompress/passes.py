@@ -47,9 +47,11 @@ class PassContext:
     hidden_size: int | None = None
     num_layers: int | None = None
     input_names: tuple[str, ...] = ()
-    # Tokenized calibration texts ({input name: int64 [rows, seq_len]}) from --calibration or --data;
-    # None when neither was given. Passes that need data raise UserError naming both options.
+    # Tokenized calibration texts ({input name: int64 [rows, seq_len]}): --calibration, else --train-data's texts,
+    # else the built-in sentences; never --data, which only scores. None outside an export when not given.
     calibration: dict[str, Any] | None = None
+    # Where `calibration` came from: "calibration", "train-data" or "built-in" ("" when unknown: a test's own).
+    calibration_source: str = ""
     # Labelled training texts from --train-data (a TextDataset), for passes that learn or score by
     # gradient (pruning importance, recovery fine-tuning); None when not given. Never the eval data.
     train_data: Any = None

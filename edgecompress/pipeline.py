@@ -47,7 +47,7 @@ class ExportRequest:
     device: str
     out_root: Path
     data: Path | None = None
-    calibration: Path | None = None  # unlabelled texts for passes that calibrate; default: --data
+    calibration: Path | None = None  # unlabelled texts for passes that tune; default: --train-data, else built-in
     train_data: Path | None = None  # labelled texts for passes that train or score by gradient
     recipe: str | None = None
     quantize: str | None = None  # a recipe.QUANTIZE_MODES key; None: as the recipe or the profile says
@@ -118,24 +118,25 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     with clock.stage("data") as summary:
         data = prepare_eval_data(bundle, request.data, seq_len)
         summary.append(f"{len(data.dataset)} texts, seq_len {seq_len}")
-    calibration = _calibration_feeds(bundle, request, data.feeds, seq_len)
     train_data = load_train_data(bundle, request.train_data)
+    tuning = _tuning_texts(request, train_data)
+    calibration = _calibration_feeds(bundle, tuning, seq_len)
     with clock.stage("compress") as summary:
-        context = _pass_context(bundle, profile, calibration, train_data)
+        context = _pass_context(bundle, profile, calibration, train_data, tuning.kind)
         compressed = _compress(recipe.compress, bundle, data, context, clock)
         summary.append(f"{len(recipe.compress)} passes")
     if compressed.bundle.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: calibrate on new ids
-        calibration = _calibration_feeds(compressed.bundle, request, compressed.feeds, seq_len)
+        calibration = _calibration_feeds(compressed.bundle, tuning, seq_len)
     with clock.stage("lower") as summary:
         lowered = lower(compressed.bundle, compressed.feeds, compressed.reference)
         summary.append(f"{len(lowered.graph.node)} nodes")
     with clock.stage("rewrite") as summary:
-        context = _pass_context(compressed.bundle, profile, calibration, train_data)
+        context = _pass_context(compressed.bundle, profile, calibration, train_data, tuning.kind)
         rewrite = rewrite_with_twin(recipe.graph, lowered, context)
         summary.append(f"{len(rewrite.graph.graph.node)} nodes after {len(recipe.graph)} passes")
     staging, created = staging_dir(request.out_root, profile.name)
     try:
-        report = _finish(request, profile, recipe, data, compressed, rewrite, staging, clock)
+        report = _finish(request, profile, recipe, data, compressed, rewrite, staging, clock, tuning)
         out_dir = request.out_root / profile.name
         swap_in(staging, out_dir)
     except BaseException as exc:
@@ -167,7 +168,7 @@ def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> 
 
 
 def _finish(request: ExportRequest, profile, recipe, data, compressed: Compressed, rewrite, staging: Path,
-            clock: StageClock):
+            clock: StageClock, tuning: TuningTexts):
     from edgecompress.backends import emit_all
     from edgecompress.intake.data import TextLengths, token_counts
     from edgecompress.intake.model import CLASSIFICATION
@@ -176,6 +177,7 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
     from edgecompress.report.manifest import write_package
     from edgecompress.verify.artifacts import Reference, verify_artifacts
     from edgecompress.verify.evaluate import BUCKET_ATOL, parity_atol
+    from edgecompress.verify.teacher import teacher_reference
 
     bundle, graph = compressed.bundle, rewrite.graph
     buckets = profile.runtime.buckets
@@ -204,7 +206,8 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
         report = build_report(profile=profile, recipe=recipe, bundle=bundle, data=data, lengths=lengths,
                               original=compressed.original,
                               graph=graph, records=[*compressed.records, *rewrite.records], verified=verified,
-                              timing=timing)
+                              timing=timing, tuned_on=tuning.describe(request.data),
+                              teacher=teacher_reference(bundle, data.dataset, data.labels, profile.runtime.seq_len))
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
         write_package(staging, bundle=bundle, profile=profile, graph=graph, artifacts=verified.artifacts,
@@ -215,24 +218,54 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
     return report
 
 
-def _pass_context(bundle, profile, calibration, train_data) -> PassContext:
+def _pass_context(bundle, profile, calibration, train_data, calibration_source: str) -> PassContext:
     """What the passes of one stage may know: the profile's shapes and the model the stage receives."""
     runtime = profile.runtime
     return PassContext(seq_len=runtime.seq_len, batch=runtime.batch, dynamic_shapes=runtime.dynamic_shapes,
                        num_heads=bundle.num_heads, hidden_size=bundle.attention_width or bundle.hidden_size,
                        num_layers=bundle.num_layers, input_names=bundle.input_names, calibration=calibration,
-                       train_data=train_data, artifacts=tuple(profile.artifacts),
-                       buckets=runtime.buckets)
+                       calibration_source=calibration_source, train_data=train_data,
+                       artifacts=tuple(profile.artifacts), buckets=runtime.buckets)
 
 
-def _calibration_feeds(bundle, request: ExportRequest, feeds, seq_len: int):
-    """Tokenized `--calibration` texts; else the eval texts when `--data` was given; else None."""
-    from edgecompress.intake.data import load_dataset, tokenize
+@dataclass(frozen=True)
+class TuningTexts:
+    """The texts passes tune on (activation ranges, sensitivity trials, the mask-value check): never `--data`,
+    which only scores (issue 17 item 12: the ops kept float were chosen on the rows that then scored the
+    artifact). `--calibration`, else `--train-data`'s texts, else the built-in sentences."""
+
+    texts: list[str]
+    kind: str  # "calibration", "train-data" or "built-in", as PassContext.calibration_source
+    source: str  # the file, or the built-in corpus
+
+    def describe(self, data: Path | None) -> str:
+        what = {"calibration": f"--calibration ({self.source})", "train-data": f"--train-data ({self.source})",
+                "built-in": "the built-in sentences held out for tuning (every fourth; give --calibration for "
+                            "texts of your own domain)"}[self.kind]
+        scored = (f"--data ({data.name}) only scores" if data is not None
+                  else "the other built-in sentences only score")
+        return (f"activation ranges, quantization sensitivity and the mask-value check ran on {len(self.texts)} "
+                f"texts of {what}; the vocabulary trim keeps the tokens of --train-data and --calibration only; "
+                f"{scored}")
+
+
+def _tuning_texts(request: ExportRequest, train_data) -> TuningTexts:
+    from edgecompress.intake.builtin_corpus import BUILTIN_TUNING
+    from edgecompress.intake.data import BUILTIN_SOURCE, load_dataset
 
     if request.calibration is not None:
-        texts = load_dataset(request.calibration, require_labels=False).texts
-        return tokenize(bundle.tokenizer, texts, seq_len=seq_len, input_names=bundle.input_names)
-    return feeds if request.data is not None else None
+        return TuningTexts(load_dataset(request.calibration, require_labels=False).texts, "calibration",
+                           str(request.calibration))
+    if train_data is not None:
+        return TuningTexts(list(train_data.texts), "train-data", str(request.train_data))
+    return TuningTexts(list(BUILTIN_TUNING), "built-in", BUILTIN_SOURCE)
+
+
+def _calibration_feeds(bundle, tuning: TuningTexts, seq_len: int):
+    """The tuning texts, tokenized as `bundle`'s tokenizer does."""
+    from edgecompress.intake.data import tokenize
+
+    return tokenize(bundle.tokenizer, tuning.texts, seq_len=seq_len, input_names=bundle.input_names)
 
 
 __all__ = ["ExportRequest", "ExportResult", "Progress", "run_export", "__version__"]

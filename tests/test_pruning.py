@@ -153,7 +153,7 @@ def test_bad_options_are_user_errors_naming_the_option(bundle, ctx, make, messag
     (lambda: DropLayers(strategy="importance"), "strategy 'importance' of pass 'drop_layers' measures the task "
                                                 "loss; expected a classifier and labelled --train-data"),
     (lambda: TrimVocab(), "pass 'trim_vocab' keeps the tokens of the task's texts, but none were given; "
-                          "expected --train-data, --calibration or --data"),
+                          "expected --train-data or --calibration (--data only scores"),
     (lambda: PruneSchedule(), "pass 'prune_schedule' fine-tunes the pruned model on training texts, but none "
                               "were given; expected --train-data"),
 ])

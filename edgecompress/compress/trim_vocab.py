@@ -6,16 +6,17 @@ Before -> After (MiniLM on Rotten Tomatoes):
     0..n-1 in their old order; config vocab_size n
 The shipped tokenizer files produce the new ids directly, so the app remaps nothing at run time.
 
-Kept: every token id of the task corpus — the `--train-data` texts and the calibration texts
-(`--calibration`, else `--data`) — plus the special and added tokens.
+Kept: every token id of the task corpus — the `--train-data` texts and the `--calibration` texts, never
+`--data`'s (the test set only scores: keeping its words flattered the score, issue 17 item 12) — plus the
+special and added tokens.
 
 What is guaranteed: a text whose word pieces (under the old vocabulary) are all kept tokenizes to the
 same pieces, hence gives bit-identical logits. WordPiece takes the longest vocabulary entry that
 prefixes the rest of a word; removing entries that were never that longest match changes no match.
-That holds for every corpus text, so identical logits on a test split are guaranteed exactly when the
-test texts are part of the corpus (the export's `--data` is, unless `--calibration` replaces it). In
-other texts, a word with a piece never seen is re-split into kept pieces or becomes [UNK]: measure such
-texts with a `--calibration` file that is not the test split (tools/bench_prune.py does).
+That holds for every corpus text; the export's `--data` is not part of the corpus, so its score counts
+words the app will meet unseen the way the app meets them: a word with a piece never seen is re-split into
+kept pieces or becomes [UNK] (tools/bench_prune.py measures such texts with a `--calibration` file that is
+not the test split).
 
 Measured on the Rotten Tomatoes teacher (train split as --train-data, validation as --calibration):
 30522 -> 14133 tokens (46% of the matrix); 76.6% of the test texts tokenize exactly as before, and test
@@ -56,9 +57,10 @@ class TrimVocab(Pass):
     def requires(self, bundle, ctx: PassContext) -> None:
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch embedding to trim")
-        if ctx.train_data is None and ctx.calibration is None:
+        if ctx.train_data is None and _task_calibration(ctx) is None:
             raise UserError(f"pass '{self.name}' keeps the tokens of the task's texts, but none were given",
-                            expected="--train-data, --calibration or --data",
+                            expected="--train-data or --calibration (--data only scores: keeping its tokens "
+                                     "would flatter the score)",
                             hint="without texts every token would go")
         model = _tokenizer_json(bundle.tokenizer).get("model", {})
         if model.get("type") != "WordPiece":
@@ -112,9 +114,16 @@ def kept_ids(bundle, ctx: PassContext) -> list[int]:
         encoded = tokenizer(ctx.train_data.texts, truncation=True,
                             max_length=bundle.tokenizer_settings.max_length)["input_ids"]
         ids.update(i for row in encoded for i in row)
-    if ctx.calibration is not None:
-        ids.update(np.unique(ctx.calibration["input_ids"]).tolist())
+    calibration = _task_calibration(ctx)
+    if calibration is not None:
+        ids.update(np.unique(calibration["input_ids"]).tolist())
     return sorted(ids)
+
+
+def _task_calibration(ctx: PassContext):
+    """Calibration texts of the task (--calibration, or --train-data's), not the built-in sentences an export
+    falls back to: their words are no evidence of what the task's texts contain."""
+    return None if ctx.calibration_source == "built-in" else ctx.calibration
 
 
 def write_tokenizer(tokenizer, kept: list[int], folder: Path) -> tuple[str, ...]:
@@ -176,8 +185,9 @@ def _notes(ctx: PassContext, before: torch.Size, kept: int) -> list[str]:
     sources = []
     if ctx.train_data is not None:
         sources.append(f"{len(ctx.train_data)} training texts")
-    if ctx.calibration is not None:
-        sources.append(f"{len(ctx.calibration['input_ids'])} calibration texts")
+    calibration = _task_calibration(ctx)
+    if calibration is not None and ctx.calibration_source != "train-data":
+        sources.append(f"{len(calibration['input_ids'])} calibration texts")
     rows, width = before
     return [f"kept {kept} of {rows} tokens: those in {' and '.join(sources)}, and the special tokens",
             f"word embeddings {rows}x{width} -> {kept}x{width} ({rows * width * 4 / 1e6:.1f} MB -> "

@@ -198,10 +198,14 @@ class EvalData(NamedTuple):
     labels: np.ndarray | None  # label ids, for a classifier given labelled --data
 
 
+# What a dataset of the built-in sentences (intake/builtin_corpus.py) is called in reports.
+BUILTIN_SOURCE = "<built-in sentences>"
+
+
 def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
     """Load `--data` (or the built-in sentences), check its labels against the model, tokenize."""
+    from edgecompress.intake.builtin_corpus import BUILTIN_JUDGING
     from edgecompress.intake.model import CLASSIFICATION
-    from edgecompress.intake.samples import SAMPLE_TEXTS
 
     max_length = bundle.tokenizer_settings.max_length
     if seq_len > max_length:
@@ -209,7 +213,7 @@ def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
                         hint="pick a device profile with a smaller seq_len")
     labelled = bundle.kind == CLASSIFICATION and bundle.labels is not None
     if data_path is None:
-        dataset = TextDataset(path=Path("<built-in samples>"), texts=list(SAMPLE_TEXTS), labels=None)
+        dataset = TextDataset(path=Path(BUILTIN_SOURCE), texts=list(BUILTIN_JUDGING), labels=None)
     else:
         dataset = load_dataset(data_path, require_labels=labelled)
     labels = label_ids(dataset, bundle.labels) if labelled and dataset.labels is not None else None

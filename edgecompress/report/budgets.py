@@ -29,11 +29,12 @@ def latency_verdict(budgets, latency: Figure, applies_to: str | None = None) -> 
 
 
 def accuracy_verdict(budgets, reference_accuracy: float, artifact_accuracy: float,
-                     variant: str | None = None) -> Verdict:
-    """The accuracy guard: the drop against the uncompressed model; the label names the variant and both
-    accuracies, so a failed build says which recipe lost what."""
+                     variant: str | None = None, against: str = "uncompressed", how: str = MEASURED) -> Verdict:
+    """The accuracy guard: the drop against the uncompressed model (or, for a student, its teacher); the label
+    names the variant and both accuracies, so a failed build says which recipe lost what."""
     drop = 100.0 * (reference_accuracy - artifact_accuracy)
-    label = (f"accuracy drop of recipe {variant} ({100 * reference_accuracy:.2f}% uncompressed -> "
-             f"{100 * artifact_accuracy:.2f}%)" if variant else "accuracy drop")
-    return Verdict(label, budgets.accuracy_drop_points, drop, "points", MEASURED,
+    label = (f"accuracy drop of recipe {variant} ({100 * reference_accuracy:.2f}% {against} -> "
+             f"{100 * artifact_accuracy:.2f}%)" if variant
+             else "accuracy drop" if against == "uncompressed" else f"accuracy drop against the {against}")
+    return Verdict(label, budgets.accuracy_drop_points, drop, "points", how,
                    drop <= budgets.accuracy_drop_points + 1e-9)

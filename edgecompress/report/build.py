@@ -24,7 +24,8 @@ from edgecompress.verify.artifacts import Verified
 
 
 def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLengths, original: np.ndarray, graph,
-                 records: list[PassRecord], verified: Verified, timing: HostTiming) -> Report:
+                 records: list[PassRecord], verified: Verified, timing: HostTiming,
+                 tuned_on: str | None = None, teacher: dict | None = None) -> Report:
     """Figures and verdicts for every artifact, from the stage results of one export.
 
     `bundle` is the model as compressed; `original` the outputs of the model as given, on `data`'s texts
@@ -76,12 +77,18 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         bounded = estimates["real_text"] if applies_to == "real-text" else estimates["latency"]
         item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
                          latency_verdict(profile.budgets, bounded, applies_to if bucketed else None)]
-        if accuracy is not None and reference_accuracy is not None:
+        if accuracy is not None and teacher is not None and teacher["accuracy"] is not None:
+            item.verdicts.append(accuracy_verdict(profile.budgets, teacher["accuracy"], accuracy.value,
+                                                  variant=recipe.name, against=teacher["source"],
+                                                  how=teacher["how"]))
+        elif accuracy is not None and reference_accuracy is not None:
             item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value,
                                                   variant=recipe.name))
         reports.append(item)
     notes = verified.notes + timing.notes + estimates["notes"] + _length_notes(lengths) + _packing_notes(reports)
     notes += host_notes([(a.file, a.host_latency) for a in reports]) + class_notes
+    if teacher is not None and teacher["note"]:
+        notes.append(teacher["note"])
     notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]
     if threads > 2:
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")
@@ -96,6 +103,7 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         data={"source": str(dataset.path), "texts": len(dataset), "labelled": labels is not None,
               "seq_len": profile.runtime.seq_len,
               "reference_accuracy": reference_accuracy, "reference_classes": reference_classes,
+              "tuned_on": tuned_on, "judged_on": _judged_on(dataset, bundle), "teacher": teacher,
               "lengths": lengths.summary()},
         stages=[], passes=[_record_dict(r) for r in records],
         reference={"kind": "torch eager" if bundle.module is not None else "input ONNX file in onnxruntime",
@@ -103,6 +111,22 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
                               f"seq_len {profile.runtime.seq_len}, compared with the "
                               f"{'torch eager' if bundle.module is not None else 'original ONNX'} model")},
         artifacts=reports, notes=notes)
+
+
+def _judged_on(dataset, bundle) -> str:
+    """What parity was judged on: --data, or (without it) the built-in sentences, and by which rule."""
+    from edgecompress.intake.data import BUILTIN_SOURCE
+    from edgecompress.verify.evaluate import LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE
+
+    if str(dataset.path) != BUILTIN_SOURCE:
+        return f"{len(dataset)} texts of --data ({dataset.path.name})"
+    rule = (f"a quantized or pruned artifact must predict what the reference predicts on at least "
+            f"{LOSSY_MIN_AGREEMENT:.0%} of them ({int(len(dataset) * (1 - LOSSY_MIN_AGREEMENT))} flips allowed)"
+            if bundle.labels else f"a quantized or pruned artifact must keep cosine >= {LOSSY_MIN_COSINE} "
+                                  f"with the reference on each")
+    return (f"no --data: {len(dataset)} built-in sentences (edgecompress/intake/builtin_corpus.py: reviews, chat, "
+            f"news, questions; those held out for tuning excluded), enough for the agreement rule to mean something; "
+            f"{rule}; a float artifact must match to the parity tolerance; no accuracy without labels")
 
 
 # Above this share of --data's texts cut at seq_len, the report warns: the figures are for truncated texts.

@@ -136,6 +136,10 @@ def render_markdown(report: Report) -> str:
         if artifact.host_latency:
             lines.append(f"- host latency: {artifact.host_latency['how']}, {artifact.host_latency['method']}")
     lines.append(f"- parity and accuracy: {report.reference['method']}")
+    if report.data.get("judged_on"):
+        lines.append(f"- judged on: {report.data['judged_on']}")
+    if report.data.get("tuned_on"):
+        lines.append(f"- tuned on: {report.data['tuned_on']}")
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s['name']} | {s['seconds']:.2f} |" for s in report.stages]
     if report.notes:
