@@ -65,10 +65,17 @@ def _portable_config(text: str) -> str:
 
 
 def run_ort_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None, length=None):
-    """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows. A bucketed
-    export's graph has a symbolic sequence axis, so feeds cut to a bucket's `length` run as they are."""
+    """Run the artifact file itself in ONNX Runtime, in batches its fixed input shape allows (a batch-1 `.onnx`
+    whose rows cannot mix: in batches of a copy with a symbolic batch, see batched.py). A bucketed export's graph
+    has a symbolic sequence axis, so feeds cut to a bucket's `length` run as they are."""
     from edgecompress.verify.evaluate import ort_session, run_session
 
+    if Path(path).suffix == ".onnx":  # batch-1 file, rows independent: batches of a copy in memory (batched.py)
+        from edgecompress.backends.ort.batched import run_batched
+
+        outputs = run_batched(Path(path), feeds, output_name=output_name, threads=threads, progress=progress)
+        if outputs is not None:
+            return outputs
     session = ort_session(str(path), threads=threads, optimize=True)
     batch = session.get_inputs()[0].shape[0]
     return run_session(session, feeds, output_name=output_name,
