@@ -102,6 +102,16 @@ def _truncated_onnx_with_its_hash(kit: Kit):
     return ["check", folder, "--device", kit.device], folder.parent
 
 
+def _distill_eval(kit: Kit, content: bytes | None):
+    """distill --eval-data (issue 17 item 11) is checked with the rest of the request, before any work."""
+    path = kit.tmp / "held_out.csv"
+    if content is not None:
+        path.write_bytes(content)
+    out = kit.tmp / "students"
+    return ["distill", kit.checkpoint, "--student", "cnn", "--train-data", kit.data, "--eval-data", path,
+            "-o", out / "cnn"], out
+
+
 def _data_file(kit: Kit, name: str, content: bytes | None):
     path = kit.tmp / name
     if content is not None:
@@ -204,6 +214,10 @@ CASES = [
     ("bench-missing", lambda k: (["bench", k.tmp / "none.onnx"], k.tmp), 2, "artifact does not exist"),
     ("bench-text-file", lambda k: (["bench", (k.tmp / "a.txt").write_text("x") and k.tmp / "a.txt"], k.tmp), 2,
      "no runner for '.txt' files"),
+    ("distill-eval-data-missing", lambda k: _distill_eval(k, None), 2, "data file does not exist"),
+    ("distill-eval-data-unknown-labels", lambda k: _distill_eval(k, b"text,label\nfun,happy\n"), 2,
+     "labels ['happy'] are not known to the model"),
+    ("distill-eval-data-unlabelled", lambda k: _distill_eval(k, b"text\nfun\n"), 2, "no label column"),
 ]
 
 
