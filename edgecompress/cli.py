@@ -144,7 +144,8 @@ def main(verbose: bool) -> None:
 @click.option("-o", "--output", "out_root", type=click.Path(path_type=Path), default=Path("dist"),
               show_default=True, help="Output root; artifacts go to OUTPUT/<device>/.")
 @click.option("--calibration", type=click.Path(path_type=Path),
-              help="Unlabelled texts for calibrating passes (default: --data).")
+              help="Unlabelled texts for passes that tune (default: --train-data's texts, else built-in "
+                   "sentences; never --data, which only scores).")
 @click.option("--train-data", type=click.Path(path_type=Path),
               help="Labelled training texts for passes that train or score by gradient (pruning).")
 @click.option("--recipe", help="Recipe name or .toml path; default: the device profile's recipe.")
