@@ -67,7 +67,7 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
             device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
             float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed, parity_vs_onnxruntime=cross,
             signatures=audit.get("signatures"), shared_weight_bytes=audit.get("shared_weight_bytes"))
-        if reference_classes is not None:
+        if reference_classes is not None and labels is not None:
             item.classes = class_figures(outputs.argmax(-1), labels, list(bundle.labels))
             class_notes += class_loss_notes(item.file, item.classes, reference_classes,
                                             profile.budgets.accuracy_drop_points)
