@@ -34,10 +34,11 @@ class _StderrProgress:
         self._started: dict[str, tuple[float, int]] = {}  # step name -> (when it started, done then)
         self._seen: dict[str, int] = {}  # step name -> done at its last call
         self._logged = 0.0
+        self._last_event = clock()
 
     def stage_started(self, index: int, total: int, name: str, detail: str) -> None:
         click.echo(f"[{index:2d}/{total}] {name}{': ' + detail if detail else ''} ...", err=True)
-        self._logged = self._clock()
+        self._logged = self._last_event = self._clock()
 
     def stage_finished(self, name: str, seconds: float, summary: str) -> None:
         if self._live:
@@ -47,10 +48,12 @@ class _StderrProgress:
     def advanced(self, name: str, done: int, total: int) -> None:
         now = self._clock()
         start, done_then = self._started.get(name, (None, 0))
-        if start is None or done < self._seen.get(name, 0):  # a new step (or the same name run again)
-            self._started[name] = (now, done)
-            start, done_then = now, done
+        if start is None or done < self._seen.get(name, 0):  # a new step (or the same name run again): it began
+            # It began now if it says 0 done, else when the previous step or the stage last said something.
+            start, done_then = (now if done == 0 else self._last_event), 0
+            self._started[name] = (start, done_then)
         self._seen[name] = done
+        self._last_event = now
         if self._live:
             percent = 100 * done // max(total, 1)
             if percent != self._last:

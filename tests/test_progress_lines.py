@@ -42,6 +42,16 @@ def test_a_step_run_again_under_the_same_name_restarts_its_rate(capsys):
     assert all("100 texts/s" in line for line in lines), lines
 
 
+def test_a_step_whose_first_report_comes_late_still_gets_a_rate(capsys):
+    clock = Clock()
+    progress = _StderrProgress(clock=clock)
+    progress.stage_started(7, 10, "verify", "")
+    clock.now = 6.0  # the first bucket of 600 texts took 6 s before the step said anything
+    progress.advanced("buckets model.tflite", 600, 1200)
+    assert capsys.readouterr().err.splitlines()[-1].strip() == \
+        "buckets model.tflite: 600/1200 (50%), 100 texts/s, 6 s left"
+
+
 def test_an_export_into_a_log_prints_progress_lines(tiny_checkpoint, tiny_device, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(_StderrProgress, "LOG_EVERY_S", 0.0)
     result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
