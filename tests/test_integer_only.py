@@ -166,7 +166,7 @@ def test_pass_fires_and_reports(bundle, feeds):
 
 
 def test_pass_needs_calibration_texts(bundle):
-    with pytest.raises(UserError, match="expected --calibration or --data"):
+    with pytest.raises(UserError, match="expected --calibration or --train-data"):
         IntegerOnly().requires(bundle, _ctx(None))
 
 
@@ -227,10 +227,15 @@ def test_export_ships_a_bit_exact_integer_graph(tiny_checkpoint, tiny_data, ort_
         assert artifact["op_histogram"].get("MatMulInteger", 0) == 2 * 8 + 2, artifact["file"]
 
 
-def test_export_without_data_names_the_options(tiny_checkpoint, ort_device, tmp_path):
+def test_export_without_data_calibrates_on_the_built_in_sentences(tiny_checkpoint, ort_device, tmp_path):
+    """Issue 17 item 12: the export always has tuning texts (--calibration, --train-data or built-in sentences)."""
+    import json
+
     result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(ort_device), "-o",
                                        str(tmp_path / "out"), "--recipe", "integer-only", "--no-measure"])
-    assert "expected --calibration or --data" in user_error(result, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads(next((tmp_path / "out").glob("*/report.json")).read_text())
+    assert "of the built-in sentences held out for tuning" in report["data"]["tuned_on"]
 
 
 def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, tiny_data, tiny_device, tmp_path):

@@ -135,7 +135,7 @@ def test_result_has_the_contract_keys_and_sane_values(model_path):
     assert lat["min"] <= lat["mean"] <= lat["max"]
     assert result["load_ms"] > 0 and result["peak_rss_mb"] > 1
     assert result["output_digest"].startswith("sha256:") and len(result["output_digest"]) == len("sha256:") + 64
-    assert set(result["host"]) == {"machine", "system", "cpu_count"}
+    assert set(result["host"]) == {"machine", "system", "cpu_count", "load_1m_before", "load_1m_after"}
     assert "latency_samples_ms" not in result
 
 

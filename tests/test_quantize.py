@@ -115,7 +115,7 @@ def test_passes_do_not_fire_without_weights(tiny_checkpoint, name, reason):
 
 def test_static_needs_calibration_data(fused):
     graph, bundle, _ = fused
-    with pytest.raises(UserError, match="calibration data missing; pass --data or --calibration"):
+    with pytest.raises(UserError, match="calibration data missing; pass --calibration or --train-data"):
         _quantize("quantize_static", graph, bundle)
 
 

@@ -11,8 +11,8 @@ The distilled students (BiLSTM, CNN) bring three more:
   `LSTM(X, W, R)` -> `com.microsoft::DynamicQuantizeLSTM(X, W int8, R int8)` (per gate row);
   `Conv(X, W)` -> `DynamicQuantizeLinear(X) -> ConvInteger(Xq, Wq) -> Cast -> Mul(scales) [-> Add(bias)]`.
 
-The no-data option: it needs no calibration. When calibration texts are there anyway (--data or
---calibration), the sensitivity analysis keeps float every node whose quantization alone breaks the
+The no-data option: it needs no calibration. When calibration texts are there anyway (the export always
+gives its tuning texts), the sensitivity analysis keeps float every node whose quantization alone breaks the
 output. Activations are uint8, weights int8: the only pairing ONNX Runtime's dynamic quantizer emits,
 and the fast one on x86 (u8s8 VNNI) and on Arm with dotprod. The pooler and classifier `Gemm`s stay
 float (the quantizer rewrites them as MatMul + Add): 0.6 MB of one-row compute, next to the logits.

@@ -64,7 +64,7 @@ class QuantizeStatic(Pass):
         if not quantize_dynamic.weighted_nodes(model):
             raise PassSkipped("no MatMul, Attention or EmbedLayerNormalization with constant float weights")
         if ctx.calibration is None:
-            raise UserError("calibration data missing; pass --data or --calibration",
+            raise UserError("calibration data missing; pass --calibration or --train-data",
                             hint=f"the '{self.name}' pass calibrates activation ranges on real texts; "
                                  "quantize_dynamic needs none")
 

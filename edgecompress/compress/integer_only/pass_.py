@@ -62,7 +62,7 @@ class IntegerOnly(Pass):
                                  "--quantize int8 for a .tflite")
         if ctx.calibration is None:
             raise UserError(f"pass '{self.name}' calibrates activation ranges on texts, but none were given",
-                            expected="--calibration or --data (a CSV, TSV or JSONL file with a text column)")
+                            expected="--calibration or --train-data (a CSV, TSV or JSONL file with a text column)")
         if self.qat_epochs > 0 and ctx.train_data is None:
             raise UserError(f"pass '{self.name}' has qat_epochs {self.qat_epochs} but no training texts",
                             expected="--train-data (a labelled CSV, TSV or JSONL file)",
