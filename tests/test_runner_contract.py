@@ -18,11 +18,12 @@ from types import ModuleType
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.backends.tflite.lowering import lower_to_tflite
 from edgecompress.measure.runner import RUNNER_USER_ERROR, SCHEMA
 from edgecompress.paths import runtimes_dir
+
+from test_litert_runner import tiny_bert_like
 
 pytest.importorskip("ai_edge_litert")
 
@@ -78,40 +79,11 @@ def type_behaviour(action: argparse.Action) -> list:
     return probes
 
 
-def tiny_model() -> onnx.ModelProto:
-    """Embedding lookup + projection + masked mean over fixed [1, 16] inputs, which both runtimes can run."""
-    rng = np.random.default_rng(0)
-    initializers = [
-        numpy_helper.from_array(rng.standard_normal((2000, 8)).astype(np.float32), "word_emb"),
-        numpy_helper.from_array(rng.standard_normal((2, 8)).astype(np.float32), "type_emb"),
-        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "proj"),
-        numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
-    ]
-    nodes = [
-        helper.make_node("Gather", ["word_emb", "input_ids"], ["words"]),
-        helper.make_node("Gather", ["type_emb", "token_type_ids"], ["types"]),
-        helper.make_node("Add", ["words", "types"], ["embedded"]),
-        helper.make_node("MatMul", ["embedded", "proj"], ["hidden"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "last_axis"], ["mask_3d"]),
-        helper.make_node("Mul", ["hidden", "mask_3d"], ["masked"]),
-        helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0),
-    ]
-    names = ("input_ids", "attention_mask", "token_type_ids")
-    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, [1, SEQ_LEN]) for name in names]
-    outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, SEQ_LEN, 4]),
-               helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 4])]
-    model = helper.make_model(helper.make_graph(nodes, "tiny_contract", inputs, outputs, initializers),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """The same tiny model as each runner's artifact: .onnx for onnxruntime, lowered to .tflite for LiteRT."""
     folder = tmp_path_factory.mktemp("contract")
-    model = tiny_model()
+    model = tiny_bert_like()  # the LiteRT runner's tests' model: fixed [1, 16] inputs both runtimes run
     onnx.save(model, str(folder / "tiny.onnx"))
     (folder / "tiny.tflite").write_bytes(lower_to_tflite(model))
     return {"ort_runner": folder / "tiny.onnx", "litert_runner": folder / "tiny.tflite"}
