@@ -31,13 +31,19 @@ def check_output(out_root: Path, name: str) -> None:
         raise UserError("cannot create the output folder (Permission denied)", where=str(out_root))
     final = out_root / name
     if final.is_symlink() or (final.exists() and not final.is_dir()):
-        raise UserError("a file is in the way of the output folder", where=str(final),
-                        expected="a folder an earlier export wrote, or nothing",
-                        hint="move the file away or pass another -o")
+        raise UserError(
+            "a file is in the way of the output folder",
+            where=str(final),
+            expected="a folder an earlier export wrote, or nothing",
+            hint="move the file away or pass another -o",
+        )
     if final.is_dir() and any(final.iterdir()) and not (final / "manifest.json").is_file():
-        raise UserError("the output folder holds files that no export wrote (no manifest.json)", where=str(final),
-                        expected="a folder an earlier export wrote, or nothing",
-                        hint="move the files away or pass another -o; an export replaces the whole folder")
+        raise UserError(
+            "the output folder holds files that no export wrote (no manifest.json)",
+            where=str(final),
+            expected="a folder an earlier export wrote, or nothing",
+            hint="move the files away or pass another -o; an export replaces the whole folder",
+        )
 
 
 def staging_dir(out_root: Path, name: str) -> tuple[Path, list[Path]]:
@@ -88,9 +94,11 @@ def abandon(staging: Path, created: list[Path], exc: BaseException, out_root: Pa
         except OSError:
             break
     if isinstance(exc, OSError) and exc.errno in _FULL_DISK:
-        raise UserError(f"no space left while writing the export ({exc.strerror})", where=str(out_root),
-                        hint="free space there or pass another -o; nothing was written and any previous "
-                             "output is intact") from None
+        raise UserError(
+            f"no space left while writing the export ({exc.strerror})",
+            where=str(out_root),
+            hint="free space there or pass another -o; nothing was written and any previous output is intact",
+        ) from None
 
 
 def swap_in(staging: Path, final: Path) -> None:

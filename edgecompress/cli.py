@@ -58,8 +58,11 @@ class _StderrProgress:
             percent = 100 * done // max(total, 1)
             if percent != self._last:
                 self._last = percent
-                click.echo(f"\r\033[K        {self._line(name, done, total, now - start, done - done_then)}",
-                           err=True, nl=False)
+                click.echo(
+                    f"\r\033[K        {self._line(name, done, total, now - start, done - done_then)}",
+                    err=True,
+                    nl=False,
+                )
         elif now - self._logged >= self.LOG_EVERY_S:
             self._logged = now
             click.echo(f"        {self._line(name, done, total, now - start, done - done_then)}", err=True)
@@ -111,8 +114,11 @@ def _run_guarded(action):
     except Exception as exc:  # anything unforeseen is our bug: one line, the traceback only with -v
         logging.getLogger("edgecompress").info("internal error", exc_info=True)
         brief = " ".join(str(exc).split())[:300]
-        click.echo(f"error: internal error: {type(exc).__name__}: {brief} (this is a bug in edgecompress; "
-                   f"please report it with the output of -v)", err=True)
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {brief} (this is a bug in edgecompress; "
+            f"please report it with the output of -v)",
+            err=True,
+        )
         sys.exit(1)
     finally:
         if previous is not None:
@@ -126,8 +132,9 @@ def _set_verbose(ctx, param, value: bool) -> None:
 
 def verbose_option(command):
     """`-v` after the subcommand too (`edgecompress export ... -v`), as before it."""
-    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
-                        help="Log what each pass does.")(command)
+    return click.option(
+        "-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose, help="Log what each pass does."
+    )(command)
 
 
 @click.group()
@@ -144,30 +151,57 @@ def main(verbose: bool) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--device", required=True, help="Device profile name (see `edgecompress devices`) or a .toml path.")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled texts (CSV/TSV/JSONL) to verify on.")
-@click.option("-o", "--output", "out_root", type=click.Path(path_type=Path), default=Path("dist"),
-              show_default=True, help="Output root; artifacts go to OUTPUT/<device>/.")
-@click.option("--calibration", type=click.Path(path_type=Path),
-              help="Unlabelled texts for passes that tune (default: --train-data's texts, else built-in "
-                   "sentences; never --data, which only scores).")
-@click.option("--train-data", type=click.Path(path_type=Path),
-              help="Labelled training texts for passes that train or score by gradient (pruning).")
+@click.option(
+    "-o",
+    "--output",
+    "out_root",
+    type=click.Path(path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Output root; artifacts go to OUTPUT/<device>/.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    help="Unlabelled texts for passes that tune (default: --train-data's texts, else built-in "
+    "sentences; never --data, which only scores).",
+)
+@click.option(
+    "--train-data",
+    type=click.Path(path_type=Path),
+    help="Labelled training texts for passes that train or score by gradient (pruning).",
+)
 @click.option("--recipe", help="Recipe name or .toml path; default: the device profile's recipe.")
-@click.option("--quantize", metavar="MODE",
-              help="none, dynamic-int8, int8, int8-qat, int4, int8-int4-mixed or integer-only: replaces the "
-                   "recipe's quantization; default: as --recipe says, else the device profile's mode.")
+@click.option(
+    "--quantize",
+    metavar="MODE",
+    help="none, dynamic-int8, int8, int8-qat, int4, int8-int4-mixed or integer-only: replaces the "
+    "recipe's quantization; default: as --recipe says, else the device profile's mode.",
+)
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (for .onnx input).")
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs on the host.")
 @click.option("--no-measure", is_flag=True, help="Skip the host latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def export(model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure,
-           as_json):
+def export(
+    model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure, as_json
+):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
     from edgecompress.measure.float_twin import slower_note
     from edgecompress.pipeline import ExportRequest, run_export
 
-    request = ExportRequest(model=model, device=device, out_root=out_root, data=data, calibration=calibration,
-                            train_data=train_data, recipe=recipe, quantize=quantize,
-                            tokenizer=tokenizer, runs=runs, measure=not no_measure)
+    request = ExportRequest(
+        model=model,
+        device=device,
+        out_root=out_root,
+        data=data,
+        calibration=calibration,
+        train_data=train_data,
+        recipe=recipe,
+        quantize=quantize,
+        tokenizer=tokenizer,
+        runs=runs,
+        measure=not no_measure,
+    )
     result = _run_guarded(lambda: run_export(request, _StderrProgress()))
     report = result.report
     if as_json:
@@ -188,8 +222,10 @@ def _print_summary(out_dir: Path, report) -> None:
         host = a.host_latency
         host_text = f", host p50 {host['p50_ms']:.2f} ms" if host else ""
         acc = f", accuracy {100 * a.accuracy.value:.2f}%" if a.accuracy else ""
-        click.echo(f"  {a.file}: {a.size.value / 1e6:.2f} MB, max|diff| {a.parity['max_abs_diff']:.1e}{acc}"
-                   f"{host_text}, {report.device['name']} est. {a.device_latency.value:.3g} ms")
+        click.echo(
+            f"  {a.file}: {a.size.value / 1e6:.2f} MB, max|diff| {a.parity['max_abs_diff']:.1e}{acc}"
+            f"{host_text}, {report.device['name']} est. {a.device_latency.value:.3g} ms"
+        )
     click.echo("all budgets met" if report.passed else "BUDGET EXCEEDED (see report.md)")
 
 
@@ -210,9 +246,19 @@ def devices(ctx, as_json: bool) -> None:
     rows: list[tuple[str, ...]] = [("name", "device", "soc", "thr", "seq", "p90 ms", "mem MB", "size MB", "artifacts")]
     for p in profiles:
         b = p.budgets
-        rows.append((p.name, p.display_name, p.soc.name, str(p.runtime.threads), str(p.runtime.seq_len),
-                     f"{b.latency_p90_ms:g}", f"{b.peak_memory_mb:g}", f"{b.artifact_size_mb:g}",
-                     ",".join(p.artifacts)))
+        rows.append(
+            (
+                p.name,
+                p.display_name,
+                p.soc.name,
+                str(p.runtime.threads),
+                str(p.runtime.seq_len),
+                f"{b.latency_p90_ms:g}",
+                f"{b.peak_memory_mb:g}",
+                f"{b.artifact_size_mb:g}",
+                ",".join(p.artifacts),
+            )
+        )
     _print_table(rows)
 
 
@@ -261,75 +307,152 @@ def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json
     def measure():
         expected = f"an artifact file ({', '.join(artifact_suffixes())})"
         if artifact.is_dir():
-            raise UserError("artifact is a folder, not a file", where=str(artifact), expected=expected,
-                            hint=f"pass a file inside it, e.g. {artifact / 'model.onnx'}")
+            raise UserError(
+                "artifact is a folder, not a file",
+                where=str(artifact),
+                expected=expected,
+                hint=f"pass a file inside it, e.g. {artifact / 'model.onnx'}",
+            )
         if not artifact.is_file():
             raise UserError("artifact does not exist", where=str(artifact), expected=expected)
-        return run_runner(artifact, runner=runner_for(artifact), threads=threads, runs=runs, warmup=warmup,
-                          seq_len=seq_len)
+        return run_runner(
+            artifact, runner=runner_for(artifact), threads=threads, runs=runs, warmup=warmup, seq_len=seq_len
+        )
 
     result = _run_guarded(measure)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     lat = result["latency_ms"]
-    click.echo(f"{result['artifact']}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms, "
-               f"peak RSS {result['peak_rss_mb']:.0f} MB")
+    click.echo(
+        f"{result['artifact']}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms, "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB"
+    )
     click.echo(describe(result))
 
 
 @main.command()
 @verbose_option
 @click.argument("teacher", type=click.Path(path_type=Path))
-@click.option("--student", type=click.Choice(["bilstm", "cnn", "transformer"]), required=True,
-              help="Student architecture.")
-@click.option("--train-data", type=click.Path(path_type=Path), required=True,
-              help="Labelled training texts (CSV/TSV/JSONL) with the teacher's labels.")
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Student checkpoint folder to write (exportable with `edgecompress export`).")
-@click.option("--augment", type=click.IntRange(0), default=0, show_default=True,
-              help="Augmented copies per labelled text (masking, neighbour words, n-grams), labelled by the teacher.")
+@click.option(
+    "--student", type=click.Choice(["bilstm", "cnn", "transformer"]), required=True, help="Student architecture."
+)
+@click.option(
+    "--train-data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Labelled training texts (CSV/TSV/JSONL) with the teacher's labels.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Student checkpoint folder to write (exportable with `edgecompress export`).",
+)
+@click.option(
+    "--augment",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Augmented copies per labelled text (masking, neighbour words, n-grams), labelled by the teacher.",
+)
 @click.option("--epochs", type=click.IntRange(1), help="Training epochs (default: per student).")
 @click.option("--batch-size", type=click.IntRange(1), help="Examples per step and process.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate (default: per student).")
-@click.option("--seq-len", type=click.IntRange(1), default=64, show_default=True,
-              help="Token length of the transfer set.")
-@click.option("--student-config", type=click.Path(path_type=Path),
-              help="JSON object of student hyper-parameters overriding the defaults.")
+@click.option(
+    "--seq-len", type=click.IntRange(1), default=64, show_default=True, help="Token length of the transfer set."
+)
+@click.option(
+    "--student-config",
+    type=click.Path(path_type=Path),
+    help="JSON object of student hyper-parameters overriding the defaults.",
+)
 @click.option("--loss", "logit_loss", type=click.Choice(["mse", "kl"]), help="Logit loss (default: per student).")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), help="Softmax temperature of the KL loss.")
 @click.option("--hard-weight", type=click.FloatRange(0, 1), help="Share of the hard-label loss.")
 @click.option("--hidden-weight", type=click.FloatRange(0), help="Hidden-state loss weight (transformer).")
 @click.option("--attention-weight", type=click.FloatRange(0), help="Attention loss weight (transformer).")
 @click.option("--layer-map", help="Teacher layer per student layer, e.g. 2,4,6 (transformer; default evenly spaced).")
-@click.option("--transfer-set", type=click.Path(path_type=Path),
-              help="Reuse the teacher-labelled texts saved in this .npz, or save them there for the next student.")
-@click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
-              help="Training processes (DistributedDataParallel over gloo, launched with torchrun).")
+@click.option(
+    "--transfer-set",
+    type=click.Path(path_type=Path),
+    help="Reuse the teacher-labelled texts saved in this .npz, or save them there for the next student.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Training processes (DistributedDataParallel over gloo, launched with torchrun).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-data", type=click.Path(path_type=Path),
-              help="Labelled held-out texts (not in --train-data): teacher and student accuracy, printed at the end "
-                   "and recorded for `export`, which judges the student's accuracy drop against the teacher.")
-def distill(teacher, student, train_data, out_dir, augment, epochs, batch_size, lr, seq_len, student_config,
-            logit_loss, temperature, hard_weight, hidden_weight, attention_weight, layer_map, transfer_set, processes,
-            seed, eval_data):
+@click.option(
+    "--eval-data",
+    type=click.Path(path_type=Path),
+    help="Labelled held-out texts (not in --train-data): teacher and student accuracy, printed at the end "
+    "and recorded for `export`, which judges the student's accuracy drop against the teacher.",
+)
+def distill(
+    teacher,
+    student,
+    train_data,
+    out_dir,
+    augment,
+    epochs,
+    batch_size,
+    lr,
+    seq_len,
+    student_config,
+    logit_loss,
+    temperature,
+    hard_weight,
+    hidden_weight,
+    attention_weight,
+    layer_map,
+    transfer_set,
+    processes,
+    seed,
+    eval_data,
+):
     """Distill TEACHER (a fine-tuned classifier checkpoint) into a small student checkpoint folder."""
     from edgecompress.distill.run import DistillRequest, distill as run_distill
 
     logging.getLogger("edgecompress.distill").setLevel(logging.INFO)  # progress, step/total, ETA
     training = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    losses = {k: v for k, v in dict(logit_loss=logit_loss, temperature=temperature, hard_weight=hard_weight,
-                                    hidden_weight=hidden_weight, attention_weight=attention_weight).items()
-              if v is not None}
+    losses = {
+        k: v
+        for k, v in dict(
+            logit_loss=logit_loss,
+            temperature=temperature,
+            hard_weight=hard_weight,
+            hidden_weight=hidden_weight,
+            attention_weight=attention_weight,
+        ).items()
+        if v is not None
+    }
     if layer_map:
         try:
             losses["layer_map"] = tuple(int(part) for part in layer_map.split(","))
         except ValueError:
-            raise click.BadParameter(f"{layer_map!r} is not a comma-separated list of layer numbers",
-                                     param_hint="'--layer-map'") from None
-    request = DistillRequest(teacher=teacher, student=student, train_data=train_data, out_dir=out_dir,
-                             augment=augment, seq_len=seq_len, processes=processes, student_config=student_config,
-                             transfer_set=transfer_set, training=training, losses=losses, eval_data=eval_data)
+            raise click.BadParameter(
+                f"{layer_map!r} is not a comma-separated list of layer numbers", param_hint="'--layer-map'"
+            ) from None
+    request = DistillRequest(
+        teacher=teacher,
+        student=student,
+        train_data=train_data,
+        out_dir=out_dir,
+        augment=augment,
+        seq_len=seq_len,
+        processes=processes,
+        student_config=student_config,
+        transfer_set=transfer_set,
+        training=training,
+        losses=losses,
+        eval_data=eval_data,
+    )
     written = _run_guarded(lambda: run_distill(request))
     click.echo(f"wrote {written}/")
     click.echo(_held_out_line(written))
@@ -340,12 +463,16 @@ def _held_out_line(folder: Path) -> str:
     record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     teacher, student = record["teacher"]["held_out"], record["student_held_out"]
     if teacher is None or student is None:
-        return ("held-out accuracy: not measured (give --eval-data FILE, labelled texts not in --train-data; "
-                "`export` then judges the student against the teacher on its own --data when the teacher is there)")
+        return (
+            "held-out accuracy: not measured (give --eval-data FILE, labelled texts not in --train-data; "
+            "`export` then judges the student against the teacher on its own --data when the teacher is there)"
+        )
     drop = 100 * (teacher["accuracy"] - student["accuracy"])
-    return (f"held-out accuracy on {Path(teacher['data']).name} ({teacher['texts']} texts, {teacher['seq_len']} "
-            f"tokens): teacher {100 * teacher['accuracy']:.2f}%, student {100 * student['accuracy']:.2f}% "
-            f"({drop:+.2f} points below the teacher)")
+    return (
+        f"held-out accuracy on {Path(teacher['data']).name} ({teacher['texts']} texts, {teacher['seq_len']} "
+        f"tokens): teacher {100 * teacher['accuracy']:.2f}%, student {100 * student['accuracy']:.2f}% "
+        f"({drop:+.2f} points below the teacher)"
+    )
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

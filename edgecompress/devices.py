@@ -114,8 +114,7 @@ class DeviceProfile:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         field = _OPS_PER_CYCLE_FIELD[dtype]
-        per_core = sorted(((c.max_ghz * 1e9 * getattr(c, field), c.count) for c in self.soc.clusters),
-                          reverse=True)
+        per_core = sorted(((c.max_ghz * 1e9 * getattr(c, field), c.count) for c in self.soc.clusters), reverse=True)
         total, left = 0.0, threads
         for rate, count in per_core:
             used = min(count, left)
@@ -128,8 +127,14 @@ class DeviceProfile:
         return _lists(dataclasses.asdict(self))
 
 
-def derived_profile_text(base: str, *, name: str, seq_len: int | None = None,
-                         buckets: list[int] | None = None, artifacts: list[str] | None = None) -> str:
+def derived_profile_text(
+    base: str,
+    *,
+    name: str,
+    seq_len: int | None = None,
+    buckets: list[int] | None = None,
+    artifacts: list[str] | None = None,
+) -> str:
     """A shipped profile's TOML with its name (and, when given, seq_len, buckets and artifacts) replaced: how
     benchmarks and tests make a variant (a shorter seq_len, one artifact) without copying the hardware facts.
     With a new seq_len and no buckets, the variant serves that one length."""
@@ -161,10 +166,12 @@ def get_profile(name_or_path: str | Path) -> DeviceProfile:
         return load_profile(name_or_path)
     path = device_profiles_dir() / f"{text}.toml"
     if not path.is_file():
-        raise UserError(f"Unknown device '{text}'. Known: {', '.join(_known_names())}",
-                        hint="to add a device, copy device_profiles/pixel7.toml to my-device.toml, "
-                             "set name = \"my-device\", edit the facts and budgets, and pass the file's "
-                             "path instead of a name")
+        raise UserError(
+            f"Unknown device '{text}'. Known: {', '.join(_known_names())}",
+            hint="to add a device, copy device_profiles/pixel7.toml to my-device.toml, "
+            'set name = "my-device", edit the facts and budgets, and pass the file\'s '
+            "path instead of a name",
+        )
     return load_profile(path)
 
 
@@ -214,38 +221,73 @@ def _one_of(choices: tuple[str, ...]) -> _Rule:
 
 
 def _string_list(non_empty: bool) -> _Rule:
-    return _Rule("a non-empty list of strings" if non_empty else "a list of strings",
-                 lambda v: isinstance(v, list) and (len(v) > 0 or not non_empty)
-                 and all(isinstance(item, str) for item in v))
+    return _Rule(
+        "a non-empty list of strings" if non_empty else "a list of strings",
+        lambda v: isinstance(v, list) and (len(v) > 0 or not non_empty) and all(isinstance(item, str) for item in v),
+    )
 
 
 _TEXT = _Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")
-_SLUG = _Rule("a lowercase name of letters, digits, '-' and '_'",
-              lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v) is not None)
-_ISA = _Rule('an Arm A-profile ISA such as "armv8.2-a"',
-             lambda v: isinstance(v, str) and re.fullmatch(r"armv[89](\.[0-9])?-a", v) is not None)
+_SLUG = _Rule(
+    "a lowercase name of letters, digits, '-' and '_'",
+    lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v) is not None,
+)
+_ISA = _Rule(
+    'an Arm A-profile ISA such as "armv8.2-a"',
+    lambda v: isinstance(v, str) and re.fullmatch(r"armv[89](\.[0-9])?-a", v) is not None,
+)
 _POSITIVE = _Rule("a positive number", lambda v: _is_number(v) and math.isfinite(v) and v > 0)
 _COUNT = _Rule("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
 _BOOL = _Rule("true or false", lambda v: isinstance(v, bool))
 _TABLE = _Rule("a table", lambda v: isinstance(v, dict))
-_TABLES = _Rule("a non-empty array of tables",
-                lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(item, dict) for item in v))
+_TABLES = _Rule(
+    "a non-empty array of tables",
+    lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(item, dict) for item in v),
+)
 
-_TOP_RULES = {"name": _SLUG, "display_name": _TEXT, "kind": _one_of(KINDS), "os": _one_of(OPERATING_SYSTEMS),
-              "recipe": _SLUG, "quantize": _SLUG, "artifacts": _string_list(non_empty=True), "soc": _TABLE,
-              "memory": _TABLE, "runtime": _TABLE, "budgets": _TABLE}
-_SOC_RULES = {"name": _TEXT, "isa": _ISA, "features": _string_list(non_empty=False), "source": _TEXT,
-              "clusters": _TABLES}
-_CLUSTER_RULES = {"core": _TEXT, "count": _COUNT, "max_ghz": _POSITIVE, "fp32_flops_per_cycle": _POSITIVE,
-                  "int8_ops_per_cycle": _POSITIVE, "source": _TEXT, "derivation": _TEXT}
-_MEMORY_RULES = {"ram_gb": _POSITIVE, "type": _TEXT, "bandwidth_gbps": _POSITIVE, "source": _TEXT,
-                 "derivation": _TEXT}
-_COUNTS = _Rule("a non-empty list of positive integers",
-                lambda v: isinstance(v, list) and len(v) > 0 and all(_COUNT.accepts(item) for item in v))
+_TOP_RULES = {
+    "name": _SLUG,
+    "display_name": _TEXT,
+    "kind": _one_of(KINDS),
+    "os": _one_of(OPERATING_SYSTEMS),
+    "recipe": _SLUG,
+    "quantize": _SLUG,
+    "artifacts": _string_list(non_empty=True),
+    "soc": _TABLE,
+    "memory": _TABLE,
+    "runtime": _TABLE,
+    "budgets": _TABLE,
+}
+_SOC_RULES = {
+    "name": _TEXT,
+    "isa": _ISA,
+    "features": _string_list(non_empty=False),
+    "source": _TEXT,
+    "clusters": _TABLES,
+}
+_CLUSTER_RULES = {
+    "core": _TEXT,
+    "count": _COUNT,
+    "max_ghz": _POSITIVE,
+    "fp32_flops_per_cycle": _POSITIVE,
+    "int8_ops_per_cycle": _POSITIVE,
+    "source": _TEXT,
+    "derivation": _TEXT,
+}
+_MEMORY_RULES = {"ram_gb": _POSITIVE, "type": _TEXT, "bandwidth_gbps": _POSITIVE, "source": _TEXT, "derivation": _TEXT}
+_COUNTS = _Rule(
+    "a non-empty list of positive integers",
+    lambda v: isinstance(v, list) and len(v) > 0 and all(_COUNT.accepts(item) for item in v),
+)
 _RUNTIME_RULES = {"threads": _COUNT, "seq_len": _COUNT, "batch": _COUNT, "dynamic_shapes": _BOOL, "buckets": _COUNTS}
 LATENCY_APPLIES_TO = ("real-text", "longest-bucket")
-_BUDGET_RULES = {"latency_p90_ms": _POSITIVE, "peak_memory_mb": _POSITIVE, "artifact_size_mb": _POSITIVE,
-                 "accuracy_drop_points": _POSITIVE, "latency_applies_to": _one_of(LATENCY_APPLIES_TO)}
+_BUDGET_RULES = {
+    "latency_p90_ms": _POSITIVE,
+    "peak_memory_mb": _POSITIVE,
+    "artifact_size_mb": _POSITIVE,
+    "accuracy_drop_points": _POSITIVE,
+    "latency_applies_to": _one_of(LATENCY_APPLIES_TO),
+}
 _OPTIONAL = frozenset({"derivation"})
 
 
@@ -277,8 +319,9 @@ class _Reader:
         try:
             text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
-            raise self.error("no such device profile file",
-                             hint="pass a known device name or the path of a profile TOML") from None
+            raise self.error(
+                "no such device profile file", hint="pass a known device name or the path of a profile TOML"
+            ) from None
         except OSError as exc:
             raise self.error(f"cannot read the device profile: {exc.strerror}") from None
         except UnicodeDecodeError:
@@ -288,15 +331,18 @@ class _Reader:
         except tomllib.TOMLDecodeError as exc:
             raise self.error(f"invalid TOML: {exc}") from None
 
-    def table(self, raw: dict[str, Any], prefix: str, rules: dict[str, _Rule],
-              optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def table(
+        self, raw: dict[str, Any], prefix: str, rules: dict[str, _Rule], optional: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         """Check a table against its rules. Unknown keys are reported first, since a misspelt key is
         usually why a field then looks missing."""
         for key in raw:
             if key not in rules:
                 close = difflib.get_close_matches(key, list(rules), n=1)
-                raise self.error(f"unknown field '{_dotted(prefix, key)}'. Known: {', '.join(sorted(rules))}",
-                                 hint=f"did you mean '{close[0]}'?" if close else None)
+                raise self.error(
+                    f"unknown field '{_dotted(prefix, key)}'. Known: {', '.join(sorted(rules))}",
+                    hint=f"did you mean '{close[0]}'?" if close else None,
+                )
         for key, rule in rules.items():
             field = _dotted(prefix, key)
             if key not in raw:
@@ -312,8 +358,7 @@ class _Reader:
         drop a capability."""
         for index, value in enumerate(values):
             if value not in allowed:
-                raise self.error(f"field '{field}[{index}]' must be one of {', '.join(allowed)}, "
-                                 f"got {_show(value)}")
+                raise self.error(f"field '{field}[{index}]' must be one of {', '.join(allowed)}, got {_show(value)}")
             if value in values[:index]:
                 raise self.error(f"field '{field}' lists {_show(value)} more than once")
         return tuple(values)
@@ -327,25 +372,40 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
     """Validate the whole document, then assemble the frozen profile."""
     top = reader.table(raw, "", _TOP_RULES, frozenset({"quantize"}))
     if top["name"] != stem:
-        raise reader.error(f"field 'name' must equal the file name stem {_show(stem)}, "
-                           f"got {_show(top['name'])}", hint="rename the file or change 'name' so that they match")
+        raise reader.error(
+            f"field 'name' must equal the file name stem {_show(stem)}, got {_show(top['name'])}",
+            hint="rename the file or change 'name' so that they match",
+        )
     soc = reader.table(top["soc"], "soc", _SOC_RULES)
-    clusters = tuple(Cluster(**reader.table(cluster, f"soc.clusters[{index}]", _CLUSTER_RULES, _OPTIONAL))
-                     for index, cluster in enumerate(soc["clusters"]))
+    clusters = tuple(
+        Cluster(**reader.table(cluster, f"soc.clusters[{index}]", _CLUSTER_RULES, _OPTIONAL))
+        for index, cluster in enumerate(soc["clusters"])
+    )
     artifacts = reader.choices(top["artifacts"], "artifacts", artifact_kinds())
     quantize = top.get("quantize", "none")
     if quantize not in QUANTIZE_MODES:
         raise reader.error(f"field 'quantize' must be one of {', '.join(QUANTIZE_MODES)}, got {_show(quantize)}")
     runtime = _runtime(reader.table(top["runtime"], "runtime", _RUNTIME_RULES, frozenset({"buckets"})), reader)
     if "tflite" in artifacts and runtime.dynamic_shapes:
-        raise reader.error("field 'runtime.dynamic_shapes' must be false when 'artifacts' has \"tflite\"",
-                           hint="LiteRT needs fixed shapes; drop tflite or fix shapes to seq_len")
+        raise reader.error(
+            "field 'runtime.dynamic_shapes' must be false when 'artifacts' has \"tflite\"",
+            hint="LiteRT needs fixed shapes; drop tflite or fix shapes to seq_len",
+        )
     return DeviceProfile(
-        name=top["name"], display_name=top["display_name"], kind=top["kind"], os=top["os"],
-        recipe=top["recipe"], quantize=quantize, artifacts=artifacts,
-        soc=Soc(name=soc["name"], isa=soc["isa"],
-                features=reader.choices(soc["features"], "soc.features", FEATURES),
-                clusters=clusters, source=soc["source"]),
+        name=top["name"],
+        display_name=top["display_name"],
+        kind=top["kind"],
+        os=top["os"],
+        recipe=top["recipe"],
+        quantize=quantize,
+        artifacts=artifacts,
+        soc=Soc(
+            name=soc["name"],
+            isa=soc["isa"],
+            features=reader.choices(soc["features"], "soc.features", FEATURES),
+            clusters=clusters,
+            source=soc["source"],
+        ),
         memory=Memory(**reader.table(top["memory"], "memory", _MEMORY_RULES, _OPTIONAL)),
         runtime=runtime,
         budgets=Budgets(**reader.table(top["budgets"], "budgets", _BUDGET_RULES, frozenset({"latency_applies_to"}))),
@@ -358,6 +418,8 @@ def _runtime(raw: dict[str, Any], reader: _Reader) -> Runtime:
     if sorted(set(buckets)) != buckets:
         raise reader.error(f"field 'runtime.buckets' must be ascending with each length once, got {_show(buckets)}")
     if buckets[-1] != raw["seq_len"]:
-        raise reader.error(f"field 'runtime.buckets' must end with seq_len {raw['seq_len']}, got {_show(buckets)}",
-                           hint="seq_len is the longest input; list the shorter lengths before it")
+        raise reader.error(
+            f"field 'runtime.buckets' must end with seq_len {raw['seq_len']}, got {_show(buckets)}",
+            hint="seq_len is the longest input; list the shorter lengths before it",
+        )
     return Runtime(**{**raw, "buckets": tuple(buckets)})

@@ -17,8 +17,7 @@ class UserError(EdgecompressError):
 
     exit_code = 2
 
-    def __init__(self, what: str, *, where: str | None = None, expected: str | None = None,
-                 hint: str | None = None):
+    def __init__(self, what: str, *, where: str | None = None, expected: str | None = None, hint: str | None = None):
         self.what, self.where, self.expected, self.hint = what, where, expected, hint
         super().__init__(self.one_line())
 

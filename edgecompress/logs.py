@@ -26,8 +26,11 @@ def captured_library_output() -> Iterator[list[str]]:
     """
     collector = _Collector()
     root = logging.getLogger()
-    saved = {name: (lg.handlers[:], lg.propagate) for name, lg in logging.root.manager.loggerDict.items()
-             if isinstance(lg, logging.Logger)}
+    saved = {
+        name: (lg.handlers[:], lg.propagate)
+        for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    }
     saved_root = root.handlers[:]
     for logger in (logging.getLogger(name) for name in saved):
         logger.handlers = []
@@ -63,8 +66,9 @@ def show_progress_on_stderr() -> None:
     # Printed once, by the handler above: the plain stream handler `logging.basicConfig` gave the root
     # logger skips progress records. Other root handlers (a test runner's capture) keep seeing them.
     for root_handler in logging.getLogger().handlers:
-        if type(root_handler) is logging.StreamHandler and not any(isinstance(f, _NotProgress)
-                                                                     for f in root_handler.filters):
+        if type(root_handler) is logging.StreamHandler and not any(
+            isinstance(f, _NotProgress) for f in root_handler.filters
+        ):
             root_handler.addFilter(_NotProgress())
 
 

@@ -47,10 +47,11 @@ def infer_shapes(model: onnx.ModelProto | str | Path) -> Shapes:
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
-    feeds = {i.name: np.zeros(fixed_input_shape(i), helper.tensor_dtype_to_np_dtype(
-        i.type.tensor_type.elem_type)) for i in inputs}
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in graph.node for a in n.attribute):
+    feeds = {
+        i.name: np.zeros(fixed_input_shape(i), helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+        for i in inputs
+    }
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         log.warning("graph has control flow; estimates exclude the contents of its subgraphs")
     shapes: Shapes = {t.name: (tuple(t.dims), t.data_type) for t in graph.initializer}
     shapes.update({i.name: (feeds[i.name].shape, i.type.tensor_type.elem_type) for i in inputs})
@@ -74,13 +75,13 @@ def run_with_all_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     present = {o.name for o in model.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=o) for n in model.graph.node
-                              for o in n.output if o and o not in present)
+    probe.graph.output.extend(
+        onnx.ValueInfoProto(name=o) for n in model.graph.node for o in n.output if o and o not in present
+    )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 
@@ -94,14 +95,19 @@ def fixed_input_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
     hint = "fix input shapes before estimating (e.g. python -m onnxruntime.tools.make_dynamic_shape_fixed)"
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
-        raise UserError(f"input '{value.name}' has no shape", where="estimate",
-                        expected="fixed input shapes", hint=hint)
+        raise UserError(
+            f"input '{value.name}' has no shape", where="estimate", expected="fixed input shapes", hint=hint
+        )
     dims = []
     for axis, dim in enumerate(tensor_type.shape.dim):
         if not dim.HasField("dim_value"):
             label = dim.dim_param or "?"
-            raise UserError(f"input '{value.name}' has symbolic dim '{label}' at axis {axis}",
-                            where="estimate", expected="fixed input shapes", hint=hint)
+            raise UserError(
+                f"input '{value.name}' has symbolic dim '{label}' at axis {axis}",
+                where="estimate",
+                expected="fixed input shapes",
+                hint=hint,
+            )
         dims.append(dim.dim_value)
     return tuple(dims)
 

@@ -183,14 +183,18 @@ def make_pass(stage: str, name: str, options: dict[str, Any], where: str) -> Pas
     """Build a pass from recipe data, rejecting unknown names and options with the known ones."""
     known = registry(stage)
     if name not in known:
-        raise UserError(f"unknown {stage} pass '{name}'", where=where,
-                        hint=f"Known: {', '.join(sorted(known)) or '(none)'}")
+        raise UserError(
+            f"unknown {stage} pass '{name}'", where=where, hint=f"Known: {', '.join(sorted(known)) or '(none)'}"
+        )
     cls = known[name]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise UserError(f"unknown option '{unknown[0]}' for pass '{name}'", where=where,
-                        hint=f"Known: {', '.join(sorted(fields)) or '(none)'}")
+        raise UserError(
+            f"unknown option '{unknown[0]}' for pass '{name}'",
+            where=where,
+            hint=f"Known: {', '.join(sorted(fields)) or '(none)'}",
+        )
     for key, value in options.items():
         _check_option_type(name, key, value, fields[key], where)
     return cls(**options)
@@ -202,8 +206,11 @@ def _check_option_type(pass_name: str, key: str, value: Any, f: dataclasses.Fiel
         return
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return
-    raise UserError(f"option '{key}' of pass '{pass_name}' has the wrong type", where=where,
-                    expected=f"{type(default).__name__} like {default!r}, got {value!r}")
+    raise UserError(
+        f"option '{key}' of pass '{pass_name}' has the wrong type",
+        where=where,
+        expected=f"{type(default).__name__} like {default!r}, got {value!r}",
+    )
 
 
 def apply_pass(p: Pass, model: Any, ctx: PassContext) -> tuple[Any, PassRecord]:
@@ -213,14 +220,14 @@ def apply_pass(p: Pass, model: Any, ctx: PassContext) -> tuple[Any, PassRecord]:
         p.requires(model, ctx)
     except PassSkipped as skipped:
         log.info("pass %s skipped: %s", p.name, skipped)
-        record = PassRecord(p.name, p.stage, p.options(), False, [f"skipped: {skipped}"], {},
-                            time.perf_counter() - start)
+        record = PassRecord(
+            p.name, p.stage, p.options(), False, [f"skipped: {skipped}"], {}, time.perf_counter() - start
+        )
         return model, record
     except EdgecompressError:
         raise
     except Exception as exc:  # a precondition that cannot even be checked is our bug, named by pass
-        raise InternalError(f"pass '{p.name}' could not check its preconditions: {type(exc).__name__}: "
-                            f"{exc}") from exc
+        raise InternalError(f"pass '{p.name}' could not check its preconditions: {type(exc).__name__}: {exc}") from exc
     try:
         unchanged = None if p.in_place else _fingerprint(model)
         result = p.run(model, ctx)
@@ -230,22 +237,36 @@ def apply_pass(p: Pass, model: Any, ctx: PassContext) -> tuple[Any, PassRecord]:
         raise
     except Exception as exc:  # a library failing inside a pass is our bug, named by pass
         raise InternalError(f"pass '{p.name}' failed: {type(exc).__name__}: {exc}") from exc
-    record = PassRecord(p.name, p.stage, p.options(), result.fired, result.notes, result.stats,
-                        time.perf_counter() - start, lossy=result.lossy and result.fired)
+    record = PassRecord(
+        p.name,
+        p.stage,
+        p.options(),
+        result.fired,
+        result.notes,
+        result.stats,
+        time.perf_counter() - start,
+        lossy=result.lossy and result.fired,
+    )
     return result.model, record
 
 
 def _check_in_place(p: Pass, model: Any, returned: Any, unchanged: str | None) -> None:
     """The pass kept its `in_place` declaration: the same object back, or a new one and the input intact."""
     if p.in_place and returned is not model:
-        raise InternalError(f"pass '{p.name}' is declared in place but returned a new model; return the model "
-                            "it was given, or declare in_place = False")
+        raise InternalError(
+            f"pass '{p.name}' is declared in place but returned a new model; return the model "
+            "it was given, or declare in_place = False"
+        )
     if not p.in_place and returned is model:
-        raise InternalError(f"pass '{p.name}' is declared not in place but returned the model it was given; "
-                            "return a new one, or declare in_place = True")
+        raise InternalError(
+            f"pass '{p.name}' is declared not in place but returned the model it was given; "
+            "return a new one, or declare in_place = True"
+        )
     if unchanged is not None and _fingerprint(model) != unchanged:
-        raise InternalError(f"pass '{p.name}' is declared not in place but changed the model it was given; "
-                            "work on a copy, or declare in_place = True")
+        raise InternalError(
+            f"pass '{p.name}' is declared not in place but changed the model it was given; "
+            "work on a copy, or declare in_place = True"
+        )
 
 
 def _fingerprint(model: Any) -> str | None:

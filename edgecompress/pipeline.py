@@ -160,15 +160,28 @@ def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> 
         records.append(record)
     feeds = data.feeds
     if compressed.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
-        feeds = tokenize(compressed.tokenizer, data.dataset.texts, seq_len=next(iter(data.feeds.values())).shape[1],
-                         input_names=compressed.input_names)
+        feeds = tokenize(
+            compressed.tokenizer,
+            data.dataset.texts,
+            seq_len=next(iter(data.feeds.values())).shape[1],
+            input_names=compressed.input_names,
+        )
     fired = any(r.fired for r in records)
     reference = reference_outputs(compressed, feeds, progress=clock.ticker("reference")) if fired else original
     return Compressed(compressed, feeds, original, reference, tuple(records))
 
 
-def _finish(request: ExportRequest, profile, recipe, data, compressed: Compressed, rewrite, staging: Path,
-            clock: StageClock, tuning: TuningTexts):
+def _finish(
+    request: ExportRequest,
+    profile,
+    recipe,
+    data,
+    compressed: Compressed,
+    rewrite,
+    staging: Path,
+    clock: StageClock,
+    tuning: TuningTexts,
+):
     from edgecompress.backends import emit_all
     from edgecompress.intake.data import TextLengths, token_counts
     from edgecompress.intake.model import CLASSIFICATION
@@ -186,32 +199,68 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
         artifacts = emit_all(graph, staging, profile.artifacts, buckets)
         summary.append(", ".join(a.path.name for a in artifacts))
     with clock.stage("verify", f"{len(data.dataset)} texts") as summary:
-        reference = Reference(compressed.reference, compressed.feeds, bundle.output_name,
-                              classification=bundle.kind == CLASSIFICATION,
-                              lossy=any(r.lossy for r in rewrite.records), atol=parity_atol(bundle),
-                              buckets=buckets,
-                              bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol)
-        verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only,
-                                    ticker=clock.ticker)
-        summary.append(", ".join(f"{a.path.name} max|diff| {p.max_abs_diff:.1e}"
-                                 for a, p in zip(verified.artifacts, verified.parities)))
+        reference = Reference(
+            compressed.reference,
+            compressed.feeds,
+            bundle.output_name,
+            classification=bundle.kind == CLASSIFICATION,
+            lossy=any(r.lossy for r in rewrite.records),
+            atol=parity_atol(bundle),
+            buckets=buckets,
+            bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol,
+        )
+        verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only, ticker=clock.ticker)
+        summary.append(
+            ", ".join(
+                f"{a.path.name} max|diff| {p.max_abs_diff:.1e}" for a, p in zip(verified.artifacts, verified.parities)
+            )
+        )
     with clock.stage("measure") as summary:
-        plan = plan_timing(profile, compressed.feeds, runs=request.runs, warmup=request.warmup,
-                           texts_per_bucket=lengths.per_bucket() if len(buckets) > 1 else None) \
-            if request.measure else None
+        plan = (
+            plan_timing(
+                profile,
+                compressed.feeds,
+                runs=request.runs,
+                warmup=request.warmup,
+                texts_per_bucket=lengths.per_bucket() if len(buckets) > 1 else None,
+            )
+            if request.measure
+            else None
+        )
         timing = measure_on_host(verified.artifacts, rewrite.float_twin, profile, plan, request.out_root)
-        summary.append(", ".join(f"{a.path.name} p50 {m['latency_ms']['p50']:.2f} ms"
-                                 for a, m in zip(verified.artifacts, timing.results) if m))
+        summary.append(
+            ", ".join(
+                f"{a.path.name} p50 {m['latency_ms']['p50']:.2f} ms"
+                for a, m in zip(verified.artifacts, timing.results)
+                if m
+            )
+        )
     with clock.stage("check") as summary:
-        report = build_report(profile=profile, recipe=recipe, bundle=bundle, data=data, lengths=lengths,
-                              original=compressed.original,
-                              graph=graph, records=[*compressed.records, *rewrite.records], verified=verified,
-                              timing=timing, tuned_on=tuning.describe(request.data),
-                              teacher=teacher_reference(bundle, data.dataset, data.labels, profile.runtime.seq_len))
+        report = build_report(
+            profile=profile,
+            recipe=recipe,
+            bundle=bundle,
+            data=data,
+            lengths=lengths,
+            original=compressed.original,
+            graph=graph,
+            records=[*compressed.records, *rewrite.records],
+            verified=verified,
+            timing=timing,
+            tuned_on=tuning.describe(request.data),
+            teacher=teacher_reference(bundle, data.dataset, data.labels, profile.runtime.seq_len),
+        )
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
-        write_package(staging, bundle=bundle, profile=profile, graph=graph, artifacts=verified.artifacts,
-                      records=[*compressed.records, *rewrite.records], report=report)
+        write_package(
+            staging,
+            bundle=bundle,
+            profile=profile,
+            graph=graph,
+            artifacts=verified.artifacts,
+            records=[*compressed.records, *rewrite.records],
+            report=report,
+        )
         summary.append(str(request.out_root / profile.name))
     report.stages = clock.times
     report.write(staging)
@@ -221,11 +270,20 @@ def _finish(request: ExportRequest, profile, recipe, data, compressed: Compresse
 def _pass_context(bundle, profile, calibration, train_data, calibration_source: str) -> PassContext:
     """What the passes of one stage may know: the profile's shapes and the model the stage receives."""
     runtime = profile.runtime
-    return PassContext(seq_len=runtime.seq_len, batch=runtime.batch, dynamic_shapes=runtime.dynamic_shapes,
-                       num_heads=bundle.num_heads, hidden_size=bundle.attention_width or bundle.hidden_size,
-                       num_layers=bundle.num_layers, input_names=bundle.input_names, calibration=calibration,
-                       calibration_source=calibration_source, train_data=train_data,
-                       artifacts=tuple(profile.artifacts), buckets=runtime.buckets)
+    return PassContext(
+        seq_len=runtime.seq_len,
+        batch=runtime.batch,
+        dynamic_shapes=runtime.dynamic_shapes,
+        num_heads=bundle.num_heads,
+        hidden_size=bundle.attention_width or bundle.hidden_size,
+        num_layers=bundle.num_layers,
+        input_names=bundle.input_names,
+        calibration=calibration,
+        calibration_source=calibration_source,
+        train_data=train_data,
+        artifacts=tuple(profile.artifacts),
+        buckets=runtime.buckets,
+    )
 
 
 @dataclass(frozen=True)
@@ -239,14 +297,18 @@ class TuningTexts:
     source: str  # the file, or the built-in corpus
 
     def describe(self, data: Path | None) -> str:
-        what = {"calibration": f"--calibration ({self.source})", "train-data": f"--train-data ({self.source})",
-                "built-in": "the built-in sentences held out for tuning (every fourth; give --calibration for "
-                            "texts of your own domain)"}[self.kind]
-        scored = (f"--data ({data.name}) only scores" if data is not None
-                  else "the other built-in sentences only score")
-        return (f"activation ranges, quantization sensitivity and the mask-value check ran on {len(self.texts)} "
-                f"texts of {what}; the vocabulary trim keeps the tokens of --train-data and --calibration only; "
-                f"{scored}")
+        what = {
+            "calibration": f"--calibration ({self.source})",
+            "train-data": f"--train-data ({self.source})",
+            "built-in": "the built-in sentences held out for tuning (every fourth; give --calibration for "
+            "texts of your own domain)",
+        }[self.kind]
+        scored = f"--data ({data.name}) only scores" if data is not None else "the other built-in sentences only score"
+        return (
+            f"activation ranges, quantization sensitivity and the mask-value check ran on {len(self.texts)} "
+            f"texts of {what}; the vocabulary trim keeps the tokens of --train-data and --calibration only; "
+            f"{scored}"
+        )
 
 
 def _tuning_texts(request: ExportRequest, train_data) -> TuningTexts:
@@ -254,8 +316,9 @@ def _tuning_texts(request: ExportRequest, train_data) -> TuningTexts:
     from edgecompress.intake.data import BUILTIN_SOURCE, load_dataset
 
     if request.calibration is not None:
-        return TuningTexts(load_dataset(request.calibration, require_labels=False).texts, "calibration",
-                           str(request.calibration))
+        return TuningTexts(
+            load_dataset(request.calibration, require_labels=False).texts, "calibration", str(request.calibration)
+        )
     if train_data is not None:
         return TuningTexts(list(train_data.texts), "train-data", str(request.train_data))
     return TuningTexts(list(BUILTIN_TUNING), "built-in", BUILTIN_SOURCE)

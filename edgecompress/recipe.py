@@ -73,15 +73,19 @@ def _load(path: Path, extended_by: tuple[Path, ...]) -> Recipe:
         raise UserError(f"invalid TOML ({exc})", where=str(path)) from None
     unknown = sorted(set(data) - {"description", "extends", *STAGES})
     if unknown:
-        raise UserError(f"unknown key '{unknown[0]}'", where=str(path),
-                        hint=f"Known: description, extends, {', '.join(STAGES)}")
+        raise UserError(
+            f"unknown key '{unknown[0]}'", where=str(path), hint=f"Known: description, extends, {', '.join(STAGES)}"
+        )
     base = _base(data["extends"], path, extended_by) if "extends" in data else None
     stages = {}
     for stage in STAGES:
         inherited = base.passes(stage) if base else ()
         stages[stage] = inherited + _stage_passes(data.get(stage, []), stage, path)
-        hint = f"the index counts the {len(inherited)} passes of base recipe '{base.name}' first" \
-            if base and inherited else None
+        hint = (
+            f"the index counts the {len(inherited)} passes of base recipe '{base.name}' first"
+            if base and inherited
+            else None
+        )
         _check_order(stages[stage], stage, str(path), hint)
     description = data.get("description", base.description if base else "")
     return Recipe(name=path.stem, description=str(description), **stages)
@@ -90,8 +94,11 @@ def _load(path: Path, extended_by: tuple[Path, ...]) -> Recipe:
 def _base(extends, path: Path, extended_by: tuple[Path, ...]) -> Recipe:
     where = f"{path}: extends"
     if not isinstance(extends, str):
-        raise UserError(f"'extends' is {extends!r}", where=where,
-                        expected='one recipe: a packaged name like "default", or a path to a .toml file')
+        raise UserError(
+            f"'extends' is {extends!r}",
+            where=where,
+            expected='one recipe: a packaged name like "default", or a path to a .toml file',
+        )
     if extends.endswith(".toml"):
         base = path.parent / extends
         if not base.is_file():
@@ -99,11 +106,12 @@ def _base(extends, path: Path, extended_by: tuple[Path, ...]) -> Recipe:
     else:
         base = recipes_dir() / f"{extends}.toml"
         if not base.is_file():
-            raise UserError(f"unknown base recipe '{extends}'", where=where,
-                            hint=f"Known: {', '.join(known_recipes())}")
+            raise UserError(
+                f"unknown base recipe '{extends}'", where=where, hint=f"Known: {', '.join(known_recipes())}"
+            )
     chain = (*extended_by, path)
     if base.resolve() in {p.resolve() for p in chain}:
-        cycle = [p.name for p in chain[[p.resolve() for p in chain].index(base.resolve()):]] + [base.name]
+        cycle = [p.name for p in chain[[p.resolve() for p in chain].index(base.resolve()) :]] + [base.name]
         raise UserError(f"recipes extend each other in a cycle: {' -> '.join(cycle)}", where=where)
     return _load(base, chain)
 
@@ -128,8 +136,7 @@ def _stage_passes(entries: list, stage: str, path: Path) -> tuple[Pass, ...]:
 
 def check_quantize_mode(mode: str, where: str | None = None) -> str:
     if mode not in QUANTIZE_MODES:
-        raise UserError(f"unknown quantization mode '{mode}'", where=where,
-                        hint=f"Known: {', '.join(QUANTIZE_MODES)}")
+        raise UserError(f"unknown quantization mode '{mode}'", where=where, hint=f"Known: {', '.join(QUANTIZE_MODES)}")
     return mode
 
 

@@ -46,13 +46,16 @@ import zipfile
 
 try:
     import numpy as np
+
     try:
         import ai_edge_litert as _litert_package
         from ai_edge_litert import interpreter as litert
+
         RUNTIME = "litert"
     except ImportError:
         import tflite_runtime as _litert_package
         from tflite_runtime import interpreter as litert
+
         RUNTIME = "tflite_runtime"
 except ImportError as _exc:  # a device without the runtime: main() reports it in one line
     np = litert = None
@@ -78,6 +81,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_at_least(minimum):
     """An argparse type for counts, so nonsense like `--runs 0` fails before any model is loaded."""
+
     def parse(text):
         try:
             value = int(text)
@@ -86,6 +90,7 @@ def _int_at_least(minimum):
         if value < minimum:
             raise argparse.ArgumentTypeError("expected an integer >= %d, got %d" % (minimum, value))
         return value
+
     return parse
 
 
@@ -97,16 +102,28 @@ def parse_args(argv):
     parser.add_argument("--runs", type=_int_at_least(1), default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=_int_at_least(0), default=10, help="untimed warm-up runs (default 10)")
     parser.add_argument("--inputs", help=".npz whose keys are the model's input names")
-    parser.add_argument("--seq-len", type=_int_at_least(1), default=128,
-                        help="sequence length for synthetic inputs' dynamic sequence axis (default 128)")
+    parser.add_argument(
+        "--seq-len",
+        type=_int_at_least(1),
+        default=128,
+        help="sequence length for synthetic inputs' dynamic sequence axis (default 128)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for synthetic inputs (default 0)")
     parser.add_argument("--save-outputs", help="write the first timed run's outputs to this .npz")
-    parser.add_argument("--delegate", choices=DELEGATES, default="xnnpack",
-                        help="xnnpack: LiteRT's default CPU delegate; none: builtin kernels only (default xnnpack)")
-    parser.add_argument("--signature", metavar="KEY",
-                        help="run this signature's runner instead of the primary subgraph (e.g. seq_16)")
-    parser.add_argument("--keep-samples", action="store_true",
-                        help="also report every timed run as latency_samples_ms (for pooling across runs)")
+    parser.add_argument(
+        "--delegate",
+        choices=DELEGATES,
+        default="xnnpack",
+        help="xnnpack: LiteRT's default CPU delegate; none: builtin kernels only (default xnnpack)",
+    )
+    parser.add_argument(
+        "--signature", metavar="KEY", help="run this signature's runner instead of the primary subgraph (e.g. seq_16)"
+    )
+    parser.add_argument(
+        "--keep-samples",
+        action="store_true",
+        help="also report every timed run as latency_samples_ms (for pooling across runs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -134,14 +151,16 @@ def open_interpreter(path, threads, delegate):
     """Create the interpreter; returns (interpreter, create_ms). Tensors are allocated by `prepare`."""
     if not os.path.isfile(path):
         raise RunnerError("no such model file: %s" % path)
-    resolver = litert.OpResolverType.AUTO if delegate == "xnnpack" \
-        else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    resolver = (
+        litert.OpResolverType.AUTO if delegate == "xnnpack" else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     native = _NativeStderr()
     start = time.perf_counter()
     try:
         with native:
-            interpreter = litert.Interpreter(model_path=path, num_threads=threads,
-                                             experimental_op_resolver_type=resolver)
+            interpreter = litert.Interpreter(
+                model_path=path, num_threads=threads, experimental_op_resolver_type=resolver
+            )
     except Exception as exc:  # LiteRT raises ValueError or RuntimeError for unreadable models
         raise RunnerError("cannot load %s as a TFLite model: %s %s" % (path, exc, native.text)) from exc
     return interpreter, (time.perf_counter() - start) * 1000.0
@@ -158,8 +177,9 @@ def prepare(interpreter, shapes):
                     interpreter.resize_tensor_input(detail["index"], list(shapes[detail["name"]]))
             interpreter.allocate_tensors()
     except Exception as exc:  # a fixed dim fed another size surfaces here
-        raise RunnerError("cannot prepare the model for inputs of shapes %s: %s %s"
-                          % (shapes, exc, native.text)) from exc
+        raise RunnerError(
+            "cannot prepare the model for inputs of shapes %s: %s %s" % (shapes, exc, native.text)
+        ) from exc
     return (time.perf_counter() - start) * 1000.0
 
 
@@ -185,16 +205,21 @@ def load_inputs(path, details):
     missing = [name for name in expected if name not in arrays]
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
-        raise RunnerError("inputs %s: keys %s do not match model inputs %s (missing %s, unexpected %s)"
-                          % (path, sorted(arrays), expected, missing, extra))
+        raise RunnerError(
+            "inputs %s: keys %s do not match model inputs %s (missing %s, unexpected %s)"
+            % (path, sorted(arrays), expected, missing, extra)
+        )
     for detail in details:
         array, dtype, dims = arrays[detail["name"]], np.dtype(detail["dtype"]).name, input_dims(detail)
         if array.dtype.name != dtype:
-            raise RunnerError("inputs %s: %r has dtype %s, model expects %s"
-                              % (path, detail["name"], array.dtype.name, dtype))
+            raise RunnerError(
+                "inputs %s: %r has dtype %s, model expects %s" % (path, detail["name"], array.dtype.name, dtype)
+            )
         if len(array.shape) != len(dims) or any(d not in (-1, s) for d, s in zip(dims, array.shape)):
-            raise RunnerError("inputs %s: %r has shape %s, model expects %s (-1: any)"
-                              % (path, detail["name"], list(array.shape), dims))
+            raise RunnerError(
+                "inputs %s: %r has shape %s, model expects %s (-1: any)"
+                % (path, detail["name"], list(array.shape), dims)
+            )
     return arrays
 
 
@@ -320,6 +345,7 @@ def peak_rss_mb():
     """Peak RSS in MiB. ru_maxrss is KiB on Linux/Android but bytes on macOS/iOS; /proc VmHWM is the fallback."""
     try:
         import resource
+
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     except (ImportError, OSError):  # no `resource` on Windows and some embedded Pythons
         peak = 0
@@ -394,8 +420,13 @@ def run(args):
         "peak_rss_mb": peak_rss_mb(),
         "outputs": describe_arrays(outputs),
         "output_digest": output_digest(outputs),
-        "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
-                 "load_1m_before": load_before, "load_1m_after": load_average()},
+        "host": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "cpu_count": os.cpu_count(),
+            "load_1m_before": load_before,
+            "load_1m_after": load_average(),
+        },
         "python": platform.python_version(),
     }
     if args.keep_samples:
@@ -408,8 +439,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if litert is None:
-            raise RunnerError("cannot import numpy and ai_edge_litert or tflite_runtime (%s); "
-                              "install one with pip" % _IMPORT_ERROR)
+            raise RunnerError(
+                "cannot import numpy and ai_edge_litert or tflite_runtime (%s); install one with pip" % _IMPORT_ERROR
+            )
         result = run(args)
     except RunnerError as exc:
         sys.stderr.write("%s: error: %s\n" % (PROG, " ".join(str(exc).split())))

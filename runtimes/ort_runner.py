@@ -75,6 +75,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_at_least(minimum):
     """An argparse type for counts, so nonsense like `--runs 0` fails before any model is loaded."""
+
     def parse(text):
         try:
             value = int(text)
@@ -83,6 +84,7 @@ def _int_at_least(minimum):
         if value < minimum:
             raise argparse.ArgumentTypeError("expected an integer >= %d, got %d" % (minimum, value))
         return value
+
     return parse
 
 
@@ -94,14 +96,25 @@ def parse_args(argv):
     parser.add_argument("--runs", type=_int_at_least(1), default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=_int_at_least(0), default=10, help="untimed warm-up runs (default 10)")
     parser.add_argument("--inputs", help=".npz whose keys are the model's input names")
-    parser.add_argument("--seq-len", type=_int_at_least(1), default=128,
-                        help="sequence length for synthetic inputs' dynamic sequence axis (default 128)")
+    parser.add_argument(
+        "--seq-len",
+        type=_int_at_least(1),
+        default=128,
+        help="sequence length for synthetic inputs' dynamic sequence axis (default 128)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for synthetic inputs (default 0)")
     parser.add_argument("--save-outputs", help="write the first timed run's outputs to this .npz")
-    parser.add_argument("--optimization", choices=sorted(OPTIMIZATION_LEVELS), default="all",
-                        help="onnxruntime graph optimization level (default all)")
-    parser.add_argument("--keep-samples", action="store_true",
-                        help="also report every timed run as latency_samples_ms (for pooling across runs)")
+    parser.add_argument(
+        "--optimization",
+        choices=sorted(OPTIMIZATION_LEVELS),
+        default="all",
+        help="onnxruntime graph optimization level (default all)",
+    )
+    parser.add_argument(
+        "--keep-samples",
+        action="store_true",
+        help="also report every timed run as latency_samples_ms (for pooling across runs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -144,13 +157,16 @@ def load_inputs(path, metas):
     missing = [name for name in expected if name not in arrays]
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
-        raise RunnerError("inputs %s: keys %s do not match model inputs %s (missing %s, unexpected %s)"
-                          % (path, sorted(arrays), expected, missing, extra))
+        raise RunnerError(
+            "inputs %s: keys %s do not match model inputs %s (missing %s, unexpected %s)"
+            % (path, sorted(arrays), expected, missing, extra)
+        )
     for meta in metas:
         dtype = model_dtype(meta)
         if arrays[meta.name].dtype.name != dtype:
-            raise RunnerError("inputs %s: %r has dtype %s, model expects %s"
-                              % (path, meta.name, arrays[meta.name].dtype.name, dtype))
+            raise RunnerError(
+                "inputs %s: %r has dtype %s, model expects %s" % (path, meta.name, arrays[meta.name].dtype.name, dtype)
+            )
     return arrays
 
 
@@ -256,6 +272,7 @@ def peak_rss_mb():
     """Peak RSS in MiB. ru_maxrss is KiB on Linux/Android but bytes on macOS/iOS; /proc VmHWM is the fallback."""
     try:
         import resource
+
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     except (ImportError, OSError):  # no `resource` on Windows and some embedded Pythons
         peak = 0
@@ -317,8 +334,13 @@ def run(args):
         "peak_rss_mb": peak_rss_mb(),
         "outputs": describe_arrays(outputs),
         "output_digest": output_digest(outputs),
-        "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
-                 "load_1m_before": load_before, "load_1m_after": load_average()},
+        "host": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "cpu_count": os.cpu_count(),
+            "load_1m_before": load_before,
+            "load_1m_after": load_average(),
+        },
         "python": platform.python_version(),
     }
     if args.keep_samples:

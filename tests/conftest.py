@@ -13,10 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
-WORDS = ("the a an and but or not very good great bad awful movie film plot actor boring fun dull "
-         "loved hated it is was this that with for of to in on best worst ever story").split()
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=64)
+WORDS = (
+    "the a an and but or not very good great bad awful movie film plot actor boring fun dull "
+    "loved hated it is was this that with for of to in on best worst ever story"
+).split()
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+)
 
 
 def _write_vocab(folder: Path) -> None:
@@ -35,11 +38,16 @@ def build_tiny_checkpoint(folder: Path, *, classifier: bool = True, seed: int = 
     _write_vocab(folder)
     vocab = (folder / "vocab.txt").read_text().split()
     # transformers 5 takes the vocabulary as `vocab=`; a `vocab_file=` keyword is silently ignored.
-    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
-                              model_max_length=64)
+    tokenizer = BertTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=64
+    )
     tokenizer.save_pretrained(str(folder))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, **TINY,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        **TINY,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config) if classifier else BertModel(config)
     model.save_pretrained(str(folder), safe_serialization=True)
@@ -68,10 +76,18 @@ def user_error(result, out: Path | None = None) -> str:
 
 
 SENTENCES = [
-    ("a very good movie", "positive"), ("the worst film ever", "negative"), ("boring and dull", "negative"),
-    ("i loved it", "positive"), ("great actor, great story", "positive"), ("this plot was awful!", "negative"),
-    ("not bad", "positive"), ("it was fun", "positive"), ("hated the story", "negative"),
-    ("the best film of the year", "positive"), ("dull, dull, dull.", "negative"), ("an awful movie", "negative"),
+    ("a very good movie", "positive"),
+    ("the worst film ever", "negative"),
+    ("boring and dull", "negative"),
+    ("i loved it", "positive"),
+    ("great actor, great story", "positive"),
+    ("this plot was awful!", "negative"),
+    ("not bad", "positive"),
+    ("it was fun", "positive"),
+    ("hated the story", "negative"),
+    ("the best film of the year", "positive"),
+    ("dull, dull, dull.", "negative"),
+    ("an awful movie", "negative"),
 ]
 
 
@@ -121,8 +137,12 @@ def minilm_classifier(minilm_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("minilm") / "minilm-untrained-head"
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(
-        str(minilm_dir), num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1}, local_files_only=True)
+        str(minilm_dir),
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+        local_files_only=True,
+    )
     model.save_pretrained(str(folder), safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copyfile(minilm_dir / name, folder / name)

@@ -16,6 +16,10 @@ def pass_context(bundle: Any = None, *, seq_len: int | None = 16, **fields: Any)
     """
     values: dict[str, Any] = {"seq_len": seq_len, "batch": 1, "dynamic_shapes": False}
     if bundle is not None:
-        values.update(num_heads=bundle.num_heads, hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
-                      input_names=bundle.input_names)
+        values.update(
+            num_heads=bundle.num_heads,
+            hidden_size=bundle.hidden_size,
+            num_layers=bundle.num_layers,
+            input_names=bundle.input_names,
+        )
     return PassContext(**{**values, **fields})

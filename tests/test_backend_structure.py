@@ -44,8 +44,9 @@ def test_minimum_versions_come_from_each_backend():
 
 def _fresh_import(module: str) -> list[str]:
     """Import `module` first in a new interpreter; return the backend modules that came with it."""
-    code = (f"import sys, {module}; "
-            "print(sorted(m for m in sys.modules if m.startswith('edgecompress.backends.tflite.')))")
+    code = (
+        f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('edgecompress.backends.tflite.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return eval(out)  # a printed list of module names
 
@@ -93,8 +94,10 @@ def test_adding_an_op_lowering_is_one_file_under_ops(tmp_path, monkeypatch):
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
-    model = helper.make_model(helper.make_graph([helper.make_node("Softsign", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Softsign", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     model.ir_version = 9
     with pytest.raises(UserError, match="Softsign"):  # no lowering yet
         lower_to_tflite(model)

@@ -42,6 +42,7 @@ class Kit:
 
 # ---- builders: each breaks one thing ------------------------------------------------------------------------
 
+
 def _config(folder: Path, **changes) -> Path:
     config = json.loads((folder / "config.json").read_text())
     config.update(changes)
@@ -61,6 +62,7 @@ def _poison(value: float):
     def edit(state):
         state["bert.encoder.layer.1.output.dense.weight"][0, 3] = value
         return state
+
     return edit
 
 
@@ -78,8 +80,13 @@ def _onnx_table(kit: Kit, table: str, rows: int) -> Path:
 
 
 def _smaller_vocab(kit: Kit):
-    ckpt = _weights(_config(kit.ckpt(), vocab_size=50), lambda s: {
-        **s, "bert.embeddings.word_embeddings.weight": s["bert.embeddings.word_embeddings.weight"][:50].clone()})
+    ckpt = _weights(
+        _config(kit.ckpt(), vocab_size=50),
+        lambda s: {
+            **s,
+            "bert.embeddings.word_embeddings.weight": s["bert.embeddings.word_embeddings.weight"][:50].clone(),
+        },
+    )
     return kit.export_args(ckpt)
 
 
@@ -108,8 +115,18 @@ def _distill_eval(kit: Kit, content: bytes | None):
     if content is not None:
         path.write_bytes(content)
     out = kit.tmp / "students"
-    return ["distill", kit.checkpoint, "--student", "cnn", "--train-data", kit.data, "--eval-data", path,
-            "-o", out / "cnn"], out
+    return [
+        "distill",
+        kit.checkpoint,
+        "--student",
+        "cnn",
+        "--train-data",
+        kit.data,
+        "--eval-data",
+        path,
+        "-o",
+        out / "cnn",
+    ], out
 
 
 def _data_file(kit: Kit, name: str, content: bytes | None):
@@ -142,81 +159,197 @@ def _file_as_parent(kit: Kit):
 CASES = [
     # id, builder(kit) -> (argv, folder that must be unchanged), exit code, part of the error line
     ("model-missing", lambda k: k.export_args(k.tmp / "nope"), 2, "model path does not exist"),
-    ("checkpoint-empty", lambda k: k.export_args(Path(k.tmp / "empty").mkdir() or k.tmp / "empty"), 2,
-     "checkpoint folder is empty"),
-    ("config-missing", lambda k: k.export_args((k.ckpt() / "config.json").unlink() or k.tmp / "ckpt"), 2,
-     "config.json is missing"),
-    ("unknown-device", lambda k: (["export", k.checkpoint, "--device", "pixel77", "-o", k.tmp / "out"],
-                                  k.tmp / "out"), 2, "Unknown device 'pixel77'"),
-    ("unknown-quantize", lambda k: k.export_args(k.checkpoint, "--quantize", "int3"), 2,
-     "unknown quantization mode 'int3'"),
+    (
+        "checkpoint-empty",
+        lambda k: k.export_args(Path(k.tmp / "empty").mkdir() or k.tmp / "empty"),
+        2,
+        "checkpoint folder is empty",
+    ),
+    (
+        "config-missing",
+        lambda k: k.export_args((k.ckpt() / "config.json").unlink() or k.tmp / "ckpt"),
+        2,
+        "config.json is missing",
+    ),
+    (
+        "unknown-device",
+        lambda k: (["export", k.checkpoint, "--device", "pixel77", "-o", k.tmp / "out"], k.tmp / "out"),
+        2,
+        "Unknown device 'pixel77'",
+    ),
+    (
+        "unknown-quantize",
+        lambda k: k.export_args(k.checkpoint, "--quantize", "int3"),
+        2,
+        "unknown quantization mode 'int3'",
+    ),
     ("unknown-recipe", lambda k: k.export_args(k.checkpoint, "--recipe", "nope"), 2, "unknown recipe 'nope'"),
     ("data-missing", lambda k: _data_file(k, "none.csv", None), 2, "data file does not exist"),
     ("data-unknown-format", lambda k: _data_file(k, "x.xlsx", b"text,label\n"), 2, "unknown data format '.xlsx'"),
     ("data-no-text-column", lambda k: _data_file(k, "x.csv", b"words,label\nfun,positive\n"), 2, "no text column"),
-    ("data-unknown-labels", lambda k: _data_file(k, "x.csv", b"text,label\nfun,happy\n"), 2,
-     "labels ['happy'] are not known to the model"),
-    ("data-utf16", lambda k: _data_file(k, "x.csv", "text,label\nfun,positive\n".encode("utf-16")), 2,
-     "the file is UTF-16 text; expected UTF-8 text"),
-    ("data-semicolons", lambda k: _data_file(k, "x.csv", b"text;label\nfun;positive\n"), 2,
-     "the columns seem separated by ';'"),
+    (
+        "data-unknown-labels",
+        lambda k: _data_file(k, "x.csv", b"text,label\nfun,happy\n"),
+        2,
+        "labels ['happy'] are not known to the model",
+    ),
+    (
+        "data-utf16",
+        lambda k: _data_file(k, "x.csv", "text,label\nfun,positive\n".encode("utf-16")),
+        2,
+        "the file is UTF-16 text; expected UTF-8 text",
+    ),
+    (
+        "data-semicolons",
+        lambda k: _data_file(k, "x.csv", b"text;label\nfun;positive\n"),
+        2,
+        "the columns seem separated by ';'",
+    ),
     # item 2: a tokenizer larger than the embedding table (IndexError at run time before)
-    ("vocab-larger-than-table", _smaller_vocab, 2,
-     "the tokenizer has 110 tokens but the model's embedding table has 50 rows"),
-    ("onnx-vocab-larger-than-table",
-     lambda k: k.export_args(_onnx_table(k, "word_embeddings", 50), "--tokenizer", k.checkpoint), 2,
-     "the tokenizer has 110 tokens but the model's embedding table has 50 rows"),
+    (
+        "vocab-larger-than-table",
+        _smaller_vocab,
+        2,
+        "the tokenizer has 110 tokens but the model's embedding table has 50 rows",
+    ),
+    (
+        "onnx-vocab-larger-than-table",
+        lambda k: k.export_args(_onnx_table(k, "word_embeddings", 50), "--tokenizer", k.checkpoint),
+        2,
+        "the tokenizer has 110 tokens but the model's embedding table has 50 rows",
+    ),
     # item 3: an .onnx position table shorter than the profile's seq_len (ORT failure in verification before)
-    ("onnx-short-position-table",
-     lambda k: k.export_args(_onnx_table(k, "position_embeddings", 8), "--tokenizer", k.checkpoint), 2,
-     "device seq_len 16 exceeds the model's maximum length 8"),
-    ("onnx-corrupt", lambda k: k.export_args((k.tmp / "m.onnx").write_bytes(b"\x08garbage") and k.tmp / "m.onnx",
-                                             "--tokenizer", k.checkpoint), 2, "not a readable ONNX model"),
+    (
+        "onnx-short-position-table",
+        lambda k: k.export_args(_onnx_table(k, "position_embeddings", 8), "--tokenizer", k.checkpoint),
+        2,
+        "device seq_len 16 exceeds the model's maximum length 8",
+    ),
+    (
+        "onnx-corrupt",
+        lambda k: k.export_args(
+            (k.tmp / "m.onnx").write_bytes(b"\x08garbage") and k.tmp / "m.onnx", "--tokenizer", k.checkpoint
+        ),
+        2,
+        "not a readable ONNX model",
+    ),
     # item 7: NaN / inf weights are the user's input, not a lowering bug
-    ("weights-nan", lambda k: k.export_args(_weights(k.ckpt(), _poison(float("nan")))), 2,
-     "tensor 'bert.encoder.layer.1.output.dense.weight' has 1 NaN or infinite value(s)"),
-    ("weights-inf", lambda k: k.export_args(_weights(k.ckpt(), _poison(float("inf")))), 2,
-     "tensor 'bert.encoder.layer.1.output.dense.weight' has 1 NaN or infinite value(s)"),
+    (
+        "weights-nan",
+        lambda k: k.export_args(_weights(k.ckpt(), _poison(float("nan")))),
+        2,
+        "tensor 'bert.encoder.layer.1.output.dense.weight' has 1 NaN or infinite value(s)",
+    ),
+    (
+        "weights-inf",
+        lambda k: k.export_args(_weights(k.ckpt(), _poison(float("inf")))),
+        2,
+        "tensor 'bert.encoder.layer.1.output.dense.weight' has 1 NaN or infinite value(s)",
+    ),
     # item 8: weights for more layers than the config has (shipped a 1-layer model with exit 0 before)
-    ("weights-more-layers-than-config", lambda k: k.export_args(_config(k.ckpt(), num_hidden_layers=1)), 2,
-     "tensor(s) the config has no place for ('bert.encoder.layer.1."),
-    ("weights-missing-tensor", lambda k: k.export_args(_weights(k.ckpt(), lambda s: {
-        n: v for n, v in s.items() if n != "classifier.bias"})), 2, "tensor 'classifier.bias' is missing"),
-    ("shard-index-missing-shard", lambda k: k.export_args(
-        ((k.ckpt() / "model.safetensors").unlink() or (k.tmp / "ckpt" / "model.safetensors.index.json").write_text(
-            json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}}))) and k.tmp / "ckpt"), 2,
-     "shard 'model-00001-of-00002.safetensors' named in the index is missing"),
+    (
+        "weights-more-layers-than-config",
+        lambda k: k.export_args(_config(k.ckpt(), num_hidden_layers=1)),
+        2,
+        "tensor(s) the config has no place for ('bert.encoder.layer.1.",
+    ),
+    (
+        "weights-missing-tensor",
+        lambda k: k.export_args(_weights(k.ckpt(), lambda s: {n: v for n, v in s.items() if n != "classifier.bias"})),
+        2,
+        "tensor 'classifier.bias' is missing",
+    ),
+    (
+        "shard-index-missing-shard",
+        lambda k: k.export_args(
+            (
+                (k.ckpt() / "model.safetensors").unlink()
+                or (k.tmp / "ckpt" / "model.safetensors.index.json").write_text(
+                    json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}})
+                )
+            )
+            and k.tmp / "ckpt"
+        ),
+        2,
+        "shard 'model-00001-of-00002.safetensors' named in the index is missing",
+    ),
     # 10b: -o checked before any work; never replace what no export wrote
-    ("output-is-a-file", lambda k: k.export_args(k.checkpoint, out=(k.tmp / "o").write_text("x") and k.tmp / "o"),
-     2, "cannot create the output folder (File exists)"),
+    (
+        "output-is-a-file",
+        lambda k: k.export_args(k.checkpoint, out=(k.tmp / "o").write_text("x") and k.tmp / "o"),
+        2,
+        "cannot create the output folder (File exists)",
+    ),
     ("output-parent-is-a-file-before-intake", _file_as_parent, 2, "cannot create the output folder ("),
-    ("output-device-path-is-a-file", lambda k: _out_in_the_way(k, lambda p: p.write_text("mine\n")), 2,
-     "a file is in the way of the output folder"),
-    ("output-device-folder-not-an-export", lambda k: _out_in_the_way(k, _user_folder), 2,
-     "the output folder holds files that no export wrote"),
+    (
+        "output-device-path-is-a-file",
+        lambda k: _out_in_the_way(k, lambda p: p.write_text("mine\n")),
+        2,
+        "a file is in the way of the output folder",
+    ),
+    (
+        "output-device-folder-not-an-export",
+        lambda k: _out_in_the_way(k, _user_folder),
+        2,
+        "the output folder holds files that no export wrote",
+    ),
     # item 5: check on damaged exports
     ("check-not-an-export", lambda k: (["check", k.tmp, "--device", k.device], k.tmp), 2, "not an edgecompress export"),
     ("check-truncated-onnx", _truncated_onnx_with_its_hash, 2, "model.onnx is not a readable ONNX model"),
     ("check-empty-manifest", lambda k: _exported_with(k, "manifest.json", b""), 2, "manifest.json is not valid JSON"),
-    ("check-manifest-without-inputs", lambda k: _exported_with(k, "manifest.json", b"{}"), 2,
-     "field 'inputs' of manifest.json is missing"),
-    ("check-report-not-an-object", lambda k: _exported_with(k, "report.json", b"[1, 2]"), 2,
-     "report.json is a list, not an object"),
-    ("check-report-artifact-malformed", lambda k: _exported_with(k, "report.json", b'{"artifacts": [3], "data": {}}'),
-     2, "report.json artifacts[0] is a int, not an object"),
+    (
+        "check-manifest-without-inputs",
+        lambda k: _exported_with(k, "manifest.json", b"{}"),
+        2,
+        "field 'inputs' of manifest.json is missing",
+    ),
+    (
+        "check-report-not-an-object",
+        lambda k: _exported_with(k, "report.json", b"[1, 2]"),
+        2,
+        "report.json is a list, not an object",
+    ),
+    (
+        "check-report-artifact-malformed",
+        lambda k: _exported_with(k, "report.json", b'{"artifacts": [3], "data": {}}'),
+        2,
+        "report.json artifacts[0] is a int, not an object",
+    ),
     # item 6: a modified artifact is not what was verified
-    ("check-modified-onnx", lambda k: _exported_with(k, "model.onnx", append=b"\0"), 2,
-     "file 'model.onnx' was modified after export"),
-    ("check-modified-ort", lambda k: _exported_with(k, "model.ort", append=b"\0"), 2,
-     "file 'model.ort' was modified after export"),
-    ("check-missing-vocab", lambda k: (lambda args: ((args[0][1] / "vocab.txt").unlink(), args)[1])(
-        _exported_with(k, "labels.txt", append=b"")), 2, "file 'vocab.txt' listed in manifest.json is missing"),
+    (
+        "check-modified-onnx",
+        lambda k: _exported_with(k, "model.onnx", append=b"\0"),
+        2,
+        "file 'model.onnx' was modified after export",
+    ),
+    (
+        "check-modified-ort",
+        lambda k: _exported_with(k, "model.ort", append=b"\0"),
+        2,
+        "file 'model.ort' was modified after export",
+    ),
+    (
+        "check-missing-vocab",
+        lambda k: (lambda args: ((args[0][1] / "vocab.txt").unlink(), args)[1])(
+            _exported_with(k, "labels.txt", append=b"")
+        ),
+        2,
+        "file 'vocab.txt' listed in manifest.json is missing",
+    ),
     ("bench-missing", lambda k: (["bench", k.tmp / "none.onnx"], k.tmp), 2, "artifact does not exist"),
-    ("bench-text-file", lambda k: (["bench", (k.tmp / "a.txt").write_text("x") and k.tmp / "a.txt"], k.tmp), 2,
-     "no runner for '.txt' files"),
+    (
+        "bench-text-file",
+        lambda k: (["bench", (k.tmp / "a.txt").write_text("x") and k.tmp / "a.txt"], k.tmp),
+        2,
+        "no runner for '.txt' files",
+    ),
     ("distill-eval-data-missing", lambda k: _distill_eval(k, None), 2, "data file does not exist"),
-    ("distill-eval-data-unknown-labels", lambda k: _distill_eval(k, b"text,label\nfun,happy\n"), 2,
-     "labels ['happy'] are not known to the model"),
+    (
+        "distill-eval-data-unknown-labels",
+        lambda k: _distill_eval(k, b"text,label\nfun,happy\n"),
+        2,
+        "labels ['happy'] are not known to the model",
+    ),
     ("distill-eval-data-unlabelled", lambda k: _distill_eval(k, b"text\nfun\n"), 2, "no label column"),
 ]
 
@@ -226,8 +359,10 @@ def snapshot(folder: Path) -> dict[str, str] | None:
         return None
     if folder.is_file():
         return {"": hashlib.sha256(folder.read_bytes()).hexdigest()}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -242,15 +377,28 @@ def assets(tmp_path_factory, tiny_checkpoint, tiny_device, tiny_data):
     bundle = load_bundle(tiny_checkpoint)
     feeds = tokenize(bundle.tokenizer, ["a good movie"], seq_len=16, input_names=bundle.input_names)
     onnx.save(export_onnx(bundle, feeds), str(root / "tiny.onnx"))
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                       str(tiny_data), "-o", str(root / "dist"), "--no-measure"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(root / "dist"),
+            "--no-measure",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root / "tiny.onnx", root / "dist" / "tinyphone"
 
 
 @pytest.mark.parametrize("case, build, code, fragment", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_writes_nothing(case, build, code, fragment, assets, tmp_path, tiny_checkpoint,
-                                                  tiny_device, tiny_data):
+def test_bad_input_is_one_line_and_writes_nothing(
+    case, build, code, fragment, assets, tmp_path, tiny_checkpoint, tiny_device, tiny_data
+):
     kit = Kit(tmp_path, tiny_checkpoint, tiny_device, tiny_data, *assets)
     argv, untouched = build(kit)
     before = snapshot(untouched)
@@ -258,8 +406,11 @@ def test_bad_input_is_one_line_and_writes_nothing(case, build, code, fragment, a
     assert result.exit_code == code, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("[")
-             and not line.startswith("        ")]  # stage progress lines are not errors
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not line.startswith("[") and not line.startswith("        ")
+    ]  # stage progress lines are not errors
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0], lines[0]
     assert "bug" not in lines[0]

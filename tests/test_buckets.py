@@ -29,6 +29,7 @@ BUCKETS = (4, 8, 16)
 
 # ---- the rule the manifest gives the app ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("tokens, bucket", [(1, 4), (4, 4), (5, 8), (8, 8), (9, 16), (16, 16), (40, 16)])
 def test_a_text_runs_at_the_smallest_bucket_that_holds_it(tokens, bucket):
     assert bucket_of(np.array([tokens]), BUCKETS).tolist() == [bucket]
@@ -45,6 +46,7 @@ def test_text_lengths_count_texts_per_bucket_and_the_truncated_ones():
 
 # ---- profiles --------------------------------------------------------------------------------------------------------
 
+
 def test_shipped_phones_serve_buckets_and_say_what_the_latency_budget_bounds():
     from edgecompress.devices import get_profile
 
@@ -54,17 +56,21 @@ def test_shipped_phones_serve_buckets_and_say_what_the_latency_budget_bounds():
     assert get_profile("a55-lowend").runtime.buckets == (16, 32, 64)
 
 
-@pytest.mark.parametrize("buckets, message", [
-    ("[32, 16, 128]", "field 'runtime.buckets' must be ascending with each length once, got [32, 16, 128]"),
-    ("[16, 16, 128]", "field 'runtime.buckets' must be ascending with each length once, got [16, 16, 128]"),
-    ("[16, 32, 64]", "field 'runtime.buckets' must end with seq_len 128, got [16, 32, 64]"),
-    ("[0, 128]", "field 'runtime.buckets' must be a non-empty list of positive integers, got [0, 128]"),
-    ("[]", "field 'runtime.buckets' must be a non-empty list of positive integers, got []"),
-])
+@pytest.mark.parametrize(
+    "buckets, message",
+    [
+        ("[32, 16, 128]", "field 'runtime.buckets' must be ascending with each length once, got [32, 16, 128]"),
+        ("[16, 16, 128]", "field 'runtime.buckets' must be ascending with each length once, got [16, 16, 128]"),
+        ("[16, 32, 64]", "field 'runtime.buckets' must end with seq_len 128, got [16, 32, 64]"),
+        ("[0, 128]", "field 'runtime.buckets' must be a non-empty list of positive integers, got [0, 128]"),
+        ("[]", "field 'runtime.buckets' must be a non-empty list of positive integers, got []"),
+    ],
+)
 def test_bad_buckets_are_refused_naming_the_field(tmp_path, buckets, message):
     path = tmp_path / "phone.toml"
-    path.write_text(derived_profile_text("pixel7", name="phone").replace("buckets = [16, 32, 64, 128]",
-                                                                          f"buckets = {buckets}"))
+    path.write_text(
+        derived_profile_text("pixel7", name="phone").replace("buckets = [16, 32, 64, 128]", f"buckets = {buckets}")
+    )
     with pytest.raises(UserError) as err:
         load_profile(path)
     assert message in str(err.value)
@@ -78,6 +84,7 @@ def test_a_profile_without_buckets_serves_its_one_length(tmp_path):
 
 # ---- graph passes on a symbolic sequence axis --------------------------------------------------------------------
 
+
 def _symbolic(model):
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "sequence"
     return model
@@ -86,8 +93,11 @@ def _symbolic(model):
 def test_fix_shapes_fixes_only_the_batch_when_the_profile_has_buckets():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 8])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=9,
+    )
     fixed, record = apply_pass(FixShapes(), model, pass_context(seq_len=16, buckets=BUCKETS))
     dims = [d.dim_value or d.dim_param for d in fixed.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, "sequence", 8]
@@ -115,6 +125,7 @@ def test_specialize_fixes_the_sequence_axis_and_keeps_the_weights():
 
 # ---- the whole export ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bucket_device(tmp_path_factory):
     """The tiny phone serving 4, 8 and 16 tokens, with a .tflite."""
@@ -127,8 +138,12 @@ def bucket_device(tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_data(tmp_path_factory):
     """Short texts, a few mid-length ones and two longer than the longest bucket (16 tokens)."""
-    rows = [("a good movie", "positive"), ("bad", "negative"), ("a very good movie indeed", "positive"),
-            ("a bad and dull and slow movie", "negative")] * 6
+    rows = [
+        ("a good movie", "positive"),
+        ("bad", "negative"),
+        ("a very good movie indeed", "positive"),
+        ("a bad and dull and slow movie", "negative"),
+    ] * 6
     rows += [(" ".join(["good"] * 30), "positive"), (" ".join(["bad"] * 25), "negative")]
     return write_csv(tmp_path_factory.mktemp("data") / "lengths.csv", rows)
 
@@ -140,8 +155,22 @@ def bucketed(tiny_checkpoint, bucket_device, long_data, tmp_path_factory):
     from edgecompress.cli import main
 
     out = tmp_path_factory.mktemp("dist")
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(bucket_device), "--data",
-                                       str(long_data), "-o", str(out), "--runs", "5", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(bucket_device),
+            "--data",
+            str(long_data),
+            "-o",
+            str(out),
+            "--runs",
+            "5",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out / "tinybuckets"
 
@@ -188,8 +217,11 @@ def test_the_manifest_tells_the_app_which_bucket_to_call(bucketed):
     buckets = manifest["length_buckets"]
     assert buckets["lengths"] == [4, 8, 16] and buckets["choose"].startswith("the smallest bucket >= n")
     assert buckets["long_inputs"]["policy"] == "truncate" and buckets["long_inputs"]["max_tokens"] == 16
-    assert buckets["calls"]["model.tflite"] == {"4": "signature seq_4", "8": "signature seq_8",
-                                                "16": "signature seq_16"}
+    assert buckets["calls"]["model.tflite"] == {
+        "4": "signature seq_4",
+        "8": "signature seq_8",
+        "16": "signature seq_16",
+    }
     assert "any length up to 16" in buckets["calls"]["model.onnx"]
     assert manifest["tokenizer"]["padding"] == "to the length bucket"
 
@@ -200,13 +232,25 @@ def test_the_latency_budget_bounds_what_the_profile_says(tiny_checkpoint, long_d
 
     from edgecompress.cli import main
 
-    text = derived_profile_text("pixel7", name="tinylatency", seq_len=16, buckets=list(BUCKETS),
-                                artifacts=["onnx"])
+    text = derived_profile_text("pixel7", name="tinylatency", seq_len=16, buckets=list(BUCKETS), artifacts=["onnx"])
     text = text.replace('latency_applies_to = "longest-bucket"', f'latency_applies_to = "{applies_to}"')
     device = tmp_path / "tinylatency.toml"
     device.write_text(text)
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(device), "--data",
-                                       str(long_data), "-o", str(tmp_path / "out"), "--no-measure", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(device),
+            "--data",
+            str(long_data),
+            "-o",
+            str(tmp_path / "out"),
+            "--no-measure",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     artifact = json.loads(result.stdout)["artifacts"][0]
     [verdict] = [v for v in artifact["verdicts"] if v["budget"].startswith("p90 latency")]
@@ -216,6 +260,7 @@ def test_the_latency_budget_bounds_what_the_profile_says(tiny_checkpoint, long_d
 
 
 # ---- the quantized criterion ---------------------------------------------------------------------------------------
+
 
 def _logits(labels: np.ndarray) -> np.ndarray:
     return np.stack([1.0 - labels, labels.astype(float)], axis=1).astype(np.float32)
@@ -242,5 +287,6 @@ def test_the_report_lists_the_signatures_and_what_the_memory_estimate_leaves_out
     report = json.loads((bucketed / "report.json").read_text())
     [tflite] = [a for a in report["artifacts"] if a["file"] == "model.tflite"]
     assert list(tflite["signatures"]) == ["seq_16", "seq_8", "seq_4"] and tflite["shared_weight_bytes"] > 0
-    assert any(n.startswith("model.tflite: LiteRT's XNNPACK delegate packs the shared weights again")
-               for n in report["notes"])
+    assert any(
+        n.startswith("model.tflite: LiteRT's XNNPACK delegate packs the shared weights again") for n in report["notes"]
+    )

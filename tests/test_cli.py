@@ -24,21 +24,33 @@ from conftest import user_error
 
 SHIPPED = sorted(p.stem for p in device_profiles_dir().glob("*.toml"))
 SUFFIXES = ", ".join(artifact_suffixes())  # .onnx, .ort (and .tflite where LiteRT is wired in)
-EXPORT_FILES = {"model.onnx", "model.ort", "required_operators.config", "manifest.json", "report.json",
-                "report.md", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "labels.txt"}
+EXPORT_FILES = {
+    "model.onnx",
+    "model.ort",
+    "required_operators.config",
+    "manifest.json",
+    "report.json",
+    "report.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "labels.txt",
+}
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-
-
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(root: Path) -> list[str]:
@@ -62,8 +74,9 @@ def device_variant(folder: Path, name: str, tiny_device: Path, **replace: str) -
 def exported(tmp_path_factory, tiny_checkpoint, tiny_device, tiny_data):
     """One real export of the tiny classifier, with --json: (CliRunner result, OUT/tinyphone)."""
     root = tmp_path_factory.mktemp("export")
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--runs", 3, "--json")
+    result = invoke(
+        "export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--runs", 3, "--json"
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     return result, root / "tinyphone"
 
@@ -77,6 +90,7 @@ def previous(exported, tmp_path) -> tuple[Path, dict[str, str]]:
 
 
 # ---- export: what it writes ------------------------------------------------------------------------------------
+
 
 def artifact_files(folder: Path) -> set[str]:
     return {a["file"] for a in json.loads((folder / "manifest.json").read_text())["artifacts"]}
@@ -165,8 +179,20 @@ def test_an_exported_onnx_file_exports_again(exported, tmp_path, tiny_checkpoint
     model.parent.mkdir()
     shutil.copyfile(exported[1] / "model.onnx", model)
     out = tmp_path / "out"
-    result = invoke("export", model, "--device", tiny_device, "--data", tiny_data, "--tokenizer", tiny_checkpoint,
-                    "-o", out, "--no-measure", "--json")
+    result = invoke(
+        "export",
+        model,
+        "--device",
+        tiny_device,
+        "--data",
+        tiny_data,
+        "--tokenizer",
+        tiny_checkpoint,
+        "-o",
+        out,
+        "--no-measure",
+        "--json",
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads(result.stdout)
     assert report["passed"] is True
@@ -176,9 +202,11 @@ def test_an_exported_onnx_file_exports_again(exported, tmp_path, tiny_checkpoint
 
 # ---- budgets ---------------------------------------------------------------------------------------------------
 
+
 def test_budget_miss_exits_3_with_the_report_written(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
-    device = device_variant(tmp_path / "devices", "tinybudget", tiny_device,
-                            **{r"artifact_size_mb = [0-9.]+": "artifact_size_mb = 0.001"})
+    device = device_variant(
+        tmp_path / "devices", "tinybudget", tiny_device, **{r"artifact_size_mb = [0-9.]+": "artifact_size_mb = 0.001"}
+    )
     out = tmp_path / "out"
     result = invoke("export", tiny_checkpoint, "--device", device, "--data", tiny_data, "-o", out, "--no-measure")
     assert result.exit_code == 3, (result.output, result.exception)
@@ -193,13 +221,17 @@ def test_budget_miss_exits_3_with_the_report_written(tmp_path, tiny_checkpoint, 
     files = [a["file"] for a in json.loads((folder / "manifest.json").read_text())["artifacts"]]
     assert len(misses) == len(files) >= 2, result.stderr
     for line, file in zip(misses, files):
-        assert re.fullmatch(rf"Budget exceeded: artifact size on tinybudget for {re.escape(file)}: "
-                            rf"[0-9.]+ MB > 0\.001 MB \(static\)", line), line
+        assert re.fullmatch(
+            rf"Budget exceeded: artifact size on tinybudget for {re.escape(file)}: "
+            rf"[0-9.]+ MB > 0\.001 MB \(static\)",
+            line,
+        ), line
     assert result.stdout.splitlines()[-1] == "BUDGET EXCEEDED (see report.md)"
     assert leftovers(out) == []
 
 
 # ---- output safety -----------------------------------------------------------------------------------------
+
 
 def test_failed_export_keeps_the_previous_output(previous, tmp_path, tiny_checkpoint, tiny_device):
     root, before = previous
@@ -211,18 +243,21 @@ def test_failed_export_keeps_the_previous_output(previous, tmp_path, tiny_checkp
     assert sorted(p.name for p in root.iterdir()) == ["tinyphone"]
 
 
-def test_export_failing_after_staging_keeps_the_previous_output(previous, monkeypatch, tiny_checkpoint,
-                                                                tiny_device, tiny_data):
+def test_export_failing_after_staging_keeps_the_previous_output(
+    previous, monkeypatch, tiny_checkpoint, tiny_device, tiny_data
+):
     """A verification failure happens with the staging folder half written: it must vanish, the old stays."""
     import numpy as np
 
     import edgecompress.verify.artifacts
 
     root, before = previous
-    monkeypatch.setattr(edgecompress.verify.artifacts, "artifact_outputs",
-                        lambda artifact, feeds, **_: np.full((len(feeds["input_ids"]), 2), 9.0, np.float32))
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--no-measure")
+    monkeypatch.setattr(
+        edgecompress.verify.artifacts,
+        "artifact_outputs",
+        lambda artifact, feeds, **_: np.full((len(feeds["input_ids"]), 2), 9.0, np.float32),
+    )
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--no-measure")
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.stderr
@@ -233,8 +268,9 @@ def test_export_failing_after_staging_keeps_the_previous_output(previous, monkey
 
 
 @pytest.mark.parametrize("with_previous", [True, False], ids=["over-previous", "first-export"])
-def test_interrupted_export_exits_130_and_leaves_no_trace(with_previous, previous, tmp_path, monkeypatch,
-                                                          tiny_checkpoint, tiny_device, tiny_data):
+def test_interrupted_export_exits_130_and_leaves_no_trace(
+    with_previous, previous, tmp_path, monkeypatch, tiny_checkpoint, tiny_device, tiny_data
+):
     import edgecompress.measure.host
 
     def interrupted(*args, **kwargs):
@@ -244,8 +280,7 @@ def test_interrupted_export_exits_130_and_leaves_no_trace(with_previous, previou
     root, before = previous
     if not with_previous:
         shutil.rmtree(root / "tinyphone")
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--runs", 3)
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--runs", 3)
     assert result.exit_code == 130, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit)
     assert result.stderr.splitlines()[-1] == "interrupted: nothing was written; any previous output is intact"
@@ -260,13 +295,13 @@ def test_interrupted_export_exits_130_and_leaves_no_trace(with_previous, previou
 def test_output_root_that_is_a_file(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
     root = tmp_path / "out"
     root.write_text("not a folder")
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--no-measure")
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--no-measure")
     assert user_error(result) == f"error: {root}: cannot create the output folder (File exists)"
     assert root.read_text() == "not a folder"
 
 
 # ---- devices -------------------------------------------------------------------------------------------------
+
 
 def test_unknown_device(tmp_path, tiny_checkpoint, tiny_data):
     result = invoke("export", tiny_checkpoint, "--device", "pixel77", "--data", tiny_data, "-o", tmp_path / "out")
@@ -276,27 +311,65 @@ def test_unknown_device(tmp_path, tiny_checkpoint, tiny_data):
 
 
 def test_dynamic_shape_profile_exports_and_audits(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
-    device = device_variant(tmp_path / "devices", "tinyboard", tiny_device,
-                            **{r"dynamic_shapes = false": "dynamic_shapes = true",
-                               r'artifacts = \["onnx", "ort", "tflite"\]': 'artifacts = ["onnx", "ort"]'})
-    result = invoke("export", tiny_checkpoint, "--device", device, "--data", tiny_data, "-o", tmp_path / "out",
-                    "--no-measure", "--json")
+    device = device_variant(
+        tmp_path / "devices",
+        "tinyboard",
+        tiny_device,
+        **{
+            r"dynamic_shapes = false": "dynamic_shapes = true",
+            r'artifacts = \["onnx", "ort", "tflite"\]': 'artifacts = ["onnx", "ort"]',
+        },
+    )
+    result = invoke(
+        "export",
+        tiny_checkpoint,
+        "--device",
+        device,
+        "--data",
+        tiny_data,
+        "-o",
+        tmp_path / "out",
+        "--no-measure",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert all(a["op_histogram"] and a["float_ops_inside"] == [] for a in report["artifacts"])
 
 
 def test_unknown_quantize_mode(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "out",
-                    "--quantize", "int3")
+    result = invoke(
+        "export",
+        tiny_checkpoint,
+        "--device",
+        tiny_device,
+        "--data",
+        tiny_data,
+        "-o",
+        tmp_path / "out",
+        "--quantize",
+        "int3",
+    )
     line = user_error(result)
     assert line.startswith("error: unknown quantization mode 'int3'; hint: Known: none, dynamic-int8, int8, ")
     assert not (tmp_path / "out").exists()
 
 
 def test_quantize_option_quantizes_the_profile_recipe(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "out",
-                    "--quantize", "dynamic-int8", "--no-measure", "--json")
+    result = invoke(
+        "export",
+        tiny_checkpoint,
+        "--device",
+        tiny_device,
+        "--data",
+        tiny_data,
+        "-o",
+        tmp_path / "out",
+        "--quantize",
+        "dynamic-int8",
+        "--no-measure",
+        "--json",
+    )
     assert result.exit_code in (0, 3), result.output
     report = json.loads(result.stdout)
     assert report["recipe"]["name"] == "dynamic-int8"
@@ -305,8 +378,9 @@ def test_quantize_option_quantizes_the_profile_recipe(tmp_path, tiny_checkpoint,
 
 
 def test_profile_quantize_field_is_checked(tmp_path, tiny_checkpoint, tiny_device, tiny_data):
-    device = device_variant(tmp_path / "devices", "tinyphone", tiny_device,
-                            **{r'quantize = "none"': 'quantize = "int3"'})
+    device = device_variant(
+        tmp_path / "devices", "tinyphone", tiny_device, **{r'quantize = "none"': 'quantize = "int3"'}
+    )
     result = invoke("export", tiny_checkpoint, "--device", device, "--data", tiny_data, "-o", tmp_path / "out")
     assert user_error(result).startswith(f"error: {device}: field 'quantize' must be one of none, dynamic-int8, ")
 
@@ -352,16 +426,19 @@ def test_devices_show_unknown():
 
 # ---- check ------------------------------------------------------------------------------------------------------
 
+
 def test_check_against_a_device_with_another_seq_len(exported, tmp_path, tiny_device):
     _, folder = exported
-    device = device_variant(tmp_path, "tinyphone32", tiny_device,
-                            **{r"seq_len = 16": "seq_len = 32", r"buckets = \[16\]": "buckets = [32]"})
+    device = device_variant(
+        tmp_path, "tinyphone32", tiny_device, **{r"seq_len = 16": "seq_len = 32", r"buckets = \[16\]": "buckets = [32]"}
+    )
     result = invoke("check", folder, "--device", device)
     assert result.exit_code == 3, (result.output, result.exception)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("EXCEEDED: fixed seq_len on tinyphone32 for inputs:")
-    assert ("note: artifacts are fixed to seq_len [16], tinyphone32 wants 32: re-export with --device tinyphone32"
-            in lines)
+    assert (
+        "note: artifacts are fixed to seq_len [16], tinyphone32 wants 32: re-export with --device tinyphone32" in lines
+    )
     assert lines[-1] == "BUDGET EXCEEDED"
 
 
@@ -376,8 +453,10 @@ def test_check_against_the_same_device_passes(exported, tiny_device):
 
 def test_check_a_folder_that_is_not_an_export(tmp_path):
     line = user_error(invoke("check", tmp_path, "--device", "pixel7"))
-    assert line == (f"error: {tmp_path}: not an edgecompress export: manifest.json, report.json, model.onnx missing; "
-                    f"hint: pass the folder `edgecompress export` wrote, e.g. dist/pixel7")
+    assert line == (
+        f"error: {tmp_path}: not an edgecompress export: manifest.json, report.json, model.onnx missing; "
+        f"hint: pass the folder `edgecompress export` wrote, e.g. dist/pixel7"
+    )
 
 
 def test_check_unknown_device(exported):
@@ -386,6 +465,7 @@ def test_check_unknown_device(exported):
 
 
 # ---- bench --------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def embedding_onnx(tmp_path_factory) -> Path:
@@ -397,10 +477,15 @@ def embedding_onnx(tmp_path_factory) -> Path:
     table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4096, 8)).astype(np.float32), "table")
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], ["hidden"]),
-         helper.make_node("ReduceMean", ["hidden", "axes"], ["sentence_embedding"], keepdims=0)], "embed",
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["hidden"]),
+            helper.make_node("ReduceMean", ["hidden", "axes"], ["sentence_embedding"], keepdims=0),
+        ],
+        "embed",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 16])],
-        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, [1, 8])], initializer=[table, axes])
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, [1, 8])],
+        initializer=[table, axes],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     path = tmp_path_factory.mktemp("bench") / "model.onnx"
@@ -434,7 +519,8 @@ def test_bench_an_exported_tiny_model(exported):
 def test_bench_missing_file(tmp_path):
     path = tmp_path / "missing.onnx"
     assert user_error(invoke("bench", path)) == (
-        f"error: {path}: artifact does not exist; expected an artifact file ({SUFFIXES})")
+        f"error: {path}: artifact does not exist; expected an artifact file ({SUFFIXES})"
+    )
 
 
 def test_bench_a_text_file(tmp_path):
@@ -447,7 +533,8 @@ def test_bench_a_folder(exported):
     folder = exported[1]
     assert user_error(invoke("bench", folder)) == (
         f"error: {folder}: artifact is a folder, not a file; expected an artifact file ({SUFFIXES}); "
-        f"hint: pass a file inside it, e.g. {folder / 'model.onnx'}")
+        f"hint: pass a file inside it, e.g. {folder / 'model.onnx'}"
+    )
 
 
 def test_bench_a_corrupt_onnx(tmp_path):
@@ -459,8 +546,10 @@ def test_bench_a_corrupt_onnx(tmp_path):
 
 # ---- issue 17: faults, reproducibility, small contracts ------------------------------------------------------
 
-def test_full_disk_is_one_line_naming_the_folder_and_keeps_the_previous_output(previous, monkeypatch, tiny_checkpoint,
-                                                                              tiny_device, tiny_data):
+
+def test_full_disk_is_one_line_naming_the_folder_and_keeps_the_previous_output(
+    previous, monkeypatch, tiny_checkpoint, tiny_device, tiny_data
+):
     """ENOSPC as the writer meets it: part of the file lands on disk, then the write fails."""
     import errno
     import os
@@ -474,16 +563,16 @@ def test_full_disk_is_one_line_naming_the_folder_and_keeps_the_previous_output(p
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(onnx, "save_model", full_disk)
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--no-measure")
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--no-measure")
     line = user_error(result)
     assert line.startswith(f"error: {root}: no space left while writing the export (No space left on device)")
     assert digests(root / "tinyphone") == before
     assert leftovers(root) == []
 
 
-def test_late_failure_removes_the_output_root_it_created(tmp_path, monkeypatch, tiny_checkpoint, tiny_device,
-                                                         tiny_data):
+def test_late_failure_removes_the_output_root_it_created(
+    tmp_path, monkeypatch, tiny_checkpoint, tiny_device, tiny_data
+):
     import edgecompress.verify.artifacts
     from edgecompress.errors import VerificationError
 
@@ -492,14 +581,12 @@ def test_late_failure_removes_the_output_root_it_created(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(edgecompress.verify.artifacts, "artifact_outputs", fails)
     root = tmp_path / "new" / "out"
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--no-measure")
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--no-measure")
     assert result.exit_code == 1 and "made to fail late" in result.stderr
     assert not (tmp_path / "new").exists()
 
 
-def test_unforeseen_exception_is_one_please_report_line(tmp_path, monkeypatch, tiny_checkpoint, tiny_device,
-                                                        tiny_data):
+def test_unforeseen_exception_is_one_please_report_line(tmp_path, monkeypatch, tiny_checkpoint, tiny_device, tiny_data):
     import edgecompress.intake.data
 
     def broken(*args, **kwargs):
@@ -511,11 +598,13 @@ def test_unforeseen_exception_is_one_please_report_line(tmp_path, monkeypatch, t
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
         "error: internal error: ZeroDivisionError: division by zero (this is a bug in edgecompress; please report "
-        "it with the output of -v)")
+        "it with the output of -v)"
+    )
 
 
-def test_stale_staging_of_a_dead_process_is_removed_by_the_next_export(previous, tiny_checkpoint, tiny_device,
-                                                                       tiny_data):
+def test_stale_staging_of_a_dead_process_is_removed_by_the_next_export(
+    previous, tiny_checkpoint, tiny_device, tiny_data
+):
     import subprocess
     import sys
 
@@ -527,14 +616,14 @@ def test_stale_staging_of_a_dead_process_is_removed_by_the_next_export(previous,
     (stale / "model.onnx").write_bytes(b"half")
     alive = root / ".tinyphone.partial-1"  # pid 1 is alive: another export's staging stays
     alive.mkdir()
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root,
-                    "--no-measure")
+    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", root, "--no-measure")
     assert result.exit_code == 0, result.output
     assert leftovers(root) == [alive.name]
 
 
-def test_sigterm_exits_143_removes_staging_and_keeps_the_previous_output(previous, tiny_checkpoint, tiny_device,
-                                                                         tiny_data):
+def test_sigterm_exits_143_removes_staging_and_keeps_the_previous_output(
+    previous, tiny_checkpoint, tiny_device, tiny_data
+):
     """A real process and a real signal, sent while the staging folder exists (during measure)."""
     import os
     import signal
@@ -544,9 +633,25 @@ def test_sigterm_exits_143_removes_staging_and_keeps_the_previous_output(previou
 
     root, before = previous
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgecompress.cli", "export", str(tiny_checkpoint), "--device", str(tiny_device),
-         "--data", str(tiny_data), "-o", str(root), "--runs", "100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "edgecompress.cli",
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(root),
+            "--runs",
+            "100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not any((root / p).is_dir() and ".partial-" in p for p in os.listdir(root)):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -562,8 +667,9 @@ def test_sigterm_exits_143_removes_staging_and_keeps_the_previous_output(previou
 
 
 def test_two_identical_exports_are_byte_identical(exported, tmp_path, tiny_checkpoint, tiny_device, tiny_data):
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path,
-                    "--no-measure")
+    result = invoke(
+        "export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path, "--no-measure"
+    )
     assert result.exit_code == 0, result.output
     first, second = digests(exported[1]), digests(tmp_path / "tinyphone")
     shipped = sorted(artifact_files(exported[1]) | {"required_operators.config"})
@@ -573,8 +679,19 @@ def test_two_identical_exports_are_byte_identical(exported, tmp_path, tiny_check
 
 def test_manifest_names_the_quantization(exported, tmp_path, tiny_checkpoint, tiny_device, tiny_data):
     assert json.loads((exported[1] / "manifest.json").read_text())["quantization"] == "none"
-    result = invoke("export", tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path,
-                    "--quantize", "dynamic-int8", "--no-measure")
+    result = invoke(
+        "export",
+        tiny_checkpoint,
+        "--device",
+        tiny_device,
+        "--data",
+        tiny_data,
+        "-o",
+        tmp_path,
+        "--quantize",
+        "dynamic-int8",
+        "--no-measure",
+    )
     assert result.exit_code in (0, 3), result.output
     assert json.loads((tmp_path / "tinyphone" / "manifest.json").read_text())["quantization"] == "dynamic-int8"
 

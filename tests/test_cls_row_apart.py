@@ -31,19 +31,30 @@ def weight(name: str, *shape: int) -> onnx.TensorProto:
 
 def ffn_model(*, rows=ROWS, activation: str = "BiasGelu", second_weight: str = "W2", read_hidden_twice=False):
     """Y = X + MatMul(act(MatMul(X, W1) + b1), W2): a BERT feed-forward block with its residual."""
-    act = (helper.make_node("BiasGelu", ["h", "b1"], ["a"], domain="com.microsoft") if activation == "BiasGelu"
-           else helper.make_node("Relu", ["h"], ["a"]))
-    nodes = [helper.make_node("MatMul", ["X", "W1"], ["h"], name="ffn/in"), act,
-             helper.make_node("MatMul", ["a", second_weight], ["f"], name="ffn/out"),
-             helper.make_node("Add", ["X", "f"], ["Y"], name="residual")]
+    act = (
+        helper.make_node("BiasGelu", ["h", "b1"], ["a"], domain="com.microsoft")
+        if activation == "BiasGelu"
+        else helper.make_node("Relu", ["h"], ["a"])
+    )
+    nodes = [
+        helper.make_node("MatMul", ["X", "W1"], ["h"], name="ffn/in"),
+        act,
+        helper.make_node("MatMul", ["a", second_weight], ["f"], name="ffn/out"),
+        helper.make_node("Add", ["X", "f"], ["Y"], name="residual"),
+    ]
     outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
     if read_hidden_twice:
         outputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, rows, WIDTH])],
-                              outputs, [weight("W1", WIDTH, HIDDEN), weight("b1", HIDDEN),
-                                        weight(second_weight, HIDDEN, WIDTH)])
-    return helper.make_model(graph, ir_version=9,
-                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        nodes,
+        "ffn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, rows, WIDTH])],
+        outputs,
+        [weight("W1", WIDTH, HIDDEN), weight("b1", HIDDEN), weight(second_weight, HIDDEN, WIDTH)],
+    )
+    return helper.make_model(
+        graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -63,6 +74,7 @@ def rows_input(rows: int = ROWS) -> np.ndarray:
 
 # ---- the pass ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("activation", ["BiasGelu", "Relu"])
 def test_row_zero_is_computed_apart_with_the_same_outputs_and_weights(activation):
     model = ffn_model(activation=activation)
@@ -79,25 +91,33 @@ def test_per_tensor_int8_of_the_other_rows_no_longer_sees_row_zero():
     """What the split buys: ORT's dynamic int8 FFN output on rows 1: is closer to float once row 0 is apart."""
     model = ffn_model()
     split, _ = apply_pass(ClsRowApart(), model, context())
-    quantized = {name: quantize_nodes(m, [n.name for n in weighted_nodes(m)]) for name, m in
-                 (("together", model), ("apart", split))}
+    quantized = {
+        name: quantize_nodes(m, [n.name for n in weighted_nodes(m)])
+        for name, m in (("together", model), ("apart", split))
+    }
     x = rows_input()
     exact = run(model, x)[0, 1:]
     error = {name: np.abs(run(m, x)[0, 1:] - exact).mean() for name, m in quantized.items()}
     assert error["apart"] < error["together"] / 3
 
 
-@pytest.mark.parametrize("case, model", [
-    ("one MatMul", None),
-    ("a value read outside the block", ffn_model(read_hidden_twice=True)),
-    ("one row", ffn_model(rows=1)),
-])
+@pytest.mark.parametrize(
+    "case, model",
+    [
+        ("one MatMul", None),
+        ("a value read outside the block", ffn_model(read_hidden_twice=True)),
+        ("one row", ffn_model(rows=1)),
+    ],
+)
 def test_graphs_without_a_splittable_block_are_left_alone(case, model):
     if model is None:
-        graph = helper.make_graph([helper.make_node("MatMul", ["X", "W1"], ["Y"])], "one",
-                                  [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, ROWS, WIDTH])],
-                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                                  [weight("W1", WIDTH, HIDDEN)])
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["X", "W1"], ["Y"])],
+            "one",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, ROWS, WIDTH])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+            [weight("W1", WIDTH, HIDDEN)],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     result, record = apply_pass(ClsRowApart(), model, context())
     assert not record.fired and record.notes[0].startswith("skipped: no feed-forward block")
@@ -105,6 +125,7 @@ def test_graphs_without_a_splittable_block_are_left_alone(case, model):
 
 
 # ---- the TFLite side: joined back ------------------------------------------------------------------------
+
 
 def split_int8(model):
     split, _ = apply_pass(ClsRowApart(), model, context())
@@ -154,14 +175,27 @@ def test_a_joined_float_block_computes_what_the_unsplit_one_does():
 
 # ---- end to end --------------------------------------------------------------------------------------------
 
+
 # tflite_device is the fixture imported from test_tflite_backend, taken by name as pytest does.
-def test_dynamic_int8_export_splits_for_onnxruntime_and_joins_for_litert(tiny_checkpoint, tflite_device,  # noqa: F811
-                                                                         tiny_data, tmp_path):
+def test_dynamic_int8_export_splits_for_onnxruntime_and_joins_for_litert(
+    tiny_checkpoint,
+    tflite_device,  # noqa: F811
+    tiny_data,
+    tmp_path,
+):
     from edgecompress.backends.tflite.artifact import audit_tflite
     from edgecompress.pipeline import ExportRequest, run_export
 
-    result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tflite_device), out_root=tmp_path,
-                                      data=tiny_data, quantize="dynamic-int8", measure=False))
+    result = run_export(
+        ExportRequest(
+            model=tiny_checkpoint,
+            device=str(tflite_device),
+            out_root=tmp_path,
+            data=tiny_data,
+            quantize="dynamic-int8",
+            measure=False,
+        )
+    )
     record = next(r for r in result.report.passes if r["name"] == "cls_row_apart")
     assert record["fired"] and len(record["stats"]["split"]) == 2  # the tiny BERT's two layers
     shipped = onnx.load(str(result.out_dir / "model.onnx"))

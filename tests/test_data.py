@@ -18,10 +18,9 @@ LABELS = "['negative', 'positive']"
 
 
 def run_export(model, device, data, out: Path):
-    return CliRunner().invoke(main, ["export", str(model), "--device", str(device), "--data", str(data),
-                                     "-o", str(out), "--no-measure"])
-
-
+    return CliRunner().invoke(
+        main, ["export", str(model), "--device", str(device), "--data", str(data), "-o", str(out), "--no-measure"]
+    )
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -60,10 +59,13 @@ def prepare(bundle, path: Path, seq_len: int = 16):
 
 # ---- bad files, through the CLI ----------------------------------------------------------------------------------
 
+
 def test_data_missing(tmp_path, tiny_checkpoint, tiny_device, out):
     line = user_error(run_export(tiny_checkpoint, tiny_device, tmp_path / "eval.csv", out), out)
-    assert line == (f"error: {tmp_path / 'eval.csv'}: data file does not exist; "
-                    "expected a .csv, .tsv, .jsonl file with a text column")
+    assert line == (
+        f"error: {tmp_path / 'eval.csv'}: data file does not exist; "
+        "expected a .csv, .tsv, .jsonl file with a text column"
+    )
 
 
 def test_data_unknown_format(tmp_path, tiny_checkpoint, tiny_device, out):
@@ -93,36 +95,45 @@ def test_data_empty_jsonl(tmp_path, tiny_checkpoint, tiny_device, out):
 def test_no_text_column(tmp_path, tiny_checkpoint, tiny_device, out):
     path = write(tmp_path / "eval.csv", "body,label\nfun,positive\n")
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
-    assert line == (f"error: {path}: no text column among ['body', 'label']; "
-                    f"expected one of text, sentence, review, content")
+    assert line == (
+        f"error: {path}: no text column among ['body', 'label']; expected one of text, sentence, review, content"
+    )
 
 
 def test_no_label_column_for_a_classifier(tmp_path, tiny_checkpoint, tiny_device, out):
     path = write(tmp_path / "eval.csv", "text,score\nfun,5\n")
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
-    assert line == (f"error: {path}: no label column among ['text', 'score']; "
-                    f"expected one of label, labels, category, class")
+    assert line == (
+        f"error: {path}: no label column among ['text', 'score']; expected one of label, labels, category, class"
+    )
 
 
 def test_labels_the_model_does_not_know(tmp_path, tiny_checkpoint, tiny_device, out):
     path = write(tmp_path / "eval.csv", "text,label\nfun,happy\nbad,sad\ngreat,positive\nmeh,happy\n")
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
-    assert line == (f"error: {path}: labels ['happy', 'sad'] are not known to the model; "
-                    f"expected labels among {LABELS} (from config.json id2label)")
+    assert line == (
+        f"error: {path}: labels ['happy', 'sad'] are not known to the model; "
+        f"expected labels among {LABELS} (from config.json id2label)"
+    )
 
 
 def test_integer_labels_out_of_range(tmp_path, tiny_checkpoint, tiny_device, out):
     path = write(tmp_path / "eval.csv", "text,label\nfun,1\nbad,0\nodd,2\nodder,7\n")
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
-    assert line == (f"error: {path}: integer labels [2, 7] are out of range for the model's 2 labels; "
-                    f"expected 0..1 or names among {LABELS} (from config.json id2label)")
+    assert line == (
+        f"error: {path}: integer labels [2, 7] are out of range for the model's 2 labels; "
+        f"expected 0..1 or names among {LABELS} (from config.json id2label)"
+    )
 
 
-@pytest.mark.parametrize("text, line_no", [
-    ("text,label\nfun,positive\nbad,\n", 3),            # blank label
-    ("text,label\nfun,positive\nbad\n", 3),             # short row: no label field at all
-    ('text,label\n"multi\nline",positive\nbad,\n', 4),  # line numbers count quoted newlines
-])
+@pytest.mark.parametrize(
+    "text, line_no",
+    [
+        ("text,label\nfun,positive\nbad,\n", 3),  # blank label
+        ("text,label\nfun,positive\nbad\n", 3),  # short row: no label field at all
+        ('text,label\n"multi\nline",positive\nbad,\n', 4),  # line numbers count quoted newlines
+    ],
+)
 def test_row_without_a_label_names_its_line(tmp_path, tiny_checkpoint, tiny_device, out, text, line_no):
     path = write(tmp_path / "eval.csv", text)
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
@@ -130,8 +141,10 @@ def test_row_without_a_label_names_its_line(tmp_path, tiny_checkpoint, tiny_devi
 
 
 def test_jsonl_bad_line_names_the_line_number(tmp_path, tiny_checkpoint, tiny_device, out):
-    path = write(tmp_path / "eval.jsonl", '{"text": "fun", "label": "positive"}\n\n'
-                                          '{"text": "bad", "label": \n{"text": "ok", "label": "negative"}\n')
+    path = write(
+        tmp_path / "eval.jsonl",
+        '{"text": "fun", "label": "positive"}\n\n{"text": "bad", "label": \n{"text": "ok", "label": "negative"}\n',
+    )
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
     assert line == f"error: {path}:3: invalid JSON (Expecting value)"
 
@@ -144,8 +157,10 @@ def test_jsonl_line_that_is_not_an_object(tmp_path, tiny_checkpoint, tiny_device
 
 def test_jsonl_not_utf8_names_the_line(tmp_path, tiny_checkpoint, tiny_device, out):
     # Used to escape as a UnicodeDecodeError traceback.
-    path = write(tmp_path / "eval.jsonl", b'{"text": "fun", "label": "positive"}\n'
-                 + '{"text": "caf\xe9", "label": "positive"}\n'.encode("latin-1"))
+    path = write(
+        tmp_path / "eval.jsonl",
+        b'{"text": "fun", "label": "positive"}\n' + '{"text": "caf\xe9", "label": "positive"}\n'.encode("latin-1"),
+    )
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
     assert line == f"error: {path}:2: not UTF-8 text (invalid continuation byte at byte 13); expected UTF-8 text"
 
@@ -158,6 +173,7 @@ def test_csv_not_utf8(tmp_path, tiny_checkpoint, tiny_device, out):
 
 
 # ---- good files, through the pipeline's data stage -----------------------------------------------------------
+
 
 def test_csv_named_labels(classifier, tiny_data):
     dataset, feeds, labels = prepare(classifier, tiny_data)

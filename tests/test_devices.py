@@ -147,7 +147,12 @@ def hand_built(threads: int = 2) -> DeviceProfile:
     little = Cluster("little", 4, 2.0, 8, 32, "s")
     big = Cluster("big", 2, 3.0, 32, 128, "s")
     return DeviceProfile(
-        name="hand", display_name="Hand", kind="phone", os="android", recipe="default", artifacts=("onnx",),
+        name="hand",
+        display_name="Hand",
+        kind="phone",
+        os="android",
+        recipe="default",
+        artifacts=("onnx",),
         soc=Soc("soc", "armv8.2-a", ("neon",), (little, big), "s"),
         memory=Memory(8, "LPDDR5", 51.2, "s"),
         runtime=Runtime(threads, 128, 1, False),
@@ -155,14 +160,17 @@ def hand_built(threads: int = 2) -> DeviceProfile:
     )
 
 
-@pytest.mark.parametrize("dtype, threads, expected", [
-    ("fp32", 1, 3.0e9 * 32),
-    ("fp32", 2, 2 * 3.0e9 * 32),
-    ("fp32", 3, 2 * 3.0e9 * 32 + 2.0e9 * 8),
-    ("fp32", 6, 2 * 3.0e9 * 32 + 4 * 2.0e9 * 8),
-    ("fp32", 64, 2 * 3.0e9 * 32 + 4 * 2.0e9 * 8),
-    ("int8", 3, 2 * 3.0e9 * 128 + 2.0e9 * 32),
-])
+@pytest.mark.parametrize(
+    "dtype, threads, expected",
+    [
+        ("fp32", 1, 3.0e9 * 32),
+        ("fp32", 2, 2 * 3.0e9 * 32),
+        ("fp32", 3, 2 * 3.0e9 * 32 + 2.0e9 * 8),
+        ("fp32", 6, 2 * 3.0e9 * 32 + 4 * 2.0e9 * 8),
+        ("fp32", 64, 2 * 3.0e9 * 32 + 4 * 2.0e9 * 8),
+        ("int8", 3, 2 * 3.0e9 * 128 + 2.0e9 * 32),
+    ],
+)
 def test_peak_ops_uses_fastest_cores_first_and_caps_threads(dtype, threads, expected):
     assert hand_built().peak_ops_per_second(dtype, threads) == pytest.approx(expected)
 
@@ -185,7 +193,8 @@ def test_unknown_device_lists_known_ones():
     with pytest.raises(UserError) as info:
         get_profile("pixel77")
     assert str(info.value).split("; hint: ")[0] == (
-        "Unknown device 'pixel77'. Known: a55-lowend, galaxy-s24, pixel4, pixel6, pixel7, rpi4, rpi5")
+        "Unknown device 'pixel77'. Known: a55-lowend, galaxy-s24, pixel4, pixel6, pixel7, rpi4, rpi5"
+    )
     assert "hint: to add a device" in str(info.value)
 
 
@@ -213,52 +222,78 @@ def test_shipped_files_are_named_as_in_the_repository():
 
 def test_negative_budget(tmp_path):
     message = error_for(tmp_path, edited("latency_p90_ms = 40.0", "latency_p90_ms = -3"))
-    assert message == (f"{tmp_path / 'testphone.toml'}: "
-                       "field 'budgets.latency_p90_ms' must be a positive number, got -3")
+    assert message == (
+        f"{tmp_path / 'testphone.toml'}: field 'budgets.latency_p90_ms' must be a positive number, got -3"
+    )
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("ram_gb = 8", "ram_gb = 0", "field 'memory.ram_gb' must be a positive number, got 0"),
-    ("max_ghz = 2.0", "max_ghz = -2.0", "field 'soc.clusters[1].max_ghz' must be a positive number, got -2.0"),
-    ("bandwidth_gbps = 51.2", "bandwidth_gbps = inf",
-     "field 'memory.bandwidth_gbps' must be a positive number, got inf"),
-    ("threads = 2", "threads = 0", "field 'runtime.threads' must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("ram_gb = 8", "ram_gb = 0", "field 'memory.ram_gb' must be a positive number, got 0"),
+        ("max_ghz = 2.0", "max_ghz = -2.0", "field 'soc.clusters[1].max_ghz' must be a positive number, got -2.0"),
+        (
+            "bandwidth_gbps = 51.2",
+            "bandwidth_gbps = inf",
+            "field 'memory.bandwidth_gbps' must be a positive number, got inf",
+        ),
+        ("threads = 2", "threads = 0", "field 'runtime.threads' must be a positive integer, got 0"),
+    ],
+)
 def test_non_positive_numbers(tmp_path, old, new, expected):
     assert error_for(tmp_path, edited(old, new)).endswith(expected)
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("seq_len = 128", 'seq_len = "128"', "field 'runtime.seq_len' must be a positive integer, got \"128\""),
-    ("count = 2", "count = 2.0", "field 'soc.clusters[0].count' must be a positive integer, got 2.0"),
-    ("batch = 1", "batch = true", "field 'runtime.batch' must be a positive integer, got true"),
-    ("dynamic_shapes = false", "dynamic_shapes = 0", "field 'runtime.dynamic_shapes' must be true or false, got 0"),
-    ('display_name = "Test Phone"', "display_name = 7", "field 'display_name' must be a non-empty string, got 7"),
-    ('artifacts = ["onnx", "ort"]', 'artifacts = "onnx"',
-     "field 'artifacts' must be a non-empty list of strings, got \"onnx\""),
-    ('artifacts = ["onnx", "ort"]', "artifacts = []", "field 'artifacts' must be a non-empty list of strings, got []"),
-    ('kind = "phone"', 'kind = "tablet"', "field 'kind' must be one of phone, board, got \"tablet\""),
-    ('os = "android"', 'os = "ios"', "field 'os' must be one of android, linux, got \"ios\""),
-    ('isa = "armv8.2-a"', 'isa = "x86-64"',
-     "field 'soc.isa' must be an Arm A-profile ISA such as \"armv8.2-a\", got \"x86-64\""),
-    ('recipe = "default"', 'recipe = "../evil"',
-     "field 'recipe' must be a lowercase name of letters, digits, '-' and '_', got \"../evil\""),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("seq_len = 128", 'seq_len = "128"', "field 'runtime.seq_len' must be a positive integer, got \"128\""),
+        ("count = 2", "count = 2.0", "field 'soc.clusters[0].count' must be a positive integer, got 2.0"),
+        ("batch = 1", "batch = true", "field 'runtime.batch' must be a positive integer, got true"),
+        ("dynamic_shapes = false", "dynamic_shapes = 0", "field 'runtime.dynamic_shapes' must be true or false, got 0"),
+        ('display_name = "Test Phone"', "display_name = 7", "field 'display_name' must be a non-empty string, got 7"),
+        (
+            'artifacts = ["onnx", "ort"]',
+            'artifacts = "onnx"',
+            "field 'artifacts' must be a non-empty list of strings, got \"onnx\"",
+        ),
+        (
+            'artifacts = ["onnx", "ort"]',
+            "artifacts = []",
+            "field 'artifacts' must be a non-empty list of strings, got []",
+        ),
+        ('kind = "phone"', 'kind = "tablet"', "field 'kind' must be one of phone, board, got \"tablet\""),
+        ('os = "android"', 'os = "ios"', "field 'os' must be one of android, linux, got \"ios\""),
+        (
+            'isa = "armv8.2-a"',
+            'isa = "x86-64"',
+            'field \'soc.isa\' must be an Arm A-profile ISA such as "armv8.2-a", got "x86-64"',
+        ),
+        (
+            'recipe = "default"',
+            'recipe = "../evil"',
+            "field 'recipe' must be a lowercase name of letters, digits, '-' and '_', got \"../evil\"",
+        ),
+    ],
+)
 def test_wrong_types(tmp_path, old, new, expected):
     assert error_for(tmp_path, edited(old, new)).endswith(expected)
 
 
-@pytest.mark.parametrize("old, expected", [
-    ("accuracy_drop_points = 1.0\n", "field 'budgets.accuracy_drop_points' is missing; expected a positive number"),
-    ('core = "Cortex-A55"\n', "field 'soc.clusters[1].core' is missing; expected a non-empty string"),
-    ('display_name = "Test Phone"\n', "field 'display_name' is missing; expected a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "old, expected",
+    [
+        ("accuracy_drop_points = 1.0\n", "field 'budgets.accuracy_drop_points' is missing; expected a positive number"),
+        ('core = "Cortex-A55"\n', "field 'soc.clusters[1].core' is missing; expected a non-empty string"),
+        ('display_name = "Test Phone"\n', "field 'display_name' is missing; expected a non-empty string"),
+    ],
+)
 def test_missing_fields(tmp_path, old, expected):
     assert error_for(tmp_path, edited(old, "")).endswith(expected)
 
 
 def test_missing_table(tmp_path):
-    text = VALID[:VALID.index("[budgets]")]
+    text = VALID[: VALID.index("[budgets]")]
     assert error_for(tmp_path, text).endswith("field 'budgets' is missing; expected a table")
 
 
@@ -270,10 +305,12 @@ def test_table_of_wrong_type(tmp_path):
 
 def test_unknown_key_lists_known_ones_and_suggests(tmp_path):
     message = error_for(tmp_path, edited("latency_p90_ms = 40.0", "latency_ms = 40.0"))
-    assert message == (f"{tmp_path / 'testphone.toml'}: unknown field 'budgets.latency_ms'. "
-                       "Known: accuracy_drop_points, artifact_size_mb, latency_applies_to, latency_p90_ms, "
-                       "peak_memory_mb; "
-                       "hint: did you mean 'latency_p90_ms'?")
+    assert message == (
+        f"{tmp_path / 'testphone.toml'}: unknown field 'budgets.latency_ms'. "
+        "Known: accuracy_drop_points, artifact_size_mb, latency_applies_to, latency_p90_ms, "
+        "peak_memory_mb; "
+        "hint: did you mean 'latency_p90_ms'?"
+    )
 
 
 def test_unknown_key_in_a_cluster(tmp_path):
@@ -281,14 +318,26 @@ def test_unknown_key_in_a_cluster(tmp_path):
     assert "unknown field 'soc.clusters[0].smt'. Known: core, count, derivation," in message
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ('features = ["neon", "dotprod"]', 'features = ["neon", "dotprd"]',
-     "field 'soc.features[1]' must be one of neon, fp16, dotprod, i8mm, bf16, sve, sve2, sme, got \"dotprd\""),
-    ('features = ["neon", "dotprod"]', 'features = ["neon", "neon"]',
-     "field 'soc.features' lists \"neon\" more than once"),
-    ('artifacts = ["onnx", "ort"]', 'artifacts = ["onnx", "tflite", "coreml"]',
-     "field 'artifacts[2]' must be one of onnx, ort, tflite, got \"coreml\""),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        (
+            'features = ["neon", "dotprod"]',
+            'features = ["neon", "dotprd"]',
+            "field 'soc.features[1]' must be one of neon, fp16, dotprod, i8mm, bf16, sve, sve2, sme, got \"dotprd\"",
+        ),
+        (
+            'features = ["neon", "dotprod"]',
+            'features = ["neon", "neon"]',
+            "field 'soc.features' lists \"neon\" more than once",
+        ),
+        (
+            'artifacts = ["onnx", "ort"]',
+            'artifacts = ["onnx", "tflite", "coreml"]',
+            "field 'artifacts[2]' must be one of onnx, ort, tflite, got \"coreml\"",
+        ),
+    ],
+)
 def test_unknown_features_and_artifacts(tmp_path, old, new, expected):
     assert error_for(tmp_path, edited(old, new)).endswith(expected)
 
@@ -297,8 +346,10 @@ def test_name_must_match_file_stem(tmp_path):
     path = write(tmp_path, VALID.format(name="pixel8"), name="pixel9")
     with pytest.raises(UserError) as info:
         load_profile(path)
-    assert str(info.value) == (f"{path}: field 'name' must equal the file name stem \"pixel9\", got \"pixel8\"; "
-                               "hint: rename the file or change 'name' so that they match")
+    assert str(info.value) == (
+        f'{path}: field \'name\' must equal the file name stem "pixel9", got "pixel8"; '
+        "hint: rename the file or change 'name' so that they match"
+    )
 
 
 def test_toml_syntax_error_reports_line(tmp_path):
@@ -310,7 +361,7 @@ def test_toml_syntax_error_reports_line(tmp_path):
 
 def test_not_utf8(tmp_path):
     path = tmp_path / "testphone.toml"
-    path.write_bytes(b"name = \"\xff\"\n")
+    path.write_bytes(b'name = "\xff"\n')
     with pytest.raises(UserError, match="not UTF-8 text"):
         load_profile(path)
 

@@ -53,6 +53,7 @@ STUDENT_INPUTS = ("input_ids", "attention_mask")
 
 # ---- fixtures and helpers -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models train faster on one thread than on two contended ones (measured 0.8 s vs 27 s)."""
@@ -89,8 +90,16 @@ def teacher_bundle(teacher):
 
 
 def request(teacher: Path, data: Path, out: Path, kind: str, *, epochs: int = 6, **extra) -> DistillRequest:
-    return DistillRequest(teacher=teacher, student=kind, train_data=data, out_dir=out, augment=3, seq_len=16,
-                          training={"epochs": epochs, "batch_size": 8}, **extra)
+    return DistillRequest(
+        teacher=teacher,
+        student=kind,
+        train_data=data,
+        out_dir=out,
+        augment=3,
+        seq_len=16,
+        training={"epochs": epochs, "batch_size": 8},
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +127,17 @@ def distill_cli(*args):
 
 # ---- students -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind, overrides", [("bilstm", {}), ("bilstm", {"pooling": "final"}), ("cnn", {})])
 def test_student_logits_do_not_depend_on_padding(teacher_bundle, kind, overrides):
-    config = student_config(kind, overrides, tokenizer=teacher_bundle.tokenizer, labels=["negative", "positive"],
-                            max_positions=64, where="test")
+    config = student_config(
+        kind,
+        overrides,
+        tokenizer=teacher_bundle.tokenizer,
+        labels=["negative", "positive"],
+        max_positions=64,
+        where="test",
+    )
     torch.manual_seed(0)
     model = build_student(config).eval()
     feeds = tokenize(teacher_bundle.tokenizer, TEXTS, seq_len=16, input_names=STUDENT_INPUTS)
@@ -133,23 +149,42 @@ def test_student_logits_do_not_depend_on_padding(teacher_bundle, kind, overrides
         torch.testing.assert_close(model(other_padding, mask), logits, rtol=0, atol=1e-6)
         for row in range(len(TEXTS)):  # nor does trimming the padding away
             width = int(mask[row].sum())
-            torch.testing.assert_close(model(ids[row:row + 1, :width], mask[row:row + 1, :width])[0], logits[row],
-                                       rtol=0, atol=1e-6)
+            torch.testing.assert_close(
+                model(ids[row : row + 1, :width], mask[row : row + 1, :width])[0], logits[row], rtol=0, atol=1e-6
+            )
 
 
 def test_student_config_must_fit_the_tokenizer(teacher_bundle):
     with pytest.raises(UserError, match="student vocab_size 99 does not match the tokenizer's 110 tokens"):
-        student_config("cnn", {"vocab_size": 99}, tokenizer=teacher_bundle.tokenizer, labels=["a", "b"],
-                       max_positions=64, where="test")
+        student_config(
+            "cnn",
+            {"vocab_size": 99},
+            tokenizer=teacher_bundle.tokenizer,
+            labels=["a", "b"],
+            max_positions=64,
+            where="test",
+        )
     with pytest.raises(UserError, match="unknown bilstm student setting 'kernel_sizes'; hint: Known: "):
-        student_config("bilstm", {"kernel_sizes": [2]}, tokenizer=teacher_bundle.tokenizer, labels=["a", "b"],
-                       max_positions=64, where="test")
+        student_config(
+            "bilstm",
+            {"kernel_sizes": [2]},
+            tokenizer=teacher_bundle.tokenizer,
+            labels=["a", "b"],
+            max_positions=64,
+            where="test",
+        )
 
 
 def test_student_config_rejects_an_unknown_embedding_init(teacher_bundle):
     with pytest.raises(UserError, match="'embedding_init' must be one of contextual, word, got 'glove'"):
-        student_config("cnn", {"embedding_init": "glove"}, tokenizer=teacher_bundle.tokenizer, labels=["a", "b"],
-                       max_positions=64, where="test")
+        student_config(
+            "cnn",
+            {"embedding_init": "glove"},
+            tokenizer=teacher_bundle.tokenizer,
+            labels=["a", "b"],
+            max_positions=64,
+            where="test",
+        )
 
 
 def test_contextual_vectors_average_each_tokens_last_hidden_states(teacher_bundle):
@@ -167,12 +202,14 @@ def test_contextual_vectors_average_each_tokens_last_hidden_states(teacher_bundl
     seen[ids[real]] = True
     assert not seen.all()
     # a token the texts never show gets the mean of the seen ones: the origin once PCA centres the table
-    torch.testing.assert_close(vectors[~seen], vectors[seen].mean(dim=0).expand(int((~seen).sum()), -1),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        vectors[~seen], vectors[seen].mean(dim=0).expand(int((~seen).sum()), -1), rtol=0, atol=1e-5
+    )
     assert not torch.allclose(vectors[token], teacher_word_embeddings(hf_model)[token])
 
 
 # ---- losses -------------------------------------------------------------------------------------------------
+
 
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -242,6 +279,7 @@ def test_layer_map_is_evenly_spaced_and_checked():
 
 # ---- augmentation and the transfer set ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def vocab_and_embeddings(teacher_bundle):
     return teacher_bundle.tokenizer.get_vocab(), teacher_word_embeddings(teacher_bundle.module.hf_model)
@@ -275,20 +313,26 @@ def test_replacement_and_ngram_sampling():
 
     neighbours = {"good": ["great"], "movie": ["film"]}
     words = ["a", "good", "movie", "!"]
-    replaced = perturb(words, random.Random(0), neighbours, "[MASK]",
-                       AugmentOptions(p_mask=0.0, p_replace=1.0, p_ngram=0.0))
+    replaced = perturb(
+        words, random.Random(0), neighbours, "[MASK]", AugmentOptions(p_mask=0.0, p_replace=1.0, p_ngram=0.0)
+    )
     assert replaced == "a great film !"
     for seed in range(20):
-        window = perturb(words, random.Random(seed), {}, "[MASK]",
-                         AugmentOptions(p_mask=0.0, p_replace=0.0, p_ngram=1.0, max_ngram=2)).split()
+        window = perturb(
+            words,
+            random.Random(seed),
+            {},
+            "[MASK]",
+            AugmentOptions(p_mask=0.0, p_replace=0.0, p_ngram=1.0, max_ngram=2),
+        ).split()
         assert 1 <= len(window) <= 2 and " ".join(window) in " ".join(words)
 
 
 def test_teacher_labels_the_transfer_set(teacher_bundle):
     labels = np.arange(len(TEXTS)) % 2
     transfer = build_transfer_set(teacher_bundle, TEXTS, labels, AugmentOptions(copies=2), seq_len=16)
-    assert len(transfer) > len(TEXTS) and transfer.texts[:len(TEXTS)] == TEXTS
-    assert (transfer.labels[:len(TEXTS)] == labels).all() and (transfer.labels[len(TEXTS):] == -1).all()
+    assert len(transfer) > len(TEXTS) and transfer.texts[: len(TEXTS)] == TEXTS
+    assert (transfer.labels[: len(TEXTS)] == labels).all() and (transfer.labels[len(TEXTS) :] == -1).all()
     ids, mask = torch.from_numpy(transfer.input_ids), torch.from_numpy(transfer.attention_mask)
     with torch.no_grad():
         expected = teacher_bundle.module(ids, mask, torch.zeros_like(ids)).numpy()
@@ -296,6 +340,7 @@ def test_teacher_labels_the_transfer_set(teacher_bundle):
 
 
 # ---- distillation -------------------------------------------------------------------------------------------
+
 
 def test_distillation_improves_agreement_with_the_teacher(teacher, teacher_bundle, students, tiny_data, tmp_path):
     out = tmp_path / "bilstm"
@@ -347,10 +392,12 @@ def test_transfer_set_is_saved_once_and_reused(teacher, tiny_data, tmp_path, mon
 
     monkeypatch.setattr(augment_module, "build_transfer_set", no_labelling)
     distill(request(teacher, tiny_data, tmp_path / "bilstm", "bilstm", epochs=1, transfer_set=saved))
-    other = dataclasses.replace(request(teacher, tiny_data, tmp_path / "other", "bilstm", transfer_set=saved),
-                                augment=1)
-    with pytest.raises(UserError, match="transfer set was labelled for another teacher, training file, seq_len "
-                                        "or augmentation"):
+    other = dataclasses.replace(
+        request(teacher, tiny_data, tmp_path / "other", "bilstm", transfer_set=saved), augment=1
+    )
+    with pytest.raises(
+        UserError, match="transfer set was labelled for another teacher, training file, seq_len or augmentation"
+    ):
         distill(other)
     assert not (tmp_path / "other").exists() and not work_dir(tmp_path / "other").exists()
 
@@ -384,6 +431,7 @@ def test_narrow_transformer_student_learns_through_a_projection(teacher, tiny_da
 
 # ---- student checkpoints through export ---------------------------------------------------------------------
 
+
 def test_student_checkpoint_keeps_the_teachers_tokenizer(students, teacher):
     config = json.loads((students["bilstm"] / "config.json").read_text())
     assert config["architectures"] == ["EdgecompressBiLSTMClassifier"]
@@ -401,8 +449,11 @@ def test_student_checkpoint_keeps_the_teachers_tokenizer(students, teacher):
 def test_student_exports_with_verified_parity(students, student_device, tiny_data, tmp_path, kind, ops):
     import onnx
 
-    result = run_export(ExportRequest(model=students[kind], device=str(student_device), out_root=tmp_path,
-                                      data=tiny_data, measure=False))
+    result = run_export(
+        ExportRequest(
+            model=students[kind], device=str(student_device), out_root=tmp_path, data=tiny_data, measure=False
+        )
+    )
     graph = onnx.load(result.out_dir / "model.onnx").graph
     assert ops <= {node.op_type for node in graph.node}
     if kind == "bilstm":  # per-text lengths reach the LSTM: padding is skipped, not computed
@@ -413,14 +464,23 @@ def test_student_exports_with_verified_parity(students, student_device, tiny_dat
     for artifact in result.report.artifacts:
         assert artifact.parity["passed"] and artifact.parity["max_abs_diff"] <= 1e-4
     fuse = next(p for p in result.report.passes if p["name"] == "fuse_transformer")
-    assert not fuse["fired"] and fuse["notes"] == ["skipped: no Softmax in the graph: nothing that looks like "
-                                                   "attention to fuse"]
+    assert not fuse["fired"] and fuse["notes"] == [
+        "skipped: no Softmax in the graph: nothing that looks like attention to fuse"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["bilstm", "cnn"])
 def test_student_exports_in_int8_to_every_runtime(students, student_device, tiny_data, tmp_path, kind):
-    result = run_export(ExportRequest(model=students[kind], device=str(student_device), out_root=tmp_path,
-                                      data=tiny_data, quantize="dynamic-int8", measure=False))
+    result = run_export(
+        ExportRequest(
+            model=students[kind],
+            device=str(student_device),
+            out_root=tmp_path,
+            data=tiny_data,
+            quantize="dynamic-int8",
+            measure=False,
+        )
+    )
     quantize = next(p for p in result.report.passes if p["name"] == "quantize_dynamic")
     assert quantize["fired"] and quantize["lossy"]
     [onnx_artifact, _, tflite] = result.report.artifacts
@@ -436,15 +496,30 @@ def test_student_intake_is_strict(students, student_device, tiny_data, tmp_path)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "embedding_dim": 8}))
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["export", str(folder), "--device", str(student_device), "--data",
-                                       str(tiny_data), "-o", str(out), "--no-measure"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(folder),
+            "--device",
+            str(student_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(out),
+            "--no-measure",
+        ],
+    )
     line = user_error(result, out)
     assert line.startswith(f"error: {folder}: weights do not match the config: 'embedding.weight' has shape ")
 
 
 def test_transformer_student_exports_as_a_fused_bert(students, student_device, tiny_data, tmp_path):
-    result = run_export(ExportRequest(model=students["transformer"], device=str(student_device), out_root=tmp_path,
-                                      data=tiny_data, measure=False))
+    result = run_export(
+        ExportRequest(
+            model=students["transformer"], device=str(student_device), out_root=tmp_path, data=tiny_data, measure=False
+        )
+    )
     fuse = next(p for p in result.report.passes if p["name"] == "fuse_transformer")
     assert fuse["fired"] and fuse["stats"]["fused"].get("Attention") == 1
     assert all(artifact.parity["passed"] for artifact in result.report.artifacts)
@@ -452,55 +527,86 @@ def test_transformer_student_exports_as_a_fused_bert(students, student_device, t
 
 # ---- the CLI ------------------------------------------------------------------------------------------------
 
+
 def test_cli_distills_a_student(teacher, tiny_data, tmp_path):
     out = tmp_path / "cnn"
-    result = distill_cli(teacher, "--student", "cnn", "--train-data", tiny_data, "--epochs", 1, "--seq-len", 16,
-                         "-o", out)
+    result = distill_cli(
+        teacher, "--student", "cnn", "--train-data", tiny_data, "--epochs", 1, "--seq-len", 16, "-o", out
+    )
     assert result.exit_code == 0, (result.output, result.exception)
-    assert result.stdout.splitlines() == [f"wrote {out}/", "held-out accuracy: not measured (give --eval-data FILE, "
-                                          "labelled texts not in --train-data; `export` then judges the student "
-                                          "against the teacher on its own --data when the teacher is there)"]
+    assert result.stdout.splitlines() == [
+        f"wrote {out}/",
+        "held-out accuracy: not measured (give --eval-data FILE, "
+        "labelled texts not in --train-data; `export` then judges the student "
+        "against the teacher on its own --data when the teacher is there)",
+    ]
     assert {"config.json", "model.safetensors", "vocab.txt", "training.json"} <= {p.name for p in out.iterdir()}
 
 
-def test_cli_prints_and_records_held_out_accuracy_of_teacher_and_student(teacher, teacher_bundle, tiny_data,
-                                                                         tmp_path):
+def test_cli_prints_and_records_held_out_accuracy_of_teacher_and_student(teacher, teacher_bundle, tiny_data, tmp_path):
     """Issue 17 item 11: the student records its teacher, and distill ends with both held-out accuracies."""
     from edgecompress.distill.held_out import checkpoint_digest
 
     held_out = write_csv(tmp_path / "held_out.csv", HELD_OUT)
     out = tmp_path / "cnn"
-    result = distill_cli(teacher, "--student", "cnn", "--train-data", tiny_data, "--epochs", 1, "--seq-len", 16,
-                         "--eval-data", held_out, "-o", out)
+    result = distill_cli(
+        teacher,
+        "--student",
+        "cnn",
+        "--train-data",
+        tiny_data,
+        "--epochs",
+        1,
+        "--seq-len",
+        16,
+        "--eval-data",
+        held_out,
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     record = json.loads((out / "training.json").read_text())
     assert record["teacher"]["path"] == str(teacher.resolve())
     assert record["teacher"]["digest"] == checkpoint_digest(teacher)
-    teacher_accuracy = float(np.mean(predictions(teacher_bundle, [t for t, _ in HELD_OUT]) == [
-        teacher_bundle.labels.index(label) for _, label in HELD_OUT]))
+    teacher_accuracy = float(
+        np.mean(
+            predictions(teacher_bundle, [t for t, _ in HELD_OUT])
+            == [teacher_bundle.labels.index(label) for _, label in HELD_OUT]
+        )
+    )
     assert record["teacher"]["held_out"]["accuracy"] == teacher_accuracy
     student = record["student_held_out"]["accuracy"]
     assert result.stdout.splitlines()[-1] == (
         f"held-out accuracy on held_out.csv (4 texts, 16 tokens): teacher {100 * teacher_accuracy:.2f}%, student "
-        f"{100 * student:.2f}% ({100 * (teacher_accuracy - student):+.2f} points below the teacher)")
+        f"{100 * student:.2f}% ({100 * (teacher_accuracy - student):+.2f} points below the teacher)"
+    )
 
 
-HELD_OUT = [("a great film", "positive"), ("dull and awful", "negative"), ("i hated this movie", "negative"),
-            ("fun story", "positive")]
+HELD_OUT = [
+    ("a great film", "positive"),
+    ("dull and awful", "negative"),
+    ("i hated this movie", "negative"),
+    ("fun story", "positive"),
+]
 
 
 def test_distill_warns_when_seq_len_is_shorter_than_most_training_texts(teacher, tiny_data, tmp_path, caplog):
     """Issue 17 item 13."""
-    long_rows = [(" ".join(["the very good movie"] * 4), "positive"), (" ".join(["an awful plot"] * 5), "negative"),
-                 ("fun", "positive")]
+    long_rows = [
+        (" ".join(["the very good movie"] * 4), "positive"),
+        (" ".join(["an awful plot"] * 5), "negative"),
+        ("fun", "positive"),
+    ]
     data = write_csv(tmp_path / "long.csv", long_rows)
     with caplog.at_level("WARNING", logger="edgecompress.distill"):
         plan_distillation(request(teacher, data, tmp_path / "out", "cnn"))  # seq_len 16
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any(w.startswith("--seq-len 16 is shorter than most training texts: 2 of 3 (67%) are longer")
-               for w in warnings), warnings
-    assert any(w.startswith("--seq-len 16 is shorter than the 128 tokens the student will be exported at (")
-               for w in warnings), warnings
+    assert any(
+        w.startswith("--seq-len 16 is shorter than most training texts: 2 of 3 (67%) are longer") for w in warnings
+    ), warnings
+    assert any(
+        w.startswith("--seq-len 16 is shorter than the 128 tokens the student will be exported at (") for w in warnings
+    ), warnings
 
 
 def assert_nothing_written(result, out: Path) -> str:
@@ -513,24 +619,34 @@ def test_cli_rejects_a_student_config_that_does_not_fit_the_tokenizer(teacher, t
     config = tmp_path / "student.json"
     config.write_text(json.dumps({"vocab_size": 30522}))
     out = tmp_path / "out"
-    line = assert_nothing_written(distill_cli(teacher, "--student", "bilstm", "--train-data", tiny_data,
-                                              "--student-config", config, "-o", out), out)
-    assert line == (f"error: {config}: student vocab_size 30522 does not match the tokenizer's 110 tokens; "
-                    f"hint: the student reads the teacher tokenizer's ids; drop vocab_size from the config")
+    line = assert_nothing_written(
+        distill_cli(teacher, "--student", "bilstm", "--train-data", tiny_data, "--student-config", config, "-o", out),
+        out,
+    )
+    assert line == (
+        f"error: {config}: student vocab_size 30522 does not match the tokenizer's 110 tokens; "
+        f"hint: the student reads the teacher tokenizer's ids; drop vocab_size from the config"
+    )
 
 
 def test_cli_rejects_a_teacher_without_a_classification_head(tiny_encoder, tiny_data, tmp_path):
     out = tmp_path / "out"
-    line = assert_nothing_written(distill_cli(tiny_encoder, "--student", "cnn", "--train-data", tiny_data,
-                                              "-o", out), out)
-    assert line.startswith(f"error: {tiny_encoder / 'config.json'}: the teacher has no classification head, "
-                           f"so there are no logits to distill; expected architectures")
+    line = assert_nothing_written(
+        distill_cli(tiny_encoder, "--student", "cnn", "--train-data", tiny_data, "-o", out), out
+    )
+    assert line.startswith(
+        f"error: {tiny_encoder / 'config.json'}: the teacher has no classification head, "
+        f"so there are no logits to distill; expected architectures"
+    )
 
 
-@pytest.mark.parametrize("rows, header, message", [
-    ([], ("text", "label"), "data file has no rows"),
-    ([("a good movie",)], ("text",), "no label column among ['text']"),
-])
+@pytest.mark.parametrize(
+    "rows, header, message",
+    [
+        ([], ("text", "label"), "data file has no rows"),
+        ([("a good movie",)], ("text",), "no label column among ['text']"),
+    ],
+)
 def test_cli_rejects_empty_or_unlabelled_training_data(teacher, tmp_path, rows, header, message):
     data = write_csv(tmp_path / "train.csv", rows, header=header)
     out = tmp_path / "out"
@@ -540,17 +656,21 @@ def test_cli_rejects_empty_or_unlabelled_training_data(teacher, tmp_path, rows, 
 
 def test_cli_rejects_transformer_losses_for_a_bilstm(teacher, tiny_data, tmp_path):
     out = tmp_path / "out"
-    line = assert_nothing_written(distill_cli(teacher, "--student", "bilstm", "--train-data", tiny_data,
-                                              "--hidden-weight", 1, "-o", out), out)
+    line = assert_nothing_written(
+        distill_cli(teacher, "--student", "bilstm", "--train-data", tiny_data, "--hidden-weight", 1, "-o", out), out
+    )
     assert line.startswith("error: distillation losses: hidden-state and attention losses need a transformer student")
 
 
 # ---- import cost --------------------------------------------------------------------------------------------
 
+
 def test_importing_the_distill_modules_imports_no_torch():
     """The pass registry imports every module under edgecompress.compress; torch costs seconds to import."""
-    code = ("import importlib, pkgutil, sys, edgecompress.distill as d\n"
-            "for m in pkgutil.walk_packages(d.__path__, d.__name__ + '.'): importlib.import_module(m.name)\n"
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import importlib, pkgutil, sys, edgecompress.distill as d\n"
+        "for m in pkgutil.walk_packages(d.__path__, d.__name__ + '.'): importlib.import_module(m.name)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"

@@ -34,8 +34,12 @@ def tensor(name, shape, elem_type=FLOAT):
 
 
 def matmul_model(m=8, k=16, n=32):
-    return make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-                      [tensor("x", [1, m, k])], [tensor("y", [1, m, n])], [weight("w", k, n)])
+    return make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [tensor("x", [1, m, k])],
+        [tensor("y", [1, m, n])],
+        [weight("w", k, n)],
+    )
 
 
 def test_matmul_flops_are_exact():
@@ -53,12 +57,17 @@ def test_infer_shapes_covers_inputs_initializers_and_intermediates():
 
 
 def test_weight_bytes_are_initializer_bytes_by_dtype():
-    inits = [weight("w", 16, 32), weight("b", 32, dtype=np.float16),
-             numpy_helper.from_array(np.array([1, 8, 32], np.int64), "shape")]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("Cast", ["b"], ["b32"], to=FLOAT),
-             helper.make_node("Add", ["h", "b32"], ["z"]),
-             helper.make_node("Reshape", ["z", "shape"], ["y"])]
+    inits = [
+        weight("w", 16, 32),
+        weight("b", 32, dtype=np.float16),
+        numpy_helper.from_array(np.array([1, 8, 32], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Cast", ["b"], ["b32"], to=FLOAT),
+        helper.make_node("Add", ["h", "b32"], ["z"]),
+        helper.make_node("Reshape", ["z", "shape"], ["y"]),
+    ]
     model = make_model(nodes, [tensor("x", [1, 8, 16])], [tensor("y", [1, 8, 32])], inits)
     memory = estimate_memory(model)
     expected = sum(numpy_helper.to_array(t).nbytes for t in inits)
@@ -71,28 +80,34 @@ def test_weight_bytes_are_initializer_bytes_by_dtype():
 def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
     packed = helper.make_tensor("w4", TensorProto.INT4, [16, 32], np.zeros(16 * 32, np.int8))
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "scale")
-    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
-                 np.ones((32,), np.float32))),
-             helper.make_node("DequantizeLinear", ["w4", "scale"], ["w"]),
-             helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("Add", ["h", "c"], ["y"])]
-    model = make_model(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 32])], [packed, scale],
-                       opset=21)
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((32,), np.float32))),
+        helper.make_node("DequantizeLinear", ["w4", "scale"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "c"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 32])], [packed, scale], opset=21)
     memory = estimate_memory(model)
     assert memory.weight_bytes_by_dtype == {"int4": 16 * 32 // 2, "float": 4 + 32 * 4}
 
 
-@pytest.mark.parametrize("h_is_output, peak, peak_node", [
-    (False, 64 + 2048, "A"),            # x and h live while A runs; x dies right after
-    (True, 2048 + 32 + 1024, "C"),      # h is a graph output, so it stays live through C
-])
+@pytest.mark.parametrize(
+    "h_is_output, peak, peak_node",
+    [
+        (False, 64 + 2048, "A"),  # x and h live while A runs; x dies right after
+        (True, 2048 + 32 + 1024, "C"),  # h is a graph output, so it stays live through C
+    ],
+)
 def test_liveness_peak_matches_hand_count(h_is_output, peak, peak_node):
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="A"),    # [1,16] -> [1,512]
-             helper.make_node("MatMul", ["h", "w2"], ["z"], name="B"),    # [1,512] -> [1,8]
-             helper.make_node("MatMul", ["z", "w3"], ["y"], name="C")]    # [1,8] -> [1,256]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="A"),  # [1,16] -> [1,512]
+        helper.make_node("MatMul", ["h", "w2"], ["z"], name="B"),  # [1,512] -> [1,8]
+        helper.make_node("MatMul", ["z", "w3"], ["y"], name="C"),
+    ]  # [1,8] -> [1,256]
     outputs = [tensor("y", [1, 256])] + ([tensor("h", [1, 512])] if h_is_output else [])
-    model = make_model(nodes, [tensor("x", [1, 16])], outputs,
-                       [weight("w1", 16, 512), weight("w2", 512, 8), weight("w3", 8, 256)])
+    model = make_model(
+        nodes, [tensor("x", [1, 16])], outputs, [weight("w1", 16, 512), weight("w2", 512, 8), weight("w3", 8, 256)]
+    )
     memory = estimate_memory(model)
     assert memory.peak_activation_bytes == peak
     assert memory.peak_node == peak_node
@@ -100,16 +115,20 @@ def test_liveness_peak_matches_hand_count(h_is_output, peak, peak_node):
 
 
 def test_symbolic_dim_raises_user_error_naming_input_and_dim():
-    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
-                       [tensor("x", ["batch", 8])], [tensor("y", ["batch", 8])])
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [tensor("x", ["batch", 8])], [tensor("y", ["batch", 8])]
+    )
     with pytest.raises(UserError, match=r"'x'.*'batch'.*hint: fix input shapes"):
         estimate_memory(model)
 
 
 def test_roofline_picks_compute_or_memory_bound():
-    compute = matmul_model(m=64, k=256, n=256)           # 2*64*256*256 flops over 393216 bytes
-    add = make_model([helper.make_node("Add", ["a", "b"], ["y"])],
-                     [tensor("a", [64, 256]), tensor("b", [64, 256])], [tensor("y", [64, 256])])
+    compute = matmul_model(m=64, k=256, n=256)  # 2*64*256*256 flops over 393216 bytes
+    add = make_model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [tensor("a", [64, 256]), tensor("b", [64, 256])],
+        [tensor("y", [64, 256])],
+    )
     params = dict(DEVICE, compute_efficiency=0.5, bandwidth_efficiency=0.5)
 
     matmul = estimate_latency(compute, **params).nodes[0]
@@ -146,17 +165,25 @@ def test_dynamic_int8_matmul_is_int8_class_and_smaller(tmp_path):
 def test_qdq_matmul_is_timed_as_the_fused_int8_kernel_onnxruntime_runs():
     """DQ(x) -> MatMul <- DQ(W): ORT runs one integer kernel on the int8 tensors, not a float matmul plus a
     dequantization of W on every run."""
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
-    params = [numpy_helper.from_array(np.array(0.1, np.float32), "sx"), numpy_helper.from_array(np.uint8(128), "zx"),
-              numpy_helper.from_array(np.array(0.05, np.float32), "sw"), numpy_helper.from_array(np.int8(0), "zw"),
-              numpy_helper.from_array(np.ones((16, 32), np.int8), "wq")]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    params = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "sx"),
+        numpy_helper.from_array(np.uint8(128), "zx"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "sw"),
+        numpy_helper.from_array(np.int8(0), "zw"),
+        numpy_helper.from_array(np.ones((16, 32), np.int8), "wq"),
+    ]
     model = make_model(nodes, [tensor("x", [8, 16])], [tensor("y", [8, 32])], params)
     latency = estimate_latency(model, **DEVICE)
-    assert [(n.op_type, n.compute_class) for n in latency.nodes] == [("QuantizeLinear", "fp32"),
-                                                                    ("MatMulIntegerToFloat", "int8")]
+    assert [(n.op_type, n.compute_class) for n in latency.nodes] == [
+        ("QuantizeLinear", "fp32"),
+        ("MatMulIntegerToFloat", "int8"),
+    ]
     fused = latency.nodes[1]
     assert fused.flops == 2 * 8 * 16 * 32
     assert fused.bytes == 8 * 16 + 16 * 32 + 8 * 32 * 4  # int8 activations and weights in, float out
@@ -164,25 +191,32 @@ def test_qdq_matmul_is_timed_as_the_fused_int8_kernel_onnxruntime_runs():
 
 def test_contrib_attention_gets_shapes_and_flops():
     batch, seq, hidden, heads = 1, 8, 16, 2
-    node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft",
-                            num_heads=heads, name="attn")
-    model = make_model([node], [tensor("x", [batch, seq, hidden]),
-                                tensor("mask", [batch, seq], TensorProto.INT32)],
-                       [tensor("y", [batch, seq, hidden])],
-                       [weight("w", hidden, 3 * hidden), weight("b", 3 * hidden)], contrib=True)
+    node = helper.make_node(
+        "Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", num_heads=heads, name="attn"
+    )
+    model = make_model(
+        [node],
+        [tensor("x", [batch, seq, hidden]), tensor("mask", [batch, seq], TensorProto.INT32)],
+        [tensor("y", [batch, seq, hidden])],
+        [weight("w", hidden, 3 * hidden), weight("b", 3 * hidden)],
+        contrib=True,
+    )
     assert infer_shapes(model)["y"] == ((batch, seq, hidden), FLOAT)
     tokens = batch * seq
     projection = 2 * tokens * hidden * 3 * hidden + tokens * 3 * hidden
-    products = 2 * batch * seq * seq * (hidden + hidden)          # QK^T and AV
-    softmax = 7 * batch * heads * seq * seq                       # scale, mask, 5-op softmax
+    products = 2 * batch * seq * seq * (hidden + hidden)  # QK^T and AV
+    softmax = 7 * batch * heads * seq * seq  # scale, mask, 5-op softmax
     latency = estimate_latency(model, **DEVICE)
     assert latency.by_op_type["com.microsoft::Attention"].flops == projection + products + softmax
     assert op_histogram(model) == {"com.microsoft::Attention": 1}
 
 
 def test_op_histogram_is_sorted_by_count():
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-             helper.make_node("Gelu", ["b"], ["y"], domain="com.microsoft")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Gelu", ["b"], ["y"], domain="com.microsoft"),
+    ]
     model = make_model(nodes, [tensor("x", [4])], [tensor("y", [4])], contrib=True)
     assert list(op_histogram(model).items()) == [("Relu", 2), ("com.microsoft::Gelu", 1)]
 
@@ -194,17 +228,23 @@ def tiny_bert(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     from onnxruntime.transformers.optimizer import optimize_model
 
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, vocab_size=100)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+    )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(config).eval()
     ids = torch.zeros(1, 16, dtype=torch.long)
     folder = tmp_path_factory.mktemp("bert")
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), folder / "bert.onnx", dynamo=True,
-                      external_data=False, input_names=["input_ids", "attention_mask"],
-                      output_names=["logits"])
-    optimized = optimize_model(str(folder / "bert.onnx"), model_type="bert", num_heads=2,
-                               hidden_size=32)
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids)),
+        folder / "bert.onnx",
+        dynamo=True,
+        external_data=False,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+    )
+    optimized = optimize_model(str(folder / "bert.onnx"), model_type="bert", num_heads=2, hidden_size=32)
     optimized.save_model_to_file(str(folder / "bert_opt.onnx"))
     return folder / "bert_opt.onnx"
 
@@ -212,7 +252,7 @@ def tiny_bert(tmp_path_factory):
 def test_optimized_bert_flops_match_hand_count(tiny_bert):
     seq, hidden, inter, layers = 16, 32, 64, 2
     matmul_params = layers * (4 * hidden * hidden + 2 * hidden * inter)
-    attention = layers * 2 * (2 * seq * seq * hidden)              # QK^T and AV
+    attention = layers * 2 * (2 * seq * seq * hidden)  # QK^T and AV
     hand = 2 * matmul_params * seq + attention
 
     shapes = infer_shapes(tiny_bert)
@@ -231,8 +271,7 @@ def test_quantized_bert_is_mostly_int8(tiny_bert, tmp_path):
     model = onnx.load(tiny_bert)
     del model.graph.value_info[:]
     onnx.save(model, tmp_path / "clean.onnx")
-    quantize_dynamic(tmp_path / "clean.onnx", tmp_path / "int8.onnx",
-                     extra_options={"DefaultTensorType": FLOAT})
+    quantize_dynamic(tmp_path / "clean.onnx", tmp_path / "int8.onnx", extra_options={"DefaultTensorType": FLOAT})
 
     latency = estimate_latency(tmp_path / "int8.onnx", **DEVICE)
     int8_flops = sum(n.flops for n in latency.nodes if n.compute_class == "int8")

@@ -66,7 +66,8 @@ def test_verdicts_compare_each_figure_with_its_budget():
     assert not slow.passed and slow.how == ESTIMATED
     assert slow.line("pixel7", "model.ort") == (
         f"EXCEEDED: p90 latency on pixel7 for model.ort: {budgets.latency_p90_ms + 1:.4g} ms > "
-        f"{budgets.latency_p90_ms:.4g} ms (estimated)")
+        f"{budgets.latency_p90_ms:.4g} ms (estimated)"
+    )
     assert memory_verdict(budgets, Figure(1.0, "MB", ESTIMATED, "liveness")).passed
     drop = accuracy_verdict(budgets, 0.84, 0.84 - budgets.accuracy_drop_points / 100)
     assert drop.passed and drop.value == pytest.approx(budgets.accuracy_drop_points)
@@ -79,7 +80,8 @@ def test_accuracy_guard_names_the_variant_and_both_accuracies():
     assert not miss.passed
     assert miss.line("pixel7", "model.onnx") == (
         f"EXCEEDED: accuracy drop of recipe int4 (84.01% uncompressed -> 82.00%) on pixel7 for model.onnx: "
-        f"2.01 points > {budgets.accuracy_drop_points:.4g} points (measured)")
+        f"2.01 points > {budgets.accuracy_drop_points:.4g} points (measured)"
+    )
 
 
 def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():

@@ -15,8 +15,7 @@ import example_assets  # noqa: E402
 
 
 def test_dedupe_strips_and_keeps_first_occurrence():
-    rows = [("  great film ", "positive"), ("great film", "positive"), ("dull", "negative"),
-            ("   ", "negative")]
+    rows = [("  great film ", "positive"), ("great film", "positive"), ("dull", "negative"), ("   ", "negative")]
     assert example_assets.dedupe(rows) == [("great film", "positive"), ("dull", "negative")]
 
 
@@ -29,9 +28,11 @@ def test_split_is_stratified_disjoint_and_complete():
     rows = [(f"pos {i}", "positive") for i in range(700)] + [(f"neg {i}", "negative") for i in range(300)]
     splits = example_assets.split_rows(rows, seed=13)
     counts = {name: Counter(label for _, label in split) for name, split in splits.items()}
-    assert counts == {"train": {"positive": 560, "negative": 240},
-                      "validation": {"positive": 70, "negative": 30},
-                      "test": {"positive": 70, "negative": 30}}
+    assert counts == {
+        "train": {"positive": 560, "negative": 240},
+        "validation": {"positive": 70, "negative": 30},
+        "test": {"positive": 70, "negative": 30},
+    }
     texts = [text for split in splits.values() for text, _ in split]
     assert sorted(texts) == sorted(text for text, _ in rows)
 
@@ -44,17 +45,20 @@ def test_split_depends_only_on_seed():
 
 def test_split_counts_per_label_and_total():
     splits = {"train": [("a", "x"), ("b", "y"), ("c", "x")], "test": []}
-    assert example_assets.split_counts(splits) == {"train": {"x": 2, "y": 1, "total": 3},
-                                                   "test": {"total": 0}}
+    assert example_assets.split_counts(splits) == {"train": {"x": 2, "y": 1, "total": 3}, "test": {"total": 0}}
 
 
 def test_parse_rotten_tomatoes_keeps_reviews_and_maps_labels():
-    text = ('category,text,movie_name,has_plot_and_reviews\n'
-            'plot,"A plot, summary.",m,True\n'
-            'fresh,"Warm, ""funny""\nand wise.",m,True\n'
-            'rotten,Tedious.,m,True\n')
+    text = (
+        "category,text,movie_name,has_plot_and_reviews\n"
+        'plot,"A plot, summary.",m,True\n'
+        'fresh,"Warm, ""funny""\nand wise.",m,True\n'
+        "rotten,Tedious.,m,True\n"
+    )
     assert example_assets.parse_rotten_tomatoes(text) == [
-        ('Warm, "funny"\nand wise.', "positive"), ("Tedious.", "negative")]
+        ('Warm, "funny"\nand wise.', "positive"),
+        ("Tedious.", "negative"),
+    ]
 
 
 def test_parse_sms_spam_reads_quoted_fields():

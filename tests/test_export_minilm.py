@@ -15,15 +15,25 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(minilm_classifier, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    result = run_export(ExportRequest(model=minilm_classifier, device="pixel7", out_root=out, quantize="none", runs=5,
-                                      warmup=1))
+    result = run_export(
+        ExportRequest(model=minilm_classifier, device="pixel7", out_root=out, quantize="none", runs=5, warmup=1)
+    )
     return result
 
 
 def test_writes_every_artifact(exported):
     names = {p.name for p in exported.out_dir.iterdir()}
-    assert {"model.onnx", "model.ort", "required_operators.config", "manifest.json", "report.json",
-            "report.md", "tokenizer.json", "vocab.txt", "labels.txt"} <= names
+    assert {
+        "model.onnx",
+        "model.ort",
+        "required_operators.config",
+        "manifest.json",
+        "report.json",
+        "report.md",
+        "tokenizer.json",
+        "vocab.txt",
+        "labels.txt",
+    } <= names
     assert not any(p.name.startswith(".") for p in exported.out_dir.parent.iterdir())
 
 
@@ -63,5 +73,8 @@ def test_report_says_how_each_figure_was_obtained(exported):
         assert artifact["memory"]["how"] == "estimated"
         assert artifact["host_latency"]["how"] == "measured"
         assert f"({artifact['runtime']} " in artifact["host_latency"]["method"]
-        assert {v["budget"] for v in artifact["verdicts"]} == {"artifact size", "peak memory",
-                                                              "p90 latency (longest-bucket)"}
+        assert {v["budget"] for v in artifact["verdicts"]} == {
+            "artifact size",
+            "peak memory",
+            "p90 latency (longest-bucket)",
+        }

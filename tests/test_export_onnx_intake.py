@@ -17,8 +17,11 @@ def exported(minilm_dir, tmp_path_factory):
 
     onnx_path = example_assets.paraphrase_onnx_path()
     out = tmp_path_factory.mktemp("dist")
-    return run_export(ExportRequest(model=onnx_path, device="pixel7", out_root=out, quantize="none",
-                                    tokenizer=minilm_dir, runs=3, warmup=1))
+    return run_export(
+        ExportRequest(
+            model=onnx_path, device="pixel7", out_root=out, quantize="none", tokenizer=minilm_dir, runs=3, warmup=1
+        )
+    )
 
 
 def test_fuses_every_attention_block_without_a_config(exported):
@@ -47,11 +50,22 @@ def test_quantized_recipes_take_the_third_party_file(quantize, minilm_dir, tmp_p
     import example_assets
 
     calibration = tmp_path / "calibration.csv"
-    calibration.write_text("text\n" + "\n".join(f"a {w} film, number {i}" for i, w in
-                                                 enumerate(["good", "bad", "dull", "great"] * 4)) + "\n")
+    calibration.write_text(
+        "text\n"
+        + "\n".join(f"a {w} film, number {i}" for i, w in enumerate(["good", "bad", "dull", "great"] * 4))
+        + "\n"
+    )
     extra = {"quantize": quantize, "calibration": calibration} if quantize else {}
-    result = run_export(ExportRequest(model=example_assets.paraphrase_onnx_path(), device="pixel7",
-                                      out_root=tmp_path / "dist", tokenizer=minilm_dir, measure=False, **extra))
+    result = run_export(
+        ExportRequest(
+            model=example_assets.paraphrase_onnx_path(),
+            device="pixel7",
+            out_root=tmp_path / "dist",
+            tokenizer=minilm_dir,
+            measure=False,
+            **extra,
+        )
+    )
     passes = {p["name"]: p for p in result.report.passes}
     assert passes["quantize_dynamic" if quantize is None else "quantize_static"]["fired"]
     manifest = json.loads((result.out_dir / "manifest.json").read_text())

@@ -19,8 +19,12 @@ def _lowered(tiny_checkpoint, tiny_data):
     from edgecompress.lower import export_onnx
 
     bundle = load_bundle(tiny_checkpoint)
-    feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=False).texts, seq_len=16,
-                     input_names=bundle.input_names)
+    feeds = tokenize(
+        bundle.tokenizer,
+        load_dataset(tiny_data, require_labels=False).texts,
+        seq_len=16,
+        input_names=bundle.input_names,
+    )
     context = pass_context(bundle, seq_len=16, calibration=feeds)
     return export_onnx(bundle, feeds), context
 
@@ -68,9 +72,24 @@ def test_quantized_export_reports_speed_against_its_twin(tmp_path, tiny_checkpoi
     from edgecompress.cli import main
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                       str(tiny_data), "-o", str(out), "--quantize", "dynamic-int8", "--runs", "5",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(out),
+            "--quantize",
+            "dynamic-int8",
+            "--runs",
+            "5",
+            "--json",
+        ],
+    )
     assert result.exit_code in (0, 3), result.output
     report = json.loads(result.stdout)
     for artifact in report["artifacts"]:

@@ -100,8 +100,7 @@ def test_fuse_transformer_without_a_config_counts_blocks_by_softmax_and_fails_lo
     """
     bundle, model, _ = tiny
     with pytest.raises(InternalError, match="0 fused attention ops for 2 encoder layers"):
-        apply_pass(FuseTransformer(), copy(model), context(bundle, num_heads=None, hidden_size=None,
-                                                           num_layers=None))
+        apply_pass(FuseTransformer(), copy(model), context(bundle, num_heads=None, hidden_size=None, num_layers=None))
 
 
 def test_fuse_transformer_skips_a_graph_without_attention():
@@ -110,8 +109,10 @@ def test_fuse_transformer_skips_a_graph_without_attention():
 g (float[2, 4] x, float[4, 4] w) => (float[2, 4] y) { y = MatMul(x, w) }
 """)
     _, record = apply_pass(FuseTransformer(), model, context_free())
-    assert (record.fired, record.notes) == (False, ["skipped: no Softmax in the graph: nothing that looks "
-                                                    "like attention to fuse"])
+    assert (record.fired, record.notes) == (
+        False,
+        ["skipped: no Softmax in the graph: nothing that looks like attention to fuse"],
+    )
 
 
 def test_fuse_transformer_fails_loudly_when_attention_fusion_falls_short(tiny):
@@ -124,8 +125,10 @@ def test_fuse_transformer_notes_unfused_attention_without_warning_when_not_requi
     bundle, model, _ = tiny
     with caplog.at_level("INFO", logger="edgecompress.graph.fuse_transformer"):
         _, record = apply_pass(FuseTransformer(require_attention=False), copy(model), context(bundle, num_layers=5))
-    assert "note: 2 fused attention ops for 5 encoder layers; attention runs unfused (require_attention = false " \
-           "in the recipe)" in record.notes
+    assert (
+        "note: 2 fused attention ops for 5 encoder layers; attention runs unfused (require_attention = false "
+        "in the recipe)" in record.notes
+    )
     assert not any("WARNING" in note for note in record.notes)
     assert [r.levelname for r in caplog.records if "fell short" in r.getMessage()] == ["INFO"]
 
@@ -139,10 +142,13 @@ def test_fix_shapes_fixes_inputs_and_keeps_outputs(tiny):
     np.testing.assert_allclose(run(fixed, feeds), run(model, feeds), atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides, reason", [
-    ({"dynamic_shapes": True}, "skipped: the device profile asks for dynamic shapes"),
-    ({"seq_len": None}, "skipped: no seq_len given"),
-])
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        ({"dynamic_shapes": True}, "skipped: the device profile asks for dynamic shapes"),
+        ({"seq_len": None}, "skipped: no seq_len given"),
+    ],
+)
 def test_fix_shapes_skips_with_reason(tiny, overrides, reason):
     bundle, model, _ = tiny
     _, record = apply_pass(FixShapes(), copy(model), context(bundle, **overrides))
@@ -287,9 +293,13 @@ def test_attention_mask_value_fails_loudly_when_padding_would_get_attention(tiny
 def test_attention_mask_value_skips_unfused_and_already_set_graphs(tiny):
     bundle, model, _ = tiny
     _, record = apply_pass(AttentionMaskValue(), copy(model), context(bundle))
-    assert (record.fired, record.notes) == (False, [
-        "skipped: no fused Attention, QAttention or MultiHeadAttention node (an unfused attention takes its "
-        "mask from the graph, not from this attribute)"])
+    assert (record.fired, record.notes) == (
+        False,
+        [
+            "skipped: no fused Attention, QAttention or MultiHeadAttention node (an unfused attention takes its "
+            "mask from the graph, not from this attribute)"
+        ],
+    )
     done, _ = apply_pass(AttentionMaskValue(), _fused(tiny), context(bundle))
     _, again = apply_pass(AttentionMaskValue(), done, context(bundle))
     assert again.notes == ["skipped: every fused attention node already has mask_filter_value = -60"]

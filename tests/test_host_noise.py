@@ -7,10 +7,25 @@ from edgecompress.report.host_noise import host_latency, host_notes
 
 
 def _result(p50=10.0, iqr=0.5, load=0.3, cores=4):
-    return {"latency_ms": {"p10": p50 - 1, "p25": p50 - iqr / 2, "p50": p50, "p75": p50 + iqr / 2, "p90": p50 + 1,
-                           "p99": p50 + 2, "iqr": iqr, "mad": iqr / 2, "mean": p50, "min": p50 - 2, "max": p50 + 3},
-            "threads": 2, "peak_rss_mb": 50.0, "output_digest": "sha256:0",
-            "host": {"cpu_count": cores, "load_1m_before": load, "load_1m_after": load}}
+    return {
+        "latency_ms": {
+            "p10": p50 - 1,
+            "p25": p50 - iqr / 2,
+            "p50": p50,
+            "p75": p50 + iqr / 2,
+            "p90": p50 + 1,
+            "p99": p50 + 2,
+            "iqr": iqr,
+            "mad": iqr / 2,
+            "mean": p50,
+            "min": p50 - 2,
+            "max": p50 + 3,
+        },
+        "threads": 2,
+        "peak_rss_mb": 50.0,
+        "output_digest": "sha256:0",
+        "host": {"cpu_count": cores, "load_1m_before": load, "load_1m_after": load},
+    }
 
 
 def test_a_steady_run_on_a_quiet_host_is_reliable_and_shows_spread_and_load():

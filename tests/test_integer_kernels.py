@@ -45,10 +45,13 @@ def run_onnx(kernel, *inputs: np.ndarray) -> np.ndarray:
     names = [f"x{i}" for i in range(len(inputs))]
     out = kernel(ops, *names)
     types = {np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL}
-    graph = helper.make_graph(ops.nodes, "kernel",
-                              [helper.make_tensor_value_info(n, types[a.dtype], list(a.shape)) for n, a in
-                               zip(names, inputs)],
-                              [helper.make_tensor_value_info(out, TensorProto.INT64, None)], ops.initializers)
+    graph = helper.make_graph(
+        ops.nodes,
+        "kernel",
+        [helper.make_tensor_value_info(n, types[a.dtype], list(a.shape)) for n, a in zip(names, inputs)],
+        [helper.make_tensor_value_info(out, TensorProto.INT64, None)],
+        ops.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -57,14 +60,15 @@ def run_onnx(kernel, *inputs: np.ndarray) -> np.ndarray:
 
 # ---- dyadic requantization -------------------------------------------------------------------------------
 
+
 @given(st.floats(1e-9, 1e5))
 def test_dyadic_multiplier_is_within_2_to_the_minus_23(m):
     d = dyadic(m)
-    assert abs(d.b / 2 ** d.c - m) <= m * 2 ** -23
+    assert abs(d.b / 2**d.c - m) <= m * 2**-23
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(-(2 ** 36), 2 ** 36), min_size=1, max_size=20), st.floats(1e-6, 1e3))
+@given(st.lists(st.integers(-(2**36), 2**36), min_size=1, max_size=20), st.floats(1e-6, 1e3))
 def test_requantize_is_round_half_up_of_q_times_b_over_2c_in_torch_and_onnx(values, m):
     d = dyadic(m)
     q = np.array(values, dtype=np.int64)
@@ -85,8 +89,9 @@ def test_dyadic_rejects_a_non_positive_multiplier():
 
 # ---- nonlinear kernels against float ---------------------------------------------------------------------
 
+
 def test_i_gelu_error_bound():
-    scale = 8 / 2 ** 13
+    scale = 8 / 2**13
     q = _grid(-8, 8, scale)
     out, out_scale = i_gelu(TORCH, q, scale)
     error = (out.double() * out_scale - torch.nn.functional.gelu(q.double() * scale)).abs().max().item()
@@ -109,7 +114,7 @@ def test_i_exp_rejects_a_scale_too_coarse_for_ln2():
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2 ** 16), st.floats(1e-5, 1e-3), st.integers(1, 40))
+@given(st.integers(0, 2**16), st.floats(1e-5, 1e-3), st.integers(1, 40))
 def test_i_softmax_error_bound_and_exact_zero_on_masked_keys(seed, scale, real):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(8, 40, generator=generator, dtype=torch.float64) * 4
@@ -130,24 +135,24 @@ def test_i_tanh_error_bound():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 2 ** 62 - 1))
+@given(st.integers(1, 2**62 - 1))
 def test_isqrt_is_exact(n):
     assert int(isqrt(TORCH, torch.tensor([n]))[0]) == math.isqrt(n)
 
 
 def test_isqrt_onnx_matches_math_isqrt_across_bit_lengths():
-    n = np.array([1, 2, 3, 4, 15, 16, 17, 2 ** 31 - 1, 2 ** 40 + 12345, 2 ** 62 - 1], dtype=np.int64)
+    n = np.array([1, 2, 3, 4, 15, 16, 17, 2**31 - 1, 2**40 + 12345, 2**62 - 1], dtype=np.int64)
     assert run_onnx(isqrt, n).tolist() == [math.isqrt(int(v)) for v in n]
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2 ** 16), st.floats(0.1, 30.0))
+@given(st.integers(0, 2**16), st.floats(0.1, 30.0))
 def test_i_layernorm_error_within_2_output_steps(seed, spread):
     generator = np.random.default_rng(seed)
     x = torch.from_numpy(generator.normal(0.3, spread, (16, 64)))
     x[:, 3] *= 10  # an outlier channel, as BERT has
     gamma, beta = generator.uniform(0.2, 2.0, 64), generator.normal(0, 0.2, 64)
-    q = torch.round(x / (x.abs().max() / 2 ** 21)).long()
+    q = torch.round(x / (x.abs().max() / 2**21)).long()
     reference = torch.nn.functional.layer_norm(x, (64,), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-12)
     out_scale = reference.abs().max().item() / 32767
     out = i_layernorm(TORCH, q, layernorm_params(gamma, beta, out_scale, 16))
@@ -164,24 +169,25 @@ def test_i_linear_is_exact_integer_matmul_and_close_to_float():
     acc = i_linear(TORCH, torch.from_numpy(q), params).numpy()
     assert (acc == q @ params.weight.astype(np.int64) + params.bias).all()
     reference = x @ weight.T + bias
-    sqnr = 10 * np.log10((reference ** 2).sum() / ((acc * params.acc_scale - reference) ** 2).sum())
+    sqnr = 10 * np.log10((reference**2).sum() / ((acc * params.acc_scale - reference) ** 2).sum())
     assert sqnr > 30
 
 
 # ---- every kernel lowers to ONNX bit-exactly -------------------------------------------------------------
 
 KERNELS = {
-    "gelu": lambda ops, q: i_gelu(ops, q, 8 / 2 ** 13)[0],
+    "gelu": lambda ops, q: i_gelu(ops, q, 8 / 2**13)[0],
     "exp": lambda ops, q: i_exp(ops, ops.sub(0, ops.abs(q)), 1e-3)[0],
     "tanh": lambda ops, q: i_tanh(ops, q, 6 / 32767)[0],
-    "layernorm": lambda ops, q: i_layernorm(ops, q, layernorm_params(np.linspace(0.5, 2, 16),
-                                                                     np.linspace(-1, 1, 16), 1e-3, 16)),
+    "layernorm": lambda ops, q: i_layernorm(
+        ops, q, layernorm_params(np.linspace(0.5, 2, 16), np.linspace(-1, 1, 16), 1e-3, 16)
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_kernel_onnx_is_bit_exact(name):
-    q = np.random.default_rng(1).integers(-2 ** 14, 2 ** 14, (4, 16)).astype(np.int64)
+    q = np.random.default_rng(1).integers(-(2**14), 2**14, (4, 16)).astype(np.int64)
     expected = KERNELS[name](TORCH, torch.from_numpy(q)).numpy()
     np.testing.assert_array_equal(run_onnx(KERNELS[name], q), expected)
 
@@ -203,7 +209,7 @@ def test_compare_and_select_ops_are_exact_in_onnxruntime_across_int64(bits):
     """onnxruntime 1.31's own int64 Min/Max/Clip/ReduceMax return wrong values for operands near 2^33
     (measured); the lowering's minimum/maximum/clip/reduce_max must not."""
     rng = np.random.default_rng(bits)
-    a, b = (rng.integers(-2 ** bits, 2 ** bits, 1000, dtype=np.int64) for _ in range(2))
+    a, b = (rng.integers(-(2**bits), 2**bits, 1000, dtype=np.int64) for _ in range(2))
     limit = 2 ** (bits - 1)
     np.testing.assert_array_equal(run_onnx(lambda ops, x, y: ops.minimum(x, y), a, b), np.minimum(a, b))
     np.testing.assert_array_equal(run_onnx(lambda ops, x, y: ops.maximum(x, y), a, b), np.maximum(a, b))

@@ -67,15 +67,17 @@ def _ort(graph, feeds, *, optimize: bool, batch: int | None = None) -> np.ndarra
     session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rows = len(feeds["input_ids"])
     step = batch or rows
-    return np.concatenate([session.run(["logits"], {n: feeds[n][i:i + step] for n in NAMES})[0]
-                           for i in range(0, rows, step)])
+    return np.concatenate(
+        [session.run(["logits"], {n: feeds[n][i : i + step] for n in NAMES})[0] for i in range(0, rows, step)]
+    )
 
 
 # ---- the integer module against the float model ---------------------------------------------------------
 
+
 def test_integer_module_tracks_the_float_model(integer, bundle, feeds):
     reference, candidate = _torch(bundle.module, feeds), _torch(integer, feeds)
-    sqnr = 10 * np.log10((reference ** 2).sum() / ((candidate - reference) ** 2).sum())
+    sqnr = 10 * np.log10((reference**2).sum() / ((candidate - reference) ** 2).sum())
     assert sqnr > 25, sqnr  # measured 35 dB on the tiny random model
     assert integer.integer_only is True
     assert 0 < integer.parity_atol < 1e-3 * np.abs(reference).max()
@@ -90,6 +92,7 @@ def test_integer_module_ignores_trailing_padding(integer, feeds):
 
 
 # ---- ONNX lowering: bit-exact, integer-only --------------------------------------------------------------
+
 
 def test_onnx_graph_is_bit_exact_with_the_torch_module(integer, feeds):
     graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
@@ -116,6 +119,7 @@ def test_only_the_output_dequantization_is_float(integer, feeds):
 
 # ---- what the lowering refuses ---------------------------------------------------------------------------
 
+
 def _refusal(model, match: str):
     with pytest.raises(UserError, match=match):
         integer_bert(model, {}, where="tiny")
@@ -126,8 +130,11 @@ def test_another_activation_is_refused_with_its_module_path(bundle):
 
     config = copy.deepcopy(bundle.module.hf_model.config)
     config.hidden_act = "relu"
-    _refusal(BertForSequenceClassification(config), "integer-only lowering cannot handle activation 'relu' of "
-             "module 'bert.encoder.layer.0.intermediate.intermediate_act_fn' \\(ReLU\\)")
+    _refusal(
+        BertForSequenceClassification(config),
+        "integer-only lowering cannot handle activation 'relu' of "
+        "module 'bert.encoder.layer.0.intermediate.intermediate_act_fn' \\(ReLU\\)",
+    )
 
 
 def test_an_unknown_module_is_refused_with_its_path_and_type(bundle):
@@ -156,6 +163,7 @@ def test_infinite_calibration_activations_are_refused(bundle, feeds):
 
 
 # ---- the pass --------------------------------------------------------------------------------------------
+
 
 def test_pass_fires_and_reports(bundle, feeds):
     model, record = apply_pass(IntegerOnly(calibration_rows=8), bundle, _ctx(feeds))
@@ -186,15 +194,21 @@ def test_pass_refuses_a_sentence_encoder(tiny_encoder, feeds):
         IntegerOnly().requires(load_bundle(tiny_encoder), _ctx(feeds))
 
 
-@pytest.mark.parametrize("option, value, match", [("percentile", 10.0, "must be in \\[50, 100\\]"),
-                                                  ("qat_epochs", -1.0, "must be 0 or more"),
-                                                  ("batch_size", 0, "must be positive")])
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("percentile", 10.0, "must be in \\[50, 100\\]"),
+        ("qat_epochs", -1.0, "must be 0 or more"),
+        ("batch_size", 0, "must be positive"),
+    ],
+)
 def test_pass_rejects_bad_options(bundle, feeds, option, value, match):
     with pytest.raises(UserError, match=f"option '{option}' of pass 'integer_only' {match}"):
         IntegerOnly(**{option: value}).requires(bundle, _ctx(feeds))
 
 
 # ---- recipe and export -----------------------------------------------------------------------------------
+
 
 def test_recipe_keeps_the_graph_integer():
     recipe = load_recipe("integer-only")
@@ -215,9 +229,23 @@ def ort_device(tiny_device, tmp_path_factory) -> Path:
 def test_export_ships_a_bit_exact_integer_graph(tiny_checkpoint, tiny_data, ort_device, tmp_path):
     import json
 
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(ort_device), "--data",
-                                       str(tiny_data), "-o", str(tmp_path), "--recipe", "integer-only",
-                                       "--no-measure", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(ort_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(tmp_path),
+            "--recipe",
+            "integer-only",
+            "--no-measure",
+            "--json",
+        ],
+    )
     assert result.exit_code in (0, 3), result.output
     report = json.loads((tmp_path / "tinyort" / "report.json").read_text())
     assert [p["name"] for p in report["passes"]] == ["integer_only", "fix_shapes", "fold_constants"]
@@ -231,16 +259,41 @@ def test_export_without_data_calibrates_on_the_built_in_sentences(tiny_checkpoin
     """Issue 17 item 12: the export always has tuning texts (--calibration, --train-data or built-in sentences)."""
     import json
 
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(ort_device), "-o",
-                                       str(tmp_path / "out"), "--recipe", "integer-only", "--no-measure"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(ort_device),
+            "-o",
+            str(tmp_path / "out"),
+            "--recipe",
+            "integer-only",
+            "--no-measure",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(next((tmp_path / "out").glob("*/report.json")).read_text())
     assert "of the built-in sentences held out for tuning" in report["data"]["tuned_on"]
 
 
 def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, tiny_data, tiny_device, tmp_path):
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                       str(tiny_data), "-o", str(tmp_path / "out"), "--quantize", "integer-only"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(tmp_path / "out"),
+            "--quantize",
+            "integer-only",
+        ],
+    )
     line = user_error(result, tmp_path / "out")
     assert "integer-only models ship for ONNX Runtime only" in line and 'artifacts = ["onnx", "ort"]' in line
 
@@ -248,15 +301,30 @@ def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, 
 def test_export_reports_an_empty_float_audit_inside_the_model(tiny_checkpoint, tiny_data, ort_device, tmp_path):
     import json
 
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(ort_device), "--data",
-                                       str(tiny_data), "-o", str(tmp_path), "--quantize", "integer-only",
-                                       "--no-measure", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(ort_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(tmp_path),
+            "--quantize",
+            "integer-only",
+            "--no-measure",
+            "--json",
+        ],
+    )
     assert result.exit_code in (0, 3), result.output
     for artifact in json.loads(result.stdout)["artifacts"]:
         assert artifact["float_ops_inside"] == [] and artifact["float_ops"] == ["Mul"], artifact["file"]
 
 
 # ---- the real MiniLM -------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
@@ -273,7 +341,7 @@ def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
     real = feeds["attention_mask"] > 0
     with torch.no_grad():
         reference = model.bert(*(torch.from_numpy(feeds[n]) for n in NAMES)).last_hidden_state.numpy()[real]
-    sqnr = 10 * np.log10((reference ** 2).sum() / ((hidden[real] - reference) ** 2).sum())
+    sqnr = 10 * np.log10((reference**2).sum() / ((hidden[real] - reference) ** 2).sum())
     assert sqnr > 15, sqnr  # measured 18.3 dB (12 short texts, ranges calibrated on them)
 
 
@@ -289,6 +357,7 @@ def _integer_hidden_states(integer, feeds) -> np.ndarray:
 
 
 # ---- quantization-aware training -------------------------------------------------------------------------
+
 
 def test_fake_quantized_model_sees_the_integer_rounding(bundle, feeds, integer):
     """Training runs the float model under the integer model's quantizers: its logits sit much closer to

@@ -25,8 +25,23 @@ pytest.importorskip("ai_edge_litert")
 RUNNER = runtimes_dir() / "litert_runner.py"
 FAST = ["--runs", "5", "--warmup", "1"]
 RESULT_KEYS = {
-    "schema", "runner", "runtime", "runtime_version", "artifact", "artifact_bytes", "threads", "runs",
-    "warmup", "inputs", "load_ms", "latency_ms", "peak_rss_mb", "outputs", "output_digest", "host", "python",
+    "schema",
+    "runner",
+    "runtime",
+    "runtime_version",
+    "artifact",
+    "artifact_bytes",
+    "threads",
+    "runs",
+    "warmup",
+    "inputs",
+    "load_ms",
+    "latency_ms",
+    "peak_rss_mb",
+    "outputs",
+    "output_digest",
+    "host",
+    "python",
 }
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 SEQ_LEN = 16
@@ -52,10 +67,14 @@ def tiny_bert_like() -> onnx.ModelProto:
         helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0),
     ]
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, [1, SEQ_LEN]) for name in INPUT_NAMES]
-    outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, SEQ_LEN, 4]),
-               helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 4])]
-    model = helper.make_model(helper.make_graph(nodes, "tiny_bert_like", inputs, outputs, initializers),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    outputs = [
+        helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, SEQ_LEN, 4]),
+        helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 4]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny_bert_like", inputs, outputs, initializers),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     model.ir_version = 9
     return model
 
@@ -105,10 +124,13 @@ def test_result_has_the_contract_keys_and_sane_values(model_path):
     assert result["runtime_version"] == version("ai-edge-litert")
     assert result["artifact"] == "tiny.tflite" and result["artifact_bytes"] == model_path.stat().st_size
     assert (result["threads"], result["runs"], result["warmup"], result["delegate"]) == (2, 5, 1, "xnnpack")
-    assert result["inputs"] == {name: {"shape": [1, SEQ_LEN], "dtype": "int64", "source": "synthetic"}
-                                for name in INPUT_NAMES}
-    assert result["outputs"] == {"hidden": {"shape": [1, SEQ_LEN, 4], "dtype": "float32"},
-                                 "pooled": {"shape": [1, 4], "dtype": "float32"}}
+    assert result["inputs"] == {
+        name: {"shape": [1, SEQ_LEN], "dtype": "int64", "source": "synthetic"} for name in INPUT_NAMES
+    }
+    assert result["outputs"] == {
+        "hidden": {"shape": [1, SEQ_LEN, 4], "dtype": "float32"},
+        "pooled": {"shape": [1, 4], "dtype": "float32"},
+    }
     lat = result["latency_ms"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert result["load_ms"] > 0 and result["peak_rss_mb"] > 1
@@ -151,8 +173,11 @@ def test_expected_errors_are_one_stderr_line_and_exit_2(case, model_path, tmp_pa
         "missing": [tmp_path / "absent.tflite"],
         "not_a_model": [junk],
         "bad_keys": [model_path, "--inputs", save_npz(tmp_path / "k.npz", {"ids": np.ones((1, 4), np.int64)})],
-        "bad_dtype": [model_path, "--inputs",
-                      save_npz(tmp_path / "d.npz", {k: v.astype(np.int32) for k, v in feeds().items()})],
+        "bad_dtype": [
+            model_path,
+            "--inputs",
+            save_npz(tmp_path / "d.npz", {k: v.astype(np.int32) for k, v in feeds().items()}),
+        ],
         "bad_shape": [model_path, "--inputs", save_npz(tmp_path / "s.npz", {k: v[:, :8] for k, v in feeds().items()})],
         "bad_arg": [model_path, "--runs", "0"],
     }[case]
@@ -172,20 +197,30 @@ def test_runner_is_standalone(model_path, tmp_path):
     """It is pushed to devices alone: stdlib + numpy + one LiteRT package, Python 3.8 syntax, no edgecompress."""
     source = RUNNER.read_text()
     tree = ast.parse(source, feature_version=(3, 8))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
     assert imported - set(sys.stdlib_module_names) == {"numpy", "ai_edge_litert", "tflite_runtime"}
     copy = tmp_path / "device" / "litert_runner.py"
     copy.parent.mkdir()
     copy.write_text(source)
-    block = ("import runpy, sys; sys.modules['edgecompress'] = None; "
-             f"sys.argv = [{str(copy)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    block = (
+        "import runpy, sys; sys.modules['edgecompress'] = None; "
+        f"sys.argv = [{str(copy)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", block, str(model_path), *FAST], capture_output=True, text=True,
-                          cwd=copy.parent, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", block, str(model_path), *FAST],
+        capture_output=True,
+        text=True,
+        cwd=copy.parent,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["schema"] == SCHEMA
 

@@ -22,11 +22,23 @@ SUPPORTED = "BertForSequenceClassification, BertModel"
 
 # ---- helpers ------------------------------------------------------------------------------------------------
 
+
 def run_export(model, device, data, out: Path, *extra):
-    return CliRunner().invoke(main, ["export", str(model), "--device", str(device), "--data", str(data),
-                                     "-o", str(out), "--no-measure", *map(str, extra)])
-
-
+    return CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(model),
+            "--device",
+            str(device),
+            "--data",
+            str(data),
+            "-o",
+            str(out),
+            "--no-measure",
+            *map(str, extra),
+        ],
+    )
 
 
 @pytest.fixture
@@ -52,18 +64,23 @@ def vocab_size(folder: Path) -> int:
 
 # ---- checkpoint folders -------------------------------------------------------------------------------------
 
+
 def test_missing_model_path(tmp_path, tiny_device, tiny_data, out):
     line = user_error(run_export(tmp_path / "nope", tiny_device, tiny_data, out), out)
-    assert line == (f"error: {tmp_path / 'nope'}: model path does not exist; expected a checkpoint folder "
-                    f"(config.json, weights, tokenizer) or an .onnx file")
+    assert line == (
+        f"error: {tmp_path / 'nope'}: model path does not exist; expected a checkpoint folder "
+        f"(config.json, weights, tokenizer) or an .onnx file"
+    )
 
 
 def test_empty_checkpoint_folder(tmp_path, tiny_device, tiny_data, out):
     empty = tmp_path / "empty"
     empty.mkdir()
     line = user_error(run_export(empty, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {empty}: checkpoint folder is empty; expected config.json, model.safetensors "
-                    f"(or pytorch_model.bin), tokenizer files")
+    assert line == (
+        f"error: {empty}: checkpoint folder is empty; expected config.json, model.safetensors "
+        f"(or pytorch_model.bin), tokenizer files"
+    )
 
 
 def test_config_missing(ckpt, tiny_device, tiny_data, out):
@@ -88,8 +105,10 @@ def test_config_not_an_object(ckpt, tiny_device, tiny_data, out):
 def test_unsupported_architecture_names_the_supported_ones(ckpt, tiny_device, tiny_data, out):
     edit_config(ckpt, architectures=["GPT2LMHeadModel"], model_type="gpt2")
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt / 'config.json'}: unsupported architecture 'GPT2LMHeadModel' (model_type 'gpt2'); "
-                    f"expected model_type 'bert' with one of {SUPPORTED}")
+    assert line == (
+        f"error: {ckpt / 'config.json'}: unsupported architecture 'GPT2LMHeadModel' (model_type 'gpt2'); "
+        f"expected model_type 'bert' with one of {SUPPORTED}"
+    )
 
 
 def test_config_field_of_wrong_type(ckpt, tiny_device, tiny_data, out):
@@ -102,31 +121,39 @@ def test_heads_that_do_not_divide_hidden_size(ckpt, tiny_device, tiny_data, out)
     # Used to escape as a ValueError traceback from transformers' BertSelfAttention.
     edit_config(ckpt, num_attention_heads=3)
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt / 'config.json'}: hidden_size 32 is not a multiple of num_attention_heads 3; "
-                    f"hint: is config.json from the same checkpoint as the weights?")
+    assert line == (
+        f"error: {ckpt / 'config.json'}: hidden_size 32 is not a multiple of num_attention_heads 3; "
+        f"hint: is config.json from the same checkpoint as the weights?"
+    )
 
 
 def test_weights_do_not_match_hidden_size(ckpt, tiny_device, tiny_data, out):
     n = vocab_size(ckpt)
     edit_config(ckpt, hidden_size=64)
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt}: weights do not match the config: 'bert.embeddings.word_embeddings.weight' "
-                    f"has shape ({n}, 32); expected ({n}, 64) from config.json")
+    assert line == (
+        f"error: {ckpt}: weights do not match the config: 'bert.embeddings.word_embeddings.weight' "
+        f"has shape ({n}, 32); expected ({n}, 64) from config.json"
+    )
 
 
 def test_weights_do_not_match_vocab_size(ckpt, tiny_device, tiny_data, out):
     n = vocab_size(ckpt)
     edit_config(ckpt, vocab_size=200)
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt}: weights do not match the config: 'bert.embeddings.word_embeddings.weight' "
-                    f"has shape ({n}, 32); expected (200, 32) from config.json")
+    assert line == (
+        f"error: {ckpt}: weights do not match the config: 'bert.embeddings.word_embeddings.weight' "
+        f"has shape ({n}, 32); expected (200, 32) from config.json"
+    )
 
 
 def test_weights_do_not_match_label_count(ckpt, tiny_device, tiny_data, out):
     edit_config(ckpt, id2label={"0": "a", "1": "b", "2": "c"}, label2id={"a": 0, "b": 1, "c": 2})
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt}: weights do not match the config: 'classifier.weight' has shape (2, 32); "
-                    f"expected (3, 32) from config.json")
+    assert line == (
+        f"error: {ckpt}: weights do not match the config: 'classifier.weight' has shape (2, 32); "
+        f"expected (3, 32) from config.json"
+    )
 
 
 def test_missing_tensor(ckpt, tiny_device, tiny_data, out):
@@ -136,8 +163,10 @@ def test_missing_tensor(ckpt, tiny_device, tiny_data, out):
     del state["classifier.weight"]
     save_file(state, str(ckpt / "model.safetensors"))
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt}: weights do not match the config: tensor 'classifier.weight' is missing; "
-                    f"hint: is config.json from the same checkpoint as the weights?")
+    assert line == (
+        f"error: {ckpt}: weights do not match the config: tensor 'classifier.weight' is missing; "
+        f"hint: is config.json from the same checkpoint as the weights?"
+    )
 
 
 def test_more_layers_in_config_than_in_weights(ckpt, tiny_device, tiny_data, out):
@@ -149,8 +178,10 @@ def test_more_layers_in_config_than_in_weights(ckpt, tiny_device, tiny_data, out
 def test_no_weights_file(ckpt, tiny_device, tiny_data, out):
     (ckpt / "model.safetensors").unlink()
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt}: no weights found; expected model.safetensors, model.safetensors.index.json "
-                    f"with its shards, or pytorch_model.bin")
+    assert line == (
+        f"error: {ckpt}: no weights found; expected model.safetensors, model.safetensors.index.json "
+        f"with its shards, or pytorch_model.bin"
+    )
 
 
 def test_corrupt_safetensors(ckpt, tiny_device, tiny_data, out):
@@ -163,8 +194,10 @@ def test_tokenizer_missing(ckpt, tiny_device, tiny_data, out):
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
         (ckpt / name).unlink()
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt}: tokenizer is missing; expected one of tokenizer.json, vocab.txt in {ckpt}; "
-                    f"hint: save the tokenizer with tokenizer.save_pretrained() next to the model")
+    assert line == (
+        f"error: {ckpt}: tokenizer is missing; expected one of tokenizer.json, vocab.txt in {ckpt}; "
+        f"hint: save the tokenizer with tokenizer.save_pretrained() next to the model"
+    )
 
 
 def test_tokenizer_config_alone_is_not_a_tokenizer(ckpt, tiny_device, tiny_data, out):
@@ -182,6 +215,7 @@ def test_corrupt_tokenizer_json(ckpt, tiny_device, tiny_data, out):
 
 
 # ---- pytorch_model.bin ----------------------------------------------------------------------------------------
+
 
 def _to_bin(folder: Path, state) -> None:
     import torch
@@ -213,8 +247,10 @@ def test_bin_with_code_in_the_pickle_is_refused_without_running_it(ckpt, tmp_pat
     _to_bin(ckpt, {"bert.embeddings.word_embeddings.weight": Payload()})
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
     assert not marker.exists()
-    assert line.startswith(f"error: {ckpt / 'pytorch_model.bin'}: cannot read weights safely "
-                           f"(torch.load(weights_only=True) refused it: Unsupported global: ")
+    assert line.startswith(
+        f"error: {ckpt / 'pytorch_model.bin'}: cannot read weights safely "
+        f"(torch.load(weights_only=True) refused it: Unsupported global: "
+    )
     assert line.endswith("; hint: re-save the checkpoint with safetensors")
 
 
@@ -225,8 +261,9 @@ def test_corrupt_bin_is_one_line(ckpt, tiny_device, tiny_data, out):
     assert line.startswith(f"error: {ckpt / 'pytorch_model.bin'}: cannot read weights safely (")
 
 
-@pytest.mark.parametrize("payload, found", [
-    ("tensor", "a Tensor"), ("list", "a list"), ("nested", "entry 'state_dict' is a dict")])
+@pytest.mark.parametrize(
+    "payload, found", [("tensor", "a Tensor"), ("list", "a list"), ("nested", "entry 'state_dict' is a dict")]
+)
 def test_bin_that_is_not_a_state_dict(ckpt, tiny_device, tiny_data, out, payload, found):
     # A bare tensor or a list used to escape as an AttributeError traceback.
     import torch
@@ -234,18 +271,24 @@ def test_bin_that_is_not_a_state_dict(ckpt, tiny_device, tiny_data, out, payload
     value = {"tensor": torch.zeros(3), "list": [1, 2], "nested": {"state_dict": {"w": torch.zeros(1)}}}[payload]
     _to_bin(ckpt, value)
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {ckpt / 'pytorch_model.bin'}: not a state dict of named tensors ({found}); "
-                    f"expected a file written by torch.save(model.state_dict()) or save_pretrained()")
+    assert line == (
+        f"error: {ckpt / 'pytorch_model.bin'}: not a state dict of named tensors ({found}); "
+        f"expected a file written by torch.save(model.state_dict()) or save_pretrained()"
+    )
 
 
 # ---- loading, without the CLI ----------------------------------------------------------------------------------
+
 
 def test_bundle_of_a_classifier_and_of_an_encoder(tiny_checkpoint, tiny_encoder):
     from edgecompress.intake.model import CLASSIFICATION, EMBEDDING, load_bundle
 
     classifier = load_bundle(tiny_checkpoint)
     assert (classifier.kind, classifier.labels, classifier.output_name) == (
-        CLASSIFICATION, ["negative", "positive"], "logits")
+        CLASSIFICATION,
+        ["negative", "positive"],
+        "logits",
+    )
     assert (classifier.num_heads, classifier.hidden_size, classifier.num_layers) == (2, 32, 2)
     assert classifier.tokenizer_settings.lowercase is True
     assert classifier.tokenizer_settings.max_length == 64
@@ -263,8 +306,9 @@ def test_loaded_weights_are_the_checkpoint_weights(tiny_checkpoint):
 
     bundle = load_bundle(tiny_checkpoint)
     reference = BertForSequenceClassification.from_pretrained(str(tiny_checkpoint)).eval()
-    encoded = bundle.tokenizer(["a very good movie", "the worst film ever"], padding="max_length",
-                               max_length=16, return_tensors="pt")
+    encoded = bundle.tokenizer(
+        ["a very good movie", "the worst film ever"], padding="max_length", max_length=16, return_tensors="pt"
+    )
     with torch.no_grad():
         expected = reference(**encoded).logits
         got = bundle.module(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
@@ -292,20 +336,25 @@ def test_prefixless_weights_are_aligned(ckpt):
 
 # ---- .onnx files -------------------------------------------------------------------------------------------------
 
+
 def test_onnx_that_is_random_bytes(tmp_path, tiny_device, tiny_data, out):
     path = tmp_path / "model.onnx"
     path.write_bytes(bytes((i * 97 + 13) % 256 for i in range(4096)))
     line = user_error(run_export(path, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {path}: not a readable ONNX model (DecodeError); "
-                    f"expected a file written by torch.onnx.export or another ONNX exporter")
+    assert line == (
+        f"error: {path}: not a readable ONNX model (DecodeError); "
+        f"expected a file written by torch.onnx.export or another ONNX exporter"
+    )
 
 
 def test_onnx_that_is_a_text_file(tmp_path, tiny_device, tiny_data, out):
     path = tmp_path / "model.onnx"
     path.write_text("this is not a model\n")
     line = user_error(run_export(path, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {path}: not a readable ONNX model (DecodeError); "
-                    f"expected a file written by torch.onnx.export or another ONNX exporter")
+    assert line == (
+        f"error: {path}: not a readable ONNX model (DecodeError); "
+        f"expected a file written by torch.onnx.export or another ONNX exporter"
+    )
 
 
 def test_empty_onnx_file(tmp_path, tiny_device, tiny_data, out):
@@ -329,8 +378,10 @@ def _image_model(path: Path) -> Path:
 def test_onnx_with_unsupported_inputs(tmp_path, tiny_checkpoint, tiny_device, tiny_data, out):
     path = _image_model(tmp_path / "image.onnx")
     line = user_error(run_export(path, tiny_device, tiny_data, out, "--tokenizer", tiny_checkpoint), out)
-    assert line == (f"error: {path}: unsupported model inputs ['pixel_values']; "
-                    f"expected text-model inputs among input_ids, attention_mask, token_type_ids")
+    assert line == (
+        f"error: {path}: unsupported model inputs ['pixel_values']; "
+        f"expected text-model inputs among input_ids, attention_mask, token_type_ids"
+    )
 
 
 def test_onnx_without_a_tokenizer(tmp_path, tiny_device, tiny_data, out):
@@ -339,18 +390,22 @@ def test_onnx_without_a_tokenizer(tmp_path, tiny_device, tiny_data, out):
 
     ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 16])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 16])
-    graph = helper.make_graph([helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)],
-                              "g", [ids], [y])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "g", [ids], [y]
+    )
     folder = tmp_path / "lone"
     folder.mkdir()
     path = folder / "model.onnx"
     onnx.save(helper.make_model(graph), str(path))
     line = user_error(run_export(path, tiny_device, tiny_data, out), out)
-    assert line == (f"error: {path}: tokenizer is missing; expected one of tokenizer.json, vocab.txt in {folder}; "
-                    f"hint: save the tokenizer with tokenizer.save_pretrained() next to the model")
+    assert line == (
+        f"error: {path}: tokenizer is missing; expected one of tokenizer.json, vocab.txt in {folder}; "
+        f"hint: save the tokenizer with tokenizer.save_pretrained() next to the model"
+    )
 
 
 # ---- issue 17: checkpoints that must load ----------------------------------------------------------------------
+
 
 def _logits(bundle):
     import torch

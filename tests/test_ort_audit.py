@@ -17,19 +17,29 @@ def _integer_graph(float_in_the_middle: bool) -> onnx.ModelProto:
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "scale")
     nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["acc"], name="first")]
     if float_in_the_middle:
-        nodes += [helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT, name="to_float"),
-                  helper.make_node("Relu", ["acc_f"], ["relu"], name="float_relu"),
-                  helper.make_node("Cast", ["relu"], ["acc8"], to=TensorProto.INT8, name="to_int8")]
+        nodes += [
+            helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT, name="to_float"),
+            helper.make_node("Relu", ["acc_f"], ["relu"], name="float_relu"),
+            helper.make_node("Cast", ["relu"], ["acc8"], to=TensorProto.INT8, name="to_int8"),
+        ]
     else:
-        nodes += [helper.make_node("Clip", ["acc", "lo", "hi"], ["clipped"], name="int_clip"),
-                  helper.make_node("Cast", ["clipped"], ["acc8"], to=TensorProto.INT8, name="to_int8")]
-    nodes += [helper.make_node("MatMulInteger", ["acc8", "w"], ["acc2"], name="second"),
-              helper.make_node("Cast", ["acc2"], ["y_int"], to=TensorProto.FLOAT, name="dequant_cast"),
-              helper.make_node("Mul", ["y_int", "scale"], ["y"], name="dequant_scale")]
+        nodes += [
+            helper.make_node("Clip", ["acc", "lo", "hi"], ["clipped"], name="int_clip"),
+            helper.make_node("Cast", ["clipped"], ["acc8"], to=TensorProto.INT8, name="to_int8"),
+        ]
+    nodes += [
+        helper.make_node("MatMulInteger", ["acc8", "w"], ["acc2"], name="second"),
+        helper.make_node("Cast", ["acc2"], ["y_int"], to=TensorProto.FLOAT, name="dequant_cast"),
+        helper.make_node("Mul", ["y_int", "scale"], ["y"], name="dequant_scale"),
+    ]
     bounds = [numpy_helper.from_array(np.array(v, np.int32), n) for n, v in (("lo", -128), ("hi", 127))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              initializer=[w, scale, *bounds])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[w, scale, *bounds],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
@@ -58,9 +68,12 @@ def test_ort_format_file_is_read_from_the_flatbuffer(tmp_path):
 
 
 def test_float_model_has_no_integer_region(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="r")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "f.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     audit = audit_for_report(path)
@@ -68,9 +81,12 @@ def test_float_model_has_no_integer_region(tmp_path):
 
 
 def test_dynamic_shape_artifact_is_audited(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="r")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
     path = tmp_path / "dynamic.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     assert audit_for_report(path)["float_ops"] == ["Relu"]

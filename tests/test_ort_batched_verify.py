@@ -25,8 +25,20 @@ def exports(tiny_checkpoint, tiny_device, tmp_path_factory) -> dict[str, Path]:
     folders = {}
     for mode in ("none", "dynamic-int8"):
         out = root / mode
-        result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "-o",
-                                           str(out), "--quantize", mode, "--no-measure"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "export",
+                str(tiny_checkpoint),
+                "--device",
+                str(tiny_device),
+                "-o",
+                str(out),
+                "--quantize",
+                mode,
+                "--no-measure",
+            ],
+        )
         assert result.exit_code == 0, result.output
         folders[mode] = out / "tinyphone"
     return folders
@@ -55,8 +67,9 @@ def _calls(monkeypatch) -> list[int]:
 def test_a_float_onnx_runs_in_batches_with_the_same_outputs_and_the_file_untouched(exports, feeds, monkeypatch):
     path = exports["none"] / "model.onnx"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    one_at_a_time = evaluate.run_session(evaluate.ort_session(str(path), threads=2, optimize=True), feeds,
-                                         output_name="logits", batch_size=1)
+    one_at_a_time = evaluate.run_session(
+        evaluate.ort_session(str(path), threads=2, optimize=True), feeds, output_name="logits", batch_size=1
+    )
     sizes = _calls(monkeypatch)
     outputs = run_ort_artifact(path, feeds, output_name="logits")
     assert sizes[-1] == batched.BATCH  # the whole run, after the proof on the first batch

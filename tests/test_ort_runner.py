@@ -24,8 +24,23 @@ from edgecompress.paths import runtimes_dir
 RUNNER = runtimes_dir() / "ort_runner.py"
 FAST = ["--runs", "5", "--warmup", "1"]
 RESULT_KEYS = {
-    "schema", "runner", "runtime", "runtime_version", "artifact", "artifact_bytes", "threads", "runs",
-    "warmup", "inputs", "load_ms", "latency_ms", "peak_rss_mb", "outputs", "output_digest", "host", "python",
+    "schema",
+    "runner",
+    "runtime",
+    "runtime_version",
+    "artifact",
+    "artifact_bytes",
+    "threads",
+    "runs",
+    "warmup",
+    "inputs",
+    "load_ms",
+    "latency_ms",
+    "peak_rss_mb",
+    "outputs",
+    "output_digest",
+    "host",
+    "python",
 }
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -72,9 +87,20 @@ def model_path(tmp_path_factory) -> Path:
 def ort_path(model_path, tmp_path_factory) -> Path:
     """The same model converted with onnxruntime's own ORT-format tool, as the mobile pipeline does."""
     out_dir = tmp_path_factory.mktemp("ort")
-    subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(model_path),
-                    "--output_dir", str(out_dir), "--optimization_style", "Fixed"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime.tools.convert_onnx_models_to_ort",
+            str(model_path),
+            "--output_dir",
+            str(out_dir),
+            "--optimization_style",
+            "Fixed",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out_dir / "tiny.ort"
 
 
@@ -87,8 +113,9 @@ def feeds(seq_len: int, offset: int = 1000) -> dict[str, np.ndarray]:
 
 
 def run_script(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUNNER), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(RUNNER), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def run_json(*args) -> dict:
@@ -126,10 +153,13 @@ def test_result_has_the_contract_keys_and_sane_values(model_path):
     assert result["runtime_version"] == ort.__version__
     assert result["artifact"] == "tiny.onnx" and result["artifact_bytes"] == model_path.stat().st_size
     assert (result["threads"], result["runs"], result["warmup"]) == (2, 5, 1)
-    assert result["inputs"] == {name: {"shape": [1, 16], "dtype": "int64", "source": "synthetic"}
-                                for name in INPUT_NAMES}
-    assert result["outputs"] == {"hidden": {"shape": [1, 16, 4], "dtype": "float32"},
-                                 "pooled": {"shape": [1, 4], "dtype": "float32"}}
+    assert result["inputs"] == {
+        name: {"shape": [1, 16], "dtype": "int64", "source": "synthetic"} for name in INPUT_NAMES
+    }
+    assert result["outputs"] == {
+        "hidden": {"shape": [1, 16, 4], "dtype": "float32"},
+        "pooled": {"shape": [1, 4], "dtype": "float32"},
+    }
     lat = result["latency_ms"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert lat["min"] <= lat["mean"] <= lat["max"]
@@ -185,8 +215,11 @@ def test_expected_errors_are_one_stderr_line_and_exit_2(case, model_path, tmp_pa
         "missing": [tmp_path / "absent.onnx"],
         "not_a_model": [junk],
         "bad_keys": [model_path, "--inputs", save_npz(tmp_path / "k.npz", {"ids": np.ones((1, 4), np.int64)})],
-        "bad_dtype": [model_path, "--inputs",
-                      save_npz(tmp_path / "d.npz", {k: v.astype(np.int32) for k, v in feeds(4).items()})],
+        "bad_dtype": [
+            model_path,
+            "--inputs",
+            save_npz(tmp_path / "d.npz", {k: v.astype(np.int32) for k, v in feeds(4).items()}),
+        ],
         "bad_arg": [model_path, "--runs", "0"],
     }[case]
     proc = run_script(*args)
@@ -201,34 +234,46 @@ def test_runner_is_standalone(model_path, tmp_path):
     """It is pushed to devices alone: stdlib + numpy + onnxruntime, Python 3.8 syntax, no edgecompress."""
     source = RUNNER.read_text()
     tree = ast.parse(source, feature_version=(3, 8))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
     assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime"}
     # Run a lone copy from an unrelated cwd with edgecompress made unimportable.
     copy = tmp_path / "device" / "ort_runner.py"
     copy.parent.mkdir()
     copy.write_text(source)
-    block = ("import runpy, sys; sys.modules['edgecompress'] = None; "
-             f"sys.argv = [{str(copy)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    block = (
+        "import runpy, sys; sys.modules['edgecompress'] = None; "
+        f"sys.argv = [{str(copy)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", block, str(model_path), *FAST], capture_output=True, text=True,
-                          cwd=copy.parent, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", block, str(model_path), *FAST],
+        capture_output=True,
+        text=True,
+        cwd=copy.parent,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["schema"] == SCHEMA
 
 
 def test_measure_run_runner_round_trip(model_path):
-    result = run_runner(model_path, runner=backend_for("onnxruntime").runner, threads=1, runs=5, warmup=1,
-                        inputs=feeds(10))
+    result = run_runner(
+        model_path, runner=backend_for("onnxruntime").runner, threads=1, runs=5, warmup=1, inputs=feeds(10)
+    )
     assert result["schema"] == SCHEMA and result["runs"] == 5
     assert result["inputs"]["input_ids"] == {"shape": [1, 10], "dtype": "int64", "source": "file"}
     synthetic = run_runner(model_path, threads=2, runs=5, warmup=0, seq_len=6)
     assert synthetic["inputs"]["attention_mask"]["shape"] == [1, 6]
-    assert describe(synthetic) == (f"measured on host (onnxruntime {ort.__version__}, 2 threads, 5 runs, "
-                                   "median of runs)")
+    assert describe(synthetic) == (
+        f"measured on host (onnxruntime {ort.__version__}, 2 threads, 5 runs, median of runs)"
+    )
     assert "1 thread," in describe(result)
 
 

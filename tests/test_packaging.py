@@ -11,8 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_carries_runners_profiles_and_recipes(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), "-q"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("edgecompress-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "edgecompress/runtimes/ort_runner.py" in names
@@ -26,7 +40,9 @@ def test_wheel_carries_runners_profiles_and_recipes(tmp_path):
 
 
 def test_importing_the_package_starts_nothing_heavy():
-    code = "import sys, edgecompress, edgecompress.cli; print(sorted(m for m in ('torch', 'onnx', " \
-           "'onnxruntime', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys, edgecompress, edgecompress.cli; print(sorted(m for m in ('torch', 'onnx', "
+        "'onnxruntime', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"

@@ -96,14 +96,26 @@ def test_passes_that_keep_their_declaration_run():
     assert new is not model and (model.graph.node[0].name, new.graph.node[0].name) == ("in_place", "new")
 
 
-@pytest.mark.parametrize("bad, message", [
-    (EditsItsInputButSaysNot(), "pass 'test_edits_its_input' is declared not in place but changed the model it "
-                                "was given; work on a copy, or declare in_place = True"),
-    (ReturnsItsInputButSaysNot(), "pass 'test_returns_its_input' is declared not in place but returned the model it "
-                                  "was given; return a new one, or declare in_place = True"),
-    (ReturnsACopyButSaysInPlace(), "pass 'test_returns_a_copy' is declared in place but returned a new model; "
-                                   "return the model it was given, or declare in_place = False"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            EditsItsInputButSaysNot(),
+            "pass 'test_edits_its_input' is declared not in place but changed the model it "
+            "was given; work on a copy, or declare in_place = True",
+        ),
+        (
+            ReturnsItsInputButSaysNot(),
+            "pass 'test_returns_its_input' is declared not in place but returned the model it "
+            "was given; return a new one, or declare in_place = True",
+        ),
+        (
+            ReturnsACopyButSaysInPlace(),
+            "pass 'test_returns_a_copy' is declared in place but returned a new model; "
+            "return the model it was given, or declare in_place = False",
+        ),
+    ],
+)
 def test_apply_pass_catches_a_pass_that_breaks_its_in_place_declaration(bad, message):
     with pytest.raises(InternalError) as err:
         apply_pass(bad, tiny(), pass_context())

@@ -34,14 +34,28 @@ def test_a_class_that_loses_more_than_the_budget_is_a_warning_even_when_accuracy
     original = class_figures(labels.copy(), labels, NAMES)  # 100% everywhere
     compressed = class_figures(np.array([0] * 90 + [0] * 10), labels, NAMES)  # accuracy 90%, business 0%
     notes = class_loss_notes("model.onnx", compressed, original, budget_points=1.0)
-    assert notes == ["warning: model.onnx loses 100.0 points of recall on class 'business' (100.0% uncompressed "
-                     "-> 0.0%, 10 texts), more than the accuracy budget of 1 points; overall accuracy can hide this"]
+    assert notes == [
+        "warning: model.onnx loses 100.0 points of recall on class 'business' (100.0% uncompressed "
+        "-> 0.0%, 10 texts), more than the accuracy budget of 1 points; overall accuracy can hide this"
+    ]
     assert class_loss_notes("model.onnx", original, original, budget_points=1.0) == []
 
 
 def test_an_export_reports_recall_per_class_and_macro_f1(tiny_checkpoint, tiny_device, tiny_data, tmp_path):
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                       str(tiny_data), "-o", str(tmp_path), "--no-measure"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(tmp_path),
+            "--no-measure",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "tinyphone" / "report.json").read_text())
     assert set(report["data"]["reference_classes"]["recall"]) == {"negative", "positive"}

@@ -15,10 +15,14 @@ RNG = np.random.default_rng(7)
 
 def ort_dynamic_quantize_dequantize(x: np.ndarray) -> np.ndarray:
     graph = helper.make_graph(
-        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"]),
-         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])], "dql",
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"]),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
+        ],
+        "dql",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
@@ -27,8 +31,9 @@ def ort_dynamic_quantize_dequantize(x: np.ndarray) -> np.ndarray:
 def test_per_tensor_is_onnx_runtime_dynamic_quantize_linear():
     x = RNG.normal(size=(1, 9, 16)).astype(np.float32)
     x[0, 0, 3] = 25.0  # a [CLS]-like outlier sets the range for every row
-    np.testing.assert_allclose(probe.ort_per_tensor(torch.from_numpy(x)).numpy(),
-                               ort_dynamic_quantize_dequantize(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        probe.ort_per_tensor(torch.from_numpy(x)).numpy(), ort_dynamic_quantize_dequantize(x), rtol=0, atol=1e-6
+    )
 
 
 def test_per_row_quantizes_each_row_on_its_own_range():
@@ -44,8 +49,9 @@ def test_per_row_equals_per_tensor_when_every_row_spans_the_tensor_range():
     x = RNG.normal(size=(1, 5, 12)).astype(np.float32)
     x[0, :, 0], x[0, :, 1] = x.min() - 1, x.max() + 1
     tensor = torch.from_numpy(x)
-    np.testing.assert_allclose(probe.litert_per_row(tensor).numpy(), probe.ort_per_tensor(tensor).numpy(),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        probe.litert_per_row(tensor).numpy(), probe.ort_per_tensor(tensor).numpy(), rtol=0, atol=1e-5
+    )
 
 
 def test_cls_apart_changes_only_what_the_cls_row_did_to_the_others():
@@ -63,14 +69,18 @@ def test_the_probe_keeps_float_predictions_and_records_every_token_kind(tiny_che
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint).eval()
-    encoded = tokenizer(["a good movie", "the plot was dull and boring"], padding="max_length", max_length=12,
-                        return_tensors="pt")
+    encoded = tokenizer(
+        ["a good movie", "the plot was dull and boring"], padding="max_length", max_length=12, return_tensors="pt"
+    )
     with torch.no_grad():
         expected = model(**encoded).logits.argmax(-1).numpy()
     tracked = probe.Probe(model, probe.token_kinds(tokenizer, encoded["input_ids"]))
     np.testing.assert_array_equal(tracked.predict("float", encoded), expected)
     assert all(len(tracked.predict(mode, encoded)) == 2 for mode in probe.MODES[1:])
     first = next(iter(tracked.row_max.values()))
-    assert {kind: sum(len(rows) for rows in first[kind]) for kind in probe.TOKEN_KINDS} == \
-        {"cls": 2, "sep": 2, "pad": 24 - int(encoded["attention_mask"].sum()),
-         "text": int(encoded["attention_mask"].sum()) - 4}
+    assert {kind: sum(len(rows) for rows in first[kind]) for kind in probe.TOKEN_KINDS} == {
+        "cls": 2,
+        "sep": 2,
+        "pad": 24 - int(encoded["attention_mask"].sum()),
+        "text": int(encoded["attention_mask"].sum()) - 4,
+    }

@@ -48,14 +48,28 @@ def test_a_step_whose_first_report_comes_late_still_gets_a_rate(capsys):
     progress.stage_started(7, 10, "verify", "")
     clock.now = 6.0  # the first bucket of 600 texts took 6 s before the step said anything
     progress.advanced("buckets model.tflite", 600, 1200)
-    assert capsys.readouterr().err.splitlines()[-1].strip() == \
-        "buckets model.tflite: 600/1200 (50%), 100 texts/s, 6 s left"
+    assert (
+        capsys.readouterr().err.splitlines()[-1].strip()
+        == "buckets model.tflite: 600/1200 (50%), 100 texts/s, 6 s left"
+    )
 
 
 def test_an_export_into_a_log_prints_progress_lines(tiny_checkpoint, tiny_device, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(_StderrProgress, "LOG_EVERY_S", 0.0)
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                       str(tiny_data), "-o", str(tmp_path / "out"), "--no-measure"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(tmp_path / "out"),
+            "--no-measure",
+        ],
+    )
     assert result.exit_code == 0, result.output
     progress = [line.strip() for line in result.stderr.splitlines() if "texts/s" in line]
     assert any(line.startswith("verify model.onnx: 12/12 (100%)") for line in progress), result.stderr

@@ -80,7 +80,7 @@ def outputs(module, inputs) -> torch.Tensor:
 
 def sqnr_db(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     noise = float(((reference - candidate) ** 2).sum())
-    return 10 * math.log10(float((reference ** 2).sum()) / noise)
+    return 10 * math.log10(float((reference**2).sum()) / noise)
 
 
 @pytest.fixture()
@@ -90,6 +90,7 @@ def module(bundle):
 
 
 # --- fake quantizers ------------------------------------------------------------------------------
+
 
 def test_straight_through_gradient_is_one_inside_the_range_and_zero_outside():
     x = torch.tensor([-3.0, -1.0, -0.4, 0.0, 0.37, 0.99, 1.5], requires_grad=True)
@@ -162,6 +163,7 @@ def test_dynamic_activation_range_is_each_texts_own():
 
 # --- wrapping a BERT ------------------------------------------------------------------------------
 
+
 def test_wrap_replaces_every_linear_and_the_word_embeddings(module, inputs):
     reference = outputs(module, inputs)
     count = wrap_bert(module.hf_model)
@@ -203,11 +205,13 @@ def test_unwrap_with_snap_leaves_weights_on_their_grid(module):
     unwrap_bert(module.hf_model, snap=True)
     layer = module.hf_model.bert.encoder.layer[0]
     for linear, grid in ((layer.attention.self.query, INT8_REDUCED), (layer.output.dense, INT8_SYMMETRIC)):
-        torch.testing.assert_close(fake_quantize_weight(linear.weight, grid, per_row=True), linear.weight,
-                                   rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            fake_quantize_weight(linear.weight, grid, per_row=True), linear.weight, rtol=0, atol=1e-7
+        )
 
 
 # --- the qat pass ---------------------------------------------------------------------------------
+
 
 def test_qat_fires_trains_under_fake_int8_and_ships_plain_float_modules(bundle, train_csv, private_cache, caplog):
     ctx = context(bundle, train_csv)
@@ -226,8 +230,9 @@ def test_qat_fires_trains_under_fake_int8_and_ships_plain_float_modules(bundle, 
     assert result.config == bundle.config and result.tokenizer is bundle.tokenizer
     new_weight = result.module.hf_model.bert.encoder.layer[1].output.dense.weight
     assert not torch.equal(new_weight, bundle.module.hf_model.bert.encoder.layer[1].output.dense.weight)
-    torch.testing.assert_close(fake_quantize_weight(new_weight, INT8_SYMMETRIC, per_row=True), new_weight,
-                               rtol=0, atol=1e-7)  # snapped: quantize_static will find it on the grid
+    torch.testing.assert_close(
+        fake_quantize_weight(new_weight, INT8_SYMMETRIC, per_row=True), new_weight, rtol=0, atol=1e-7
+    )  # snapped: quantize_static will find it on the grid
     classifier = result.module.hf_model.classifier.weight  # trained in float, as the graph runs it
     assert not torch.equal(fake_quantize_weight(classifier, INT8_SYMMETRIC, per_row=True), classifier)
     assert not (private_cache / "work").exists() or not any((private_cache / "work").iterdir())  # checkpoint gone
@@ -241,10 +246,16 @@ def test_qat_on_a_sentence_encoder_distils_the_embedding(tiny_encoder, train_csv
     assert "mean_cosine with the float model on 6 held-out training texts" in record.notes[1]
 
 
-@pytest.mark.parametrize("module, reason", [
-    (None, "the model came in as ONNX: there is no torch module to fine-tune"),
-    (nn.Sequential(), "Sequential is not a BERT model: fake quantization wraps a transformers BERT's Linear layers"),
-])
+@pytest.mark.parametrize(
+    "module, reason",
+    [
+        (None, "the model came in as ONNX: there is no torch module to fine-tune"),
+        (
+            nn.Sequential(),
+            "Sequential is not a BERT model: fake quantization wraps a transformers BERT's Linear layers",
+        ),
+    ],
+)
 def test_qat_skips_a_model_without_a_bert_module_and_says_why(bundle, train_csv, module, reason):
     other = dataclasses.replace(bundle, module=module)
     result, record = apply_pass(Qat(), other, context(bundle, train_csv))
@@ -253,16 +264,22 @@ def test_qat_skips_a_model_without_a_bert_module_and_says_why(bundle, train_csv,
 
 
 def test_qat_without_train_data_names_the_option(bundle):
-    with pytest.raises(UserError, match=r"pass 'qat' fine-tunes the model under simulated int8 on training "
-                                        r"texts, but none were given; expected --train-data"):
+    with pytest.raises(
+        UserError,
+        match=r"pass 'qat' fine-tunes the model under simulated int8 on training "
+        r"texts, but none were given; expected --train-data",
+    ):
         apply_pass(Qat(), bundle, context(bundle))
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("holdout", 1.0, r"option 'holdout' of pass 'qat' must be in \[0, 1\), got 1.0"),
-    ("batch_size", 0, r"option 'batch_size' of pass 'qat' must be positive, got 0"),
-    ("momentum", -0.1, r"option 'momentum' of pass 'qat' must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("holdout", 1.0, r"option 'holdout' of pass 'qat' must be in \[0, 1\), got 1.0"),
+        ("batch_size", 0, r"option 'batch_size' of pass 'qat' must be positive, got 0"),
+        ("momentum", -0.1, r"option 'momentum' of pass 'qat' must be in \[0, 1\)"),
+    ],
+)
 def test_qat_rejects_bad_options(bundle, train_csv, option, value, message):
     with pytest.raises(UserError, match=message):
         apply_pass(Qat(**{option: value}), bundle, context(bundle, train_csv))
@@ -278,6 +295,7 @@ def test_holdout_split_is_seeded_and_disjoint(bundle, train_csv):
 
 
 # --- resumable recovery -------------------------------------------------------------------------
+
 
 class Interrupted(Exception):
     pass
@@ -298,8 +316,17 @@ def _train(bundle, data, options, checkpoint_dir, *, stop_after=None):
             raise Interrupted
 
     try:
-        result = recover(student, bundle.module, data, options, seed=0, label="test", checkpoint_dir=checkpoint_dir,
-                         checkpoint_every=2, on_step=interrupt)
+        result = recover(
+            student,
+            bundle.module,
+            data,
+            options,
+            seed=0,
+            label="test",
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=2,
+            on_step=interrupt,
+        )
     except Interrupted:
         return student, None
     return student, result
@@ -349,6 +376,7 @@ def test_training_digest_changes_with_data_options_and_weights(bundle, train_csv
 
 # --- recipe and end to end ----------------------------------------------------------------------
 
+
 def test_int8_qat_recipe_is_qat_then_the_int8_graph_passes():
     qat, int8 = load_recipe("int8-qat"), load_recipe("int8")
     assert [p.name for p in qat.compress] == ["qat"]
@@ -357,39 +385,81 @@ def test_int8_qat_recipe_is_qat_then_the_int8_graph_passes():
 
 def test_int8_qat_recipe_exports_and_verifies(tiny_checkpoint, tiny_device, train_csv, tmp_path):
     data = write_csv(tmp_path / "eval.csv", SENTENCES)
-    result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tiny_device), out_root=tmp_path / "dist",
-                                      data=data, train_data=train_csv, recipe="int8-qat", measure=False))
+    result = run_export(
+        ExportRequest(
+            model=tiny_checkpoint,
+            device=str(tiny_device),
+            out_root=tmp_path / "dist",
+            data=data,
+            train_data=train_csv,
+            recipe="int8-qat",
+            measure=False,
+        )
+    )
     records = {r["name"]: r for r in result.report.passes}
     assert records["qat"]["fired"] and records["quantize_static"]["fired"]
     onnx_artifact = next(a for a in result.report.artifacts if a.kind == "onnx")
     assert onnx_artifact.parity["prediction_agreement"] >= 0.95
 
 
-def test_export_with_int8_qat_but_no_train_data_is_a_one_line_user_error(tiny_checkpoint, tiny_device, tiny_data,
-                                                                         tmp_path):
+def test_export_with_int8_qat_but_no_train_data_is_a_one_line_user_error(
+    tiny_checkpoint, tiny_device, tiny_data, tmp_path
+):
     from click.testing import CliRunner
 
     from edgecompress.cli import main
 
     out = tmp_path / "dist"
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                       str(tiny_data), "-o", str(out), "--recipe", "int8-qat", "--no-measure"])
-    assert user_error(result, out) == ("error: pass 'qat' fine-tunes the model under simulated int8 on training "
-                                       "texts, but none were given; expected --train-data (a labelled CSV, TSV "
-                                       "or JSONL file)")
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--data",
+            str(tiny_data),
+            "-o",
+            str(out),
+            "--recipe",
+            "int8-qat",
+            "--no-measure",
+        ],
+    )
+    assert user_error(result, out) == (
+        "error: pass 'qat' fine-tunes the model under simulated int8 on training "
+        "texts, but none were given; expected --train-data (a labelled CSV, TSV "
+        "or JSONL file)"
+    )
 
 
-def test_export_shows_training_progress_without_verbose(tiny_checkpoint, tiny_device, tiny_data, train_csv,
-                                                        private_cache, tmp_path):
+def test_export_shows_training_progress_without_verbose(
+    tiny_checkpoint, tiny_device, tiny_data, train_csv, private_cache, tmp_path
+):
     from click.testing import CliRunner
 
     from edgecompress.cli import main
 
     runner = CliRunner()
     for out in (tmp_path / "first", tmp_path / "second"):  # the second run must not write to a stale stream
-        result = runner.invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--data",
-                                      str(tiny_data), "--train-data", str(train_csv), "-o", str(out),
-                                      "--recipe", "int8-qat", "--no-measure"])
+        result = runner.invoke(
+            main,
+            [
+                "export",
+                str(tiny_checkpoint),
+                "--device",
+                str(tiny_device),
+                "--data",
+                str(tiny_data),
+                "--train-data",
+                str(train_csv),
+                "-o",
+                str(out),
+                "--recipe",
+                "int8-qat",
+                "--no-measure",
+            ],
+        )
         assert result.exit_code in (0, 3), result.output
         progress = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("qat: step")]
         assert progress and progress[-1].startswith("qat: step ") and " left" in progress[-1]

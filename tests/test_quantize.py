@@ -97,12 +97,17 @@ def test_dynamic_quantizes_fused_ops_without_data(fused):
     assert _sqnr(graph, quantized, feeds) >= 20.0
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("quantize_dynamic", "no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float "
-                         "weights"),
-    ("quantize_static", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
-    ("quantize_int4", "no MatMul or embedding Gather with constant float weights"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        (
+            "quantize_dynamic",
+            "no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float weights",
+        ),
+        ("quantize_static", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
+        ("quantize_int4", "no MatMul or embedding Gather with constant float weights"),
+    ],
+)
 def test_passes_do_not_fire_without_weights(tiny_checkpoint, name, reason):
     bundle, _ = _bundle_and_feeds(tiny_checkpoint)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -152,8 +157,9 @@ def test_int4_quantizes_matmuls_and_embeddings_before_fusion(tiny_checkpoint):
     assert record.fired and record.lossy
     assert {"MatMulNBits", "GatherBlockQuantized"} <= _ops(quantized)
     assert not matmul_nodes(quantized) and not embedding_nodes(quantized)
-    assert record.notes[0] == ("MatMul weights: 12 at 4 bits, 0 at 8 bits; "
-                               "embedding tables: 0 at 4 bits, 3 at 8 bits, 0 float")
+    assert record.notes[0] == (
+        "MatMul weights: 12 at 4 bits, 0 at 8 bits; embedding tables: 0 at 4 bits, 3 at 8 bits, 0 float"
+    )
     assert "mixed = false: every layer at 4 bits" in record.notes
     assert _sqnr(graph, quantized, feeds) >= 10.0
 
@@ -188,8 +194,9 @@ def test_int4_after_fusion_says_what_stays_float(fused):
 
 
 def test_recipes_place_quantization_after_or_before_fusion():
-    order = {name: [p.name for p in load_recipe(name).graph]
-             for name in ("dynamic-int8", "int8", "int4", "int8-int4-mixed")}
+    order = {
+        name: [p.name for p in load_recipe(name).graph] for name in ("dynamic-int8", "int8", "int4", "int8-int4-mixed")
+    }
     assert order["dynamic-int8"][-1] == "quantize_dynamic"
     assert order["int8"][-1] == "quantize_static"
     for name in ("int4", "int8-int4-mixed"):
@@ -200,8 +207,16 @@ def test_int8_recipe_exports_and_verifies(tiny_checkpoint, tiny_device, tmp_path
     from edgecompress.pipeline import ExportRequest, run_export
 
     data = write_csv(tmp_path / "eval.csv", SENTENCES)
-    result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tiny_device), out_root=tmp_path / "dist",
-                                      data=data, recipe="int8", measure=False))
+    result = run_export(
+        ExportRequest(
+            model=tiny_checkpoint,
+            device=str(tiny_device),
+            out_root=tmp_path / "dist",
+            data=data,
+            recipe="int8",
+            measure=False,
+        )
+    )
     record = next(r for r in result.report.passes if r["name"] == "quantize_static")
     assert record["fired"] and record["lossy"]
     assert "QAttention" in _ops(onnx.load(str(result.out_dir / "model.onnx")))
@@ -221,8 +236,10 @@ def test_int4_quantizes_large_gemms_and_leaves_small_ones_float(tiny_checkpoint)
     quantized, record = _quantize("quantize_int4", graph, bundle, mixed=False, gemm_min_weights=0)
     assert _ops_count(quantized, "Gemm") == 0
     assert _ops_count(quantized, "MatMulNBits") == 12 + 2
-    assert "2 Gemm(s) with a large constant weight rewritten as MatMul + Add to take block-quantized weights" \
+    assert (
+        "2 Gemm(s) with a large constant weight rewritten as MatMul + Add to take block-quantized weights"
         in record.notes
+    )
     assert record.stats["size_mb_after"] < kept.ByteSize() / 1e6
     assert _sqnr(graph, quantized, feeds) >= 10.0
 
@@ -240,8 +257,7 @@ def test_int4_size_estimate_matches_the_file(tiny_checkpoint):
 @pytest.mark.parametrize("cap, layer_bits", [(1.0, {8}), (0.01, {4})])
 def test_int4_mixed_size_cap_keeps_extra_bits_only_where_they_fit(tiny_checkpoint, cap, layer_bits):
     graph, bundle, feeds = _graph(tiny_checkpoint, fused=False)
-    _, record = _quantize("quantize_int4", graph, bundle, calibration=feeds, min_sqnr_db=200.0,
-                          max_size_ratio=cap)
+    _, record = _quantize("quantize_int4", graph, bundle, calibration=feeds, min_sqnr_db=200.0, max_size_ratio=cap)
     assert {bit for name, bit in record.stats["bits"].items() if "layer." in name} == layer_bits
     returned = [note for note in record.notes if note.startswith(f"size cap {cap:g}x: ")]
     if layer_bits == {4}:
@@ -298,9 +314,11 @@ def test_trim_gathered_tables_skips_gathers_by_runtime_indices(fused):
     graph, bundle, _ = fused
     _, record = _quantize("trim_gathered_tables", graph, bundle)
     assert not record.fired
-    assert record.notes == ["skipped: no Gather of rows of a constant table by constant, non-negative indices "
-                            "that leave rows unread (run after fix_shapes and fold_constants to make position "
-                            "ids constant)"]
+    assert record.notes == [
+        "skipped: no Gather of rows of a constant table by constant, non-negative indices "
+        "that leave rows unread (run after fix_shapes and fold_constants to make position "
+        "ids constant)"
+    ]
 
 
 def test_static_feeds_float_ops_the_float_activation(fused):

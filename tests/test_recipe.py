@@ -12,8 +12,13 @@ from edgecompress.recipe import known_recipes, load_recipe
 def test_default_recipe_orders_fusion_before_fixing_shapes():
     recipe = load_recipe("default")
     names = [p.name for p in recipe.graph]
-    assert names == ["remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes",
-                     "fold_constants"]
+    assert names == [
+        "remove_training_nodes",
+        "fuse_transformer",
+        "attention_mask_value",
+        "fix_shapes",
+        "fold_constants",
+    ]
     assert recipe.compress == ()
 
 
@@ -44,8 +49,9 @@ def test_unknown_pass_lists_known_ones(tmp_path):
 
 
 def test_unknown_option_and_wrong_type(tmp_path):
-    with pytest.raises(UserError, match="unknown option 'speed' for pass 'fuse_transformer'; hint: Known: "
-                                        "require_attention"):
+    with pytest.raises(
+        UserError, match="unknown option 'speed' for pass 'fuse_transformer'; hint: Known: require_attention"
+    ):
         make_pass("graph", "fuse_transformer", {"speed": 2}, "here")
     with pytest.raises(UserError, match="option 'require_attention' of pass 'fuse_transformer' has the wrong type"):
         make_pass("graph", "fuse_transformer", {"require_attention": "yes"}, "here")

@@ -14,24 +14,40 @@ from edgecompress.recipe import QUANTIZE_MODES, known_recipes, load_recipe, with
 
 from conftest import user_error
 
-FLOAT = [("remove_training_nodes", {}), ("fuse_transformer", {"require_attention": True}),
-         ("attention_mask_value", {}), ("fix_shapes", {}), ("fold_constants", {})]
-INT4 = [("remove_training_nodes", {}), ("quantize_int4", {"mixed": False}),
-        ("fuse_transformer", {"require_attention": False}), ("fix_shapes", {}), ("fold_constants", {}),
-        ("trim_gathered_tables", {})]
+FLOAT = [
+    ("remove_training_nodes", {}),
+    ("fuse_transformer", {"require_attention": True}),
+    ("attention_mask_value", {}),
+    ("fix_shapes", {}),
+    ("fold_constants", {}),
+]
+INT4 = [
+    ("remove_training_nodes", {}),
+    ("quantize_int4", {"mixed": False}),
+    ("fuse_transformer", {"require_attention": False}),
+    ("fix_shapes", {}),
+    ("fold_constants", {}),
+    ("trim_gathered_tables", {}),
+]
 # What each packaged recipe loaded to before recipes could extend one another (ea3c973), as written there.
 PACKAGED = {
     "default": ([], FLOAT),
     "dynamic-int8": ([], FLOAT + [("cls_row_apart", {}), ("conv1d_as_matmul", {}), ("quantize_dynamic", {})]),
     "int8": ([], FLOAT + [("quantize_static", {"activation_type": "uint8"})]),
     "int8-qat": ([("qat", {"epochs": 1.0})], FLOAT + [("quantize_static", {"activation_type": "uint8"})]),
-    "pruned": ([("trim_vocab", {}), ("prune_schedule", {"heads": 0.5, "ffn": 0.75, "steps": 3, "epochs": 1.0})],
-               FLOAT),
+    "pruned": ([("trim_vocab", {}), ("prune_schedule", {"heads": 0.5, "ffn": 0.75, "steps": 3, "epochs": 1.0})], FLOAT),
     "int4": ([], INT4),
-    "int8-int4-mixed": ([], [(name, {"mixed": True, "max_size_ratio": 0.2} if name == "quantize_int4" else options)
-                             for name, options in INT4]),
-    "integer-only": ([("integer_only", {"calibration_rows": 256, "percentile": 100.0, "qat_epochs": 0.0})],
-                     [("fix_shapes", {}), ("fold_constants", {})]),
+    "int8-int4-mixed": (
+        [],
+        [
+            (name, {"mixed": True, "max_size_ratio": 0.2} if name == "quantize_int4" else options)
+            for name, options in INT4
+        ],
+    ),
+    "integer-only": (
+        [("integer_only", {"calibration_rows": 256, "percentile": 100.0, "qat_epochs": 0.0})],
+        [("fix_shapes", {}), ("fold_constants", {})],
+    ),
 }
 
 
@@ -87,10 +103,23 @@ def test_a_pass_the_recipe_leaves_out_constrains_nothing(tmp_path):
 
 def test_export_refuses_a_wrong_order_before_any_work(tmp_path, tiny_checkpoint, tiny_device):
     path = write(tmp_path, "late_fusion", graph_recipe("fix_shapes", "fuse_transformer"))
-    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--device", str(tiny_device), "--recipe",
-                                       str(path), "-o", str(tmp_path / "out")])
-    assert user_error(result, tmp_path / "out") == \
-        f"error: {path}: graph[1]: pass 'fuse_transformer' must come before 'fix_shapes'"
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tiny_checkpoint),
+            "--device",
+            str(tiny_device),
+            "--recipe",
+            str(path),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert (
+        user_error(result, tmp_path / "out")
+        == f"error: {path}: graph[1]: pass 'fuse_transformer' must come before 'fix_shapes'"
+    )
 
 
 def test_declared_orders_name_passes_of_the_same_stage_and_do_not_contradict():
@@ -105,9 +134,13 @@ def test_declared_orders_name_passes_of_the_same_stage_and_do_not_contradict():
 
 # ---- extends ---------------------------------------------------------------------------------------------
 
+
 def test_extends_puts_the_base_passes_first_and_keeps_the_base_description(tmp_path):
-    write(tmp_path, "base", 'description = "float"\n[[compress]]\npass = "trim_vocab"\n'
-                            + graph_recipe("fix_shapes", "fold_constants"))
+    write(
+        tmp_path,
+        "base",
+        'description = "float"\n[[compress]]\npass = "trim_vocab"\n' + graph_recipe("fix_shapes", "fold_constants"),
+    )
     child = load_recipe(str(write(tmp_path, "child", 'extends = "base.toml"\n' + graph_recipe("trim_gathered_tables"))))
     assert (child.name, child.description) == ("child", "float")
     assert [p.name for p in child.compress] == ["trim_vocab"]
@@ -123,8 +156,10 @@ def test_extends_a_packaged_recipe_by_name(tmp_path):
 
 def test_an_order_broken_by_the_extending_file_counts_the_base_passes(tmp_path):
     path = write(tmp_path, "mine", 'extends = "default"\n' + graph_recipe("fuse_transformer"))
-    assert refusal(path) == (f"{path}: graph[5]: pass 'fuse_transformer' must come before 'fix_shapes'; "
-                             "hint: the index counts the 5 passes of base recipe 'default' first")
+    assert refusal(path) == (
+        f"{path}: graph[5]: pass 'fuse_transformer' must come before 'fix_shapes'; "
+        "hint: the index counts the 5 passes of base recipe 'default' first"
+    )
 
 
 def test_extends_cycles_are_refused(tmp_path):
@@ -149,6 +184,7 @@ def test_unknown_bases_are_refused(tmp_path):
 
 # ---- --quantize ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", sorted(QUANTIZE_MODES))
 def test_quantize_splices_valid_orders_into_the_packaged_recipes(mode):
     for name in known_recipes():
@@ -164,5 +200,6 @@ def test_quantize_refuses_a_splice_that_breaks_an_order(tmp_path):
     base = load_recipe(str(write(tmp_path, "converted", '[[compress]]\npass = "integer_only"\n')))
     with pytest.raises(UserError) as err:
         with_quantization(base, "int8-qat")
-    assert str(err.value) == ("recipe 'converted' with --quantize int8-qat: compress[0]: "
-                              "pass 'integer_only' must come after 'qat'")
+    assert str(err.value) == (
+        "recipe 'converted' with --quantize int8-qat: compress[0]: pass 'integer_only' must come after 'qat'"
+    )

@@ -29,8 +29,16 @@ pytest.importorskip("ai_edge_litert")
 
 RUNNERS = ("ort_runner", "litert_runner")
 # The flags edgecompress.measure.runner passes to either runner, plus the ones a person uses on a device.
-SHARED_FLAGS = {"--threads", "--runs", "--warmup", "--seq-len", "--inputs", "--keep-samples", "--seed",
-                "--save-outputs"}
+SHARED_FLAGS = {
+    "--threads",
+    "--runs",
+    "--warmup",
+    "--seq-len",
+    "--inputs",
+    "--keep-samples",
+    "--seed",
+    "--save-outputs",
+}
 # The runtime-specific options each runner has, and the result keys that echo them. Only LiteRT has
 # `--signature`: a signature (one per length bucket in a bucketed .tflite) is a LiteRT concept. An ONNX
 # Runtime artifact has no signatures: its buckets are a dynamic sequence axis (`--seq-len`) or separate
@@ -62,8 +70,12 @@ def parser_of(module: ModuleType) -> argparse.ArgumentParser:
 
 
 def options(module: ModuleType) -> dict[str, argparse.Action]:
-    return {flag: action for action in parser_of(module)._actions for flag in action.option_strings
-            if flag not in ("-h", "--help")}
+    return {
+        flag: action
+        for action in parser_of(module)._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help")
+    }
 
 
 def type_behaviour(action: argparse.Action) -> list:
@@ -90,8 +102,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(runtimes_dir() / f"{name}.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(runtimes_dir() / f"{name}.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +115,17 @@ def results(models, tmp_path_factory) -> dict[str, dict]:
     """One real run of each runner on the same inputs, with its outputs saved."""
     folder = tmp_path_factory.mktemp("runs")
     inputs = folder / "inputs.npz"
-    np.savez(inputs, input_ids=(np.arange(SEQ_LEN, dtype=np.int64) + 1000)[None, :],
-             attention_mask=np.ones((1, SEQ_LEN), np.int64), token_type_ids=np.zeros((1, SEQ_LEN), np.int64))
+    np.savez(
+        inputs,
+        input_ids=(np.arange(SEQ_LEN, dtype=np.int64) + 1000)[None, :],
+        attention_mask=np.ones((1, SEQ_LEN), np.int64),
+        token_type_ids=np.zeros((1, SEQ_LEN), np.int64),
+    )
     results = {}
     for name in RUNNERS:
-        proc = run_script(name, models[name], *FAST, "--keep-samples", "--inputs", inputs,
-                          "--save-outputs", folder / f"{name}.npz")
+        proc = run_script(
+            name, models[name], *FAST, "--keep-samples", "--inputs", inputs, "--save-outputs", folder / f"{name}.npz"
+        )
         assert proc.returncode == 0, proc.stderr
         assert len(proc.stdout.strip().splitlines()) == 1, "stdout must be exactly one JSON line"
         results[name] = {"json": json.loads(proc.stdout), "outputs": folder / f"{name}.npz"}
@@ -112,6 +133,7 @@ def results(models, tmp_path_factory) -> dict[str, dict]:
 
 
 # ---- command line ----------------------------------------------------------------------------------------------
+
 
 def test_both_runners_take_the_same_shared_options_and_their_own_runtime_options(runners):
     flags = {name: set(options(module)) for name, module in runners.items()}
@@ -146,6 +168,7 @@ def test_a_usage_error_is_one_stderr_line_and_the_user_error_exit_in_both(models
 
 # ---- shared constants and helpers -------------------------------------------------------------------------------
 
+
 def test_both_declare_the_schema_the_host_expects_and_name_themselves(runners):
     for name, module in runners.items():
         assert module.SCHEMA == SCHEMA == "edgecompress.runner/1"
@@ -162,9 +185,11 @@ def test_a_missing_model_exits_with_the_user_error_code_in_both(tmp_path):
 
 def test_the_digest_of_the_same_arrays_is_the_same_in_both(runners):
     rng = np.random.default_rng(3)
-    outputs = {"logits": rng.standard_normal((1, 2)).astype(np.float32),
-               "ids": rng.integers(0, 9, (1, 5)).astype(np.int64),
-               "big_endian": rng.standard_normal(3).astype(">f4")}
+    outputs = {
+        "logits": rng.standard_normal((1, 2)).astype(np.float32),
+        "ids": rng.integers(0, 9, (1, 5)).astype(np.int64),
+        "big_endian": rng.standard_normal(3).astype(">f4"),
+    }
     digests = {name: module.output_digest(outputs) for name, module in runners.items()}
     assert digests["ort_runner"] == digests["litert_runner"]
     assert digests["ort_runner"].startswith("sha256:") and len(digests["ort_runner"]) == len("sha256:") + 64
@@ -181,10 +206,12 @@ def test_latency_figures_are_computed_the_same_way_in_both(runners):
     assert ranks[0] == ranks[1]
     arrays = {"a": np.zeros((1, 3), np.int64)}
     assert runners["ort_runner"].describe_arrays(arrays, "file") == runners["litert_runner"].describe_arrays(
-        arrays, "file")
+        arrays, "file"
+    )
 
 
 # ---- results of a real run --------------------------------------------------------------------------------------
+
 
 def test_both_give_the_spread_as_iqr_and_median_absolute_deviation(runners):
     """Issue 17 item 15: one p50 says nothing of how much the runs moved; both runners report it the same way."""
@@ -216,8 +243,12 @@ def test_a_real_run_of_each_reports_the_same_shapes_of_values(results):
         assert set(ort_result[block]) == set(litert_result[block]), block
     assert ort_result["inputs"] == litert_result["inputs"]  # names, shapes, dtypes and source "file"
     assert ort_result["outputs"] == litert_result["outputs"]
-    assert (ort_result["schema"], ort_result["runs"], ort_result["warmup"], ort_result["threads"]) \
-        == (litert_result["schema"], litert_result["runs"], litert_result["warmup"], litert_result["threads"])
+    assert (ort_result["schema"], ort_result["runs"], ort_result["warmup"], ort_result["threads"]) == (
+        litert_result["schema"],
+        litert_result["runs"],
+        litert_result["warmup"],
+        litert_result["threads"],
+    )
     for result in (ort_result, litert_result):
         assert len(result["latency_samples_ms"]) == result["runs"] == 3
         assert isinstance(result["peak_rss_mb"], float) and result["peak_rss_mb"] > 1

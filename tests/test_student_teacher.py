@@ -24,15 +24,18 @@ from conftest import build_tiny_checkpoint
 
 def _student(tmp_path: Path, source: Path, teacher: Path, held_out: dict | None = None) -> Path:
     folder = Path(shutil.copytree(source, tmp_path / "student"))
-    record = {"kind": "transformer", "teacher": {"path": str(teacher), "digest": checkpoint_digest(teacher),
-                                                 "held_out": held_out}}
+    record = {
+        "kind": "transformer",
+        "teacher": {"path": str(teacher), "digest": checkpoint_digest(teacher), "held_out": held_out},
+    }
     (folder / "training.json").write_text(json.dumps(record))
     return folder
 
 
 def _export(student, device, data, out):
-    result = CliRunner().invoke(main, ["export", str(student), "--device", str(device), "--data", str(data),
-                                       "-o", str(out), "--no-measure"])
+    result = CliRunner().invoke(
+        main, ["export", str(student), "--device", str(device), "--data", str(data), "-o", str(out), "--no-measure"]
+    )
     return result, json.loads((out / "tinyphone" / "report.json").read_text()) if result.exit_code in (0, 3) else None
 
 
@@ -58,20 +61,30 @@ def test_a_reachable_teacher_is_measured_on_the_same_data(tiny_checkpoint, tiny_
     assert verdict["value"] == 100 * (expected - report["artifacts"][0]["accuracy"]["value"])
 
 
-def test_an_unreachable_teacher_falls_back_to_the_recorded_figure_and_says_so(tiny_checkpoint, tiny_device,
-                                                                              tiny_data, tmp_path):
+def test_an_unreachable_teacher_falls_back_to_the_recorded_figure_and_says_so(
+    tiny_checkpoint, tiny_device, tiny_data, tmp_path
+):
     teacher = build_tiny_checkpoint(tmp_path / "teacher", seed=5)
-    held_out = {"accuracy": 1.0, "texts": 200, "data": str(tmp_path / "held_out.csv"), "seq_len": 64,
-                "method": "torch eager on 200 labelled texts of held_out.csv, cut to 64 tokens"}
+    held_out = {
+        "accuracy": 1.0,
+        "texts": 200,
+        "data": str(tmp_path / "held_out.csv"),
+        "seq_len": 64,
+        "method": "torch eager on 200 labelled texts of held_out.csv, cut to 64 tokens",
+    }
     student = _student(tmp_path, tiny_checkpoint, teacher, held_out)
     shutil.rmtree(teacher)
     result, report = _export(student, tiny_device, tiny_data, tmp_path / "out")
     assert result.exit_code == 3, result.output  # the student is far below the teacher's 100%
     verdict = _accuracy_verdict(report)
     assert "(100.00% teacher (recorded) -> " in verdict["budget"] and verdict["how"] == "recorded"
-    assert any(note.startswith(f"the teacher is not at {teacher}: the accuracy drop is judged against the teacher's "
-                               f"accuracy that distill recorded on held_out.csv (200 texts)")
-               for note in report["notes"]), report["notes"]
+    assert any(
+        note.startswith(
+            f"the teacher is not at {teacher}: the accuracy drop is judged against the teacher's "
+            f"accuracy that distill recorded on held_out.csv (200 texts)"
+        )
+        for note in report["notes"]
+    ), report["notes"]
 
 
 def test_a_changed_teacher_is_not_trusted(tiny_checkpoint, tiny_device, tiny_data, tmp_path):

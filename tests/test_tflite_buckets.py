@@ -41,20 +41,27 @@ VOCAB, WIDTH = 2000, 64
 def embedding_model(length: int) -> onnx.ModelProto:
     """Embedding lookup + projection + masked mean over fixed [1, length] inputs; weights are 0.5 MB."""
     rng = np.random.default_rng(0)
-    initializers = [numpy_helper.from_array(rng.standard_normal((VOCAB, WIDTH)).astype(np.float32), "word_emb"),
-                    numpy_helper.from_array(rng.standard_normal((WIDTH, 8)).astype(np.float32), "proj"),
-                    numpy_helper.from_array(np.array([-1], np.int64), "last_axis")]
-    nodes = [helper.make_node("Gather", ["word_emb", "input_ids"], ["words"]),
-             helper.make_node("MatMul", ["words", "proj"], ["hidden"]),
-             helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["mask_f", "last_axis"], ["mask_3d"]),
-             helper.make_node("Mul", ["hidden", "mask_3d"], ["masked"]),
-             helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0)]
-    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, [1, length])
-              for name in ("input_ids", "attention_mask")]
+    initializers = [
+        numpy_helper.from_array(rng.standard_normal((VOCAB, WIDTH)).astype(np.float32), "word_emb"),
+        numpy_helper.from_array(rng.standard_normal((WIDTH, 8)).astype(np.float32), "proj"),
+        numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["word_emb", "input_ids"], ["words"]),
+        helper.make_node("MatMul", ["words", "proj"], ["hidden"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "last_axis"], ["mask_3d"]),
+        helper.make_node("Mul", ["hidden", "mask_3d"], ["masked"]),
+        helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0),
+    ]
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, [1, length]) for name in ("input_ids", "attention_mask")
+    ]
     outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 8])]
-    model = helper.make_model(helper.make_graph(nodes, "embedding", inputs, outputs, initializers),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "embedding", inputs, outputs, initializers),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     model.ir_version = 9
     return model
 
@@ -64,9 +71,12 @@ def bert_feeds(length: int, rows: int = 1, seed: int = 0) -> dict[str, np.ndarra
     rng = np.random.default_rng(seed)
     mask = np.zeros((rows, length), np.int64)
     for row in range(rows):
-        mask[row, :rng.integers(2, length + 1)] = 1
-    return {"input_ids": rng.integers(5, 100, (rows, length)) * mask, "attention_mask": mask,
-            "token_type_ids": np.zeros((rows, length), np.int64)}
+        mask[row, : rng.integers(2, length + 1)] = 1
+    return {
+        "input_ids": rng.integers(5, 100, (rows, length)) * mask,
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((rows, length), np.int64),
+    }
 
 
 def ort_run(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
@@ -77,14 +87,16 @@ def ort_run(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
 def ort_rows(model: onnx.ModelProto, feeds: dict, output: str = "logits") -> np.ndarray:
     """onnxruntime row by row (the graphs have batch 1)."""
     rows = len(next(iter(feeds.values())))
-    return np.concatenate([ort_run(model, {k: v[i:i + 1] for k, v in feeds.items()})[output] for i in range(rows)])
+    return np.concatenate([ort_run(model, {k: v[i : i + 1] for k, v in feeds.items()})[output] for i in range(rows)])
 
 
 def file_layout(data: bytes) -> tuple[list[tuple[str, int]], list[str], int]:
     """(signature key, subgraph) pairs, subgraph names and the buffer count, read from the flatbuffer."""
     model = schema().Model.GetRootAs(data)
-    signatures = [(model.SignatureDefs(i).SignatureKey().decode(), model.SignatureDefs(i).SubgraphIndex())
-                  for i in range(model.SignatureDefsLength())]
+    signatures = [
+        (model.SignatureDefs(i).SignatureKey().decode(), model.SignatureDefs(i).SubgraphIndex())
+        for i in range(model.SignatureDefsLength())
+    ]
     names = [model.Subgraphs(i).Name().decode() for i in range(model.SubgraphsLength())]
     return signatures, names, model.BuffersLength()
 
@@ -105,8 +117,9 @@ def bert_graphs(tiny_checkpoint) -> dict[int, onnx.ModelProto]:
     for length in BERT_BUCKETS:
         graph = onnx.ModelProto()
         graph.CopyFrom(dynamic)
-        graphs[length] = rewrite_with_twin(load_recipe("default").graph, graph,
-                                           pass_context(bundle, seq_len=length)).graph
+        graphs[length] = rewrite_with_twin(
+            load_recipe("default").graph, graph, pass_context(bundle, seq_len=length)
+        ).graph
     return graphs
 
 
@@ -125,6 +138,7 @@ def embedding_file(tmp_path_factory):
 
 
 # ---- the file ------------------------------------------------------------------------------------------------
+
 
 def test_one_subgraph_per_bucket_largest_first_each_under_its_signature(bert_file):
     signatures, names, _ = file_layout(bert_file.read_bytes())
@@ -191,6 +205,7 @@ def test_buckets_of_different_models_are_refused():
 
 # ---- running and auditing ------------------------------------------------------------------------------------
 
+
 def test_the_executor_runs_a_chosen_signature_in_batches(bert_graphs, bert_file):
     feeds = bert_feeds(16, rows=5, seed=3)
     got = run_tflite_artifact(bert_file, feeds, output_name="logits", threads=1, signature="seq_16")
@@ -219,9 +234,14 @@ def test_the_audit_counts_the_primary_subgraph_and_adds_each_signature(bert_grap
 
 # ---- the runner script ---------------------------------------------------------------------------------------
 
+
 def run_runner(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(runtimes_dir() / "litert_runner.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(runtimes_dir() / "litert_runner.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_runner_times_a_chosen_signature(embedding_file, tmp_path):
@@ -231,17 +251,32 @@ def test_the_runner_times_a_chosen_signature(embedding_file, tmp_path):
     assert result["signature"] == "seq_32"
     assert result["signatures"] == ["seq_128", "seq_64", "seq_32", "seq_16"]
     assert {name: block["shape"] for name, block in result["inputs"].items()} == {  # synthesized for seq_32
-        "input_ids": [1, 32], "attention_mask": [1, 32]}
+        "input_ids": [1, 32],
+        "attention_mask": [1, 32],
+    }
     assert result["outputs"] == {"pooled": {"shape": [1, 8], "dtype": "float32"}}
     default = json.loads(run_runner(embedding_file, "--runs", "3", "--warmup", "1").stdout)
     assert default["signature"] is None and default["inputs"]["input_ids"]["shape"] == [1, 128]
     # fed from a file, the saved outputs are the signature's: onnxruntime's on the 32 graph
-    feeds = {"input_ids": np.random.default_rng(5).integers(0, VOCAB, (1, 32)),
-             "attention_mask": np.ones((1, 32), np.int64)}
+    feeds = {
+        "input_ids": np.random.default_rng(5).integers(0, VOCAB, (1, 32)),
+        "attention_mask": np.ones((1, 32), np.int64),
+    }
     feeds["attention_mask"][0, 20:] = 0
     np.savez(tmp_path / "in.npz", **feeds)
-    proc = run_runner(embedding_file, "--runs", "1", "--warmup", "0", "--signature", "seq_32",
-                      "--inputs", tmp_path / "in.npz", "--save-outputs", tmp_path / "out.npz")
+    proc = run_runner(
+        embedding_file,
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--signature",
+        "seq_32",
+        "--inputs",
+        tmp_path / "in.npz",
+        "--save-outputs",
+        tmp_path / "out.npz",
+    )
     assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / "out.npz") as saved:
         np.testing.assert_allclose(saved["pooled"], ort_run(embedding_model(32), feeds)["pooled"], atol=TOLERANCE)
@@ -250,5 +285,6 @@ def test_the_runner_times_a_chosen_signature(embedding_file, tmp_path):
 def test_the_runner_rejects_an_unknown_signature_naming_the_known_ones(embedding_file):
     proc = run_runner(embedding_file, "--runs", "1", "--signature", "seq_100")
     assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == ("litert_runner: error: unknown signature 'seq_100'; "
-                           "the model has: seq_128, seq_64, seq_32, seq_16\n")
+    assert proc.stderr == (
+        "litert_runner: error: unknown signature 'seq_100'; the model has: seq_128, seq_64, seq_32, seq_16\n"
+    )

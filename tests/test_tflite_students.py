@@ -34,13 +34,18 @@ LENGTHS = (6, 2, 4)
 
 # ---- helpers ------------------------------------------------------------------------------------------------
 
-def lstm_model(direction: str, *, lengths: bool, batch: int = 1, outputs=("Y", "Y_h"),
-               peepholes: bool = False, **attributes) -> onnx.ModelProto:
+
+def lstm_model(
+    direction: str, *, lengths: bool, batch: int = 1, outputs=("Y", "Y_h"), peepholes: bool = False, **attributes
+) -> onnx.ModelProto:
     """One ONNX LSTM with random weights; X (and sequence_lens) are graph inputs."""
     rng = np.random.default_rng(0)
     dirs = 2 if direction == "bidirectional" else 1
-    weights = {"W": rng.normal(0, 0.5, (dirs, 4 * HIDDEN, FEATURES)),
-               "R": rng.normal(0, 0.5, (dirs, 4 * HIDDEN, HIDDEN)), "B": rng.normal(0, 0.2, (dirs, 8 * HIDDEN))}
+    weights = {
+        "W": rng.normal(0, 0.5, (dirs, 4 * HIDDEN, FEATURES)),
+        "R": rng.normal(0, 0.5, (dirs, 4 * HIDDEN, HIDDEN)),
+        "B": rng.normal(0, 0.2, (dirs, 8 * HIDDEN)),
+    }
     if peepholes:
         weights["P"] = rng.normal(0, 0.2, (dirs, 3 * HIDDEN))
     x_shape = [SEQ, batch, FEATURES]
@@ -49,11 +54,14 @@ def lstm_model(direction: str, *, lengths: bool, batch: int = 1, outputs=("Y", "
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, [batch]))
     node_inputs = ["X", "W", "R", "B", "lengths" if lengths else "", "", "", "P" if peepholes else ""]
     node_outputs = [name if name in outputs else "" for name in ("Y", "Y_h", "Y_c")]
-    node = helper.make_node("LSTM", node_inputs, node_outputs, name="lstm", hidden_size=HIDDEN,
-                            direction=direction, **attributes)
+    node = helper.make_node(
+        "LSTM", node_inputs, node_outputs, name="lstm", hidden_size=HIDDEN, direction=direction, **attributes
+    )
     y_shape, state_shape = [SEQ, dirs, batch, HIDDEN], [dirs, batch, HIDDEN]
-    graph_outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, y_shape if name == "Y" else state_shape)
-                     for name in outputs]
+    graph_outputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, y_shape if name == "Y" else state_shape)
+        for name in outputs
+    ]
     initializers = [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()]
     graph = helper.make_graph([node], "tiny_lstm", inputs, graph_outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
@@ -73,8 +81,9 @@ def lstm_feeds(lengths: bool, batch: int = 1) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def run_both(model: onnx.ModelProto, feeds: list[dict], folder: Path, *, delegate: bool = True,
-             name: str = "model.tflite"):
+def run_both(
+    model: onnx.ModelProto, feeds: list[dict], folder: Path, *, delegate: bool = True, name: str = "model.tflite"
+):
     """(ORT outputs, LiteRT outputs) per feed and output name, LiteRT reusing one interpreter throughout."""
     path = folder / name
     path.write_bytes(lower_to_tflite(model))
@@ -104,6 +113,7 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 # ---- LSTM ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 def test_lstm_matches_onnx_runtime(direction, lengths, tmp_path):
@@ -111,7 +121,7 @@ def test_lstm_matches_onnx_runtime(direction, lengths, tmp_path):
     expected, actual = run_both(model, lstm_feeds(lengths), tmp_path)
     assert max_diff(expected, actual) <= FLOAT_ATOL
     if lengths:  # ORT writes zeros past a text's length; so must the lowering
-        assert np.all(actual[1]["Y"][LENGTHS[1]:] == 0)
+        assert np.all(actual[1]["Y"][LENGTHS[1] :] == 0)
 
 
 def test_lstm_padded_batch_of_two_rows(tmp_path):
@@ -137,12 +147,15 @@ def test_bidirectional_lstm_lowers_to_two_unidirectional_lstms(tmp_path):
     assert ops["UNIDIRECTIONAL_SEQUENCE_LSTM"] == 2 and ops["REVERSE_SEQUENCE"] >= 2
 
 
-@pytest.mark.parametrize("variant, why", [
-    (dict(peepholes=True), "peephole weights P (not lowered)"),
-    (dict(activations=["Sigmoid", "Relu", "Tanh"]), "activations ['Sigmoid', 'Relu', 'Tanh']"),
-    (dict(clip=5.0), "attribute 'clip'"),
-    (dict(outputs=("Y", "Y_c")), "its cell-state output Y_c is used"),
-])
+@pytest.mark.parametrize(
+    "variant, why",
+    [
+        (dict(peepholes=True), "peephole weights P (not lowered)"),
+        (dict(activations=["Sigmoid", "Relu", "Tanh"]), "activations ['Sigmoid', 'Relu', 'Tanh']"),
+        (dict(clip=5.0), "attribute 'clip'"),
+        (dict(outputs=("Y", "Y_c")), "its cell-state output Y_c is used"),
+    ],
+)
 def test_unsupported_lstm_variant_is_a_user_error_naming_op_and_node(variant, why):
     model = lstm_model("forward", lengths=False, **variant)
     with pytest.raises(UserError) as error:
@@ -152,10 +165,15 @@ def test_unsupported_lstm_variant_is_a_user_error_naming_op_and_node(variant, wh
 
 # ---- Conv and pooling ---------------------------------------------------------------------------------------
 
+
 def window_model(nodes, x_shape, out_shape, initializers=()) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "tiny_window", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
-                              [numpy_helper.from_array(v, n) for n, v in initializers])
+    graph = helper.make_graph(
+        nodes,
+        "tiny_window",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(v, n) for n, v in initializers],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
@@ -164,10 +182,13 @@ def conv1d_max_over_time(width: int = 3) -> onnx.ModelProto:
     rng = np.random.default_rng(2)
     weights = rng.normal(0, 0.5, (5, FEATURES, width)).astype(np.float32)
     bias = rng.normal(0, 0.1, 5).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["conv"], name="conv", kernel_shape=[width],
-                              pads=[width - 1, width - 1]),
-             helper.make_node("Relu", ["conv"], ["relu"]),
-             helper.make_node("ReduceMax", ["relu"], ["out"], axes=[2], keepdims=0)]
+    nodes = [
+        helper.make_node(
+            "Conv", ["X", "W", "B"], ["conv"], name="conv", kernel_shape=[width], pads=[width - 1, width - 1]
+        ),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("ReduceMax", ["relu"], ["out"], axes=[2], keepdims=0),
+    ]
     return window_model(nodes, [1, FEATURES, SEQ], [1, 5], [("W", weights), ("B", bias)])
 
 
@@ -184,10 +205,20 @@ def test_conv1d_and_max_over_time_match_onnx_runtime(tmp_path):
 def test_conv2d_with_stride_dilation_and_pooling(tmp_path):
     rng = np.random.default_rng(4)
     weights = rng.normal(0, 0.5, (4, 2, 3, 2)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["X", "W"], ["conv"], name="conv", kernel_shape=[3, 2], strides=[2, 1],
-                              dilations=[1, 2], pads=[1, 0, 1, 1]),
-             helper.make_node("MaxPool", ["conv"], ["pool"], kernel_shape=[2, 2], strides=[1, 2]),
-             helper.make_node("GlobalMaxPool", ["pool"], ["out"])]
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["X", "W"],
+            ["conv"],
+            name="conv",
+            kernel_shape=[3, 2],
+            strides=[2, 1],
+            dilations=[1, 2],
+            pads=[1, 0, 1, 1],
+        ),
+        helper.make_node("MaxPool", ["conv"], ["pool"], kernel_shape=[2, 2], strides=[1, 2]),
+        helper.make_node("GlobalMaxPool", ["pool"], ["out"]),
+    ]
     model = window_model(nodes, [1, 2, 7, 6], [1, 4, 1, 1], [("W", weights)])
     model = onnx.shape_inference.infer_shapes(model)
     feeds = [{"X": rng.normal(0, 1, (1, 2, 7, 6)).astype(np.float32)} for _ in range(2)]
@@ -205,6 +236,7 @@ def test_grouped_conv_is_a_user_error():
 
 # ---- int8 ---------------------------------------------------------------------------------------------------
 
+
 def quantized(model: onnx.ModelProto):
     """The quantize_dynamic pass without calibration data: every supported node quantized."""
     context = pass_context(seq_len=SEQ, input_names=tuple(v.name for v in model.graph.input))
@@ -221,8 +253,11 @@ def test_dynamic_int8_lstm_runs_as_a_hybrid_lstm(tmp_path):
     for reference, ort_int8, litert_int8 in zip(floats, expected, actual):
         assert sqnr_db(ort_int8["Y"], litert_int8["Y"]) >= 25  # the two int8 kernels agree
         assert sqnr_db(reference["Y"], litert_int8["Y"]) >= 25  # and both stay near the float model
-    lstm_ops = [op for op in load_interpreter(tmp_path / "model.tflite", threads=1, delegate=False)._get_ops_details()
-                if op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    lstm_ops = [
+        op
+        for op in load_interpreter(tmp_path / "model.tflite", threads=1, delegate=False)._get_ops_details()
+        if op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"
+    ]
     assert len(lstm_ops) == 2 and all(np.int8 in op["operand_types"] for op in lstm_ops)
 
 
@@ -241,9 +276,11 @@ def test_dynamic_int8_conv_runs_as_a_hybrid_conv(tmp_path):
 
 # ---- the students end to end --------------------------------------------------------------------------------
 
-STUDENTS = {"bilstm": {"embedding_dim": 8, "lstm_hidden": 6, "mlp_hidden": 8},
-            "bilstm-final": {"embedding_dim": 8, "lstm_hidden": 6, "mlp_hidden": 8, "pooling": "final"},
-            "cnn": {"embedding_dim": 8, "num_filters": 6, "kernel_sizes": [2, 3], "mlp_hidden": 8}}
+STUDENTS = {
+    "bilstm": {"embedding_dim": 8, "lstm_hidden": 6, "mlp_hidden": 8},
+    "bilstm-final": {"embedding_dim": 8, "lstm_hidden": 6, "mlp_hidden": 8, "pooling": "final"},
+    "cnn": {"embedding_dim": 8, "num_filters": 6, "kernel_sizes": [2, 3], "mlp_hidden": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -258,15 +295,24 @@ def student_folders(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     teacher = load_bundle(tiny_checkpoint)
     folders = {}
     for name, overrides in STUDENTS.items():
-        config = student_config(name.split("-")[0], overrides, tokenizer=teacher.tokenizer,
-                                labels=["negative", "positive"], max_positions=64, where="test")
+        config = student_config(
+            name.split("-")[0],
+            overrides,
+            tokenizer=teacher.tokenizer,
+            labels=["negative", "positive"],
+            max_positions=64,
+            where="test",
+        )
         torch.manual_seed(0)
         module = build_student(config)
         folder = tmp_path_factory.mktemp("students") / name
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(config))
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in module.state_dict().items()},
+            str(folder / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         for file in teacher.tokenizer_settings.files:
             shutil.copyfile(teacher.tokenizer_dir / file, folder / file)
         folders[name] = folder
@@ -276,8 +322,16 @@ def student_folders(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
 @pytest.mark.parametrize("recipe", ["default", "dynamic-int8"])
 @pytest.mark.parametrize("student", list(STUDENTS))
 def test_student_exports_to_every_artifact(student_folders, student, recipe, tiny_device, tiny_data, tmp_path):
-    result = run_export(ExportRequest(model=student_folders[student], device=str(tiny_device), out_root=tmp_path,
-                                      data=tiny_data, recipe=recipe, measure=False))
+    result = run_export(
+        ExportRequest(
+            model=student_folders[student],
+            device=str(tiny_device),
+            out_root=tmp_path,
+            data=tiny_data,
+            recipe=recipe,
+            measure=False,
+        )
+    )
     artifacts = {a.kind: a for a in result.report.artifacts}
     assert set(artifacts) == {"onnx", "ort", "tflite"}
     for artifact in artifacts.values():
@@ -299,8 +353,9 @@ def test_bilstm_export_is_one_lstm_with_lengths_and_no_exporter_warnings(student
     from edgecompress.lower import export_onnx
 
     bundle = load_bundle(student_folders["bilstm-final"])
-    feeds = tokenize(bundle.tokenizer, load_dataset(tiny_data, require_labels=True).texts, seq_len=16,
-                     input_names=bundle.input_names)
+    feeds = tokenize(
+        bundle.tokenizer, load_dataset(tiny_data, require_labels=True).texts, seq_len=16, input_names=bundle.input_names
+    )
     capfd.readouterr()
     graph = export_onnx(bundle, feeds)
     assert "PackPadded" not in capfd.readouterr().err
@@ -310,12 +365,18 @@ def test_bilstm_export_is_one_lstm_with_lengths_and_no_exporter_warnings(student
 
 # ---- estimate -----------------------------------------------------------------------------------------------
 
+
 def test_lstm_estimate_pays_every_recurrent_step():
     """A BiLSTM at batch 1 re-reads R on each of its seq_len steps per direction: memory-bound, sequential."""
     model = lstm_model("bidirectional", lengths=False, outputs=("Y",))
     shapes = infer_shapes(model)
-    peaks = dict(peak_fp32_ops_per_s=1e11, peak_int8_ops_per_s=4e11, bandwidth_bytes_per_s=1e10,
-                 compute_efficiency=1.0, bandwidth_efficiency=1.0)
+    peaks = dict(
+        peak_fp32_ops_per_s=1e11,
+        peak_int8_ops_per_s=4e11,
+        bandwidth_bytes_per_s=1e10,
+        compute_efficiency=1.0,
+        bandwidth_efficiency=1.0,
+    )
     cost = estimate_latency(model, shapes=shapes, **peaks).nodes[0]
     r_bytes_per_direction = 4 * HIDDEN * HIDDEN * 4
     assert cost.bytes >= 2 * SEQ * r_bytes_per_direction  # R read once per step and direction
@@ -327,8 +388,9 @@ def test_lstm_estimate_pays_every_recurrent_step():
 def test_conv_estimate_counts_im2col_traffic():
     model = conv1d_max_over_time(width=3)
     shapes = infer_shapes(model)
-    cost = estimate_latency(model, shapes=shapes, peak_fp32_ops_per_s=1e11, peak_int8_ops_per_s=4e11,
-                            bandwidth_bytes_per_s=1e10).nodes[0]
+    cost = estimate_latency(
+        model, shapes=shapes, peak_fp32_ops_per_s=1e11, peak_int8_ops_per_s=4e11, bandwidth_bytes_per_s=1e10
+    ).nodes[0]
     plain = sum(int(np.prod(shapes[name][0])) * 4 for name in ("X", "W", "B", "conv"))
     out_steps = SEQ + 2
     assert cost.flops == 2 * 5 * out_steps * FEATURES * 3

@@ -53,8 +53,10 @@ def test_a_quantized_export_without_data_says_what_it_was_judged_and_tuned_on(ti
     assert data["texts"] == len(BUILTIN_JUDGING)
     assert data["judged_on"].startswith(f"no --data: {len(BUILTIN_JUDGING)} built-in sentences")
     assert "at least 95% of them (9 flips allowed)" in data["judged_on"]
-    assert data["tuned_on"].startswith(f"activation ranges, quantization sensitivity and the mask-value check ran on "
-                                       f"{len(BUILTIN_TUNING)} texts of the built-in sentences held out for tuning")
+    assert data["tuned_on"].startswith(
+        f"activation ranges, quantization sensitivity and the mask-value check ran on "
+        f"{len(BUILTIN_TUNING)} texts of the built-in sentences held out for tuning"
+    )
 
 
 def test_no_pass_tunes_on_the_rows_of_data(tiny_checkpoint, tiny_device, tiny_data, tmp_path, monkeypatch):
@@ -67,12 +69,23 @@ def test_no_pass_tunes_on_the_rows_of_data(tiny_checkpoint, tiny_device, tiny_da
 
     monkeypatch.setattr(pipeline, "apply_pass", spy)
     monkeypatch.setattr(rewrite, "apply_pass", spy)
-    result = _export(tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "-o", tmp_path / "out",
-                     "--quantize", "int8", "--no-measure")
+    result = _export(
+        tiny_checkpoint,
+        "--device",
+        tiny_device,
+        "--data",
+        tiny_data,
+        "-o",
+        tmp_path / "out",
+        "--quantize",
+        "int8",
+        "--no-measure",
+    )
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tiny_checkpoint)
-    data_rows = tokenize(bundle.tokenizer, [t for t, _ in _rows(tiny_data)], seq_len=16,
-                         input_names=bundle.input_names)["input_ids"]
+    data_rows = tokenize(
+        bundle.tokenizer, [t for t, _ in _rows(tiny_data)], seq_len=16, input_names=bundle.input_names
+    )["input_ids"]
     assert any(name == "quantize_static" for name, _, _ in seen)
     for name, calibration, source in seen:
         assert source == "built-in", name
@@ -82,11 +95,24 @@ def test_no_pass_tunes_on_the_rows_of_data(tiny_checkpoint, tiny_device, tiny_da
     assert tuned_on.endswith(f"--data ({tiny_data.name}) only scores")
 
 
-def test_calibration_comes_from_train_data_before_the_built_in_sentences(tiny_checkpoint, tiny_device, tiny_data,
-                                                                         tmp_path):
+def test_calibration_comes_from_train_data_before_the_built_in_sentences(
+    tiny_checkpoint, tiny_device, tiny_data, tmp_path
+):
     train = write_csv(tmp_path / "train.csv", [("the plot was fun", "positive"), ("dull actor", "negative")])
-    result = _export(tiny_checkpoint, "--device", tiny_device, "--data", tiny_data, "--train-data", train,
-                     "-o", tmp_path / "out", "--quantize", "int8", "--no-measure")
+    result = _export(
+        tiny_checkpoint,
+        "--device",
+        tiny_device,
+        "--data",
+        tiny_data,
+        "--train-data",
+        train,
+        "-o",
+        tmp_path / "out",
+        "--quantize",
+        "int8",
+        "--no-measure",
+    )
     assert result.exit_code == 0, result.output
     tuned_on = json.loads((tmp_path / "out" / "tinyphone" / "report.json").read_text())["data"]["tuned_on"]
     assert "ran on 2 texts of --train-data (" in tuned_on
@@ -111,8 +137,7 @@ def _rows(path):
 def _embeddings_at(cosines: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of unit vectors with the given cosines."""
     angles = np.arccos(np.asarray(cosines))
-    return (np.stack([np.ones_like(angles), np.zeros_like(angles)], -1),
-            np.stack([np.cos(angles), np.sin(angles)], -1))
+    return (np.stack([np.ones_like(angles), np.zeros_like(angles)], -1), np.stack([np.cos(angles), np.sin(angles)], -1))
 
 
 def test_an_encoder_across_runtimes_is_judged_by_a_share_of_texts_not_the_single_worst():

@@ -97,10 +97,16 @@ WARMUP = 2  # untimed runs per length when a file's sessions are new
 BUCKETS = get_profile("pixel7").runtime.buckets
 LONGEST = BUCKETS[-1]
 # How each variant runs a text of n tokens: at its bucket, padded to the longest, or at its exact length.
-SERVES = {"ours bucketed": "bucket", "ours padded-128": "padded", "peer dynamic-axes": "exact",
-          "peer litert-torch": "padded"}
-RUNTIMES = {"onnxruntime": ("ours bucketed", "ours padded-128", "peer dynamic-axes"),
-            "litert": ("ours bucketed", "ours padded-128", "peer litert-torch")}
+SERVES = {
+    "ours bucketed": "bucket",
+    "ours padded-128": "padded",
+    "peer dynamic-axes": "exact",
+    "peer litert-torch": "padded",
+}
+RUNTIMES = {
+    "onnxruntime": ("ours bucketed", "ours padded-128", "peer dynamic-axes"),
+    "litert": ("ours bucketed", "ours padded-128", "peer litert-torch"),
+}
 
 
 @dataclass
@@ -154,20 +160,39 @@ def main() -> None:
     load_after = os.getloadavg()
     print_results(variants, facts, args, load_before, load_after)
     if args.json:
-        args.json.write_text(json.dumps({"load_average": {"before": load_before, "after": load_after},
-                                         "texts": facts,
-                                         "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-                                         "rows": [row_json(v, args.threads) for v in variants],
-                                         "targets": targets(variants, args.threads)}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "load_average": {"before": load_before, "after": load_after},
+                    "texts": facts,
+                    "threads": args.threads,
+                    "rounds": args.rounds,
+                    "runs": args.runs,
+                    "rows": [row_json(v, args.threads) for v in variants],
+                    "targets": targets(variants, args.threads),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", type=Path, default=None, help="default: tools/train_teacher.py's teacher")
-    parser.add_argument("--student", type=Path, action="append", default=[],
-                        help="a student checkpoint folder (edgecompress distill); repeatable")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder with test.csv (default: tools/example_assets.py's Rotten Tomatoes)")
+    parser.add_argument(
+        "--student",
+        type=Path,
+        action="append",
+        default=[],
+        help="a student checkpoint folder (edgecompress distill); repeatable",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with test.csv (default: tools/example_assets.py's Rotten Tomatoes)",
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30, help="timed runs per file, length and round")
@@ -177,8 +202,11 @@ def parse_args():
     parser.add_argument("--work", type=Path, help="keep exports here instead of a temporary folder")
     parser.add_argument("--reuse", action="store_true", help="reuse files already in --work")
     parser.add_argument("--json", type=Path, help="also write the rows and ratios as JSON here")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 300 texts, 1 thread, 1 round of 3 runs, exports verified on 64 texts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 300 texts, 1 thread, 1 round of 3 runs, exports verified on 64 texts",
+    )
     args = parser.parse_args()
     if args.quick:
         args.texts, args.threads, args.rounds, args.runs, args.export_texts = 300, [1], 1, 3, 64
@@ -206,8 +234,9 @@ def write_profiles(work: Path) -> dict[str, Path]:
 # --- producing the files ----------------------------------------------------------------------------
 
 
-def bench_model(work: Path, model_dir: Path, profiles: dict[str, Path], export_texts: Path,
-                args) -> tuple[list[Variant], dict]:
+def bench_model(
+    work: Path, model_dir: Path, profiles: dict[str, Path], export_texts: Path, args
+) -> tuple[list[Variant], dict]:
     """The model's six files, scored and timed; and facts about its texts (lengths, float accuracy)."""
     model = "teacher" if model_dir == args.teacher else model_dir.name
     folder = work / model
@@ -219,8 +248,9 @@ def bench_model(work: Path, model_dir: Path, profiles: dict[str, Path], export_t
         if not (args.reuse and all(p.is_file() for p in paths.values())):
             log(f"{model}: edgecompress export --device {profile.stem}")
             error = export_ours(model_dir, profile, export_texts, out)
-        variants += [Variant(model, runtime, name, None if error else path, missing=error)
-                     for runtime, path in paths.items()]
+        variants += [
+            Variant(model, runtime, name, None if error else path, missing=error) for runtime, path in paths.items()
+        ]
     variants.append(export_dynamic_axes(model, model_dir, folder / "peer-dynamic-axes.onnx", args))
     variants.append(convert_litert_torch(model, model_dir, folder / "peer-litert-torch", args))
     for v in variants:
@@ -233,21 +263,39 @@ def bench_model(work: Path, model_dir: Path, profiles: dict[str, Path], export_t
             score(v, texts)
     measure(variants, texts, args)
     per_bucket = bucket_of(texts.tokens, BUCKETS)
-    return variants, {"model": model, "texts": len(texts.tokens), "tokens_mean": float(texts.tokens.mean()),
-                      "distinct_lengths": len(np.unique(np.minimum(texts.tokens, LONGEST))),
-                      "texts_per_bucket": {int(b): int(np.sum(per_bucket == b)) for b in BUCKETS},
-                      "truncated": int(np.sum(texts.tokens > LONGEST)),
-                      "float_torch_accuracy": float(np.mean(texts.reference == texts.labels))}
+    return variants, {
+        "model": model,
+        "texts": len(texts.tokens),
+        "tokens_mean": float(texts.tokens.mean()),
+        "distinct_lengths": len(np.unique(np.minimum(texts.tokens, LONGEST))),
+        "texts_per_bucket": {int(b): int(np.sum(per_bucket == b)) for b in BUCKETS},
+        "truncated": int(np.sum(texts.tokens > LONGEST)),
+        "float_torch_accuracy": float(np.mean(texts.reference == texts.labels)),
+    }
 
 
 def export_ours(model_dir: Path, profile: Path, export_texts: Path, out: Path) -> str | None:
     """The CLI from this checkout with the profile's own recipe; None on success, else why not."""
-    cmd = [sys.executable, "-c", "from edgecompress.cli import main; main()", "export", str(model_dir),
-           "--device", str(profile), "--data", str(export_texts), "-o", str(out), "--no-measure"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from edgecompress.cli import main; main()",
+        "export",
+        str(model_dir),
+        "--device",
+        str(profile),
+        "--data",
+        str(export_texts),
+        "-o",
+        str(out),
+        "--no-measure",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(REPO))
-    log(f"  exit {proc.returncode} after {time.perf_counter() - start:.0f} s"
-        + (f" ({last_line(proc.stdout)})" if proc.returncode else ""))
+    log(
+        f"  exit {proc.returncode} after {time.perf_counter() - start:.0f} s"
+        + (f" ({last_line(proc.stdout)})" if proc.returncode else "")
+    )
     if proc.returncode in EXPORT_OK:
         return None
     return f"export failed: {last_line(proc.stderr) or f'exit {proc.returncode}'}"
@@ -281,9 +329,16 @@ def build_dynamic_axes(model_dir: Path, path: Path) -> None:
     float_path = path.with_suffix(".float.onnx")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(sample[n] for n in names), str(float_path), input_names=list(names),
-                          output_names=["logits"], opset_version=14, dynamo=False,
-                          dynamic_axes={**dict.fromkeys(names, axes), "logits": {0: "batch_size"}})
+        torch.onnx.export(
+            module,
+            tuple(sample[n] for n in names),
+            str(float_path),
+            input_names=list(names),
+            output_names=["logits"],
+            opset_version=14,
+            dynamo=False,
+            dynamic_axes={**dict.fromkeys(names, axes), "logits": {0: "batch_size"}},
+        )
     graph = onnx.load(str(float_path))
     graph.ir_version = min(graph.ir_version, 10)  # onnxruntime 1.31 loads IR <= 13; onnx 1.23 may write 14
     quantize_dynamic(graph, str(path), per_channel=True, weight_type=QuantType.QInt8)
@@ -298,8 +353,17 @@ def convert_litert_torch(model: str, model_dir: Path, folder: Path, args) -> Var
         return Variant(model, "litert", "peer litert-torch", None, missing=why)
     if not (args.reuse and path.is_file()):
         log(f"{model}: litert-torch convert (peer environment)")
-        cmd = [str(args.peer_python), str(TOOLS / "peer_litert_torch.py"), str(model_dir),
-               "--seq-len", str(LONGEST), "-o", str(folder), "--variants", "int8"]
+        cmd = [
+            str(args.peer_python),
+            str(TOOLS / "peer_litert_torch.py"),
+            str(model_dir),
+            "--seq-len",
+            str(LONGEST),
+            "-o",
+            str(folder),
+            "--variants",
+            "int8",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(None))
         if proc.returncode != 0:
             why = f"litert-torch failed: {last_line(proc.stderr) or f'exit {proc.returncode}'}"
@@ -324,8 +388,9 @@ class Opened:
         self.interpreter, _ = open_interpreter(str(v.path), threads, "xnnpack")
         prepare(self.interpreter, {d["name"]: d["shape"] for d in self.interpreter.get_input_details()})
         keys = list(self.interpreter.get_signature_list())
-        self.runners = {length: self.interpreter.get_signature_runner(self.signature(keys, length))
-                        for length in lengths}
+        self.runners = {
+            length: self.interpreter.get_signature_runner(self.signature(keys, length)) for length in lengths
+        }
 
     def signature(self, keys: list[str], length: int) -> str:
         """`seq_<length>` in a bucketed file, else the file's one signature (its fixed shape is checked)."""
@@ -345,8 +410,9 @@ class Opened:
         runner = self.runners[length]
         details = signature_inputs(runner)
         if any(list(d["shape"]) != [1, length] for d in details):
-            raise SystemExit(f"{self.path}: signature inputs {[list(d['shape']) for d in details]}, "
-                             f"expected [1, {length}]")
+            raise SystemExit(
+                f"{self.path}: signature inputs {[list(d['shape']) for d in details]}, expected [1, {length}]"
+            )
         names = feed_names(details, cut)
         feeds = {d["name"]: cut[names[d["name"]]].astype(d["dtype"]) for d in details}
         return lambda: runner(**feeds)
@@ -359,7 +425,7 @@ def logits_of(output) -> np.ndarray:
 
 
 def row_of(texts: Texts, i: int) -> dict[str, np.ndarray]:
-    return {name: values[i:i + 1] for name, values in texts.feeds.items()}
+    return {name: values[i : i + 1] for name, values in texts.feeds.items()}
 
 
 # --- scoring ----------------------------------------------------------------------------------------
@@ -383,9 +449,12 @@ def torch_logits(bundle, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
     torch.set_num_threads(EVAL_THREADS)
     with torch.no_grad():
-        return np.concatenate([
-            bundle.module(*[torch.from_numpy(feeds[name][i:i + 32]) for name in bundle.input_names]).numpy()
-            for i in range(0, len(feeds["input_ids"]), 32)])
+        return np.concatenate(
+            [
+                bundle.module(*[torch.from_numpy(feeds[name][i : i + 32]) for name in bundle.input_names]).numpy()
+                for i in range(0, len(feeds["input_ids"]), 32)
+            ]
+        )
 
 
 def score(v: Variant, texts: Texts) -> None:
@@ -393,8 +462,7 @@ def score(v: Variant, texts: Texts) -> None:
     log(f"{v.model}: scoring {v.runtime} {v.name} on {len(texts.labels)} texts")
     lengths = v.length(texts.tokens)
     opened = Opened(v, EVAL_THREADS, sorted({int(n) for n in lengths}))
-    predicted = np.array([logits_of(opened.call(int(n), row_of(texts, i))()).argmax()
-                          for i, n in enumerate(lengths)])
+    predicted = np.array([logits_of(opened.call(int(n), row_of(texts, i))()).argmax() for i, n in enumerate(lengths)])
     v.accuracy = float(np.mean(predicted == texts.labels))
     v.agreement = float(np.mean(predicted == texts.reference))
 
@@ -471,11 +539,15 @@ def padded_p50(v: Variant, threads: int) -> float:
 
 
 def print_results(variants: list[Variant], facts: dict[str, dict], args, load_before, load_after) -> None:
-    print(f"Load average (1, 5, 15 min): {fmt_load(load_before)} at start, {fmt_load(load_after)} at end; "
-          f"{os.cpu_count()} CPUs. Rounds {args.rounds} x {args.runs} runs per file and length.")
+    print(
+        f"Load average (1, 5, 15 min): {fmt_load(load_before)} at start, {fmt_load(load_after)} at end; "
+        f"{os.cpu_count()} CPUs. Rounds {args.rounds} x {args.runs} runs per file and length."
+    )
     print()
-    print("| model | runtime | variant | threads | real-text p50 ms | real-text p90 ms | padded-128 p50 ms | "
-          "accuracy | agreement | size MB |")
+    print(
+        "| model | runtime | variant | threads | real-text p50 ms | real-text p90 ms | padded-128 p50 ms | "
+        "accuracy | agreement | size MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     order = [(runtime, name) for runtime, names in RUNTIMES.items() for name in names]
     models = list(dict.fromkeys(v.model for v in variants))
@@ -487,19 +559,22 @@ def print_results(variants: list[Variant], facts: dict[str, dict], args, load_be
                 print(f"{head} missing: {v.missing} | | | | | |")
                 continue
             p50, p90 = real_text(v, threads)
-            print(f"{head} {p50:.2f} | {p90:.2f} | {padded_p50(v, threads):.2f} | {100 * v.accuracy:.2f}% | "
-                  f"{100 * v.agreement:.2f}% | {v.size_mb:.2f} |")
+            print(
+                f"{head} {p50:.2f} | {p90:.2f} | {padded_p50(v, threads):.2f} | {100 * v.accuracy:.2f}% | "
+                f"{100 * v.agreement:.2f}% | {v.size_mb:.2f} |"
+            )
     print()
     for f in facts.values():
-        print(f"{f['model']}: {f['texts']} test texts, mean {f['tokens_mean']:.1f} tokens, {f['distinct_lengths']} "
-              f"distinct lengths, per bucket {f['texts_per_bucket']}, {f['truncated']} truncated to {LONGEST}; "
-              f"float torch accuracy {100 * f['float_torch_accuracy']:.2f}%")
+        print(
+            f"{f['model']}: {f['texts']} test texts, mean {f['tokens_mean']:.1f} tokens, {f['distinct_lengths']} "
+            f"distinct lengths, per bucket {f['texts_per_bucket']}, {f['truncated']} truncated to {LONGEST}; "
+            f"float torch accuracy {100 * f['float_torch_accuracy']:.2f}%"
+        )
     print()
     print("| model | threads | ratio | value | target | met |")
     print("|---|---|---|---|---|---|")
     for t in targets(variants, args.threads):
-        print(f"| {t['model']} | {t['threads'] or '-'} | {t['ratio']} | {t['value']} | {t['target']} | "
-              f"{t['met']} |")
+        print(f"| {t['model']} | {t['threads'] or '-'} | {t['ratio']} | {t['value']} | {t['target']} | {t['met']} |")
 
 
 def fmt_load(load) -> str:
@@ -512,27 +587,57 @@ def targets(variants: list[Variant], threads_list: list[int]) -> list[dict]:
     for model in dict.fromkeys(v.model for v in variants):
         pick = {(v.runtime, v.name): v for v in variants if v.model == model and v.path is not None}
         for threads in threads_list:
+
             def p50(runtime: str, name: str, threads: int = threads, pick: dict = pick) -> float | None:
                 v = pick.get((runtime, name))
                 return real_text(v, threads)[0] if v else None
 
             ours, peer = pick.get(("onnxruntime", "ours bucketed")), pick.get(("onnxruntime", "peer dynamic-axes"))
             accurate = ours is not None and peer is not None and ours.accuracy >= peer.accuracy
-            rows.append(target(model, threads, "onnxruntime: peer dynamic-axes p50 / ours bucketed p50",
-                               ratio(p50("onnxruntime", "peer dynamic-axes"), p50("onnxruntime", "ours bucketed")),
-                               1.3, ">= 1.30x at equal or better accuracy",
-                               "" if accurate else " (accuracy below the peer's)"))
-            rows.append(target(model, threads, "litert: ours padded-128 p50 / ours bucketed p50",
-                               ratio(p50("litert", "ours padded-128"), p50("litert", "ours bucketed")), 3.0,
-                               ">= 3.00x"))
-            rows.append(target(model, threads, "litert: peer litert-torch p50 / ours bucketed p50",
-                               ratio(p50("litert", "peer litert-torch"), p50("litert", "ours bucketed")), 1.0,
-                               "> 1.00x", strict=True))
+            rows.append(
+                target(
+                    model,
+                    threads,
+                    "onnxruntime: peer dynamic-axes p50 / ours bucketed p50",
+                    ratio(p50("onnxruntime", "peer dynamic-axes"), p50("onnxruntime", "ours bucketed")),
+                    1.3,
+                    ">= 1.30x at equal or better accuracy",
+                    "" if accurate else " (accuracy below the peer's)",
+                )
+            )
+            rows.append(
+                target(
+                    model,
+                    threads,
+                    "litert: ours padded-128 p50 / ours bucketed p50",
+                    ratio(p50("litert", "ours padded-128"), p50("litert", "ours bucketed")),
+                    3.0,
+                    ">= 3.00x",
+                )
+            )
+            rows.append(
+                target(
+                    model,
+                    threads,
+                    "litert: peer litert-torch p50 / ours bucketed p50",
+                    ratio(p50("litert", "peer litert-torch"), p50("litert", "ours bucketed")),
+                    1.0,
+                    "> 1.00x",
+                    strict=True,
+                )
+            )
         bucketed, single = pick.get(("litert", "ours bucketed")), pick.get(("litert", "ours padded-128"))
         growth = bucketed.size_mb / single.size_mb - 1 if bucketed and single else None
-        rows.append({"model": model, "threads": None, "ratio": ".tflite size: bucketed / single-bucket - 1",
-                     "value": "n/a" if growth is None else f"{100 * growth:+.2f}%", "target": "<= 2%",
-                     "met": "n/a" if growth is None else ("yes" if growth <= 0.02 else "no")})
+        rows.append(
+            {
+                "model": model,
+                "threads": None,
+                "ratio": ".tflite size: bucketed / single-bucket - 1",
+                "value": "n/a" if growth is None else f"{100 * growth:+.2f}%",
+                "target": "<= 2%",
+                "met": "n/a" if growth is None else ("yes" if growth <= 0.02 else "no"),
+            }
+        )
     return rows
 
 
@@ -540,30 +645,58 @@ def ratio(peer: float | None, ours: float | None) -> float | None:
     return peer / ours if peer is not None and ours is not None else None
 
 
-def target(model: str, threads: int, name: str, value: float | None, floor: float, goal: str, why_not: str = "",
-           strict: bool = False) -> dict:
+def target(
+    model: str,
+    threads: int,
+    name: str,
+    value: float | None,
+    floor: float,
+    goal: str,
+    why_not: str = "",
+    strict: bool = False,
+) -> dict:
     """One ratio row: met when `value` reaches `floor` (exceeds it if `strict`) and nothing else says no."""
     if value is None:
         met = "n/a"
     else:
         reached = value > floor if strict else value >= floor
         met = "yes" if reached and not why_not else "no" + why_not
-    return {"model": model, "threads": threads, "ratio": name, "value": "n/a" if value is None else f"{value:.2f}x",
-            "target": goal, "met": met}
+    return {
+        "model": model,
+        "threads": threads,
+        "ratio": name,
+        "value": "n/a" if value is None else f"{value:.2f}x",
+        "target": goal,
+        "met": met,
+    }
 
 
 def row_json(v: Variant, threads_list: list[int]) -> dict:
-    row = {"model": v.model, "runtime": v.runtime, "variant": v.name, "serves": SERVES[v.name],
-           "path": str(v.path) if v.path else None, "missing": v.missing, "size_mb": v.size_mb,
-           "accuracy": v.accuracy, "agreement": v.agreement, "latency": {}}
+    row = {
+        "model": v.model,
+        "runtime": v.runtime,
+        "variant": v.name,
+        "serves": SERVES[v.name],
+        "path": str(v.path) if v.path else None,
+        "missing": v.missing,
+        "size_mb": v.size_mb,
+        "accuracy": v.accuracy,
+        "agreement": v.agreement,
+        "latency": {},
+    }
     for threads in threads_list:
         if v.path is None:
             continue
         p50, p90 = real_text(v, threads)
         row["latency"][threads] = {
-            "real_text_p50_ms": p50, "real_text_p90_ms": p90, "padded_128_p50_ms": padded_p50(v, threads),
-            "per_length": {n: {"p50_ms": weighted_rank(s, [1.0] * len(s), 50), "runs": len(s)}
-                           for n, s in v.samples[threads].items()}}
+            "real_text_p50_ms": p50,
+            "real_text_p90_ms": p90,
+            "padded_128_p50_ms": padded_p50(v, threads),
+            "per_length": {
+                n: {"p50_ms": weighted_rank(s, [1.0] * len(s), 50), "runs": len(s)}
+                for n, s in v.samples[threads].items()
+            },
+        }
     return row
 
 

@@ -71,8 +71,19 @@ def main() -> None:
     rows = []
     for name, (folder, recipe) in models.items():
         rows.append(export_row(name, "float", folder, device, splits, exports, recipe=recipe, quantize="none"))
-        rows.append(export_row(name, "int8", folder, device, splits, exports, recipe=recipe,
-                               quantize="dynamic-int8", float_row=rows[-1]))
+        rows.append(
+            export_row(
+                name,
+                "int8",
+                folder,
+                device,
+                splits,
+                exports,
+                recipe=recipe,
+                quantize="dynamic-int8",
+                float_row=rows[-1],
+            )
+        )
     score(rows, splits / "test.csv")
     measure(rows, args)
     (root / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
@@ -102,9 +113,17 @@ def train_student(root: Path, teacher: Path, splits: Path, kind: str, args) -> P
     if not (folder / "training.json").is_file():
         log(f"distilling the {kind} student")
         augment = args.transformer_augment if kind == "transformer" else args.augment
-        distill(DistillRequest(teacher=teacher, student=kind, train_data=splits / "train.csv", out_dir=folder,
-                               augment=augment, seq_len=SEQ_LEN,
-                               transfer_set=root / f"transfer-augment{augment}.npz"))
+        distill(
+            DistillRequest(
+                teacher=teacher,
+                student=kind,
+                train_data=splits / "train.csv",
+                out_dir=folder,
+                augment=augment,
+                seq_len=SEQ_LEN,
+                transfer_set=root / f"transfer-augment{augment}.npz",
+            )
+        )
     return folder
 
 
@@ -117,24 +136,48 @@ def bench_device(folder: Path) -> Path:
     return path
 
 
-def export_row(name: str, precision: str, model: Path, device: Path, splits: Path, exports: Path, *,
-               recipe: str | None, quantize: str, float_row: dict | None = None) -> dict:
+def export_row(
+    name: str,
+    precision: str,
+    model: Path,
+    device: Path,
+    splits: Path,
+    exports: Path,
+    *,
+    recipe: str | None,
+    quantize: str,
+    float_row: dict | None = None,
+) -> dict:
     log(f"exporting {name} ({precision})")
     started = time.perf_counter()
-    result = run_export(ExportRequest(model=model, device=str(device),
-                                      out_root=exports / f"{name.replace(' ', '-')}-{precision}",
-                                      data=splits / "test.csv", calibration=splits / "validation.csv",
-                                      train_data=splits / "train.csv" if recipe == "pruned" else None,
-                                      recipe=recipe, quantize=quantize, measure=False))
+    result = run_export(
+        ExportRequest(
+            model=model,
+            device=str(device),
+            out_root=exports / f"{name.replace(' ', '-')}-{precision}",
+            data=splits / "test.csv",
+            calibration=splits / "validation.csv",
+            train_data=splits / "train.csv" if recipe == "pruned" else None,
+            recipe=recipe,
+            quantize=quantize,
+            measure=False,
+        )
+    )
     log(f"{name} ({precision}): exported in {time.perf_counter() - started:.0f} s")
     artifact = result.out_dir / "model.onnx"
     how = f"edgecompress export, recipe {result.report.recipe['name']}"
     quantizer = next((p for p in result.report.passes if p["name"] == "quantize_dynamic"), None)
     if quantize != "none" and not (quantizer and quantizer["fired"]):
         how += f" (quantized nothing: {quantizer['notes'][0] if quantizer else 'no quantize_dynamic pass'})"
-    return {"model": name, "precision": precision, "artifact": artifact, "input_names": input_names(artifact),
-            "parameters": float_row["parameters"] if float_row else float_weights(artifact),
-            "time": training_time(model, result.report if recipe == "pruned" else None), "how": how}
+    return {
+        "model": name,
+        "precision": precision,
+        "artifact": artifact,
+        "input_names": input_names(artifact),
+        "parameters": float_row["parameters"] if float_row else float_weights(artifact),
+        "time": training_time(model, result.report if recipe == "pruned" else None),
+        "how": how,
+    }
 
 
 def input_names(artifact: Path) -> tuple[str, ...]:
@@ -149,8 +192,11 @@ def float_weights(artifact: Path) -> int:
     import onnx
 
     model = onnx.load(str(artifact))
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer
-               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+    return sum(
+        int(np.prod(t.dims))
+        for t in model.graph.initializer
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    )
 
 
 def training_time(model: Path, report=None) -> dict:
@@ -162,8 +208,11 @@ def training_time(model: Path, report=None) -> dict:
     record = json.loads((model / "training.json").read_text())
     if "wall_time_s" in record:  # the teacher's own fine-tuning record
         return {"train": record["wall_time_s"], "labelling": None}
-    return {"train": record["train_seconds"], "labelling": record["prepare_seconds"],
-            "transfer_set": record["transfer_set"]}
+    return {
+        "train": record["train_seconds"],
+        "labelling": record["prepare_seconds"],
+        "transfer_set": record["transfer_set"],
+    }
 
 
 def score(rows: list[dict], test_csv: Path) -> None:
@@ -190,7 +239,7 @@ def score(rows: list[dict], test_csv: Path) -> None:
         predicted = run_session(session, feeds, output_name="logits", batch_size=1).argmax(-1)
         row["accuracy"] = float(np.mean(predicted == label_ids(dataset, labels)))
         predictions.append(predicted)
-        row["inputs"] = {k: v[median:median + 1] for k, v in feeds.items()}
+        row["inputs"] = {k: v[median : median + 1] for k, v in feeds.items()}
     for row, predicted in zip(rows, predictions):
         row["agreement"] = float(np.mean(predicted == predictions[0]))
 
@@ -201,8 +250,9 @@ def measure(rows: list[dict], args) -> None:
         for round_index in range(args.rounds):
             log(f"latency, {threads} thread(s): round {round_index + 1}/{args.rounds}")
             for row in rows:
-                result = run_runner(row["artifact"], threads=threads, runs=args.runs, warmup=10,
-                                    inputs=row["inputs"], keep_samples=True)
+                result = run_runner(
+                    row["artifact"], threads=threads, runs=args.runs, warmup=10, inputs=row["inputs"], keep_samples=True
+                )
                 samples[id(row)] += result["latency_samples_ms"]
         for row in rows:
             row[f"p50_{threads}t"] = float(np.median(samples[id(row)]))
@@ -221,17 +271,28 @@ def print_table(rows: list[dict]) -> None:
     print("|" + "---|" * len(head))
     teacher = rows[0]
     for row in rows:
-        cells = [row["model"], row["precision"], f"{row['parameters'] / 1e6:.2f}M",
-                 f"{Path(row['artifact']).stat().st_size / 1e6:.2f}"]
+        cells = [
+            row["model"],
+            row["precision"],
+            f"{row['parameters'] / 1e6:.2f}M",
+            f"{Path(row['artifact']).stat().st_size / 1e6:.2f}",
+        ]
         for t in threads:
-            cells += [f"{row[f'p50_{t}t']:.3f}", f"{row[f'p90_{t}t']:.3f}",
-                      f"{teacher[f'p50_{t}t'] / row[f'p50_{t}t']:.1f}x"]
+            cells += [
+                f"{row[f'p50_{t}t']:.3f}",
+                f"{row[f'p90_{t}t']:.3f}",
+                f"{teacher[f'p50_{t}t'] / row[f'p50_{t}t']:.1f}x",
+            ]
         spent = row["time"]
-        labelling = ("-" if spent["labelling"] is None else "cached transfer set" if "reused" in spent["transfer_set"]
-                     else f"{spent['labelling'] / 60:.1f} min")
+        labelling = (
+            "-"
+            if spent["labelling"] is None
+            else "cached transfer set"
+            if "reused" in spent["transfer_set"]
+            else f"{spent['labelling'] / 60:.1f} min"
+        )
         trained = f"{spent['train'] / 60:.1f} min" + (f" ({spent['what']})" if "what" in spent else "")
-        cells += [f"{100 * row['accuracy']:.2f}%", f"{100 * row['agreement']:.2f}%",
-                  trained, labelling]
+        cells += [f"{100 * row['accuracy']:.2f}%", f"{100 * row['agreement']:.2f}%", trained, labelling]
         print("| " + " | ".join(cells) + " |")
     for row in rows:
         print(f"- {row['model']} {row['precision']}: {row['how']}")

@@ -63,8 +63,11 @@ def bench_seq_len(scratch: Path, teacher: Path, test_csv: Path, seq_len: int, ar
     log(f"seq_len {seq_len}: exporting with edgecompress")
     device = device_with_seq_len(scratch, seq_len)
     start = time.perf_counter()
-    result = run_export(ExportRequest(model=teacher, device=str(device), out_root=scratch / f"ours{seq_len}",
-                                      data=test_csv, measure=False))
+    result = run_export(
+        ExportRequest(
+            model=teacher, device=str(device), out_root=scratch / f"ours{seq_len}", data=test_csv, measure=False
+        )
+    )
     export_seconds = time.perf_counter() - start
     ours = {a.file: a for a in result.report.artifacts}
     model, tokenizer, dataset = load_teacher(teacher, test_csv)
@@ -76,26 +79,37 @@ def bench_seq_len(scratch: Path, teacher: Path, test_csv: Path, seq_len: int, ar
     peer_path = export_peer(model, feeds, scratch / f"peer{seq_len}.onnx")
     peer_seconds = time.perf_counter() - start
     peer_logits = ort_outputs(peer_path, feeds)
-    files = {"peer .onnx": peer_path, "ours .onnx": result.out_dir / "model.onnx",
-             "ours .ort": result.out_dir / "model.ort"}
-    accuracy = {"torch eager": torch_logits, "peer .onnx": peer_logits,
-                "ours .onnx": None, "ours .ort": None}
+    files = {
+        "peer .onnx": peer_path,
+        "ours .onnx": result.out_dir / "model.onnx",
+        "ours .ort": result.out_dir / "model.ort",
+    }
+    accuracy = {"torch eager": torch_logits, "peer .onnx": peer_logits, "ours .onnx": None, "ours .ort": None}
     rows = []
     for threads in args.threads:
         latencies = measure_interleaved(model, files, feeds, threads, args)
         for variant, samples in latencies.items():
             logits = accuracy[variant]
             report = ours.get(f"model{variant.split()[-1]}") if variant.startswith("ours") else None
-            rows.append({
-                "seq_len": seq_len, "threads": threads, "variant": variant,
-                "p50": float(np.median(samples)), "p90": float(np.percentile(samples, 90)),
-                "size_mb": files[variant].stat().st_size / 1e6 if variant in files else None,
-                "accuracy": report.accuracy.value if report else float(np.mean(logits.argmax(-1) == labels)),
-                "agreement": (report.agreement.value if report
-                              else float(np.mean(logits.argmax(-1) == torch_logits.argmax(-1)))),
-                "export_s": export_seconds if variant.startswith("ours") else
-                            (peer_seconds if variant.startswith("peer") else None),
-            })
+            rows.append(
+                {
+                    "seq_len": seq_len,
+                    "threads": threads,
+                    "variant": variant,
+                    "p50": float(np.median(samples)),
+                    "p90": float(np.percentile(samples, 90)),
+                    "size_mb": files[variant].stat().st_size / 1e6 if variant in files else None,
+                    "accuracy": report.accuracy.value if report else float(np.mean(logits.argmax(-1) == labels)),
+                    "agreement": (
+                        report.agreement.value
+                        if report
+                        else float(np.mean(logits.argmax(-1) == torch_logits.argmax(-1)))
+                    ),
+                    "export_s": export_seconds
+                    if variant.startswith("ours")
+                    else (peer_seconds if variant.startswith("peer") else None),
+                }
+            )
     return rows
 
 
@@ -119,8 +133,12 @@ def torch_outputs(model, feeds) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return np.concatenate([model(**{k: torch.from_numpy(v[i:i + 64]) for k, v in feeds.items()}).logits.numpy()
-                               for i in range(0, len(feeds["input_ids"]), 64)])
+        return np.concatenate(
+            [
+                model(**{k: torch.from_numpy(v[i : i + 64]) for k, v in feeds.items()}).logits.numpy()
+                for i in range(0, len(feeds["input_ids"]), 64)
+            ]
+        )
 
 
 def export_peer(model, feeds, path: Path) -> Path:
@@ -129,8 +147,9 @@ def export_peer(model, feeds, path: Path) -> Path:
 
     args = tuple(torch.from_numpy(feeds[name][:1]) for name in INPUTS)
     with contextlib_quiet():
-        torch.onnx.export(model, args, str(path), input_names=list(INPUTS), output_names=["logits"],
-                          external_data=False)
+        torch.onnx.export(
+            model, args, str(path), input_names=list(INPUTS), output_names=["logits"], external_data=False
+        )
     return path
 
 
@@ -144,8 +163,12 @@ def ort_outputs(path: Path, feeds) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(["logits"], {k: v[i:i + 1] for k, v in feeds.items()})[0]
-                           for i in range(len(feeds["input_ids"]))])
+    return np.concatenate(
+        [
+            session.run(["logits"], {k: v[i : i + 1] for k, v in feeds.items()})[0]
+            for i in range(len(feeds["input_ids"]))
+        ]
+    )
 
 
 def measure_interleaved(model, files: dict[str, Path], feeds, threads: int, args) -> dict[str, list[float]]:
@@ -180,13 +203,18 @@ def print_table(rows: list[dict]) -> None:
     print("| seq_len | threads | variant | size MB | p50 ms | p90 ms | p50 vs peer | accuracy | agreement | export s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        peer = next(r for r in rows if r["seq_len"] == row["seq_len"] and r["threads"] == row["threads"]
-                    and r["variant"] == "peer .onnx")
+        peer = next(
+            r
+            for r in rows
+            if r["seq_len"] == row["seq_len"] and r["threads"] == row["threads"] and r["variant"] == "peer .onnx"
+        )
         size = f"{row['size_mb']:.1f}" if row["size_mb"] else "-"
         export = f"{row['export_s']:.1f}" if row["export_s"] else "-"
-        print(f"| {row['seq_len']} | {row['threads']} | {row['variant']} | {size} | {row['p50']:.2f} | "
-              f"{row['p90']:.2f} | {peer['p50'] / row['p50']:.2f}x | {100 * row['accuracy']:.2f}% | "
-              f"{100 * row['agreement']:.2f}% | {export} |")
+        print(
+            f"| {row['seq_len']} | {row['threads']} | {row['variant']} | {size} | {row['p50']:.2f} | "
+            f"{row['p90']:.2f} | {peer['p50'] / row['p50']:.2f}x | {100 * row['accuracy']:.2f}% | "
+            f"{100 * row['agreement']:.2f}% | {export} |"
+        )
 
 
 def log(message: str) -> None:

@@ -44,10 +44,12 @@ import train_teacher  # noqa: E402
 
 SEQ_LEN = 64
 VARIANTS = ("teacher float", "pruned, no recovery", "pruned + recovery")
-GRAPH_PASSES = "".join(f'\n[[graph]]\npass = "{name}"\n' for name in
-                       ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes",
-                        "fold_constants"))
-ONE_SHOT = """description = "prune_heads 0.5 + prune_ffn 0.75 + trim_vocab, no recovery"
+GRAPH_PASSES = "".join(
+    f'\n[[graph]]\npass = "{name}"\n'
+    for name in ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes", "fold_constants")
+)
+ONE_SHOT = (
+    """description = "prune_heads 0.5 + prune_ffn 0.75 + trim_vocab, no recovery"
 [[compress]]
 pass = "prune_heads"
 ratio = 0.5
@@ -56,7 +58,9 @@ pass = "prune_ffn"
 ratio = 0.75
 [[compress]]
 pass = "trim_vocab"
-""" + GRAPH_PASSES
+"""
+    + GRAPH_PASSES
+)
 
 
 def main() -> None:
@@ -69,8 +73,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         train_csv = limited(splits / "train.csv", args.limit, scratch)
-        recipes = {"teacher float": "default", "pruned, no recovery": write(scratch / "one_shot.toml", ONE_SHOT),
-                   "pruned + recovery": args.recipe}
+        recipes = {
+            "teacher float": "default",
+            "pruned, no recovery": write(scratch / "one_shot.toml", ONE_SHOT),
+            "pruned + recovery": args.recipe,
+        }
         exports = {name: export(name, recipes[name], teacher, splits, train_csv, scratch) for name in args.variants}
         feeds = tokenize_first_row(exports, splits / "test.csv")
         latencies = {threads: measure_interleaved(exports, feeds, threads, args) for threads in args.threads}
@@ -84,10 +91,18 @@ def parse_args():
     parser.add_argument("--runs", type=int, default=40, help="timed runs per variant per round")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--limit", type=int, default=None, help="training texts (a smoke run; default: all)")
-    parser.add_argument("--recipe", default=str(recipes_dir() / "pruned.toml"),
-                        help="recipe of the 'pruned + recovery' variant (default: the packaged pruned.toml)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="variants to run besides 'teacher float', which speed-ups are relative to")
+    parser.add_argument(
+        "--recipe",
+        default=str(recipes_dir() / "pruned.toml"),
+        help="recipe of the 'pruned + recovery' variant (default: the packaged pruned.toml)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="variants to run besides 'teacher float', which speed-ups are relative to",
+    )
     args = parser.parse_args()
     args.variants = [VARIANTS[0], *(v for v in VARIANTS[1:] if v in args.variants)]
     return args
@@ -115,10 +130,18 @@ def device(scratch: Path) -> Path:
 def export(name: str, recipe: str, teacher: Path, splits: Path, train_csv: Path, scratch: Path) -> dict:
     log(f"{name}: exporting with recipe {Path(recipe).stem}")
     start = time.perf_counter()
-    result = run_export(ExportRequest(
-        model=teacher, device=str(device(scratch)), out_root=scratch / name.replace(" ", "_").replace(",", ""),
-        data=splits / "test.csv", calibration=splits / "validation.csv", train_data=train_csv, recipe=recipe,
-        measure=False))
+    result = run_export(
+        ExportRequest(
+            model=teacher,
+            device=str(device(scratch)),
+            out_root=scratch / name.replace(" ", "_").replace(",", ""),
+            data=splits / "test.csv",
+            calibration=splits / "validation.csv",
+            train_data=train_csv,
+            recipe=recipe,
+            measure=False,
+        )
+    )
     seconds = time.perf_counter() - start
     compress = next(s["seconds"] for s in result.report.stages if s["name"] == "compress")
     onnx_file = next(a for a in result.report.artifacts if a.file == "model.onnx")
@@ -134,8 +157,9 @@ def tokenize_first_row(exports: dict, test_csv: Path) -> dict:
     feeds = {}
     for name, item in exports.items():
         tokenizer = AutoTokenizer.from_pretrained(str(item["dir"]), local_files_only=True)
-        feeds[name] = tokenize(tokenizer, text, seq_len=SEQ_LEN,
-                               input_names=("input_ids", "attention_mask", "token_type_ids"))
+        feeds[name] = tokenize(
+            tokenizer, text, seq_len=SEQ_LEN, input_names=("input_ids", "attention_mask", "token_type_ids")
+        )
     return feeds
 
 
@@ -144,8 +168,14 @@ def measure_interleaved(exports: dict, feeds: dict, threads: int, args) -> dict[
     for round_index in range(args.rounds):
         log(f"threads {threads}: round {round_index + 1}/{args.rounds}")
         for name, item in exports.items():
-            result = run_runner(item["dir"] / "model.onnx", threads=threads, runs=args.runs, warmup=5,
-                                inputs=feeds[name], keep_samples=True)
+            result = run_runner(
+                item["dir"] / "model.onnx",
+                threads=threads,
+                runs=args.runs,
+                warmup=5,
+                inputs=feeds[name],
+                keep_samples=True,
+            )
             samples[name] += result["latency_samples_ms"]
     return samples
 
@@ -158,20 +188,27 @@ def parameters(path: Path) -> int:
 
 def print_table(exports: dict, latencies: dict, teacher: Path) -> None:
     teacher_s = json.loads((teacher / "training.json").read_text())["wall_time_s"]
-    print("| threads | variant | params | model.onnx MB | p50 ms | p90 ms | speed-up (p50) | test accuracy "
-          "| agreement | training s |")
+    print(
+        "| threads | variant | params | model.onnx MB | p50 ms | p90 ms | speed-up (p50) | test accuracy "
+        "| agreement | training s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for threads, samples in latencies.items():
         base = float(np.median(samples["teacher float"]))
         for name, item in exports.items():
             p50, p90 = float(np.median(samples[name])), float(np.percentile(samples[name], 90))
             artifact = item["artifact"]
-            training = (f"{teacher_s:.0f} (fine-tuning)" if name == "teacher float"
-                        else f"{item['compress_s']:.0f} (compress stage)")
-            print(f"| {threads} | {name} | {parameters(item['dir'] / 'model.onnx') / 1e6:.2f}M | "
-                  f"{(item['dir'] / 'model.onnx').stat().st_size / 1e6:.1f} | {p50:.2f} | {p90:.2f} | "
-                  f"{base / p50:.2f}x | {100 * artifact.accuracy.value:.2f}% | "
-                  f"{100 * artifact.agreement.value:.2f}% | {training} |")
+            training = (
+                f"{teacher_s:.0f} (fine-tuning)"
+                if name == "teacher float"
+                else f"{item['compress_s']:.0f} (compress stage)"
+            )
+            print(
+                f"| {threads} | {name} | {parameters(item['dir'] / 'model.onnx') / 1e6:.2f}M | "
+                f"{(item['dir'] / 'model.onnx').stat().st_size / 1e6:.1f} | {p50:.2f} | {p90:.2f} | "
+                f"{base / p50:.2f}x | {100 * artifact.accuracy.value:.2f}% | "
+                f"{100 * artifact.agreement.value:.2f}% | {training} |"
+            )
 
 
 def print_vocab(exports: dict, test_csv: Path) -> None:
@@ -187,9 +224,11 @@ def print_vocab(exports: dict, test_csv: Path) -> None:
         trimmed = AutoTokenizer.from_pretrained(str(item["dir"]), local_files_only=True)
         same = np.mean([full.tokenize(t) == trimmed.tokenize(t) for t in texts])
         stats = trim["stats"]
-        print(f"{name}: vocabulary {stats['vocab_before']} -> {stats['vocab_after']} tokens "
-              f"({stats['vocab_after'] / stats['vocab_before']:.1%} of the embedding matrix); "
-              f"{same:.1%} of {len(texts)} test texts tokenize exactly as before")
+        print(
+            f"{name}: vocabulary {stats['vocab_before']} -> {stats['vocab_after']} tokens "
+            f"({stats['vocab_after'] / stats['vocab_before']:.1%} of the embedding matrix); "
+            f"{same:.1%} of {len(texts)} test texts tokenize exactly as before"
+        )
 
 
 def log(message: str) -> None:

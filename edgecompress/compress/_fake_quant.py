@@ -178,14 +178,18 @@ def wrap_bert(model: nn.Module, *, momentum: float = DEFAULT_MOMENTUM, keep_floa
         attention = layer.attention.self
         shared = ActivationQuantizer(dynamic=True)
         for name in ("query", "key", "value"):
-            setattr(attention, name, QuantLinear(getattr(attention, name), weight_grid=INT8_REDUCED,
-                                                 input_quantizer=shared))
+            setattr(
+                attention, name, QuantLinear(getattr(attention, name), weight_grid=INT8_REDUCED, input_quantizer=shared)
+            )
             count += 1
     kept = {id(model.get_submodule(name)) for name in keep_float}
     for parent, name, linear in _plain_linears(model):
         if id(linear) not in kept:
-            setattr(parent, name, QuantLinear(linear, weight_grid=INT8_SYMMETRIC,
-                                              input_quantizer=ActivationQuantizer(momentum=momentum)))
+            setattr(
+                parent,
+                name,
+                QuantLinear(linear, weight_grid=INT8_SYMMETRIC, input_quantizer=ActivationQuantizer(momentum=momentum)),
+            )
             count += 1
     embeddings = _bert(model).embeddings
     embeddings.word_embeddings = QuantEmbedding(embeddings.word_embeddings)

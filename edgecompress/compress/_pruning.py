@@ -110,16 +110,20 @@ def encoder_layers(module) -> torch.nn.ModuleList:
 
 def check_ratio(pass_name: str, option: str, ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
-        raise UserError(f"option '{option}' of pass '{pass_name}' must be in [0, 1), got {ratio!r}",
-                        hint="it is the fraction of units removed from each layer")
+        raise UserError(
+            f"option '{option}' of pass '{pass_name}' must be in [0, 1), got {ratio!r}",
+            hint="it is the fraction of units removed from each layer",
+        )
 
 
 def units_to_remove(pass_name: str, option: str, ratio: float, total: int, kind: str) -> int:
     """How many of a layer's `total` units `ratio` removes; removing all of them is a user error."""
     count = round(ratio * total)
     if count >= total:
-        raise UserError(f"option '{option}' of pass '{pass_name}' = {ratio} would remove all {total} "
-                        f"{kind}s of every layer", expected=f"a ratio below {(total - 0.5) / total:.3f}")
+        raise UserError(
+            f"option '{option}' of pass '{pass_name}' = {ratio} would remove all {total} {kind}s of every layer",
+            expected=f"a ratio below {(total - 0.5) / total:.3f}",
+        )
     return count
 
 
@@ -129,6 +133,7 @@ def unit_masks(module, units: Units, masks: list[torch.Tensor]) -> Iterator[None
     handles = []
     for layer, mask in zip(encoder_layers(module), masks):
         width = units.width(layer)
+
         def hook(module, args, mask=mask, width=width):
             return (args[0] * mask.repeat_interleave(width),)
 
@@ -315,23 +320,31 @@ class UnitPruningPass(Pass):
         data, why_not = importance_data(bundle, ctx, self.importance_texts)
         method = importance_method(self.units, data, why_not)
         for step in range(1, self.steps + 1):
-            scores, = importance(new.module, [self.units], data)
+            (scores,) = importance(new.module, [self.units], data)
             pruned.remove(new.module, scores, round(count * step / self.steps) - pruned.removed)
         set_config(new, **{self.units.config_key: pruned.total - count})
         record_attention_width(new)
-        notes = [f"removed {count} of {pruned.total} {self.units.kind}s in each of {len(pruned.alive)} layers "
-                 f"in {self.steps} step(s); importance: {method}"]
-        stats = {"importance": method, f"{self.units.kind}s_before": pruned.total,
-                 f"{self.units.kind}s_after": pruned.total - count, "removed": pruned.removed_ids(),
-                 "parameters_before": parameter_count(bundle.module), "parameters_after": parameter_count(new.module)}
+        notes = [
+            f"removed {count} of {pruned.total} {self.units.kind}s in each of {len(pruned.alive)} layers "
+            f"in {self.steps} step(s); importance: {method}"
+        ]
+        stats = {
+            "importance": method,
+            f"{self.units.kind}s_before": pruned.total,
+            f"{self.units.kind}s_after": pruned.total - count,
+            "removed": pruned.removed_ids(),
+            "parameters_before": parameter_count(bundle.module),
+            "parameters_after": parameter_count(new.module),
+        }
         return PassResult(new, notes, stats, lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         expected = result.model.config[self.units.config_key]
         found = {self.units.count(layer) for layer in encoder_layers(result.model.module)}
         if found != {expected}:
-            raise InternalError(f"{self.name} left {sorted(found)} {self.units.kind}s per layer; "
-                                f"config says {expected}")
+            raise InternalError(
+                f"{self.name} left {sorted(found)} {self.units.kind}s per layer; config says {expected}"
+            )
 
 
 def check_positive(pass_name: str, option: str, value: float) -> None:

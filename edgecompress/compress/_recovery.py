@@ -67,9 +67,18 @@ class _Progress:
     losses: list[float] = field(default_factory=list)  # losses since the last progress line
 
 
-def recover(student, teacher, data: TaskData, options: Recovery, *, seed: int, label: str,
-            checkpoint_dir: Path | None = None, checkpoint_every: int = 50,
-            on_step: Callable[[int], None] | None = None) -> dict:
+def recover(
+    student,
+    teacher,
+    data: TaskData,
+    options: Recovery,
+    *,
+    seed: int,
+    label: str,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 50,
+    on_step: Callable[[int], None] | None = None,
+) -> dict:
     """Fine-tune `student` in place toward `teacher`; returns steps, seconds and the loss trend.
 
     `checkpoint_dir`: save there every `checkpoint_every` steps and resume from a matching save
@@ -79,8 +88,11 @@ def recover(student, teacher, data: TaskData, options: Recovery, *, seed: int, l
     if steps == 0:
         return {"steps": 0, "seconds": 0.0}
     optimizer, scheduler = _optimizer(student, options.lr, steps)
-    checkpoint = None if checkpoint_dir is None else \
-        _Checkpoint(Path(checkpoint_dir), training_digest(student, teacher, data, options, seed))
+    checkpoint = (
+        None
+        if checkpoint_dir is None
+        else _Checkpoint(Path(checkpoint_dir), training_digest(student, teacher, data, options, seed))
+    )
     progress = checkpoint.resume(student, optimizer, scheduler) if checkpoint else _Progress()
     resumed_from = progress.step
     hidden_term = len(encoder_layers(student)) == len(encoder_layers(teacher)) and options.hidden_weight > 0
@@ -105,8 +117,12 @@ def recover(student, teacher, data: TaskData, options: Recovery, *, seed: int, l
             if on_step:
                 on_step(step)
     student.eval()
-    result = {"steps": steps, "seconds": round(progress.seconds + time.perf_counter() - start, 1),
-              "loss_first": round(progress.trend[0], 4), "loss_last": round(progress.trend[-1], 4)}
+    result = {
+        "steps": steps,
+        "seconds": round(progress.seconds + time.perf_counter() - start, 1),
+        "loss_first": round(progress.trend[0], 4),
+        "loss_last": round(progress.trend[-1], 4),
+    }
     if checkpoint:
         checkpoint.remove()
         result["resumed_from_step"] = resumed_from
@@ -125,8 +141,9 @@ def _update(student, loss: torch.Tensor, optimizer, scheduler) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _record(progress: _Progress, step: int, steps: int, loss: float, label: str, start: float,
-            resumed_from: int) -> None:
+def _record(
+    progress: _Progress, step: int, steps: int, loss: float, label: str, start: float, resumed_from: int
+) -> None:
     progress.step = step
     progress.losses.append(loss)
     if step % max(1, steps // PROGRESS_LINES) == 0 or step == steps:
@@ -139,8 +156,9 @@ def _record(progress: _Progress, step: int, steps: int, loss: float, label: str,
 
 def _progress(label: str, step: int, steps: int, loss: float, elapsed: float, eta: float | None = None) -> None:
     eta = elapsed / step * (steps - step) if eta is None else eta
-    progress_log().info("%s: step %d/%d, loss %.4f, %s elapsed, %s left", label, step, steps, loss,
-                        _clock(elapsed), _clock(eta))
+    progress_log().info(
+        "%s: step %d/%d, loss %.4f, %s elapsed, %s left", label, step, steps, loss, _clock(elapsed), _clock(eta)
+    )
 
 
 def distillation_loss(student_out, teacher_out, batch: Batch, options: Recovery) -> torch.Tensor:
@@ -191,8 +209,9 @@ def _optimizer(module, lr: float, steps: int):
     no_decay: list[torch.nn.Parameter] = []
     for name, param in module.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
     return optimizer, get_linear_schedule_with_warmup(optimizer, math.ceil(WARMUP_FRACTION * steps), steps)
 
 
@@ -203,6 +222,7 @@ def _clock(seconds: float) -> str:
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
+
 def training_digest(student, teacher, data: TaskData, options: Recovery, seed: int) -> str:
     """sha256 of what decides the trained weights: both models' parameters, the data, options and seed.
 
@@ -211,8 +231,17 @@ def training_digest(student, teacher, data: TaskData, options: Recovery, seed: i
     restart must still find its checkpoint. A resume restores the buffers with the weights.
     """
     digest = hashlib.sha256()
-    digest.update(json.dumps({"options": dataclasses.asdict(options), "seed": seed, "ids": data.ids,
-                              "labels": data.labels, "pad": data.pad_id}).encode())
+    digest.update(
+        json.dumps(
+            {
+                "options": dataclasses.asdict(options),
+                "seed": seed,
+                "ids": data.ids,
+                "labels": data.labels,
+                "pad": data.pad_id,
+            }
+        ).encode()
+    )
     for module in (student, teacher):
         for name, tensor in module.named_parameters():
             digest.update(name.encode())
@@ -261,12 +290,24 @@ class _Checkpoint:
     def save(self, student, optimizer, scheduler, progress: _Progress, session_seconds: float) -> None:
         """Write to a temporary file, then rename: a reader sees the previous save or this one, never half."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        state = dataclasses.replace(progress, seconds=progress.seconds + session_seconds, trend=list(progress.trend),
-                                    losses=list(progress.losses))
+        state = dataclasses.replace(
+            progress,
+            seconds=progress.seconds + session_seconds,
+            trend=list(progress.trend),
+            losses=list(progress.losses),
+        )
         tmp = self.path.with_name(f"{CHECKPOINT_FILE}.tmp-{os.getpid()}")
-        torch.save({"digest": self.digest, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "progress": dataclasses.asdict(state)}, tmp)
+        torch.save(
+            {
+                "digest": self.digest,
+                "model": student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "progress": dataclasses.asdict(state),
+            },
+            tmp,
+        )
         os.replace(tmp, self.path)
 
     def remove(self) -> None:

@@ -41,7 +41,7 @@ class TaskData:
         """Length-sorted batches when `seed` is None (scoring); bucketed random batches otherwise (training)."""
         order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
         if seed is None:
-            groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         else:
             groups = bucketed_batches([len(ids) for ids in self.ids], batch_size, random.Random(seed), order=order)
         for group in groups:
@@ -52,14 +52,15 @@ class TaskData:
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for row, i in enumerate(rows):
-            input_ids[row, :len(self.ids[i])] = torch.tensor(self.ids[i])
-            mask[row, :len(self.ids[i])] = 1
+            input_ids[row, : len(self.ids[i])] = torch.tensor(self.ids[i])
+            mask[row, : len(self.ids[i])] = 1
         labels = None if self.labels is None else torch.tensor([self.labels[i] for i in rows])
         return Batch((input_ids, mask, torch.zeros_like(input_ids)), labels)
 
 
-def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random,
-                     order: list[int] | None = None) -> list[list[int]]:
+def bucketed_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, order: list[int] | None = None
+) -> list[list[int]]:
     """Batches of row indices (of `order`, default all rows) with similar lengths, in random order.
 
     Texts are far shorter than seq_len, so padding every batch to seq_len would waste most compute.
@@ -71,8 +72,8 @@ def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random,
     pool_size = batch_size * BUCKET_POOL
     groups = []
     for start in range(0, len(shuffled), pool_size):
-        pool = sorted(shuffled[start:start + pool_size], key=lengths.__getitem__)
-        groups += [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+        pool = sorted(shuffled[start : start + pool_size], key=lengths.__getitem__)
+        groups += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
     rng.shuffle(groups)
     return groups
 

@@ -45,8 +45,9 @@ class DropLayers(Pass):
 
     def requires(self, bundle, ctx: PassContext) -> None:
         if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy '{self.strategy}' for pass '{self.name}'",
-                            hint=f"Known: {', '.join(STRATEGIES)}")
+            raise UserError(
+                f"unknown strategy '{self.strategy}' for pass '{self.name}'", hint=f"Known: {', '.join(STRATEGIES)}"
+            )
         check_ratio(self.name, "ratio", self.ratio)
         check_positive(self.name, "importance_texts", self.importance_texts)
         if bundle.module is None:
@@ -54,17 +55,22 @@ class DropLayers(Pass):
         total = len(encoder_layers(bundle.module))
         if self._count(total) == 0:
             raise PassSkipped(f"ratio {self.ratio} of {total} layers drops none")
-        if self.strategy == "importance" and (bundle.kind != CLASSIFICATION or ctx.train_data is None
-                                              or ctx.train_data.labels is None):
-            raise UserError(f"strategy 'importance' of pass '{self.name}' measures the task loss",
-                            expected="a classifier and labelled --train-data",
-                            hint="give --train-data, or use strategy = \"every_other\"")
+        if self.strategy == "importance" and (
+            bundle.kind != CLASSIFICATION or ctx.train_data is None or ctx.train_data.labels is None
+        ):
+            raise UserError(
+                f"strategy 'importance' of pass '{self.name}' measures the task loss",
+                expected="a classifier and labelled --train-data",
+                hint='give --train-data, or use strategy = "every_other"',
+            )
 
     def _count(self, total: int) -> int:
         count = round(self.ratio * total)
         if count >= total:
-            raise UserError(f"option 'ratio' of pass '{self.name}' = {self.ratio} would drop all {total} layers",
-                            expected=f"a ratio below {(total - 0.5) / total:.3f}")
+            raise UserError(
+                f"option 'ratio' of pass '{self.name}' = {self.ratio} would drop all {total} layers",
+                expected=f"a ratio below {(total - 0.5) / total:.3f}",
+            )
         return count
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
@@ -74,24 +80,30 @@ class DropLayers(Pass):
         if self.strategy == "every_other":
             dropped, how = evenly_spaced(len(layers), count), "evenly spaced (strategy every_other)"
         else:
-            data = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx),
-                             limit=self.importance_texts)
+            data = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx), limit=self.importance_texts)
             dropped, losses = least_harmful(new.module, data, count)
-            how = (f"least harmful first (strategy importance): loss on {len(data)} training texts "
-                   + " -> ".join(f"{loss:.4f}" for loss in losses))
+            how = f"least harmful first (strategy importance): loss on {len(data)} training texts " + " -> ".join(
+                f"{loss:.4f}" for loss in losses
+            )
         keep(new.module, [i for i in range(len(layers)) if i not in dropped])
         set_config(new, num_hidden_layers=len(layers) - count)
         record_attention_width(new)
         notes = [f"dropped layers {sorted(dropped)} of {len(layers)}, {how}"]
-        stats = {"dropped": sorted(dropped), "layers_before": len(layers), "layers_after": len(layers) - count,
-                 "parameters_before": parameter_count(bundle.module), "parameters_after": parameter_count(new.module)}
+        stats = {
+            "dropped": sorted(dropped),
+            "layers_before": len(layers),
+            "layers_after": len(layers) - count,
+            "parameters_before": parameter_count(bundle.module),
+            "parameters_after": parameter_count(new.module),
+        }
         return PassResult(new, notes, stats, lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         found = len(encoder_layers(result.model.module))
         if found != result.model.config["num_hidden_layers"]:
-            raise InternalError(f"{self.name} left {found} layers; config says "
-                                f"{result.model.config['num_hidden_layers']}")
+            raise InternalError(
+                f"{self.name} left {found} layers; config says {result.model.config['num_hidden_layers']}"
+            )
 
 
 def evenly_spaced(total: int, count: int) -> list[int]:

@@ -71,14 +71,18 @@ class PruneSchedule(Pass):
         if not any(self._targets(bundle).values()):
             raise PassSkipped(f"heads {self.heads} and ffn {self.ffn} remove no unit of any layer")
         if ctx.train_data is None:
-            raise UserError(f"pass '{self.name}' fine-tunes the pruned model on training texts, but none were given",
-                            expected="--train-data (a labelled CSV, TSV or JSONL file)")
+            raise UserError(
+                f"pass '{self.name}' fine-tunes the pruned model on training texts, but none were given",
+                expected="--train-data (a labelled CSV, TSV or JSONL file)",
+            )
 
     def _targets(self, bundle) -> dict:
         """Units removed per layer at the end, for each kind the options prune."""
         layer = encoder_layers(bundle.module)[0]
-        return {units: units_to_remove(self.name, option, ratio, units.count(layer), units.kind)
-                for units, option, ratio in ((HEADS, "heads", self.heads), (NEURONS, "ffn", self.ffn))}
+        return {
+            units: units_to_remove(self.name, option, ratio, units.count(layer), units.kind)
+            for units, option, ratio in ((HEADS, "heads", self.heads), (NEURONS, "ffn", self.ffn))
+        }
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
         targets = {units: count for units, count in self._targets(bundle).items() if count}
@@ -99,19 +103,27 @@ class PruneSchedule(Pass):
         set_config(new, **{units.config_key: p.total - p.removed for units, p in pruned.items()})
         record_attention_width(new)
         notes = self._notes(pruned, rounds, training, [importance_method(u, scoring, why_not) for u in targets])
-        stats = {"rounds": rounds, "training_seconds": round(sum(r["seconds"] for r in rounds), 1),
-                 "removed": {u.kind: p.removed_ids() for u, p in pruned.items()},
-                 "parameters_before": parameter_count(bundle.module), "parameters_after": parameter_count(new.module)}
+        stats = {
+            "rounds": rounds,
+            "training_seconds": round(sum(r["seconds"] for r in rounds), 1),
+            "removed": {u.kind: p.removed_ids() for u, p in pruned.items()},
+            "parameters_before": parameter_count(bundle.module),
+            "parameters_after": parameter_count(new.module),
+        }
         return PassResult(new, notes, stats, lossy=True)
 
     def _notes(self, pruned: dict, rounds: list[dict], training, methods: list[str]) -> list[str]:
-        notes = [f"removed {_removed(pruned)} per layer in {self.steps} round(s) on the cubic schedule; "
-                 f"importance: {'; '.join(methods)}"]
+        notes = [
+            f"removed {_removed(pruned)} per layer in {self.steps} round(s) on the cubic schedule; "
+            f"importance: {'; '.join(methods)}"
+        ]
         for i, r in enumerate(rounds, start=1):
             removed = ", ".join(_plural(n, kind) for kind, n in r["removed"].items())
             trend = f", loss {r['loss_first']} -> {r['loss_last']}" if r["steps"] else ""
-            notes.append(f"round {i}: {removed} removed; recovery {r['steps']} steps of distillation on "
-                         f"{len(training)} training texts in {r['seconds']} s{trend}")
+            notes.append(
+                f"round {i}: {removed} removed; recovery {r['steps']} steps of distillation on "
+                f"{len(training)} training texts in {r['seconds']} s{trend}"
+            )
         return notes
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:

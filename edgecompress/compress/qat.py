@@ -69,35 +69,53 @@ class Qat(Pass):
             check_positive(self.name, option, getattr(self, option))
         for option in ("momentum", "holdout"):
             if not 0 <= getattr(self, option) < 1:
-                raise UserError(f"option '{option}' of pass '{self.name}' must be in [0, 1), "
-                                f"got {getattr(self, option)!r}")
+                raise UserError(
+                    f"option '{option}' of pass '{self.name}' must be in [0, 1), got {getattr(self, option)!r}"
+                )
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch module to fine-tune")
         if not hasattr(bundle.module, "hf_model"):
-            raise PassSkipped(f"{type(bundle.module).__name__} is not a BERT model: fake quantization "
-                              "wraps a transformers BERT's Linear layers")
+            raise PassSkipped(
+                f"{type(bundle.module).__name__} is not a BERT model: fake quantization "
+                "wraps a transformers BERT's Linear layers"
+            )
         if ctx.train_data is None:
-            raise UserError(f"pass '{self.name}' fine-tunes the model under simulated int8 on training texts, "
-                            "but none were given", expected="--train-data (a labelled CSV, TSV or JSONL file)")
+            raise UserError(
+                f"pass '{self.name}' fine-tunes the model under simulated int8 on training texts, but none were given",
+                expected="--train-data (a labelled CSV, TSV or JSONL file)",
+            )
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
         new = cloned(bundle)
         training, held_out = self._texts(bundle, ctx)
         agreement = Agreement(bundle.module, held_out, bundle.kind == CLASSIFICATION)
         present = dict(new.module.hf_model.named_modules())
-        wrapped = wrap_bert(new.module.hf_model, momentum=self.momentum,
-                            keep_float=tuple(name for name in KEEP_FLOAT if name in present))
+        wrapped = wrap_bert(
+            new.module.hf_model,
+            momentum=self.momentum,
+            keep_float=tuple(name for name in KEEP_FLOAT if name in present),
+        )
         calibrate_ranges(new.module, training, self.batch_size, self.seed)
         before = agreement.of(new.module)
         trained = self._train(new.module, bundle.module, training)
         after = agreement.of(new.module)
         unwrap_bert(new.module.hf_model, snap=self.snap_weights)
-        stats = {"steps": trained["steps"], "epochs": self.epochs, "training_texts": len(training),
-                 "held_out_texts": len(held_out), "loss_first": trained.get("loss_first"),
-                 "final_loss": trained.get("loss_last"), "seconds": trained["seconds"],
-                 "resumed_from_step": trained.get("resumed_from_step", 0), "wrapped_modules": wrapped,
-                 f"held_out_{agreement.measure}": {"fake_int8_before": before, "fake_int8_after": after,
-                                                   "float_after": agreement.of(new.module)}}
+        stats = {
+            "steps": trained["steps"],
+            "epochs": self.epochs,
+            "training_texts": len(training),
+            "held_out_texts": len(held_out),
+            "loss_first": trained.get("loss_first"),
+            "final_loss": trained.get("loss_last"),
+            "seconds": trained["seconds"],
+            "resumed_from_step": trained.get("resumed_from_step", 0),
+            "wrapped_modules": wrapped,
+            f"held_out_{agreement.measure}": {
+                "fake_int8_before": before,
+                "fake_int8_after": after,
+                "float_after": agreement.of(new.module),
+            },
+        }
         return PassResult(new, self._notes(stats, agreement.measure), stats, lossy=True)
 
     def _texts(self, bundle, ctx: PassContext) -> tuple[TaskData, TaskData]:
@@ -105,8 +123,10 @@ class Qat(Pass):
         data = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx))
         training, held_out = split(data, self.holdout, self.seed)
         if len(training) == 0:
-            raise UserError(f"pass '{self.name}' has no training texts left after holding out "
-                            f"{len(held_out)} of {len(data)}", expected="more --train-data rows or a smaller holdout")
+            raise UserError(
+                f"pass '{self.name}' has no training texts left after holding out {len(held_out)} of {len(data)}",
+                expected="more --train-data rows or a smaller holdout",
+            )
         return training, held_out
 
     def _train(self, student, teacher, training: TaskData) -> dict:
@@ -115,20 +135,30 @@ class Qat(Pass):
         folder = work_dir(self.name, training_digest(student, teacher, training, options, self.seed))
         with torch.random.fork_rng(devices=[]):  # dropout draws from `seed`; the caller's RNG is left as it was
             torch.manual_seed(self.seed)
-            return recover(student, teacher, training, options, seed=self.seed, label=self.name,
-                           checkpoint_dir=folder, checkpoint_every=self.checkpoint_every)
+            return recover(
+                student,
+                teacher,
+                training,
+                options,
+                seed=self.seed,
+                label=self.name,
+                checkpoint_dir=folder,
+                checkpoint_every=self.checkpoint_every,
+            )
 
     def _notes(self, stats: dict, measure: str) -> list[str]:
         held = stats[f"held_out_{measure}"]
         resumed = f", resumed after step {stats['resumed_from_step']}" if stats["resumed_from_step"] else ""
-        return [f"fine-tuned {stats['wrapped_modules']} fake-int8 modules (weights int8 per channel, Q/K/V "
-                f"7-bit as QAttention, activations uint8 per tensor; pooler and classifier float, as the graph "
-                f"keeps them) for {stats['steps']} steps "
-                f"({self.epochs} epochs of {stats['training_texts']} texts) distilling the float model in "
-                f"{stats['seconds']} s{resumed}; loss {stats['loss_first']} -> {stats['final_loss']}",
-                f"{measure} with the float model on {stats['held_out_texts']} held-out training texts: simulated "
-                f"int8 {held['fake_int8_before']} before, {held['fake_int8_after']} after; shipped float "
-                f"weights{' (snapped to the int8 grid)' if self.snap_weights else ''} {held['float_after']}"]
+        return [
+            f"fine-tuned {stats['wrapped_modules']} fake-int8 modules (weights int8 per channel, Q/K/V "
+            f"7-bit as QAttention, activations uint8 per tensor; pooler and classifier float, as the graph "
+            f"keeps them) for {stats['steps']} steps "
+            f"({self.epochs} epochs of {stats['training_texts']} texts) distilling the float model in "
+            f"{stats['seconds']} s{resumed}; loss {stats['loss_first']} -> {stats['final_loss']}",
+            f"{measure} with the float model on {stats['held_out_texts']} held-out training texts: simulated "
+            f"int8 {held['fake_int8_before']} before, {held['fake_int8_after']} after; shipped float "
+            f"weights{' (snapped to the int8 grid)' if self.snap_weights else ''} {held['float_after']}",
+        ]
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         left = wrapped_count(result.model.module)
@@ -184,5 +214,4 @@ def _outputs(module, data: TaskData) -> torch.Tensor:
     """Outputs on every text of `data`, in a fixed order (length-sorted batches), in eval mode."""
     module.eval()
     with torch.no_grad():
-        return torch.cat([module(*batch.inputs) for batch in data.batches(EVAL_BATCH)]) if len(data) else \
-            torch.zeros(0)
+        return torch.cat([module(*batch.inputs) for batch in data.batches(EVAL_BATCH)]) if len(data) else torch.zeros(0)

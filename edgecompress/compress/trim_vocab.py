@@ -43,8 +43,17 @@ from edgecompress.intake.model import load_tokenizer
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 # Constructor arguments of a transformers tokenizer that name its source files, not its behaviour.
-_SOURCE_KWARGS = ("vocab", "vocab_file", "tokenizer_file", "tokenizer_object", "added_tokens_decoder",
-                  "name_or_path", "backend", "is_local", "local_files_only")
+_SOURCE_KWARGS = (
+    "vocab",
+    "vocab_file",
+    "tokenizer_file",
+    "tokenizer_object",
+    "added_tokens_decoder",
+    "name_or_path",
+    "backend",
+    "is_local",
+    "local_files_only",
+)
 
 
 @register_pass
@@ -58,14 +67,17 @@ class TrimVocab(Pass):
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch embedding to trim")
         if ctx.train_data is None and _task_calibration(ctx) is None:
-            raise UserError(f"pass '{self.name}' keeps the tokens of the task's texts, but none were given",
-                            expected="--train-data or --calibration (--data only scores: keeping its tokens "
-                                     "would flatter the score)",
-                            hint="without texts every token would go")
+            raise UserError(
+                f"pass '{self.name}' keeps the tokens of the task's texts, but none were given",
+                expected="--train-data or --calibration (--data only scores: keeping its tokens "
+                "would flatter the score)",
+                hint="without texts every token would go",
+            )
         model = _tokenizer_json(bundle.tokenizer).get("model", {})
         if model.get("type") != "WordPiece":
-            raise PassSkipped(f"the tokenizer's model is {model.get('type')!r}; only WordPiece vocabularies "
-                              "are trimmed")
+            raise PassSkipped(
+                f"the tokenizer's model is {model.get('type')!r}; only WordPiece vocabularies are trimmed"
+            )
         kept = kept_ids(bundle, ctx)
         if len(kept) == len(bundle.tokenizer):
             raise PassSkipped(f"all {len(kept)} tokens occur in the task's texts: nothing to trim")
@@ -86,9 +98,14 @@ class TrimVocab(Pass):
         pad_id = int(new.tokenizer.pad_token_id or 0)
         new.tokenizer_settings = dataclasses.replace(bundle.tokenizer_settings, pad_token_id=pad_id, files=files)
         before = _word_embeddings(new.module).weight.shape
-        _set_word_embeddings(new.module, torch.nn.Embedding.from_pretrained(
-            _word_embeddings(new.module).weight.detach()[torch.tensor(kept)].clone(), freeze=False,
-            padding_idx=pad_id))
+        _set_word_embeddings(
+            new.module,
+            torch.nn.Embedding.from_pretrained(
+                _word_embeddings(new.module).weight.detach()[torch.tensor(kept)].clone(),
+                freeze=False,
+                padding_idx=pad_id,
+            ),
+        )
         set_config(new, vocab_size=len(kept), pad_token_id=pad_id)
         return PassResult(new, _notes(ctx, before, len(kept)), _stats(before, len(kept)), lossy=True)
 
@@ -97,8 +114,10 @@ class TrimVocab(Pass):
         bundle = result.model
         rows = _word_embeddings(bundle.module).weight.shape[0]
         if not rows == len(bundle.tokenizer) == bundle.config["vocab_size"]:
-            raise InternalError(f"{self.name}: {rows} embedding rows, {len(bundle.tokenizer)} tokens, "
-                                f"config vocab_size {bundle.config['vocab_size']}")
+            raise InternalError(
+                f"{self.name}: {rows} embedding rows, {len(bundle.tokenizer)} tokens, "
+                f"config vocab_size {bundle.config['vocab_size']}"
+            )
         texts = ctx.train_data.texts[:64] if ctx.train_data is not None else []
         old = [before.tokenizer.convert_ids_to_tokens(ids) for ids in before.tokenizer(texts)["input_ids"]]
         new = [bundle.tokenizer.convert_ids_to_tokens(ids) for ids in bundle.tokenizer(texts)["input_ids"]]
@@ -111,8 +130,9 @@ def kept_ids(bundle, ctx: PassContext) -> list[int]:
     tokenizer = bundle.tokenizer
     ids = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     if ctx.train_data is not None:
-        encoded = tokenizer(ctx.train_data.texts, truncation=True,
-                            max_length=bundle.tokenizer_settings.max_length)["input_ids"]
+        encoded = tokenizer(ctx.train_data.texts, truncation=True, max_length=bundle.tokenizer_settings.max_length)[
+            "input_ids"
+        ]
         ids.update(i for row in encoded for i in row)
     calibration = _task_calibration(ctx)
     if calibration is not None:
@@ -136,8 +156,11 @@ def write_tokenizer(tokenizer, kept: list[int], folder: Path) -> tuple[str, ...]
     trimmed.save_pretrained(str(folder))
     vocab = sorted(data["model"]["vocab"], key=data["model"]["vocab"].get)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    return tuple(name for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                                   "special_tokens_map.json") if (folder / name).is_file())
+    return tuple(
+        name
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+        if (folder / name).is_file()
+    )
 
 
 def _tokenizer_json(tokenizer) -> dict:
@@ -189,14 +212,20 @@ def _notes(ctx: PassContext, before: torch.Size, kept: int) -> list[str]:
     if calibration is not None and ctx.calibration_source != "train-data":
         sources.append(f"{len(calibration['input_ids'])} calibration texts")
     rows, width = before
-    return [f"kept {kept} of {rows} tokens: those in {' and '.join(sources)}, and the special tokens",
-            f"word embeddings {rows}x{width} -> {kept}x{width} ({rows * width * 4 / 1e6:.1f} MB -> "
-            f"{kept * width * 4 / 1e6:.1f} MB float32, {kept / rows:.0%})",
-            "texts made only of kept word pieces give identical logits; elsewhere a word with an unseen "
-            "piece is re-split into kept pieces or becomes [UNK]"]
+    return [
+        f"kept {kept} of {rows} tokens: those in {' and '.join(sources)}, and the special tokens",
+        f"word embeddings {rows}x{width} -> {kept}x{width} ({rows * width * 4 / 1e6:.1f} MB -> "
+        f"{kept * width * 4 / 1e6:.1f} MB float32, {kept / rows:.0%})",
+        "texts made only of kept word pieces give identical logits; elsewhere a word with an unseen "
+        "piece is re-split into kept pieces or becomes [UNK]",
+    ]
 
 
 def _stats(before: torch.Size, kept: int) -> dict:
     rows, width = before
-    return {"vocab_before": rows, "vocab_after": kept, "embedding_parameters_before": rows * width,
-            "embedding_parameters_after": kept * width}
+    return {
+        "vocab_before": rows,
+        "vocab_after": kept,
+        "embedding_parameters_before": rows * width,
+        "embedding_parameters_after": kept * width,
+    }

@@ -49,8 +49,9 @@ class TransferSet:
         return len(self.labels)
 
 
-def augment(texts: list[str], vocab: dict[str, int], word_embeddings, mask_token: str,
-            options: AugmentOptions) -> list[tuple[int, str]]:
+def augment(
+    texts: list[str], vocab: dict[str, int], word_embeddings, mask_token: str, options: AugmentOptions
+) -> list[tuple[int, str]]:
     """(index of the source text, augmented text) pairs, up to `options.copies` per text."""
     words = [WORD.findall(text) for text in texts]
     neighbours = near_neighbours({w for ws in words for w in ws}, vocab, word_embeddings, options.neighbours)
@@ -68,8 +69,9 @@ def augment(texts: list[str], vocab: dict[str, int], word_embeddings, mask_token
     return out
 
 
-def perturb(words: list[str], rng: random.Random, neighbours: dict[str, list[str]], mask_token: str,
-            options: AugmentOptions) -> str:
+def perturb(
+    words: list[str], rng: random.Random, neighbours: dict[str, list[str]], mask_token: str, options: AugmentOptions
+) -> str:
     """One augmented version of a text given as words (see the module docstring)."""
     out = []
     for word in words:
@@ -84,7 +86,7 @@ def perturb(words: list[str], rng: random.Random, neighbours: dict[str, list[str
     if out and rng.random() < options.p_ngram:
         n = rng.randint(1, options.max_ngram)
         start = rng.randrange(max(1, len(out) - n + 1))
-        out = out[start:start + n]
+        out = out[start : start + n]
     return " ".join(out)
 
 
@@ -106,7 +108,7 @@ def near_neighbours(words: set[str], vocab: dict[str, int], word_embeddings, k: 
     table = F.normalize(word_embeddings[torch.tensor([vocab[t] for t in candidates])].float(), dim=1)
     found = {}
     for start in range(0, len(queries), NEIGHBOUR_CHUNK):
-        chunk = queries[start:start + NEIGHBOUR_CHUNK]
+        chunk = queries[start : start + NEIGHBOUR_CHUNK]
         rows = torch.tensor([column[word] for word in chunk])
         similarity = table[rows] @ table.T
         similarity[torch.arange(len(chunk)), rows] = -2.0  # a word is not its own neighbour
@@ -115,22 +117,37 @@ def near_neighbours(words: set[str], vocab: dict[str, int], word_embeddings, k: 
     return found
 
 
-def build_transfer_set(teacher, texts: list[str], labels: np.ndarray, options: AugmentOptions, *,
-                       seq_len: int, progress: Callable[[int, int], None] | None = None) -> TransferSet:
+def build_transfer_set(
+    teacher,
+    texts: list[str],
+    labels: np.ndarray,
+    options: AugmentOptions,
+    *,
+    seq_len: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> TransferSet:
     """The labelled texts and their augmented copies, tokenized and labelled by the teacher bundle."""
     from edgecompress.distill.embeddings import teacher_word_embeddings
 
     tokenizer = teacher.tokenizer
-    augmented = augment(texts, tokenizer.get_vocab(), teacher_word_embeddings(teacher.module.hf_model),
-                        tokenizer.mask_token, options) if options.copies else []
+    augmented = (
+        augment(
+            texts,
+            tokenizer.get_vocab(),
+            teacher_word_embeddings(teacher.module.hf_model),
+            tokenizer.mask_token,
+            options,
+        )
+        if options.copies
+        else []
+    )
     all_texts = list(texts) + [text for _, text in augmented]
     input_ids, attention_mask, logits = label_with_teacher(teacher, all_texts, seq_len=seq_len, progress=progress)
     hard = np.concatenate([np.asarray(labels, dtype=np.int64), np.full(len(augmented), -1, dtype=np.int64)])
     return TransferSet(input_ids, attention_mask, logits, hard, all_texts)
 
 
-def label_with_teacher(teacher, texts: list[str], *, seq_len: int,
-                       progress: Callable[[int, int], None] | None = None):
+def label_with_teacher(teacher, texts: list[str], *, seq_len: int, progress: Callable[[int, int], None] | None = None):
     """(input_ids, attention_mask, teacher logits) of `texts`, padded and truncated to `seq_len`."""
     from edgecompress.intake.data import tokenize
     from edgecompress.verify.evaluate import reference_outputs

@@ -18,8 +18,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def write_student(folder: Path, kind: str, config: dict[str, Any], state: dict, teacher,
-                  record: dict[str, Any]) -> None:
+def write_student(
+    folder: Path, kind: str, config: dict[str, Any], state: dict, teacher, record: dict[str, Any]
+) -> None:
     """Write the student checkpoint into the (new, empty) `folder`."""
     from safetensors.torch import save_file
 
@@ -30,8 +31,11 @@ def write_student(folder: Path, kind: str, config: dict[str, Any], state: dict, 
         new_transformer_student(config).config.to_json_file(str(folder / "config.json"))
     else:
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {name: tensor.contiguous() for name, tensor in state.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     for name in teacher.tokenizer_settings.files:
         shutil.copyfile(teacher.tokenizer_dir / name, folder / name)
     (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -57,9 +61,18 @@ def load_student(folder: Path, config: dict[str, Any]):
     _check_weights(state, module.state_dict(), folder)
     module.load_state_dict(state)
     module.eval()
-    return ModelBundle(source=folder, kind=CLASSIFICATION, labels=label_names(config), tokenizer=tokenizer,
-                       tokenizer_dir=folder, tokenizer_settings=settings, module=module, config=config,
-                       input_names=("input_ids", "attention_mask"), output_name="logits")
+    return ModelBundle(
+        source=folder,
+        kind=CLASSIFICATION,
+        labels=label_names(config),
+        tokenizer=tokenizer,
+        tokenizer_dir=folder,
+        tokenizer_settings=settings,
+        module=module,
+        config=config,
+        input_names=("input_ids", "attention_mask"),
+        output_name="logits",
+    )
 
 
 def _check_weights(state: dict, expected: dict, folder: Path) -> None:
@@ -68,12 +81,17 @@ def _check_weights(state: dict, expected: dict, folder: Path) -> None:
     hint = "is config.json from the same checkpoint as the weights?"
     for name, tensor in expected.items():
         if name not in state:
-            raise UserError(f"weights do not match the config: tensor '{name}' is missing", where=str(folder),
-                            hint=hint)
+            raise UserError(
+                f"weights do not match the config: tensor '{name}' is missing", where=str(folder), hint=hint
+            )
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UserError(f"weights do not match the config: '{name}' has shape {tuple(state[name].shape)}",
-                            where=str(folder), expected=f"{tuple(tensor.shape)} from config.json")
+            raise UserError(
+                f"weights do not match the config: '{name}' has shape {tuple(state[name].shape)}",
+                where=str(folder),
+                expected=f"{tuple(tensor.shape)} from config.json",
+            )
     extra = sorted(set(state) - set(expected))
     if extra:
-        raise UserError(f"weights do not match the config: unexpected tensor '{extra[0]}'", where=str(folder),
-                        hint=hint)
+        raise UserError(
+            f"weights do not match the config: unexpected tensor '{extra[0]}'", where=str(folder), hint=hint
+        )

@@ -27,7 +27,7 @@ def kept_tokens(input_ids, attention_mask, special_ids: list[int], max_rows: int
     by_frequency = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     skip = set(specials)
     corpus = [token for token, _ in by_frequency if token not in skip]
-    return specials + corpus[:max(0, max_rows - len(specials))]
+    return specials + corpus[: max(0, max_rows - len(specials))]
 
 
 def token_map(kept: list[int], vocab_size: int, unk_id: int):
@@ -71,7 +71,7 @@ def contextual_token_vectors(hf_model, input_ids, attention_mask, batch_size: in
     hf_model.eval()
     with torch.no_grad():
         for start in range(0, len(input_ids), batch_size):
-            ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+            ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
             hidden = hf_model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state.double()
             real = mask.bool()
             sums.index_add_(0, ids[real], hidden[real])

@@ -42,9 +42,14 @@ def held_out_accuracy(bundle, path: Path, seq_len: int) -> dict[str, Any]:
     labels = label_ids(dataset, bundle.labels)
     feeds = tokenize(bundle.tokenizer, dataset.texts, seq_len=seq_len, input_names=bundle.input_names)
     predicted = reference_outputs(bundle, feeds).argmax(-1)
-    return {"accuracy": float(np.mean(predicted == labels)), "texts": len(labels), "data": str(Path(path).resolve()),
-            "seq_len": seq_len, "how": "measured",
-            "method": f"torch eager on {len(labels)} labelled texts of {Path(path).name}, cut to {seq_len} tokens"}
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "texts": len(labels),
+        "data": str(Path(path).resolve()),
+        "seq_len": seq_len,
+        "how": "measured",
+        "method": f"torch eager on {len(labels)} labelled texts of {Path(path).name}, cut to {seq_len} tokens",
+    }
 
 
 def shipped_export_lengths() -> dict[str, int]:
@@ -61,15 +66,19 @@ def length_warnings(tokens: np.ndarray, seq_len: int, export_lengths: dict[str, 
     warnings = []
     longer = int(np.sum(tokens > seq_len))
     if longer * 2 > len(tokens):
-        warnings.append(f"--seq-len {seq_len} is shorter than most training texts: {longer} of {len(tokens)} "
-                        f"({100 * longer / len(tokens):.0f}%) are longer (median {int(np.median(tokens))} tokens) "
-                        f"and are cut in training; raise --seq-len")
+        warnings.append(
+            f"--seq-len {seq_len} is shorter than most training texts: {longer} of {len(tokens)} "
+            f"({100 * longer / len(tokens):.0f}%) are longer (median {int(np.median(tokens))} tokens) "
+            f"and are cut in training; raise --seq-len"
+        )
     above = {name: length for name, length in export_lengths.items() if length > seq_len}
     if above and longer:
         longest = max(above.values())
         names = ", ".join(sorted(n for n, length in above.items() if length == longest))
-        warnings.append(f"--seq-len {seq_len} is shorter than the {longest} tokens the student will be exported at "
-                        f"({names}): {longer} training texts are longer than {seq_len} tokens, and the student "
-                        f"never learns from their tokens past {seq_len} that the app will feed it; distill with "
-                        f"--seq-len {longest} or export with a profile of seq_len {seq_len}")
+        warnings.append(
+            f"--seq-len {seq_len} is shorter than the {longest} tokens the student will be exported at "
+            f"({names}): {longer} training texts are longer than {seq_len} tokens, and the student "
+            f"never learns from their tokens past {seq_len} that the app will feed it; distill with "
+            f"--seq-len {longest} or export with a profile of seq_len {seq_len}"
+        )
     return warnings

@@ -40,21 +40,34 @@ class LossOptions:
     def resolved(self, *, student_layers: int | None, teacher_layers: int, where: str) -> LossOptions:
         """Checked options with the layer map filled in; `student_layers` is None for non-transformers."""
         if self.logit_loss not in LOGIT_LOSSES:
-            raise UserError(f"unknown logit loss {self.logit_loss!r}", where=where,
-                            expected=f"one of {', '.join(LOGIT_LOSSES)}")
-        if self.temperature <= 0 or not 0 <= self.hard_weight <= 1 or min(self.hidden_weight,
-                                                                             self.attention_weight) < 0:
-            raise UserError("loss settings out of range", where=where,
-                            expected="temperature > 0, hard_weight in [0, 1], hidden and attention weights >= 0")
+            raise UserError(
+                f"unknown logit loss {self.logit_loss!r}", where=where, expected=f"one of {', '.join(LOGIT_LOSSES)}"
+            )
+        if (
+            self.temperature <= 0
+            or not 0 <= self.hard_weight <= 1
+            or min(self.hidden_weight, self.attention_weight) < 0
+        ):
+            raise UserError(
+                "loss settings out of range",
+                where=where,
+                expected="temperature > 0, hard_weight in [0, 1], hidden and attention weights >= 0",
+            )
         if student_layers is None:
             if self.uses_internals or self.layer_map:
-                raise UserError("hidden-state and attention losses need a transformer student", where=where,
-                                hint="use --student transformer, or drop the hidden/attention weights")
+                raise UserError(
+                    "hidden-state and attention losses need a transformer student",
+                    where=where,
+                    hint="use --student transformer, or drop the hidden/attention weights",
+                )
             return self
         layer_map = tuple(self.layer_map or even_layer_map(student_layers, teacher_layers))
         if len(layer_map) != student_layers or not all(1 <= t <= teacher_layers for t in layer_map):
-            raise UserError(f"layer map {list(layer_map)} does not fit {student_layers} student layers",
-                            where=where, expected=f"{student_layers} teacher layers among 1..{teacher_layers}")
+            raise UserError(
+                f"layer map {list(layer_map)} does not fit {student_layers} student layers",
+                where=where,
+                expected=f"{student_layers} teacher layers among 1..{teacher_layers}",
+            )
         return dataclasses.replace(self, layer_map=layer_map)
 
 
@@ -68,7 +81,7 @@ def logit_loss(student, teacher, *, kind: str, temperature: float):
         return ((student - teacher) ** 2).mean()
     log_student = (student / temperature).log_softmax(dim=-1)
     log_teacher = (teacher / temperature).log_softmax(dim=-1)
-    return (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1).mean() * temperature ** 2
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1).mean() * temperature**2
 
 
 def hard_loss(student, labels):
@@ -152,18 +165,26 @@ def _objective_class() -> type:
             if not self.transformer:
                 logits = self.student(input_ids, attention_mask)
                 return prediction_loss(logits, teacher_logits, labels, self.options)
-            out = self.student(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=torch.zeros_like(input_ids),
-                               output_hidden_states=self.options.hidden_weight > 0,
-                               output_attentions=self.options.attention_weight > 0)
+            out = self.student(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=torch.zeros_like(input_ids),
+                output_hidden_states=self.options.hidden_weight > 0,
+                output_attentions=self.options.attention_weight > 0,
+            )
             loss = prediction_loss(out.logits, teacher_logits, labels, self.options)
             if self.options.hidden_weight > 0:
                 loss = loss + self.options.hidden_weight * hidden_loss(
-                    out.hidden_states, teacher_internals.hidden_states, attention_mask,
-                    self.options.layer_map, self.projection)
+                    out.hidden_states,
+                    teacher_internals.hidden_states,
+                    attention_mask,
+                    self.options.layer_map,
+                    self.projection,
+                )
             if self.options.attention_weight > 0:
                 loss = loss + self.options.attention_weight * attention_loss(
-                    out.attentions, teacher_internals.attentions, attention_mask, self.options.layer_map)
+                    out.attentions, teacher_internals.attentions, attention_mask, self.options.layer_map
+                )
             return loss
 
     return DistillationObjective

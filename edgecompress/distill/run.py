@@ -103,6 +103,7 @@ def work_dir(out_dir: Path) -> Path:
 
 # --- plan ------------------------------------------------------------------------------------------
 
+
 def plan_distillation(request: DistillRequest) -> Plan:
     """Check the request against the teacher and the data; raises UserError before anything is written."""
     from edgecompress.intake.data import label_ids, load_dataset
@@ -113,8 +114,9 @@ def plan_distillation(request: DistillRequest) -> Plan:
     dataset = load_dataset(request.train_data, require_labels=True)
     labels = label_ids(dataset, teacher.labels)
     if request.seq_len > teacher.tokenizer_settings.max_length:
-        raise UserError(f"seq_len {request.seq_len} exceeds the teacher's maximum length "
-                        f"{teacher.tokenizer_settings.max_length}")
+        raise UserError(
+            f"seq_len {request.seq_len} exceeds the teacher's maximum length {teacher.tokenizer_settings.max_length}"
+        )
     if request.eval_data is not None:
         label_ids(load_dataset(request.eval_data, require_labels=True), teacher.labels)  # bad input fails now
     _check_output(request)
@@ -138,13 +140,23 @@ def _job(request: DistillRequest, teacher, config: dict[str, Any]) -> dict[str, 
     """What to train, as JSON: equal jobs resume each other; `transfer` says which transfer set fits."""
     losses = dataclasses.replace(DEFAULT_LOSSES[request.student], **request.losses).resolved(
         student_layers=config["num_hidden_layers"] if request.student == "transformer" else None,
-        teacher_layers=teacher.config["num_hidden_layers"], where="distillation losses")
+        teacher_layers=teacher.config["num_hidden_layers"],
+        where="distillation losses",
+    )
     training = dataclasses.replace(DEFAULT_TRAINING[request.student], **request.training)
-    transfer = {"teacher": str(Path(request.teacher).resolve()), "seq_len": request.seq_len,
-                "data": {"path": str(Path(request.train_data).resolve()), "sha256": _sha256(request.train_data)},
-                "augment": dataclasses.asdict(AugmentOptions(request.augment, seed=training.seed))}
-    return {"kind": request.student, "transfer": transfer, "config": config, "train": dataclasses.asdict(training),
-            "losses": dataclasses.asdict(losses)}
+    transfer = {
+        "teacher": str(Path(request.teacher).resolve()),
+        "seq_len": request.seq_len,
+        "data": {"path": str(Path(request.train_data).resolve()), "sha256": _sha256(request.train_data)},
+        "augment": dataclasses.asdict(AugmentOptions(request.augment, seed=training.seed)),
+    }
+    return {
+        "kind": request.student,
+        "transfer": transfer,
+        "config": config,
+        "train": dataclasses.asdict(training),
+        "losses": dataclasses.asdict(losses),
+    }
 
 
 def _load_teacher(path: Path):
@@ -152,13 +164,18 @@ def _load_teacher(path: Path):
 
     teacher = load_bundle(path)
     if teacher.module is None or teacher.config.get("model_type") != "bert":
-        raise UserError("the teacher must be a BERT checkpoint folder", where=str(path),
-                        expected="config.json with model_type 'bert', weights and tokenizer files")
+        raise UserError(
+            "the teacher must be a BERT checkpoint folder",
+            where=str(path),
+            expected="config.json with model_type 'bert', weights and tokenizer files",
+        )
     if teacher.kind != CLASSIFICATION:
-        raise UserError("the teacher has no classification head, so there are no logits to distill",
-                        where=str(Path(path) / "config.json"),
-                        expected="architectures ['BertForSequenceClassification']",
-                        hint="fine-tune the encoder on labelled data first (tools/train_teacher.py does so)")
+        raise UserError(
+            "the teacher has no classification head, so there are no logits to distill",
+            where=str(Path(path) / "config.json"),
+            expected="architectures ['BertForSequenceClassification']",
+            hint="fine-tune the encoder on labelled data first (tools/train_teacher.py does so)",
+        )
     return teacher
 
 
@@ -167,8 +184,9 @@ def _check_output(request: DistillRequest) -> None:
     if out.exists() and not out.is_dir():
         raise UserError("output exists and is not a folder", where=str(out))
     if out.resolve() == Path(request.teacher).resolve():
-        raise UserError("the output folder is the teacher's folder", where=str(out),
-                        hint="write the student to a new folder")
+        raise UserError(
+            "the output folder is the teacher's folder", where=str(out), hint="write the student to a new folder"
+        )
 
 
 def _student_config(request: DistillRequest, teacher) -> dict[str, Any]:
@@ -180,8 +198,14 @@ def _student_config(request: DistillRequest, teacher) -> dict[str, Any]:
         return transformer_config(teacher.config, overrides, tokenizer=teacher.tokenizer, where=where)
     from edgecompress.distill.students import student_config
 
-    return student_config(request.student, overrides, tokenizer=teacher.tokenizer, labels=teacher.labels,
-                          max_positions=teacher.config.get("max_position_embeddings", 512), where=where)
+    return student_config(
+        request.student,
+        overrides,
+        tokenizer=teacher.tokenizer,
+        labels=teacher.labels,
+        max_positions=teacher.config.get("max_position_embeddings", 512),
+        where=where,
+    )
 
 
 def _read_overrides(path: Path | None) -> dict[str, Any]:
@@ -194,8 +218,11 @@ def _read_overrides(path: Path | None) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"student config is not valid JSON ({exc})", where=str(path)) from None
     if not isinstance(overrides, dict):
-        raise UserError("student config is not a JSON object", where=str(path),
-                        expected='hyper-parameters such as {"embedding_dim": 64}')
+        raise UserError(
+            "student config is not a JSON object",
+            where=str(path),
+            expected='hyper-parameters such as {"embedding_dim": 64}',
+        )
     return overrides
 
 
@@ -211,8 +238,11 @@ def _check_transfer_file(path: Path, identity: dict[str, Any]) -> None:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         raise UserError("not a transfer set written by `edgecompress distill`", where=str(path)) from None
     if found != identity:
-        raise UserError("transfer set was labelled for another teacher, training file, seq_len or augmentation",
-                        where=str(path), hint="delete it, or give another --transfer-set path")
+        raise UserError(
+            "transfer set was labelled for another teacher, training file, seq_len or augmentation",
+            where=str(path),
+            hint="delete it, or give another --transfer-set path",
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -220,6 +250,7 @@ def _sha256(path: Path) -> str:
 
 
 # --- prepare ---------------------------------------------------------------------------------------
+
 
 def prepare(plan: Plan, work: Path) -> str:
     """job.json, transfer.npz and init.pt in `work`, keeping what an earlier run of the same job left.
@@ -268,15 +299,29 @@ def _write_transfer_set(plan: Plan, path: Path) -> None:
 
     identity = plan.job["transfer"]
     options = AugmentOptions(**identity["augment"])
-    log.info("labelling %d texts%s with the teacher", len(plan.texts),
-             f" and up to {options.copies} augmented copies of each" if options.copies else "")
-    transfer = build_transfer_set(plan.teacher, plan.texts, plan.labels, options, seq_len=identity["seq_len"],
-                                  progress=_percent_logger("teacher labels"))
+    log.info(
+        "labelling %d texts%s with the teacher",
+        len(plan.texts),
+        f" and up to {options.copies} augmented copies of each" if options.copies else "",
+    )
+    transfer = build_transfer_set(
+        plan.teacher,
+        plan.texts,
+        plan.labels,
+        options,
+        seq_len=identity["seq_len"],
+        progress=_percent_logger("teacher labels"),
+    )
     log.info("transfer set: %d labelled + %d augmented texts", len(plan.texts), len(transfer) - len(plan.texts))
     tmp = path.with_name("transfer.tmp.npz")
-    np.savez(tmp, input_ids=transfer.input_ids, attention_mask=transfer.attention_mask,
-             teacher_logits=transfer.teacher_logits, labels=transfer.labels,
-             identity=np.array(json.dumps(identity, sort_keys=True)))
+    np.savez(
+        tmp,
+        input_ids=transfer.input_ids,
+        attention_mask=transfer.attention_mask,
+        teacher_logits=transfer.teacher_logits,
+        labels=transfer.labels,
+        identity=np.array(json.dumps(identity, sort_keys=True)),
+    )
     os.replace(tmp, path)
 
 
@@ -344,18 +389,33 @@ def _embedding_student(plan: Plan, transfer, hf_teacher):
     with torch.no_grad():
         student.token_map.copy_(token_map(kept, config["vocab_size"], tokenizer.unk_token_id))
         student.embedding.weight.copy_(pca_projection(vectors[torch.tensor(kept)], config["embedding_dim"]))
-    log.info("student vocabulary: %d of the teacher's %d tokens (those in the transfer set)",
-             len(kept), config["vocab_size"])
+    log.info(
+        "student vocabulary: %d of the teacher's %d tokens (those in the transfer set)", len(kept), config["vocab_size"]
+    )
     return config, student
 
 
 # --- train with torchrun ---------------------------------------------------------------------------
 
+
 def launch_torchrun(work: Path, processes: int) -> None:
     """Train with `processes` DDP ranks on this machine; their log lines are passed on to our logger."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "edgecompress.distill.trainer", str(work)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "edgecompress.distill.trainer",
+        str(work),
+    ]
     log.info("launching %d training processes: %s", processes, " ".join(cmd[2:]))
     tail: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
@@ -376,6 +436,7 @@ def _free_port() -> int:
 
 # --- publish ---------------------------------------------------------------------------------------
 
+
 def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
     """Write the checkpoint folder beside the output and swap it in; then drop the work folder."""
     import numpy as np
@@ -390,12 +451,19 @@ def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
         labels = transfer["labels"]
     from edgecompress.distill.held_out import checkpoint_digest
 
-    record = {**plan.job, "config": init_config,
-              "examples": {"labelled": int((labels >= 0).sum()), "augmented": int((labels < 0).sum())},
-              **provenance, **trained["record"],
-              "teacher": {"path": str(Path(plan.request.teacher).resolve()),
-                          "digest": checkpoint_digest(Path(plan.request.teacher)), "held_out": None},
-              "student_held_out": None}
+    record = {
+        **plan.job,
+        "config": init_config,
+        "examples": {"labelled": int((labels >= 0).sum()), "augmented": int((labels < 0).sum())},
+        **provenance,
+        **trained["record"],
+        "teacher": {
+            "path": str(Path(plan.request.teacher).resolve()),
+            "digest": checkpoint_digest(Path(plan.request.teacher)),
+            "held_out": None,
+        },
+        "student_held_out": None,
+    }
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -407,8 +475,6 @@ def publish(plan: Plan, work: Path, provenance: dict[str, Any]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s", out)
-
-
 
 
 def _measure_held_out(plan: Plan, folder: Path, record: dict[str, Any]) -> None:

@@ -15,38 +15,60 @@ from typing import Any
 from edgecompress.distill.losses import even_layer_map
 from edgecompress.errors import UserError
 
-SETTINGS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "teacher_layers",
-            "vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob")
+SETTINGS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "teacher_layers",
+    "vocab_size",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
 _WIDTHS = ("hidden_size", "intermediate_size", "num_attention_heads")
 
 
-def transformer_config(teacher_config: dict[str, Any], overrides: dict[str, Any], *, tokenizer,
-                       where: str) -> dict[str, Any]:
+def transformer_config(
+    teacher_config: dict[str, Any], overrides: dict[str, Any], *, tokenizer, where: str
+) -> dict[str, Any]:
     """Teacher config with half its layers (or the user's settings), checked against tokenizer and teacher."""
     unknown = sorted(set(overrides) - set(SETTINGS))
     if unknown:
-        raise UserError(f"unknown transformer student setting '{unknown[0]}'", where=where,
-                        hint=f"Known: {', '.join(SETTINGS)}")
+        raise UserError(
+            f"unknown transformer student setting '{unknown[0]}'", where=where, hint=f"Known: {', '.join(SETTINGS)}"
+        )
     teacher_layers = teacher_config["num_hidden_layers"]
-    config = {**teacher_config, "num_hidden_layers": max(1, teacher_layers // 2), **overrides,
-              "architectures": ["BertForSequenceClassification"]}
+    config = {
+        **teacher_config,
+        "num_hidden_layers": max(1, teacher_layers // 2),
+        **overrides,
+        "architectures": ["BertForSequenceClassification"],
+    }
     for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UserError(f"'{key}' must be a positive integer, got {value!r}", where=where)
     if config["hidden_size"] % config["num_attention_heads"]:
-        raise UserError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
-                        f"{config['num_attention_heads']}", where=where)
+        raise UserError(
+            f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+            f"{config['num_attention_heads']}",
+            where=where,
+        )
     if config["vocab_size"] != len(tokenizer):
-        raise UserError(f"student vocab_size {config['vocab_size']} does not match the tokenizer's "
-                        f"{len(tokenizer)} tokens", where=where,
-                        hint="the student reads the teacher tokenizer's ids; drop vocab_size from the config")
+        raise UserError(
+            f"student vocab_size {config['vocab_size']} does not match the tokenizer's {len(tokenizer)} tokens",
+            where=where,
+            hint="the student reads the teacher tokenizer's ids; drop vocab_size from the config",
+        )
     layers = config.setdefault("teacher_layers", even_layer_map(config["num_hidden_layers"], teacher_layers))
-    if len(layers) != config["num_hidden_layers"] or not all(isinstance(t, int) and 1 <= t <= teacher_layers
-                                                             for t in layers):
-        raise UserError(f"teacher_layers {layers!r} does not fit {config['num_hidden_layers']} student layers",
-                        where=where,
-                        expected=f"{config['num_hidden_layers']} layer numbers among 1..{teacher_layers}")
+    if len(layers) != config["num_hidden_layers"] or not all(
+        isinstance(t, int) and 1 <= t <= teacher_layers for t in layers
+    ):
+        raise UserError(
+            f"teacher_layers {layers!r} does not fit {config['num_hidden_layers']} student layers",
+            where=where,
+            expected=f"{config['num_hidden_layers']} layer numbers among 1..{teacher_layers}",
+        )
     return config
 
 

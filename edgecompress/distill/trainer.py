@@ -106,13 +106,18 @@ def _train(work: Path, world: World) -> None:
     torch.manual_seed(options.seed * 1000 + world.rank + 1)  # dropout draws differ per rank
     state = _resume(work, model, optimizer, scheduler, world)
     trainable = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
-    progress = _Progress(steps_per_epoch * options.epochs, state["step"], state["train_seconds"],
-                         world.rank == 0, options.log_every)
+    progress = _Progress(
+        steps_per_epoch * options.epochs, state["step"], state["train_seconds"], world.rank == 0, options.log_every
+    )
     for epoch in range(state["epoch"], options.epochs):
         batches = epoch_batches(lengths, options.batch_size, world, options.seed, epoch)
         mean_loss = _run_epoch(trainable, optimizer, scheduler, data, batches, teacher, progress)
-        state = {"epoch": epoch + 1, "step": progress.done, "train_seconds": progress.elapsed(),
-                 "epoch_losses": state["epoch_losses"] + [mean_loss]}
+        state = {
+            "epoch": epoch + 1,
+            "step": progress.done,
+            "train_seconds": progress.elapsed(),
+            "epoch_losses": state["epoch_losses"] + [mean_loss],
+        }
         if world.rank == 0:
             log.info("epoch %d/%d done: mean loss %.4f", epoch + 1, options.epochs, mean_loss)
         _save_checkpoint(work, model, optimizer, scheduler, state, world)
@@ -137,10 +142,10 @@ def epoch_batches(lengths: list[int], batch_size: int, world: World, seed: int, 
     pool = global_size * POOL_BATCHES
     batches = []
     for start in range(0, len(order), pool):
-        rows = sorted(order[start:start + pool], key=lengths.__getitem__)
-        batches += [rows[i:i + global_size] for i in range(0, len(rows), global_size)]
+        rows = sorted(order[start : start + pool], key=lengths.__getitem__)
+        batches += [rows[i : i + global_size] for i in range(0, len(rows), global_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i][world.rank::world.size] for i in shuffled]
+    return [batches[i][world.rank :: world.size] for i in shuffled]
 
 
 def _teacher(job: dict):
@@ -191,8 +196,9 @@ def _optimizer(model, options: TrainOptions, total_steps: int):
     """AdamW with linear warmup then linear decay to zero."""
     import torch
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr,
-                                  weight_decay=options.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=options.lr, weight_decay=options.weight_decay
+    )
     warmup = int(options.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
@@ -213,11 +219,16 @@ def _run_epoch(trainable, optimizer, scheduler, data, batches, teacher, progress
         internals = None
         if teacher is not None:
             with torch.no_grad():
-                internals = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    token_type_ids=torch.zeros_like(batch["input_ids"]),
-                                    output_hidden_states=True, output_attentions=True)
-        loss = trainable(batch["input_ids"], batch["attention_mask"], batch["teacher_logits"], batch["labels"],
-                         internals)
+                internals = teacher(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    token_type_ids=torch.zeros_like(batch["input_ids"]),
+                    output_hidden_states=True,
+                    output_attentions=True,
+                )
+        loss = trainable(
+            batch["input_ids"], batch["attention_mask"], batch["teacher_logits"], batch["labels"], internals
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable.parameters(), MAX_GRAD_NORM)
@@ -235,8 +246,12 @@ def _collate(data: dict, rows: list[int]) -> dict:
     index = torch.tensor(rows)
     mask = data["attention_mask"][index]
     width = max(1, int(mask.sum(dim=1).max()))
-    return {"input_ids": data["input_ids"][index, :width], "attention_mask": mask[:, :width],
-            "teacher_logits": data["teacher_logits"][index], "labels": data["labels"][index]}
+    return {
+        "input_ids": data["input_ids"][index, :width],
+        "attention_mask": mask[:, :width],
+        "teacher_logits": data["teacher_logits"][index],
+        "labels": data["labels"][index],
+    }
 
 
 class _Progress:
@@ -258,8 +273,14 @@ class _Progress:
             return
         session = time.monotonic() - self.start
         eta = session / (self.done - self.start_step) * (self.total - self.done)
-        log.info("step %d/%d  loss %.4f  elapsed %s  eta %s", self.done, self.total,
-                 sum(self.losses) / len(self.losses), _clock(self.elapsed()), _clock(eta))
+        log.info(
+            "step %d/%d  loss %.4f  elapsed %s  eta %s",
+            self.done,
+            self.total,
+            sum(self.losses) / len(self.losses),
+            _clock(self.elapsed()),
+            _clock(eta),
+        )
         self.losses.clear()
 
 
@@ -273,9 +294,17 @@ def _save_checkpoint(work: Path, model, optimizer, scheduler, state: dict, world
 
     rng = world.gather(torch.get_rng_state())
     if world.rank == 0:
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "rng": rng, "world_size": world.size, **state},
-                     work / CHECKPOINT)
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "world_size": world.size,
+                **state,
+            },
+            work / CHECKPOINT,
+        )
 
 
 def _resume(work: Path, model, optimizer, scheduler, world: World) -> dict:
@@ -293,8 +322,11 @@ def _resume(work: Path, model, optimizer, scheduler, world: World) -> dict:
     if size == world.size:
         torch.set_rng_state(rng[world.rank])
     elif world.rank == 0:
-        log.warning("checkpoint written by %d processes, resuming with %d: dropout draws differ from an "
-                    "uninterrupted run", size, world.size)
+        log.warning(
+            "checkpoint written by %d processes, resuming with %d: dropout draws differ from an uninterrupted run",
+            size,
+            world.size,
+        )
     if world.rank == 0:
         log.info("resuming after epoch %d (step %d) from %s", saved["epoch"], saved["step"], path)
     return saved
@@ -333,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("work_dir", type=Path, help="folder prepared by edgecompress.distill.run")
     args = parser.parse_args(argv)
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"[rank {rank}] %(message)s")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING, format=f"[rank {rank}] %(message)s")
     try:
         train(args.work_dir)
     except EdgecompressError as exc:

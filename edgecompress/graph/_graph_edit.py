@@ -74,8 +74,12 @@ def constant(model, name: str) -> np.ndarray | None:
 
 
 # Constant attributes other than `value` (a tensor), with the numpy dtype each one means.
-ATTRIBUTE_CONSTANTS = {"value_int": np.int64, "value_ints": np.int64, "value_float": np.float32,
-                        "value_floats": np.float32}
+ATTRIBUTE_CONSTANTS = {
+    "value_int": np.int64,
+    "value_ints": np.int64,
+    "value_float": np.float32,
+    "value_floats": np.float32,
+}
 
 
 def tensor_constants(model) -> int:
@@ -134,8 +138,11 @@ def _remove_named(entries, names: set) -> None:
 
 def all_names(model) -> set:
     graph = model.graph
-    return ({init.name for init in graph.initializer} | {v.name for v in graph.input}
-            | {name for node in graph.node for name in (*node.output, node.name)})
+    return (
+        {init.name for init in graph.initializer}
+        | {v.name for v in graph.input}
+        | {name for node in graph.node for name in (*node.output, node.name)}
+    )
 
 
 def fresh(name: str, names: set) -> str:

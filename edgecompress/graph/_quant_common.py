@@ -33,8 +33,14 @@ def constant_weight_nodes(model, op_types: tuple[str, ...], weight_input: int = 
     import onnx
 
     floats = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
-    return [node for node in model.graph.node if node.op_type in op_types and node.name
-            and len(node.input) > weight_input and node.input[weight_input] in floats]
+    return [
+        node
+        for node in model.graph.node
+        if node.op_type in op_types
+        and node.name
+        and len(node.input) > weight_input
+        and node.input[weight_input] in floats
+    ]
 
 
 def nbits_quantizer_class():
@@ -82,8 +88,9 @@ def keep_model_props(quantized, source):
     quantized.producer_name, quantized.producer_version = source.producer_name, source.producer_version
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(source.metadata_props)
-    if any(n.domain == "com.microsoft" for n in quantized.graph.node) and \
-            not any(o.domain == "com.microsoft" for o in quantized.opset_import):
+    if any(n.domain == "com.microsoft" for n in quantized.graph.node) and not any(
+        o.domain == "com.microsoft" for o in quantized.opset_import
+    ):
         entry = quantized.opset_import.add()
         entry.domain, entry.version = "com.microsoft", 1
     return quantized
@@ -126,8 +133,12 @@ def run_model(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
     session = ort_session(model.SerializeToString(), threads=2, optimize=True)
     batch = session.get_inputs()[0].shape[0]
-    return run_session(session, feeds, output_name=model.graph.output[0].name,
-                       batch_size=batch if isinstance(batch, int) and batch > 0 else _DYNAMIC_BATCH)
+    return run_session(
+        session,
+        feeds,
+        output_name=model.graph.output[0].name,
+        batch_size=batch if isinstance(batch, int) and batch > 0 else _DYNAMIC_BATCH,
+    )
 
 
 def rounding_diff(before, result, feeds: dict[str, np.ndarray], rows: str) -> tuple[float, float]:
@@ -137,8 +148,9 @@ def rounding_diff(before, result, feeds: dict[str, np.ndarray], rows: str) -> tu
     diff = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
     allowed = ROUNDING_RTOL * max(1.0, float(np.max(np.abs(reference))))
     result.stats["max_abs_diff"] = diff
-    result.notes.append(f"outputs on {len(candidate)} {rows} rows: max |diff| {diff:.3g} "
-                        f"(float rounding allows {allowed:.3g})")
+    result.notes.append(
+        f"outputs on {len(candidate)} {rows} rows: max |diff| {diff:.3g} (float rounding allows {allowed:.3g})"
+    )
     return diff, allowed
 
 
@@ -167,7 +179,7 @@ def output_error(reference: np.ndarray, candidate: np.ndarray, *, classifier: bo
     """Signal-to-quantization-noise ratio over all outputs, the largest deviation, and argmax flips."""
     ref = reference.astype(np.float64)
     noise = float(np.sum((ref - candidate.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref ** 2))
+    signal = float(np.sum(ref**2))
     sqnr = MAX_SQNR_DB if noise == 0 else min(MAX_SQNR_DB, 10 * math.log10(max(signal, 1e-30) / noise))
     flips = int(np.sum(reference.argmax(-1) != candidate.argmax(-1))) if classifier else None
     return Error(round(sqnr, 2), float(np.max(np.abs(ref - candidate))), flips, len(reference))

@@ -59,16 +59,20 @@ class AttentionMaskValue(Pass):
 
     def __post_init__(self) -> None:
         if not -80.0 <= self.mask_filter_value <= -20.0:
-            raise UserError(f"option 'mask_filter_value' of pass '{self.name}' is {self.mask_filter_value:g}",
-                            expected="a value in [-80, -20]",
-                            hint="below -86 ONNX Runtime's softmax takes its slow path; above -20 padding "
-                                 "tokens start to get attention")
+            raise UserError(
+                f"option 'mask_filter_value' of pass '{self.name}' is {self.mask_filter_value:g}",
+                expected="a value in [-80, -20]",
+                hint="below -86 ONNX Runtime's softmax takes its slow path; above -20 padding "
+                "tokens start to get attention",
+            )
 
     def requires(self, model, ctx: PassContext) -> None:
         fused = fused_attention_nodes(model)
         if not fused:
-            raise PassSkipped("no fused Attention, QAttention or MultiHeadAttention node (an unfused "
-                              "attention takes its mask from the graph, not from this attribute)")
+            raise PassSkipped(
+                "no fused Attention, QAttention or MultiHeadAttention node (an unfused "
+                "attention takes its mask from the graph, not from this attribute)"
+            )
         if all(mask_value(node) == self.mask_filter_value for node in fused):
             raise PassSkipped(f"every fused attention node already has {ATTRIBUTE} = {self.mask_filter_value:g}")
 
@@ -86,17 +90,21 @@ class AttentionMaskValue(Pass):
             node.attribute.extend(kept + [helper.make_attribute(ATTRIBUTE, float(self.mask_filter_value))])
             changed[node.name] = before
         olds = sorted({f"{v:g}" for v in changed.values()})
-        note = (f"{ATTRIBUTE} {' / '.join(olds)} -> {self.mask_filter_value:g} on {len(changed)} fused attention "
-                f"node(s) ({_op_summary(result, changed)})")
+        note = (
+            f"{ATTRIBUTE} {' / '.join(olds)} -> {self.mask_filter_value:g} on {len(changed)} fused attention "
+            f"node(s) ({_op_summary(result, changed)})"
+        )
         return PassResult(result, [note], {"changed": changed, "mask_filter_value": self.mask_filter_value})
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         feeds, source = check_rows(before, ctx)
         diff, allowed = rounding_diff(before, result, feeds, f"padded {source}")
         if diff > allowed:
-            raise InternalError(f"{ATTRIBUTE} = {self.mask_filter_value:g} changed the outputs by {diff:.3g} "
-                                f"> {allowed:.3g} on {source} rows: padded keys score far above real ones in "
-                                "this model; remove the 'attention_mask_value' pass from the recipe")
+            raise InternalError(
+                f"{ATTRIBUTE} = {self.mask_filter_value:g} changed the outputs by {diff:.3g} "
+                f"> {allowed:.3g} on {source} rows: padded keys score far above real ones in "
+                "this model; remove the 'attention_mask_value' pass from the recipe"
+            )
 
 
 def fused_attention_nodes(model) -> list:

@@ -44,8 +44,15 @@ from edgecompress.graph._quant_common import copy_model, rounding_diff, with_con
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 # Ops that compute each row of their output from the same row of their data input (other inputs constant).
-ROW_WISE_OPS = {("", "Relu"), ("", "Gelu"), ("com.microsoft", "Gelu"), ("com.microsoft", "BiasGelu"),
-                ("com.microsoft", "FastGelu"), ("", "Add"), ("", "Mul")}
+ROW_WISE_OPS = {
+    ("", "Relu"),
+    ("", "Gelu"),
+    ("com.microsoft", "Gelu"),
+    ("com.microsoft", "BiasGelu"),
+    ("com.microsoft", "FastGelu"),
+    ("", "Add"),
+    ("", "Mul"),
+}
 BRANCHES = ("cls_row", "other_rows")
 
 
@@ -82,8 +89,10 @@ class ClsRowApart(Pass):
 
     def requires(self, model, ctx: PassContext) -> None:
         if not feed_forwards(model):
-            raise PassSkipped("no feed-forward block (MatMul by a constant, row-wise ops, MatMul by a constant) "
-                              "on a [batch, rows, features] input with at least 2 rows (or a symbolic sequence axis)")
+            raise PassSkipped(
+                "no feed-forward block (MatMul by a constant, row-wise ops, MatMul by a constant) "
+                "on a [batch, rows, features] input with at least 2 rows (or a symbolic sequence axis)"
+            )
 
     def run(self, model, ctx: PassContext) -> PassResult:
         from onnx import numpy_helper
@@ -106,19 +115,24 @@ class ClsRowApart(Pass):
                 rebuilt.append(node)
         del result.graph.node[:]
         result.graph.node.extend(rebuilt)
-        result.graph.initializer.extend(numpy_helper.from_array(_int64(values[key]), name)
-                                        for key, name in bounds.items())
+        result.graph.initializer.extend(
+            numpy_helper.from_array(_int64(values[key]), name) for key, name in bounds.items()
+        )
         drop_unused(result, orphans)
-        note = (f"{len(blocks)} feed-forward block(s) run row 0 apart from rows 1:{blocks[0].rows} "
-                f"({', '.join(block.label for block in blocks[:3])}{', ...' if len(blocks) > 3 else ''})")
+        note = (
+            f"{len(blocks)} feed-forward block(s) run row 0 apart from rows 1:{blocks[0].rows} "
+            f"({', '.join(block.label for block in blocks[:3])}{', ...' if len(blocks) > 3 else ''})"
+        )
         return PassResult(result, [note], {"split": [block.label for block in blocks], "rows": blocks[0].rows})
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         feeds, source = check_feeds(before, ctx)
         diff, allowed = rounding_diff(before, result, feeds, source)
         if diff > allowed:
-            raise InternalError(f"cls_row_apart changed the outputs by {diff:.3g} > {allowed:.3g} on {source} "
-                                "rows; remove the 'cls_row_apart' pass from the recipe")
+            raise InternalError(
+                f"cls_row_apart changed the outputs by {diff:.3g} > {allowed:.3g} on {source} "
+                "rows; remove the 'cls_row_apart' pass from the recipe"
+            )
 
 
 def feed_forwards(model) -> list[FeedForward]:
@@ -195,14 +209,20 @@ def _split(block: FeedForward, bounds: dict[str, str], names: set) -> list:
     for branch in BRANCHES:
         start, stop = ranges[branch]
         value = fresh(f"{block.x}/{branch}", names)
-        nodes.append(helper.make_node("Slice", [block.x, start, stop, bounds["axis"]], [value],
-                                      name=fresh(f"{first}/{branch}/Slice", names)))
+        nodes.append(
+            helper.make_node(
+                "Slice", [block.x, start, stop, bounds["axis"]], [value], name=fresh(f"{first}/{branch}/Slice", names)
+            )
+        )
         for index, node in enumerate(block.nodes):
             data = block.x if index == 0 else block.nodes[index - 1].output[0]
-            copy = helper.make_node(node.op_type, [value if name == data else name for name in node.input],
-                                    [fresh(f"{node.output[0]}/{branch}", names)],
-                                    name=fresh(f"{node.name or node.output[0]}/{branch}", names),
-                                    domain=node.domain or None)
+            copy = helper.make_node(
+                node.op_type,
+                [value if name == data else name for name in node.input],
+                [fresh(f"{node.output[0]}/{branch}", names)],
+                name=fresh(f"{node.name or node.output[0]}/{branch}", names),
+                domain=node.domain or None,
+            )
             copy.attribute.extend(node.attribute)
             nodes.append(copy)
             value = copy.output[0]

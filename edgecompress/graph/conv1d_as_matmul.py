@@ -132,8 +132,7 @@ class Conv1dAsMatmul(Pass):
                 stacks.setdefault((rewrite.rows()[0], rewrite.stop - rewrite.start), []).append(rewrite)
             for stack in stacks.values():
                 first = min(stack, key=lambda r: r.at)
-                inserted.setdefault(first.at, []).extend(_matmul_nodes(stack, base, base_first, names,
-                                                                             new_inits))
+                inserted.setdefault(first.at, []).extend(_matmul_nodes(stack, base, base_first, names, new_inits))
                 removed.update(at for r in stack for at in (r.at, r.absorbed_at) if at is not None)
                 notes.append(_describe(stack))
 
@@ -151,10 +150,13 @@ class Conv1dAsMatmul(Pass):
         for name, why in left.items():
             log.info("conv1d_as_matmul left Conv '%s' alone: %s", name, why)
             notes.append(f"left alone: Conv '{name}': {why}")
-        stats = {"rewritten": [_label(r.conv) for r in rewrites],
-                 "matmuls": sum(n.op_type == "MatMul" for nodes in inserted.values() for n in nodes),
-                 "absorbed_slices": sum(r.absorbed is not None for r in rewrites),
-                 "left_alone": dict(left), "dropped": dropped}
+        stats = {
+            "rewritten": [_label(r.conv) for r in rewrites],
+            "matmuls": sum(n.op_type == "MatMul" for nodes in inserted.values() for n in nodes),
+            "absorbed_slices": sum(r.absorbed is not None for r in rewrites),
+            "left_alone": dict(left),
+            "dropped": dropped,
+        }
         return PassResult(result, notes, stats)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
@@ -165,18 +167,24 @@ class Conv1dAsMatmul(Pass):
         feeds, source = check_feeds(before, ctx)
         diff, allowed = rounding_diff(before, result, feeds, source)
         if diff > allowed:
-            raise InternalError(f"conv1d_as_matmul changed the outputs by {diff:.3g} > {allowed:.3g} on {source} "
-                                "rows; remove the 'conv1d_as_matmul' pass from the recipe")
+            raise InternalError(
+                f"conv1d_as_matmul changed the outputs by {diff:.3g} > {allowed:.3g} on {source} "
+                "rows; remove the 'conv1d_as_matmul' pass from the recipe"
+            )
 
 
 # ---- what to rewrite ----------------------------------------------------------------------------------------
+
 
 def plan(model) -> tuple[list[_Rewrite], dict[str, str]]:
     """(the Convs this pass rewrites, {Conv: why it is left alone} for the other 1-D and 2-D Convs)."""
     from onnx import numpy_helper
 
-    convs = [(at, node) for at, node in enumerate(model.graph.node)
-             if node.op_type == "Conv" and node.domain in ("", "ai.onnx")]
+    convs = [
+        (at, node)
+        for at, node in enumerate(model.graph.node)
+        if node.op_type == "Conv" and node.domain in ("", "ai.onnx")
+    ]
     if not convs:
         return [], {}
     inits = {init.name: init for init in model.graph.initializer}
@@ -264,6 +272,7 @@ def _absorbable_slice(model, conv, steps: int, readers: dict, outputs: set):
 
 # ---- the rewrite --------------------------------------------------------------------------------------------
 
+
 def _padded_time_major(x: str, group: list[_Rewrite], names: set, new_inits: list) -> tuple[str, int, list]:
     """X [B, C, T] as [B, rows, C] with the zero rows the group's windows read: (value, X row of its first
     row, nodes). One Transpose, and one Concat when any window reaches past X."""
@@ -307,8 +316,10 @@ def _matmul_nodes(stack: list[_Rewrite], base: str, base_first: int, names: set,
     nodes, taps = [], []
     axis = const(f"{stem}/im2col/axis", np.array([1], np.int64))
     for tap in range(width):
-        bounds = [const(f"{stem}/im2col/{what}_{tap}", np.array([offset + tap + shift], np.int64))
-                  for what, shift in (("start", 0), ("end", count))]
+        bounds = [
+            const(f"{stem}/im2col/{what}_{tap}", np.array([offset + tap + shift], np.int64))
+            for what, shift in (("start", 0), ("end", count))
+        ]
         out = fresh(f"{stem}/im2col/tap_{tap}", names)
         nodes.append(helper.make_node("Slice", [base, *bounds, axis], [out], name=out))
         taps.append(out)
@@ -316,27 +327,41 @@ def _matmul_nodes(stack: list[_Rewrite], base: str, base_first: int, names: set,
     nodes.append(helper.make_node("Concat", taps, [windows], name=windows, axis=2))
     weight = np.concatenate([_tap_major(r.weight, width) for r in stack], axis=1)
     product = fresh(f"{stem}/MatMul", names)
-    nodes.append(helper.make_node("MatMul", [windows, const(f"{stack[0].conv.input[1]}/im2col", weight)], [product],
-                                  name=product))
+    nodes.append(
+        helper.make_node(
+            "MatMul", [windows, const(f"{stack[0].conv.input[1]}/im2col", weight)], [product], name=product
+        )
+    )
     if any(_bias_name(r.conv) for r in stack):
-        bias = _bias_name(stack[0].conv) if len(stack) == 1 else \
-            const(f"{stem}/im2col/bias", np.concatenate([r.bias() for r in stack]))
+        bias = (
+            _bias_name(stack[0].conv)
+            if len(stack) == 1
+            else const(f"{stem}/im2col/bias", np.concatenate([r.bias() for r in stack]))
+        )
         biased = fresh(f"{stem}/Add", names)
         nodes.append(helper.make_node("Add", [product, bias], [biased], name=biased))
         product = biased
     if len(stack) == 1:
-        nodes.append(helper.make_node("Transpose", [product], [stack[0].out], perm=[0, 2, 1],
-                                      name=fresh(f"{stem}/channels_first", names)))
+        nodes.append(
+            helper.make_node(
+                "Transpose", [product], [stack[0].out], perm=[0, 2, 1], name=fresh(f"{stem}/channels_first", names)
+            )
+        )
         return nodes
     channels_first = fresh(f"{stem}/channels_first", names)
     nodes.append(helper.make_node("Transpose", [product], [channels_first], name=channels_first, perm=[0, 2, 1]))
     split_axis, done = const(f"{stem}/split/axis", np.array([1], np.int64)), 0
     for r in stack:
         filters = r.weight.shape[0]
-        bounds = [const(f"{_label(r.conv)}/split/{what}", np.array([value], np.int64))
-                  for what, value in (("start", done), ("end", done + filters))]
-        nodes.append(helper.make_node("Slice", [channels_first, *bounds, split_axis], [r.out],
-                                      name=fresh(f"{_label(r.conv)}/split", names)))
+        bounds = [
+            const(f"{_label(r.conv)}/split/{what}", np.array([value], np.int64))
+            for what, value in (("start", done), ("end", done + filters))
+        ]
+        nodes.append(
+            helper.make_node(
+                "Slice", [channels_first, *bounds, split_axis], [r.out], name=fresh(f"{_label(r.conv)}/split", names)
+            )
+        )
         done += filters
     return nodes
 
@@ -352,10 +377,15 @@ def _tap_major(weight: np.ndarray, width: int) -> np.ndarray:
 def _describe(stack: list[_Rewrite]) -> str:
     width, channels = max(r.width for r in stack), stack[0].weight.shape[1]
     count, filters = stack[0].stop - stack[0].start, sum(r.weight.shape[0] for r in stack)
-    convs = ", ".join(f"'{_label(r.conv)}' (width {r.width}, {r.weight.shape[0]} filters, pads {list(r.pads)}"
-                      + (f", Slice '{r.absorbed.name}' absorbed)" if r.absorbed is not None else ")") for r in stack)
-    note = f"Conv {convs} -> im2col [{stack[0].x_shape[0]}, {count}, {width * channels}] x MatMul " \
-           f"[{width * channels}, {filters}]"
+    convs = ", ".join(
+        f"'{_label(r.conv)}' (width {r.width}, {r.weight.shape[0]} filters, pads {list(r.pads)}"
+        + (f", Slice '{r.absorbed.name}' absorbed)" if r.absorbed is not None else ")")
+        for r in stack
+    )
+    note = (
+        f"Conv {convs} -> im2col [{stack[0].x_shape[0]}, {count}, {width * channels}] x MatMul "
+        f"[{width * channels}, {filters}]"
+    )
     exact = sum(r.width * r.weight.shape[0] for r in stack)
     if width * filters > exact:
         note += f"; zero taps add {width * filters / exact - 1:.0%} multiply-adds"
@@ -363,6 +393,7 @@ def _describe(stack: list[_Rewrite]) -> str:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+
 
 def _bias_name(conv) -> str:
     return conv.input[2] if len(conv.input) > 2 else ""

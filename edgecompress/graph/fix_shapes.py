@@ -65,9 +65,12 @@ class FixShapes(Pass):
 
 def _symbolic_input_dims(model, *, keep_sequence: bool = False) -> list[str]:
     """Input dims not fixed yet; with `keep_sequence`, axis 1 (the sequence) is meant to stay symbolic."""
-    return [f"{value.name}.{dim.dim_param}" for value in model.graph.input
-            for axis, dim in enumerate(value.type.tensor_type.shape.dim)
-            if not dim.HasField("dim_value") and not (keep_sequence and axis == 1)]
+    return [
+        f"{value.name}.{dim.dim_param}"
+        for value in model.graph.input
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim)
+        if not dim.HasField("dim_value") and not (keep_sequence and axis == 1)
+    ]
 
 
 def _dim_sizes(model, ctx: PassContext) -> dict[str, int]:
@@ -91,12 +94,16 @@ def _other_length(ctx: PassContext) -> int:
 
 def _sequence_params(model) -> set[str]:
     """The names of the inputs' symbolic sequence axes (axis 1), which stay symbolic for bucketed profiles."""
-    return {value.type.tensor_type.shape.dim[1].dim_param for value in model.graph.input
-            if len(value.type.tensor_type.shape.dim) > 1 and value.type.tensor_type.shape.dim[1].dim_param}
+    return {
+        value.type.tensor_type.shape.dim[1].dim_param
+        for value in model.graph.input
+        if len(value.type.tensor_type.shape.dim) > 1 and value.type.tensor_type.shape.dim[1].dim_param
+    }
 
 
-def _fix_output_shapes(model, sequence_params: set[str], seq_len: int | None,
-                       other_len: int | None = None) -> list[str]:
+def _fix_output_shapes(
+    model, sequence_params: set[str], seq_len: int | None, other_len: int | None = None
+) -> list[str]:
     """Outputs whose dims are still symbolic get the shapes one run of the fixed graph produces.
 
     onnx shape inference stops at ONNX Runtime's contrib ops (the graph is fused by now), so the
@@ -104,9 +111,13 @@ def _fix_output_shapes(model, sequence_params: set[str], seq_len: int | None,
     sequence axis (`sequence_params`), the graph is run at two lengths and only dims that do not move with
     the length are fixed; a dim equal to the length both times is named like the inputs' sequence axis.
     """
+
     def open_dims(output) -> list:
-        return [d for d in output.type.tensor_type.shape.dim
-                if not d.HasField("dim_value") and d.dim_param not in sequence_params]
+        return [
+            d
+            for d in output.type.tensor_type.shape.dim
+            if not d.HasField("dim_value") and d.dim_param not in sequence_params
+        ]
 
     pending = [o for o in model.graph.output if open_dims(o)]
     if not pending:
@@ -135,8 +146,15 @@ def _observe_outputs(model, seq_len: int | None) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    dtypes: dict[str, type[np.generic]] = {"tensor(int64)": np.int64, "tensor(int32)": np.int32,
-                                           "tensor(float)": np.float32}
-    feeds = {i.name: np.zeros([d if isinstance(d, int) else seq_len or 1 for d in i.shape],
-                              dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
+    dtypes: dict[str, type[np.generic]] = {
+        "tensor(int64)": np.int64,
+        "tensor(int32)": np.int32,
+        "tensor(float)": np.float32,
+    }
+    feeds = {
+        i.name: np.zeros(
+            [d if isinstance(d, int) else seq_len or 1 for d in i.shape], dtype=dtypes.get(i.type, np.float32)
+        )
+        for i in session.get_inputs()
+    }
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))

@@ -38,12 +38,18 @@ class FoldConstants(Pass):
         result.ir_version = model.ir_version
         tensors = tensor_constants(result)
         after = len(result.graph.node)
-        return PassResult(result, [f"nodes {before} -> {after}"],
-                          {"nodes_before": before, "nodes_after": after, "constants_as_tensors": tensors},
-                          fired=after < before)
+        return PassResult(
+            result,
+            [f"nodes {before} -> {after}"],
+            {"nodes_before": before, "nodes_after": after, "constants_as_tensors": tensors},
+            fired=after < before,
+        )
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
-        untyped = [node.output[0] for node in result.model.graph.node if node.op_type == "Constant"
-                   and any(a.name in ATTRIBUTE_CONSTANTS for a in node.attribute)]
+        untyped = [
+            node.output[0]
+            for node in result.model.graph.node
+            if node.op_type == "Constant" and any(a.name in ATTRIBUTE_CONSTANTS for a in node.attribute)
+        ]
         if untyped:
             raise InternalError(f"fold_constants left Constant nodes without a tensor value: {untyped[:3]}")

@@ -51,9 +51,13 @@ class FuseTransformer(Pass):
         options = FusionOptions("bert")
         with captured_library_output() as library_notes:
             # 0 lets the fuser read heads and width off the graph (ONNX intake has no config).
-            optimized: BertOnnxModel = optimize_by_fusion(model, model_type="bert", num_heads=ctx.num_heads or 0,
-                                                           hidden_size=ctx.hidden_size or 0,
-                                                           optimization_options=options)
+            optimized: BertOnnxModel = optimize_by_fusion(
+                model,
+                model_type="bert",
+                num_heads=ctx.num_heads or 0,
+                hidden_size=ctx.hidden_size or 0,
+                optimization_options=options,
+            )
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
         result = optimized.model  # `model` itself, rewritten
         result.ir_version = ir_version
@@ -67,20 +71,26 @@ class FuseTransformer(Pass):
         expected = result.stats["expected_attention"]
         if attention >= expected:
             return
-        message = (f"attention fusion fell short: {attention} fused attention ops for {expected} "
-                   f"encoder layers, so ONNX Runtime would run the slow unfused path")
+        message = (
+            f"attention fusion fell short: {attention} fused attention ops for {expected} "
+            f"encoder layers, so ONNX Runtime would run the slow unfused path"
+        )
         if not self.require_attention:
             # The recipe expects this (e.g. int4: MatMulNBits weights do not match the attention pattern),
             # so it is a note for the report, not a warning on the console.
-            result.notes.append(f"note: {attention} fused attention ops for {expected} encoder layers; "
-                                "attention runs unfused (require_attention = false in the recipe)")
+            result.notes.append(
+                f"note: {attention} fused attention ops for {expected} encoder layers; "
+                "attention runs unfused (require_attention = false in the recipe)"
+            )
             log.info(message)
             return
         result.notes.append("WARNING: " + message)
         log.warning(message)
-        raise InternalError(message + "; check the onnxruntime/torch versions against "
-                            "tools/constraints.txt, or set require_attention = false in the recipe "
-                            "to ship anyway")
+        raise InternalError(
+            message + "; check the onnxruntime/torch versions against "
+            "tools/constraints.txt, or set require_attention = false in the recipe "
+            "to ship anyway"
+        )
 
 
 def _attention_blocks(model) -> int:
@@ -90,8 +100,7 @@ def _attention_blocks(model) -> int:
 
 def _ensure_opset_import(model, domain: str, version: int) -> None:
     """The fuser emits contrib ops without always declaring their domain, which later passes need."""
-    if any(o.domain == domain for o in model.opset_import) or \
-            not any(n.domain == domain for n in model.graph.node):
+    if any(o.domain == domain for o in model.opset_import) or not any(n.domain == domain for n in model.graph.node):
         return
     entry = model.opset_import.add()
     entry.domain, entry.version = domain, version

@@ -116,19 +116,29 @@ class Sensitivity:
 
     def notes(self) -> list[str]:
         failed = [t for t in self.trials if not self.thresholds.accept(t.error)]
-        notes = [f"sensitivity: {len(self.trials)} trials on {self.trials[0].error.rows} calibration rows, "
-                 f"{len(failed)} broke the thresholds (SQNR >= {self.thresholds.min_sqnr_db:g} dB, flips <= "
-                 f"{self.thresholds.max_flip_rate:.1%})"] if self.trials else []
-        notes += [f"kept float: {name} (quantized alone: {self.thresholds.why_not(t.error)}; {t.error.describe()})"
-                  for name, t in self.kept_float.items()]
+        notes = (
+            [
+                f"sensitivity: {len(self.trials)} trials on {self.trials[0].error.rows} calibration rows, "
+                f"{len(failed)} broke the thresholds (SQNR >= {self.thresholds.min_sqnr_db:g} dB, flips <= "
+                f"{self.thresholds.max_flip_rate:.1%})"
+            ]
+            if self.trials
+            else []
+        )
+        notes += [
+            f"kept float: {name} (quantized alone: {self.thresholds.why_not(t.error)}; {t.error.describe()})"
+            for name, t in self.kept_float.items()
+        ]
         if self.trials and not self.kept_float:
             worst = min(self.trials, key=lambda t: t.error.sqnr_db)
             notes.append(f"kept float: none; least robust: {worst.group} ({worst.error.describe()})")
         return notes
 
     def stats(self) -> dict[str, Any]:
-        return {"trials": [t.as_dict() for t in self.trials],
-                "kept_float": {name: t.as_dict() for name, t in self.kept_float.items()}}
+        return {
+            "trials": [t.as_dict() for t in self.trials],
+            "kept_float": {name: t.as_dict() for name, t in self.kept_float.items()},
+        }
 
 
 def find_sensitive(probe: Probe, nodes, thresholds: Thresholds) -> Sensitivity:
@@ -153,21 +163,32 @@ class Outcome:
 
     def notes(self, before, candidates) -> list[str]:
         kinds = collections.Counter(n.op_type for n in candidates if n.name in set(self.quantized))
-        notes = [f"quantized {len(self.quantized)} of {len(candidates)} weighted nodes "
-                 f"({', '.join(f'{count} {op}' for op, count in sorted(kinds.items())) or 'none'})"]
-        notes += self.sensitivity.notes() if self.sensitivity else [
-            "no calibration data: sensitivity analysis skipped, every supported node quantized"]
-        notes.append(f"size {size_mb(before):.1f} MB -> {size_mb(self.model):.1f} MB "
-                     f"({size_mb(self.model) / size_mb(before):.2f}x)")
+        notes = [
+            f"quantized {len(self.quantized)} of {len(candidates)} weighted nodes "
+            f"({', '.join(f'{count} {op}' for op, count in sorted(kinds.items())) or 'none'})"
+        ]
+        notes += (
+            self.sensitivity.notes()
+            if self.sensitivity
+            else ["no calibration data: sensitivity analysis skipped, every supported node quantized"]
+        )
+        notes.append(
+            f"size {size_mb(before):.1f} MB -> {size_mb(self.model):.1f} MB "
+            f"({size_mb(self.model) / size_mb(before):.2f}x)"
+        )
         if self.error is not None:
             notes.append(f"whole graph vs float on {self.error.rows} calibration rows: {self.error.describe()}")
         return notes
 
     def stats(self, before) -> dict[str, Any]:
-        return {"quantized": self.quantized, "size_mb_before": round(size_mb(before), 3),
-                "size_mb_after": round(size_mb(self.model), 3), "ops_after": op_counts(self.model),
-                "error": self.error.as_dict() if self.error else None,
-                **(self.sensitivity.stats() if self.sensitivity else {})}
+        return {
+            "quantized": self.quantized,
+            "size_mb_before": round(size_mb(before), 3),
+            "size_mb_after": round(size_mb(self.model), 3),
+            "ops_after": op_counts(self.model),
+            "error": self.error.as_dict() if self.error else None,
+            **(self.sensitivity.stats() if self.sensitivity else {}),
+        }
 
 
 def quantize_except_sensitive(model, nodes, quantize: Quantizer, feeds, thresholds: Thresholds) -> Outcome:

@@ -58,17 +58,23 @@ class QuantizeDynamic(Pass):
 
     def requires(self, model, ctx: PassContext) -> None:
         if not weighted_nodes(model):
-            raise PassSkipped("no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant "
-                              "float weights")
+            raise PassSkipped(
+                "no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float weights"
+            )
 
     def run(self, model, ctx: PassContext) -> PassResult:
         nodes = weighted_nodes(model)
-        feeds = None if ctx.calibration is None else \
-            calibration_rows(ctx.calibration, graph_input_names(model), self.calibration_rows)
-        outcome = quantize_except_sensitive(model, nodes, quantize_nodes, feeds,
-                                            Thresholds(self.min_sqnr_db, self.max_flip_rate))
-        return PassResult(outcome.model, outcome.notes(model, nodes), outcome.stats(model),
-                          fired=bool(outcome.quantized), lossy=True)
+        feeds = (
+            None
+            if ctx.calibration is None
+            else calibration_rows(ctx.calibration, graph_input_names(model), self.calibration_rows)
+        )
+        outcome = quantize_except_sensitive(
+            model, nodes, quantize_nodes, feeds, Thresholds(self.min_sqnr_db, self.max_flip_rate)
+        )
+        return PassResult(
+            outcome.model, outcome.notes(model, nodes), outcome.stats(model), fired=bool(outcome.quantized), lossy=True
+        )
 
 
 def weighted_nodes(model) -> list:
@@ -86,10 +92,16 @@ def quantize_nodes(model, nodes: list[str]):
         return copy_model(model)
 
     def quantize(source, out):
-        quantize_dynamic(source, out, op_types_to_quantize=list(OP_TYPES), per_channel=True,
-                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                         # contrib-op outputs have no inferred type on the fused graph; they are float
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        quantize_dynamic(
+            source,
+            out,
+            op_types_to_quantize=list(OP_TYPES),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes,
+            # contrib-op outputs have no inferred type on the fused graph; they are float
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+        )
 
     with captured_library_output():
         quantized = through_file(quantize, without_value_info(model))

@@ -94,8 +94,10 @@ class QuantizeInt4(Pass):
 
     def __post_init__(self) -> None:
         if self.embedding_bits not in _WIDER:
-            raise UserError(f"option 'embedding_bits' of pass '{self.name}' is {self.embedding_bits}",
-                            expected=" or ".join(map(str, _WIDER)))
+            raise UserError(
+                f"option 'embedding_bits' of pass '{self.name}' is {self.embedding_bits}",
+                expected=" or ".join(map(str, _WIDER)),
+            )
 
     def requires(self, model, ctx: PassContext) -> None:
         if not matmul_nodes(model) and not embedding_nodes(model):
@@ -103,10 +105,8 @@ class QuantizeInt4(Pass):
 
     def run(self, model, ctx: PassContext) -> PassResult:
         source, model = model, gemms_as_matmuls(model, self.gemm_min_weights)
-        plan = {n.name: 4 for n in matmul_nodes(model)} | {n.name: self.embedding_bits
-                                                            for n in embedding_nodes(model)}
-        quantize = functools.partial(quantize_weights, block_size=self.block_size,
-                                     accuracy_level=self.accuracy_level)
+        plan = {n.name: 4 for n in matmul_nodes(model)} | {n.name: self.embedding_bits for n in embedding_nodes(model)}
+        quantize = functools.partial(quantize_weights, block_size=self.block_size, accuracy_level=self.accuracy_level)
         probe = None
         if not self.mixed:
             notes = ["mixed = false: every layer at 4 bits"]
@@ -122,8 +122,12 @@ class QuantizeInt4(Pass):
         if probe is not None:
             error = probe.error_of(quantized)
             notes.append(f"whole graph vs float on {error.rows} calibration rows: {error.describe()}")
-        stats = {"bits": plan, "size_mb_before": round(size_mb(source), 3),
-                 "size_mb_after": round(size_mb(quantized), 3), "ops_after": op_counts(quantized)}
+        stats = {
+            "bits": plan,
+            "size_mb_before": round(size_mb(source), 3),
+            "size_mb_after": round(size_mb(quantized), 3),
+            "ops_after": op_counts(quantized),
+        }
         return PassResult(quantized, notes, stats, lossy=True)
 
     def _choose_bits(self, model, plan: dict[str, int], probe: Probe) -> list[str]:
@@ -153,12 +157,21 @@ def _settle(group: str, names: list[str], plan: dict[str, int], trial, threshold
             del plan[name]
         else:
             plan[name] = wider
-    return (f"{group}: {'float' if wider is None else f'{wider} bits'} (at {bits} bits alone: "
-            f"{thresholds.why_not(trial.error)}; {trial.error.describe()})")
+    return (
+        f"{group}: {'float' if wider is None else f'{wider} bits'} (at {bits} bits alone: "
+        f"{thresholds.why_not(trial.error)}; {trial.error.describe()})"
+    )
 
 
-def _fit_size_cap(model, plan: dict[str, int], first_choice: dict[str, int], groups: dict[str, list[str]],
-                  trials: dict, ratio: float, block_size: int) -> list[str]:
+def _fit_size_cap(
+    model,
+    plan: dict[str, int],
+    first_choice: dict[str, int],
+    groups: dict[str, list[str]],
+    trials: dict,
+    ratio: float,
+    block_size: int,
+) -> list[str]:
     """Keep the widening of the groups that need it most (lowest SQNR at their first choice) while the
     estimated size stays at most `ratio` of the input graph's; the others go back to their first choice.
 
@@ -166,8 +179,9 @@ def _fit_size_cap(model, plan: dict[str, int], first_choice: dict[str, int], gro
     push out several small ones that do (encoder layers).
     """
     cap = ratio * size_mb(model)
-    widened = {g: {n: plan.get(n) for n in groups[g]} for g in trials
-               if any(plan.get(n) != first_choice[n] for n in groups[g])}
+    widened = {
+        g: {n: plan.get(n) for n in groups[g]} for g in trials if any(plan.get(n) != first_choice[n] for n in groups[g])
+    }
     for group in widened:
         _set_bits(plan, {n: first_choice[n] for n in groups[group]})
     notes = []
@@ -175,12 +189,16 @@ def _fit_size_cap(model, plan: dict[str, int], first_choice: dict[str, int], gro
         _set_bits(plan, widened[group])
         if estimated_size_mb(model, plan, block_size) > cap:
             _set_bits(plan, {n: first_choice[n] for n in groups[group]})
-            notes.append(f"size cap {ratio:g}x: {group} stays at {first_choice[groups[group][0]]} bits "
-                         f"({trials[group].error.describe()})")
+            notes.append(
+                f"size cap {ratio:g}x: {group} stays at {first_choice[groups[group][0]]} bits "
+                f"({trials[group].error.describe()})"
+            )
     size = estimated_size_mb(model, plan, block_size)
     if size > cap:
-        notes.append(f"size cap {ratio:g}x ({cap:.2f} MB) not reached here: {size:.2f} MB estimated with every "
-                     "group at its first choice of bits (later passes may still trim)")
+        notes.append(
+            f"size cap {ratio:g}x ({cap:.2f} MB) not reached here: {size:.2f} MB estimated with every "
+            "group at its first choice of bits (later passes may still trim)"
+        )
     return notes
 
 
@@ -247,16 +265,24 @@ def _plain_gemm(node, tables, min_weights: int) -> bool:
     if node.op_type != "Gemm" or not node.name or len(node.input) < 2 or node.input[1] not in tables:
         return False
     weight = tables[node.input[1]]
-    return (weight.data_type == onnx.TensorProto.FLOAT and len(weight.dims) == 2
-            and weight.dims[0] * weight.dims[1] >= min_weights and not node_attribute(node, "transA", 0)
-            and node_attribute(node, "alpha", 1.0) == 1.0 and node_attribute(node, "beta", 1.0) == 1.0
-            and (len(node.input) < 3 or node.input[2] in tables and len(tables[node.input[2]].dims) == 1))
+    return (
+        weight.data_type == onnx.TensorProto.FLOAT
+        and len(weight.dims) == 2
+        and weight.dims[0] * weight.dims[1] >= min_weights
+        and not node_attribute(node, "transA", 0)
+        and node_attribute(node, "alpha", 1.0) == 1.0
+        and node_attribute(node, "beta", 1.0) == 1.0
+        and (len(node.input) < 3 or node.input[2] in tables and len(tables[node.input[2]].dims) == 1)
+    )
 
 
 def _gemm_note(before, after) -> list[str]:
     gemms = sum(n.op_type == "Gemm" for n in before.graph.node) - sum(n.op_type == "Gemm" for n in after.graph.node)
-    return [f"{gemms} Gemm(s) with a large constant weight rewritten as MatMul + Add to take "
-            "block-quantized weights"] if gemms else []
+    return (
+        [f"{gemms} Gemm(s) with a large constant weight rewritten as MatMul + Add to take block-quantized weights"]
+        if gemms
+        else []
+    )
 
 
 def matmul_nodes(model) -> list:
@@ -269,11 +295,18 @@ def embedding_nodes(model) -> list:
     """Gathers of rows (axis 0) of a 2-D constant float table whose width a table block divides."""
     import onnx
 
-    tables = {init.name: init.dims[1] for init in model.graph.initializer
-              if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2}
-    return [n for n in constant_weight_nodes(model, ("Gather",), weight_input=0)
-            if n.input[0] in tables and _table_block(tables[n.input[0]])
-            and all(a.i == 0 for a in n.attribute if a.name == "axis")]
+    tables = {
+        init.name: init.dims[1]
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2
+    }
+    return [
+        n
+        for n in constant_weight_nodes(model, ("Gather",), weight_input=0)
+        if n.input[0] in tables
+        and _table_block(tables[n.input[0]])
+        and all(a.i == 0 for a in n.attribute if a.name == "axis")
+    ]
 
 
 def quantize_weights(model, plan: dict[str, int], *, block_size: int, accuracy_level: int):
@@ -293,9 +326,15 @@ def quantize_weights(model, plan: dict[str, int], *, block_size: int, accuracy_l
 def _matmul_nbits(model, names: list[str], bits: int, block_size: int, accuracy_level: int):
     chosen = set(names)
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in chosen]
-    quantizer = nbits_quantizer_class()(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                        accuracy_level=accuracy_level, nodes_to_exclude=others,
-                                        op_types_to_quantize=("MatMul",))
+    quantizer = nbits_quantizer_class()(
+        model,
+        bits=bits,
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=accuracy_level,
+        nodes_to_exclude=others,
+        op_types_to_quantize=("MatMul",),
+    )
     with captured_library_output():
         quantizer.process()
     return quantizer.model.model
@@ -317,11 +356,22 @@ def _quantize_tables(model, bits_by_node: dict[str, int]) -> None:
         table = numpy_helper.to_array(tables[name])
         block = _table_block(table.shape[1])
         data, scales = quantize_rows(table, block, bits)
-        model.graph.initializer.extend([numpy_helper.from_array(data, f"{name}_q{bits}"),
-                                        numpy_helper.from_array(scales, f"{name}_scales")])
-        node.CopyFrom(helper.make_node("GatherBlockQuantized", [f"{name}_q{bits}", node.input[1], f"{name}_scales"],
-                                       list(node.output), name=node.name, domain="com.microsoft",
-                                       bits=bits, block_size=block, gather_axis=0, quantize_axis=1))
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(data, f"{name}_q{bits}"), numpy_helper.from_array(scales, f"{name}_scales")]
+        )
+        node.CopyFrom(
+            helper.make_node(
+                "GatherBlockQuantized",
+                [f"{name}_q{bits}", node.input[1], f"{name}_scales"],
+                list(node.output),
+                name=node.name,
+                domain="com.microsoft",
+                bits=bits,
+                block_size=block,
+                gather_axis=0,
+                quantize_axis=1,
+            )
+        )
     used = {name for node in model.graph.node for name in node.input}
     kept = [init for init in model.graph.initializer if init.name in used]
     del model.graph.initializer[:]
@@ -350,12 +400,20 @@ def _summary(before, after, plan: dict[str, int]) -> list[str]:
     tables = {n.name for n in embedding_nodes(before)}
     count = collections.Counter((name in tables, bits) for name, bits in plan.items())
     quantized_tables = count[True, 4] + count[True, 8]
-    return [f"MatMul weights: {count[False, 4]} at 4 bits, {count[False, 8]} at 8 bits; embedding tables: "
-            f"{count[True, 4]} at 4 bits, {count[True, 8]} at 8 bits, {len(tables) - quantized_tables} float",
-            f"size {size_mb(before):.1f} MB -> {size_mb(after):.1f} MB ({size_mb(after) / size_mb(before):.2f}x)"]
+    return [
+        f"MatMul weights: {count[False, 4]} at 4 bits, {count[False, 8]} at 8 bits; embedding tables: "
+        f"{count[True, 4]} at 4 bits, {count[True, 8]} at 8 bits, {len(tables) - quantized_tables} float",
+        f"size {size_mb(before):.1f} MB -> {size_mb(after):.1f} MB ({size_mb(after) / size_mb(before):.2f}x)",
+    ]
 
 
 def _fused_leftovers(model) -> list[str]:
     fused = sorted({n.op_type for n in model.graph.node if n.op_type in _FUSED_WEIGHT_OPS})
-    return [f"{', '.join(fused)} weights stay float: fused ops take no block-quantized weights; "
-            "run this pass before fuse_transformer"] if fused else []
+    return (
+        [
+            f"{', '.join(fused)} weights stay float: fused ops take no block-quantized weights; "
+            "run this pass before fuse_transformer"
+        ]
+        if fused
+        else []
+    )

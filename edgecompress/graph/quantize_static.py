@@ -57,16 +57,19 @@ class QuantizeStatic(Pass):
 
     def __post_init__(self) -> None:
         if self.activation_type not in ACTIVATION_TYPES:
-            raise UserError(f"option 'activation_type' of pass '{self.name}' is {self.activation_type!r}",
-                            expected=" or ".join(repr(t) for t in ACTIVATION_TYPES))
+            raise UserError(
+                f"option 'activation_type' of pass '{self.name}' is {self.activation_type!r}",
+                expected=" or ".join(repr(t) for t in ACTIVATION_TYPES),
+            )
 
     def requires(self, model, ctx: PassContext) -> None:
         if not quantize_dynamic.weighted_nodes(model):
             raise PassSkipped("no MatMul, Attention or EmbedLayerNormalization with constant float weights")
         if ctx.calibration is None:
-            raise UserError("calibration data missing; pass --calibration or --train-data",
-                            hint=f"the '{self.name}' pass calibrates activation ranges on real texts; "
-                                 "quantize_dynamic needs none")
+            raise UserError(
+                "calibration data missing; pass --calibration or --train-data",
+                hint=f"the '{self.name}' pass calibrates activation ranges on real texts; quantize_dynamic needs none",
+            )
 
     def run(self, model, ctx: PassContext) -> PassResult:
         nodes = quantize_dynamic.weighted_nodes(model)
@@ -76,27 +79,35 @@ class QuantizeStatic(Pass):
             ranges = Path(scratch) / "ranges.json"
             calibrate(shaped, feeds, ranges)
             quantize = functools.partial(quantize_nodes, activation_type=self.activation_type, ranges=ranges)
-            outcome = quantize_except_sensitive(shaped, nodes, quantize, feeds,
-                                                Thresholds(self.min_sqnr_db, self.max_flip_rate))
+            outcome = quantize_except_sensitive(
+                shaped, nodes, quantize, feeds, Thresholds(self.min_sqnr_db, self.max_flip_rate)
+            )
         result = keep_model_props(outcome.model, model)
-        notes = outcome.notes(model, nodes) + [f"MatMul activations {self.activation_type}, calibrated on "
-                                               f"{len(feeds[graph_input_names(model)[0]])} rows (MinMax)"]
+        notes = outcome.notes(model, nodes) + [
+            f"MatMul activations {self.activation_type}, calibrated on "
+            f"{len(feeds[graph_input_names(model)[0]])} rows (MinMax)"
+        ]
         return PassResult(result, notes, outcome.stats(model), fired=bool(outcome.quantized), lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         weight_only = float_activation_matmuls(result.model, result.stats["quantized"])
         if weight_only:
-            raise InternalError(f"quantize_static left {len(weight_only)} MatMul(s) with float activations "
-                                f"(e.g. {weight_only[0]}); ONNX Runtime would run them as slow weight-only "
-                                "MatMulNBits. The quantizer probably found no type for their input")
+            raise InternalError(
+                f"quantize_static left {len(weight_only)} MatMul(s) with float activations "
+                f"(e.g. {weight_only[0]}); ONNX Runtime would run them as slow weight-only "
+                "MatMulNBits. The quantizer probably found no type for their input"
+            )
 
 
 def float_activation_matmuls(model, quantized: list[str]) -> list[str]:
     """Quantized MatMuls whose activation input is not dequantized from int8 (i.e. only the weight was)."""
     producers = {output: node.op_type for node in model.graph.node for output in node.output}
     chosen = set(quantized)
-    return [node.name for node in model.graph.node if node.op_type == "MatMul" and node.name in chosen
-            and producers.get(node.input[0]) != "DequantizeLinear"]
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.name in chosen and producers.get(node.input[0]) != "DequantizeLinear"
+    ]
 
 
 def calibrate(model, feeds, ranges: Path) -> None:
@@ -111,11 +122,14 @@ def calibrate(model, feeds, ranges: Path) -> None:
     rows = len(next(iter(feeds.values())))
     with tempfile.TemporaryDirectory(prefix="edgecompress-calibrate-") as scratch, captured_library_output():
         onnx.save(model, str(Path(scratch) / "model.onnx"))
-        calibrator = create_calibrator(Path(scratch) / "model.onnx", ["MatMul"],
-                                       augmented_model_path=str(Path(scratch) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator = create_calibrator(
+            Path(scratch) / "model.onnx",
+            ["MatMul"],
+            augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         for start in range(0, rows, _CALIBRATION_CHUNK):
-            calibrator.collect_data(_FeedReader({k: v[start:start + _CALIBRATION_CHUNK] for k, v in feeds.items()}))
+            calibrator.collect_data(_FeedReader({k: v[start : start + _CALIBRATION_CHUNK] for k, v in feeds.items()}))
         save_tensors_data(calibrator.compute_data(), ranges)
 
 
@@ -137,12 +151,23 @@ def _qdq_matmuls(model, matmuls: list[str], activation_type: str, ranges: Path):
     activation = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
 
     def quantize(source, out):
-        quantize_static(source, out, None,
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
-                        activation_type=activation, weight_type=QuantType.QInt8, nodes_to_quantize=matmuls,
-                        calibration_cache_path=ranges,
-                        extra_options={"WeightSymmetric": True, "MatMulConstBOnly": True,
-                                       "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+        quantize_static(
+            source,
+            out,
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=activation,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=matmuls,
+            calibration_cache_path=ranges,
+            extra_options={
+                "WeightSymmetric": True,
+                "MatMulConstBOnly": True,
+                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+            },
+        )
 
     with captured_library_output():
         quantized = through_file(quantize, model)
@@ -168,8 +193,11 @@ def float_inputs_for_float_ops(model, quantized: set[str]):
             if float_source is not None:
                 node.input[index] = float_source
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    dead = [node for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-            and not any(out in used for out in node.output)]
+    dead = [
+        node
+        for node in model.graph.node
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(out in used for out in node.output)
+    ]
     for node in dead:
         model.graph.node.remove(node)
     return model
@@ -195,6 +223,6 @@ class _FeedReader:
     def get_next(self):
         if self._next >= self._rows:
             return None
-        row = {name: values[self._next:self._next + 1] for name, values in self._feeds.items()}
+        row = {name: values[self._next : self._next + 1] for name, values in self._feeds.items()}
         self._next += 1
         return row

@@ -34,9 +34,11 @@ class TrimGatheredTables(Pass):
 
     def requires(self, model, ctx: PassContext) -> None:
         if not trimmable(model):
-            raise PassSkipped("no Gather of rows of a constant table by constant, non-negative indices that "
-                              "leave rows unread (run after fix_shapes and fold_constants to make position "
-                              "ids constant)")
+            raise PassSkipped(
+                "no Gather of rows of a constant table by constant, non-negative indices that "
+                "leave rows unread (run after fix_shapes and fold_constants to make position "
+                "ids constant)"
+            )
 
     def run(self, model, ctx: PassContext) -> PassResult:
         from onnx import numpy_helper
@@ -48,11 +50,14 @@ class TrimGatheredTables(Pass):
             for name in _row_inputs(node):
                 table = numpy_helper.to_array(inits[name])
                 inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(table[:rows]), name))
-            notes.append(f"{node.name}: table {node.input[0]} cut to the {rows} rows its constant indices read "
-                         f"(of {table.shape[0]})")
+            notes.append(
+                f"{node.name}: table {node.input[0]} cut to the {rows} rows its constant indices read "
+                f"(of {table.shape[0]})"
+            )
         notes.append(f"size {size_mb(model):.2f} MB -> {size_mb(result):.2f} MB")
-        return PassResult(result, notes, {"size_mb_before": round(size_mb(model), 3),
-                                          "size_mb_after": round(size_mb(result), 3)})
+        return PassResult(
+            result, notes, {"size_mb_before": round(size_mb(model), 3), "size_mb_after": round(size_mb(result), 3)}
+        )
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         if size_mb(result.model) >= size_mb(before):
@@ -73,8 +78,12 @@ def trimmable(model) -> list[tuple]:
             readers[name] = readers.get(name, 0) + 1
     found = []
     for node in model.graph.node:
-        if node.op_type not in GATHER_OPS or len(node.input) < 2 or node.input[1] not in inits \
-                or not _gathers_rows(node):
+        if (
+            node.op_type not in GATHER_OPS
+            or len(node.input) < 2
+            or node.input[1] not in inits
+            or not _gathers_rows(node)
+        ):
             continue
         tables = _row_inputs(node)
         if not all(name in inits and readers[name] == 1 for name in tables):

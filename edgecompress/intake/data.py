@@ -31,42 +31,54 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
     """Read rows with a text column and (when required) a label column; one clear error otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise UserError("data file does not exist", where=str(path),
-                        expected=f"a {', '.join(FORMATS)} file with a text column")
+        raise UserError(
+            "data file does not exist", where=str(path), expected=f"a {', '.join(FORMATS)} file with a text column"
+        )
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"unknown data format '{path.suffix}'", where=str(path),
-                        expected=f"one of {', '.join(FORMATS)}")
+        raise UserError(
+            f"unknown data format '{path.suffix}'", where=str(path), expected=f"one of {', '.join(FORMATS)}"
+        )
     _check_encoding(path)
     numbered = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, "\t" if fmt == "tsv" else ",")
     if not numbered:
-        raise UserError("data file has no rows", where=str(path),
-                        expected="one JSON object per line" if fmt == "jsonl" else "a header line and at least one row")
+        raise UserError(
+            "data file has no rows",
+            where=str(path),
+            expected="one JSON object per line" if fmt == "jsonl" else "a header line and at least one row",
+        )
     rows = [row for _, row in numbered]
     columns = list(rows[0].keys())
     text_col = _pick(columns, TEXT_COLUMNS)
     if text_col is None and fmt != "jsonl" and len(columns) == 1:
         separator = next((sep for sep in (";", "\t", ",", "|") if sep in (columns[0] or "")), None)
         if separator is not None:
-            raise UserError(f"the header {columns[0]!r} is one column: the columns seem separated by "
-                            f"{separator!r}", where=str(path),
-                            expected=f"{'tab' if fmt == 'tsv' else 'comma'}-separated columns for a {path.suffix} file",
-                            hint="re-save with commas as .csv (or tabs as .tsv)")
+            raise UserError(
+                f"the header {columns[0]!r} is one column: the columns seem separated by {separator!r}",
+                where=str(path),
+                expected=f"{'tab' if fmt == 'tsv' else 'comma'}-separated columns for a {path.suffix} file",
+                hint="re-save with commas as .csv (or tabs as .tsv)",
+            )
     if text_col is None:
-        raise UserError(f"no text column among {columns}", where=str(path),
-                        expected=f"one of {', '.join(TEXT_COLUMNS)}")
+        raise UserError(
+            f"no text column among {columns}", where=str(path), expected=f"one of {', '.join(TEXT_COLUMNS)}"
+        )
     label_col = _pick(columns, LABEL_COLUMNS)
     if require_labels and label_col is None:
-        raise UserError(f"no label column among {columns}", where=str(path),
-                        expected=f"one of {', '.join(LABEL_COLUMNS)}")
+        raise UserError(
+            f"no label column among {columns}", where=str(path), expected=f"one of {', '.join(LABEL_COLUMNS)}"
+        )
     texts = [str(row.get(text_col) or "") for row in rows]
     labels = None
     if label_col:
         labels = ["" if row.get(label_col) is None else str(row.get(label_col)).strip() for row in rows]
         blank = next((number for (number, _), label in zip(numbered, labels) if not label), None)
         if require_labels and blank is not None:
-            raise UserError(f"row has no value in the '{label_col}' column", where=f"{path}:{blank}",
-                            expected="a label on every row")
+            raise UserError(
+                f"row has no value in the '{label_col}' column",
+                where=f"{path}:{blank}",
+                expected="a label on every row",
+            )
     return TextDataset(path=path, texts=texts, labels=labels)
 
 
@@ -78,8 +90,12 @@ def _check_encoding(path: Path) -> None:
     with path.open("rb") as handle:
         head = handle.read(4)
     if head.startswith(_UTF16_BOMS) or (len(head) >= 2 and (head[0] == 0) != (head[1] == 0)):
-        raise UserError("the file is UTF-16 text", where=str(path), expected="UTF-8 text",
-                        hint="re-save it as UTF-8 (e.g. Excel: 'CSV UTF-8'; iconv -f UTF-16 -t UTF-8)")
+        raise UserError(
+            "the file is UTF-16 text",
+            where=str(path),
+            expected="UTF-8 text",
+            hint="re-save it as UTF-8 (e.g. Excel: 'CSV UTF-8'; iconv -f UTF-16 -t UTF-8)",
+        )
 
 
 def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -104,8 +120,11 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise UserError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=f"{path}:{number}",
-                                expected="UTF-8 text") from None
+                raise UserError(
+                    f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                    where=f"{path}:{number}",
+                    expected="UTF-8 text",
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -129,15 +148,19 @@ def label_ids(dataset: TextDataset, model_labels: list[str]) -> np.ndarray:
     if unknown and all(label.isdigit() for label in dataset.labels):
         out_of_range = sorted({int(label) for label in dataset.labels if int(label) >= len(model_labels)})
         if out_of_range:
-            raise UserError(f"integer labels {out_of_range[:5]} are out of range for the model's "
-                            f"{len(model_labels)} labels", where=str(dataset.path),
-                            expected=f"0..{len(model_labels) - 1} or names among {model_labels} "
-                                     f"(from config.json id2label)")
+            raise UserError(
+                f"integer labels {out_of_range[:5]} are out of range for the model's {len(model_labels)} labels",
+                where=str(dataset.path),
+                expected=f"0..{len(model_labels) - 1} or names among {model_labels} (from config.json id2label)",
+            )
         return np.array([int(label) for label in dataset.labels], dtype=np.int64)
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise UserError(f"labels {unknown[:5]}{more} are not known to the model", where=str(dataset.path),
-                        expected=f"labels among {model_labels} (from config.json id2label)")
+        raise UserError(
+            f"labels {unknown[:5]}{more} are not known to the model",
+            where=str(dataset.path),
+            expected=f"labels among {model_labels} (from config.json id2label)",
+        )
     return np.array([index[label] for label in dataset.labels], dtype=np.int64)
 
 
@@ -184,10 +207,16 @@ class TextLengths:
 
     def summary(self) -> dict:
         tokens = self.tokens
-        return {"tokens_p50": int(np.percentile(tokens, 50)), "tokens_p90": int(np.percentile(tokens, 90)),
-                "tokens_max": int(tokens.max()), "longest_input": self.buckets[-1], "truncated": self.truncated,
-                "truncated_share": self.truncated / len(tokens), "buckets": list(self.buckets),
-                "texts_per_bucket": {str(b): n for b, n in self.per_bucket().items()}}
+        return {
+            "tokens_p50": int(np.percentile(tokens, 50)),
+            "tokens_p90": int(np.percentile(tokens, 90)),
+            "tokens_max": int(tokens.max()),
+            "longest_input": self.buckets[-1],
+            "truncated": self.truncated,
+            "truncated_share": self.truncated / len(tokens),
+            "buckets": list(self.buckets),
+            "texts_per_bucket": {str(b): n for b, n in self.per_bucket().items()},
+        }
 
 
 class EvalData(NamedTuple):
@@ -209,8 +238,10 @@ def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
 
     max_length = bundle.tokenizer_settings.max_length
     if seq_len > max_length:
-        raise UserError(f"device seq_len {seq_len} exceeds the model's maximum length {max_length}",
-                        hint="pick a device profile with a smaller seq_len")
+        raise UserError(
+            f"device seq_len {seq_len} exceeds the model's maximum length {max_length}",
+            hint="pick a device profile with a smaller seq_len",
+        )
     labelled = bundle.kind == CLASSIFICATION and bundle.labels is not None
     if data_path is None:
         dataset = TextDataset(path=Path(BUILTIN_SOURCE), texts=list(BUILTIN_JUDGING), labels=None)

@@ -76,8 +76,11 @@ def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle
     """Intake dispatch: a checkpoint folder or an .onnx file."""
     path = Path(path)
     if not path.exists():
-        raise UserError("model path does not exist", where=str(path),
-                        expected="a checkpoint folder (config.json, weights, tokenizer) or an .onnx file")
+        raise UserError(
+            "model path does not exist",
+            where=str(path),
+            expected="a checkpoint folder (config.json, weights, tokenizer) or an .onnx file",
+        )
     if path.is_file():
         from edgecompress.intake.onnx_file import load_onnx_bundle
 
@@ -88,8 +91,11 @@ def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle
 def load_checkpoint(folder: Path) -> ModelBundle:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
     if not any(folder.iterdir()):
-        raise UserError("checkpoint folder is empty", where=str(folder),
-                        expected="config.json, model.safetensors (or pytorch_model.bin), tokenizer files")
+        raise UserError(
+            "checkpoint folder is empty",
+            where=str(folder),
+            expected="config.json, model.safetensors (or pytorch_model.bin), tokenizer files",
+        )
     config = read_config(folder)
     from edgecompress.distill.students import ARCHITECTURES as STUDENTS
 
@@ -103,16 +109,25 @@ def load_checkpoint(folder: Path) -> ModelBundle:
     check_vocabulary(tokenizer, config["vocab_size"], folder, "config.json vocab_size")
     kind = CLASSIFICATION if architecture == "BertForSequenceClassification" else EMBEDDING
     labels = label_names(config) if kind == CLASSIFICATION else None
-    return ModelBundle(source=folder, kind=kind, labels=labels, tokenizer=tokenizer, tokenizer_dir=folder,
-                       tokenizer_settings=settings, module=module, config=config,
-                       output_name="logits" if kind == CLASSIFICATION else "sentence_embedding")
+    return ModelBundle(
+        source=folder,
+        kind=kind,
+        labels=labels,
+        tokenizer=tokenizer,
+        tokenizer_dir=folder,
+        tokenizer_settings=settings,
+        module=module,
+        config=config,
+        output_name="logits" if kind == CLASSIFICATION else "sentence_embedding",
+    )
 
 
 def read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
-        raise UserError("config.json is missing", where=str(folder),
-                        hint="point at the folder written by save_pretrained()")
+        raise UserError(
+            "config.json is missing", where=str(folder), hint="point at the folder written by save_pretrained()"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -127,17 +142,23 @@ def check_architecture(config: dict[str, Any], folder: Path) -> str:
     model_type = config.get("model_type")
     architecture = architectures[0] if architectures else None
     if model_type != "bert" or architecture not in SUPPORTED_ARCHITECTURES:
-        raise UserError(f"unsupported architecture {architecture!r} (model_type {model_type!r})",
-                        where=str(folder / "config.json"),
-                        expected=f"model_type 'bert' with one of {', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise UserError(
+            f"unsupported architecture {architecture!r} (model_type {model_type!r})",
+            where=str(folder / "config.json"),
+            expected=f"model_type 'bert' with one of {', '.join(SUPPORTED_ARCHITECTURES)}",
+        )
     for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
         if not isinstance(config.get(key), int) or config[key] <= 0:
-            raise UserError(f"field '{key}' must be a positive integer, got {config.get(key)!r}",
-                            where=str(folder / "config.json"))
+            raise UserError(
+                f"field '{key}' must be a positive integer, got {config.get(key)!r}", where=str(folder / "config.json")
+            )
     if config["hidden_size"] % config["num_attention_heads"]:
-        raise UserError(f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
-                        f"{config['num_attention_heads']}", where=str(folder / "config.json"),
-                        hint="is config.json from the same checkpoint as the weights?")
+        raise UserError(
+            f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+            f"{config['num_attention_heads']}",
+            where=str(folder / "config.json"),
+            hint="is config.json from the same checkpoint as the weights?",
+        )
     return architecture
 
 
@@ -151,8 +172,11 @@ def build_module(folder: Path, config: dict[str, Any], architecture: str):
     bert_config = BertConfig.from_dict({**config, "attn_implementation": "eager"})
     bert_config._attn_implementation = "eager"
     with torch.device("meta"):
-        shell = (BertForSequenceClassification(bert_config) if architecture == "BertForSequenceClassification"
-                 else BertModel(bert_config))
+        shell = (
+            BertForSequenceClassification(bert_config)
+            if architecture == "BertForSequenceClassification"
+            else BertModel(bert_config)
+        )
     state = _as_float32(read_weights(folder))
     state = _align_prefix(state, shell)
     _check_weights(state, shell, folder)
@@ -179,17 +203,35 @@ def read_weights(folder: Path) -> dict[str, Any]:
         try:
             state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise UserError(f"cannot read weights safely ({_brief(exc)})", where=str(bin_path),
-                            hint="re-save the checkpoint with safetensors") from None
-        found = (f"a {type(state).__name__}" if not isinstance(state, dict) else
-                 next((f"entry {k!r} is a {type(v).__name__}" for k, v in state.items()
-                       if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None))
+            raise UserError(
+                f"cannot read weights safely ({_brief(exc)})",
+                where=str(bin_path),
+                hint="re-save the checkpoint with safetensors",
+            ) from None
+        found = (
+            f"a {type(state).__name__}"
+            if not isinstance(state, dict)
+            else next(
+                (
+                    f"entry {k!r} is a {type(v).__name__}"
+                    for k, v in state.items()
+                    if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+                ),
+                None,
+            )
+        )
         if found:
-            raise UserError(f"not a state dict of named tensors ({found})", where=str(bin_path),
-                            expected="a file written by torch.save(model.state_dict()) or save_pretrained()")
+            raise UserError(
+                f"not a state dict of named tensors ({found})",
+                where=str(bin_path),
+                expected="a file written by torch.save(model.state_dict()) or save_pretrained()",
+            )
         return state
-    raise UserError("no weights found", where=str(folder),
-                    expected="model.safetensors, model.safetensors.index.json with its shards, or pytorch_model.bin")
+    raise UserError(
+        "no weights found",
+        where=str(folder),
+        expected="model.safetensors, model.safetensors.index.json with its shards, or pytorch_model.bin",
+    )
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
@@ -207,14 +249,20 @@ def _read_shards(index_path: Path) -> dict[str, Any]:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"not a readable shard index ({type(exc).__name__}: {exc})", where=str(index_path),
-                        expected='a JSON object with a "weight_map" of tensor name -> shard file') from None
+        raise UserError(
+            f"not a readable shard index ({type(exc).__name__}: {exc})",
+            where=str(index_path),
+            expected='a JSON object with a "weight_map" of tensor name -> shard file',
+        ) from None
     state: dict[str, Any] = {}
     for shard in shards:
         path = index_path.parent / str(shard)
         if path.parent != index_path.parent or not path.is_file():
-            raise UserError(f"shard '{shard}' named in the index is missing", where=str(index_path.parent),
-                            expected="every file of the weight_map beside the index")
+            raise UserError(
+                f"shard '{shard}' named in the index is missing",
+                where=str(index_path.parent),
+                expected="every file of the weight_map beside the index",
+            )
         state.update(_read_safetensors(path))
     return state
 
@@ -224,8 +272,10 @@ def _as_float32(state: dict[str, Any]) -> dict[str, Any]:
     compute, and every runtime here takes float32 weights."""
     import torch
 
-    return {name: tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
-            for name, tensor in state.items()}
+    return {
+        name: tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+        for name, tensor in state.items()
+    }
 
 
 def _check_finite(state: dict[str, Any], folder: Path) -> None:
@@ -234,8 +284,12 @@ def _check_finite(state: dict[str, Any], folder: Path) -> None:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise UserError(f"tensor '{name}' has {bad} NaN or infinite value(s)", where=str(folder),
-                            expected="finite weights", hint="the checkpoint is damaged or training diverged")
+            raise UserError(
+                f"tensor '{name}' has {bad} NaN or infinite value(s)",
+                where=str(folder),
+                expected="finite weights",
+                hint="the checkpoint is damaged or training diverged",
+            )
 
 
 def _brief(exc: Exception) -> str:
@@ -256,7 +310,7 @@ def _align_prefix(state: dict[str, Any], shell) -> dict[str, Any]:
     if wanted_prefix and not has_prefix:
         return {("bert." + k if not k.startswith("classifier.") else k): v for k, v in state.items()}
     if not wanted_prefix and has_prefix:
-        return {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+        return {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
     return state
 
 
@@ -270,19 +324,27 @@ def _check_weights(state: dict[str, Any], shell, folder: Path) -> None:
     extra = sorted(name for name in state if name not in expected and not name.endswith(_DERIVED_BUFFERS))
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-        raise UserError(f"weights do not match the config: {len(extra)} tensor(s) the config has no place for "
-                        f"({', '.join(repr(n) for n in extra[:3])}{more})", where=where,
-                        hint="is config.json from the same checkpoint as the weights?")
+        raise UserError(
+            f"weights do not match the config: {len(extra)} tensor(s) the config has no place for "
+            f"({', '.join(repr(n) for n in extra[:3])}{more})",
+            where=where,
+            hint="is config.json from the same checkpoint as the weights?",
+        )
     for name, tensor in expected.items():
         if name.endswith(_DERIVED_BUFFERS):
             continue
         if name not in state:
-            raise UserError(f"weights do not match the config: tensor '{name}' is missing", where=where,
-                            hint="is config.json from the same checkpoint as the weights?")
+            raise UserError(
+                f"weights do not match the config: tensor '{name}' is missing",
+                where=where,
+                hint="is config.json from the same checkpoint as the weights?",
+            )
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UserError(f"weights do not match the config: '{name}' has shape "
-                            f"{tuple(state[name].shape)}", where=where,
-                            expected=f"{tuple(tensor.shape)} from config.json")
+            raise UserError(
+                f"weights do not match the config: '{name}' has shape {tuple(state[name].shape)}",
+                where=where,
+                expected=f"{tuple(tensor.shape)} from config.json",
+            )
 
 
 def _reinit_buffers(model, bert_config) -> None:
@@ -298,24 +360,36 @@ def _reinit_buffers(model, bert_config) -> None:
 def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
     present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
     if not present:
-        raise UserError("tokenizer is missing", where=str(where),
-                        expected=f"one of {', '.join(TOKENIZER_FILES)} in {folder}",
-                        hint="save the tokenizer with tokenizer.save_pretrained() next to the model")
+        raise UserError(
+            "tokenizer is missing",
+            where=str(where),
+            expected=f"one of {', '.join(TOKENIZER_FILES)} in {folder}",
+            hint="save the tokenizer with tokenizer.save_pretrained() next to the model",
+        )
     # transformers 5 exports BertTokenizerFast as an alias its type stubs do not declare
     from transformers import AutoTokenizer, BertTokenizerFast  # type: ignore[attr-defined]
 
     try:
-        tokenizer = (AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-                     if (folder / "tokenizer_config.json").is_file()
-                     else BertTokenizerFast.from_pretrained(str(folder), local_files_only=True))
+        tokenizer = (
+            AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            if (folder / "tokenizer_config.json").is_file()
+            else BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        )
     except Exception as exc:
         raise UserError(f"cannot load the tokenizer ({_brief(exc)})", where=str(folder)) from None
     max_positions = int(config.get("max_position_embeddings", 512))
     max_length = min(int(getattr(tokenizer, "model_max_length", max_positions) or max_positions), max_positions)
-    shipped = tuple(name for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                                      "special_tokens_map.json") if (folder / name).is_file())
-    settings = TokenizerSettings(lowercase=_lowercase(tokenizer), max_length=max_length,
-                                 pad_token_id=int(tokenizer.pad_token_id or 0), files=shipped)
+    shipped = tuple(
+        name
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+        if (folder / name).is_file()
+    )
+    settings = TokenizerSettings(
+        lowercase=_lowercase(tokenizer),
+        max_length=max_length,
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+        files=shipped,
+    )
     return tokenizer, settings
 
 
@@ -323,9 +397,12 @@ def check_vocabulary(tokenizer, rows: int, where: Path, table: str) -> None:
     """Every id the tokenizer can emit must index a row of the embedding table (else: IndexError at run time)."""
     size = len(tokenizer)
     if size > rows:
-        raise UserError(f"the tokenizer has {size} tokens but the model's embedding table has {rows} rows "
-                        f"({table})", where=str(where), expected=f"a tokenizer of at most {rows} tokens",
-                        hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)")
+        raise UserError(
+            f"the tokenizer has {size} tokens but the model's embedding table has {rows} rows ({table})",
+            where=str(where),
+            expected=f"a tokenizer of at most {rows} tokens",
+            hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)",
+        )
 
 
 def _lowercase(tokenizer) -> bool:

@@ -17,15 +17,21 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None) -> ModelBundle:
     try:
         model = onnx.load(str(path), load_external_data=True)
     except (DecodeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
-        raise UserError(f"not a readable ONNX model ({type(exc).__name__})", where=str(path),
-                        expected="a file written by torch.onnx.export or another ONNX exporter") from None
+        raise UserError(
+            f"not a readable ONNX model ({type(exc).__name__})",
+            where=str(path),
+            expected="a file written by torch.onnx.export or another ONNX exporter",
+        ) from None
     if not model.graph.node:
         raise UserError("not an ONNX model: the graph has no nodes", where=str(path))
     input_names = tuple(i.name for i in model.graph.input)
     unknown = [name for name in input_names if name not in _ID_INPUTS]
     if "input_ids" not in input_names or unknown:
-        raise UserError(f"unsupported model inputs {list(input_names)}", where=str(path),
-                        expected=f"text-model inputs among {', '.join(_ID_INPUTS)}")
+        raise UserError(
+            f"unsupported model inputs {list(input_names)}",
+            where=str(path),
+            expected=f"text-model inputs among {', '.join(_ID_INPUTS)}",
+        )
     _check_finite(model, path)
     folder = tokenizer_dir or path.parent
     tables = _embedding_tables(model)
@@ -36,9 +42,18 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None) -> ModelBundle:
         check_vocabulary(tokenizer, tables["word"], folder, f"the input_ids table of {path.name}")
     output = _primary_output(model, path)
     kind = CLASSIFICATION if output.name == "logits" else EMBEDDING
-    return ModelBundle(source=path, kind=kind, labels=None, tokenizer=tokenizer, tokenizer_dir=folder,
-                       tokenizer_settings=settings, onnx_model=model, config={},
-                       input_names=input_names, output_name=output.name)
+    return ModelBundle(
+        source=path,
+        kind=kind,
+        labels=None,
+        tokenizer=tokenizer,
+        tokenizer_dir=folder,
+        tokenizer_settings=settings,
+        onnx_model=model,
+        config={},
+        input_names=input_names,
+        output_name=output.name,
+    )
 
 
 def _primary_output(model, path: Path):
@@ -50,8 +65,11 @@ def _primary_output(model, path: Path):
     for output in float_outputs:
         if len(output.type.tensor_type.shape.dim) == 2:
             return output
-    raise UserError("no logits or 2-D float embedding output found", where=str(path),
-                    expected="an output named 'logits' or a [batch, hidden] float output")
+    raise UserError(
+        "no logits or 2-D float embedding output found",
+        where=str(path),
+        expected="an output named 'logits' or a [batch, hidden] float output",
+    )
 
 
 def _embedding_tables(model) -> dict[str, int]:
@@ -63,8 +81,11 @@ def _embedding_tables(model) -> dict[str, int]:
     """
     tables = {init.name: tuple(init.dims) for init in model.graph.initializer if len(init.dims) == 2}
     inputs = {value.name for value in model.graph.input}
-    gathers = [(node.input[0], node.input[1]) for node in model.graph.node
-               if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in tables]
+    gathers = [
+        (node.input[0], node.input[1])
+        for node in model.graph.node
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in tables
+    ]
     found: dict[str, int] = {}
     word = next((table for table, ids in gathers if ids == "input_ids"), None)
     if word is None:
@@ -88,5 +109,9 @@ def _check_finite(model, path: Path) -> None:
         if init.data_type in (1, 10, 11, 16):  # float, float16, double, bfloat16
             values = numpy_helper.to_array(init)
             if not np.isfinite(values.astype(np.float32)).all():
-                raise UserError(f"initializer '{init.name}' has {int((~np.isfinite(values.astype(np.float32))).sum())} "
-                                f"NaN or infinite value(s)", where=str(path), expected="finite weights")
+                raise UserError(
+                    f"initializer '{init.name}' has {int((~np.isfinite(values.astype(np.float32))).sum())} "
+                    f"NaN or infinite value(s)",
+                    where=str(path),
+                    expected="finite weights",
+                )

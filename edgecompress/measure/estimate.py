@@ -29,17 +29,31 @@ log = logging.getLogger(__name__)
 DEFAULT_COMPUTE_EFFICIENCY = 0.3
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.6
 
-MEMORY_METHOD = ("static: initializer bytes + peak live activations from graph liveness "
-                 "(topological order, no buffer reuse or arena overhead)")
+MEMORY_METHOD = (
+    "static: initializer bytes + peak live activations from graph liveness "
+    "(topological order, no buffer reuse or arena overhead)"
+)
 
 
 # Packed sub-byte element types: their byte size is ceil(elements * bits / 8), not elements * itemsize.
-_SUB_BYTE_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
-                  TensorProto.INT2: 2, TensorProto.UINT2: 2}
+_SUB_BYTE_BITS: dict[int, int] = {
+    TensorProto.INT4: 4,
+    TensorProto.UINT4: 4,
+    TensorProto.FLOAT4E2M1: 4,
+    TensorProto.INT2: 2,
+    TensorProto.UINT2: 2,
+}
 
 # Matmul-like ops whose first input is A [..., K] and whose output is [..., N]: 2*K flops per output.
-_MATMUL_OPS = {"MatMul", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits",
-               "QLinearMatMul", "MatMulIntegerToFloat"}
+_MATMUL_OPS = {
+    "MatMul",
+    "FusedMatMul",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulNBits",
+    "QLinearMatMul",
+    "MatMulIntegerToFloat",
+}
 # Convolutions, with the index of their weight input [M, C/group, k...].
 _CONV_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 # Recurrent ops: (index of W, is W stored [dirs, in, 4H] rather than [dirs, 4H, in]); R is the next input.
@@ -54,30 +68,57 @@ _ATTENTION_PAST_INPUT = {"Attention": 4, "QAttention": 8}
 # 4-bit weights; ORT either dequantizes them to fp32 or (accuracy_level=4) runs int8 kernels; we
 # count it as int8-class, which is optimistic for accuracy_level < 4. QAttention is int8-class as
 # a whole although only its projections are integer.
-_INT8_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "MatMulNBits", "ConvInteger",
-             "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeLSTM"}
+_INT8_OPS = {
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "MatMulNBits",
+    "ConvInteger",
+    "MatMulIntegerToFloat",
+    "QGemm",
+    "DynamicQuantizeLSTM",
+}
 
 # Ops per element of the largest input or output; every op not listed here or below costs 1.
 _OPS_PER_ELEMENT = {
-    "Softmax": 5,                           # max, subtract, exp, sum, divide
-    "LayerNormalization": 8,                # mean, subtract, square, mean, rsqrt, scale, gamma, beta
-    "SimplifiedLayerNormalization": 6,      # RMSNorm: no mean subtraction, no beta
-    "SkipLayerNormalization": 10,           # layer norm + residual add + bias add
+    "Softmax": 5,  # max, subtract, exp, sum, divide
+    "LayerNormalization": 8,  # mean, subtract, square, mean, rsqrt, scale, gamma, beta
+    "SimplifiedLayerNormalization": 6,  # RMSNorm: no mean subtraction, no beta
+    "SkipLayerNormalization": 10,  # layer norm + residual add + bias add
     "SkipSimplifiedLayerNormalization": 8,
-    "EmbedLayerNormalization": 10,          # two embedding adds + layer norm
-    "Gelu": 8, "FastGelu": 8, "BiasGelu": 9, "QuickGelu": 4,   # erf/tanh approximations
-    "Erf": 8, "Tanh": 8, "Exp": 4, "Sigmoid": 4, "Pow": 4, "Sqrt": 4,
-    "DynamicQuantizeLinear": 4,             # min/max reduction, scale, round and saturate
+    "EmbedLayerNormalization": 10,  # two embedding adds + layer norm
+    "Gelu": 8,
+    "FastGelu": 8,
+    "BiasGelu": 9,
+    "QuickGelu": 4,  # erf/tanh approximations
+    "Erf": 8,
+    "Tanh": 8,
+    "Exp": 4,
+    "Sigmoid": 4,
+    "Pow": 4,
+    "Sqrt": 4,
+    "DynamicQuantizeLinear": 4,  # min/max reduction, scale, round and saturate
 }
 # Pure data movement: no arithmetic, but their bytes still cost time.
-_DATA_MOVEMENT_OPS = {"Transpose", "Gather", "GatherElements", "GatherND", "Concat", "Slice",
-                      "Split", "Expand", "Tile", "Pad", "ConstantOfShape", "Range"}
+_DATA_MOVEMENT_OPS = {
+    "Transpose",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Concat",
+    "Slice",
+    "Split",
+    "Expand",
+    "Tile",
+    "Pad",
+    "ConstantOfShape",
+    "Range",
+}
 # Views and metadata: ORT aliases or never touches the data, so they cost neither flops nor bytes.
 _FREE_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant"}
 # Inputs that are indexed rather than streamed (embedding tables): they read at most as many
 # bytes as the node writes, not the whole table.
-_INDEXED_INPUTS = {"Gather": (0,), "GatherElements": (0,), "GatherND": (0,),
-                   "EmbedLayerNormalization": (2, 3, 4)}
+_INDEXED_INPUTS = {"Gather": (0,), "GatherElements": (0,), "GatherND": (0,), "EmbedLayerNormalization": (2, 3, 4)}
 
 
 @dataclass(frozen=True)
@@ -130,8 +171,7 @@ class LatencyEstimate:
     method: str
 
 
-def estimate_memory(model: onnx.ModelProto | str | Path, *,
-                    shapes: Shapes | None = None) -> MemoryEstimate:
+def estimate_memory(model: onnx.ModelProto | str | Path, *, shapes: Shapes | None = None) -> MemoryEstimate:
     """Weights (initializers and Constant nodes) plus the peak of live activations.
 
     A value is live from the node that produces it (graph inputs: from the start) until its last
@@ -154,32 +194,43 @@ def estimate_memory(model: onnx.ModelProto | str | Path, *,
     node = graph.node[index] if order else onnx.NodeProto()
     weight_bytes = sum(by_dtype.values())
     return MemoryEstimate(
-        weight_bytes=weight_bytes, weight_bytes_by_dtype=dict(by_dtype.most_common()),
-        peak_activation_bytes=peak, peak_node=node.name or f"{node.op_type}#{index}",
-        peak_node_op_type=node.op_type, peak_node_index=index, total_bytes=weight_bytes + peak)
+        weight_bytes=weight_bytes,
+        weight_bytes_by_dtype=dict(by_dtype.most_common()),
+        peak_activation_bytes=peak,
+        peak_node=node.name or f"{node.op_type}#{index}",
+        peak_node_op_type=node.op_type,
+        peak_node_index=index,
+        total_bytes=weight_bytes + peak,
+    )
 
 
-def estimate_latency(model: onnx.ModelProto | str | Path, *, peak_fp32_ops_per_s: float,
-                     peak_int8_ops_per_s: float, bandwidth_bytes_per_s: float,
-                     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
-                     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY,
-                     shapes: Shapes | None = None) -> LatencyEstimate:
+def estimate_latency(
+    model: onnx.ModelProto | str | Path,
+    *,
+    peak_fp32_ops_per_s: float,
+    peak_int8_ops_per_s: float,
+    bandwidth_bytes_per_s: float,
+    compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
+    bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY,
+    shapes: Shapes | None = None,
+) -> LatencyEstimate:
     """Sum over nodes of max(flops / achievable compute, bytes / achievable bandwidth).
 
     Nodes run one after another (ORT's default sequential executor), so times add up; within a
     node, compute and memory traffic overlap, hence the max. Pass `shapes` from `infer_shapes` to
     avoid running the model again.
     """
-    _check_latency_params(peak_fp32_ops_per_s=peak_fp32_ops_per_s,
-                          peak_int8_ops_per_s=peak_int8_ops_per_s,
-                          bandwidth_bytes_per_s=bandwidth_bytes_per_s,
-                          compute_efficiency=compute_efficiency,
-                          bandwidth_efficiency=bandwidth_efficiency)
+    _check_latency_params(
+        peak_fp32_ops_per_s=peak_fp32_ops_per_s,
+        peak_int8_ops_per_s=peak_int8_ops_per_s,
+        bandwidth_bytes_per_s=bandwidth_bytes_per_s,
+        compute_efficiency=compute_efficiency,
+        bandwidth_efficiency=bandwidth_efficiency,
+    )
     model = load_model(model)
     shapes = shapes if shapes is not None else infer_shapes(model)
     model = _as_onnxruntime_runs_it(model)
-    peaks = {"fp32": peak_fp32_ops_per_s * compute_efficiency,
-             "int8": peak_int8_ops_per_s * compute_efficiency}
+    peaks = {"fp32": peak_fp32_ops_per_s * compute_efficiency, "int8": peak_int8_ops_per_s * compute_efficiency}
     bandwidth = bandwidth_bytes_per_s * bandwidth_efficiency
     order = _topological_order(model.graph)
     nodes = [_node_cost(model.graph.node[i], i, shapes, peaks, bandwidth) for i in order]
@@ -190,25 +241,30 @@ def estimate_latency(model: onnx.ModelProto | str | Path, *, peak_fp32_ops_per_s
         agg.flops += cost.flops
         agg.bytes += cost.bytes
         agg.ms += cost.ms
-    method = (f"roofline per node: time = max(flops / (peak ops/s x compute efficiency "
-              f"{compute_efficiency}), bytes / ({bandwidth_bytes_per_s:.3g} B/s x bandwidth "
-              f"efficiency {bandwidth_efficiency})), summed over nodes in topological order; "
-              f"peak {peak_int8_ops_per_s:.3g} op/s for int8-class ops ({', '.join(sorted(_INT8_OPS))}, "
-              f"QLinear*; MatMulNBits is counted as int8-class), {peak_fp32_ops_per_s:.3g} op/s "
-              "otherwise; flops = 2*M*N*K for matmul/conv/attention products, else ops per "
-              "element (1; softmax 5, layer norms 8-10, gelu 8); bytes = inputs + weights read + "
-              "outputs (gathers read only the rows they write; reshape-like views are free; convolutions "
-              "wider than 1 add their im2col buffer, written and read); an LSTM is its input projection "
-              "(one GEMM) plus seq_len dependent steps per direction, each timed on its own roofline and "
-              "reading all recurrent weights R; QDQ MatMuls are timed as the integer kernel ORT fuses them "
-              "into, and dequantizations of constant weights as folded at load; "
-              "efficiency factors are uncalibrated first guesses; no threading, cache or "
-              "kernel-launch model")
+    method = (
+        f"roofline per node: time = max(flops / (peak ops/s x compute efficiency "
+        f"{compute_efficiency}), bytes / ({bandwidth_bytes_per_s:.3g} B/s x bandwidth "
+        f"efficiency {bandwidth_efficiency})), summed over nodes in topological order; "
+        f"peak {peak_int8_ops_per_s:.3g} op/s for int8-class ops ({', '.join(sorted(_INT8_OPS))}, "
+        f"QLinear*; MatMulNBits is counted as int8-class), {peak_fp32_ops_per_s:.3g} op/s "
+        "otherwise; flops = 2*M*N*K for matmul/conv/attention products, else ops per "
+        "element (1; softmax 5, layer norms 8-10, gelu 8); bytes = inputs + weights read + "
+        "outputs (gathers read only the rows they write; reshape-like views are free; convolutions "
+        "wider than 1 add their im2col buffer, written and read); an LSTM is its input projection "
+        "(one GEMM) plus seq_len dependent steps per direction, each timed on its own roofline and "
+        "reading all recurrent weights R; QDQ MatMuls are timed as the integer kernel ORT fuses them "
+        "into, and dequantizations of constant weights as folded at load; "
+        "efficiency factors are uncalibrated first guesses; no threading, cache or "
+        "kernel-launch model"
+    )
     return LatencyEstimate(
-        total_ms=sum(c.ms for c in nodes), total_flops=sum(c.flops for c in nodes),
+        total_ms=sum(c.ms for c in nodes),
+        total_flops=sum(c.flops for c in nodes),
         total_bytes=sum(c.bytes for c in nodes),
-        by_op_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1].ms)), nodes=nodes,
-        method=method)
+        by_op_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1].ms)),
+        nodes=nodes,
+        method=method,
+    )
 
 
 def _as_onnxruntime_runs_it(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -234,13 +290,22 @@ def _as_onnxruntime_runs_it(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         sources = [dequantized[name] for name in node.input[:2] if name in dequantized]
         if node.op_type == "MatMul" and len(sources) == 2:
-            nodes.append(onnx.helper.make_node("MatMulIntegerToFloat", [d.input[0] for d in sources],
-                                               list(node.output), name=node.name))
+            nodes.append(
+                onnx.helper.make_node(
+                    "MatMulIntegerToFloat", [d.input[0] for d in sources], list(node.output), name=node.name
+                )
+            )
             fused_inputs.update(node.input[:2])
         else:
             nodes.append(node)
-    kept = [n for n in nodes if not (n.op_type == "DequantizeLinear" and (
-        n.input[0] in constants or (n.output[0] in fused_inputs and consumers[n.output[0]] == 1)))]
+    kept = [
+        n
+        for n in nodes
+        if not (
+            n.op_type == "DequantizeLinear"
+            and (n.input[0] in constants or (n.output[0] in fused_inputs and consumers[n.output[0]] == 1))
+        )
+    ]
     view = onnx.ModelProto()
     view.CopyFrom(model)
     del view.graph.node[:]
@@ -253,8 +318,11 @@ def _check_latency_params(**values: float) -> None:
     for name, value in values.items():
         limit = 1 if name.endswith("efficiency") else math.inf
         if not 0 < value <= limit:
-            raise UserError(f"{name} is {value}", where="estimate_latency",
-                            expected="a positive number" + (" <= 1" if limit == 1 else ""))
+            raise UserError(
+                f"{name} is {value}",
+                where="estimate_latency",
+                expected="a positive number" + (" <= 1" if limit == 1 else ""),
+            )
 
 
 def _nbytes(dims: tuple[int, ...], elem_type: int) -> int:
@@ -297,8 +365,7 @@ def _topological_order(graph: onnx.GraphProto) -> list[int]:
     return order
 
 
-def _peak_liveness(graph: onnx.GraphProto, order: list[int], shapes: Shapes,
-                   weights: set[str]) -> tuple[int, int]:
+def _peak_liveness(graph: onnx.GraphProto, order: list[int], shapes: Shapes, weights: set[str]) -> tuple[int, int]:
     """(peak live activation bytes, step in `order` where it occurs)."""
     last_step = max(len(order) - 1, 0)
     start = {i.name: 0 for i in graph.input if i.name not in weights}
@@ -326,8 +393,9 @@ def _is_int8(node: onnx.NodeProto) -> bool:
     return node.op_type in _INT8_OPS or node.op_type.startswith("QLinear")
 
 
-def _node_cost(node: onnx.NodeProto, index: int, shapes: Shapes, achievable_ops: dict[str, float],
-               achievable_bandwidth: float) -> NodeCost:
+def _node_cost(
+    node: onnx.NodeProto, index: int, shapes: Shapes, achievable_ops: dict[str, float], achievable_bandwidth: float
+) -> NodeCost:
     """One node's roofline time against the achievable (peak x efficiency) rates."""
     compute_class = "int8" if _is_int8(node) else "fp32"
     if node.op_type in _LSTM_OPS:
@@ -338,9 +406,15 @@ def _node_cost(node: onnx.NodeProto, index: int, shapes: Shapes, achievable_ops:
     for repeats, flops, nbytes in phases:
         compute_s, memory_s = flops / achievable_ops[compute_class], nbytes / achievable_bandwidth
         seconds["compute" if compute_s > memory_s else "memory"] += repeats * max(compute_s, memory_s)
-    return NodeCost(node.name or f"{node.op_type}#{index}", node.op_type, compute_class,
-                    sum(r * f for r, f, _ in phases), sum(r * b for r, _, b in phases),
-                    1e3 * sum(seconds.values()), max(seconds, key=lambda bound: seconds[bound]))
+    return NodeCost(
+        node.name or f"{node.op_type}#{index}",
+        node.op_type,
+        compute_class,
+        sum(r * f for r, f, _ in phases),
+        sum(r * b for r, _, b in phases),
+        1e3 * sum(seconds.values()),
+        max(seconds, key=lambda bound: seconds[bound]),
+    )
 
 
 def _lstm_phases(node: onnx.NodeProto, shapes: Shapes) -> list[tuple[int, int, int]]:
@@ -363,11 +437,16 @@ def _lstm_phases(node: onnx.NodeProto, shapes: Shapes) -> list[tuple[int, int, i
     hidden = node_attribute(node, "hidden_size", 0) or w_dims[2 if input_major else 1] // 4
     recurrent_bytes = _value_bytes(shapes, node.input[weight_index + 1]) // directions
     gates = 4 * hidden * batch * 4  # fp32 pre-activations of one step
-    projection = (1, 2 * seq * batch * inputs * 4 * hidden * directions,
-                  _value_bytes(shapes, node.input[0]) + _value_bytes(shapes, node.input[weight_index])
-                  + seq * gates * directions)
-    step = (seq * directions, 2 * batch * hidden * 4 * hidden + _LSTM_CELL_OPS_PER_UNIT * batch * hidden,
-            recurrent_bytes + 2 * gates + 2 * 4 * batch * hidden)
+    projection = (
+        1,
+        2 * seq * batch * inputs * 4 * hidden * directions,
+        _value_bytes(shapes, node.input[0]) + _value_bytes(shapes, node.input[weight_index]) + seq * gates * directions,
+    )
+    step = (
+        seq * directions,
+        2 * batch * hidden * 4 * hidden + _LSTM_CELL_OPS_PER_UNIT * batch * hidden,
+        recurrent_bytes + 2 * gates + 2 * 4 * batch * hidden,
+    )
     return [projection, step]
 
 
@@ -391,8 +470,7 @@ def _node_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
         return 2 * _numel(shapes, node.output[0]) * math.prod(w_dims[1:])
     if op in _ATTENTION_PAST_INPUT:
         return _attention_flops(node, shapes)
-    elements = max((_numel(shapes, name) for name in [*node.input, *node.output] if name),
-                   default=0)
+    elements = max((_numel(shapes, name) for name in [*node.input, *node.output] if name), default=0)
     return _OPS_PER_ELEMENT.get(op, 1) * elements
 
 
@@ -419,8 +497,11 @@ def _node_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
         return 0
     written = sum(_value_bytes(shapes, name) for name in node.output if name)
     indexed = _INDEXED_INPUTS.get(node.op_type, ())
-    read = sum(min(_value_bytes(shapes, name), written) if i in indexed else _value_bytes(shapes, name)
-               for i, name in enumerate(node.input) if name)
+    read = sum(
+        min(_value_bytes(shapes, name), written) if i in indexed else _value_bytes(shapes, name)
+        for i, name in enumerate(node.input)
+        if name
+    )
     return read + written + _im2col_bytes(node, shapes)
 
 

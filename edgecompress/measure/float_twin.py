@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 SLOWER_MARGIN = 1.05
 
 
-def measure_twin(twin, kinds: tuple[str, ...], measure_one, scratch_root: Path,
-                 buckets: tuple[int, ...] = ()) -> dict[str, dict]:
+def measure_twin(
+    twin, kinds: tuple[str, ...], measure_one, scratch_root: Path, buckets: tuple[int, ...] = ()
+) -> dict[str, dict]:
     """Emit the twin's artifacts into a scratch folder and time each: {artifact kind: runner result}."""
     from edgecompress.backends import emit_all
 
@@ -40,14 +41,21 @@ def measure_twin(twin, kinds: tuple[str, ...], measure_one, scratch_root: Path,
 def compare_speed(measured: dict, twin_measured: dict, threads: int) -> dict[str, Any]:
     """Host p50 of a quantized artifact against its float twin's, from runs of the same runner."""
     p50, twin_p50 = measured["latency_ms"]["p50"], twin_measured["latency_ms"]["p50"]
-    return {"p50_ms": p50, "float_p50_ms": twin_p50, "speedup": twin_p50 / p50,
-            "slower": p50 > twin_p50 * SLOWER_MARGIN, "how": MEASURED,
-            "method": f"same runner, {threads} thread(s), same input, on the host; the float twin is this "
-                      f"export without its quantization pass; slower means by more than "
-                      f"{100 * (SLOWER_MARGIN - 1):.0f}% at p50"}
+    return {
+        "p50_ms": p50,
+        "float_p50_ms": twin_p50,
+        "speedup": twin_p50 / p50,
+        "slower": p50 > twin_p50 * SLOWER_MARGIN,
+        "how": MEASURED,
+        "method": f"same runner, {threads} thread(s), same input, on the host; the float twin is this "
+        f"export without its quantization pass; slower means by more than "
+        f"{100 * (SLOWER_MARGIN - 1):.0f}% at p50",
+    }
 
 
 def slower_note(file: str, speed: dict) -> str:
-    return (f"{file} is slower than its float twin on the host: p50 {speed['p50_ms']:.2f} ms vs "
-            f"{speed['float_p50_ms']:.2f} ms float ({speed['speedup']:.2f}x); consider shipping the float "
-            f"model or another quantization mode")
+    return (
+        f"{file} is slower than its float twin on the host: p50 {speed['p50_ms']:.2f} ms vs "
+        f"{speed['float_p50_ms']:.2f} ms float ({speed['speedup']:.2f}x); consider shipping the float "
+        f"model or another quantization mode"
+    )

@@ -40,22 +40,30 @@ class TimingPlan:
     texts_per_bucket: dict[int, int] = field(default_factory=dict)
 
 
-def plan_timing(profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int,
-                texts_per_bucket: dict[int, int] | None = None) -> TimingPlan:
-    return TimingPlan(threads=min(profile.runtime.threads, os.cpu_count() or 1), runs=runs, warmup=warmup,
-                      inputs={name: values[:1] for name, values in feeds.items()},
-                      texts_per_bucket=texts_per_bucket or {})
+def plan_timing(
+    profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int, texts_per_bucket: dict[int, int] | None = None
+) -> TimingPlan:
+    return TimingPlan(
+        threads=min(profile.runtime.threads, os.cpu_count() or 1),
+        runs=runs,
+        warmup=warmup,
+        inputs={name: values[:1] for name, values in feeds.items()},
+        texts_per_bucket=texts_per_bucket or {},
+    )
 
 
-def measure_on_host(artifacts: list[Artifact], float_twin, profile, plan: TimingPlan | None,
-                    scratch_root: Path) -> HostTiming:
+def measure_on_host(
+    artifacts: list[Artifact], float_twin, profile, plan: TimingPlan | None, scratch_root: Path
+) -> HostTiming:
     """Time every artifact, and the float twin's artifacts when the export quantized; None: not measured."""
     if plan is None:
         return HostTiming([None] * len(artifacts), [None] * len(artifacts))
     notes = []
     if plan.threads < profile.runtime.threads:
-        notes.append(f"host has {os.cpu_count()} cores: host latency measured with {plan.threads} threads, "
-                     f"not the profile's {profile.runtime.threads}")
+        notes.append(
+            f"host has {os.cpu_count()} cores: host latency measured with {plan.threads} threads, "
+            f"not the profile's {profile.runtime.threads}"
+        )
     bucketed = len(plan.texts_per_bucket) > 1
     results: list[dict | None] = [time_artifact(a, plan, keep_samples=bucketed) for a in artifacts]
     timing = HostTiming(results, _against_float_twin(artifacts, results, float_twin, plan, scratch_root), notes)
@@ -88,26 +96,42 @@ def real_text_latency(per_bucket: dict[int, dict], texts_per_bucket: dict[int, i
         return float(pooled[min(int(np.searchsorted(cumulative, q / 100 - 1e-12)), len(pooled) - 1)][0])
 
     threads = next(iter(per_bucket.values()))["threads"]
-    return {"p50_ms": percentile(50), "p90_ms": percentile(90), "texts": total, "how": MEASURED,
-            "method": (f"measured on host, {threads} thread(s): each bucket timed by its runner, the runs pooled "
-                       f"and weighted by the share of the {total} texts of --data that run at that bucket")}
+    return {
+        "p50_ms": percentile(50),
+        "p90_ms": percentile(90),
+        "texts": total,
+        "how": MEASURED,
+        "method": (
+            f"measured on host, {threads} thread(s): each bucket timed by its runner, the runs pooled "
+            f"and weighted by the share of the {total} texts of --data that run at that bucket"
+        ),
+    }
 
 
-def _against_float_twin(artifacts: list[Artifact], results: list[dict | None], float_twin, plan: TimingPlan,
-                        scratch_root: Path) -> list[dict | None]:
+def _against_float_twin(
+    artifacts: list[Artifact], results: list[dict | None], float_twin, plan: TimingPlan, scratch_root: Path
+) -> list[dict | None]:
     """Time the float twin of a quantized export with the same runner, to flag a quantization that slows."""
     from edgecompress.measure.float_twin import compare_speed, measure_twin
 
     if float_twin is None:
         return [None] * len(artifacts)
-    twin = measure_twin(float_twin, tuple(a.kind for a in artifacts), lambda a: time_artifact(a, plan),
-                        scratch_root=scratch_root, buckets=tuple(sorted(plan.texts_per_bucket)))
-    return [compare_speed(m, twin[a.kind], plan.threads) if a.kind in twin and m else None
-            for a, m in zip(artifacts, results)]
+    twin = measure_twin(
+        float_twin,
+        tuple(a.kind for a in artifacts),
+        lambda a: time_artifact(a, plan),
+        scratch_root=scratch_root,
+        buckets=tuple(sorted(plan.texts_per_bucket)),
+    )
+    return [
+        compare_speed(m, twin[a.kind], plan.threads) if a.kind in twin and m else None
+        for a, m in zip(artifacts, results)
+    ]
 
 
-def time_artifact(artifact: Artifact, plan: TimingPlan, *, length: int | None = None,
-                  keep_samples: bool = False) -> dict[str, Any]:
+def time_artifact(
+    artifact: Artifact, plan: TimingPlan, *, length: int | None = None, keep_samples: bool = False
+) -> dict[str, Any]:
     """The artifact in its runtime's standalone runner, on the first eval text, as the report quotes it;
     with `length`, the text cut to that bucket, run the way the file serves it."""
     from edgecompress.measure.runner import run_runner
@@ -117,5 +141,13 @@ def time_artifact(artifact: Artifact, plan: TimingPlan, *, length: int | None = 
     if length is not None:
         inputs = {name: values[:, :length] for name, values in plan.inputs.items()}
         signature = backend.bucket_signature(length) if backend.bucket_signature else None
-    return run_runner(artifact.path, runner=backend.runner, threads=plan.threads, runs=plan.runs,
-                      warmup=plan.warmup, inputs=inputs, keep_samples=keep_samples, signature=signature)
+    return run_runner(
+        artifact.path,
+        runner=backend.runner,
+        threads=plan.threads,
+        runs=plan.runs,
+        warmup=plan.warmup,
+        inputs=inputs,
+        keep_samples=keep_samples,
+        signature=signature,
+    )

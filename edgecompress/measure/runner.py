@@ -31,8 +31,11 @@ def runner_for(artifact: Path) -> str:
     is a user error."""
     backend = backend_for_suffix(Path(artifact).suffix)
     if backend is None:
-        raise UserError(f"no runner for '{Path(artifact).suffix}' files", where=str(artifact),
-                        expected=f"one of {', '.join(artifact_suffixes())}")
+        raise UserError(
+            f"no runner for '{Path(artifact).suffix}' files",
+            where=str(artifact),
+            expected=f"one of {', '.join(artifact_suffixes())}",
+        )
     return backend.runner
 
 
@@ -45,17 +48,36 @@ def runner_script(runner: str) -> Path:
     return script
 
 
-def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs: int, warmup: int,
-               inputs: dict[str, np.ndarray] | None = None, seq_len: int | None = None,
-               keep_samples: bool = False, signature: str | None = None, timeout_s: float = 600) -> dict:
+def run_runner(
+    artifact: Path,
+    *,
+    runner: str = "ort_runner",
+    threads: int,
+    runs: int,
+    warmup: int,
+    inputs: dict[str, np.ndarray] | None = None,
+    seq_len: int | None = None,
+    keep_samples: bool = False,
+    signature: str | None = None,
+    timeout_s: float = 600,
+) -> dict:
     """Run `runner` on `artifact` with this interpreter and return its validated JSON result.
 
     `inputs` are passed through an .npz (keys = model input names); without them the runner
     synthesizes inputs, with `seq_len` for the sequence axis. `signature`: the LiteRT signature to run
     (one per length bucket), for the LiteRT runner only.
     """
-    cmd = [sys.executable, str(runner_script(runner)), str(artifact),
-           "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
+    cmd = [
+        sys.executable,
+        str(runner_script(runner)),
+        str(artifact),
+        "--threads",
+        str(threads),
+        "--runs",
+        str(runs),
+        "--warmup",
+        str(warmup),
+    ]
     if signature is not None:
         cmd += ["--signature", signature]
     if seq_len is not None:
@@ -71,8 +93,7 @@ def run_runner(artifact: Path, *, runner: str = "ort_runner", threads: int, runs
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
-            raise InternalError(f"{runner} on {artifact} timed out after {timeout_s:g}s: "
-                                f"{_tail(exc.stderr)}") from exc
+            raise InternalError(f"{runner} on {artifact} timed out after {timeout_s:g}s: {_tail(exc.stderr)}") from exc
     return _parse_result(proc, runner, artifact)
 
 
@@ -108,5 +129,7 @@ def _plural(count: int, noun: str) -> str:
 
 def describe(result: dict) -> str:
     """How a figure was obtained, for reports: runtime and version, threads, runs, statistic."""
-    return (f"measured on host ({result['runtime']} {result['runtime_version']}, "
-            f"{_plural(result['threads'], 'thread')}, {_plural(result['runs'], 'run')}, median of runs)")
+    return (
+        f"measured on host ({result['runtime']} {result['runtime_version']}, "
+        f"{_plural(result['threads'], 'thread')}, {_plural(result['runs'], 'run')}, median of runs)"
+    )

@@ -23,9 +23,21 @@ from edgecompress.report.per_class import class_figures, class_loss_notes
 from edgecompress.verify.artifacts import Verified
 
 
-def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLengths, original: np.ndarray, graph,
-                 records: list[PassRecord], verified: Verified, timing: HostTiming,
-                 tuned_on: str | None = None, teacher: dict | None = None) -> Report:
+def build_report(
+    *,
+    profile,
+    recipe,
+    bundle,
+    data: EvalData,
+    lengths: TextLengths,
+    original: np.ndarray,
+    graph,
+    records: list[PassRecord],
+    verified: Verified,
+    timing: HostTiming,
+    tuned_on: str | None = None,
+    teacher: dict | None = None,
+) -> Report:
     """Figures and verdicts for every artifact, from the stage results of one export.
 
     `bundle` is the model as compressed; `original` the outputs of the model as given, on `data`'s texts
@@ -40,50 +52,92 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         estimates["real_text"] = real_text_estimate(graph, profile, lengths)
     threads = profile.runtime.threads
     reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
-    reference_classes = (class_figures(original.argmax(-1), labels, list(bundle.labels))
-                         if labels is not None and bundle.labels else None)
+    reference_classes = (
+        class_figures(original.argmax(-1), labels, list(bundle.labels))
+        if labels is not None and bundle.labels
+        else None
+    )
     class_notes: list[str] = []
     reports = []
-    for i, (artifact, parity, runner_result, audit, speed, cross) in enumerate(zip(
-            verified.artifacts, verified.parities, timing.results, verified.audits, timing.speed_vs_float,
-            verified.cross_runtime)):
+    for i, (artifact, parity, runner_result, audit, speed, cross) in enumerate(
+        zip(
+            verified.artifacts,
+            verified.parities,
+            timing.results,
+            verified.audits,
+            timing.speed_vs_float,
+            verified.cross_runtime,
+        )
+    ):
         outputs = verified.outputs_as_served(i)  # each text at its bucket, as the app runs it
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
         if labels is not None:
-            accuracy = Figure(float(np.mean(outputs.argmax(-1) == labels)), "fraction", MEASURED,
-                              f"{runs_on}, {len(labels)} labelled texts")
+            accuracy = Figure(
+                float(np.mean(outputs.argmax(-1) == labels)),
+                "fraction",
+                MEASURED,
+                f"{runs_on}, {len(labels)} labelled texts",
+            )
         if parity.prediction_agreement is not None:
-            agreement = Figure(float(np.mean(outputs.argmax(-1) == original.argmax(-1))), "fraction", MEASURED,
-                               "same predicted label as the uncompressed torch model")
+            agreement = Figure(
+                float(np.mean(outputs.argmax(-1) == original.argmax(-1))),
+                "fraction",
+                MEASURED,
+                "same predicted label as the uncompressed torch model",
+            )
         host = host_latency(runner_result, describe(runner_result)) if runner_result else None
         size = artifact.path.stat().st_size
         item = ArtifactReport(
-            kind=artifact.kind, file=artifact.path.name, runtime=artifact.runtime,
+            kind=artifact.kind,
+            file=artifact.path.name,
+            runtime=artifact.runtime,
             size=Figure(size, "bytes", STATIC, "file size on disk"),
-            op_histogram=audit["op_histogram"], float_ops=audit["float_ops"], audit_method=audit["method"],
+            op_histogram=audit["op_histogram"],
+            float_ops=audit["float_ops"],
+            audit_method=audit["method"],
             parity={**_parity_dict(parity), "how": MEASURED, "method": f"{runs_on} vs the reference"},
-            accuracy=accuracy, agreement=agreement, host_latency=host,
-            device_latency=estimates["latency"], memory=estimates["memory"], delegation=audit.get("delegation"),
-            float_ops_inside=audit.get("float_ops_inside"), speed_vs_float=speed, parity_vs_onnxruntime=cross,
-            signatures=audit.get("signatures"), shared_weight_bytes=audit.get("shared_weight_bytes"))
+            accuracy=accuracy,
+            agreement=agreement,
+            host_latency=host,
+            device_latency=estimates["latency"],
+            memory=estimates["memory"],
+            delegation=audit.get("delegation"),
+            float_ops_inside=audit.get("float_ops_inside"),
+            speed_vs_float=speed,
+            parity_vs_onnxruntime=cross,
+            signatures=audit.get("signatures"),
+            shared_weight_bytes=audit.get("shared_weight_bytes"),
+        )
         if reference_classes is not None and labels is not None:
             item.classes = class_figures(outputs.argmax(-1), labels, list(bundle.labels))
-            class_notes += class_loss_notes(item.file, item.classes, reference_classes,
-                                            profile.budgets.accuracy_drop_points)
+            class_notes += class_loss_notes(
+                item.file, item.classes, reference_classes, profile.budgets.accuracy_drop_points
+            )
         if bucketed:
             _add_bucket_figures(item, i, verified, timing, estimates["real_text"])
         applies_to = profile.budgets.latency_applies_to if bucketed else "longest-bucket"
         bounded = estimates["real_text"] if applies_to == "real-text" else estimates["latency"]
-        item.verdicts = [size_verdict(profile.budgets, size), memory_verdict(profile.budgets, estimates["memory"]),
-                         latency_verdict(profile.budgets, bounded, applies_to if bucketed else None)]
+        item.verdicts = [
+            size_verdict(profile.budgets, size),
+            memory_verdict(profile.budgets, estimates["memory"]),
+            latency_verdict(profile.budgets, bounded, applies_to if bucketed else None),
+        ]
         if accuracy is not None and teacher is not None and teacher["accuracy"] is not None:
-            item.verdicts.append(accuracy_verdict(profile.budgets, teacher["accuracy"], accuracy.value,
-                                                  variant=recipe.name, against=teacher["source"],
-                                                  how=teacher["how"]))
+            item.verdicts.append(
+                accuracy_verdict(
+                    profile.budgets,
+                    teacher["accuracy"],
+                    accuracy.value,
+                    variant=recipe.name,
+                    against=teacher["source"],
+                    how=teacher["how"],
+                )
+            )
         elif accuracy is not None and reference_accuracy is not None:
-            item.verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value,
-                                                  variant=recipe.name))
+            item.verdicts.append(
+                accuracy_verdict(profile.budgets, reference_accuracy, accuracy.value, variant=recipe.name)
+            )
         reports.append(item)
     notes = verified.notes + timing.notes + estimates["notes"] + _length_notes(lengths) + _packing_notes(reports)
     notes += host_notes([(a.file, a.host_latency) for a in reports]) + class_notes
@@ -94,23 +148,43 @@ def build_report(*, profile, recipe, bundle, data: EvalData, lengths: TextLength
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")
     return Report(
         tool={"edgecompress": __version__, **_versions()},
-        model={"name": Path(bundle.source).name, "source": str(bundle.source), "task": bundle.kind,
-               "labels": bundle.labels, "config": {k: bundle.config.get(k) for k in
-                                                   ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                                                    "intermediate_size", "vocab_size")}},
+        model={
+            "name": Path(bundle.source).name,
+            "source": str(bundle.source),
+            "task": bundle.kind,
+            "labels": bundle.labels,
+            "config": {
+                k: bundle.config.get(k)
+                for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+            },
+        },
         device=profile.to_dict() | {"display_name": profile.display_name},
         recipe={"name": recipe.name, "description": recipe.description},
-        data={"source": str(dataset.path), "texts": len(dataset), "labelled": labels is not None,
-              "seq_len": profile.runtime.seq_len,
-              "reference_accuracy": reference_accuracy, "reference_classes": reference_classes,
-              "tuned_on": tuned_on, "judged_on": _judged_on(dataset, bundle), "teacher": teacher,
-              "lengths": lengths.summary()},
-        stages=[], passes=[_record_dict(r) for r in records],
-        reference={"kind": "torch eager" if bundle.module is not None else "input ONNX file in onnxruntime",
-                   "method": (f"each artifact run on all {len(dataset)} texts of {dataset.path.name}, padded to "
-                              f"seq_len {profile.runtime.seq_len}, compared with the "
-                              f"{'torch eager' if bundle.module is not None else 'original ONNX'} model")},
-        artifacts=reports, notes=notes)
+        data={
+            "source": str(dataset.path),
+            "texts": len(dataset),
+            "labelled": labels is not None,
+            "seq_len": profile.runtime.seq_len,
+            "reference_accuracy": reference_accuracy,
+            "reference_classes": reference_classes,
+            "tuned_on": tuned_on,
+            "judged_on": _judged_on(dataset, bundle),
+            "teacher": teacher,
+            "lengths": lengths.summary(),
+        },
+        stages=[],
+        passes=[_record_dict(r) for r in records],
+        reference={
+            "kind": "torch eager" if bundle.module is not None else "input ONNX file in onnxruntime",
+            "method": (
+                f"each artifact run on all {len(dataset)} texts of {dataset.path.name}, padded to "
+                f"seq_len {profile.runtime.seq_len}, compared with the "
+                f"{'torch eager' if bundle.module is not None else 'original ONNX'} model"
+            ),
+        },
+        artifacts=reports,
+        notes=notes,
+    )
 
 
 def _judged_on(dataset, bundle) -> str:
@@ -120,13 +194,17 @@ def _judged_on(dataset, bundle) -> str:
 
     if str(dataset.path) != BUILTIN_SOURCE:
         return f"{len(dataset)} texts of --data ({dataset.path.name})"
-    rule = (f"a quantized or pruned artifact must predict what the reference predicts on at least "
-            f"{LOSSY_MIN_AGREEMENT:.0%} of them ({int(len(dataset) * (1 - LOSSY_MIN_AGREEMENT))} flips allowed)"
-            if bundle.labels else f"a quantized or pruned artifact must keep cosine >= {LOSSY_MIN_COSINE} "
-                                  f"with the reference on each")
-    return (f"no --data: {len(dataset)} built-in sentences (edgecompress/intake/builtin_corpus.py: reviews, chat, "
-            f"news, questions; those held out for tuning excluded), enough for the agreement rule to mean something; "
-            f"{rule}; a float artifact must match to the parity tolerance; no accuracy without labels")
+    rule = (
+        f"a quantized or pruned artifact must predict what the reference predicts on at least "
+        f"{LOSSY_MIN_AGREEMENT:.0%} of them ({int(len(dataset) * (1 - LOSSY_MIN_AGREEMENT))} flips allowed)"
+        if bundle.labels
+        else f"a quantized or pruned artifact must keep cosine >= {LOSSY_MIN_COSINE} with the reference on each"
+    )
+    return (
+        f"no --data: {len(dataset)} built-in sentences (edgecompress/intake/builtin_corpus.py: reviews, chat, "
+        f"news, questions; those held out for tuning excluded), enough for the agreement rule to mean something; "
+        f"{rule}; a float artifact must match to the parity tolerance; no accuracy without labels"
+    )
 
 
 # Above this share of --data's texts cut at seq_len, the report warns: the figures are for truncated texts.
@@ -137,26 +215,33 @@ def _length_notes(lengths: TextLengths) -> list[str]:
     share = lengths.truncated / len(lengths.tokens)
     if share <= TRUNCATION_WARNING_SHARE:
         return []
-    return [f"{lengths.truncated} of {len(lengths.tokens)} texts ({100 * share:.1f}%) are longer than "
-            f"{lengths.buckets[-1]} tokens and were truncated to it, in every figure here as in the app "
-            f"(longest text: {int(lengths.tokens.max())} tokens)"]
+    return [
+        f"{lengths.truncated} of {len(lengths.tokens)} texts ({100 * share:.1f}%) are longer than "
+        f"{lengths.buckets[-1]} tokens and were truncated to it, in every figure here as in the app "
+        f"(longest text: {int(lengths.tokens.max())} tokens)"
+    ]
 
 
 def _packing_notes(reports: list[ArtifactReport]) -> list[str]:
     """What the static memory estimate leaves out of a .tflite with one signature per bucket."""
-    return [f"{a.file}: LiteRT's XNNPACK delegate packs the shared weights again for each signature it prepares "
-            f"(measured on MiniLM: about 41 MB resident per extra bucket in use); the memory estimate counts the "
-            f"weights once" for a in reports if a.signatures]
+    return [
+        f"{a.file}: LiteRT's XNNPACK delegate packs the shared weights again for each signature it prepares "
+        f"(measured on MiniLM: about 41 MB resident per extra bucket in use); the memory estimate counts the "
+        f"weights once"
+        for a in reports
+        if a.signatures
+    ]
 
 
-def _add_bucket_figures(item: ArtifactReport, i: int, verified: Verified, timing: HostTiming,
-                        estimate: Figure) -> None:
+def _add_bucket_figures(item: ArtifactReport, i: int, verified: Verified, timing: HostTiming, estimate: Figure) -> None:
     """Per-bucket exactness and latency, and the latency over --data's real length distribution."""
     item.bucket_parity = verified.bucket_parity[i]
     item.device_latency_real_text = estimate
     if timing.per_bucket:
-        item.host_latency_buckets = {str(length): {"p50_ms": r["latency_ms"]["p50"], "p90_ms": r["latency_ms"]["p90"]}
-                                     for length, r in timing.per_bucket[i].items()}
+        item.host_latency_buckets = {
+            str(length): {"p50_ms": r["latency_ms"]["p50"], "p90_ms": r["latency_ms"]["p90"]}
+            for length, r in timing.per_bucket[i].items()
+        }
         item.host_latency_real_text = timing.real_text[i]
 
 
@@ -172,14 +257,22 @@ def real_text_estimate(graph, profile, lengths: TextLengths) -> Figure:
     for length in profile.runtime.buckets:
         fixed = _fixed_copy(graph, profile, seq_len=length)
         per_bucket[length] = estimate_latency(
-            fixed, peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
+            fixed,
+            peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
             peak_int8_ops_per_s=profile.peak_ops_per_second("int8", threads),
-            bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9, shapes=infer_shapes(fixed)).total_ms
+            bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9,
+            shapes=infer_shapes(fixed),
+        ).total_ms
     each = np.sort(np.repeat([per_bucket[b] for b in counts], [counts[b] for b in counts]))
     p90 = float(each[min(int(np.ceil(0.9 * len(each))) - 1, len(each) - 1)])
     shown = ", ".join(f"{b}: {ms:.3g} ms x {counts[b]}" for b, ms in per_bucket.items())
-    return Figure(p90, "ms", ESTIMATED, f"p90 over the {len(each)} texts of --data, each at its bucket's roofline "
-                                        f"estimate (bucket: estimate x texts: {shown})")
+    return Figure(
+        p90,
+        "ms",
+        ESTIMATED,
+        f"p90 over the {len(each)} texts of --data, each at its bucket's roofline "
+        f"estimate (bucket: estimate x texts: {shown})",
+    )
 
 
 def device_estimates(graph, profile) -> dict:
@@ -192,17 +285,26 @@ def device_estimates(graph, profile) -> dict:
     memory = estimate_memory(fixed, shapes=shapes)
     threads = profile.runtime.threads
     latency = estimate_latency(
-        fixed, peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
+        fixed,
+        peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
         peak_int8_ops_per_s=profile.peak_ops_per_second("int8", threads),
-        bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9, shapes=shapes)
-    where = (f"on {profile.display_name} with {threads} threads (peaks from the profile: fp32 "
-             f"{profile.peak_ops_per_second('fp32', threads) / 1e9:.0f} GFLOP/s, int8 "
-             f"{profile.peak_ops_per_second('int8', threads) / 1e9:.0f} GOP/s, "
-             f"{profile.memory.bandwidth_gbps:g} GB/s)")
+        bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9,
+        shapes=shapes,
+    )
+    where = (
+        f"on {profile.display_name} with {threads} threads (peaks from the profile: fp32 "
+        f"{profile.peak_ops_per_second('fp32', threads) / 1e9:.0f} GFLOP/s, int8 "
+        f"{profile.peak_ops_per_second('int8', threads) / 1e9:.0f} GOP/s, "
+        f"{profile.memory.bandwidth_gbps:g} GB/s)"
+    )
     return {
-        "memory": Figure(memory.total_bytes / MB, "MB", ESTIMATED,
-                         f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, activations "
-                         f"{memory.peak_activation_bytes / MB:.2f} MB at {memory.peak_node_op_type}"),
+        "memory": Figure(
+            memory.total_bytes / MB,
+            "MB",
+            ESTIMATED,
+            f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, activations "
+            f"{memory.peak_activation_bytes / MB:.2f} MB at {memory.peak_node_op_type}",
+        ),
         "latency": Figure(latency.total_ms, "ms", ESTIMATED, f"{latency.method} {where}"),
         "notes": [],
     }
@@ -220,8 +322,7 @@ def _fixed_copy(graph, profile, seq_len: int | None = None):
     copy.CopyFrom(graph)
     if not any(d.HasField("dim_param") for i in copy.graph.input for d in i.type.tensor_type.shape.dim):
         return copy
-    context = PassContext(seq_len=seq_len or profile.runtime.seq_len, batch=profile.runtime.batch,
-                          dynamic_shapes=False)
+    context = PassContext(seq_len=seq_len or profile.runtime.seq_len, batch=profile.runtime.batch, dynamic_shapes=False)
     return FixShapes().run(copy, context).model
 
 
@@ -238,5 +339,9 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }

@@ -39,8 +39,10 @@ class Verdict:
         else:
             relation = "<=" if self.passed else ">"
         status = "ok" if self.passed else "EXCEEDED"
-        return (f"{status}: {self.budget} on {device} for {artifact}: {self.value:.4g} {self.unit} "
-                f"{relation} {self.limit:.4g} {self.unit} ({self.how})")
+        return (
+            f"{status}: {self.budget} on {device} for {artifact}: {self.value:.4g} {self.unit} "
+            f"{relation} {self.limit:.4g} {self.unit} ({self.how})"
+        )
 
 
 @dataclass
@@ -110,25 +112,42 @@ class Report:
 
 def render_markdown(report: Report) -> str:
     device = report.device
-    lines = [f"# edgecompress report: {report.model['name']} on {device['display_name']}", "",
-             f"Verdict: **{'all budgets met' if report.passed else 'BUDGET EXCEEDED'}**", ""]
+    lines = [
+        f"# edgecompress report: {report.model['name']} on {device['display_name']}",
+        "",
+        f"Verdict: **{'all budgets met' if report.passed else 'BUDGET EXCEEDED'}**",
+        "",
+    ]
     lines += [f"- {miss}" for miss in report.misses()]
-    lines += ["", "How to read this: *measured* figures were taken by running the artifact (runtime, threads "
-              "and host named); *estimated* figures come from the model named beside them; *static* figures "
-              "are computed from the file or graph alone.", ""]
+    lines += [
+        "",
+        "How to read this: *measured* figures were taken by running the artifact (runtime, threads "
+        "and host named); *estimated* figures come from the model named beside them; *static* figures "
+        "are computed from the file or graph alone.",
+        "",
+    ]
     lines += _artifact_table(report)
     lines += _bucket_lines(report)
     lines += _audit_lines(report)
-    lines += ["", "## Budgets", "", "| artifact | budget | value | limit | how | verdict |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Budgets",
+        "",
+        "| artifact | budget | value | limit | how | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for artifact in report.artifacts:
         for v in artifact.verdicts:
-            lines.append(f"| {artifact.file} | {v.budget} | {v.value:.4g} {v.unit} | {v.limit:.4g} {v.unit} "
-                         f"| {v.how} | {'ok' if v.passed else '**exceeded**'} |")
+            lines.append(
+                f"| {artifact.file} | {v.budget} | {v.value:.4g} {v.unit} | {v.limit:.4g} {v.unit} "
+                f"| {v.how} | {'ok' if v.passed else '**exceeded**'} |"
+            )
     lines += ["", "## Passes", "", "| stage | pass | fired | notes | seconds |", "|---|---|---|---|---|"]
     for p in report.passes:
-        lines.append(f"| {p['stage']} | {p['name']} | {'yes' if p['fired'] else 'no'} | "
-                     f"{'; '.join(p['notes'])} | {p['seconds']:.2f} |")
+        lines.append(
+            f"| {p['stage']} | {p['name']} | {'yes' if p['fired'] else 'no'} | "
+            f"{'; '.join(p['notes'])} | {p['seconds']:.2f} |"
+        )
     lines += ["", "## Methods", ""]
     for artifact in report.artifacts[:1]:
         for label, figure in (("device latency", artifact.device_latency), ("memory", artifact.memory)):
@@ -159,16 +178,20 @@ def _host_text(host: dict) -> str:
 
 
 def _artifact_table(report: Report) -> list[str]:
-    lines = ["## Artifacts", "",
-             "| file | size | parity max abs diff | agreement | accuracy | host p50 / p90 | device latency | memory |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Artifacts",
+        "",
+        "| file | size | parity max abs diff | agreement | accuracy | host p50 / p90 | device latency | memory |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for a in report.artifacts:
         host = a.host_latency
         host_text = _host_text(host) if host else "not measured"
         lines.append(
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
             f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
-            f"{a.memory.value:.1f} MB (est.) |")
+            f"{a.memory.value:.1f} MB (est.) |"
+        )
     lines += _class_lines(report)
     twins = [a for a in report.artifacts if a.speed_vs_float]
     if twins:
@@ -176,8 +199,10 @@ def _artifact_table(report: Report) -> list[str]:
         for a in twins:
             speed = a.speed_vs_float or {}
             verdict = "**slower than float**" if speed["slower"] else "ok"
-            lines.append(f"- {a.file}: p50 {speed['p50_ms']:.2f} ms vs float {speed['float_p50_ms']:.2f} ms, "
-                         f"{speed['speedup']:.2f}x: {verdict}")
+            lines.append(
+                f"- {a.file}: p50 {speed['p50_ms']:.2f} ms vs float {speed['float_p50_ms']:.2f} ms, "
+                f"{speed['speedup']:.2f}x: {verdict}"
+            )
     return lines
 
 
@@ -187,13 +212,17 @@ def _class_lines(report: Report) -> list[str]:
     if not reference:
         return []
     names = list(reference["recall"])
-    lines = ["", f"Per class ({reference['method']}):", "",
-             "| model | macro-F1 | " + " | ".join(f"recall {n} ({reference['support'][n]})" for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
-    for label, figures in [("uncompressed", reference)] + [(a.file, a.classes) for a in report.artifacts
-                                                           if a.classes]:
-        recalls = " | ".join("-" if figures["recall"][n] is None else f"{100 * figures['recall'][n]:.1f}%"
-                             for n in names)
+    lines = [
+        "",
+        f"Per class ({reference['method']}):",
+        "",
+        "| model | macro-F1 | " + " | ".join(f"recall {n} ({reference['support'][n]})" for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for label, figures in [("uncompressed", reference)] + [(a.file, a.classes) for a in report.artifacts if a.classes]:
+        recalls = " | ".join(
+            "-" if figures["recall"][n] is None else f"{100 * figures['recall'][n]:.1f}%" for n in names
+        )
         f1 = figures["macro_f1"]
         lines.append(f"| {label} | {'-' if f1 is None else f'{f1:.3f}'} | {recalls} |")
     return lines
@@ -206,12 +235,17 @@ def _bucket_lines(report: Report) -> list[str]:
     if not lengths or not bucketed:
         return []
     counts = ", ".join(f"{b}: {n}" for b, n in lengths["texts_per_bucket"].items())
-    lines = ["", "## Length buckets", "",
-             f"Texts of --data: p50 {lengths['tokens_p50']} tokens, p90 {lengths['tokens_p90']}, longest "
-             f"{lengths['tokens_max']}; {lengths['truncated']} ({100 * lengths['truncated_share']:.1f}%) longer than "
-             f"{lengths['longest_input']} and truncated. Texts per bucket: {counts}.", "",
-             "| file | host p50 / p90, real text | host p50 per bucket | device est. p90, real text | "
-             "bucket vs longest |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Length buckets",
+        "",
+        f"Texts of --data: p50 {lengths['tokens_p50']} tokens, p90 {lengths['tokens_p90']}, longest "
+        f"{lengths['tokens_max']}; {lengths['truncated']} ({100 * lengths['truncated_share']:.1f}%) longer than "
+        f"{lengths['longest_input']} and truncated. Texts per bucket: {counts}.",
+        "",
+        "| file | host p50 / p90, real text | host p50 per bucket | device est. p90, real text | bucket vs longest |",
+        "|---|---|---|---|---|",
+    ]
     for a in bucketed:
         real = a.host_latency_real_text
         real_text = f"{real['p50_ms']:.2f} / {real['p90_ms']:.2f} ms" if real else "not measured"
@@ -219,11 +253,14 @@ def _bucket_lines(report: Report) -> list[str]:
         parity = a.bucket_parity or {}
         agreement = parity["prediction_agreement"]
         exact = f"max abs diff {parity['max_abs_diff']:.1e}" + (
-            f", same prediction {100 * agreement:.2f}%" if agreement is not None else "")
+            f", same prediction {100 * agreement:.2f}%" if agreement is not None else ""
+        )
         estimate = a.device_latency_real_text
-        lines.append(f"| {a.file} | {real_text} | {per_bucket} | "
-                     f"{estimate.value:.3g} ms (est.) | {exact} |" if estimate else f"| {a.file} | {real_text} | "
-                     f"{per_bucket} | - | {exact} |")
+        lines.append(
+            f"| {a.file} | {real_text} | {per_bucket} | {estimate.value:.3g} ms (est.) | {exact} |"
+            if estimate
+            else f"| {a.file} | {real_text} | {per_bucket} | - | {exact} |"
+        )
     return lines
 
 
@@ -235,8 +272,10 @@ def _audit_lines(report: Report) -> list[str]:
         lines.append(f"  - computing in float: {', '.join(a.float_ops) or 'none'}")
         if a.float_ops_inside is not None:
             inside = a.float_ops_inside
-            lines.append(f"  - float nodes between integer ops: {len(inside)}"
-                         + (f" ({', '.join(inside[:8])}{', ...' if len(inside) > 8 else ''})" if inside else ""))
+            lines.append(
+                f"  - float nodes between integer ops: {len(inside)}"
+                + (f" ({', '.join(inside[:8])}{', ...' if len(inside) > 8 else ''})" if inside else "")
+            )
         if a.parity_vs_onnxruntime:
             c = a.parity_vs_onnxruntime
             agreement = c["prediction_agreement"]
@@ -245,8 +284,10 @@ def _audit_lines(report: Report) -> list[str]:
         if a.delegation:
             d = a.delegation
             left = ", ".join(f"{op} {n}" for op, n in d["left_to_litert"].items()) or "none"
-            lines.append(f"  - XNNPACK takes {d['delegated_nodes']} of {d['nodes']} nodes in {d['partitions']} "
-                         f"partition(s); left to LiteRT's kernels: {left}")
+            lines.append(
+                f"  - XNNPACK takes {d['delegated_nodes']} of {d['nodes']} nodes in {d['partitions']} "
+                f"partition(s); left to LiteRT's kernels: {left}"
+            )
     return lines
 
 

@@ -24,14 +24,23 @@ def host_latency(result: dict[str, Any], method: str) -> dict[str, Any]:
     """The report's host-latency block from one runner result: percentiles, spread, load, how measured."""
     latency = result["latency_ms"]
     host = result.get("host") or {}
-    block = {"p50_ms": latency["p50"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],
-             "p10_ms": latency.get("p10"), "iqr_ms": latency.get("iqr"), "mad_ms": latency.get("mad"),
-             "threads": result["threads"], "peak_rss_mb": result["peak_rss_mb"],
-             "output_digest": result["output_digest"],
-             "load_1m_before": host.get("load_1m_before"), "load_1m_after": host.get("load_1m_after"),
-             "cpu_count": host.get("cpu_count"), "how": "measured",
-             "method": f"{method}; spread: p10/p90 and IQR (p75 - p25) of the same runs; load: the host's 1-minute "
-                       f"load average read by the runner before and after its runs"}
+    block = {
+        "p50_ms": latency["p50"],
+        "p90_ms": latency["p90"],
+        "p99_ms": latency["p99"],
+        "p10_ms": latency.get("p10"),
+        "iqr_ms": latency.get("iqr"),
+        "mad_ms": latency.get("mad"),
+        "threads": result["threads"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "output_digest": result["output_digest"],
+        "load_1m_before": host.get("load_1m_before"),
+        "load_1m_after": host.get("load_1m_after"),
+        "cpu_count": host.get("cpu_count"),
+        "how": "measured",
+        "method": f"{method}; spread: p10/p90 and IQR (p75 - p25) of the same runs; load: the host's 1-minute "
+        f"load average read by the runner before and after its runs",
+    }
     block["unreliable"] = unreliable_because(block)
     return block
 
@@ -41,17 +50,24 @@ def unreliable_because(block: dict[str, Any]) -> list[str]:
     reasons = []
     iqr, p50 = block.get("iqr_ms"), block["p50_ms"]
     if iqr is not None and p50 > 0 and iqr > SPREAD_WARNING_SHARE * p50:
-        reasons.append(f"the runs spread widely (IQR {iqr:.3g} ms is {100 * iqr / p50:.0f}% of the p50 "
-                       f"{p50:.3g} ms; above {100 * SPREAD_WARNING_SHARE:.0f}% the runs were disturbed)")
+        reasons.append(
+            f"the runs spread widely (IQR {iqr:.3g} ms is {100 * iqr / p50:.0f}% of the p50 "
+            f"{p50:.3g} ms; above {100 * SPREAD_WARNING_SHARE:.0f}% the runs were disturbed)"
+        )
     load, cores = block.get("load_1m_before"), block.get("cpu_count")
     if load is not None and cores and load > cores:
-        reasons.append(f"the host was loaded (1-minute load average {load:.2f} on {cores} cores before timing: "
-                       f"more runnable tasks than cores)")
+        reasons.append(
+            f"the host was loaded (1-minute load average {load:.2f} on {cores} cores before timing: "
+            f"more runnable tasks than cores)"
+        )
     return reasons
 
 
 def host_notes(files_and_blocks: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
     """One warning per artifact whose host latency is unreliable, naming why."""
-    return [f"warning: host latency of {name} is unreliable: {'; '.join(block['unreliable'])}; measure again "
-            f"on a quiet host (`edgecompress bench`) before comparing it"
-            for name, block in files_and_blocks if block and block["unreliable"]]
+    return [
+        f"warning: host latency of {name} is unreliable: {'; '.join(block['unreliable'])}; measure again "
+        f"on a quiet host (`edgecompress bench`) before comparing it"
+        for name, block in files_and_blocks
+        if block and block["unreliable"]
+    ]

@@ -22,8 +22,9 @@ def write_package(folder: Path, *, bundle, profile, graph, artifacts, records, r
     copied = _copy_tokenizer(bundle, folder)
     if bundle.labels:
         (folder / "labels.txt").write_text("\n".join(bundle.labels) + "\n", encoding="utf-8")
-    manifest = build_manifest(folder, bundle, profile, graph, artifacts, report, copied,
-                              quantization=quantization_mode(records))
+    manifest = build_manifest(
+        folder, bundle, profile, graph, artifacts, report, copied, quantization=quantization_mode(records)
+    )
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -46,14 +47,19 @@ def length_buckets(profile, artifacts) -> dict:
         elif signature is not None:
             calls[artifact.path.name] = {str(n): f"signature {signature(n)}" for n in buckets}
         else:
-            calls[artifact.path.name] = (f"inputs of shape [{profile.runtime.batch}, bucket]: the sequence axis takes "
-                                         f"any length up to {buckets[-1]}")
+            calls[artifact.path.name] = (
+                f"inputs of shape [{profile.runtime.batch}, bucket]: the sequence axis takes "
+                f"any length up to {buckets[-1]}"
+            )
     return {
         "lengths": buckets,
         "choose": "the smallest bucket >= n; pad the text with pad_token_id (attention_mask 0) up to it",
-        "long_inputs": {"policy": "truncate", "max_tokens": buckets[-1],
-                        "how": f"a text longer than {buckets[-1]} tokens is cut to its first {buckets[-1] - 1} "
-                               "tokens followed by [SEP], as the tokenizer's truncation does"},
+        "long_inputs": {
+            "policy": "truncate",
+            "max_tokens": buckets[-1],
+            "how": f"a text longer than {buckets[-1]} tokens is cut to its first {buckets[-1] - 1} "
+            "tokens followed by [SEP], as the tokenizer's truncation does",
+        },
         "calls": calls,
     }
 
@@ -73,32 +79,50 @@ def quantization_mode(records) -> str:
     return "none"
 
 
-def build_manifest(folder: Path, bundle, profile, graph, artifacts, report: Report, tokenizer_files, *,
-                   quantization: str = "none") -> dict:
+def build_manifest(
+    folder: Path, bundle, profile, graph, artifacts, report: Report, tokenizer_files, *, quantization: str = "none"
+) -> dict:
     settings = bundle.tokenizer_settings
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in ("manifest.json",))
     opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
     return {
         "schema": "edgecompress.manifest/1",
-        "model": {"name": report.model["name"], "task": bundle.kind, "labels": bundle.labels,
-                  "output": bundle.output_name},
+        "model": {
+            "name": report.model["name"],
+            "task": bundle.kind,
+            "labels": bundle.labels,
+            "output": bundle.output_name,
+        },
         "device": profile.name,
         "inputs": [_value_spec(v) for v in graph.graph.input],
         "outputs": [_value_spec(v) for v in graph.graph.output if v.name == bundle.output_name],
-        "tokenizer": {"files": tokenizer_files, "lowercase": settings.lowercase,
-                      "max_length": profile.runtime.seq_len,
-                      "padding": "max_length" if len(profile.runtime.buckets) == 1 else "to the length bucket",
-                      "truncation": True,
-                      "pad_token_id": settings.pad_token_id,
-                      "token_type_ids": "zeros" if "token_type_ids" in bundle.input_names else "not used"},
+        "tokenizer": {
+            "files": tokenizer_files,
+            "lowercase": settings.lowercase,
+            "max_length": profile.runtime.seq_len,
+            "padding": "max_length" if len(profile.runtime.buckets) == 1 else "to the length bucket",
+            "truncation": True,
+            "pad_token_id": settings.pad_token_id,
+            "token_type_ids": "zeros" if "token_type_ids" in bundle.input_names else "not used",
+        },
         "quantization": quantization,
         "length_buckets": length_buckets(profile, artifacts),
-        "artifacts": [{"kind": a.kind, "file": a.path.name, "runtime": a.runtime,
-                       "runtime_minimum_version": backend_for(a.runtime).minimum_version(a.kind, opset),
-                       "extra_files": [p.name for p in a.extra_files]} for a in artifacts],
+        "artifacts": [
+            {
+                "kind": a.kind,
+                "file": a.path.name,
+                "runtime": a.runtime,
+                "runtime_minimum_version": backend_for(a.runtime).minimum_version(a.kind, opset),
+                "extra_files": [p.name for p in a.extra_files],
+            }
+            for a in artifacts
+        ],
         "files": [{"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files],
-        "graph": {"opset": opset, "ir_version": graph.ir_version,
-                  "contrib_ops": sorted({n.op_type for n in graph.graph.node if n.domain == "com.microsoft"})},
+        "graph": {
+            "opset": opset,
+            "ir_version": graph.ir_version,
+            "contrib_ops": sorted({n.op_type for n in graph.graph.node if n.domain == "com.microsoft"}),
+        },
         "budgets": profile.to_dict()["budgets"],
         "verdicts": {a.file: [v.__dict__ for v in a.verdicts] for a in report.artifacts},
         "passed": report.passed,

@@ -26,12 +26,15 @@ def class_figures(predictions: np.ndarray, labels: np.ndarray, names: list[str])
     total = recall + precision
     f1 = np.divide(2 * recall * precision, total, out=np.zeros(classes), where=total > 0)
     present = support > 0
-    return {"recall": {name: (float(recall[i]) if present[i] else None) for i, name in enumerate(names)},
-            "support": {name: int(support[i]) for i, name in enumerate(names)},
-            "macro_f1": float(f1[present].mean()) if present.any() else None,
-            "how": "measured", "method": f"from the confusion matrix over {len(labels)} labelled texts; macro-F1: "
-                                         f"unweighted mean of per-class F1 over the {int(present.sum())} classes "
-                                         f"present in the labels"}
+    return {
+        "recall": {name: (float(recall[i]) if present[i] else None) for i, name in enumerate(names)},
+        "support": {name: int(support[i]) for i, name in enumerate(names)},
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "how": "measured",
+        "method": f"from the confusion matrix over {len(labels)} labelled texts; macro-F1: "
+        f"unweighted mean of per-class F1 over the {int(present.sum())} classes "
+        f"present in the labels",
+    }
 
 
 def class_loss_notes(file: str, artifact: dict[str, Any], original: dict[str, Any], budget_points: float) -> list[str]:
@@ -43,8 +46,10 @@ def class_loss_notes(file: str, artifact: dict[str, Any], original: dict[str, An
             continue
         drop = 100 * (before - after)
         if drop > budget_points + 1e-9:
-            notes.append(f"warning: {file} loses {drop:.1f} points of recall on class '{name}' "
-                         f"({100 * before:.1f}% uncompressed -> {100 * after:.1f}%, "
-                         f"{artifact['support'][name]} texts), more than the accuracy budget of "
-                         f"{budget_points:g} points; overall accuracy can hide this")
+            notes.append(
+                f"warning: {file} loses {drop:.1f} points of recall on class '{name}' "
+                f"({100 * before:.1f}% uncompressed -> {100 * after:.1f}%, "
+                f"{artifact['support'][name]} texts), more than the accuracy budget of "
+                f"{budget_points:g} points; overall accuracy can hide this"
+            )
     return notes

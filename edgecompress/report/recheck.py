@@ -33,8 +33,13 @@ class Recheck:
         return lines
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "folder": str(self.folder), "passed": self.passed, "notes": self.notes,
-                "verdicts": {name: [v.__dict__ for v in vs] for name, vs in self.verdicts.items()}}
+        return {
+            "device": self.device,
+            "folder": str(self.folder),
+            "passed": self.passed,
+            "notes": self.notes,
+            "verdicts": {name: [v.__dict__ for v in vs] for name, vs in self.verdicts.items()},
+        }
 
 
 def recheck(folder: Path, device: str) -> Recheck:
@@ -55,9 +60,11 @@ def recheck(folder: Path, device: str) -> Recheck:
         path = folder / artifact["file"]
         if not path.is_file():
             raise UserError(f"artifact '{artifact['file']}' named in manifest.json is missing", where=str(folder))
-        verdicts = [size_verdict(profile.budgets, path.stat().st_size),
-                    memory_verdict(profile.budgets, estimates["memory"]),
-                    latency_verdict(profile.budgets, estimates["latency"])]
+        verdicts = [
+            size_verdict(profile.budgets, path.stat().st_size),
+            memory_verdict(profile.budgets, estimates["memory"]),
+            latency_verdict(profile.budgets, estimates["latency"]),
+        ]
         accuracy = accuracies.get(artifact["file"])
         if accuracy and reference_accuracy is not None:
             verdicts.append(accuracy_verdict(profile.budgets, reference_accuracy, accuracy["value"]))
@@ -72,8 +79,11 @@ def _read_export(folder: Path) -> tuple[dict, dict]:
     needed = ("manifest.json", "report.json", "model.onnx")
     absent = [name for name in needed if not (folder / name).is_file()]
     if absent:
-        raise UserError(f"not an edgecompress export: {', '.join(absent)} missing", where=str(folder),
-                        hint="pass the folder `edgecompress export` wrote, e.g. dist/pixel7")
+        raise UserError(
+            f"not an edgecompress export: {', '.join(absent)} missing",
+            where=str(folder),
+            hint="pass the folder `edgecompress export` wrote, e.g. dist/pixel7",
+        )
     manifest, report = (_read_json(folder / name) for name in ("manifest.json", "report.json"))
     _expect(manifest, "manifest.json", folder, {"inputs": list, "artifacts": list, "files": list})
     _expect(report, "report.json", folder, {"artifacts": list, "data": dict})
@@ -81,7 +91,8 @@ def _read_export(folder: Path) -> tuple[dict, dict]:
         ("manifest.json", manifest, "inputs", {"shape": list}),
         ("manifest.json", manifest, "artifacts", {"file": str, "kind": str}),
         ("manifest.json", manifest, "files", {"path": str, "sha256": str}),
-        ("report.json", report, "artifacts", {"file": str}))
+        ("report.json", report, "artifacts", {"file": str}),
+    )
     for name, doc, entries, keys in checks:
         for index, entry in enumerate(doc[entries]):
             _expect(entry, f"{name} {entries}[{index}]", folder, keys)
@@ -92,20 +103,30 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"corrupt export metadata: {path.name} is not valid JSON ({exc})", where=str(path.parent),
-                        hint="re-export; an export writes it whole or not at all") from None
+        raise UserError(
+            f"corrupt export metadata: {path.name} is not valid JSON ({exc})",
+            where=str(path.parent),
+            hint="re-export; an export writes it whole or not at all",
+        ) from None
 
 
 def _expect(doc, what: str, folder: Path, fields: dict[str, type]) -> None:
     """`doc` is an object with each field of the type an export writes; else one line naming the field."""
     if not isinstance(doc, dict):
-        raise UserError(f"corrupt export metadata: {what} is a {type(doc).__name__}, not an object",
-                        where=str(folder), hint="re-export; an export writes it whole or not at all")
+        raise UserError(
+            f"corrupt export metadata: {what} is a {type(doc).__name__}, not an object",
+            where=str(folder),
+            hint="re-export; an export writes it whole or not at all",
+        )
     for key, kind in fields.items():
         if not isinstance(doc.get(key), kind):
             found = "missing" if key not in doc else f"a {type(doc[key]).__name__}"
-            raise UserError(f"corrupt export metadata: field '{key}' of {what} is {found}", where=str(folder),
-                            expected=f"a {kind.__name__}", hint="re-export; an export writes it whole or not at all")
+            raise UserError(
+                f"corrupt export metadata: field '{key}' of {what} is {found}",
+                where=str(folder),
+                expected=f"a {kind.__name__}",
+                hint="re-export; an export writes it whole or not at all",
+            )
 
 
 def _check_hashes(folder: Path, manifest: dict) -> None:
@@ -116,11 +137,17 @@ def _check_hashes(folder: Path, manifest: dict) -> None:
         name = entry["path"]
         path = folder / name
         if Path(name).name != name or not path.is_file():
-            raise UserError(f"file '{name}' listed in manifest.json is missing", where=str(folder),
-                            hint="re-export; nothing in this folder can be trusted to be what was verified")
+            raise UserError(
+                f"file '{name}' listed in manifest.json is missing",
+                where=str(folder),
+                hint="re-export; nothing in this folder can be trusted to be what was verified",
+            )
         if file_sha256(path) != entry["sha256"]:
-            raise UserError(f"file '{name}' was modified after export: its sha256 differs from manifest.json",
-                            where=str(folder), hint="re-export; the shipped file must be the one that was verified")
+            raise UserError(
+                f"file '{name}' was modified after export: its sha256 differs from manifest.json",
+                where=str(folder),
+                hint="re-export; the shipped file must be the one that was verified",
+            )
 
 
 def _load_graph(path: Path):
@@ -130,8 +157,11 @@ def _load_graph(path: Path):
     try:
         return onnx.load(str(path))
     except (DecodeError, ValueError, OSError) as exc:
-        raise UserError(f"model.onnx is not a readable ONNX model ({type(exc).__name__})", where=str(path.parent),
-                        hint="re-export; the file is truncated or damaged") from None
+        raise UserError(
+            f"model.onnx is not a readable ONNX model ({type(exc).__name__})",
+            where=str(path.parent),
+            hint="re-export; the file is truncated or damaged",
+        ) from None
 
 
 def _check_shapes(manifest: dict, profile, result: Recheck) -> None:
@@ -139,7 +169,10 @@ def _check_shapes(manifest: dict, profile, result: Recheck) -> None:
     shapes = [spec["shape"] for spec in manifest["inputs"]]
     fixed = {shape[1] for shape in shapes if len(shape) > 1 and isinstance(shape[1], int)}
     if fixed and profile.runtime.seq_len not in fixed:
-        result.verdicts["inputs"] = [Verdict("fixed seq_len", profile.runtime.seq_len, min(fixed), "tokens",
-                                             "static", False, must_equal=True)]
-        result.notes.append(f"artifacts are fixed to seq_len {sorted(fixed)}, {profile.name} wants "
-                            f"{profile.runtime.seq_len}: re-export with --device {profile.name}")
+        result.verdicts["inputs"] = [
+            Verdict("fixed seq_len", profile.runtime.seq_len, min(fixed), "tokens", "static", False, must_equal=True)
+        ]
+        result.notes.append(
+            f"artifacts are fixed to seq_len {sorted(fixed)}, {profile.name} wants "
+            f"{profile.runtime.seq_len}: re-export with --device {profile.name}"
+        )

@@ -73,8 +73,9 @@ class Reference:
         return mask.sum(axis=1) if mask is not None else np.full(len(self.outputs), width)
 
 
-def verify_artifacts(artifacts: list[Artifact], graph, reference: Reference, *, integer_only: bool,
-                     ticker: Ticker) -> Verified:
+def verify_artifacts(
+    artifacts: list[Artifact], graph, reference: Reference, *, integer_only: bool, ticker: Ticker
+) -> Verified:
     audits = [artifact_audit(a, graph) for a in artifacts]
     if integer_only:
         check_integer_only(artifacts, audits)
@@ -85,7 +86,8 @@ def verify_artifacts(artifacts: list[Artifact], graph, reference: Reference, *, 
             raise VerificationError(
                 f"{artifact.path.name} does not match the reference model: max |diff| {parity.max_abs_diff:.3g} "
                 f"(tolerance {parity.tolerance}), prediction agreement {parity.prediction_agreement}, "
-                f"min cosine {parity.min_cosine}; nothing was written")
+                f"min cosine {parity.min_cosine}; nothing was written"
+            )
         parities.append(parity)
         outputs.append(values)
     verified = Verified(list(artifacts), parities, outputs, audits, [None] * len(artifacts))
@@ -100,8 +102,9 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
     which = bucket_of(reference.lengths(), reference.buckets)
     for artifact, padded in zip(verified.artifacts, verified.outputs):
         served = _run_bucketed(artifact, reference, which, ticker(f"buckets {artifact.path.name}"))
-        parity = compare_buckets(padded, served, classification=reference.classification, lossy=reference.lossy,
-                                 atol=reference.bucket_atol)
+        parity = compare_buckets(
+            padded, served, classification=reference.classification, lossy=reference.lossy, atol=reference.bucket_atol
+        )
         fidelity = None
         if reference.lossy and not parity.passed:  # two quantized runs may differ where both are near float
             fidelity = bucket_fidelity(reference.outputs, padded, served, classification=reference.classification)
@@ -111,19 +114,28 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
                 f"{artifact.path.name} with each text at its length bucket does not compute what it computes at "
                 f"length {reference.buckets[-1]}: max |diff| {parity.max_abs_diff:.3g} (tolerance "
                 f"{parity.tolerance}), same prediction on {parity.prediction_agreement}, min cosine "
-                f"{parity.min_cosine}{_fidelity_text(fidelity)}; nothing was written")
+                f"{parity.min_cosine}{_fidelity_text(fidelity)}; nothing was written"
+            )
         counts = {int(b): int(np.sum(which == b)) for b in reference.buckets}
         verified.served_outputs.append(served)
-        verified.bucket_parity.append({**dataclasses.asdict(parity), "texts_per_bucket": counts, "how": "measured",
-                                       "against": f"the same file with every text padded to {reference.buckets[-1]}",
-                                       "fidelity_to_reference": fidelity})
+        verified.bucket_parity.append(
+            {
+                **dataclasses.asdict(parity),
+                "texts_per_bucket": counts,
+                "how": "measured",
+                "against": f"the same file with every text padded to {reference.buckets[-1]}",
+                "fidelity_to_reference": fidelity,
+            }
+        )
 
 
 def _fidelity_text(fidelity: dict | None) -> str:
     if fidelity is None:
         return ""
-    return (f", and it is further from the reference model than the padded run ({fidelity['measure']} "
-            f"{fidelity['bucketed']:.4f} against {fidelity['padded']:.4f})")
+    return (
+        f", and it is further from the reference model than the padded run ({fidelity['measure']} "
+        f"{fidelity['bucketed']:.4f} against {fidelity['padded']:.4f})"
+    )
 
 
 def _run_bucketed(artifact: Artifact, reference: Reference, which: np.ndarray, progress) -> np.ndarray:
@@ -148,13 +160,15 @@ def _run_bucketed(artifact: Artifact, reference: Reference, which: np.ndarray, p
 def _against_reference(artifact: Artifact, reference: Reference, progress) -> tuple[Parity, np.ndarray]:
     """(parity with the reference model, outputs) of one artifact file run on every text."""
     outputs = artifact_outputs(artifact, reference.feeds, output_name=reference.output_name, progress=progress)
-    return compare(reference.outputs, outputs, classification=reference.classification, lossy=reference.lossy,
-                   atol=reference.atol), outputs
+    return compare(
+        reference.outputs, outputs, classification=reference.classification, lossy=reference.lossy, atol=reference.atol
+    ), outputs
 
 
 def _against_runtime(ort_outputs: np.ndarray, outputs: np.ndarray, reference: Reference) -> Parity:
-    return compare_runtimes(ort_outputs, outputs, classification=reference.classification, lossy=reference.lossy,
-                            atol=reference.atol)
+    return compare_runtimes(
+        ort_outputs, outputs, classification=reference.classification, lossy=reference.lossy, atol=reference.atol
+    )
 
 
 def _cross_check(verified: Verified, graph, reference: Reference, ticker: Ticker) -> None:
@@ -165,8 +179,9 @@ def _cross_check(verified: Verified, graph, reference: Reference, ticker: Ticker
     others = [i for i, a in enumerate(verified.artifacts) if a.runtime != "onnxruntime"]
     if not others:
         return
-    ort_outputs = next((outputs for a, outputs in zip(verified.artifacts, verified.outputs)
-                        if a.runtime == "onnxruntime"), None)
+    ort_outputs = next(
+        (outputs for a, outputs in zip(verified.artifacts, verified.outputs) if a.runtime == "onnxruntime"), None
+    )
     source = "the ONNX Runtime artifact"
     if ort_outputs is None:
         session = ort_session(graph.SerializeToString(), threads=2, optimize=True)
@@ -180,12 +195,14 @@ def _cross_check(verified: Verified, graph, reference: Reference, ticker: Ticker
             raise VerificationError(
                 f"{verified.artifacts[i].path.name} does not compute what {source} computes: max |diff| "
                 f"{parity.max_abs_diff:.3g}, same prediction on {parity.prediction_agreement}, min cosine "
-                f"{parity.min_cosine}; nothing was written")
+                f"{parity.min_cosine}; nothing was written"
+            )
         verified.cross_runtime[i] = {**dataclasses.asdict(parity), "against": source, "how": "measured"}
 
 
-def _write_exact(verified: Verified, i: int, graph, ort_outputs: np.ndarray, missed: Parity, reference: Reference,
-                 ticker: Ticker) -> Parity:
+def _write_exact(
+    verified: Verified, i: int, graph, ort_outputs: np.ndarray, missed: Parity, reference: Reference, ticker: Ticker
+) -> Parity:
     """Write artifact `i` again with its runtime's exact writer (ONNX Runtime's integers) when it has one,
     check it like the first, and say so in the notes; returns the new cross-runtime parity (or `missed`)."""
     first = verified.artifacts[i]
@@ -199,9 +216,11 @@ def _write_exact(verified: Verified, i: int, graph, ort_outputs: np.ndarray, mis
     verified.artifacts[i], verified.parities[i], verified.outputs[i] = artifact, parity, outputs
     verified.audits[i] = artifact_audit(artifact, graph)
     again = _against_runtime(ort_outputs, outputs, reference)
-    verified.notes.append(f"{artifact.path.name}: with the runtime's own int8 rounding it missed the check against "
-                          f"the ONNX Runtime artifact ({_agreement(missed)}); written again on ONNX Runtime's int8 "
-                          f"grids, which is slower ({_agreement(again)})")
+    verified.notes.append(
+        f"{artifact.path.name}: with the runtime's own int8 rounding it missed the check against "
+        f"the ONNX Runtime artifact ({_agreement(missed)}); written again on ONNX Runtime's int8 "
+        f"grids, which is slower ({_agreement(again)})"
+    )
     return again
 
 
@@ -216,12 +235,16 @@ def check_integer_only(artifacts: list[Artifact], audits: list[dict]) -> None:
     for artifact, audit in zip(artifacts, audits):
         inside = audit.get("float_ops_inside")
         if inside is None:
-            raise VerificationError(f"{artifact.path.name}: the {artifact.runtime} audit cannot tell float ops "
-                                    f"inside the model, so an integer-only export cannot be proven; nothing "
-                                    f"was written")
+            raise VerificationError(
+                f"{artifact.path.name}: the {artifact.runtime} audit cannot tell float ops "
+                f"inside the model, so an integer-only export cannot be proven; nothing "
+                f"was written"
+            )
         if inside:
-            raise VerificationError(f"{artifact.path.name} is not integer-only: {len(inside)} node(s) compute in "
-                                    f"float between integer ops ({', '.join(inside[:5])}); nothing was written")
+            raise VerificationError(
+                f"{artifact.path.name} is not integer-only: {len(inside)} node(s) compute in "
+                f"float between integer ops ({', '.join(inside[:5])}); nothing was written"
+            )
 
 
 def artifact_audit(artifact: Artifact, graph) -> dict[str, Any]:
@@ -231,8 +254,11 @@ def artifact_audit(artifact: Artifact, graph) -> dict[str, Any]:
     audit = backend_for(artifact.runtime).audit
     if audit is not None:
         return audit(artifact.path)
-    return {"op_histogram": op_histogram(graph), "float_ops": float_op_types(graph, infer_shapes(graph)),
-            "method": "static: from model.onnx, the graph this artifact was written from"}
+    return {
+        "op_histogram": op_histogram(graph),
+        "float_ops": float_op_types(graph, infer_shapes(graph)),
+        "method": "static: from model.onnx, the graph this artifact was written from",
+    }
 
 
 def float_op_types(model, shapes) -> list[str]:

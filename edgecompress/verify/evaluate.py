@@ -88,7 +88,7 @@ def _torch_outputs(bundle, feeds: Feeds, batch_size: int, progress: Progress | N
     outputs = np.empty((len(order),), dtype=object)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             width = max(int(lengths[rows].max()), 1)
             args = [torch.from_numpy(feeds[name][rows, :width]) for name in bundle.input_names]
             for row, value in zip(rows, bundle.module(*args).numpy()):
@@ -98,8 +98,15 @@ def _torch_outputs(bundle, feeds: Feeds, batch_size: int, progress: Progress | N
     return np.stack(list(outputs)).astype(np.float32)
 
 
-def artifact_outputs(artifact, feeds: Feeds, *, output_name: str, threads: int = 2,
-                     progress: Progress | None = None, length: int | None = None) -> np.ndarray:
+def artifact_outputs(
+    artifact,
+    feeds: Feeds,
+    *,
+    output_name: str,
+    threads: int = 2,
+    progress: Progress | None = None,
+    length: int | None = None,
+) -> np.ndarray:
     """Run the artifact file itself with the runtime that will execute it on the device; `length`: the
     bucket the feeds are cut to (None: the full length the graph was written for)."""
     from edgecompress.backends import backend_for
@@ -122,13 +129,14 @@ def ort_session(model, *, threads: int, optimize: bool):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def run_session(session, feeds: Feeds, *, output_name: str, batch_size: int,
-                progress: Progress | None = None) -> np.ndarray:
+def run_session(
+    session, feeds: Feeds, *, output_name: str, batch_size: int, progress: Progress | None = None
+) -> np.ndarray:
     names = [i.name for i in session.get_inputs()]
     rows = len(next(iter(feeds.values())))
     outputs = []
     for start in range(0, rows, batch_size):
-        chunk = {name: feeds[name][start:start + batch_size] for name in names}
+        chunk = {name: feeds[name][start : start + batch_size] for name in names}
         real = len(chunk[names[0]])
         if real < batch_size and session.get_inputs()[0].shape[0] == batch_size:
             chunk = {k: _pad_rows(v, batch_size) for k, v in chunk.items()}
@@ -143,8 +151,14 @@ def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([values, padding])
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: bool, lossy: bool = False,
-            atol: float = FLOAT_PARITY_ATOL) -> Parity:
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    classification: bool,
+    lossy: bool = False,
+    atol: float = FLOAT_PARITY_ATOL,
+) -> Parity:
     """`atol` is the exact-parity tolerance; a model that is not float (integer-only) states its own."""
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     agreement = cosine = None
@@ -154,9 +168,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, classification: boo
         norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1)
         cosine = float(np.min(np.sum(reference * candidate, axis=-1) / np.maximum(norms, 1e-12)))
     max_diff = float(diff.max()) if diff.size else 0.0
-    parity = Parity(examples=len(reference), max_abs_diff=max_diff, mean_abs_diff=float(diff.mean()),
-                    prediction_agreement=agreement, min_cosine=cosine, tolerance=None if lossy else atol,
-                    passed=max_diff <= atol and (agreement is None or agreement == 1.0))
+    parity = Parity(
+        examples=len(reference),
+        max_abs_diff=max_diff,
+        mean_abs_diff=float(diff.mean()),
+        prediction_agreement=agreement,
+        min_cosine=cosine,
+        tolerance=None if lossy else atol,
+        passed=max_diff <= atol and (agreement is None or agreement == 1.0),
+    )
     if lossy:
         parity.passed = _close_enough(parity, LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE)
     return parity
@@ -170,17 +190,20 @@ def _close_enough(parity: Parity, min_agreement: float, min_cosine: float) -> bo
     return parity.min_cosine is not None and parity.min_cosine >= min_cosine
 
 
-def compare_runtimes(onnxruntime: np.ndarray, other: np.ndarray, *, classification: bool, lossy: bool,
-                     atol: float = FLOAT_PARITY_ATOL) -> Parity:
+def compare_runtimes(
+    onnxruntime: np.ndarray, other: np.ndarray, *, classification: bool, lossy: bool, atol: float = FLOAT_PARITY_ATOL
+) -> Parity:
     """Another runtime's artifact against the ONNX Runtime artifact of the same export."""
     parity = compare(onnxruntime, other, classification=classification, lossy=lossy, atol=atol)
     if lossy:
         parity.passed = _close_enough(parity, CROSS_RUNTIME_MIN_AGREEMENT, CROSS_RUNTIME_MIN_COSINE)
         if not classification:
             parity.cosine_share = float(np.mean(_cosines(onnxruntime, other) >= CROSS_RUNTIME_MIN_COSINE))
-            parity.passed = parity.passed or (parity.cosine_share >= CROSS_RUNTIME_MIN_AGREEMENT
-                                              and parity.min_cosine is not None
-                                              and parity.min_cosine >= LOSSY_MIN_COSINE)
+            parity.passed = parity.passed or (
+                parity.cosine_share >= CROSS_RUNTIME_MIN_AGREEMENT
+                and parity.min_cosine is not None
+                and parity.min_cosine >= LOSSY_MIN_COSINE
+            )
     return parity
 
 
@@ -189,8 +212,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=-1) / np.maximum(norms, 1e-12)
 
 
-def compare_buckets(padded: np.ndarray, bucketed: np.ndarray, *, classification: bool, lossy: bool,
-                    atol: float = BUCKET_ATOL) -> Parity:
+def compare_buckets(
+    padded: np.ndarray, bucketed: np.ndarray, *, classification: bool, lossy: bool, atol: float = BUCKET_ATOL
+) -> Parity:
     """An artifact's outputs with each text at its bucket against the same artifact at the longest length."""
     parity = compare(padded, bucketed, classification=classification, lossy=lossy, atol=max(atol, BUCKET_ATOL))
     if lossy:
@@ -198,16 +222,20 @@ def compare_buckets(padded: np.ndarray, bucketed: np.ndarray, *, classification:
     return parity
 
 
-def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndarray, *,
-                    classification: bool) -> dict:
+def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndarray, *, classification: bool) -> dict:
     """How close the padded and the bucketed runs of a quantized artifact each come to the reference model, and
     whether the bucketed run is at least as faithful (within BUCKET_FIDELITY_SLACK)."""
     measure = "prediction_agreement" if classification else "min_cosine"
     slack = BUCKET_FIDELITY_SLACK["agreement" if classification else "cosine"]
     padded_score = getattr(compare(reference, padded, classification=classification, lossy=True), measure)
     bucketed_score = getattr(compare(reference, bucketed, classification=classification, lossy=True), measure)
-    return {"measure": measure, "padded": padded_score, "bucketed": bucketed_score, "slack": slack,
-            "passed": bucketed_score >= padded_score - slack}
+    return {
+        "measure": measure,
+        "padded": padded_score,
+        "bucketed": bucketed_score,
+        "slack": slack,
+        "passed": bucketed_score >= padded_score - slack,
+    }
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:

@@ -56,17 +56,35 @@ def teacher_reference(bundle, dataset, labels: np.ndarray | None, seq_len: int) 
     if reason is None:
         feeds = tokenize(teacher.tokenizer, dataset.texts, seq_len=seq_len, input_names=teacher.input_names)
         accuracy = float(np.mean(reference_outputs(teacher, feeds).argmax(-1) == labels))
-        return {"accuracy": accuracy, "how": "measured", "source": "teacher",
-                "method": f"the teacher ({path}, digest as recorded by distill) in torch eager on the same "
-                          f"{len(labels)} texts of --data at seq_len {seq_len}", "note": None}
+        return {
+            "accuracy": accuracy,
+            "how": "measured",
+            "source": "teacher",
+            "method": f"the teacher ({path}, digest as recorded by distill) in torch eager on the same "
+            f"{len(labels)} texts of --data at seq_len {seq_len}",
+            "note": None,
+        }
     held_out = record.get("held_out")
     if held_out:
-        return {"accuracy": float(held_out["accuracy"]), "how": "recorded", "source": "teacher (recorded)",
-                "method": f"recorded by distill: {held_out['method']}",
-                "note": (f"{reason}: the accuracy drop is judged against the teacher's accuracy that distill "
-                         f"recorded on {Path(held_out['data']).name} ({held_out['texts']} texts), not on this "
-                         f"--data; put the teacher back at {path} for a like-for-like figure")}
-    return {"accuracy": None, "how": None, "source": None, "method": None,
-            "note": (f"{reason}, and distill recorded no held-out accuracy (no --eval-data): the accuracy drop is "
-                     f"judged against the student's own float model, which says nothing of what replacing the "
-                     f"teacher costs")}
+        return {
+            "accuracy": float(held_out["accuracy"]),
+            "how": "recorded",
+            "source": "teacher (recorded)",
+            "method": f"recorded by distill: {held_out['method']}",
+            "note": (
+                f"{reason}: the accuracy drop is judged against the teacher's accuracy that distill "
+                f"recorded on {Path(held_out['data']).name} ({held_out['texts']} texts), not on this "
+                f"--data; put the teacher back at {path} for a like-for-like figure"
+            ),
+        }
+    return {
+        "accuracy": None,
+        "how": None,
+        "source": None,
+        "method": None,
+        "note": (
+            f"{reason}, and distill recorded no held-out accuracy (no --eval-data): the accuracy drop is "
+            f"judged against the student's own float model, which says nothing of what replacing the "
+            f"teacher costs"
+        ),
+    }

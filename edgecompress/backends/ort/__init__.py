@@ -6,12 +6,14 @@
 from edgecompress.backends import Backend, register_backend
 from edgecompress.backends.ort import artifact, audit
 
-BACKEND = register_backend(Backend(
-    runtime="onnxruntime",
-    suffixes={"onnx": ".onnx", "ort": ".ort"},
-    runner="ort_runner",
-    emit=artifact.emit_ort,
-    execute=artifact.run_ort_artifact,
-    minimum_version=artifact.minimum_version,
-    audit=audit.audit_for_report,
-))
+BACKEND = register_backend(
+    Backend(
+        runtime="onnxruntime",
+        suffixes={"onnx": ".onnx", "ort": ".ort"},
+        runner="ort_runner",
+        emit=artifact.emit_ort,
+        execute=artifact.run_ort_artifact,
+        minimum_version=artifact.minimum_version,
+        audit=audit.audit_for_report,
+    )
+)

@@ -48,8 +48,12 @@ def _convert_to_ort(onnx_path: Path, out_dir: Path) -> Artifact:
         source = scratch_path / ONNX_NAME
         shutil.copyfile(onnx_path, source)
         with captured_library_output():  # the converter prints progress; not ours to show
-            convert_onnx_models_to_ort(source, output_dir=scratch_path / "ort",
-                                       optimization_styles=[OptimizationStyle.Fixed], target_platform="arm")
+            convert_onnx_models_to_ort(
+                source,
+                output_dir=scratch_path / "ort",
+                optimization_styles=[OptimizationStyle.Fixed],
+                target_platform="arm",
+            )
         shutil.move(str(scratch_path / "ort" / ORT_NAME), out_dir / ORT_NAME)
         make_canonical(out_dir / ORT_NAME)  # the converter's kernel-type table comes in hash order
         config = (scratch_path / "ort" / "model.required_operators.config").read_text()
@@ -78,8 +82,13 @@ def run_ort_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, p
             return outputs
     session = ort_session(str(path), threads=threads, optimize=True)
     batch = session.get_inputs()[0].shape[0]
-    return run_session(session, feeds, output_name=output_name,
-                       batch_size=batch if isinstance(batch, int) and batch > 0 else 32, progress=progress)
+    return run_session(
+        session,
+        feeds,
+        output_name=output_name,
+        batch_size=batch if isinstance(batch, int) and batch > 0 else 32,
+        progress=progress,
+    )
 
 
 def minimum_version(kind: str, opset: int | None) -> dict:
@@ -87,7 +96,11 @@ def minimum_version(kind: str, opset: int | None) -> dict:
     import onnxruntime
 
     if kind == "ort":
-        return {"onnxruntime": onnxruntime.__version__,
-                "why": "ORT-format files are read by the onnxruntime release that wrote them or a newer one"}
-    return {"onnxruntime": _ORT_FOR_OPSET.get(opset, onnxruntime.__version__),
-            "why": f"first onnxruntime release implementing ai.onnx opset {opset}"}
+        return {
+            "onnxruntime": onnxruntime.__version__,
+            "why": "ORT-format files are read by the onnxruntime release that wrote them or a newer one",
+        }
+    return {
+        "onnxruntime": _ORT_FOR_OPSET.get(opset, onnxruntime.__version__),
+        "why": f"first onnxruntime release implementing ai.onnx opset {opset}",
+    }

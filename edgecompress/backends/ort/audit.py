@@ -67,8 +67,9 @@ def float_nodes_inside(nodes: list[Node], types: dict[str, int]) -> list[Node]:
     integer = {i for i, n in enumerate(nodes) if _computes_in_integer(n, types)}
     after_integer = _reachable(integer, lambda i: consumers[i])
     before_integer = _reachable(integer, lambda i: [producer[x] for x in nodes[i].inputs if x in producer])
-    return [n for i, n in enumerate(nodes)
-            if i in after_integer and i in before_integer and computes_in_float(n, types)]
+    return [
+        n for i, n in enumerate(nodes) if i in after_integer and i in before_integer and computes_in_float(n, types)
+    ]
 
 
 def _reachable(start: set[int], step) -> set[int]:
@@ -131,7 +132,13 @@ def read_ort_format(path: Path) -> tuple[list[Node], dict[str, int]]:
     nodes = []
     for i in range(graph.NodesLength()):
         node = graph.Nodes(i)
-        nodes.append(Node(node.Name().decode(), node.OpType().decode(), node.Domain().decode(),
-                          tuple(node.Inputs(j).decode() for j in range(node.InputsLength())),
-                          tuple(node.Outputs(j).decode() for j in range(node.OutputsLength()))))
+        nodes.append(
+            Node(
+                node.Name().decode(),
+                node.OpType().decode(),
+                node.Domain().decode(),
+                tuple(node.Inputs(j).decode() for j in range(node.InputsLength())),
+                tuple(node.Outputs(j).decode() for j in range(node.OutputsLength())),
+            )
+        )
     return nodes, types

@@ -69,11 +69,13 @@ def run_batched(path, feeds, *, output_name: str, threads: int, progress=None) -
     except Exception as exc:  # e.g. a folded Reshape that bakes the batch of 1 in: run the file as it is
         log.info("%s: not batched for verification (%s)", path.name, exc)
         return None
-    single = run_session(ort_session(str(path), threads=threads, optimize=True), first, output_name=output_name,
-                         batch_size=1)
+    single = run_session(
+        ort_session(str(path), threads=threads, optimize=True), first, output_name=output_name, batch_size=1
+    )
     differs = float(np.max(np.abs(batched - single)))
     if not differs <= PROOF_ATOL:
-        log.info("%s: not batched for verification (the batched copy differs by %.3g on the first rows)",
-                 path.name, differs)
+        log.info(
+            "%s: not batched for verification (the batched copy differs by %.3g on the first rows)", path.name, differs
+        )
         return None
     return run_session(session, feeds, output_name=output_name, batch_size=BATCH, progress=progress)

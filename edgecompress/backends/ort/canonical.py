@@ -43,18 +43,27 @@ def canonical_ort(data: bytes) -> bytes:
     vtable_pos = model_pos - flatbuffers.encode.Get(flatbuffers.packer.soffset, buf, model_pos)
     start = min(model_pos, vtable_pos)
     entries = sorted(
-        (resolver.OpKernelTypeStrArgs(i).OpId(),
-         sorted((entry.KernelTypeStr(), [(entry.Args(k).ArgType(), entry.Args(k).Index())
-                                          for k in range(entry.ArgsLength())])
-                for entry in (resolver.OpKernelTypeStrArgs(i).KernelTypeStrArgs(j)
-                              for j in range(resolver.OpKernelTypeStrArgs(i).KernelTypeStrArgsLength()))))
-        for i in range(resolver.OpKernelTypeStrArgsLength()))
+        (
+            resolver.OpKernelTypeStrArgs(i).OpId(),
+            sorted(
+                (
+                    entry.KernelTypeStr(),
+                    [(entry.Args(k).ArgType(), entry.Args(k).Index()) for k in range(entry.ArgsLength())],
+                )
+                for entry in (
+                    resolver.OpKernelTypeStrArgs(i).KernelTypeStrArgs(j)
+                    for j in range(resolver.OpKernelTypeStrArgs(i).KernelTypeStrArgsLength())
+                )
+            ),
+        )
+        for i in range(resolver.OpKernelTypeStrArgsLength())
+    )
 
     builder = flatbuffers.Builder(len(data) + 4096)
     block = bytes(buf[start:])
     builder.Prep(16, 0)  # `block` starts at the same distance from the end as before: same alignment
     builder.head -= len(block)
-    builder.Bytes[builder.head:builder.head + len(block)] = block
+    builder.Bytes[builder.head : builder.head + len(block)] = block
     model_ref = len(buf) - model_pos  # FlatBuffers references count from the end of the buffer
 
     def vector(start_vector, items):

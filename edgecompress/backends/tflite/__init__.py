@@ -11,14 +11,16 @@
 from edgecompress.backends import Backend, register_backend
 from edgecompress.backends.tflite import artifact
 
-BACKEND = register_backend(Backend(
-    runtime=artifact.RUNTIME,
-    suffixes={"tflite": ".tflite"},
-    runner="litert_runner",
-    emit=artifact.emit_tflite,
-    execute=artifact.run_tflite_artifact,
-    minimum_version=artifact.minimum_version,
-    audit=artifact.audit_for_report,
-    exact_writer=artifact.emit_exact_tflite,
-    bucket_signature=artifact.bucket_signature,
-))
+BACKEND = register_backend(
+    Backend(
+        runtime=artifact.RUNTIME,
+        suffixes={"tflite": ".tflite"},
+        runner="litert_runner",
+        emit=artifact.emit_tflite,
+        execute=artifact.run_tflite_artifact,
+        minimum_version=artifact.minimum_version,
+        audit=artifact.audit_for_report,
+        exact_writer=artifact.emit_exact_tflite,
+        bucket_signature=artifact.bucket_signature,
+    )
+)

@@ -63,8 +63,16 @@ def bucket_signature(length: int) -> str:
     return signature_key(length)
 
 
-def run_tflite_artifact(path: Path, feeds, *, output_name: str, threads: int = 2, progress=None,
-                        signature: str | None = None, length: int | None = None) -> np.ndarray:
+def run_tflite_artifact(
+    path: Path,
+    feeds,
+    *,
+    output_name: str,
+    threads: int = 2,
+    progress=None,
+    signature: str | None = None,
+    length: int | None = None,
+) -> np.ndarray:
     """Run the `.tflite` file in LiteRT on all rows, in batches of the model's fixed batch (the last padded).
 
     Without `signature` the primary subgraph runs (`invoke()`, what an app without signatures gets); with it,
@@ -84,7 +92,7 @@ def run_tflite_artifact(path: Path, feeds, *, output_name: str, threads: int = 2
     for start in range(0, rows, batch):
         real = min(batch, rows - start)
         for detail in inputs:
-            chunk = _pad_rows(feeds[detail["name"]][start:start + batch], batch)
+            chunk = _pad_rows(feeds[detail["name"]][start : start + batch], batch)
             interpreter.set_tensor(detail["index"], chunk.astype(detail["dtype"], copy=False))
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(output["index"])[:real].copy())
@@ -97,15 +105,19 @@ def _run_signature(interpreter, path: Path, feeds, output_name: str, key: str, p
     runner = signature_runner(interpreter, key, path)
     inputs = runner.get_input_details()  # signature input name -> tensor details
     if output_name not in runner.get_output_details():
-        raise InternalError(f"{Path(path).name} signature '{key}' has no output '{output_name}' "
-                            f"(outputs: {sorted(runner.get_output_details())})")
+        raise InternalError(
+            f"{Path(path).name} signature '{key}' has no output '{output_name}' "
+            f"(outputs: {sorted(runner.get_output_details())})"
+        )
     batch = int(next(iter(inputs.values()))["shape"][0])
     rows = len(next(iter(feeds.values())))
     outputs = []
     for start in range(0, rows, batch):
         real = min(batch, rows - start)
-        chunk = {name: _pad_rows(feeds[name][start:start + batch], batch).astype(detail["dtype"], copy=False)
-                 for name, detail in inputs.items()}
+        chunk = {
+            name: _pad_rows(feeds[name][start : start + batch], batch).astype(detail["dtype"], copy=False)
+            for name, detail in inputs.items()
+        }
         outputs.append(runner(**chunk)[output_name][:real].copy())
         if progress:
             progress(start + real, rows)
@@ -130,8 +142,9 @@ def load_interpreter(path: Path | str, *, threads: int, delegate: bool = True):
     resolver = api.OpResolverType.AUTO if delegate else api.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         with _native_stderr() as lines:
-            interpreter = api.Interpreter(model_path=str(path), num_threads=threads,
-                                          experimental_op_resolver_type=resolver)
+            interpreter = api.Interpreter(
+                model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
+            )
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         said = f" (LiteRT said: {' '.join(lines)})" if lines else ""
@@ -149,9 +162,11 @@ def litert_version() -> str:
 
 def minimum_version(kind: str, opset: int | None) -> dict:
     """The LiteRT release an app needs for this file, and why."""
-    return {"ai-edge-litert": litert_version(),
-            "why": "the LiteRT release this file was verified with; builtin op versions are written as 1 "
-                   "(BROADCAST_TO 2), so older runtimes fail at load rather than compute differently"}
+    return {
+        "ai-edge-litert": litert_version(),
+        "why": "the LiteRT release this file was verified with; builtin op versions are written as 1 "
+        "(BROADCAST_TO 2), so older runtimes fail at load rather than compute differently",
+    }
 
 
 def _output_detail(interpreter, output_name: str, path: Path) -> dict:
@@ -185,11 +200,13 @@ def _native_stderr():
 
 # --- audit -------------------------------------------------------------------------------------------
 
-DELEGATION_METHOD = ("static, from LiteRT {version} on the host: the nodes inside each XNNPACK DELEGATE node, "
-                     "found by walking back from the partition's outputs to its inputs in the interpreter with "
-                     "the default delegate applied (op resolver AUTO), against the node list without it "
-                     "(BUILTIN_WITHOUT_DEFAULT_DELEGATES); XNNPACK takes nodes by op type and parameters, not "
-                     "by host CPU, so the split holds on Arm phones")
+DELEGATION_METHOD = (
+    "static, from LiteRT {version} on the host: the nodes inside each XNNPACK DELEGATE node, "
+    "found by walking back from the partition's outputs to its inputs in the interpreter with "
+    "the default delegate applied (op resolver AUTO), against the node list without it "
+    "(BUILTIN_WITHOUT_DEFAULT_DELEGATES); XNNPACK takes nodes by op type and parameters, not "
+    "by host CPU, so the split holds on Arm phones"
+)
 
 
 @dataclass(frozen=True)
@@ -226,14 +243,29 @@ def audit_for_report(path: Path) -> dict:
 
     audit = audit_tflite(path)
     storage = weight_storage(Path(path).read_bytes())  # e.g. 4-bit blocks stored as INT8 say so here
-    fields = {"op_histogram": audit.op_histogram, "float_ops": audit.float_ops, "weight_storage": storage,
-              "method": f"{audit.method}; {describe_weight_storage(storage)} (read from the file)",
-              "delegation": {"nodes": audit.nodes, "delegated_nodes": audit.delegated_nodes,
-                             "partitions": audit.partitions, "left_to_litert": audit.left_to_litert}}
+    fields = {
+        "op_histogram": audit.op_histogram,
+        "float_ops": audit.float_ops,
+        "weight_storage": storage,
+        "method": f"{audit.method}; {describe_weight_storage(storage)} (read from the file)",
+        "delegation": {
+            "nodes": audit.nodes,
+            "delegated_nodes": audit.delegated_nodes,
+            "partitions": audit.partitions,
+            "left_to_litert": audit.left_to_litert,
+        },
+    }
     if len(audit.signatures) > 1:
-        fields["signatures"] = {sig.key: {"subgraph": sig.subgraph, "nodes": sig.nodes,
-                                          "delegated_nodes": sig.delegated_nodes, "partitions": sig.partitions,
-                                          "own_weight_bytes": sig.own_weight_bytes} for sig in audit.signatures}
+        fields["signatures"] = {
+            sig.key: {
+                "subgraph": sig.subgraph,
+                "nodes": sig.nodes,
+                "delegated_nodes": sig.delegated_nodes,
+                "partitions": sig.partitions,
+                "own_weight_bytes": sig.own_weight_bytes,
+            }
+            for sig in audit.signatures
+        }
         fields["shared_weight_bytes"] = audit.shared_weight_bytes
     return fields
 
@@ -252,21 +284,25 @@ def audit_tflite(path: Path | str) -> TFLiteAudit:
         if subgraph != 0:
             nodes, partitions, delegated = _other_subgraph(data, subgraph)
         signatures.append(SignatureAudit(key, subgraph, nodes, delegated, partitions, sharing["own"][subgraph]))
-    return TFLiteAudit(op_histogram=dict(sorted(Counter(op["op_name"] for op in plain).items())),
-                       float_ops=sorted({op["op_name"] for op in plain if _computes_in_float(op)}),
-                       nodes=len(plain), delegated_nodes=len(taken), partitions=len(delegates),
-                       left_to_litert=dict(sorted(Counter(op["op_name"] for op in plain
-                                                          if op["index"] not in taken).items())),
-                       method=DELEGATION_METHOD.format(version=litert_version()),
-                       signatures=tuple(signatures), shared_weight_bytes=sharing["shared"])
+    return TFLiteAudit(
+        op_histogram=dict(sorted(Counter(op["op_name"] for op in plain).items())),
+        float_ops=sorted({op["op_name"] for op in plain if _computes_in_float(op)}),
+        nodes=len(plain),
+        delegated_nodes=len(taken),
+        partitions=len(delegates),
+        left_to_litert=dict(sorted(Counter(op["op_name"] for op in plain if op["index"] not in taken).items())),
+        method=DELEGATION_METHOD.format(version=litert_version()),
+        signatures=tuple(signatures),
+        shared_weight_bytes=sharing["shared"],
+    )
 
 
 def _delegation(path: Path | str) -> tuple[list[dict], list[dict], set[int]]:
     """Subgraph 0's nodes without delegation, the XNNPACK DELEGATE nodes, and the node indices they took."""
     plain = load_interpreter(path, threads=1, delegate=False)._get_ops_details()
     delegated = load_interpreter(path, threads=1, delegate=True)._get_ops_details()
-    delegates = [op for op in delegated[len(plain):] if op["op_name"] == "DELEGATE"]
-    return plain, delegates, _delegated_nodes(delegated[:len(plain)], delegates)
+    delegates = [op for op in delegated[len(plain) :] if op["op_name"] == "DELEGATE"]
+    return plain, delegates, _delegated_nodes(delegated[: len(plain)], delegates)
 
 
 def _other_subgraph(data: bytes, subgraph: int) -> tuple[int, int, int]:
@@ -285,15 +321,18 @@ def _signature_subgraphs(data: bytes) -> list[tuple[str, int]]:
     from edgecompress.backends.tflite.writer import schema
 
     model = schema().Model.GetRootAs(data)
-    pairs = [(model.SignatureDefs(i).SignatureKey().decode(), model.SignatureDefs(i).SubgraphIndex())
-             for i in range(model.SignatureDefsLength())]
+    pairs = [
+        (model.SignatureDefs(i).SignatureKey().decode(), model.SignatureDefs(i).SubgraphIndex())
+        for i in range(model.SignatureDefsLength())
+    ]
     return sorted(pairs, key=lambda pair: pair[1])
 
 
 def _computes_in_float(op: dict) -> bool:
     """A float result from float operands only: DEQUANTIZE and hybrid int8 FULLY_CONNECTED do not count."""
-    return any(t is np.float32 for t in op["result_types"]) and \
-        not any(t in (np.int8, np.uint8) for t in op["operand_types"])
+    return any(t is np.float32 for t in op["result_types"]) and not any(
+        t in (np.int8, np.uint8) for t in op["operand_types"]
+    )
 
 
 def _delegated_nodes(nodes: list[dict], delegates: list[dict]) -> set[int]:
@@ -310,6 +349,9 @@ def _delegated_nodes(nodes: list[dict], delegates: list[dict]) -> set[int]:
             if index in taken:
                 continue
             taken.add(index)
-            pending += [producer[int(t)] for t in by_index[index]["inputs"]
-                        if int(t) >= 0 and int(t) not in boundary and int(t) in producer]
+            pending += [
+                producer[int(t)]
+                for t in by_index[index]["inputs"]
+                if int(t) >= 0 and int(t) not in boundary and int(t) in producer
+            ]
     return taken

@@ -65,8 +65,10 @@ def _check_buckets(graphs: Mapping[int, onnx.ModelProto]) -> None:
     first, *others = sorted(names)
     for n in others:
         if names[n] != names[first]:
-            raise InternalError(f"bucket {n} has inputs/outputs {names[n]}, bucket {first} has {names[first]}: "
-                                "every bucket must be the same model")
+            raise InternalError(
+                f"bucket {n} has inputs/outputs {names[n]}, bucket {first} has {names[first]}: "
+                "every bucket must be the same model"
+            )
 
 
 def _names(values, model: onnx.ModelProto) -> list[str]:

@@ -58,10 +58,14 @@ def legalize_for_tflite(model, *, rejoin_row_splits: bool = True):
 def _rewritten(model):
     from onnxscript.rewriter import pattern, rewrite
 
-    rules = pattern.RewriteRuleSet([pattern.RewriteRule(_gelu_outer_half, _gelu),
-                                    pattern.RewriteRule(_gelu_inner_half, _gelu),
-                                    pattern.RewriteRule(_dynamic_int8_matmul, _dynamic_quantize_matmul)],
-                                   commute=True)
+    rules = pattern.RewriteRuleSet(
+        [
+            pattern.RewriteRule(_gelu_outer_half, _gelu),
+            pattern.RewriteRule(_gelu_inner_half, _gelu),
+            pattern.RewriteRule(_dynamic_int8_matmul, _dynamic_quantize_matmul),
+        ],
+        commute=True,
+    )
     result = rewrite(model, pattern_rewrite_rules=rules)
     result.ir_version = model.ir_version
     return result

@@ -33,8 +33,11 @@ from edgecompress.onnx_facts import node_attribute
 log = logging.getLogger(__name__)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_FLEX_HINT = ("only LiteRT builtin ops are written (no Flex/select TF ops): remove \"tflite\" from the device "
-              "profile's artifacts, or use a recipe that does not leave this op in the graph")
+_FLEX_HINT = (
+    'only LiteRT builtin ops are written (no Flex/select TF ops): remove "tflite" from the device '
+    "profile's artifacts, or use a recipe that does not leave this op in the graph"
+)
+
 
 def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False) -> bytes:
     """The `.tflite` bytes computing what `model` computes; its inputs and outputs keep their ONNX names.
@@ -77,9 +80,11 @@ def check_fixed_shapes(model: onnx.ModelProto) -> None:
             if not dim.HasField("dim_value") or dim.dim_value <= 0:
                 raise UserError(
                     f"input '{value.name}' has a dynamic dimension {axis} ('{dim.dim_param or '?'}')",
-                    where=f"model '{model.graph.name}'", expected="fixed shapes for the TFLite backend",
+                    where=f"model '{model.graph.name}'",
+                    expected="fixed shapes for the TFLite backend",
                     hint="the device profile must fix shapes: set dynamic_shapes = false under [runtime] so "
-                         "the fix_shapes pass fixes batch and seq_len")
+                    "the fix_shapes pass fixes batch and seq_len",
+                )
 
 
 class Lowering:
@@ -152,8 +157,7 @@ class Lowering:
         """A constant derived at export time (transposed weights, shape vectors), written once per key."""
         if key not in self.tensors:
             array = np.asarray(array)
-            self.tensors[key] = self.flat.tensor(key, array.shape, array.dtype, data=array,
-                                                 quantization=quantization)
+            self.tensors[key] = self.flat.tensor(key, array.shape, array.dtype, data=array, quantization=quantization)
         return self.tensors[key]
 
     def const_int4(self, packed: np.ndarray, shape, key: str, quantization) -> int:
@@ -162,8 +166,17 @@ class Lowering:
             self.tensors[key] = self.flat.int4_tensor(key, shape, packed, quantization)
         return self.tensors[key]
 
-    def emit(self, op: str, inputs: list[int], *, out: str | None = None, shape=None, dtype=None,
-             options=None, quantization=None) -> int:
+    def emit(
+        self,
+        op: str,
+        inputs: list[int],
+        *,
+        out: str | None = None,
+        shape=None,
+        dtype=None,
+        options=None,
+        quantization=None,
+    ) -> int:
         """Add builtin `op`; its output is the ONNX value `out` (its dtype overridable, for int8 tensors
         standing for uint8 ones), or an intermediate of `shape` and `dtype`."""
         if out is not None:
@@ -326,5 +339,8 @@ def match_bias_fold(lw: Lowering, product: str) -> BiasFold | str:
 
 def unsupported_error(node: onnx.NodeProto, model: onnx.ModelProto, why: str) -> UserError:
     domain = "" if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::"
-    return UserError(f"cannot lower {domain}{node.op_type} node '{node.name}' to TFLite: {why}",
-                     where=f"model '{model.graph.name}'", hint=_FLEX_HINT)
+    return UserError(
+        f"cannot lower {domain}{node.op_type} node '{node.name}' to TFLite: {why}",
+        where=f"model '{model.graph.name}'",
+        hint=_FLEX_HINT,
+    )

@@ -36,8 +36,9 @@ def rejoin_row_slices(model):
     joins = _joins(model)
     # Nodes go by their position, found by their outputs (unique in the graph) before any rewiring: after it,
     # the kept chain writes the Concat's output. Never by id(): upb recycles the ids of dropped node wrappers.
-    dropped = {tuple(node.output) for _, (_, first_chain, _, slices) in joins
-               for node in (*first_chain, *slices)} | {tuple(concat.output) for concat, _ in joins}
+    dropped = {tuple(node.output) for _, (_, first_chain, _, slices) in joins for node in (*first_chain, *slices)} | {
+        tuple(concat.output) for concat, _ in joins
+    }
     removed = {index for index, node in enumerate(model.graph.node) if tuple(node.output) in dropped}
     orphans = set()
     for concat, (x, first_chain, other_chain, slices) in joins:
@@ -53,8 +54,11 @@ def rejoin_row_slices(model):
 
 def _joins(model) -> list:
     """(Concat, what `_joinable` found) for every Concat along axis 1 that joins a row split."""
-    concats = [n for n in model.graph.node if n.op_type == "Concat" and len(n.input) == 2
-               and node_attribute(n, "axis", None) in (1, -2)]
+    concats = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Concat" and len(n.input) == 2 and node_attribute(n, "axis", None) in (1, -2)
+    ]
     if not concats:
         return []
     by_input = readers(model)
@@ -73,8 +77,7 @@ def _joinable(model, concat, producers: dict, by_input: dict):
     if other_slice.input[0] != x or len(first) != len(other) or not first:
         return None
     other_rows = _rows(model, other_slice)
-    if _rows(model, first_slice) != (0, 1) or other_rows is None or other_rows[0] != 1 \
-            or other_rows[1] < TO_THE_END:
+    if _rows(model, first_slice) != (0, 1) or other_rows is None or other_rows[0] != 1 or other_rows[1] < TO_THE_END:
         return None
     if not all(_same_op(model, a, b) for a, b in zip(first, other)):
         return None

@@ -16,8 +16,16 @@ import numpy as np
 from edgecompress.errors import UserError
 
 # TFLite tensor types by numpy dtype name.
-TENSOR_TYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int32": "INT32", "int64": "INT64", "int8": "INT8",
-                "uint8": "UINT8", "int16": "INT16", "bool": "BOOL"}
+TENSOR_TYPES = {
+    "float32": "FLOAT32",
+    "float16": "FLOAT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "int8": "INT8",
+    "uint8": "UINT8",
+    "int16": "INT16",
+    "bool": "BOOL",
+}
 # Opcodes above this value are stored in `builtin_code`; `deprecated_builtin_code` then holds the placeholder.
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 # The schema asks buffers to be 16-byte aligned (`force_align: 16`); the generated Python ignores it.
@@ -37,9 +45,10 @@ def litert(module: str):
     try:
         return importlib.import_module(f"ai_edge_litert.{module}")
     except ImportError:
-        raise UserError("the tflite artifact needs the ai-edge-litert package, which is not installed",
-                        hint="pip install 'edgecompress[tflite]', or remove \"tflite\" from the device profile's "
-                             "artifacts") from None
+        raise UserError(
+            "the tflite artifact needs the ai-edge-litert package, which is not installed",
+            hint="pip install 'edgecompress[tflite]', or remove \"tflite\" from the device profile's artifacts",
+        ) from None
 
 
 def schema():
@@ -73,8 +82,10 @@ class FlatModel:
         tensor.name = name
         tensor.shape = [int(d) for d in shape]
         if np.dtype(dtype).name not in TENSOR_TYPES:
-            raise UnsupportedTensorType(f"values of type {np.dtype(dtype).name}, which LiteRT has no tensor type "
-                                        f"for (it has {', '.join(TENSOR_TYPES)})")
+            raise UnsupportedTensorType(
+                f"values of type {np.dtype(dtype).name}, which LiteRT has no tensor type "
+                f"for (it has {', '.join(TENSOR_TYPES)})"
+            )
         tensor.type = getattr(s.TensorType, TENSOR_TYPES[np.dtype(dtype).name])
         tensor.quantization = quantization
         tensor.buffer = 0
@@ -108,8 +119,7 @@ class FlatModel:
         """The finished `.tflite` bytes: this one subgraph, signature "serving_default"."""
         graph = self._subgraph("main", inputs, outputs)
         opcodes = sorted(self.opcodes, key=self.opcodes.__getitem__)
-        return _pack(description, opcodes, [graph], self.buffers,
-                     [_signature("serving_default", 0, graph)])
+        return _pack(description, opcodes, [graph], self.buffers, [_signature("serving_default", 0, graph)])
 
     def _subgraph(self, name: str, inputs: list[int], outputs: list[int]):
         graph = schema().SubGraphT()
@@ -200,7 +210,7 @@ class _AlignedBuffer:
         s = schema()
         builder.StartVector(1, len(self.raw), _BUFFER_ALIGNMENT)
         builder.head -= len(self.raw)
-        builder.Bytes[builder.head:builder.head + len(self.raw)] = self.raw
+        builder.Bytes[builder.head : builder.head + len(self.raw)] = self.raw
         data = builder.EndVector()
         s.BufferStart(builder)
         s.BufferAddData(builder, data)
@@ -238,8 +248,9 @@ def weight_sharing(data: bytes) -> dict:
         for position in range(graph.TensorsLength()):
             readers.setdefault(graph.Tensors(position).Buffer(), set()).add(index)
     sizes = {buffer: model.Buffers(buffer).DataLength() for buffer in readers}
-    own = [sum(sizes[b] for b, graphs in readers.items() if graphs == {index})
-           for index in range(model.SubgraphsLength())]
+    own = [
+        sum(sizes[b] for b, graphs in readers.items() if graphs == {index}) for index in range(model.SubgraphsLength())
+    ]
     return {"shared": sum(sizes[b] for b, graphs in readers.items() if len(graphs) > 1), "own": own}
 
 
@@ -263,6 +274,9 @@ def subgraph_alone(data: bytes, index: int) -> bytes:
 def describe_weight_storage(storage: dict[str, int]) -> str:
     """One line for the audit: "weights stored as INT8 11.72 MB, INT4 5.31 MB, FLOAT32 1.28 MB"."""
     total = sum(storage.values())
-    shown = [f"{kind} {size / 1e6:.2f} MB" if size >= 10_000 else f"{kind} {size / 1e3:.1f} kB"
-             for kind, size in storage.items() if size >= total / 100]  # shape vectors and flags left out
+    shown = [
+        f"{kind} {size / 1e6:.2f} MB" if size >= 10_000 else f"{kind} {size / 1e3:.1f} kB"
+        for kind, size in storage.items()
+        if size >= total / 100
+    ]  # shape vectors and flags left out
     return "weights stored as " + (", ".join(shown) or "none")

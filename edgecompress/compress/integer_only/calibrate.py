@@ -19,16 +19,24 @@ from edgecompress.errors import UserError
 # Activation points, by module path suffix -> (what is observed, point name). "in" is the module's
 # first input, "out" its output.
 LAYER_POINTS = (
-    ("attention.self.query", "in", "x_attn"), ("attention.self.query", "out", "q"),
-    ("attention.self.key", "out", "k"), ("attention.self.value", "out", "v"),
-    ("attention.output.dense", "in", "ctx"), ("attention.output.LayerNorm", "in", "res1"),
-    ("attention.output.LayerNorm", "out", "h1"), ("intermediate.dense", "in", "x_ffn"),
+    ("attention.self.query", "in", "x_attn"),
+    ("attention.self.query", "out", "q"),
+    ("attention.self.key", "out", "k"),
+    ("attention.self.value", "out", "v"),
+    ("attention.output.dense", "in", "ctx"),
+    ("attention.output.LayerNorm", "in", "res1"),
+    ("attention.output.LayerNorm", "out", "h1"),
+    ("intermediate.dense", "in", "x_ffn"),
     ("intermediate.dense", "out", "gelu_in"),
-    ("output.dense", "in", "gelu_out"), ("output.LayerNorm", "in", "res2"), ("output.LayerNorm", "out", "h2"),
+    ("output.dense", "in", "gelu_out"),
+    ("output.LayerNorm", "in", "res2"),
+    ("output.LayerNorm", "out", "h2"),
 )
 MODEL_POINTS = (
-    ("bert.embeddings.LayerNorm", "out", "emb"), ("bert.pooler.dense", "in", "x_pool"),
-    ("bert.pooler.dense", "out", "tanh_in"), ("classifier", "out", "logits"),
+    ("bert.embeddings.LayerNorm", "out", "emb"),
+    ("bert.pooler.dense", "in", "x_pool"),
+    ("bert.pooler.dense", "out", "tanh_in"),
+    ("classifier", "out", "logits"),
 )
 INT8_POINTS = {"q", "k", "v"}
 # Inputs of a Linear: ranged per channel (a vector), for the smoothing in `model.py`.
@@ -50,9 +58,11 @@ class RangeObserver:
             value = value[self.token_mask]
         magnitude = value.abs().double()
         if not torch.isfinite(magnitude).all():
-            raise UserError(f"calibration produced NaN or inf at activation '{name}'",
-                            expected="a model whose float outputs are finite on the calibration texts",
-                            hint="check the checkpoint's weights and the --calibration/--data texts")
+            raise UserError(
+                f"calibration produced NaN or inf at activation '{name}'",
+                expected="a model whose float outputs are finite on the calibration texts",
+                hint="check the checkpoint's weights and the --calibration/--data texts",
+            )
         point = name.rsplit(".", 1)[-1]
         if point in CHANNEL_POINTS:
             found = magnitude.reshape(-1, magnitude.shape[-1]).amax(dim=0).numpy()
@@ -72,12 +82,14 @@ def _hooks(model, observer: RangeObserver) -> Iterator[None]:
     modules = dict(model.named_modules())
     points = [(path, side, name) for path, side, name in MODEL_POINTS]
     for index in range(len(model.bert.encoder.layer)):
-        points += [(f"bert.encoder.layer.{index}.{path}", side, f"layer{index}.{name}")
-                   for path, side, name in LAYER_POINTS]
+        points += [
+            (f"bert.encoder.layer.{index}.{path}", side, f"layer{index}.{name}") for path, side, name in LAYER_POINTS
+        ]
 
     def hook(name: str, side: str):
         def record(module, args, output):
             observer.observe(name, args[0] if side == "in" else output)
+
         return record
 
     handles = [modules[path].register_forward_hook(hook(name, side)) for path, side, name in points]
@@ -91,15 +103,21 @@ def _hooks(model, observer: RangeObserver) -> Iterator[None]:
 def calibrate(model, feeds: dict, *, rows: int, percentile: float) -> dict[str, float]:
     """Ranges of every point of a BertForSequenceClassification on the first `rows` calibration texts."""
     observer = RangeObserver(percentile)
-    ids, mask, types = (torch.from_numpy(np.asarray(feeds[n][:rows])) for n in
-                        ("input_ids", "attention_mask", "token_type_ids"))
+    ids, mask, types = (
+        torch.from_numpy(np.asarray(feeds[n][:rows])) for n in ("input_ids", "attention_mask", "token_type_ids")
+    )
     model.eval()
     with torch.no_grad(), _hooks(model, observer):
         for start in range(0, len(ids), BATCH_SIZE):
-            batch_mask = mask[start:start + BATCH_SIZE]
+            batch_mask = mask[start : start + BATCH_SIZE]
             width = max(int(batch_mask.sum(1).max()), 1)  # trailing padding changes nothing: trim it
             observer.token_mask = batch_mask[:, :width] > 0
-            model(input_ids=ids[start:start + BATCH_SIZE, :width], attention_mask=batch_mask[:, :width],
-                  token_type_ids=types[start:start + BATCH_SIZE, :width])
-    return {name: np.maximum(value, 1e-6) if isinstance(value, np.ndarray) else max(value, 1e-6)
-            for name, value in observer.ranges.items()}
+            model(
+                input_ids=ids[start : start + BATCH_SIZE, :width],
+                attention_mask=batch_mask[:, :width],
+                token_type_ids=types[start : start + BATCH_SIZE, :width],
+            )
+    return {
+        name: np.maximum(value, 1e-6) if isinstance(value, np.ndarray) else max(value, 1e-6)
+        for name, value in observer.ranges.items()
+    }

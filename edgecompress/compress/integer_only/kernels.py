@@ -27,7 +27,7 @@ LN_FRACTION_BITS = 16  # LayerNorm's normalized value (x - mean) / std, fixed po
 # 2^62 (what floor_shift needs).
 LN_GAMMA_BITS = 16
 NEWTON_STEPS = 6  # from an initial guess within 2x of sqrt(n), 6 steps reach isqrt(n) for n < 2^62
-SOFTMAX_FINEST_SCALE = math.log(2.0) / 2 ** 16  # ln2 in 2^16 steps: exp's integers stay below ~2^34
+SOFTMAX_FINEST_SCALE = math.log(2.0) / 2**16  # ln2 in 2^16 steps: exp's integers stay below ~2^34
 EXP_RANGE = 30  # exp(x) for x < -30 ln2 is taken as exp(-30 ln2) (I-BERT's clamp)
 ERF_ONE_BITS = 20  # i-erf's value 1.0 is held in at most ~20 bits so GELU's product stays in int64
 POW2 = np.array([1 << i for i in range(63)], dtype=np.int64)
@@ -151,7 +151,7 @@ class Dyadic:
 
     @property
     def value(self) -> np.ndarray:
-        return self.b / 2.0 ** self.c
+        return self.b / 2.0**self.c
 
 
 def dyadic(m) -> Dyadic:
@@ -162,7 +162,7 @@ def dyadic(m) -> Dyadic:
     c = np.minimum(DYADIC_BITS - 1 - np.floor(np.log2(m)), 62).astype(np.int64)
     if np.any(c < 1):
         raise InternalError(f"requantization multiplier {m.max():.3g} is too large for {DYADIC_BITS}-bit dyadic")
-    b = np.round(m * 2.0 ** c).astype(np.int64)
+    b = np.round(m * 2.0**c).astype(np.int64)
     half = POW2[c - 1]
     if b.ndim == 0:
         return Dyadic(int(b), int(c), int(half))
@@ -199,7 +199,7 @@ def i_erf(ops, q, scale: float):
     square = ops.mul(ops.add(clipped, q_b), ops.add(clipped, q_b))
     magnitude = ops.floor_shift(ops.sub(q_one, square), shift)
     signed = ops.where(ops.is_negative(q), ops.sub(0, magnitude), magnitude)
-    return signed, poly_scale * 2 ** shift, q_one // 2 ** shift
+    return signed, poly_scale * 2**shift, q_one // 2**shift
 
 
 def i_gelu(ops, q, scale: float):
@@ -227,15 +227,15 @@ def i_softmax(ops, q, scale: float, key_mask, out_bits: int = 8):
     """
     q = _coarsen(ops, q, scale)
     scale = max(scale, SOFTMAX_FINEST_SCALE)
-    masked = ops.where(key_mask, q, -(2 ** 30))  # scores are int32 (|q| < 127^2 x head size)
+    masked = ops.where(key_mask, q, -(2**30))  # scores are int32 (|q| < 127^2 x head size)
     shifted = ops.sub(masked, ops.reduce_max(masked, -1))
     e, _ = i_exp(ops, shifted, scale)
     e = ops.where(key_mask, e, 0)
     total = ops.maximum(ops.reduce_sum(e, -1), 1)
     # Round to nearest (add half the divisor): flooring would bias every row's sum low.
     half_total = ops.floor_shift(total, 1)
-    probs = ops.div_nonneg(ops.add(ops.mul(e, 2 ** out_bits), half_total), total)
-    return ops.minimum(probs, 2 ** out_bits - 1), 2.0 ** -out_bits
+    probs = ops.div_nonneg(ops.add(ops.mul(e, 2**out_bits), half_total), total)
+    return ops.minimum(probs, 2**out_bits - 1), 2.0**-out_bits
 
 
 def _coarsen(ops, q, scale: float):
@@ -280,7 +280,7 @@ class LayerNormParams:
 
 def layernorm_params(gamma: np.ndarray, beta: np.ndarray, out_scale: float, out_bits: int) -> LayerNormParams:
     g_bits = LN_GAMMA_BITS - max(0, math.ceil(math.log2(max(float(np.abs(gamma).max()), 1e-12))))
-    gamma_q = np.round(gamma * 2.0 ** g_bits).astype(np.int64)
+    gamma_q = np.round(gamma * 2.0**g_bits).astype(np.int64)
     beta_q = np.round(beta * 2.0 ** (g_bits + LN_FRACTION_BITS)).astype(np.int64)
     m = dyadic(2.0 ** -(g_bits + LN_FRACTION_BITS) / out_scale)
     return LayerNormParams(gamma_q, beta_q, m, out_bits, out_scale)
@@ -295,7 +295,7 @@ def i_layernorm(ops, q, params: LayerNormParams):
     n = len(params.gamma)
     centered = ops.sub(q, ops.floor_div(ops.reduce_sum(q, -1), n))
     variance = ops.div_nonneg(ops.reduce_sum(ops.mul(centered, centered), -1), n)
-    normalized = ops.floor_div(ops.mul(centered, 2 ** LN_FRACTION_BITS), isqrt(ops, variance))
+    normalized = ops.floor_div(ops.mul(centered, 2**LN_FRACTION_BITS), isqrt(ops, variance))
     affine = ops.add(ops.mul(normalized, params.gamma), params.beta)
     return requantize(ops, affine, params.out, params.out_bits)
 
@@ -315,7 +315,7 @@ def linear_params(weight: np.ndarray, bias: np.ndarray | None, input_scale: floa
     weight_q = np.clip(np.round(weight / w_scale[:, None]), -127, 127).astype(np.int8)
     acc_scale = input_scale * w_scale
     bias = np.zeros(len(w_scale)) if bias is None else bias
-    bias_q = np.clip(np.round(bias / acc_scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int64)
+    bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int64)
     return LinearParams(np.ascontiguousarray(weight_q.T), bias_q, acc_scale)
 
 

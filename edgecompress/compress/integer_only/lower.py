@@ -84,8 +84,9 @@ class OnnxOps:
     def floor_shift(self, a, c, plus=0):
         """floor((a + plus) / 2^c) without a division: (a + plus + 2^62) >> c as uint64 (BitShift is
         unsigned), minus 2^(62-c). The two constants fold into one Add."""
-        shifted = self._node("Cast", [self._node("Add", [a, np.asarray(plus, dtype=np.int64) + OFFSET])],
-                             to=TensorProto.UINT64)
+        shifted = self._node(
+            "Cast", [self._node("Add", [a, np.asarray(plus, dtype=np.int64) + OFFSET])], to=TensorProto.UINT64
+        )
         shifted = self._node("BitShift", [shifted, self.value(c, np.uint64)], direction="RIGHT")
         return self._node("Sub", [self._node("Cast", [shifted], to=TensorProto.INT64), OFFSET >> np.asarray(c)])
 
@@ -95,8 +96,11 @@ class OnnxOps:
 
     def shift_right(self, a, z):
         """a >= 0 shifted by a tensor z: as uint64 through BitShift."""
-        shifted = self._node("BitShift", [self._node("Cast", [a], to=TensorProto.UINT64),
-                                          self._node("Cast", [z], to=TensorProto.UINT64)], direction="RIGHT")
+        shifted = self._node(
+            "BitShift",
+            [self._node("Cast", [a], to=TensorProto.UINT64), self._node("Cast", [z], to=TensorProto.UINT64)],
+            direction="RIGHT",
+        )
         return self._node("Cast", [shifted], to=TensorProto.INT64)
 
     # onnxruntime 1.31's int64 Min, Max, Clip and ReduceMax kernels return wrong values for some
@@ -130,8 +134,7 @@ class OnnxOps:
 
     def bit_length(self, a):
         above = self._node("GreaterOrEqual", [self._node("Unsqueeze", [a, np.array([-1])]), POW2])
-        return self._node("ReduceSum", [self._node("Cast", [above], to=TensorProto.INT64), np.array([-1])],
-                          keepdims=0)
+        return self._node("ReduceSum", [self._node("Cast", [above], to=TensorProto.INT64), np.array([-1])], keepdims=0)
 
     def gather(self, table, index):
         if isinstance(table, np.ndarray) and table.dtype == np.int8:  # int8 embedding tables stay int8
@@ -183,8 +186,9 @@ def lower_plan(plan: IntegerPlan, *, input_names: tuple[str, ...], output_name: 
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in input_names]
     output = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", labels])
     graph = helper.make_graph(ops.nodes, "integer_only_bert", inputs, [output], ops.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edgecompress-integer-only")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgecompress-integer-only"
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
@@ -193,8 +197,13 @@ def lower_plan(plan: IntegerPlan, *, input_names: tuple[str, ...], output_name: 
 def float_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(name, op_type) of every node with a float input or output: the audit's raw material."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
     types.update({t.name: t.data_type for t in inferred.graph.initializer})
-    return [(node.name, node.op_type) for node in inferred.graph.node
-            if any(types.get(name) in FLOAT_TYPES for name in list(node.input) + list(node.output))]
+    return [
+        (node.name, node.op_type)
+        for node in inferred.graph.node
+        if any(types.get(name) in FLOAT_TYPES for name in list(node.input) + list(node.output))
+    ]

@@ -34,9 +34,24 @@ from edgecompress.errors import UserError
 
 # Module types the integer lowering knows, by class name (transformers' BERT family, eager attention).
 KNOWN_MODULES = {
-    "BertForSequenceClassification", "BertModel", "BertEmbeddings", "BertEncoder", "ModuleList", "BertLayer",
-    "BertAttention", "BertSelfAttention", "BertSelfOutput", "BertIntermediate", "BertOutput", "BertPooler",
-    "Embedding", "Linear", "LayerNorm", "Dropout", "Tanh", "GELUActivation",
+    "BertForSequenceClassification",
+    "BertModel",
+    "BertEmbeddings",
+    "BertEncoder",
+    "ModuleList",
+    "BertLayer",
+    "BertAttention",
+    "BertSelfAttention",
+    "BertSelfOutput",
+    "BertIntermediate",
+    "BertOutput",
+    "BertPooler",
+    "Embedding",
+    "Linear",
+    "LayerNorm",
+    "Dropout",
+    "Tanh",
+    "GELUActivation",
 }
 
 
@@ -52,29 +67,44 @@ def _np(tensor: torch.Tensor) -> np.ndarray:
 def check_convertible(model, where: str) -> None:
     """UserError for anything the integer kernels cannot compute, naming the module path and type."""
     if type(model).__name__ != "BertForSequenceClassification":
-        raise UserError(f"integer-only lowering cannot handle a {type(model).__name__}", where=where,
-                        expected="a BertForSequenceClassification (a classifier checkpoint)")
+        raise UserError(
+            f"integer-only lowering cannot handle a {type(model).__name__}",
+            where=where,
+            expected="a BertForSequenceClassification (a classifier checkpoint)",
+        )
     for index, layer in enumerate(model.bert.encoder.layer):
         act = layer.intermediate.intermediate_act_fn
         if model.config.hidden_act != "gelu" or type(act).__name__ != "GELUActivation":
-            raise UserError(f"integer-only lowering cannot handle activation {model.config.hidden_act!r} of module "
-                            f"'bert.encoder.layer.{index}.intermediate.intermediate_act_fn' ({type(act).__name__})",
-                            where=where, expected="'gelu' (I-BERT's i-GELU approximates the exact erf GELU)")
+            raise UserError(
+                f"integer-only lowering cannot handle activation {model.config.hidden_act!r} of module "
+                f"'bert.encoder.layer.{index}.intermediate.intermediate_act_fn' ({type(act).__name__})",
+                where=where,
+                expected="'gelu' (I-BERT's i-GELU approximates the exact erf GELU)",
+            )
     for path, module in model.named_modules():
         kind = type(module).__name__
         if kind not in KNOWN_MODULES:
-            raise UserError(f"integer-only lowering cannot handle module '{path}' of type {kind}", where=where,
-                            expected=f"BERT modules only ({', '.join(sorted(KNOWN_MODULES))})")
+            raise UserError(
+                f"integer-only lowering cannot handle module '{path}' of type {kind}",
+                where=where,
+                expected=f"BERT modules only ({', '.join(sorted(KNOWN_MODULES))})",
+            )
     config = model.config
-    for field, found, wanted in (("position_embedding_type", getattr(config, "position_embedding_type", "absolute"),
-                                  "absolute"), ("attention implementation", config._attn_implementation, "eager")):
+    for field, found, wanted in (
+        ("position_embedding_type", getattr(config, "position_embedding_type", "absolute"), "absolute"),
+        ("attention implementation", config._attn_implementation, "eager"),
+    ):
         if found != wanted:
-            raise UserError(f"integer-only lowering cannot handle {field} {found!r}", where=where,
-                            expected=repr(wanted))
+            raise UserError(
+                f"integer-only lowering cannot handle {field} {found!r}", where=where, expected=repr(wanted)
+            )
     for name, parameter in model.named_parameters():
         if not torch.isfinite(parameter).all():
-            raise UserError(f"weight '{name}' contains NaN or inf", where=where,
-                            hint="the checkpoint is corrupt or diverged in training")
+            raise UserError(
+                f"weight '{name}' contains NaN or inf",
+                where=where,
+                hint="the checkpoint is corrupt or diverged in training",
+            )
 
 
 def build_plan(model, ranges: dict) -> IntegerPlan:
@@ -83,8 +113,13 @@ def build_plan(model, ranges: dict) -> IntegerPlan:
     hidden_scale = embeddings.norm.out_scale
     layers = []
     for index, layer in enumerate(model.bert.encoder.layer):
-        layers.append(_layer_plan(layer, {k.split(".", 1)[1]: v for k, v in ranges.items()
-                                          if k.startswith(f"layer{index}.")}, hidden_scale))
+        layers.append(
+            _layer_plan(
+                layer,
+                {k.split(".", 1)[1]: v for k, v in ranges.items() if k.startswith(f"layer{index}.")},
+                hidden_scale,
+            )
+        )
         hidden_scale = layers[-1].norm2.out_scale
     head = _head_plan(model, ranges, hidden_scale)
     return IntegerPlan(embeddings, layers, head)
@@ -99,12 +134,17 @@ def _int8_table(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _embedding_plan(embeddings, out_scale: float) -> EmbeddingPlan:
-    tables = [_int8_table(t.weight) for t in (embeddings.word_embeddings, embeddings.position_embeddings,
-                                              embeddings.token_type_embeddings)]
+    tables = [
+        _int8_table(t.weight)
+        for t in (embeddings.word_embeddings, embeddings.position_embeddings, embeddings.token_type_embeddings)
+    ]
     sum_scale = float(sum(scale.max() * 127 for _, scale in tables)) / (2 ** (RESIDUAL_BITS - 1) - 1)
     norm = embeddings.LayerNorm
-    return EmbeddingPlan(*(table for table, _ in tables), tuple(dyadic(scale / sum_scale) for _, scale in tables),
-                         layernorm_params(_np(norm.weight), _np(norm.bias), out_scale, HIDDEN_BITS))
+    return EmbeddingPlan(
+        *(table for table, _ in tables),
+        tuple(dyadic(scale / sum_scale) for _, scale in tables),
+        layernorm_params(_np(norm.weight), _np(norm.bias), out_scale, HIDDEN_BITS),
+    )
 
 
 def _linear(linear, input_scale: float):
@@ -123,8 +163,9 @@ def smoothed_linears(linears, channel_absmax: np.ndarray):
     FFN out 25.9 -> 39.8 dB, Q/K/V 31.8 -> 37.5 dB (SmoothQuant's 0.5 gave 32.5, 18.5, 34.9).
     """
     step = channel_absmax / 127
-    params = [linear_params(_np(m.weight) * step[None, :], None if m.bias is None else _np(m.bias), 1.0)
-              for m in linears]
+    params = [
+        linear_params(_np(m.weight) * step[None, :], None if m.bias is None else _np(m.bias), 1.0) for m in linears
+    ]
     return params, step
 
 
@@ -144,17 +185,27 @@ def _layer_plan(layer, r: dict, hidden_scale: float) -> LayerPlan:
     s_res2, s_h2 = _step(r["res2"], RESIDUAL_BITS), _step(r["h2"], HIDDEN_BITS)
     norm2 = layer.output.LayerNorm
     return LayerPlan(
-        heads=heads, head_size=head_size, to_attn_input=dyadic(hidden_scale / x_attn),
-        query=query, key=key, value=value,
+        heads=heads,
+        head_size=head_size,
+        to_attn_input=dyadic(hidden_scale / x_attn),
+        query=query,
+        key=key,
+        value=value,
         to_qkv=(dyadic(query.acc_scale / s_q), dyadic(key.acc_scale / s_k), dyadic(value.acc_scale / s_v)),
-        score_scale=s_q * s_k / math.sqrt(head_size), to_context=dyadic(2.0 ** -8 * s_v / s_ctx),
-        attn_out=attn_out, attn_residual=(dyadic(attn_out.acc_scale / s_res1), dyadic(hidden_scale / s_res1)),
+        score_scale=s_q * s_k / math.sqrt(head_size),
+        to_context=dyadic(2.0**-8 * s_v / s_ctx),
+        attn_out=attn_out,
+        attn_residual=(dyadic(attn_out.acc_scale / s_res1), dyadic(hidden_scale / s_res1)),
         norm1=layernorm_params(_np(norm1.weight), _np(norm1.bias), s_h1, HIDDEN_BITS),
-        to_ffn_input=dyadic(s_h1 / x_ffn), intermediate=intermediate,
-        to_gelu=dyadic(intermediate.acc_scale / s_gelu_in), gelu_scale=s_gelu_in,
-        from_gelu=dyadic(gelu_out_scale / s_gelu), ffn_out=ffn_out,
+        to_ffn_input=dyadic(s_h1 / x_ffn),
+        intermediate=intermediate,
+        to_gelu=dyadic(intermediate.acc_scale / s_gelu_in),
+        gelu_scale=s_gelu_in,
+        from_gelu=dyadic(gelu_out_scale / s_gelu),
+        ffn_out=ffn_out,
         ffn_residual=(dyadic(ffn_out.acc_scale / s_res2), dyadic(s_h1 / s_res2)),
-        norm2=layernorm_params(_np(norm2.weight), _np(norm2.bias), s_h2, HIDDEN_BITS))
+        norm2=layernorm_params(_np(norm2.weight), _np(norm2.bias), s_h2, HIDDEN_BITS),
+    )
 
 
 def _gelu_output_scale(input_scale: float) -> float:
@@ -170,9 +221,15 @@ def _head_plan(model, r: dict, hidden_scale: float) -> HeadPlan:
     s_tanh = _step(r["tanh_in"], HIDDEN_BITS)
     classifier = _linear(model.classifier, 1.0 / 127)
     s_logits = _step(r["logits"] * 1.25, LOGIT_BITS)  # headroom: the integer model's logits may exceed float's
-    return HeadPlan(to_pool_input=dyadic(hidden_scale / x_pool), pooler=pooler,
-                    to_tanh=dyadic(pooler.acc_scale / s_tanh), tanh_scale=s_tanh, classifier=classifier,
-                    to_logits=dyadic(classifier.acc_scale / s_logits), logit_scale=s_logits)
+    return HeadPlan(
+        to_pool_input=dyadic(hidden_scale / x_pool),
+        pooler=pooler,
+        to_tanh=dyadic(pooler.acc_scale / s_tanh),
+        tanh_scale=s_tanh,
+        classifier=classifier,
+        to_logits=dyadic(classifier.acc_scale / s_logits),
+        logit_scale=s_logits,
+    )
 
 
 class IntegerBert(torch.nn.Module):

@@ -51,28 +51,37 @@ class IntegerOnly(Pass):
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch module to convert")
         if bundle.kind != CLASSIFICATION or getattr(bundle.module, "pooled", False):
-            raise UserError(f"integer-only lowering cannot handle a {bundle.kind} model (mean-pooled encoder)",
-                            where=str(bundle.source), expected="a BertForSequenceClassification checkpoint")
+            raise UserError(
+                f"integer-only lowering cannot handle a {bundle.kind} model (mean-pooled encoder)",
+                where=str(bundle.source),
+                expected="a BertForSequenceClassification checkpoint",
+            )
         check_convertible(bundle.module.hf_model, str(bundle.source))
         if "tflite" in ctx.artifacts:  # fail before calibration, not at the emit stage minutes later
-            raise UserError("integer-only models ship for ONNX Runtime only: LiteRT has no builtins for their "
-                            "int32/int64 integer arithmetic (MatMulInteger, 64-bit shifts and divisions)",
-                            expected="a device profile whose artifacts are onnx and/or ort",
-                            hint="use a copy of the profile with artifacts = [\"onnx\", \"ort\"], or "
-                                 "--quantize int8 for a .tflite")
+            raise UserError(
+                "integer-only models ship for ONNX Runtime only: LiteRT has no builtins for their "
+                "int32/int64 integer arithmetic (MatMulInteger, 64-bit shifts and divisions)",
+                expected="a device profile whose artifacts are onnx and/or ort",
+                hint='use a copy of the profile with artifacts = ["onnx", "ort"], or --quantize int8 for a .tflite',
+            )
         if ctx.calibration is None:
-            raise UserError(f"pass '{self.name}' calibrates activation ranges on texts, but none were given",
-                            expected="--calibration or --train-data (a CSV, TSV or JSONL file with a text column)")
+            raise UserError(
+                f"pass '{self.name}' calibrates activation ranges on texts, but none were given",
+                expected="--calibration or --train-data (a CSV, TSV or JSONL file with a text column)",
+            )
         if self.qat_epochs > 0 and ctx.train_data is None:
-            raise UserError(f"pass '{self.name}' has qat_epochs {self.qat_epochs} but no training texts",
-                            expected="--train-data (a labelled CSV, TSV or JSONL file)",
-                            hint="or set qat_epochs = 0 to calibrate only")
+            raise UserError(
+                f"pass '{self.name}' has qat_epochs {self.qat_epochs} but no training texts",
+                expected="--train-data (a labelled CSV, TSV or JSONL file)",
+                hint="or set qat_epochs = 0 to calibrate only",
+            )
 
     def _check_options(self) -> None:
         for option in ("calibration_rows", "lr", "batch_size", "temperature"):
             if getattr(self, option) <= 0:
-                raise UserError(f"option '{option}' of pass '{self.name}' must be positive, got "
-                                f"{getattr(self, option)!r}")
+                raise UserError(
+                    f"option '{option}' of pass '{self.name}' must be positive, got {getattr(self, option)!r}"
+                )
         if not 50.0 <= self.percentile <= 100.0:
             raise UserError(f"option 'percentile' of pass '{self.name}' must be in [50, 100], got {self.percentile!r}")
         if self.qat_epochs < 0:
@@ -92,19 +101,35 @@ class IntegerOnly(Pass):
 
             trained = quantization_aware_training(model, float_model, bundle, ctx, ranges, self)
             stats.update(trained)
-            notes.append(f"QAT: {self.qat_epochs} epochs ({trained['steps']} steps, {trained['seconds']} s), "
-                         f"loss {trained.get('loss_first')} -> {trained.get('loss_last')}")
+            notes.append(
+                f"QAT: {self.qat_epochs} epochs ({trained['steps']} steps, {trained['seconds']} s), "
+                f"loss {trained.get('loss_first')} -> {trained.get('loss_last')}"
+            )
             ranges = calibrate(model, calibration, rows=rows, percentile=self.percentile)
         integer = integer_bert(model, ranges, where=str(bundle.source))
         agreement = _agreement(integer, bundle.module, calibration, rows)
-        stats.update({"layers": integer.layer_count, "weight_bits": 8, "activation_bits": 8,
-                      "qat_epochs": self.qat_epochs, "calibration_agreement": round(agreement, 4),
-                      "logit_lsb": integer.parity_atol})
-        notes.insert(0, f"integer-only (I-BERT): {integer.layer_count} layers, int8 weights and matmul inputs, "
-                        f"ranges from {rows} calibration texts (percentile {self.percentile})")
+        stats.update(
+            {
+                "layers": integer.layer_count,
+                "weight_bits": 8,
+                "activation_bits": 8,
+                "qat_epochs": self.qat_epochs,
+                "calibration_agreement": round(agreement, 4),
+                "logit_lsb": integer.parity_atol,
+            }
+        )
+        notes.insert(
+            0,
+            f"integer-only (I-BERT): {integer.layer_count} layers, int8 weights and matmul inputs, "
+            f"ranges from {rows} calibration texts (percentile {self.percentile})",
+        )
         notes.append(f"prediction agreement with the float model on the calibration texts: {agreement:.1%}")
-        log.info("integer_only: %d layers converted, agreement with float %.1f%% on %d texts",
-                 integer.layer_count, 100 * agreement, rows)
+        log.info(
+            "integer_only: %d layers converted, agreement with float %.1f%% on %d texts",
+            integer.layer_count,
+            100 * agreement,
+            rows,
+        )
         new = dataclasses.replace(bundle, module=integer, integer_only=True, parity_atol=integer.parity_atol)
         return PassResult(new, notes, stats, lossy=True)
 
@@ -121,9 +146,10 @@ def _agreement(integer, reference, feeds: dict, rows: int, batch_size: int = 32)
     same = 0
     with torch.no_grad():
         for start in range(0, rows, batch_size):
-            picked = order[start:start + batch_size]
+            picked = order[start : start + batch_size]
             width = max(int(lengths[picked].max()), 1)  # trailing padding changes neither model
-            args = [torch.from_numpy(feeds[n][picked, :width]) for n in
-                    ("input_ids", "attention_mask", "token_type_ids")]
+            args = [
+                torch.from_numpy(feeds[n][picked, :width]) for n in ("input_ids", "attention_mask", "token_type_ids")
+            ]
             same += int((integer(*args).argmax(-1) == reference(*args).argmax(-1)).sum())
     return same / rows

@@ -105,10 +105,13 @@ def embed(ops, plan: EmbeddingPlan, input_ids, token_type_ids):
 
 def encoder_layer(ops, plan: LayerPlan, h, key_mask):
     x = requantize(ops, h, plan.to_attn_input, 8)
-    q, k, v = (requantize(ops, i_linear(ops, x, params), to_int8, 8)
-               for params, to_int8 in zip((plan.query, plan.key, plan.value), plan.to_qkv))
-    scores = ops.matmul(ops.split_heads(q, plan.heads, plan.head_size),
-                        ops.split_heads(k, plan.heads, plan.head_size, transpose=True))
+    q, k, v = (
+        requantize(ops, i_linear(ops, x, params), to_int8, 8)
+        for params, to_int8 in zip((plan.query, plan.key, plan.value), plan.to_qkv)
+    )
+    scores = ops.matmul(
+        ops.split_heads(q, plan.heads, plan.head_size), ops.split_heads(k, plan.heads, plan.head_size, transpose=True)
+    )
     probs, _ = i_softmax(ops, scores, plan.score_scale, key_mask)
     context = ops.matmul(probs, ops.split_heads(v, plan.heads, plan.head_size), a_unsigned=True)
     context = requantize(ops, ops.merge_heads(context, plan.heads * plan.head_size), plan.to_context, 8)

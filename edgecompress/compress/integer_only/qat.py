@@ -90,8 +90,9 @@ def fake_quantized(model, ranges: dict) -> Iterator[None]:
         linear(layer.attention.output.dense, channel_step(prefix + "ctx"))
         linear(layer.intermediate.dense, channel_step(prefix + "x_ffn"))
         linear(layer.output.dense, channel_step(prefix + "gelu_out"))
-        handles.append(layer.intermediate.intermediate_act_fn.register_forward_hook(
-            lambda m, args, out: poly_gelu(args[0])))
+        handles.append(
+            layer.intermediate.intermediate_act_fn.register_forward_hook(lambda m, args, out: poly_gelu(args[0]))
+        )
     linear(model.bert.pooler.dense, channel_step("x_pool"))
     linear(model.classifier, torch.full((model.classifier.in_features,), 1.0 / INT8))
     try:
@@ -106,12 +107,18 @@ def fake_quantized(model, ranges: dict) -> Iterator[None]:
 def quantization_aware_training(model, float_model, bundle, ctx, ranges: dict, options) -> dict:
     """Fine-tune `model` in place under fake quantization, distilled from `float_model`."""
     data = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx))
-    recovery = _recovery.Recovery(epochs=options.qat_epochs, lr=options.lr, batch_size=options.batch_size,
-                                  temperature=options.temperature, hidden_weight=1.0)
+    recovery = _recovery.Recovery(
+        epochs=options.qat_epochs,
+        lr=options.lr,
+        batch_size=options.batch_size,
+        temperature=options.temperature,
+        hidden_weight=1.0,
+    )
     student, teacher = ReferenceModule(model, pooled=False), ReferenceModule(float_model, pooled=False)
     with fake_quantized(model, ranges):
         digest = _recovery.training_digest(student, teacher, data, recovery, options.seed)
         folder = Path(options.work_dir) if options.work_dir else _recovery.work_dir("integer-only", digest)
-        result = _recovery.recover(student, teacher, data, recovery, seed=options.seed, label="integer_only QAT",
-                                   checkpoint_dir=folder)
+        result = _recovery.recover(
+            student, teacher, data, recovery, seed=options.seed, label="integer_only QAT", checkpoint_dir=folder
+        )
     return {key: result[key] for key in ("steps", "seconds", "loss_first", "loss_last") if key in result}

@@ -46,8 +46,13 @@ def embed_layer_norm(lw: Lowering, node) -> None:
 
 
 def _rows(lw: Lowering, table: str, ids: str) -> int:
-    return lw.emit("GATHER", [lw.value(table), lw.value(ids)], shape=(*lw.shape(ids), lw.shape(table)[1]),
-                   dtype=_FLOAT32, options=lw.options("Gather"))
+    return lw.emit(
+        "GATHER",
+        [lw.value(table), lw.value(ids)],
+        shape=(*lw.shape(ids), lw.shape(table)[1]),
+        dtype=_FLOAT32,
+        options=lw.options("Gather"),
+    )
 
 
 def embedding_norm(lw: Lowering, node, rows: list[int], gamma: int, beta: int, mask: str) -> None:
@@ -71,11 +76,19 @@ def _mask_index(lw: Lowering, mask: str, batch: int, *, out: str) -> None:
         lw.bind(out, lw.const(np.zeros(batch, np.int32), f"{out}/zeros"))
         return
     shape = lw.shape(mask)
-    ones = lw.emit("EQUAL", [lw.value(mask), lw.const(np.array(1, lw.dtype(mask)), f"one_{lw.dtype(mask)}")],
-                   shape=shape, dtype=np.bool_)
+    ones = lw.emit(
+        "EQUAL",
+        [lw.value(mask), lw.const(np.array(1, lw.dtype(mask)), f"one_{lw.dtype(mask)}")],
+        shape=shape,
+        dtype=np.bool_,
+    )
     counted = lw.emit("CAST", [ones], shape=shape, dtype=_INT32)
-    lw.emit("SUM", [counted, lw.const(np.array([1], np.int32), "axes[1]")], out=out,
-            options=lw.options("Reducer", keepDims=False))
+    lw.emit(
+        "SUM",
+        [counted, lw.const(np.array([1], np.int32), "axes[1]")],
+        out=out,
+        options=lw.options("Reducer", keepDims=False),
+    )
 
 
 @lowers("SkipLayerNormalization", domain=MS_DOMAIN)
@@ -90,8 +103,16 @@ def skip_layer_norm(lw: Lowering, node) -> None:
     total = lw.emit("ADD", [lw.value(x), lw.value(skip)], shape=shape, dtype=_FLOAT32)
     if bias and x not in lw.biased and skip not in lw.biased:
         total = lw.emit("ADD", [total, lw.value(bias)], shape=shape, dtype=_FLOAT32)
-    layer_norm(lw, total, shape, [len(shape) - 1], lw.value(gamma), lw.value(beta) if beta else None,
-               lw.attr(node, "epsilon", 1e-12), out=node.output[0])
+    layer_norm(
+        lw,
+        total,
+        shape,
+        [len(shape) - 1],
+        lw.value(gamma),
+        lw.value(beta) if beta else None,
+        lw.attr(node, "epsilon", 1e-12),
+        out=node.output[0],
+    )
     if len(node.output) > 3 and lw.used(node.output[3]):
         lw.bind(node.output[3], total)
 
@@ -123,10 +144,19 @@ def attention(lw: Lowering, node) -> None:
     for index, part in enumerate("qkv"):
         columns = slice(index * hidden, (index + 1) * hidden)
         factor = scale if part == "q" else np.float32(1)
-        projections.append(lw.emit(
-            "FULLY_CONNECTED", [lw.value(x), lw.const(weight[:, columns].T * factor, f"{weight_name}/{part}"),
-                                lw.const(bias[columns] * factor, f"{bias_name}/{part}")],
-            shape=(*lw.shape(x)[:2], hidden), dtype=_FLOAT32, options=lw.options("FullyConnected", keepNumDims=True)))
+        projections.append(
+            lw.emit(
+                "FULLY_CONNECTED",
+                [
+                    lw.value(x),
+                    lw.const(weight[:, columns].T * factor, f"{weight_name}/{part}"),
+                    lw.const(bias[columns] * factor, f"{bias_name}/{part}"),
+                ],
+                shape=(*lw.shape(x)[:2], hidden),
+                dtype=_FLOAT32,
+                options=lw.options("FullyConnected", keepNumDims=True),
+            )
+        )
     attention_core(lw, node, projections, mask)
 
 
@@ -164,19 +194,33 @@ def attention_core(lw: Lowering, node, projections: list[int], mask: str) -> Non
     split = (batch, length, heads, head_size)
     q, k, v = (_heads(lw, projected, split) for projected in projections)
     scores_shape = (batch, heads, length, length)
-    scores = lw.emit("BATCH_MATMUL", [q, k], shape=scores_shape, dtype=_FLOAT32,
-                     options=lw.options("BatchMatMul", adjY=True))
+    scores = lw.emit(
+        "BATCH_MATMUL", [q, k], shape=scores_shape, dtype=_FLOAT32, options=lw.options("BatchMatMul", adjY=True)
+    )
     if mask:
         filter_value = lw.attr(node, "mask_filter_value", -10000.0)
-        scores = lw.emit("ADD", [scores, _additive_mask(lw, node, mask, batch, length, filter_value)],
-                         shape=scores_shape, dtype=_FLOAT32)
+        scores = lw.emit(
+            "ADD",
+            [scores, _additive_mask(lw, node, mask, batch, length, filter_value)],
+            shape=scores_shape,
+            dtype=_FLOAT32,
+        )
     probs = lw.emit("SOFTMAX", [scores], shape=scores_shape, dtype=_FLOAT32, options=lw.options("Softmax", beta=1.0))
-    context = lw.emit("BATCH_MATMUL", [probs, v], shape=(batch, heads, length, head_size), dtype=_FLOAT32,
-                      options=lw.options("BatchMatMul"))
+    context = lw.emit(
+        "BATCH_MATMUL",
+        [probs, v],
+        shape=(batch, heads, length, head_size),
+        dtype=_FLOAT32,
+        options=lw.options("BatchMatMul"),
+    )
     merged = lw.emit("TRANSPOSE", [context, _perm(lw)], shape=split, dtype=_FLOAT32, options=lw.options("Transpose"))
     out_shape = [batch, length, hidden]
-    lw.emit("RESHAPE", [merged, lw.const(np.array(out_shape, np.int32), f"shape{out_shape}")], out=node.output[0],
-            options=lw.options("Reshape", newShape=out_shape))
+    lw.emit(
+        "RESHAPE",
+        [merged, lw.const(np.array(out_shape, np.int32), f"shape{out_shape}")],
+        out=node.output[0],
+        options=lw.options("Reshape", newShape=out_shape),
+    )
 
 
 def _perm(lw: Lowering) -> int:
@@ -186,10 +230,20 @@ def _perm(lw: Lowering) -> int:
 def _heads(lw: Lowering, projected: int, split) -> int:
     """[B, S, H] -> [B, N, S, h]."""
     batch, length, heads, head_size = split
-    reshaped = lw.emit("RESHAPE", [projected, lw.const(np.array(split, np.int32), f"shape{list(split)}")],
-                       shape=split, dtype=_FLOAT32, options=lw.options("Reshape", newShape=list(split)))
-    return lw.emit("TRANSPOSE", [reshaped, _perm(lw)], shape=(batch, heads, length, head_size), dtype=_FLOAT32,
-                   options=lw.options("Transpose"))
+    reshaped = lw.emit(
+        "RESHAPE",
+        [projected, lw.const(np.array(split, np.int32), f"shape{list(split)}")],
+        shape=split,
+        dtype=_FLOAT32,
+        options=lw.options("Reshape", newShape=list(split)),
+    )
+    return lw.emit(
+        "TRANSPOSE",
+        [reshaped, _perm(lw)],
+        shape=(batch, heads, length, head_size),
+        dtype=_FLOAT32,
+        options=lw.options("Transpose"),
+    )
 
 
 def _additive_mask(lw: Lowering, node, mask: str, batch: int, length: int, filter_value: float) -> int:
@@ -203,8 +257,13 @@ def _additive_mask(lw: Lowering, node, mask: str, batch: int, length: int, filte
         return lw.cache[key]
     shape, dtype = lw.shape(mask), lw.dtype(mask)
     if shape == (batch,):
-        ends = lw.emit("RESHAPE", [lw.value(mask), lw.const(np.array([batch, 1], np.int32), f"shape[{batch}, 1]")],
-                       shape=(batch, 1), dtype=dtype, options=lw.options("Reshape", newShape=[batch, 1]))
+        ends = lw.emit(
+            "RESHAPE",
+            [lw.value(mask), lw.const(np.array([batch, 1], np.int32), f"shape[{batch}, 1]")],
+            shape=(batch, 1),
+            dtype=dtype,
+            options=lw.options("Reshape", newShape=[batch, 1]),
+        )
         positions = lw.const(np.arange(length, dtype=dtype)[None, :], f"positions{length}_{dtype}")
         masked = lw.emit("GREATER_EQUAL", [positions, ends], shape=(batch, length), dtype=np.bool_)
     elif shape == (batch, length):
@@ -213,9 +272,18 @@ def _additive_mask(lw: Lowering, node, mask: str, batch: int, length: int, filte
     else:
         raise lw.unsupported(node, f"a mask of shape {list(shape)} (only [batch] mask_index or [batch, seq] masks)")
     as_float = lw.emit("CAST", [masked], shape=(batch, length), dtype=_FLOAT32)
-    additive = lw.emit("MUL", [as_float, lw.const(np.array(filter_value, np.float32), f"mask_filter{filter_value!r}")],
-                       shape=(batch, length), dtype=_FLOAT32)
+    additive = lw.emit(
+        "MUL",
+        [as_float, lw.const(np.array(filter_value, np.float32), f"mask_filter{filter_value!r}")],
+        shape=(batch, length),
+        dtype=_FLOAT32,
+    )
     four_d = [batch, 1, 1, length]
-    lw.cache[key] = lw.emit("RESHAPE", [additive, lw.const(np.array(four_d, np.int32), f"shape{four_d}")],
-                            shape=tuple(four_d), dtype=_FLOAT32, options=lw.options("Reshape", newShape=four_d))
+    lw.cache[key] = lw.emit(
+        "RESHAPE",
+        [additive, lw.const(np.array(four_d, np.int32), f"shape{four_d}")],
+        shape=tuple(four_d),
+        dtype=_FLOAT32,
+        options=lw.options("Reshape", newShape=four_d),
+    )
     return lw.cache[key]

@@ -109,27 +109,64 @@ def q_attention(lw: Lowering, node) -> None:
     parts = [slice(part * hidden, (part + 1) * hidden) for part in range(3)]
     # Q's score scale goes into its weight scales and bias: the integer products stay ORT's
     factors = [attention_scale(lw, node, hidden), np.float32(1), np.float32(1)]
-    projections = [guarded_fully_connected(lw, x, guards, int8[:, columns], scales[columns] * factor,
-                                           f"{weights}/{'qkv'[index]}", bias=bias_values[columns] * factor,
-                                           shape=(*lw.shape(quantized)[:2], hidden))
-                   for index, (columns, factor) in enumerate(zip(parts, factors))]
+    projections = [
+        guarded_fully_connected(
+            lw,
+            x,
+            guards,
+            int8[:, columns],
+            scales[columns] * factor,
+            f"{weights}/{'qkv'[index]}",
+            bias=bias_values[columns] * factor,
+            shape=(*lw.shape(quantized)[:2], hidden),
+        )
+        for index, (columns, factor) in enumerate(zip(parts, factors))
+    ]
     attention_core(lw, node, projections, mask)
 
 
 @lowers("QEmbedLayerNormalization", domain=MS_DOMAIN)
 def q_embed_layer_norm(lw: Lowering, node) -> None:
-    (ids, segments, word, position, segment, gamma, beta, mask, word_scale, position_scale, segment_scale,
-     gamma_scale, beta_scale, word_zero, position_zero, segment_zero, gamma_zero, beta_zero) = padded_inputs(node, 18)
+    (
+        ids,
+        segments,
+        word,
+        position,
+        segment,
+        gamma,
+        beta,
+        mask,
+        word_scale,
+        position_scale,
+        segment_scale,
+        gamma_scale,
+        beta_scale,
+        word_zero,
+        position_zero,
+        segment_zero,
+        gamma_zero,
+        beta_zero,
+    ) = padded_inputs(node, 18)
     length = lw.shape(ids)[1]
-    rows = [_quantized_rows(lw, node, word, word_scale, word_zero, ids),
-            lw.const(_dequantized(lw, node, position, position_scale, position_zero)[:length],
-                     f"{position}/dequantized_first_{length}")]
+    rows = [
+        _quantized_rows(lw, node, word, word_scale, word_zero, ids),
+        lw.const(
+            _dequantized(lw, node, position, position_scale, position_zero)[:length],
+            f"{position}/dequantized_first_{length}",
+        ),
+    ]
     if segments:
         rows.append(_quantized_rows(lw, node, segment, segment_scale, segment_zero, segments))
     gamma_values = _dequantized(lw, node, gamma, gamma_scale, gamma_zero)
     beta_values = _dequantized(lw, node, beta, beta_scale, beta_zero)
-    embedding_norm(lw, node, rows, lw.const(gamma_values, f"{gamma}/dequantized"),
-                   lw.const(beta_values, f"{beta}/dequantized"), mask)
+    embedding_norm(
+        lw,
+        node,
+        rows,
+        lw.const(gamma_values, f"{gamma}/dequantized"),
+        lw.const(beta_values, f"{beta}/dequantized"),
+        mask,
+    )
 
 
 def _float_input(lw: Lowering, node, quantized: str) -> tuple[int, int]:
@@ -163,11 +200,11 @@ def ort_dynamic_quantize(lw: Lowering, name: str) -> tuple[int, int]:
     as_pair = [1] * (len(shape) - 1) + [1]
     lo = step("MINIMUM", [_reduce_to_scalar(lw, "REDUCE_MIN", x, shape), zero], as_pair)
     hi = step("MAXIMUM", [_reduce_to_scalar(lw, "REDUCE_MAX", x, shape), zero], as_pair)
-    ends = step("CONCATENATION", [lo, hi], [1] * (len(shape) - 1) + [2],
-                lw.options("Concatenation", axis=len(shape) - 1))
+    ends = step(
+        "CONCATENATION", [lo, hi], [1] * (len(shape) - 1) + [2], lw.options("Concatenation", axis=len(shape) - 1)
+    )
     guard_shape = (*shape[:-1], GUARD_COLUMNS)
-    guards = step("ADD", [lw.const(np.zeros(guard_shape, np.float32), f"zeros{list(guard_shape)}"), ends],
-                  guard_shape)
+    guards = step("ADD", [lw.const(np.zeros(guard_shape, np.float32), f"zeros{list(guard_shape)}"), ends], guard_shape)
     lw.cache[key] = (x, guards)
     return lw.cache[key]
 
@@ -187,8 +224,15 @@ def _symmetric_int8(lw: Lowering, node, weights: str, scale: str, zero: str):
     """(int8 weights [K, N], per-column scales [N]); TFLite's hybrid kernels take symmetric int8 only."""
     values, scales = lw.constant(weights), lw.constant(scale)
     zeros = lw.constant(zero) if zero else np.zeros(1, np.int8)
-    if values is None or scales is None or zeros is None or values.dtype != np.int8 or values.ndim != 2 \
-            or zeros.any() or scales.size not in (1, values.shape[1]):
+    if (
+        values is None
+        or scales is None
+        or zeros is None
+        or values.dtype != np.int8
+        or values.ndim != 2
+        or zeros.any()
+        or scales.size not in (1, values.shape[1])
+    ):
         raise lw.unsupported(node, "weights that are not constant symmetric int8, per tensor or per column")
     return values, np.broadcast_to(scales.reshape(-1), (values.shape[1],)).astype(np.float32)
 
@@ -206,8 +250,14 @@ def _quantized_rows(lw: Lowering, node, table: str, scale: str, zero: str, ids: 
     table_scale, table_zero = _table_params(lw, node, scale, zero)
     params = quantization([table_scale], [table_zero])
     shape = (*lw.shape(ids), values.shape[1])
-    rows = lw.emit("GATHER", [lw.const(values, table, quantization=params), lw.value(ids)], shape=shape,
-                   dtype=values.dtype, options=lw.options("Gather"), quantization=params)
+    rows = lw.emit(
+        "GATHER",
+        [lw.const(values, table, quantization=params), lw.value(ids)],
+        shape=shape,
+        dtype=values.dtype,
+        options=lw.options("Gather"),
+        quantization=params,
+    )
     return lw.emit("DEQUANTIZE", [rows], shape=shape, dtype=_FLOAT32)
 
 

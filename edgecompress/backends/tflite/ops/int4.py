@@ -46,7 +46,7 @@ _INT8 = np.dtype(np.int8)
 _BLOCK_MULTIPLE = 32
 # Block scales are stored as float16; a scale that float16 cannot hold within this relative error
 # (subnormal or overflowing) sends the layer to the int8 per-channel form instead.
-_FLOAT16_RELATIVE_ERROR = 2.0 ** -11
+_FLOAT16_RELATIVE_ERROR = 2.0**-11
 
 
 @lowers("MatMulNBits", domain=MS_DOMAIN)
@@ -64,10 +64,15 @@ def matmul_nbits(lw: Lowering, node) -> None:
         _int4_fully_connected(lw, node, x, blocks, bias)
         return
     values, scales = requantize_per_channel(dequantize_blocks(*blocks)[:, :k])
-    log.info("%s: 8-bit per-channel weights in the .tflite (%s); re-quantization error %.2e of the largest weight",
-             node.name, why_not, requantization_error(blocks, k, values, scales))
-    hybrid_fully_connected(lw, lw.value(x), values.T, scales, f"{weights}/int8_per_channel",
-                           bias=bias, out=node.output[0])
+    log.info(
+        "%s: 8-bit per-channel weights in the .tflite (%s); re-quantization error %.2e of the largest weight",
+        node.name,
+        why_not,
+        requantization_error(blocks, k, values, scales),
+    )
+    hybrid_fully_connected(
+        lw, lw.value(x), values.T, scales, f"{weights}/int8_per_channel", bias=bias, out=node.output[0]
+    )
 
 
 def _nbits_blocks(lw: Lowering, node, weights: str, scale_name: str, zero_name: str):
@@ -129,8 +134,12 @@ def _int4_fully_connected(lw: Lowering, node, x: str, blocks, bias) -> None:
     params.detailsType, params.details = schema().QuantizationDetails.BlockwiseQuantization, details
     weight = lw.const_int4(pack_int4(signed), signed.shape, key, quantization=params)
     bias_tensor = -1 if bias is None else lw.const(bias.astype(np.float32), f"{key}/bias")
-    lw.emit("FULLY_CONNECTED", [lw.value(x), weight, bias_tensor], out=node.output[0],
-            options=lw.options("FullyConnected", keepNumDims=True, asymmetricQuantizeInputs=True))
+    lw.emit(
+        "FULLY_CONNECTED",
+        [lw.value(x), weight, bias_tensor],
+        out=node.output[0],
+        options=lw.options("FullyConnected", keepNumDims=True, asymmetricQuantizeInputs=True),
+    )
 
 
 def positive_scales(blocks) -> tuple[np.ndarray, np.ndarray]:
@@ -178,15 +187,33 @@ def gather_block_quantized(lw: Lowering, node) -> None:
     blocks, block = scales.shape[1], table.shape[1] // scales.shape[1]
     shape = lw.shape(node.output[0])
     split = (*shape[:-1], blocks, block)
-    rows = lw.emit("GATHER", [lw.const(table, f"{data}/int8_table"), lw.value(ids)], shape=shape, dtype=_INT8,
-                   options=lw.options("Gather"))
+    rows = lw.emit(
+        "GATHER",
+        [lw.const(table, f"{data}/int8_table"), lw.value(ids)],
+        shape=shape,
+        dtype=_INT8,
+        options=lw.options("Gather"),
+    )
     as_float = lw.emit("CAST", [rows], shape=shape, dtype=_FLOAT32)
-    row_scales = lw.emit("GATHER", [lw.const(scales, f"{scale_name}/float32"), lw.value(ids)],
-                         shape=(*shape[:-1], blocks), dtype=_FLOAT32, options=lw.options("Gather"))
-    scaled = lw.emit("MUL", [_reshaped(lw, as_float, split), _reshaped(lw, row_scales, (*shape[:-1], blocks, 1))],
-                     shape=split, dtype=_FLOAT32)
-    lw.emit("RESHAPE", [scaled, lw.const(np.array(shape, np.int32), f"shape{list(shape)}")], out=node.output[0],
-            options=lw.options("Reshape", newShape=list(shape)))
+    row_scales = lw.emit(
+        "GATHER",
+        [lw.const(scales, f"{scale_name}/float32"), lw.value(ids)],
+        shape=(*shape[:-1], blocks),
+        dtype=_FLOAT32,
+        options=lw.options("Gather"),
+    )
+    scaled = lw.emit(
+        "MUL",
+        [_reshaped(lw, as_float, split), _reshaped(lw, row_scales, (*shape[:-1], blocks, 1))],
+        shape=split,
+        dtype=_FLOAT32,
+    )
+    lw.emit(
+        "RESHAPE",
+        [scaled, lw.const(np.array(shape, np.int32), f"shape{list(shape)}")],
+        out=node.output[0],
+        options=lw.options("Reshape", newShape=list(shape)),
+    )
 
 
 def _table(lw: Lowering, node, data: str, scale_name: str, zero_name: str):
@@ -211,6 +238,10 @@ def _dequantized_rows(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def _reshaped(lw: Lowering, tensor: int, shape) -> int:
-    return lw.emit("RESHAPE", [tensor, lw.const(np.array(shape, np.int32), f"shape{list(shape)}")], shape=shape,
-                   dtype=_FLOAT32, options=lw.options("Reshape", newShape=list(shape)))
-
+    return lw.emit(
+        "RESHAPE",
+        [tensor, lw.const(np.array(shape, np.int32), f"shape{list(shape)}")],
+        shape=shape,
+        dtype=_FLOAT32,
+        options=lw.options("Reshape", newShape=list(shape)),
+    )

@@ -52,6 +52,7 @@ _LSTM_INPUTS = 24  # the builtin's fixed operand list; absent optional operands 
 
 # --- LSTM ------------------------------------------------------------------------------------------------
 
+
 @lowers("LSTM")
 def lstm(lw: Lowering, node) -> None:
     """See the module docstring: one `UNIDIRECTIONAL_SEQUENCE_LSTM` per direction."""
@@ -60,8 +61,12 @@ def lstm(lw: Lowering, node) -> None:
     if weights is None or recurrent is None:
         raise lw.unsupported(node, "weights W or R that are not constants")
     bias = _lstm_bias(lw, node, weights.shape[0])
-    lower_lstm(lw, node, [(_gate_blocks(weights[d]), _gate_blocks(recurrent[d]), bias[d])
-                          for d in range(weights.shape[0])], hybrid=False)
+    lower_lstm(
+        lw,
+        node,
+        [(_gate_blocks(weights[d]), _gate_blocks(recurrent[d]), bias[d]) for d in range(weights.shape[0])],
+        hybrid=False,
+    )
 
 
 @lowers("DynamicQuantizeLSTM", domain=MS_DOMAIN)
@@ -73,15 +78,29 @@ def dynamic_quantize_lstm(lw: Lowering, node) -> None:
     _check_lstm(lw, node)
     weights, recurrent = lw.constant(node.input[1]), lw.constant(node.input[2])
     w_scale, w_zero, r_scale, r_zero = (lw.constant(name) for name in node.input[8:12])
-    if any(v is None for v in (weights, recurrent, w_scale, w_zero, r_scale, r_zero)) or weights.dtype != np.int8 \
-            or recurrent.dtype != np.int8 or w_zero.any() or r_zero.any():
+    if (
+        any(v is None for v in (weights, recurrent, w_scale, w_zero, r_scale, r_zero))
+        or weights.dtype != np.int8
+        or recurrent.dtype != np.int8
+        or w_zero.any()
+        or r_zero.any()
+    ):
         raise lw.unsupported(node, "weights that are not constant symmetric int8")
     directions, rows = weights.shape[0], weights.shape[2]
-    w_scale, r_scale = (np.broadcast_to(np.asarray(v, np.float32).reshape(directions, -1), (directions, rows))
-                        for v in (w_scale, r_scale))
+    w_scale, r_scale = (
+        np.broadcast_to(np.asarray(v, np.float32).reshape(directions, -1), (directions, rows))
+        for v in (w_scale, r_scale)
+    )
     bias = _lstm_bias(lw, node, directions)
-    lower_lstm(lw, node, [(_int8_gate_blocks(weights[d].T, w_scale[d]), _int8_gate_blocks(recurrent[d].T, r_scale[d]),
-                           bias[d]) for d in range(directions)], hybrid=True)
+    lower_lstm(
+        lw,
+        node,
+        [
+            (_int8_gate_blocks(weights[d].T, w_scale[d]), _int8_gate_blocks(recurrent[d].T, r_scale[d]), bias[d])
+            for d in range(directions)
+        ],
+        hybrid=True,
+    )
 
 
 def _lstm_bias(lw: Lowering, node, directions: int) -> np.ndarray:
@@ -95,8 +114,10 @@ def _lstm_bias(lw: Lowering, node, directions: int) -> np.ndarray:
 def _gate_blocks(matrix: np.ndarray) -> dict[str, np.ndarray]:
     """ONNX's stacked [4H, K] gate matrix -> {TFLite gate name: its [H, K] block}."""
     hidden = matrix.shape[0] // 4
-    return {gate: np.ascontiguousarray(matrix[_ONNX_GATE[gate] * hidden:(_ONNX_GATE[gate] + 1) * hidden])
-            for gate in _TFLITE_GATES}
+    return {
+        gate: np.ascontiguousarray(matrix[_ONNX_GATE[gate] * hidden : (_ONNX_GATE[gate] + 1) * hidden])
+        for gate in _TFLITE_GATES
+    }
 
 
 def _int8_gate_blocks(matrix: np.ndarray, row_scales: np.ndarray) -> dict[str, tuple[np.ndarray, float]]:
@@ -175,11 +196,15 @@ def _one_direction(lw: Lowering, node, index: int, x: int, out_shape, weights, h
         operands[1 + slot] = _weight(lw, w[gate], f"{key}/input_to_{gate}")
         operands[5 + slot] = _weight(lw, r[gate], f"{key}/recurrent_to_{gate}")
         block = slice(_ONNX_GATE[gate] * hidden, (_ONNX_GATE[gate] + 1) * hidden)
-        operands[12 + slot] = lw.const((b[block] + b[4 * hidden:][block]).astype(np.float32), f"{key}/{gate}_bias")
+        operands[12 + slot] = lw.const((b[block] + b[4 * hidden :][block]).astype(np.float32), f"{key}/{gate}_bias")
     operands[18] = _reset_state(lw, node, 5, index, (batch, hidden), f"{key}/hidden_state")
     operands[19] = _reset_state(lw, node, 6, index, (batch, hidden), f"{key}/cell_state")
-    options = lw.options("UnidirectionalSequenceLSTM", fusedActivationFunction=schema().ActivationFunctionType.TANH,
-                         timeMajor=True, asymmetricQuantizeInputs=hybrid)
+    options = lw.options(
+        "UnidirectionalSequenceLSTM",
+        fusedActivationFunction=schema().ActivationFunctionType.TANH,
+        timeMajor=True,
+        asymmetricQuantizeInputs=hybrid,
+    )
     return lw.emit("UNIDIRECTIONAL_SEQUENCE_LSTM", operands, shape=out_shape, dtype=_FLOAT32, options=options)
 
 
@@ -199,8 +224,9 @@ def _reset_state(lw: Lowering, node, input_index: int, direction: int, shape, ke
     lw.flat.tensors[state].isVariable = True
     start = lw.const(np.ascontiguousarray(initial), f"{key}/initial")
     # Written directly, not with `emit`: the output must be this variable tensor, not a new one.
-    lw.flat.operator(opcode("BROADCAST_TO"), [start, lw.const(np.array(shape, np.int32), f"shape{list(shape)}")],
-                     [state])
+    lw.flat.operator(
+        opcode("BROADCAST_TO"), [start, lw.const(np.array(shape, np.int32), f"shape{list(shape)}")], [state]
+    )
     return state
 
 
@@ -208,27 +234,43 @@ def _reverse_time(lw: Lowering, x: int, shape, lengths: int | None) -> int:
     """Each row's first `lengths` steps reversed (`REVERSE_SEQUENCE`), or all steps (`REVERSE_V2`)."""
     if lengths is None:
         return lw.emit("REVERSE_V2", [x, lw.const(np.array([0], np.int32), "axes[0]")], shape=shape, dtype=_FLOAT32)
-    return lw.emit("REVERSE_SEQUENCE", [x, lengths], shape=shape, dtype=_FLOAT32,
-                   options=lw.options("ReverseSequence", seqDim=0, batchDim=1))
+    return lw.emit(
+        "REVERSE_SEQUENCE",
+        [x, lengths],
+        shape=shape,
+        dtype=_FLOAT32,
+        options=lw.options("ReverseSequence", seqDim=0, batchDim=1),
+    )
 
 
 def _zero_past_length(lw: Lowering, y: int, shape, lengths: int) -> int:
     """`MUL(y, CAST(LESS(step, lengths)))`: ONNX Runtime's LSTM writes zeros after each row's last step."""
     seq, batch, _ = shape
     steps = lw.const(np.arange(seq, dtype=np.int32).reshape(seq, 1, 1), f"steps[{seq}, 1, 1]")
-    per_row = lw.emit("RESHAPE", [lengths, lw.const(np.array([1, batch, 1], np.int32), f"shape{[1, batch, 1]}")],
-                      shape=(1, batch, 1), dtype=_INT32)
+    per_row = lw.emit(
+        "RESHAPE",
+        [lengths, lw.const(np.array([1, batch, 1], np.int32), f"shape{[1, batch, 1]}")],
+        shape=(1, batch, 1),
+        dtype=_INT32,
+    )
     real = lw.emit("LESS", [steps, per_row], shape=(seq, batch, 1), dtype=np.bool_)
-    return lw.emit("MUL", [y, lw.emit("CAST", [real], shape=(seq, batch, 1), dtype=_FLOAT32)], shape=shape,
-                   dtype=_FLOAT32, options=lw.options("Mul"))
+    return lw.emit(
+        "MUL",
+        [y, lw.emit("CAST", [real], shape=(seq, batch, 1), dtype=_FLOAT32)],
+        shape=shape,
+        dtype=_FLOAT32,
+        options=lw.options("Mul"),
+    )
 
 
 def _write_outputs(lw: Lowering, node, ys, shape, lengths: int | None) -> None:
     """Y [seq, dirs, batch, H] and Y_h [dirs, batch, H], each written only when something reads it."""
     if lw.used(node.output[0]):
         split = [shape[0], 1, *shape[1:]]
-        parts = [lw.emit("RESHAPE", [y, lw.const(np.array(split, np.int32), f"shape{split}")], shape=split,
-                         dtype=_FLOAT32) for y, _ in ys]
+        parts = [
+            lw.emit("RESHAPE", [y, lw.const(np.array(split, np.int32), f"shape{split}")], shape=split, dtype=_FLOAT32)
+            for y, _ in ys
+        ]
         _join(lw, parts, 1, node.output[0])
     if len(node.output) > 1 and lw.used(node.output[1]):
         _join(lw, [_last_step(lw, y, shape, lengths, reverse) for y, reverse in ys], 0, node.output[1])
@@ -249,11 +291,16 @@ def _last_step(lw: Lowering, y: int, shape, lengths: int | None, reverse: bool) 
         y = _reverse_time(lw, y, shape, lengths)
     begin = [shape[0] - 1 if not reverse and lengths is None else 0, 0, 0]
     size = [1, *shape[1:]]
-    return lw.emit("SLICE", [y, lw.const(np.array(begin, np.int32), f"begin{begin}"),
-                             lw.const(np.array(size, np.int32), f"size{size}")], shape=size, dtype=_FLOAT32)
+    return lw.emit(
+        "SLICE",
+        [y, lw.const(np.array(begin, np.int32), f"begin{begin}"), lw.const(np.array(size, np.int32), f"size{size}")],
+        shape=size,
+        dtype=_FLOAT32,
+    )
 
 
 # --- Conv and max pooling --------------------------------------------------------------------------------
+
 
 @lowers("Conv")
 def conv(lw: Lowering, node) -> None:
@@ -264,8 +311,14 @@ def conv(lw: Lowering, node) -> None:
     bias = lw.constant(node.input[2]) if _input(node, 2) else np.zeros(weights.shape[0], np.float32)
     if bias is None:
         raise lw.unsupported(node, "a bias B that is not a constant")
-    lower_conv(lw, node, node.input[0], lw.const(_as_ohwi(weights), f"{node.input[1]}/ohwi"),
-               lw.const(bias.astype(np.float32), f"{node.input[1]}/bias"), out=node.output[0])
+    lower_conv(
+        lw,
+        node,
+        node.input[0],
+        lw.const(_as_ohwi(weights), f"{node.input[1]}/ohwi"),
+        lw.const(bias.astype(np.float32), f"{node.input[1]}/bias"),
+        out=node.output[0],
+    )
 
 
 def lower_conv(lw: Lowering, node, x: str, filters: int, bias: int, *, out: str) -> None:
@@ -275,8 +328,14 @@ def lower_conv(lw: Lowering, node, x: str, filters: int, bias: int, *, out: str)
     shape = lw.shape(x)
     pads, strides, dilations = _window(lw, node, len(shape) - 2)
     nhwc = _pad(lw, _to_nhwc(lw, lw.value(x), shape), pads)
-    options = lw.options("Conv2D", padding=_valid(), strideH=strides[0], strideW=strides[1],
-                         dilationHFactor=dilations[0], dilationWFactor=dilations[1])
+    options = lw.options(
+        "Conv2D",
+        padding=_valid(),
+        strideH=strides[0],
+        strideW=strides[1],
+        dilationHFactor=dilations[0],
+        dilationWFactor=dilations[1],
+    )
     y = lw.emit("CONV_2D", [nhwc, filters, bias], shape=_nhwc_shape(lw.shape(out)), dtype=_FLOAT32, options=options)
     _from_nhwc(lw, y, out)
 
@@ -285,8 +344,12 @@ def lower_conv(lw: Lowering, node, x: str, filters: int, bias: int, *, out: str)
 def global_max_pool(lw: Lowering, node) -> None:
     """`GlobalMaxPool(X [N, C, spatial...])` -> `REDUCE_MAX(X, spatial axes, keep_dims)`."""
     axes = list(range(2, len(lw.shape(node.input[0]))))
-    lw.emit("REDUCE_MAX", [lw.value(node.input[0]), lw.const(np.array(axes, np.int32), f"axes{axes}")],
-            out=node.output[0], options=lw.options("Reducer", keepDims=True))
+    lw.emit(
+        "REDUCE_MAX",
+        [lw.value(node.input[0]), lw.const(np.array(axes, np.int32), f"axes{axes}")],
+        out=node.output[0],
+        options=lw.options("Reducer", keepDims=True),
+    )
 
 
 @lowers("MaxPool")
@@ -301,10 +364,21 @@ def max_pool(lw: Lowering, node) -> None:
         raise lw.unsupported(node, "padding or dilation (MAX_POOL_2D has neither in this lowering)")
     kernel = list(lw.attr(node, "kernel_shape"))
     kernel = [1, *kernel] if len(kernel) == 1 else kernel
-    options = lw.options("Pool2D", padding=_valid(), strideH=strides[0], strideW=strides[1],
-                         filterHeight=kernel[0], filterWidth=kernel[1])
-    y = lw.emit("MAX_POOL_2D", [_to_nhwc(lw, lw.value(node.input[0]), shape)],
-                shape=_nhwc_shape(lw.shape(node.output[0])), dtype=_FLOAT32, options=options)
+    options = lw.options(
+        "Pool2D",
+        padding=_valid(),
+        strideH=strides[0],
+        strideW=strides[1],
+        filterHeight=kernel[0],
+        filterWidth=kernel[1],
+    )
+    y = lw.emit(
+        "MAX_POOL_2D",
+        [_to_nhwc(lw, lw.value(node.input[0]), shape)],
+        shape=_nhwc_shape(lw.shape(node.output[0])),
+        dtype=_FLOAT32,
+        options=options,
+    )
     _from_nhwc(lw, y, node.output[0])
 
 
@@ -325,8 +399,9 @@ def _check_window(lw: Lowering, node, *attributes: str) -> None:
     defaults = {"group": 1, "ceil_mode": 0, "storage_order": 0}
     for attribute in attributes:
         if lw.attr(node, attribute, defaults[attribute]) != defaults[attribute]:
-            raise lw.unsupported(node, f"{attribute}={lw.attr(node, attribute)} (only {defaults[attribute]} "
-                                       "is lowered)")
+            raise lw.unsupported(
+                node, f"{attribute}={lw.attr(node, attribute)} (only {defaults[attribute]} is lowered)"
+            )
 
 
 def _window(lw: Lowering, node, spatial: int):
@@ -351,13 +426,19 @@ def _nhwc_shape(nchw) -> list[int]:
 def _to_nhwc(lw: Lowering, x: int, shape) -> int:
     """TRANSPOSE NC(H)W -> N(H)WC, then a free RESHAPE adding height 1 for a 1-D input."""
     perm = [0, 2, 1] if len(shape) == 3 else [0, 2, 3, 1]
-    moved = lw.emit("TRANSPOSE", [x, lw.const(np.array(perm, np.int32), f"perm{perm}")],
-                    shape=[shape[i] for i in perm], dtype=_FLOAT32, options=lw.options("Transpose"))
+    moved = lw.emit(
+        "TRANSPOSE",
+        [x, lw.const(np.array(perm, np.int32), f"perm{perm}")],
+        shape=[shape[i] for i in perm],
+        dtype=_FLOAT32,
+        options=lw.options("Transpose"),
+    )
     if len(shape) == 4:
         return moved
     target = _nhwc_shape(shape)
-    return lw.emit("RESHAPE", [moved, lw.const(np.array(target, np.int32), f"shape{target}")], shape=target,
-                   dtype=_FLOAT32)
+    return lw.emit(
+        "RESHAPE", [moved, lw.const(np.array(target, np.int32), f"shape{target}")], shape=target, dtype=_FLOAT32
+    )
 
 
 def _pad(lw: Lowering, x: int, pads) -> int:
@@ -374,12 +455,16 @@ def _from_nhwc(lw: Lowering, y: int, out: str) -> None:
     """The NHWC result back to the ONNX value's NC(H)W layout."""
     shape = list(lw.shape(out))
     if len(shape) == 3:
-        y = lw.emit("RESHAPE", [y, lw.const(np.array([shape[0], shape[2], shape[1]], np.int32),
-                                            f"shape{[shape[0], shape[2], shape[1]]}")],
-                    shape=[shape[0], shape[2], shape[1]], dtype=_FLOAT32)
+        y = lw.emit(
+            "RESHAPE",
+            [y, lw.const(np.array([shape[0], shape[2], shape[1]], np.int32), f"shape{[shape[0], shape[2], shape[1]]}")],
+            shape=[shape[0], shape[2], shape[1]],
+            dtype=_FLOAT32,
+        )
     perm = [0, 2, 1] if len(shape) == 3 else [0, 3, 1, 2]
-    lw.emit("TRANSPOSE", [y, lw.const(np.array(perm, np.int32), f"perm{perm}")], out=out,
-            options=lw.options("Transpose"))
+    lw.emit(
+        "TRANSPOSE", [y, lw.const(np.array(perm, np.int32), f"perm{perm}")], out=out, options=lw.options("Transpose")
+    )
 
 
 # --- int8 forms ONNX Runtime's dynamic quantizer writes for the students ---------------------------------
@@ -388,6 +473,7 @@ def _from_nhwc(lw: Lowering, y: int, out: str) -> None:
 # DynamicQuantizeLinear), so they are int8 lowerings: tried first, and returning False leaves the node to
 # the registered lowering.
 
+
 def _table_rows(lw: Lowering, node):
     """(Gather node, scale, zero point) when `node` dequantizes rows gathered from a constant 8-bit table."""
     gather = lw.producers.get(node.input[0])
@@ -395,8 +481,14 @@ def _table_rows(lw: Lowering, node):
         return None
     table = lw.constant(gather.input[0])
     scale, zero = lw.constant(node.input[1]), lw.constant(_input(node, 2)) if _input(node, 2) else None
-    if table is None or table.dtype not in (np.uint8, np.int8) or scale is None or scale.size != 1 \
-            or zero is None or zero.size != 1:
+    if (
+        table is None
+        or table.dtype not in (np.uint8, np.int8)
+        or scale is None
+        or scale.size != 1
+        or zero is None
+        or zero.size != 1
+    ):
         return None
     return gather, float(scale.reshape(())), int(zero.reshape(()))
 
@@ -451,8 +543,13 @@ def _conv_integer_group(lw: Lowering, conv_node, scale: str):
     if weight_scale is None or (add is not None and add.op_type == "Add" and bias is None):
         return None
     nodes = [conv_node, cast, rescale, scales] + ([add] if bias is not None else [])
-    return {"conv": conv_node, "weight_scale": weight_scale, "bias": bias, "nodes": nodes,
-            "out": (add if bias is not None else rescale).output[0]}
+    return {
+        "conv": conv_node,
+        "weight_scale": weight_scale,
+        "bias": bias,
+        "nodes": nodes,
+        "out": (add if bias is not None else rescale).output[0],
+    }
 
 
 def _flat_constant(lw: Lowering, name: str) -> np.ndarray | None:
@@ -479,8 +576,9 @@ def dynamic_int8_convs(lw: Lowering, node) -> bool:
         if weights.dtype != np.int8 or zero is None or zero.any():
             raise lw.unsupported(conv_node, "weights that are not constant symmetric int8")
         scales = np.broadcast_to(group["weight_scale"].reshape(-1), (weights.shape[0],)).astype(np.float32)
-        filters = lw.const(_as_ohwi(weights), f"{conv_node.input[1]}/ohwi",
-                           quantization=quantization(scales, [0] * len(scales)))
+        filters = lw.const(
+            _as_ohwi(weights), f"{conv_node.input[1]}/ohwi", quantization=quantization(scales, [0] * len(scales))
+        )
         bias = group["bias"] if group["bias"] is not None else np.zeros(weights.shape[0], np.float32)
         bias = lw.const(bias.reshape(-1).astype(np.float32), f"{group['out']}/conv_bias")
         lower_conv(lw, conv_node, node.input[0], filters, bias, out=group["out"])

@@ -21,14 +21,31 @@ _FLOAT32 = np.dtype(np.float32)
 
 # ONNX op -> (builtin, kind of its schema options)
 _BINARY = {
-    "Add": ("ADD", "Add"), "Sub": ("SUB", "Sub"), "Mul": ("MUL", "Mul"), "Div": ("DIV", "Div"),
-    "Pow": ("POW", "Pow"), "Max": ("MAXIMUM", "MaximumMinimum"), "Min": ("MINIMUM", "MaximumMinimum"),
-    "Equal": ("EQUAL", "Equal"), "Less": ("LESS", "Less"), "Greater": ("GREATER", "Greater"),
-    "LessOrEqual": ("LESS_EQUAL", "LessEqual"), "GreaterOrEqual": ("GREATER_EQUAL", "GreaterEqual"),
-    "And": ("LOGICAL_AND", "LogicalAnd"), "Or": ("LOGICAL_OR", "LogicalOr"),
+    "Add": ("ADD", "Add"),
+    "Sub": ("SUB", "Sub"),
+    "Mul": ("MUL", "Mul"),
+    "Div": ("DIV", "Div"),
+    "Pow": ("POW", "Pow"),
+    "Max": ("MAXIMUM", "MaximumMinimum"),
+    "Min": ("MINIMUM", "MaximumMinimum"),
+    "Equal": ("EQUAL", "Equal"),
+    "Less": ("LESS", "Less"),
+    "Greater": ("GREATER", "Greater"),
+    "LessOrEqual": ("LESS_EQUAL", "LessEqual"),
+    "GreaterOrEqual": ("GREATER_EQUAL", "GreaterEqual"),
+    "And": ("LOGICAL_AND", "LogicalAnd"),
+    "Or": ("LOGICAL_OR", "LogicalOr"),
 }
-_UNARY = {"Tanh": "TANH", "Sqrt": "SQRT", "Exp": "EXP", "Relu": "RELU", "Sigmoid": "LOGISTIC", "Neg": "NEG",
-          "Abs": "ABS", "Not": "LOGICAL_NOT"}
+_UNARY = {
+    "Tanh": "TANH",
+    "Sqrt": "SQRT",
+    "Exp": "EXP",
+    "Relu": "RELU",
+    "Sigmoid": "LOGISTIC",
+    "Neg": "NEG",
+    "Abs": "ABS",
+    "Not": "LOGICAL_NOT",
+}
 _REDUCE = {"ReduceMean": "MEAN", "ReduceSum": "SUM", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN"}
 
 
@@ -62,8 +79,13 @@ def clip(lw: Lowering, node) -> None:
         raise lw.unsupported(node, "Clip without bounds")
     for index, (name, op) in enumerate(bounds):
         last = index == len(bounds) - 1
-        x = lw.emit(op, [x, lw.value(name)], out=node.output[0] if last else None,
-                    shape=lw.shape(node.input[0]), dtype=lw.dtype(node.input[0]))
+        x = lw.emit(
+            op,
+            [x, lw.value(name)],
+            out=node.output[0] if last else None,
+            shape=lw.shape(node.input[0]),
+            dtype=lw.dtype(node.input[0]),
+        )
 
 
 @lowers("Where")
@@ -87,9 +109,12 @@ def matmul(lw: Lowering, node) -> None:
     if weight is not None and weight.ndim == 2 and weight.dtype == _FLOAT32:
         fold = lw.fold_bias(node.output[0])
         bias = -1 if fold is None else lw.const(fold.bias, f"{fold.out}/fc_bias")
-        lw.emit("FULLY_CONNECTED", [lw.value(a), lw.const(weight.T, f"{b}/transposed"), bias],
-                out=node.output[0] if fold is None else fold.out,
-                options=lw.options("FullyConnected", keepNumDims=True))
+        lw.emit(
+            "FULLY_CONNECTED",
+            [lw.value(a), lw.const(weight.T, f"{b}/transposed"), bias],
+            out=node.output[0] if fold is None else fold.out,
+            options=lw.options("FullyConnected", keepNumDims=True),
+        )
         return
     lw.emit("BATCH_MATMUL", [lw.value(a), lw.value(b)], out=node.output[0], options=lw.options("BatchMatMul"))
 
@@ -130,9 +155,16 @@ def gather(lw: Lowering, node) -> None:
     if indices is not None and indices.ndim == 0:
         begin, size = [0] * len(shape), list(shape)
         begin[axis], size[axis] = int(indices) % shape[axis], 1
-        sliced = lw.emit("SLICE", [lw.value(node.input[0]), lw.const(np.array(begin, np.int32), f"begin{begin}"),
-                                   lw.const(np.array(size, np.int32), f"size{size}")],
-                         shape=size, dtype=lw.dtype(node.input[0]))
+        sliced = lw.emit(
+            "SLICE",
+            [
+                lw.value(node.input[0]),
+                lw.const(np.array(begin, np.int32), f"begin{begin}"),
+                lw.const(np.array(size, np.int32), f"size{size}"),
+            ],
+            shape=size,
+            dtype=lw.dtype(node.input[0]),
+        )
         reshape_to(lw, sliced, node.output[0])
         return
     if indices is not None and (indices < 0).any():
@@ -140,8 +172,9 @@ def gather(lw: Lowering, node) -> None:
         index_tensor = lw.const(indices, f"{node.input[1]}/positive_{axis}")
     else:
         index_tensor = lw.value(node.input[1])
-    lw.emit("GATHER", [lw.value(node.input[0]), index_tensor], out=node.output[0],
-            options=lw.options("Gather", axis=axis))
+    lw.emit(
+        "GATHER", [lw.value(node.input[0]), index_tensor], out=node.output[0], options=lw.options("Gather", axis=axis)
+    )
 
 
 @lowers("Reshape", "Unsqueeze", "Squeeze", "Flatten")
@@ -152,16 +185,23 @@ def reshape(lw: Lowering, node) -> None:
 
 def reshape_to(lw: Lowering, x: int, out: str) -> int:
     shape = list(lw.shape(out))
-    return lw.emit("RESHAPE", [x, lw.const(np.array(shape, np.int32), f"shape{shape}")], out=out,
-                   options=lw.options("Reshape", newShape=shape))
+    return lw.emit(
+        "RESHAPE",
+        [x, lw.const(np.array(shape, np.int32), f"shape{shape}")],
+        out=out,
+        options=lw.options("Reshape", newShape=shape),
+    )
 
 
 @lowers("Expand")
 def expand(lw: Lowering, node) -> None:
     """`Expand(X, shape)` -> `BROADCAST_TO(X, inferred output shape)`."""
     shape = list(lw.shape(node.output[0]))
-    lw.emit("BROADCAST_TO", [lw.value(node.input[0]), lw.const(np.array(shape, np.int32), f"shape{shape}")],
-            out=node.output[0])
+    lw.emit(
+        "BROADCAST_TO",
+        [lw.value(node.input[0]), lw.const(np.array(shape, np.int32), f"shape{shape}")],
+        out=node.output[0],
+    )
 
 
 @lowers("Transpose")
@@ -169,8 +209,12 @@ def transpose(lw: Lowering, node) -> None:
     """`Transpose(X, perm)` -> `TRANSPOSE(X, perm)` (default perm: reversed axes)."""
     rank = len(lw.shape(node.input[0]))
     perm = list(lw.attr(node, "perm", range(rank - 1, -1, -1)))
-    lw.emit("TRANSPOSE", [lw.value(node.input[0]), lw.const(np.array(perm, np.int32), f"perm{perm}")],
-            out=node.output[0], options=lw.options("Transpose"))
+    lw.emit(
+        "TRANSPOSE",
+        [lw.value(node.input[0]), lw.const(np.array(perm, np.int32), f"perm{perm}")],
+        out=node.output[0],
+        options=lw.options("Transpose"),
+    )
 
 
 @lowers("Softmax")
@@ -186,8 +230,12 @@ def softmax(lw: Lowering, node) -> None:
 def concat(lw: Lowering, node) -> None:
     """`Concat(X..., axis)` -> `CONCATENATION(X..., axis)`."""
     axis = _axis(lw.attr(node, "axis"), len(lw.shape(node.output[0])))
-    lw.emit("CONCATENATION", [lw.value(name) for name in node.input], out=node.output[0],
-            options=lw.options("Concatenation", axis=axis))
+    lw.emit(
+        "CONCATENATION",
+        [lw.value(name) for name in node.input],
+        out=node.output[0],
+        options=lw.options("Concatenation", axis=axis),
+    )
 
 
 @lowers("Slice")
@@ -206,10 +254,16 @@ def slice_(lw: Lowering, node) -> None:
         begin[axis], end[axis], strides[axis] = slice(int(start), int(stop), int(step)).indices(shape[axis])
         if end[axis] < 0:  # a negative step running past index 0: "to the start" is only expressible as a mask
             end_mask |= 1 << axis
-    vectors = [lw.const(np.array(v, np.int32), f"{node.output[0]}/{what}")
-               for v, what in ((begin, "begin"), (end, "end"), (strides, "strides"))]
-    lw.emit("STRIDED_SLICE", [lw.value(node.input[0]), *vectors], out=node.output[0],
-            options=lw.options("StridedSlice", endMask=end_mask))
+    vectors = [
+        lw.const(np.array(v, np.int32), f"{node.output[0]}/{what}")
+        for v, what in ((begin, "begin"), (end, "end"), (strides, "strides"))
+    ]
+    lw.emit(
+        "STRIDED_SLICE",
+        [lw.value(node.input[0]), *vectors],
+        out=node.output[0],
+        options=lw.options("StridedSlice", endMask=end_mask),
+    )
 
 
 @lowers("Cast")
@@ -232,8 +286,12 @@ def reduce(lw: Lowering, node) -> None:
             raise lw.unsupported(node, "noop_with_empty_axes=1 without axes")
         axes = range(rank)
     axes = sorted(_axis(int(a), rank) for a in axes)
-    lw.emit(_REDUCE[node.op_type], [lw.value(node.input[0]), lw.const(np.array(axes, np.int32), f"axes{axes}")],
-            out=node.output[0], options=lw.options("Reducer", keepDims=bool(lw.attr(node, "keepdims", 1))))
+    lw.emit(
+        _REDUCE[node.op_type],
+        [lw.value(node.input[0]), lw.const(np.array(axes, np.int32), f"axes{axes}")],
+        out=node.output[0],
+        options=lw.options("Reducer", keepDims=bool(lw.attr(node, "keepdims", 1))),
+    )
 
 
 @lowers("LayerNormalization")
@@ -244,12 +302,21 @@ def layer_normalization(lw: Lowering, node) -> None:
     shape = lw.shape(node.input[0])
     axes = list(range(_axis(lw.attr(node, "axis", -1), len(shape)), len(shape)))
     beta = lw.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    layer_norm(lw, lw.value(node.input[0]), shape, axes, lw.value(node.input[1]), beta,
-               lw.attr(node, "epsilon", 1e-5), out=node.output[0])
+    layer_norm(
+        lw,
+        lw.value(node.input[0]),
+        shape,
+        axes,
+        lw.value(node.input[1]),
+        beta,
+        lw.attr(node, "epsilon", 1e-5),
+        out=node.output[0],
+    )
 
 
-def layer_norm(lw: Lowering, x: int, shape, axes: list[int], gamma: int, beta: int | None, epsilon: float, *,
-               out: str) -> int:
+def layer_norm(
+    lw: Lowering, x: int, shape, axes: list[int], gamma: int, beta: int | None, epsilon: float, *, out: str
+) -> int:
     """Before -> After: `LayerNorm(x)` ->
     `d = SUB(x, MEAN(x)); ADD(MUL(MUL(d, RSQRT(ADD(MEAN(MUL(d, d)), eps))), gamma), beta)`.
 

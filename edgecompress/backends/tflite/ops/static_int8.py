@@ -55,8 +55,10 @@ def dequantize_linear(lw: Lowering, node) -> None:
     """`DequantizeLinear(q)` -> `DEQUANTIZE(q)`, deferred: an int8 consumer reads `q` itself."""
     source = node.input[0]
     if source not in lw.qparams or activation_params(lw, node) != lw.qparams[source]:
-        raise lw.unsupported(node, "a dequantization whose input is not a QuantizeLinear output with the same "
-                                   "per-tensor scale and zero point")
+        raise lw.unsupported(
+            node,
+            "a dequantization whose input is not a QuantizeLinear output with the same per-tensor scale and zero point",
+        )
     lw.defer(node.output[0], lambda: lw.emit("DEQUANTIZE", [lw.value(source)], out=node.output[0]))
 
 
@@ -68,8 +70,11 @@ def activation_params(lw: Lowering, node) -> tuple[float, int]:
     if scale is None or zero is None:
         raise lw.unsupported(node, "a scale or zero point computed at run time (TFLite needs constants)")
     if scale.size != 1 or zero.size != 1:
-        raise lw.unsupported(node, f"per-channel activation quantization ({scale.size} scales; TFLite's int8 "
-                                   "kernels take one scale per activation tensor)")
+        raise lw.unsupported(
+            node,
+            f"per-channel activation quantization ({scale.size} scales; TFLite's int8 "
+            "kernels take one scale per activation tensor)",
+        )
     if zero.dtype not in (np.int8, np.uint8):
         raise lw.unsupported(node, f"{zero.dtype} quantization (only int8 and uint8 activations are lowered)")
     shift = _UINT8_TO_INT8 if zero.dtype == np.uint8 else 0
@@ -99,9 +104,15 @@ def quantized_matmul(lw: Lowering, node) -> bool:
         _static_input_fully_connected(lw, node, source, weights, scales)
     else:
         fold = lw.fold_bias(node.output[0])  # the float bias of its reader, added by the hybrid kernel
-        hybrid_fully_connected(lw, lw.value(node.input[0]), weights, scales, f"{node.input[1]}/int8_weight",
-                               bias=None if fold is None else fold.bias,
-                               out=node.output[0] if fold is None else fold.out)
+        hybrid_fully_connected(
+            lw,
+            lw.value(node.input[0]),
+            weights,
+            scales,
+            f"{node.input[1]}/int8_weight",
+            bias=None if fold is None else fold.bias,
+            out=node.output[0] if fold is None else fold.out,
+        )
     return True
 
 
@@ -112,8 +123,7 @@ def _int8_weight(lw: Lowering, name: str):
         return None
     weights, scale = lw.constant(node.input[0]), lw.constant(node.input[1])
     zero = lw.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int8)
-    if weights is None or scale is None or zero is None or weights.dtype != _INT8 or weights.ndim != 2 \
-            or zero.any():
+    if weights is None or scale is None or zero is None or weights.dtype != _INT8 or weights.ndim != 2 or zero.any():
         return None
     per_channel = scale.size == weights.shape[1] and lw.attr(node, "axis", 1) in (1, -1)
     if scale.size != 1 and not per_channel:
@@ -153,13 +163,22 @@ def _int8_fully_connected(lw: Lowering, node, source: str, weights, scales, clos
     if bias is not None:
         values, added = bias
         bias_scales = input_scale * scales.astype(np.float64)
-        inputs[2] = lw.const(np.round(values / bias_scales).astype(np.int32), f"{node.output[0]}/bias_int32",
-                             quantization=quantization(bias_scales, [0] * len(scales)))
+        inputs[2] = lw.const(
+            np.round(values / bias_scales).astype(np.int32),
+            f"{node.output[0]}/bias_int32",
+            quantization=quantization(bias_scales, [0] * len(scales)),
+        )
         lw.absorb(added)
     lw.absorb(quantize_node)
     out = quantize_node.output[0]
-    lw.emit("FULLY_CONNECTED", inputs, out=out, dtype=_INT8, quantization=quantization([out_scale], [out_zero]),
-            options=lw.options("FullyConnected", keepNumDims=True))
+    lw.emit(
+        "FULLY_CONNECTED",
+        inputs,
+        out=out,
+        dtype=_INT8,
+        quantization=quantization([out_scale], [out_zero]),
+        options=lw.options("FullyConnected", keepNumDims=True),
+    )
     lw.qparams[out] = (out_scale, out_zero)
 
 
@@ -176,17 +195,25 @@ def _static_input_fully_connected(lw: Lowering, node, source: str, weights, scal
     guard_shape = (*lw.shape(node.input[0])[:-1], GUARD_COLUMNS)
     guards = lw.const(np.broadcast_to(ends, guard_shape).astype(np.float32), f"{source}/grid_ends")
     fold = lw.fold_bias(node.output[0])
-    guarded_fully_connected(lw, lw.value(node.input[0]), guards, weights, scales, f"{node.input[1]}/int8_weight",
-                            bias=None if fold is None else fold.bias,
-                            out=node.output[0] if fold is None else fold.out)
+    guarded_fully_connected(
+        lw,
+        lw.value(node.input[0]),
+        guards,
+        weights,
+        scales,
+        f"{node.input[1]}/int8_weight",
+        bias=None if fold is None else fold.bias,
+        out=node.output[0] if fold is None else fold.out,
+    )
 
 
 # Columns appended to a hybrid FULLY_CONNECTED's input holding its grid's two ends (see below).
 GUARD_COLUMNS = 2
 
 
-def guarded_fully_connected(lw: Lowering, x: int, guards: int, weights, scales, key: str, *, bias=None,
-                            out: str | None = None, shape=None) -> int:
+def guarded_fully_connected(
+    lw: Lowering, x: int, guards: int, weights, scales, key: str, *, bias=None, out: str | None = None, shape=None
+) -> int:
     """A hybrid FULLY_CONNECTED that computes ONNX Runtime's integer product exactly, for an input `x`
     already on an int8 grid (static QDQ or DynamicQuantizeLinear).
 
@@ -201,23 +228,35 @@ def guarded_fully_connected(lw: Lowering, x: int, guards: int, weights, scales, 
     if cache_key not in lw.cache:
         x_shape = lw.flat.tensors[x].shape
         widened = (*x_shape[:-1], x_shape[-1] + GUARD_COLUMNS)
-        lw.cache[cache_key] = lw.emit("CONCATENATION", [x, guards], shape=widened, dtype=np.float32,
-                                      options=lw.options("Concatenation", axis=len(x_shape) - 1))
+        lw.cache[cache_key] = lw.emit(
+            "CONCATENATION",
+            [x, guards],
+            shape=widened,
+            dtype=np.float32,
+            options=lw.options("Concatenation", axis=len(x_shape) - 1),
+        )
     padded = np.concatenate([weights, np.zeros((GUARD_COLUMNS, weights.shape[1]), weights.dtype)])
-    return hybrid_fully_connected(lw, lw.cache[cache_key], padded, scales, f"{key}/guarded", bias=bias, out=out,
-                                  shape=shape)
+    return hybrid_fully_connected(
+        lw, lw.cache[cache_key], padded, scales, f"{key}/guarded", bias=bias, out=out, shape=shape
+    )
 
 
-def hybrid_fully_connected(lw: Lowering, x: int, weights, scales, key: str, *, bias=None, out: str | None = None,
-                           shape=None) -> int:
+def hybrid_fully_connected(
+    lw: Lowering, x: int, weights, scales, key: str, *, bias=None, out: str | None = None, shape=None
+) -> int:
     """`FULLY_CONNECTED` with float input and output and int8 weights [K, N]: LiteRT quantizes each input
     row at run time (asymmetric, the more accurate of its two modes) and runs the product in int8."""
     # keyed by the result when it has a name: MatMuls sharing a weight can add different (folded) biases
     bias_key = f"{out}/fc_bias" if out else f"{key}/bias"
     bias_tensor = -1 if bias is None else lw.const(bias.astype(np.float32), bias_key)
-    return lw.emit("FULLY_CONNECTED", [x, int8_weight(lw, weights, scales, key), bias_tensor], out=out, shape=shape,
-                   dtype=None if out else np.float32,
-                   options=lw.options("FullyConnected", keepNumDims=True, asymmetricQuantizeInputs=True))
+    return lw.emit(
+        "FULLY_CONNECTED",
+        [x, int8_weight(lw, weights, scales, key), bias_tensor],
+        out=out,
+        shape=shape,
+        dtype=None if out else np.float32,
+        options=lw.options("FullyConnected", keepNumDims=True, asymmetricQuantizeInputs=True),
+    )
 
 
 def int8_weight(lw: Lowering, weights, scales, key: str) -> int:
@@ -276,9 +315,14 @@ def int8_softmax(lw: Lowering, node) -> bool:
     if params == (SOFTMAX_SCALE, SOFTMAX_ZERO):
         write_int8(lw, "SOFTMAX", island.inputs, island.closing, options=lw.options("Softmax", beta=1.0))
         return True
-    probs = lw.emit("SOFTMAX", island.inputs, shape=lw.shape(node.output[0]), dtype=_INT8,
-                    quantization=quantization([SOFTMAX_SCALE], [SOFTMAX_ZERO]),
-                    options=lw.options("Softmax", beta=1.0))
+    probs = lw.emit(
+        "SOFTMAX",
+        island.inputs,
+        shape=lw.shape(node.output[0]),
+        dtype=_INT8,
+        quantization=quantization([SOFTMAX_SCALE], [SOFTMAX_ZERO]),
+        options=lw.options("Softmax", beta=1.0),
+    )
     write_int8(lw, "QUANTIZE", [probs], island.closing)
     return True
 
@@ -312,8 +356,14 @@ def int8_move(lw: Lowering, node) -> bool:
     if lw.qparams[source] == activation_params(lw, island.closing):
         write_int8(lw, builtin, [island.inputs[0], *extra], island.closing, options=options)
         return True
-    moved = lw.emit(builtin, [island.inputs[0], *extra], shape=shape, dtype=_INT8,
-                    quantization=quantization(*map(list, zip(lw.qparams[source]))), options=options)
+    moved = lw.emit(
+        builtin,
+        [island.inputs[0], *extra],
+        shape=shape,
+        dtype=_INT8,
+        quantization=quantization(*map(list, zip(lw.qparams[source]))),
+        options=options,
+    )
     write_int8(lw, "QUANTIZE", [moved], island.closing)
     return True
 
@@ -376,7 +426,6 @@ def write_int8(lw: Lowering, builtin: str, inputs: list[int], closing, *, option
     scale, zero = activation_params(lw, closing)
     lw.absorb(closing)
     out = closing.output[0]
-    tensor = lw.emit(builtin, inputs, out=out, dtype=_INT8, quantization=quantization([scale], [zero]),
-                     options=options)
+    tensor = lw.emit(builtin, inputs, out=out, dtype=_INT8, quantization=quantization([scale], [zero]), options=options)
     lw.qparams[out] = (scale, zero)
     return tensor
