@@ -48,13 +48,23 @@ def export_onnx(bundle, sample_feeds: dict) -> onnx.ModelProto:
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         try:
             # torch's stub names only paths; the TorchScript exporter writes to any binary file object
-            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                              input_names=list(bundle.input_names), output_names=[bundle.output_name],
-                              dynamic_axes=axes, do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                args,
+                buffer,  # type: ignore[arg-type]
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=list(bundle.input_names),
+                output_names=[bundle.output_name],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
         except Exception as exc:
-            raise UserError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc)[:300]}",
-                            where=str(bundle.source),
-                            hint="the model may contain a layer the ONNX exporter cannot lower") from None
+            raise UserError(
+                f"torch.onnx.export failed: {type(exc).__name__}: {str(exc)[:300]}",
+                where=str(bundle.source),
+                hint="the model may contain a layer the ONNX exporter cannot lower",
+            ) from None
     model = onnx.load_from_string(buffer.getvalue())
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     # producer_name stays "pytorch": ONNX Runtime's fuser checks it to pick its BERT patterns.
@@ -85,9 +95,12 @@ def lower(bundle, feeds: dict, reference) -> onnx.ModelProto:
     rows = {name: values[:LOWERING_CHECK_ROWS] for name, values in feeds.items()}
     session = ort_session(graph.SerializeToString(), threads=2, optimize=False)
     outputs = run_session(session, rows, output_name=bundle.output_name, batch_size=8)
-    parity = compare(reference[:LOWERING_CHECK_ROWS], outputs, classification=bundle.kind == CLASSIFICATION,
-                     atol=parity_atol(bundle))
+    parity = compare(
+        reference[:LOWERING_CHECK_ROWS], outputs, classification=bundle.kind == CLASSIFICATION, atol=parity_atol(bundle)
+    )
     if not parity.passed:
-        raise VerificationError(f"lowering to ONNX changed the model: max |diff| {parity.max_abs_diff:.3g} "
-                                f"> {parity.tolerance} on {parity.examples} texts (this is a bug; please report it)")
+        raise VerificationError(
+            f"lowering to ONNX changed the model: max |diff| {parity.max_abs_diff:.3g} "
+            f"> {parity.tolerance} on {parity.examples} texts (this is a bug; please report it)"
+        )
     return graph

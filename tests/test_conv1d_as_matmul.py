@@ -39,8 +39,13 @@ def conv(name: str, width: int, *, x: str = "X", out: str | None = None, bias: b
 
 def graph_model(nodes, inits, outputs: list[str], x_shape=(1, CHANNELS, STEPS)) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))
-    graph = helper.make_graph(nodes, "tiny_conv", [x],
-                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny_conv",
+        [x],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
@@ -61,6 +66,7 @@ def op_types(model: onnx.ModelProto) -> list[str]:
 
 
 # ---- it fires, outputs match ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("pads", [[0, 0], [1, 1], [2, 0], [0, 3]])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -85,11 +91,17 @@ def test_student_pattern_absorbs_the_time_slice_and_merges_widths():
     nodes, inits, outs = [], [], []
     for width in (2, 3):
         node, weights = conv(f"conv{width}", width, pads=[width - 1, width - 1])
-        starts, ends, axes = (numpy_helper.from_array(np.array([v], np.int64), f"s{width}.{what}")
-                              for what, v in (("starts", width - 1), ("ends", 2 ** 62), ("axes", 2)))
-        nodes += [node, helper.make_node("Slice", [node.output[0], starts.name, ends.name, axes.name],
-                                         [f"kept{width}"], name=f"slice{width}"),
-                  helper.make_node("Relu", [f"kept{width}"], [f"relu{width}"])]
+        starts, ends, axes = (
+            numpy_helper.from_array(np.array([v], np.int64), f"s{width}.{what}")
+            for what, v in (("starts", width - 1), ("ends", 2**62), ("axes", 2))
+        )
+        nodes += [
+            node,
+            helper.make_node(
+                "Slice", [node.output[0], starts.name, ends.name, axes.name], [f"kept{width}"], name=f"slice{width}"
+            ),
+            helper.make_node("Relu", [f"kept{width}"], [f"relu{width}"]),
+        ]
         inits += [*weights, starts, ends, axes]
         outs.append(f"relu{width}")
     model = graph_model(nodes, inits, outs)
@@ -118,6 +130,7 @@ def test_convs_on_one_input_with_different_windows_get_their_own_matmuls():
 
 # ---- it does not fire, and says why ------------------------------------------------------------------------
 
+
 def test_graph_without_conv_is_skipped_with_the_reason():
     model = onnx.parser.parse_model("""
     <ir_version: 9, opset_import: ["" : 17]>
@@ -130,11 +143,14 @@ def test_graph_without_conv_is_skipped_with_the_reason():
     assert record.notes == ["skipped: no 1-D Conv (a Conv whose weight is a constant [F, C, k])"]
 
 
-@pytest.mark.parametrize("attributes, why", [
-    (dict(strides=[2]), "'strided': strides=[2] (only [1] is rewritten)"),
-    (dict(dilations=[2]), "'strided': dilations=[2] (only [1] is rewritten)"),
-    (dict(auto_pad="SAME_UPPER"), "'strided': auto_pad SAME_UPPER (only explicit pads are rewritten)"),
-])
+@pytest.mark.parametrize(
+    "attributes, why",
+    [
+        (dict(strides=[2]), "'strided': strides=[2] (only [1] is rewritten)"),
+        (dict(dilations=[2]), "'strided': dilations=[2] (only [1] is rewritten)"),
+        (dict(auto_pad="SAME_UPPER"), "'strided': auto_pad SAME_UPPER (only explicit pads are rewritten)"),
+    ],
+)
 def test_conv_it_cannot_rewrite_is_skipped_with_the_reason(attributes, why):
     node, inits = conv("strided", 3, **attributes)
     _, record = apply_pass(Conv1dAsMatmul(), graph_model([node], inits, ["strided"]), context())
@@ -165,15 +181,20 @@ def test_symbolic_input_shape_is_skipped_with_the_reason():
     node, inits = conv("conv", 3)
     model = graph_model([node], inits, ["conv"], x_shape=("batch", CHANNELS, "time"))
     _, record = apply_pass(Conv1dAsMatmul(), model, context())
-    assert record.notes == ["skipped: no 1-D Conv it can rewrite: 'conv': input 'X' has no fixed rank-3 shape "
-                            "(run after fix_shapes)"]
+    assert record.notes == [
+        "skipped: no 1-D Conv it can rewrite: 'conv': input 'X' has no fixed rank-3 shape (run after fix_shapes)"
+    ]
 
 
 def test_wrong_rewrite_fails_loudly(monkeypatch):
     """`ensures` compares outputs: a rewrite with the taps in the wrong order must not pass."""
-    monkeypatch.setattr(conv1d_as_matmul, "_tap_major",
-                        lambda weight, width: np.ascontiguousarray(weight[:, :, ::-1].transpose(2, 1, 0)
-                                                                   .reshape(width * weight.shape[1], weight.shape[0])))
+    monkeypatch.setattr(
+        conv1d_as_matmul,
+        "_tap_major",
+        lambda weight, width: np.ascontiguousarray(
+            weight[:, :, ::-1].transpose(2, 1, 0).reshape(width * weight.shape[1], weight.shape[0])
+        ),
+    )
     node, inits = conv("conv", 3)
     with pytest.raises(InternalError, match="conv1d_as_matmul changed the outputs"):
         apply_pass(Conv1dAsMatmul(), graph_model([node], inits, ["conv"]), context())
@@ -181,13 +202,27 @@ def test_wrong_rewrite_fails_loudly(monkeypatch):
 
 # ---- in the dynamic-int8 recipe ---------------------------------------------------------------------------
 
+
+# student_folders is the fixture imported from test_tflite_students, taken by name as pytest does.
 def test_cnn_student_dynamic_int8_has_no_conv_integer_and_its_tflite_verifies(
-        student_folders, tiny_device, tiny_data, tmp_path):  # noqa: F811
+    student_folders,  # noqa: F811
+    tiny_device,
+    tiny_data,
+    tmp_path,
+):
     from edgecompress.backends.tflite.artifact import audit_tflite, load_interpreter
     from edgecompress.pipeline import ExportRequest, run_export
 
-    result = run_export(ExportRequest(model=student_folders["cnn"], device=str(tiny_device), out_root=tmp_path,
-                                      data=tiny_data, recipe="dynamic-int8", measure=False))
+    result = run_export(
+        ExportRequest(
+            model=student_folders["cnn"],
+            device=str(tiny_device),
+            out_root=tmp_path,
+            data=tiny_data,
+            recipe="dynamic-int8",
+            measure=False,
+        )
+    )
     record = next(p for p in result.report.passes if p["name"] == "conv1d_as_matmul")
     assert record["fired"] and record["stats"]["matmuls"] == 1
     graph_ops = set(op_types(onnx.load(result.out_dir / "model.onnx")))
@@ -197,16 +232,27 @@ def test_cnn_student_dynamic_int8_has_no_conv_integer_and_its_tflite_verifies(
     assert artifacts["tflite"].parity_vs_onnxruntime["passed"]
     assert "CONV_2D" not in audit_tflite(result.out_dir / "model.tflite").op_histogram
     interpreter = load_interpreter(result.out_dir / "model.tflite", threads=1, delegate=False)
-    hybrid = [op for op in interpreter._get_ops_details()
-              if op["op_name"] == "FULLY_CONNECTED" and np.int8 in op["operand_types"]]
+    hybrid = [
+        op
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "FULLY_CONNECTED" and np.int8 in op["operand_types"]
+    ]
     assert len(hybrid) == 1  # the two widths (2, 3) in one MatMul, int8 weights (the head stays float)
 
 
 def test_bert_teacher_dynamic_int8_skips_the_pass(tiny_checkpoint, tiny_device, tiny_data, tmp_path):
     from edgecompress.pipeline import ExportRequest, run_export
 
-    result = run_export(ExportRequest(model=tiny_checkpoint, device=str(tiny_device), out_root=tmp_path,
-                                      data=tiny_data, recipe="dynamic-int8", measure=False))
+    result = run_export(
+        ExportRequest(
+            model=tiny_checkpoint,
+            device=str(tiny_device),
+            out_root=tmp_path,
+            data=tiny_data,
+            recipe="dynamic-int8",
+            measure=False,
+        )
+    )
     record = next(p for p in result.report.passes if p["name"] == "conv1d_as_matmul")
     assert not record["fired"]
     assert record["notes"] == ["skipped: no 1-D Conv (a Conv whose weight is a constant [F, C, k])"]

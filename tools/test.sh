@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash tools/install.sh
 export HF_HUB_OFFLINE=1
 python3 -m ruff check .
+python3 -m ruff format --check .
 python3 -m mypy edgecompress
 python3 -m pytest -q "$@"
