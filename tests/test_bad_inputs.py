@@ -58,6 +58,19 @@ def _weights(folder: Path, edit) -> Path:
     return folder
 
 
+def _with_device(kit: Kit, old: str, new: str):
+    """Export arguments with the tiny device profile edited (the file stem stays its name)."""
+    text = kit.device.read_text()
+    assert old in text, old
+    folder = kit.tmp / "devices"
+    folder.mkdir(exist_ok=True)
+    device = folder / kit.device.name
+    device.write_text(text.replace(old, new))
+    argv, out = kit.export_args(kit.checkpoint)
+    argv[argv.index("--device") + 1] = device
+    return argv, out
+
+
 def _poison(value: float):
     def edit(state):
         state["bert.encoder.layer.1.output.dense.weight"][0, 3] = value
@@ -184,6 +197,19 @@ CASES = [
         "unknown quantization mode 'int3'",
     ),
     ("unknown-recipe", lambda k: k.export_args(k.checkpoint, "--recipe", "nope"), 2, "unknown recipe 'nope'"),
+    # issue 16: a profile's length buckets and what its latency budget bounds
+    (
+        "buckets-not-ending-at-seq-len",
+        lambda k: _with_device(k, "buckets = [16]", "buckets = [8, 12]"),
+        2,
+        "field 'runtime.buckets' must end with seq_len 16, got [8, 12]",
+    ),
+    (
+        "latency-applies-to-unknown",
+        lambda k: _with_device(k, 'latency_applies_to = "longest-bucket"', 'latency_applies_to = "median"'),
+        2,
+        "field 'budgets.latency_applies_to' must be one of real-text, longest-bucket",
+    ),
     ("data-missing", lambda k: _data_file(k, "none.csv", None), 2, "data file does not exist"),
     ("data-unknown-format", lambda k: _data_file(k, "x.xlsx", b"text,label\n"), 2, "unknown data format '.xlsx'"),
     ("data-no-text-column", lambda k: _data_file(k, "x.csv", b"words,label\nfun,positive\n"), 2, "no text column"),
