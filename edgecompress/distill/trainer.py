@@ -71,20 +71,27 @@ class World:
         dist.all_gather_object(values, value)
         return values
 
-    def leave(self) -> None:
+    def leave(self, *, finished: bool) -> None:
+        """A finished rank waits for the others before tearing its gloo group down: one that left while rank 0
+        was still saving aborted at exit ("terminate called without an active exception", SIGABRT) and failed
+        a finished run now and then. A failed rank leaves at once (the others may never reach a barrier)."""
         import torch.distributed as dist
 
         if self.size > 1 and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 
 def train(work: Path) -> None:
     """Train the job in `work` as this process's share of the world; rank 0 writes trained.pt."""
     world = World.join()
+    finished = False
     try:
         _train(Path(work), world)
+        finished = True
     finally:
-        world.leave()
+        world.leave(finished=finished)
 
 
 def _train(work: Path, world: World) -> None:
