@@ -290,3 +290,12 @@ def test_the_report_lists_the_signatures_and_what_the_memory_estimate_leaves_out
     assert any(
         n.startswith("model.tflite: LiteRT's XNNPACK delegate packs the shared weights again") for n in report["notes"]
     )
+
+
+def test_the_weighted_percentile_is_the_nearest_rank_over_weighted_values():
+    from edgecompress.measure.host import weighted_percentile
+
+    # 246, 656 and 374 texts at three bucket estimates: p90 falls in the last bucket, p50 in the middle one
+    assert weighted_percentile([1.0, 2.0, 4.0], [246, 656, 374], 90) == 4.0
+    assert weighted_percentile([4.0, 1.0, 2.0], [374, 246, 656], 50) == 2.0
+    assert weighted_percentile([1.0, 2.0], [90, 10], 90) == 1.0  # exactly 90% of the weight at 1.0

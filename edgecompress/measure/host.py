@@ -81,19 +81,27 @@ def _time_buckets(artifact: Artifact, plan: TimingPlan, longest: dict | None) ->
     return timed
 
 
+def weighted_percentile(values, weights, q: float) -> float:
+    """Nearest rank on weighted values: the smallest value whose cumulative weight reaches q% of the total, so
+    the result is a value that occurred (a measured run, or a bucket's estimate)."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(np.asarray(weights, dtype=float)[order])
+    index = int(np.searchsorted(cumulative / cumulative[-1], q / 100 - 1e-12))
+    return float(np.asarray(values, dtype=float)[order][min(index, len(order) - 1)])
+
+
 def real_text_latency(per_bucket: dict[int, dict], texts_per_bucket: dict[int, int]) -> dict[str, Any]:
     """p50/p90 of the latency a text of --data sees, each text at its bucket: the runs of each bucket pooled,
     each run weighted by its bucket's share of the texts (nearest rank on the weighted runs)."""
     total = sum(texts_per_bucket.values())
-    pooled = []
+    runs, weights = [], []
     for length, result in per_bucket.items():
         samples = result["latency_samples_ms"]
-        pooled += [(ms, texts_per_bucket.get(length, 0) / total / len(samples)) for ms in samples]
-    pooled.sort()
-    cumulative = np.cumsum([weight for _, weight in pooled])
+        runs += samples
+        weights += [texts_per_bucket.get(length, 0) / len(samples)] * len(samples)
 
     def percentile(q: float) -> float:
-        return float(pooled[min(int(np.searchsorted(cumulative, q / 100 - 1e-12)), len(pooled) - 1)][0])
+        return weighted_percentile(runs, weights, q)
 
     threads = next(iter(per_bucket.values()))["threads"]
     return {

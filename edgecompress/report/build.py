@@ -14,7 +14,7 @@ import numpy as np
 from edgecompress import __version__
 from edgecompress.intake.data import EvalData, TextLengths
 from edgecompress.measure.float_twin import slower_note
-from edgecompress.measure.host import HostTiming
+from edgecompress.measure.host import HostTiming, weighted_percentile
 from edgecompress.passes import PassRecord
 from edgecompress.report.budgets import MB, accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import ESTIMATED, MEASURED, STATIC, ArtifactReport, Figure, Report
@@ -263,14 +263,14 @@ def real_text_estimate(graph, profile, lengths: TextLengths) -> Figure:
             bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9,
             shapes=infer_shapes(fixed),
         ).total_ms
-    each = np.sort(np.repeat([per_bucket[b] for b in counts], [counts[b] for b in counts]))
-    p90 = float(each[min(int(np.ceil(0.9 * len(each))) - 1, len(each) - 1)])
+    p90 = weighted_percentile([per_bucket[b] for b in counts], [counts[b] for b in counts], 90)
+    texts = sum(counts.values())
     shown = ", ".join(f"{b}: {ms:.3g} ms x {counts[b]}" for b, ms in per_bucket.items())
     return Figure(
         p90,
         "ms",
         ESTIMATED,
-        f"p90 over the {len(each)} texts of --data, each at its bucket's roofline "
+        f"p90 over the {texts} texts of --data, each at its bucket's roofline "
         f"estimate (bucket: estimate x texts: {shown})",
     )
 
