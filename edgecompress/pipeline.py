@@ -206,7 +206,7 @@ def _finish(
             classification=bundle.kind == CLASSIFICATION,
             lossy=any(r.lossy for r in rewrite.records),
             atol=parity_atol(bundle),
-            buckets=buckets,
+            lengths=lengths,
             bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol,
         )
         verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only, ticker=clock.ticker)

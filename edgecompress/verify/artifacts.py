@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecompress.backends import Artifact, backend_for
 from edgecompress.errors import VerificationError
-from edgecompress.intake.data import bucket_of
+from edgecompress.intake.data import TextLengths, bucket_of
 from edgecompress.verify.evaluate import (
     BUCKET_ATOL,
     Parity,
@@ -63,14 +63,14 @@ class Reference:
     classification: bool
     lossy: bool  # a pass changed the numbers on purpose: agreement instead of a tight tolerance
     atol: float
-    buckets: tuple[int, ...] = ()  # the lengths the artifacts serve; one or none: the feeds' length only
+    # How the texts fall into the lengths the artifacts serve (the same TextLengths the report counts); None or
+    # one bucket: the feeds' length only.
+    lengths: TextLengths | None = None
     bucket_atol: float = BUCKET_ATOL  # a bucket against the longest length, for a float model
 
-    def lengths(self) -> np.ndarray:
-        """Each text's token count as tokenized (padding excluded; at most the longest length)."""
-        mask = self.feeds.get("attention_mask")
-        width = next(iter(self.feeds.values())).shape[1]
-        return mask.sum(axis=1) if mask is not None else np.full(len(self.outputs), width)
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return self.lengths.buckets if self.lengths is not None else ()
 
 
 def verify_artifacts(
@@ -99,7 +99,8 @@ def verify_artifacts(
 
 def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> None:
     """Every artifact with each text at its bucket must compute what it computes at the longest length."""
-    which = bucket_of(reference.lengths(), reference.buckets)
+    assert reference.lengths is not None  # buckets come from it
+    which = bucket_of(reference.lengths.tokens, reference.buckets)
     for artifact, padded in zip(verified.artifacts, verified.outputs):
         served = _run_bucketed(artifact, reference, which, ticker(f"buckets {artifact.path.name}"))
         parity = compare_buckets(
@@ -116,12 +117,11 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
                 f"{parity.tolerance}), same prediction on {parity.prediction_agreement}, min cosine "
                 f"{parity.min_cosine}{_fidelity_text(fidelity)}; nothing was written"
             )
-        counts = {int(b): int(np.sum(which == b)) for b in reference.buckets}
         verified.served_outputs.append(served)
         verified.bucket_parity.append(
             {
                 **dataclasses.asdict(parity),
-                "texts_per_bucket": counts,
+                "texts_per_bucket": reference.lengths.per_bucket(),
                 "how": "measured",
                 "against": f"the same file with every text padded to {reference.buckets[-1]}",
                 "fidelity_to_reference": fidelity,
