@@ -62,6 +62,9 @@ class PassContext:
     # one, the graph keeps a symbolic sequence axis (fix_shapes fixes the batch only) and each backend
     # serves the lengths its own way; empty or one length: every shape is fixed to seq_len.
     buckets: tuple[int, ...] = ()
+    # The model's encoder family (edgecompress.architectures.Architecture): its fusion settings, its parts.
+    # None for an .onnx file or a distilled student that no family describes.
+    architecture: Any = None
 
     @property
     def dynamic_sequence(self) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgecompress import __version__
 from edgecompress.atomic import abandon, check_output, staging_dir, swap_in
+from edgecompress.errors import UserError
 from edgecompress.passes import PassContext, PassRecord, apply_pass
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         check_output(request.out_root, profile.name)  # before any work, not after it
         recipe = choose_recipe(request.recipe, request.quantize, profile)
         bundle = load_bundle(request.model, tokenizer_dir=request.tokenizer)
-        summary.append(f"{bundle.kind}, recipe {recipe.name}")
+        check_passes_apply(recipe, bundle)
+        family = f"{bundle.architecture.family} " if bundle.architecture else ""
+        summary.append(f"{family}{bundle.kind}, recipe {recipe.name}")
     seq_len = profile.runtime.seq_len
     with clock.stage("data") as summary:
         data = prepare_eval_data(bundle, request.data, seq_len)
@@ -267,6 +270,22 @@ def _finish(
     return report
 
 
+def check_passes_apply(recipe, bundle) -> None:
+    """A recipe pass that does not apply to the model's family is refused before any work, with the reason
+    the family gives (its architecture's `not_applicable`)."""
+    if bundle.architecture is None:
+        return
+    for step in (*recipe.compress, *recipe.graph):
+        why = bundle.architecture.refuse(step.name)
+        if why:
+            family = bundle.architecture.describe()
+            raise UserError(
+                f"pass '{step.name}' of recipe '{recipe.name}' does not apply to {family}: {why}",
+                where=str(bundle.source),
+                hint="choose another recipe, or drop the pass from yours",
+            )
+
+
 def _pass_context(bundle, profile, calibration, train_data, calibration_source: str) -> PassContext:
     """What the passes of one stage may know: the profile's shapes and the model the stage receives."""
     runtime = profile.runtime
@@ -283,6 +302,7 @@ def _pass_context(bundle, profile, calibration, train_data, calibration_source: 
         train_data=train_data,
         artifacts=tuple(profile.artifacts),
         buckets=runtime.buckets,
+        architecture=bundle.architecture,
     )
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgecompress.architectures import architectures
 from edgecompress.cli import main
 
 from conftest import user_error
 
-SUPPORTED = "BertForSequenceClassification, BertModel"
+SUPPORTED = "BertForSequenceClassification, BertModel"  # the heads of the BERT family
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -105,9 +106,19 @@ def test_config_not_an_object(ckpt, tiny_device, tiny_data, out):
 def test_unsupported_architecture_names_the_supported_ones(ckpt, tiny_device, tiny_data, out):
     edit_config(ckpt, architectures=["GPT2LMHeadModel"], model_type="gpt2")
     line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
+    families = ", ".join(sorted(architectures()))
     assert line == (
-        f"error: {ckpt / 'config.json'}: unsupported architecture 'GPT2LMHeadModel' (model_type 'gpt2'); "
-        f"expected model_type 'bert' with one of {SUPPORTED}"
+        f"error: {ckpt / 'config.json'}: unsupported model family 'gpt2'; expected model_type one of {families}; "
+        "hint: convert the model to one of these families, or export it to .onnx and pass the file"
+    )
+
+
+def test_unsupported_head_of_a_known_family_names_the_supported_heads(ckpt, tiny_device, tiny_data, out):
+    edit_config(ckpt, architectures=["BertForMaskedLM"])
+    line = user_error(run_export(ckpt, tiny_device, tiny_data, out), out)
+    assert line == (
+        f"error: {ckpt / 'config.json'}: unsupported head 'BertForMaskedLM' for BERT (model_type 'bert'); "
+        f"expected one of {SUPPORTED}"
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.compress._pruning import HEADS, NEURONS, encoder_layers, unit_masks
+from edgecompress.compress._pruning import encoder_layers, unit_masks, units_of
 from edgecompress.compress.drop_layers import DropLayers
 from edgecompress.compress.prune_ffn import PruneFfn
 from edgecompress.compress.prune_heads import PruneHeads
@@ -66,8 +66,9 @@ def hidden(bundle, texts=TEXTS, seq_len=SEQ) -> torch.Tensor:
         return bundle.module.hf_model.bert(**inputs).last_hidden_state
 
 
-def masked_logits(bundle, units, removed: list[list[int]]) -> torch.Tensor:
+def masked_logits(bundle, kind: str, removed: list[list[int]]) -> torch.Tensor:
     """The unpruned model with the removed units' outputs multiplied by 0."""
+    units = units_of(bundle.module, kind)
     masks = []
     for layer, ids in zip(encoder_layers(bundle.module), removed):
         mask = torch.ones(units.count(layer))
@@ -92,14 +93,16 @@ def test_prune_heads_slices_heads_and_equals_the_masked_original(bundle, ctx):
     assert pruned.config["num_attention_heads"] == pruned.module.hf_model.config.num_attention_heads == 1
     assert (pruned.num_heads, pruned.attention_width) == (1, 16)  # what the graph stage's context is built from
     assert bundle.config["num_attention_heads"] == 2  # the input bundle is untouched
-    torch.testing.assert_close(logits(pruned), masked_logits(bundle, HEADS, record.stats["removed"]), atol=1e-6, rtol=0)
+    expected = masked_logits(bundle, "head", record.stats["removed"])
+    torch.testing.assert_close(logits(pruned), expected, atol=1e-6, rtol=0)
     assert not torch.allclose(logits(pruned), logits(bundle), atol=1e-6)
 
 
 def test_prune_heads_without_train_data_ranks_by_magnitude_and_says_so(bundle):
     pruned, record = apply_pass(PruneHeads(ratio=0.5), bundle, context(bundle))
     assert "importance: weight magnitude (no labelled --train-data" in record.notes[0]
-    torch.testing.assert_close(logits(pruned), masked_logits(bundle, HEADS, record.stats["removed"]), atol=1e-6, rtol=0)
+    expected = masked_logits(bundle, "head", record.stats["removed"])
+    torch.testing.assert_close(logits(pruned), expected, atol=1e-6, rtol=0)
 
 
 def test_prune_ffn_in_steps_equals_the_masked_original(bundle, ctx):
@@ -111,7 +114,7 @@ def test_prune_ffn_in_steps_equals_the_masked_original(bundle, ctx):
     assert [len(ids) for ids in record.stats["removed"]] == [16, 16]
     assert record.stats["parameters_after"] == record.stats["parameters_before"] - 2 * 16 * (32 + 1 + 32)
     torch.testing.assert_close(
-        logits(pruned), masked_logits(bundle, NEURONS, record.stats["removed"]), atol=1e-6, rtol=0
+        logits(pruned), masked_logits(bundle, "neuron", record.stats["removed"]), atol=1e-6, rtol=0
     )
 
 
@@ -303,14 +306,14 @@ def test_prune_schedule_prunes_on_the_cubic_schedule_and_recovers(bundle, ctx, c
         "round 1: 1 head, 23 neurons removed; recovery 3 steps of distillation on 12 training texts in "
     )
     assert "prune_schedule round 3/3: step 3/3" in caplog.text
-    assert not torch.allclose(logits(pruned), masked_logits(bundle, HEADS, record.stats["removed"]["head"]))
+    assert not torch.allclose(logits(pruned), masked_logits(bundle, "head", record.stats["removed"]["head"]))
 
 
 def test_prune_schedule_without_recovery_equals_the_masked_original(bundle, ctx):
     pruned, record = apply_pass(PruneSchedule(heads=0.5, ffn=0.0, steps=2, epochs=0.0), bundle, ctx)
     assert list(record.stats["removed"]) == ["head"]
     torch.testing.assert_close(
-        logits(pruned), masked_logits(bundle, HEADS, record.stats["removed"]["head"]), atol=1e-6, rtol=0
+        logits(pruned), masked_logits(bundle, "head", record.stats["removed"]["head"]), atol=1e-6, rtol=0
     )
 
 

@@ -23,8 +23,8 @@ from edgecompress.compress._fake_quant import (
     QuantLinear,
     fake_quantize,
     fake_quantize_weight,
-    unwrap_bert,
-    wrap_bert,
+    unwrap_encoder,
+    wrap_encoder,
     wrapped_count,
 )
 from edgecompress.compress._recovery import CHECKPOINT_FILE, Recovery, recover, training_digest
@@ -166,7 +166,7 @@ def test_dynamic_activation_range_is_each_texts_own():
 
 def test_wrap_replaces_every_linear_and_the_word_embeddings(module, inputs):
     reference = outputs(module, inputs)
-    count = wrap_bert(module.hf_model)
+    count = wrap_encoder(module.hf_model)
     linears = [m for m in module.modules() if isinstance(m, QuantLinear)]
     assert count == len(linears) + 1 == 2 * 6 + 2 + 1  # q k v, attention out, ffn in, ffn out; pooler, classifier
     assert isinstance(module.hf_model.bert.embeddings.word_embeddings, QuantEmbedding)
@@ -180,7 +180,7 @@ def test_wrap_replaces_every_linear_and_the_word_embeddings(module, inputs):
 
 
 def test_unwrap_restores_plain_modules_with_the_fine_tuned_weights(module, bundle, train_csv, inputs):
-    wrap_bert(module.hf_model)
+    wrap_encoder(module.hf_model)
     module.train()
     batch = next(task_data(bundle, load_dataset(train_csv, require_labels=True), seq_len=SEQ).batches(4, seed=0))
     module(*batch.inputs).sum().backward()
@@ -188,7 +188,7 @@ def test_unwrap_restores_plain_modules_with_the_fine_tuned_weights(module, bundl
         for p in module.parameters():
             p -= 0.01 * p.grad  # a training step through the fake quantizers
     fake = outputs(module, inputs)
-    assert unwrap_bert(module.hf_model) == 15 and wrapped_count(module) == 0
+    assert unwrap_encoder(module.hf_model) == 15 and wrapped_count(module) == 0
     kinds = {type(m) for m in module.modules()}
     assert QuantLinear not in kinds and QuantEmbedding not in kinds
     assert set(module.state_dict()) == set(bundle.module.state_dict())
@@ -201,8 +201,8 @@ def test_unwrap_restores_plain_modules_with_the_fine_tuned_weights(module, bundl
 
 
 def test_unwrap_with_snap_leaves_weights_on_their_grid(module):
-    wrap_bert(module.hf_model)
-    unwrap_bert(module.hf_model, snap=True)
+    wrap_encoder(module.hf_model)
+    unwrap_encoder(module.hf_model, snap=True)
     layer = module.hf_model.bert.encoder.layer[0]
     for linear, grid in ((layer.attention.self.query, INT8_REDUCED), (layer.output.dense, INT8_SYMMETRIC)):
         torch.testing.assert_close(
@@ -252,7 +252,7 @@ def test_qat_on_a_sentence_encoder_distils_the_embedding(tiny_encoder, train_csv
         (None, "the model came in as ONNX: there is no torch module to fine-tune"),
         (
             nn.Sequential(),
-            "Sequential is not a BERT model: fake quantization wraps a transformers BERT's Linear layers",
+            "Sequential is not a transformer encoder: fake quantization wraps a transformers encoder's Linear layers",
         ),
     ],
 )
@@ -303,7 +303,7 @@ class Interrupted(Exception):
 
 def _qat_student(bundle):
     student = copy.deepcopy(bundle.module)
-    wrap_bert(student.hf_model)  # fake-quant buffers (EMA ranges) must be saved and restored too
+    wrap_encoder(student.hf_model)  # fake-quant buffers (EMA ranges) must be saved and restored too
     return student
 
 
@@ -473,7 +473,7 @@ def test_fake_int8_minilm_stays_close_to_float_and_qat_fires(minilm_dir, train_c
     feeds = tokenize(minilm.tokenizer, TEXTS, seq_len=SEQ, input_names=minilm.input_names)
     real_inputs = tuple(torch.from_numpy(feeds[name]) for name in minilm.input_names)
     fake = copy.deepcopy(minilm.module)
-    wrap_bert(fake.hf_model)
+    wrap_encoder(fake.hf_model)
     calibrate_ranges(fake, task_data(minilm, load_dataset(train_csv, require_labels=False), seq_len=SEQ), 8, 0)
     # measured 15.5 dB (embeddings), mostly from per-tensor uint8 activations; a wrong scale is far below
     assert sqnr_db(outputs(minilm.module, real_inputs), outputs(fake, real_inputs)) > 12
@@ -490,6 +490,6 @@ def test_quantized_embedding_lookup_equals_a_lookup_in_the_quantized_table(bundl
 
 
 def test_wrap_leaves_the_named_linears_float(module):
-    count = wrap_bert(module.hf_model, keep_float=("bert.pooler.dense", "classifier"))
+    count = wrap_encoder(module.hf_model, keep_float=("bert.pooler.dense", "classifier"))
     assert count == 13
     assert type(module.hf_model.classifier) is nn.Linear and type(module.hf_model.bert.pooler.dense) is nn.Linear

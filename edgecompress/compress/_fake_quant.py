@@ -1,9 +1,9 @@
 """Fake int8 quantization for training (Q8BERT, Zafrir et al. 2019). Registers no pass.
 
-Before -> After (`wrap_bert`, in place on a transformers BERT):
+Before -> After (`wrap_encoder`, in place on a transformers encoder of any registered family):
     Linear(in, out)                -> QuantLinear: F.linear(fake_quant(x), fake_quant(W), b)
     word_embeddings Embedding(v, d) -> QuantEmbedding: lookup in fake_quant(table)
-`unwrap_bert` is the way back: plain Linear and Embedding modules holding the fine-tuned float weights.
+`unwrap_encoder` is the way back: plain Linear and Embedding modules holding the fine-tuned float weights.
 
 Fake quantization rounds to the integer grid and back, so the forward pass sees int8 values while the
 weights stay float. Rounding has no useful gradient; the straight-through estimator (Bengio et al. 2013)
@@ -22,7 +22,7 @@ What is simulated follows what `quantize_static` ships after `fuse_transformer` 
   and token-type tables are quantized the same way in the graph but are small and left float here;
 - pooler and classifier: left float by `keep_float` in the `qat` pass, because the graph keeps them
   float (they lower to `Gemm`, which `quantize_static` does not take; on MiniLM it quantized 6
-  Attention, 1 EmbedLayerNormalization and 18 MatMul, the encoder's). `wrap_bert` alone wraps them.
+  Attention, 1 EmbedLayerNormalization and 18 MatMul, the encoder's). `wrap_encoder` alone wraps them.
 Not simulated: attention scores and softmax (QAttention computes them in float), LayerNorm, GELU, and
 the sensitivity analysis of `quantize_static`, which may keep a node float that was trained as int8.
 """
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from edgecompress.architectures import architecture_of
 
 # EMA weight of the running range against each new batch's extremes (Q8BERT uses 0.9).
 DEFAULT_MOMENTUM = 0.9
@@ -167,20 +169,21 @@ class QuantEmbedding(nn.Module):
         return self.embedding.weight
 
 
-def wrap_bert(model: nn.Module, *, momentum: float = DEFAULT_MOMENTUM, keep_float: tuple[str, ...] = ()) -> int:
-    """Wrap every Linear and the word-embedding table of a transformers BERT in place; returns the count.
+def wrap_encoder(model: nn.Module, *, momentum: float = DEFAULT_MOMENTUM, keep_float: tuple[str, ...] = ()) -> int:
+    """Wrap every Linear and the word-embedding table of a transformers encoder (of any registered family) in
+    place; returns the count.
 
     `keep_float` names Linear modules (as in `model.named_modules()`) to leave as they are. Q, K and V of
     one layer share one dynamic input quantizer: the fused QAttention quantizes its input once for all three.
     """
     count = 0
-    for layer in _bert(model).encoder.layer:
-        attention = layer.attention.self
+    architecture = architecture_of(model)
+    for layer in architecture.layers(model):
         shared = ActivationQuantizer(dynamic=True)
-        for name in ("query", "key", "value"):
-            setattr(
-                attention, name, QuantLinear(getattr(attention, name), weight_grid=INT8_REDUCED, input_quantizer=shared)
-            )
+        for path in (architecture.query_path, architecture.key_path, architecture.value_path):
+            parent_path, _, name = path.rpartition(".")
+            parent = layer.get_submodule(parent_path)
+            setattr(parent, name, QuantLinear(getattr(parent, name), weight_grid=INT8_REDUCED, input_quantizer=shared))
             count += 1
     kept = {id(model.get_submodule(name)) for name in keep_float}
     for parent, name, linear in _plain_linears(model):
@@ -191,12 +194,11 @@ def wrap_bert(model: nn.Module, *, momentum: float = DEFAULT_MOMENTUM, keep_floa
                 QuantLinear(linear, weight_grid=INT8_SYMMETRIC, input_quantizer=ActivationQuantizer(momentum=momentum)),
             )
             count += 1
-    embeddings = _bert(model).embeddings
-    embeddings.word_embeddings = QuantEmbedding(embeddings.word_embeddings)
+    architecture.set_word_embeddings(model, QuantEmbedding(architecture.word_embeddings(model)))
     return count + 1
 
 
-def unwrap_bert(model: nn.Module, *, snap: bool = False) -> int:
+def unwrap_encoder(model: nn.Module, *, snap: bool = False) -> int:
     """Put the plain Linear and Embedding modules back, in place; returns how many were unwrapped.
 
     With `snap`, each weight is replaced by its fake-quantized value, so that quantizing it again on
@@ -215,11 +217,6 @@ def unwrap_bert(model: nn.Module, *, snap: bool = False) -> int:
 
 def wrapped_count(model: nn.Module) -> int:
     return sum(1 for _ in _wrappers(model))
-
-
-def _bert(model: nn.Module) -> nn.Module:
-    """The BertModel inside a BertForSequenceClassification, or the model itself."""
-    return model.bert if hasattr(model, "bert") else model
 
 
 def _plain_linears(model: nn.Module):

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import torch
 
+from edgecompress.architectures import Architecture, architecture_for, architecture_of
 from edgecompress.compress._taskdata import TaskData, task_data, task_loss, training_seq_len
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import CLASSIFICATION
@@ -34,7 +35,8 @@ from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped
 
 
 class Units:
-    """One kind of prunable unit; subclasses name the Linear layers it spans in a BertLayer."""
+    """One kind of prunable unit; subclasses name the Linear layers it spans in one encoder layer, found
+    through the model family's architecture."""
 
     kind = ""
     config_key = ""
@@ -64,48 +66,57 @@ class AttentionHeads(Units):
     kind, config_key = "head", "num_attention_heads"
     gradient_score = "E|dL/d(head mask)| (Michel et al. 2019)"
 
+    def __init__(self, architecture: Architecture | None = None):
+        self.architecture = architecture or architecture_for("bert")
+        self.config_key = self.architecture.heads_key
+
     def producers(self, layer):
-        attention = layer.attention.self
-        return [attention.query, attention.key, attention.value]
+        parts = self.architecture.attention(layer)
+        return [parts.query, parts.key, parts.value]
 
     def consumer(self, layer):
-        return layer.attention.output.dense
+        return self.architecture.attention(layer).output
 
     def width(self, layer) -> int:
-        return layer.attention.self.attention_head_size
+        return self.architecture.attention(layer).head_size
 
     def resized(self, layer, count: int) -> None:
-        attention = layer.attention.self
-        attention.num_attention_heads = count
-        attention.all_head_size = count * attention.attention_head_size
+        self.architecture.set_head_count(layer, count)
 
 
 class FfnNeurons(Units):
     kind, config_key = "neuron", "intermediate_size"
     gradient_score = "|activation x gradient| (first-order Taylor)"
 
+    def __init__(self, architecture: Architecture | None = None):
+        self.architecture = architecture or architecture_for("bert")
+        self.config_key = self.architecture.ffn_key
+
     def producers(self, layer):
-        return [layer.intermediate.dense]
+        return [self.architecture.ffn(layer)[0]]
 
     def consumer(self, layer):
-        return layer.output.dense
+        return self.architecture.ffn(layer)[1]
 
 
-HEADS, NEURONS = AttentionHeads(), FfnNeurons()
+def heads(module) -> AttentionHeads:
+    """The attention heads of this model's family."""
+    return AttentionHeads(architecture_of(module))
 
 
-def bert_model(module) -> torch.nn.Module:
-    """The BertModel inside a ReferenceModule, for classifiers and bare encoders alike."""
-    hf = module.hf_model
-    return hf.bert if hasattr(hf, "bert") else hf
+def neurons(module) -> FfnNeurons:
+    """The FFN neurons of this model's family."""
+    return FfnNeurons(architecture_of(module))
 
 
-def encoder(module) -> torch.nn.Module:
-    return bert_model(module).encoder
+def units_of(module, kind: str) -> Units:
+    """The prunable units of `kind` ("head" or "neuron") of this model's family."""
+    return {"head": heads, "neuron": neurons}[kind](module)
 
 
 def encoder_layers(module) -> torch.nn.ModuleList:
-    return encoder(module).layer
+    """The encoder layers of a classifier or a bare encoder, through its family's architecture."""
+    return architecture_of(module).layers(module.hf_model)
 
 
 def check_ratio(pass_name: str, option: str, ratio: float) -> None:
@@ -261,7 +272,7 @@ def record_attention_width(bundle) -> None:
     with the model's hidden_size the fuser finds no head count and fuses nothing (measured on the tiny
     BERT, onnxruntime 1.31).
     """
-    bundle.attention_width = encoder_layers(bundle.module)[0].attention.self.all_head_size
+    bundle.attention_width = architecture_of(bundle.module).attention_width(encoder_layers(bundle.module)[0])
 
 
 def parameter_count(module) -> int:
@@ -298,7 +309,7 @@ class UnitPruningPass(Pass):
     """
 
     in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
-    units: ClassVar[Units]
+    unit_kind: ClassVar[str]  # "head" or "neuron": which Units of the model's family this pass removes
     ratio: float = 0.5
     steps: int = 1
     importance_texts: int = 1024  # labelled texts the gradient importance is averaged over
@@ -309,29 +320,31 @@ class UnitPruningPass(Pass):
         check_positive(self.name, "importance_texts", self.importance_texts)
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch module to prune")
-        total = self.units.count(encoder_layers(bundle.module)[0])
-        if units_to_remove(self.name, "ratio", self.ratio, total, self.units.kind) == 0:
-            raise PassSkipped(f"ratio {self.ratio} of {total} {self.units.kind}s per layer removes none")
+        units = units_of(bundle.module, self.unit_kind)
+        total = units.count(encoder_layers(bundle.module)[0])
+        if units_to_remove(self.name, "ratio", self.ratio, total, units.kind) == 0:
+            raise PassSkipped(f"ratio {self.ratio} of {total} {units.kind}s per layer removes none")
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
         new = cloned(bundle)
-        pruned = Pruned.start(new.module, self.units)
-        count = units_to_remove(self.name, "ratio", self.ratio, pruned.total, self.units.kind)
+        units = units_of(new.module, self.unit_kind)
+        pruned = Pruned.start(new.module, units)
+        count = units_to_remove(self.name, "ratio", self.ratio, pruned.total, units.kind)
         data, why_not = importance_data(bundle, ctx, self.importance_texts)
-        method = importance_method(self.units, data, why_not)
+        method = importance_method(units, data, why_not)
         for step in range(1, self.steps + 1):
-            (scores,) = importance(new.module, [self.units], data)
+            (scores,) = importance(new.module, [units], data)
             pruned.remove(new.module, scores, round(count * step / self.steps) - pruned.removed)
-        set_config(new, **{self.units.config_key: pruned.total - count})
+        set_config(new, **{units.config_key: pruned.total - count})
         record_attention_width(new)
         notes = [
-            f"removed {count} of {pruned.total} {self.units.kind}s in each of {len(pruned.alive)} layers "
+            f"removed {count} of {pruned.total} {units.kind}s in each of {len(pruned.alive)} layers "
             f"in {self.steps} step(s); importance: {method}"
         ]
         stats = {
             "importance": method,
-            f"{self.units.kind}s_before": pruned.total,
-            f"{self.units.kind}s_after": pruned.total - count,
+            f"{units.kind}s_before": pruned.total,
+            f"{units.kind}s_after": pruned.total - count,
             "removed": pruned.removed_ids(),
             "parameters_before": parameter_count(bundle.module),
             "parameters_after": parameter_count(new.module),
@@ -339,12 +352,11 @@ class UnitPruningPass(Pass):
         return PassResult(new, notes, stats, lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
-        expected = result.model.config[self.units.config_key]
-        found = {self.units.count(layer) for layer in encoder_layers(result.model.module)}
+        units = units_of(result.model.module, self.unit_kind)
+        expected = result.model.config[units.config_key]
+        found = {units.count(layer) for layer in encoder_layers(result.model.module)}
         if found != {expected}:
-            raise InternalError(
-                f"{self.name} left {sorted(found)} {self.units.kind}s per layer; config says {expected}"
-            )
+            raise InternalError(f"{self.name} left {sorted(found)} {units.kind}s per layer; config says {expected}")
 
 
 def check_positive(pass_name: str, option: str, value: float) -> None:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from edgecompress.architectures import architecture_of
 from edgecompress.compress._pruning import (
     check_positive,
     check_ratio,
     cloned,
-    encoder,
     encoder_layers,
     parameter_count,
     record_attention_width,
@@ -126,13 +126,15 @@ def least_harmful(module, data, count: int) -> tuple[list[int], list[float]]:
 
 
 def _loss_without(module, alive: list[int], skip: int, data) -> float:
-    full = encoder(module).layer
-    encoder(module).layer = torch.nn.ModuleList([full[i] for i in alive if i != skip])
+    architecture = architecture_of(module)
+    full = encoder_layers(module)
+    architecture.set_layers(module.hf_model, torch.nn.ModuleList([full[i] for i in alive if i != skip]))
     try:
         return mean_task_loss(module, data)
     finally:
-        encoder(module).layer = full
+        architecture.set_layers(module.hf_model, full)
 
 
 def keep(module, indices: list[int]) -> None:
-    encoder(module).layer = torch.nn.ModuleList([encoder(module).layer[i] for i in indices])
+    full = encoder_layers(module)
+    architecture_of(module).set_layers(module.hf_model, torch.nn.ModuleList([full[i] for i in indices]))

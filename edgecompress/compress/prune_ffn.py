@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecompress.compress._pruning import NEURONS, UnitPruningPass
+from edgecompress.compress._pruning import UnitPruningPass
 from edgecompress.passes import register_pass
 
 
@@ -22,4 +22,4 @@ from edgecompress.passes import register_pass
 class PruneFfn(UnitPruningPass):
     name = "prune_ffn"
     stage = "compress"
-    units = NEURONS
+    unit_kind = "neuron"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgecompress.compress._pruning import HEADS, UnitPruningPass
+from edgecompress.compress._pruning import UnitPruningPass
 from edgecompress.passes import register_pass
 
 
@@ -24,4 +24,4 @@ from edgecompress.passes import register_pass
 class PruneHeads(UnitPruningPass):
     name = "prune_heads"
     stage = "compress"
-    units = HEADS
+    unit_kind = "head"

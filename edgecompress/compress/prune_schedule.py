@@ -19,16 +19,16 @@ import logging
 from dataclasses import dataclass
 
 from edgecompress.compress._pruning import (
-    HEADS,
-    NEURONS,
     Pruned,
     check_positive,
     check_ratio,
     cloned,
     encoder_layers,
+    heads,
     importance,
     importance_data,
     importance_method,
+    neurons,
     parameter_count,
     record_attention_width,
     set_config,
@@ -81,7 +81,10 @@ class PruneSchedule(Pass):
         layer = encoder_layers(bundle.module)[0]
         return {
             units: units_to_remove(self.name, option, ratio, units.count(layer), units.kind)
-            for units, option, ratio in ((HEADS, "heads", self.heads), (NEURONS, "ffn", self.ffn))
+            for units, option, ratio in (
+                (heads(bundle.module), "heads", self.heads),
+                (neurons(bundle.module), "ffn", self.ffn),
+            )
         }
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
@@ -127,7 +130,7 @@ class PruneSchedule(Pass):
         return notes
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
-        for units in (HEADS, NEURONS):
+        for units in (heads(result.model.module), neurons(result.model.module)):
             expected = result.model.config[units.config_key]
             found = {units.count(layer) for layer in encoder_layers(result.model.module)}
             if found != {expected}:

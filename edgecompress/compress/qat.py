@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from edgecompress.compress._fake_quant import ActivationQuantizer, unwrap_bert, wrap_bert, wrapped_count
+from edgecompress.architectures import architecture_of
+from edgecompress.compress._fake_quant import ActivationQuantizer, unwrap_encoder, wrap_encoder, wrapped_count
 from edgecompress.compress._pruning import check_positive, cloned
 from edgecompress.compress._recovery import Recovery, recover, training_digest, work_dir
 from edgecompress.compress._taskdata import TaskData, task_data, training_seq_len
@@ -38,10 +39,17 @@ log = logging.getLogger(__name__)
 # data rather than from the first training batch alone.
 CALIBRATION_BATCHES = 8
 EVAL_BATCH = 64
-# Linear layers the graph keeps float: the exporter lowers them to Gemm, which quantize_static does not
-# quantize (see `_fake_quant.py`); simulating int8 there would train for noise the app never sees.
-# Spelled for a classifier (bert.pooler) and for a bare encoder (pooler).
-KEEP_FLOAT = ("bert.pooler.dense", "pooler.dense", "classifier")
+
+
+def head_linears(model) -> tuple[str, ...]:
+    """Linear layers the graph keeps float: the pooler and the head after the encoder. They act on one
+    token's vector, so the exporter lowers them to Gemm, which quantize_static does not quantize (see
+    `_fake_quant.py`); simulating int8 there would train for noise the app never sees."""
+    architecture = architecture_of(model)
+    encoder = architecture.encoder_model(model)
+    embeddings = encoder.get_submodule(architecture.word_embeddings_path.rpartition(".")[0])
+    inside = {id(m) for part in (architecture.layers(model), embeddings) for m in part.modules()}
+    return tuple(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in inside)
 
 
 @register_pass
@@ -76,8 +84,8 @@ class Qat(Pass):
             raise PassSkipped("the model came in as ONNX: there is no torch module to fine-tune")
         if not hasattr(bundle.module, "hf_model"):
             raise PassSkipped(
-                f"{type(bundle.module).__name__} is not a BERT model: fake quantization "
-                "wraps a transformers BERT's Linear layers"
+                f"{type(bundle.module).__name__} is not a transformer encoder: fake quantization "
+                "wraps a transformers encoder's Linear layers"
             )
         if ctx.train_data is None:
             raise UserError(
@@ -89,17 +97,16 @@ class Qat(Pass):
         new = cloned(bundle)
         training, held_out = self._texts(bundle, ctx)
         agreement = Agreement(bundle.module, held_out, bundle.kind == CLASSIFICATION)
-        present = dict(new.module.hf_model.named_modules())
-        wrapped = wrap_bert(
+        wrapped = wrap_encoder(
             new.module.hf_model,
             momentum=self.momentum,
-            keep_float=tuple(name for name in KEEP_FLOAT if name in present),
+            keep_float=head_linears(new.module.hf_model),
         )
         calibrate_ranges(new.module, training, self.batch_size, self.seed)
         before = agreement.of(new.module)
         trained = self._train(new.module, bundle.module, training)
         after = agreement.of(new.module)
-        unwrap_bert(new.module.hf_model, snap=self.snap_weights)
+        unwrap_encoder(new.module.hf_model, snap=self.snap_weights)
         stats = {
             "steps": trained["steps"],
             "epochs": self.epochs,

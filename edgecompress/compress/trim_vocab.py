@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.compress._pruning import bert_model, cloned, set_config
+from edgecompress.architectures import architecture_of
+from edgecompress.compress._pruning import cloned, set_config
 from edgecompress.errors import InternalError, UserError
 from edgecompress.intake.model import load_tokenizer
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
@@ -197,11 +198,11 @@ def _renumber_post_processor(node: dict | None, new_id: dict[int, int]) -> None:
 
 
 def _word_embeddings(module) -> torch.nn.Embedding:
-    return bert_model(module).embeddings.word_embeddings
+    return architecture_of(module).word_embeddings(module.hf_model)
 
 
 def _set_word_embeddings(module, embedding: torch.nn.Embedding) -> None:
-    bert_model(module).embeddings.word_embeddings = embedding
+    architecture_of(module).set_word_embeddings(module.hf_model, embedding)
 
 
 def _notes(ctx: PassContext, before: torch.Size, kept: int) -> list[str]:

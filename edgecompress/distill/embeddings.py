@@ -87,5 +87,7 @@ def contextual_token_vectors(hf_model, input_ids, attention_mask, batch_size: in
 
 
 def teacher_word_embeddings(hf_model):
-    """The teacher's [vocab, hidden] word-embedding matrix (a BertForSequenceClassification)."""
-    return hf_model.bert.embeddings.word_embeddings.weight.detach()
+    """The teacher's [vocab, hidden] word-embedding matrix, found through its family's architecture."""
+    from edgecompress.architectures import architecture_of
+
+    return architecture_of(hf_model).word_embeddings(hf_model).weight.detach()

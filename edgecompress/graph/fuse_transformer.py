@@ -46,14 +46,17 @@ class FuseTransformer(Pass):
         from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
         from onnxruntime.transformers.optimizer import optimize_by_fusion
 
-        expected = ctx.num_layers or _attention_blocks(model)
+        family = ctx.architecture
+        model_type = family.ort_model_type if family else "bert"
+        per_layer = family.fused_attention_per_layer if family else 1
+        expected = per_layer * (ctx.num_layers or _attention_blocks(model))
         ir_version = model.ir_version  # the fuser may change it
-        options = FusionOptions("bert")
+        options = FusionOptions(model_type)
         with captured_library_output() as library_notes:
             # 0 lets the fuser read heads and width off the graph (ONNX intake has no config).
             optimized: BertOnnxModel = optimize_by_fusion(
                 model,
-                model_type="bert",
+                model_type=model_type,
                 num_heads=ctx.num_heads or 0,
                 hidden_size=ctx.hidden_size or 0,
                 optimization_options=options,

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import UserError
+from edgecompress.architectures import Architecture, architecture_for
+from edgecompress.errors import InternalError, UserError
 
-SUPPORTED_ARCHITECTURES = ("BertForSequenceClassification", "BertModel")
+# The heads intake builds, as suffixes of a family's class prefix ("Bert" + "ForSequenceClassification").
+SUPPORTED_HEADS = ("ForSequenceClassification", "Model")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 CLASSIFICATION = "sequence-classification"
 EMBEDDING = "sentence-embedding"
@@ -55,21 +57,24 @@ class ModelBundle:
     # The model computes in integers from its inputs to its outputs (I-BERT): every artifact's op audit
     # must then find no float op between integer ops.
     integer_only: bool = False
+    # The encoder family (architectures/): where its parts live, its inputs, its fusion settings. None: an
+    # .onnx file or a distilled student that no family describes.
+    architecture: Architecture | None = None
     # Tolerance of artifact parity for a model that is not float (an integer-only model: one least-significant
     # bit of its output scale); None: the float tolerance, FLOAT_PARITY_ATOL.
     parity_atol: float | None = None
 
     @property
     def num_heads(self) -> int | None:
-        return self.config.get("num_attention_heads")
+        return self.config.get(self.architecture.heads_key if self.architecture else "num_attention_heads")
 
     @property
     def hidden_size(self) -> int | None:
-        return self.config.get("hidden_size")
+        return self.config.get(self.architecture.hidden_key if self.architecture else "hidden_size")
 
     @property
     def num_layers(self) -> int | None:
-        return self.config.get("num_hidden_layers")
+        return self.config.get(self.architecture.layers_key if self.architecture else "num_hidden_layers")
 
 
 def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle:
@@ -103,11 +108,11 @@ def load_checkpoint(folder: Path) -> ModelBundle:
         from edgecompress.distill.checkpoint import load_student
 
         return load_student(folder, config)
-    architecture = check_architecture(config, folder)
-    module = build_module(folder, config, architecture)
+    family, head = check_architecture(config, folder)
+    module = build_module(folder, config, family, head)
     tokenizer, settings = load_tokenizer(folder, config, folder)
     check_vocabulary(tokenizer, config["vocab_size"], folder, "config.json vocab_size")
-    kind = CLASSIFICATION if architecture == "BertForSequenceClassification" else EMBEDDING
+    kind = CLASSIFICATION if head == "ForSequenceClassification" else EMBEDDING
     labels = label_names(config) if kind == CLASSIFICATION else None
     return ModelBundle(
         source=folder,
@@ -119,6 +124,8 @@ def load_checkpoint(folder: Path) -> ModelBundle:
         module=module,
         config=config,
         output_name="logits" if kind == CLASSIFICATION else "sentence_embedding",
+        input_names=family.input_names,
+        architecture=family,
     )
 
 
@@ -137,57 +144,54 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def check_architecture(config: dict[str, Any], folder: Path) -> str:
-    architectures = config.get("architectures") or []
-    model_type = config.get("model_type")
-    architecture = architectures[0] if architectures else None
-    if model_type != "bert" or architecture not in SUPPORTED_ARCHITECTURES:
+def check_architecture(config: dict[str, Any], folder: Path) -> tuple[Architecture, str]:
+    """The config's family (through the architecture registry) and head (a suffix of SUPPORTED_HEADS)."""
+    where = str(folder / "config.json")
+    family = architecture_for(config.get("model_type"), where=where)
+    architectures = config.get("architectures") or [family.class_prefix + "Model"]
+    supported = [family.class_prefix + head for head in SUPPORTED_HEADS]
+    if architectures[0] not in supported:
         raise UserError(
-            f"unsupported architecture {architecture!r} (model_type {model_type!r})",
-            where=str(folder / "config.json"),
-            expected=f"model_type 'bert' with one of {', '.join(SUPPORTED_ARCHITECTURES)}",
+            f"unsupported head {architectures[0]!r} for {family.describe()}",
+            where=where,
+            expected=f"one of {', '.join(supported)}",
         )
-    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
+    for key in (family.hidden_key, family.heads_key, family.layers_key, "vocab_size"):
         if not isinstance(config.get(key), int) or config[key] <= 0:
-            raise UserError(
-                f"field '{key}' must be a positive integer, got {config.get(key)!r}", where=str(folder / "config.json")
-            )
-    if config["hidden_size"] % config["num_attention_heads"]:
+            raise UserError(f"field '{key}' must be a positive integer, got {config.get(key)!r}", where=where)
+    if config[family.hidden_key] % config[family.heads_key]:
         raise UserError(
-            f"hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
-            f"{config['num_attention_heads']}",
-            where=str(folder / "config.json"),
+            f"{family.hidden_key} {config[family.hidden_key]} is not a multiple of {family.heads_key} "
+            f"{config[family.heads_key]}",
+            where=where,
             hint="is config.json from the same checkpoint as the weights?",
         )
-    return architecture
+    return family, architectures[0][len(family.class_prefix) :]
 
 
-def build_module(folder: Path, config: dict[str, Any], architecture: str):
+def build_module(folder: Path, config: dict[str, Any], family: Architecture, head: str):
     """Build the torch model with eager attention and load the weights strictly."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    import transformers
 
     # Eager attention exports the MatMul/Softmax pattern ONNX Runtime fuses into `Attention`; SDPA
-    # exports a NaN-guarded softmax that no fuser recognises (measured: 0 fused attention ops).
-    bert_config = BertConfig.from_dict({**config, "attn_implementation": "eager"})
-    bert_config._attn_implementation = "eager"
+    # exports a NaN-guarded softmax that no fuser recognises (measured on BERT: 0 fused attention ops).
+    hf_config = getattr(transformers, family.config_class).from_dict({**config, "attn_implementation": "eager"})
+    hf_config._attn_implementation = "eager"
     with torch.device("meta"):
-        shell = (
-            BertForSequenceClassification(bert_config)
-            if architecture == "BertForSequenceClassification"
-            else BertModel(bert_config)
-        )
+        shell = getattr(transformers, family.class_prefix + head)(hf_config)
     state = _as_float32(read_weights(folder))
-    state = _align_prefix(state, shell)
+    state = _align_prefix(state, shell, family.base)
     _check_weights(state, shell, folder)
     _check_finite(state, folder)
     model = shell.to_empty(device="cpu")
     model.load_state_dict(state, strict=False, assign=True)
-    _reinit_buffers(model, bert_config)
+    # non-persistent buffers are never loaded, even when the checkpoint carries them
+    _reinit_buffers(model, hf_config, loaded=set(state) & set(model.state_dict()))
     model.eval()
     from edgecompress.intake.reference import ReferenceModule
 
-    return ReferenceModule(model, pooled=(architecture == "BertModel"))
+    return ReferenceModule(model, pooled=(head == "Model"), input_names=family.input_names)
 
 
 def read_weights(folder: Path) -> dict[str, Any]:
@@ -303,14 +307,16 @@ def _brief(exc: Exception) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _align_prefix(state: dict[str, Any], shell) -> dict[str, Any]:
+def _align_prefix(state: dict[str, Any], shell, base: str) -> dict[str, Any]:
     """Sentence-transformers save `embeddings.*`, classifiers save `bert.embeddings.*`: match the model."""
-    wanted_prefix = "bert." if any(k.startswith("bert.") for k in shell.state_dict()) else ""
-    has_prefix = any(k.startswith("bert.") for k in state)
+    prefix = base + "."
+    wanted_prefix = any(k.startswith(prefix) for k in shell.state_dict())
+    has_prefix = any(k.startswith(prefix) for k in state)
     if wanted_prefix and not has_prefix:
-        return {("bert." + k if not k.startswith("classifier.") else k): v for k, v in state.items()}
+        head = {k.split(".")[0] for k in shell.state_dict() if not k.startswith(prefix)}
+        return {(k if k.split(".")[0] in head else prefix + k): v for k, v in state.items()}
     if not wanted_prefix and has_prefix:
-        return {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return state
 
 
@@ -347,14 +353,20 @@ def _check_weights(state: dict[str, Any], shell, folder: Path) -> None:
             )
 
 
-def _reinit_buffers(model, bert_config) -> None:
-    """Buffers left on `meta` (not in the checkpoint) are rebuilt as transformers would."""
+def _reinit_buffers(model, hf_config, *, loaded: set[str]) -> None:
+    """Buffers the checkpoint did not carry (`to_empty` left them uninitialised) are rebuilt as transformers
+    would: position ids count up, token type ids are zero (every family registers them under these names)."""
     import torch
 
-    embeddings = model.bert.embeddings if hasattr(model, "bert") else model.embeddings
-    length = bert_config.max_position_embeddings
-    embeddings.register_buffer("position_ids", torch.arange(length).expand((1, -1)), persistent=False)
-    embeddings.register_buffer("token_type_ids", torch.zeros((1, length), dtype=torch.long), persistent=False)
+    length = hf_config.max_position_embeddings
+    for name, module in list(model.named_modules()):
+        for buffer_name, _ in list(module.named_buffers(recurse=False)):
+            if f"{name}.{buffer_name}".lstrip(".") in loaded:
+                continue
+            if buffer_name not in _DERIVED_BUFFERS:
+                raise InternalError(f"buffer '{name}.{buffer_name}' was not in the checkpoint and has no rule")
+            value = torch.arange(length) if buffer_name == "position_ids" else torch.zeros(length, dtype=torch.long)
+            module.register_buffer(buffer_name, value.expand((1, -1)), persistent=False)
 
 
 def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):

@@ -6,19 +6,28 @@ import torch
 
 
 class ReferenceModule(torch.nn.Module):
-    """(input_ids, attention_mask, token_type_ids) -> logits, or mean-pooled sentence embeddings.
+    """The family's inputs (input_ids, attention_mask[, token_type_ids]) -> logits, or mean-pooled sentence
+    embeddings.
 
     Mean pooling over unmasked tokens is what sentence-transformers ships for MiniLM encoders; it is
     part of the model here so that the app receives the embedding, not per-token states.
     """
 
-    def __init__(self, model: torch.nn.Module, *, pooled: bool):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        pooled: bool,
+        input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+    ):
         super().__init__()
         self.model = model
         self.pooled = pooled
+        self.input_names = tuple(input_names)
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, input_ids, attention_mask, *rest):
+        extra = dict(zip(self.input_names[2:], rest))  # token_type_ids, for the families that take them
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if not self.pooled:
             return out.logits
         mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)

@@ -1,0 +1,171 @@
+"""The architecture seam: where each encoder family keeps its parts, declared once per family.
+
+Every pass, the intake and the fuser reach model internals through an `Architecture`, never through a
+family's attribute names, the way Optimum declares one ONNX config per model type. A family is one file in
+this package holding one subclass registered with `@register_architecture`; the registry is filled by
+importing every module here (`architectures()`), so adding a family touches no other file.
+
+Paths are dotted attribute paths: `base` from the transformers head model (`BertForSequenceClassification`)
+to its encoder model (`BertModel`); `layers` and `word_embeddings` from the encoder model; the attention
+and FFN paths from one encoder layer. A bare encoder (`BertModel`, a sentence-transformers folder) is its
+own base.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from edgecompress.errors import UserError
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """One layer's attention as the head pruner sees it: Q/K/V producers and the output consumer."""
+
+    query: Any  # torch.nn.Linear
+    key: Any
+    value: Any
+    output: Any
+    head_size: int
+
+
+class Architecture:
+    """One encoder family. Subclasses set the class attributes; methods are overridden only where a family's
+    modules keep their bookkeeping differently (head counts, shared layers)."""
+
+    model_type: ClassVar[str] = ""  # config.json's model_type
+    family: ClassVar[str] = ""  # the name users know it by, for messages and reports
+    class_prefix: ClassVar[str] = ""  # transformers class = class_prefix + ("Model" | a task's head suffix)
+    config_class: ClassVar[str] = ""  # transformers config class name
+    base: ClassVar[str] = ""  # head model -> encoder model attribute ("bert")
+    layers_path: ClassVar[str] = "encoder.layer"
+    word_embeddings_path: ClassVar[str] = "embeddings.word_embeddings"
+    query_path: ClassVar[str] = "attention.self.query"
+    key_path: ClassVar[str] = "attention.self.key"
+    value_path: ClassVar[str] = "attention.self.value"
+    attention_output_path: ClassVar[str] = "attention.output.dense"
+    ffn_in_path: ClassVar[str] = "intermediate.dense"
+    ffn_out_path: ClassVar[str] = "output.dense"
+    # The module holding the head bookkeeping (num_attention_heads, attention_head_size, all_head_size).
+    self_attention_path: ClassVar[str] = "attention.self"
+    uses_token_type_ids: ClassVar[bool] = True
+    # ONNX Runtime's transformer optimizer: its model_type for this family, and how many fused attention ops
+    # it makes per encoder layer (0: the fuser does not know this family; the export says attention runs
+    # unfused and the fusion check expects none).
+    ort_model_type: ClassVar[str] = "bert"
+    fused_attention_per_layer: ClassVar[int] = 1
+    # Compression passes that do not apply to this family, with the reason given to the user.
+    not_applicable: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # The config keys that give heads, width and depth (families rename them: DistilBERT n_heads, dim).
+    heads_key: ClassVar[str] = "num_attention_heads"
+    hidden_key: ClassVar[str] = "hidden_size"
+    layers_key: ClassVar[str] = "num_hidden_layers"
+    ffn_key: ClassVar[str] = "intermediate_size"
+    # Integer-only inference (I-BERT) is written for BERT's layer layout; families opt in.
+    integer_only: ClassVar[bool] = False
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        names = ("input_ids", "attention_mask")
+        return names + ("token_type_ids",) if self.uses_token_type_ids else names
+
+    def encoder_model(self, hf_model):
+        """The encoder model inside a head model (`model.bert`), or the model itself when bare."""
+        return _get(hf_model, self.base) if self.base and hasattr(hf_model, self.base.split(".")[0]) else hf_model
+
+    def layers(self, hf_model):
+        """The encoder layers as a ModuleList (the passes slice, reorder and drop them)."""
+        return _get(self.encoder_model(hf_model), self.layers_path)
+
+    def set_layers(self, hf_model, layers) -> None:
+        parent_path, _, name = self.layers_path.rpartition(".")
+        encoder = self.encoder_model(hf_model)
+        setattr(_get(encoder, parent_path) if parent_path else encoder, name, layers)
+
+    def word_embeddings(self, hf_model):
+        return _get(self.encoder_model(hf_model), self.word_embeddings_path)
+
+    def set_word_embeddings(self, hf_model, embedding) -> None:
+        parent_path, _, name = self.word_embeddings_path.rpartition(".")
+        setattr(_get(self.encoder_model(hf_model), parent_path), name, embedding)
+
+    def attention(self, layer) -> AttentionParts:
+        return AttentionParts(
+            query=_get(layer, self.query_path),
+            key=_get(layer, self.key_path),
+            value=_get(layer, self.value_path),
+            output=_get(layer, self.attention_output_path),
+            head_size=int(_get(layer, self.self_attention_path).attention_head_size),
+        )
+
+    def set_head_count(self, layer, count: int) -> None:
+        """Record a pruned head count in the layer's attention module, which reshapes by it."""
+        attention = _get(layer, self.self_attention_path)
+        attention.num_attention_heads = count
+        attention.all_head_size = count * attention.attention_head_size
+
+    def attention_width(self, layer) -> int:
+        """Width of Q/K/V (heads x head size): ONNX Runtime's fuser's `hidden_size` after pruning."""
+        return int(_get(layer, self.self_attention_path).all_head_size)
+
+    def ffn(self, layer) -> tuple[Any, Any]:
+        return _get(layer, self.ffn_in_path), _get(layer, self.ffn_out_path)
+
+    def refuse(self, pass_name: str) -> str | None:
+        """Why `pass_name` does not apply to this family, or None when it does."""
+        if pass_name == "integer_only" and not self.integer_only:
+            return "integer-only inference (I-BERT) is written for BERT's layer layout and not yet for this family's"
+        return self.not_applicable.get(pass_name)
+
+    def describe(self) -> str:
+        return f"{self.family} (model_type '{self.model_type}')"
+
+
+def register_architecture(cls: type[Architecture]) -> type[Architecture]:
+    """Class decorator: one instance per family, keyed by config.json's model_type."""
+    if not cls.model_type or cls.model_type in _REGISTRY:
+        raise ValueError(f"architecture {cls.__name__}: model_type missing or registered twice")
+    _REGISTRY[cls.model_type] = cls()
+    return cls
+
+
+def architectures() -> dict[str, Architecture]:
+    """Every registered family, by model_type (importing each module of this package once)."""
+    if not _REGISTRY:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return dict(_REGISTRY)
+
+
+def architecture_for(model_type: str | None, *, where: str = "") -> Architecture:
+    """The family of a config's model_type; an unknown one is a user error listing what is supported."""
+    known = architectures()
+    if model_type in known:
+        return known[str(model_type)]
+    raise UserError(
+        f"unsupported model family {model_type!r}",
+        where=where,
+        expected="model_type one of " + ", ".join(sorted(known)),
+        hint="convert the model to one of these families, or export it to .onnx and pass the file",
+    )
+
+
+def architecture_of(module) -> Architecture:
+    """The family of a torch model as intake built it (a ReferenceModule or a transformers model)."""
+    hf_model = getattr(module, "hf_model", module)
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    return architecture_for(model_type)
+
+
+def _get(root, path: str):
+    obj = root
+    for part in path.split(".") if path else ():
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
