@@ -225,7 +225,7 @@ def _finish(
                 compressed.feeds,
                 runs=request.runs,
                 warmup=request.warmup,
-                texts_per_bucket=lengths.per_bucket() if len(buckets) > 1 else None,
+                lengths=lengths,
             )
             if request.measure
             else None

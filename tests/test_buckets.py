@@ -197,7 +197,12 @@ def test_every_artifact_is_exact_per_bucket_and_timed_per_bucket(bucketed):
         parity = artifact["bucket_parity"]
         assert parity["passed"] and parity["prediction_agreement"] >= 0.995, artifact["file"]
         assert {str(b): n for b, n in parity["texts_per_bucket"].items()} == per_bucket
-        assert set(artifact["host_latency_buckets"]) == {"4", "8", "16"}
+        if artifact["file"].endswith(".tflite"):  # one signature per bucket
+            assert parity["served_at"] == "its length bucket"
+            assert set(artifact["host_latency_buckets"]) == {"4", "8", "16"}
+        else:  # a free sequence axis: each text at its own length, timed every OWN_LENGTH_STEP (8) tokens
+            assert parity["served_at"] == "its own length (no padding)"
+            assert set(artifact["host_latency_buckets"]) == {"8", "16"}
         real = artifact["host_latency_real_text"]
         assert real["texts"] == 26 and real["p50_ms"] <= real["p90_ms"]
         assert artifact["device_latency_real_text"]["how"] == "estimated"
@@ -215,15 +220,15 @@ def test_the_report_counts_and_warns_about_truncated_texts(bucketed):
 def test_the_manifest_tells_the_app_which_bucket_to_call(bucketed):
     manifest = json.loads((bucketed / "manifest.json").read_text())
     buckets = manifest["length_buckets"]
-    assert buckets["lengths"] == [4, 8, 16] and buckets["choose"].startswith("the smallest bucket >= n")
+    assert buckets["lengths"] == [4, 8, 16] and "the smallest bucket >= n" in buckets["choose"]
     assert buckets["long_inputs"]["policy"] == "truncate" and buckets["long_inputs"]["max_tokens"] == 16
     assert buckets["calls"]["model.tflite"] == {
         "4": "signature seq_4",
         "8": "signature seq_8",
         "16": "signature seq_16",
     }
-    assert "any length up to 16" in buckets["calls"]["model.onnx"]
-    assert manifest["tokenizer"]["padding"] == "to the length bucket"
+    assert "run each text at its own length n, no padding (any n up to 16)" in buckets["calls"]["model.onnx"]
+    assert manifest["tokenizer"]["padding"] == "as length_buckets.calls says per file"
 
 
 @pytest.mark.parametrize("applies_to", ["real-text", "longest-bucket"])

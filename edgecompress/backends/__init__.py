@@ -31,6 +31,7 @@ class Artifact:
     path: Path
     runtime: str  # which runtime executes it; selects its Backend
     extra_files: tuple[Path, ...] = ()  # shipped beside it (e.g. required_operators.config)
+    notes: tuple[str, ...] = ()  # what the backend chose for this file and why, for the report
 
 
 # (final ONNX model, output folder, wanted artifact kinds, length buckets) -> artifacts written. With several
@@ -63,10 +64,21 @@ class Backend:
     # How a file serves one length bucket of a bucketed export: the runner's --signature for that length
     # (LiteRT: one signature per bucket); None: feeds cut to the length run as they are (a dynamic axis).
     bucket_signature: Callable[[int], str] | None = None
+    # A bucketed export's file keeps a free (symbolic) sequence axis: the app runs each text at its own length,
+    # with no padding at all, so verification runs every text at its own length and timing follows suit.
+    serves_any_length: bool = False
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.suffixes)
+
+
+def served_lengths(artifact: Artifact, lengths, *, step: int = 1):
+    """The lengths `artifact` runs the texts of `lengths` (a TextLengths) at: each text's own length (rounded up
+    to `step`) for a runtime that serves any length, else the profile's buckets."""
+    if len(lengths.buckets) > 1 and backend_for(artifact.runtime).serves_any_length:
+        return lengths.at_own_length(step)
+    return lengths
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -200,6 +200,14 @@ class TextLengths:
         which = bucket_of(self.tokens, self.buckets)
         return {int(b): int(np.sum(which == b)) for b in self.buckets}
 
+    def at_own_length(self, step: int = 1) -> TextLengths:
+        """The lengths a file with a free sequence axis runs these texts at: each text at its own token count
+        (capped at the longest bucket), rounded up to a multiple of `step` (1: exactly its own; timing takes a
+        coarser step so that it runs one length per step rather than every length)."""
+        longest = self.buckets[-1]
+        rounded = np.minimum(-(-np.minimum(self.tokens, longest) // step) * step, longest)
+        return TextLengths(tuple(sorted({int(n) for n in rounded} | {longest})), self.tokens)
+
     @property
     def truncated(self) -> int:
         """Texts longer than the longest bucket: the app truncates them, and so did every figure here."""

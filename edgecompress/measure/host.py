@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.backends import Artifact, backend_for
+from edgecompress.backends import Artifact, backend_for, served_lengths
 from edgecompress.report.document import MEASURED
 
 
@@ -30,6 +30,12 @@ class HostTiming:
     real_text: list[dict] = field(default_factory=list)
 
 
+# A file that runs each text at its own length is timed at every multiple of this many tokens that a text
+# rounds up to, not at every length: at most 7 tokens more than the text has, so the real-text figure leans
+# slow, and an export with 128 tokens runs at most 16 timings instead of 128.
+OWN_LENGTH_STEP = 8
+
+
 @dataclass(frozen=True)
 class TimingPlan:
     threads: int  # what the runner uses: the profile's threads, capped at this host's cores
@@ -38,17 +44,27 @@ class TimingPlan:
     inputs: dict[str, np.ndarray]  # the first eval text, as the report quotes it
     # Texts of --data per length bucket ({seq_len: all} without buckets): the real length distribution.
     texts_per_bucket: dict[int, int] = field(default_factory=dict)
+    # The texts' token counts, for a file that runs each text at its own length (served_lengths).
+    lengths: Any = None  # TextLengths | None
+
+    def texts_per_length(self, artifact: Artifact) -> dict[int, int]:
+        """How many texts `artifact` runs at each length it is timed at: the buckets, or for a file that runs
+        each text at its own length, lengths rounded up to OWN_LENGTH_STEP tokens."""
+        if self.lengths is None:
+            return self.texts_per_bucket
+        return served_lengths(artifact, self.lengths, step=OWN_LENGTH_STEP).per_bucket()
 
 
-def plan_timing(
-    profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int, texts_per_bucket: dict[int, int] | None = None
-) -> TimingPlan:
+def plan_timing(profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int, lengths=None) -> TimingPlan:
+    """`lengths`: the TextLengths of --data, for a bucketed export (None: every text at the longest length)."""
+    bucketed = lengths is not None and len(lengths.buckets) > 1
     return TimingPlan(
         threads=min(profile.runtime.threads, os.cpu_count() or 1),
         runs=runs,
         warmup=warmup,
         inputs={name: values[:1] for name, values in feeds.items()},
-        texts_per_bucket=texts_per_bucket or {},
+        texts_per_bucket=lengths.per_bucket() if bucketed else {},
+        lengths=lengths if bucketed else None,
     )
 
 
@@ -69,13 +85,17 @@ def measure_on_host(
     timing = HostTiming(results, _against_float_twin(artifacts, results, float_twin, plan, scratch_root), notes)
     if bucketed:
         timing.per_bucket = [_time_buckets(a, plan, result) for a, result in zip(artifacts, results)]
-        timing.real_text = [real_text_latency(buckets, plan.texts_per_bucket) for buckets in timing.per_bucket]
+        timing.real_text = [
+            real_text_latency(buckets, plan.texts_per_length(a), own_length=set(buckets) != set(plan.texts_per_bucket))
+            for a, buckets in zip(artifacts, timing.per_bucket)
+        ]
     return timing
 
 
 def _time_buckets(artifact: Artifact, plan: TimingPlan, longest: dict | None) -> dict[int, dict]:
-    """The runner at every bucket, the first text cut to it (the longest bucket's run is `longest`)."""
-    lengths = sorted(plan.texts_per_bucket)
+    """The runner at every length the file runs texts at, the first text cut to it (the longest's run is
+    `longest`)."""
+    lengths = sorted(plan.texts_per_length(artifact))
     timed = {length: time_artifact(artifact, plan, length=length, keep_samples=True) for length in lengths[:-1]}
     timed[lengths[-1]] = longest or time_artifact(artifact, plan, keep_samples=True)
     return timed
@@ -90,9 +110,12 @@ def weighted_percentile(values, weights, q: float) -> float:
     return float(np.asarray(values, dtype=float)[order][min(index, len(order) - 1)])
 
 
-def real_text_latency(per_bucket: dict[int, dict], texts_per_bucket: dict[int, int]) -> dict[str, Any]:
-    """p50/p90 of the latency a text of --data sees, each text at its bucket: the runs of each bucket pooled,
-    each run weighted by its bucket's share of the texts (nearest rank on the weighted runs)."""
+def real_text_latency(
+    per_bucket: dict[int, dict], texts_per_bucket: dict[int, int], *, own_length: bool = False
+) -> dict[str, Any]:
+    """p50/p90 of the latency a text of --data sees, each text at its bucket (`own_length`: at its own length,
+    timed at that rounded up to OWN_LENGTH_STEP): the runs of each length pooled, each run weighted by its
+    length's share of the texts (nearest rank on the weighted runs)."""
     total = sum(texts_per_bucket.values())
     runs, weights = [], []
     for length, result in per_bucket.items():
@@ -112,6 +135,11 @@ def real_text_latency(per_bucket: dict[int, dict], texts_per_bucket: dict[int, i
         "method": (
             f"measured on host, {threads} thread(s): each bucket timed by its runner, the runs pooled "
             f"and weighted by the share of the {total} texts of --data that run at that bucket"
+            if not own_length
+            else f"measured on host, {threads} thread(s): each text runs at its own length; timed by the "
+            f"runner at every multiple of {OWN_LENGTH_STEP} tokens, each text at the first one >= its length "
+            f"(at most {OWN_LENGTH_STEP - 1} tokens longer than the text), the runs pooled and weighted by "
+            f"the share of the {total} texts of --data at that length"
         ),
     }
 

@@ -140,6 +140,7 @@ def build_report(
             )
         reports.append(item)
     notes = verified.notes + timing.notes + estimates["notes"] + _length_notes(lengths) + _packing_notes(reports)
+    notes += list(dict.fromkeys(note for artifact in verified.artifacts for note in artifact.notes))
     notes += host_notes([(a.file, a.host_latency) for a in reports]) + class_notes
     if teacher is not None and teacher["note"]:
         notes.append(teacher["note"])

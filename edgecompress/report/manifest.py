@@ -41,19 +41,24 @@ def length_buckets(profile, artifacts) -> dict:
     buckets = list(profile.runtime.buckets)
     calls: dict[str, str | dict[str, str]] = {}
     for artifact in artifacts:
-        signature = backend_for(artifact.runtime).bucket_signature
+        backend = backend_for(artifact.runtime)
         if len(buckets) == 1:
             calls[artifact.path.name] = f"inputs of shape [{profile.runtime.batch}, {buckets[0]}]"
-        elif signature is not None:
-            calls[artifact.path.name] = {str(n): f"signature {signature(n)}" for n in buckets}
-        else:
+        elif backend.serves_any_length:
             calls[artifact.path.name] = (
-                f"inputs of shape [{profile.runtime.batch}, bucket]: the sequence axis takes "
-                f"any length up to {buckets[-1]}"
+                f"inputs of shape [{profile.runtime.batch}, n]: run each text at its own length n, no padding "
+                f"(any n up to {buckets[-1]})"
             )
+        elif backend.bucket_signature is not None:
+            calls[artifact.path.name] = {str(n): f"signature {backend.bucket_signature(n)}" for n in buckets}
+        else:
+            calls[artifact.path.name] = f"inputs of shape [{profile.runtime.batch}, bucket]"
     return {
         "lengths": buckets,
-        "choose": "the smallest bucket >= n; pad the text with pad_token_id (attention_mask 0) up to it",
+        "choose": (
+            "for a file called per bucket: the smallest bucket >= n; pad the text with pad_token_id "
+            "(attention_mask 0) up to it. A file called at its own length takes the text as it is"
+        ),
         "long_inputs": {
             "policy": "truncate",
             "max_tokens": buckets[-1],
@@ -100,7 +105,7 @@ def build_manifest(
             "files": tokenizer_files,
             "lowercase": settings.lowercase,
             "max_length": profile.runtime.seq_len,
-            "padding": "max_length" if len(profile.runtime.buckets) == 1 else "to the length bucket",
+            "padding": "max_length" if len(profile.runtime.buckets) == 1 else "as length_buckets.calls says per file",
             "truncation": True,
             "pad_token_id": settings.pad_token_id,
             "token_type_ids": "zeros" if "token_type_ids" in bundle.input_names else "not used",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.backends import Artifact, backend_for
+from edgecompress.backends import Artifact, backend_for, served_lengths
 from edgecompress.errors import VerificationError
 from edgecompress.intake.data import TextLengths, bucket_of
 from edgecompress.verify.evaluate import (
@@ -100,9 +100,10 @@ def verify_artifacts(
 def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> None:
     """Every artifact with each text at its bucket must compute what it computes at the longest length."""
     assert reference.lengths is not None  # buckets come from it
-    which = bucket_of(reference.lengths.tokens, reference.buckets)
     for artifact, padded in zip(verified.artifacts, verified.outputs):
-        served = _run_bucketed(artifact, reference, which, ticker(f"buckets {artifact.path.name}"))
+        lengths = served_lengths(artifact, reference.lengths)
+        which = bucket_of(lengths.tokens, lengths.buckets)
+        served = _run_bucketed(artifact, reference, lengths.buckets, which, ticker(f"buckets {artifact.path.name}"))
         parity = compare_buckets(
             padded, served, classification=reference.classification, lossy=reference.lossy, atol=reference.bucket_atol
         )
@@ -111,8 +112,9 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
             fidelity = bucket_fidelity(reference.outputs, padded, served, classification=reference.classification)
             parity.passed = fidelity["passed"]
         if not parity.passed:
+            served_as = _served_as(lengths, reference)
             raise VerificationError(
-                f"{artifact.path.name} with each text at its length bucket does not compute what it computes at "
+                f"{artifact.path.name} with each text at {served_as} does not compute what it computes at "
                 f"length {reference.buckets[-1]}: max |diff| {parity.max_abs_diff:.3g} (tolerance "
                 f"{parity.tolerance}), same prediction on {parity.prediction_agreement}, min cosine "
                 f"{parity.min_cosine}{_fidelity_text(fidelity)}; nothing was written"
@@ -122,11 +124,16 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
             {
                 **dataclasses.asdict(parity),
                 "texts_per_bucket": reference.lengths.per_bucket(),
+                "served_at": _served_as(lengths, reference),
                 "how": "measured",
                 "against": f"the same file with every text padded to {reference.buckets[-1]}",
                 "fidelity_to_reference": fidelity,
             }
         )
+
+
+def _served_as(lengths: TextLengths, reference: Reference) -> str:
+    return "its length bucket" if lengths.buckets == reference.buckets else "its own length (no padding)"
 
 
 def _fidelity_text(fidelity: dict | None) -> str:
@@ -138,11 +145,14 @@ def _fidelity_text(fidelity: dict | None) -> str:
     )
 
 
-def _run_bucketed(artifact: Artifact, reference: Reference, which: np.ndarray, progress) -> np.ndarray:
-    """The artifact's outputs with every text cut to its bucket, as the manifest tells the app to run it."""
+def _run_bucketed(
+    artifact: Artifact, reference: Reference, lengths: tuple[int, ...], which: np.ndarray, progress
+) -> np.ndarray:
+    """The artifact's outputs with every text cut to the length it runs at (`which`, one of `lengths`), as the
+    manifest tells the app to run it."""
     served: np.ndarray | None = None
     done = 0
-    for length in reference.buckets:
+    for length in lengths:
         rows = np.flatnonzero(which == length)
         if not len(rows):
             continue
