@@ -101,26 +101,28 @@ def file_layout(data: bytes) -> tuple[list[tuple[str, int]], list[str], int]:
     return signatures, names, model.BuffersLength()
 
 
-@pytest.fixture(scope="module")
-def bert_graphs(tiny_checkpoint) -> dict[int, onnx.ModelProto]:
-    """The tiny BERT after the default recipe's graph passes, shapes fixed to each bucket."""
+def bucket_graphs(checkpoint, recipe: str) -> dict[int, onnx.ModelProto]:
+    """The tiny BERT after `recipe`'s graph passes, shapes fixed to each bucket."""
     from edgecompress.intake.data import tokenize
     from edgecompress.intake.model import load_bundle
     from edgecompress.lower import export_onnx
     from edgecompress.recipe import load_recipe
     from edgecompress.rewrite import rewrite_with_twin
 
-    bundle = load_bundle(tiny_checkpoint)
+    bundle = load_bundle(checkpoint)
     feeds = tokenize(bundle.tokenizer, ["a very good movie"], seq_len=16, input_names=bundle.input_names)
     dynamic = export_onnx(bundle, feeds)
     graphs = {}
     for length in BERT_BUCKETS:
         graph = onnx.ModelProto()
         graph.CopyFrom(dynamic)
-        graphs[length] = rewrite_with_twin(
-            load_recipe("default").graph, graph, pass_context(bundle, seq_len=length)
-        ).graph
+        graphs[length] = rewrite_with_twin(load_recipe(recipe).graph, graph, pass_context(bundle, seq_len=length)).graph
     return graphs
+
+
+@pytest.fixture(scope="module")
+def bert_graphs(tiny_checkpoint) -> dict[int, onnx.ModelProto]:
+    return bucket_graphs(tiny_checkpoint, "default")
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +186,22 @@ def test_tiny_bert_buckets_share_every_weight_and_keep_their_own_position_rows(b
     assert sharing["shared"] >= 0.9 * weights
     position_rows = [n * 32 * 4 for n in (64, 32, 16)]  # the first n rows of the position table, per bucket
     assert all(rows <= own < rows + 1024 for rows, own in zip(position_rows, sharing["own"])), sharing["own"]
+
+
+def test_the_buckets_share_one_table_of_quantization_parameters_per_weight(tiny_checkpoint):
+    """Every bucket's tensor of a quantized weight points to the same table, not a copy per subgraph."""
+    data = lower_to_tflite_buckets(bucket_graphs(tiny_checkpoint, "dynamic-int8"))
+    model = schema().Model.GetRootAs(data)
+    tables: dict[int, set[int]] = {}  # weight buffer -> positions of the quantization tables its tensors use
+    for index in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(index)
+        for position in range(graph.TensorsLength()):
+            tensor = graph.Tensors(position)
+            quantization = tensor.Quantization()
+            if tensor.Buffer() and quantization is not None and quantization.ScaleLength() > 1:
+                tables.setdefault(tensor.Buffer(), set()).add(quantization._tab.Pos)
+    assert tables, "dynamic int8 quantizes the tiny BERT's weights per channel"
+    assert all(len(positions) == 1 for positions in tables.values()), tables
 
 
 def test_a_single_graph_is_written_byte_for_byte_as_before(bert_graphs):

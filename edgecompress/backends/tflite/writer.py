@@ -134,12 +134,14 @@ def serialize_signatures(parts: list[tuple[str, FlatModel, list[int], list[int]]
 
     Before -> After: N FlatModels, each with its own buffers and operator codes -> one model whose constant
     buffers are stored once per distinct content (type, shape and bytes alike: a buffer equal to one
-    already written is referenced, not copied) and whose operator codes are one table. The FlatModels'
-    tensors and operators are re-pointed in place, so each may be serialized only once.
+    already written is referenced, not copied), whose equal quantization parameters are one table (see
+    _SharedQuantization), and whose operator codes are one table. The FlatModels' tensors and operators are
+    re-pointed in place, so each may be serialized only once.
     """
     s = schema()
     buffers: list = [s.BufferT()]
     stored: dict[tuple, int] = {}  # (tensor type, shape, sha256 of the bytes) -> buffer index
+    packed_quantization: dict[tuple, int] = {}  # content -> offset in the one builder _pack uses
     opcodes: dict[int, int] = {}  # builtin code -> index in the shared table
     graphs, signatures = [], []
     for index, (key, flat, inputs, outputs) in enumerate(parts):
@@ -154,6 +156,8 @@ def serialize_signatures(parts: list[tuple[str, FlatModel, list[int], list[int]]
                     stored[content] = len(buffers)
                     buffers.append(buffer)
                 tensor.buffer = stored[content]
+            if tensor.quantization is not None:
+                tensor.quantization = _SharedQuantization(tensor.quantization, packed_quantization)
         graph = flat._subgraph(key, inputs, outputs)
         graphs.append(graph)
         signatures.append(_signature(key, index, graph))
@@ -198,6 +202,32 @@ def _operator_code(code: int):
     entry.deprecatedBuiltinCode = min(code, _PLACEHOLDER_FOR_GREATER_OP_CODES)
     entry.version = _FIRST_VERSION.get(opcode_names()[code], 1)
     return entry
+
+
+class _SharedQuantization:
+    """Quantization parameters packed once per distinct content and referenced from every tensor that has them.
+
+    Each subgraph of a bucketed file has its own tensor for each weight, and the object API would write each
+    tensor's per-channel scales and zero points again: measured on the dynamic-int8 MiniLM teacher, 249 kB per
+    extra bucket, 3/4 of the file's growth over a one-bucket file. A flatbuffer table may be referenced from
+    several places (offsets point back to data already written), so the copies are dropped.
+    """
+
+    def __init__(self, parameters, packed: dict[tuple, int]) -> None:
+        self.parameters, self.packed = parameters, packed
+
+    def Pack(self, builder):  # noqa: N802 - the object API's method name
+        p = self.parameters
+        content = tuple(
+            tuple(np.asarray(v).ravel().tolist()) if v is not None and not np.isscalar(v) else v
+            for v in (p.min, p.max, p.scale, p.zeroPoint, p.quantizedDimension, p.detailsType)
+        )
+        if p.details is not None or content not in self.packed:  # custom details: never shared
+            offset = p.Pack(builder)
+            if p.details is not None:
+                return offset
+            self.packed[content] = offset
+        return self.packed[content]
 
 
 class _AlignedBuffer:
