@@ -202,6 +202,16 @@ def test_the_buckets_share_one_table_of_quantization_parameters_per_weight(tiny_
                 tables.setdefault(tensor.Buffer(), set()).add(quantization._tab.Pos)
     assert tables, "dynamic int8 quantizes the tiny BERT's weights per channel"
     assert all(len(positions) == 1 for positions in tables.values()), tables
+    interpreter = load_interpreter_from_bytes(data)  # and LiteRT reads the shared tables
+    for length in BERT_BUCKETS:
+        logits = interpreter.get_signature_runner(signature_key(length))(**bert_feeds(length))["logits"]
+        assert np.isfinite(logits).all()
+
+
+def load_interpreter_from_bytes(data: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=data)
 
 
 def test_a_single_graph_is_written_byte_for_byte_as_before(bert_graphs):
