@@ -328,3 +328,27 @@ def test_static_feeds_float_ops_the_float_activation(fused):
     producers = {out: n.op_type for n in quantized.graph.node for out in n.output}
     skip_inputs = [name for n in quantized.graph.node if n.op_type == "SkipLayerNormalization" for name in n.input[:2]]
     assert skip_inputs and not any(producers.get(name) == "DequantizeLinear" for name in skip_inputs)
+
+
+def test_sensitivity_trials_are_read_back_from_the_cache_for_the_same_graph_and_rows(fused, tmp_path, monkeypatch):
+    """A second export of the same graph on the same calibration rows quantizes nothing to decide; other rows do."""
+    from edgecompress.graph.quant_sensitivity import Probe
+    from edgecompress.graph.quantize_dynamic import QUANTIZER_ID, quantize_nodes, weighted_nodes
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))
+    graph, _, feeds = fused
+    names = [n.name for n in weighted_nodes(graph)][:2]
+    calls = []
+
+    def counted(model, nodes):
+        calls.append(tuple(nodes))
+        return quantize_nodes(model, nodes)
+
+    first = Probe(graph, feeds, counted, quantizer_id=QUANTIZER_ID).trial("pair", names)
+    again = Probe(graph, feeds, counted, quantizer_id=QUANTIZER_ID).trial("pair", names)
+    assert calls == [tuple(names)] and again.error == first.error
+    assert len(list((tmp_path / "sensitivity").glob("*.json"))) == 1
+    other_rows = {name: values[:3] for name, values in feeds.items()}
+    Probe(graph, other_rows, counted, quantizer_id=QUANTIZER_ID).trial("pair", names)
+    Probe(graph, feeds, counted, quantizer_id=QUANTIZER_ID + " changed").trial("pair", names)
+    assert len(calls) == 3 and len(list((tmp_path / "sensitivity").glob("*.json"))) == 3

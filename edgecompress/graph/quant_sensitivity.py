@@ -17,13 +17,22 @@ Method, group first and then node (as Q-BERT ranks layers by sensitivity):
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
+import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from edgecompress.graph._quant_common import Error, is_classifier, op_counts, output_error, run_model, size_mb
+import numpy as np
 
+from edgecompress.graph._quant_common import Error, is_classifier, op_counts, output_error, run_model, size_mb
+from edgecompress.paths import cache_dir
+
+log = logging.getLogger(__name__)
 LAYER = re.compile(r"layer\.(\d+)")
 
 # (float model, names of the nodes to quantize) -> quantized model
@@ -60,13 +69,19 @@ class Trial:
 
 
 class Probe:
-    """Quantizes chosen nodes of one float graph and scores the result against the float outputs."""
+    """Quantizes chosen nodes of one float graph and scores the result against the float outputs.
 
-    def __init__(self, model, feeds, quantize: Quantizer):
+    With a `quantizer_id` (the quantizer and every option that changes its output), trials are also kept on
+    disk (TrialStore), so a second export of the same graph on the same rows (the recipe search exports one
+    model many times) reads them instead of quantizing and running the graph again.
+    """
+
+    def __init__(self, model, feeds, quantize: Quantizer, *, quantizer_id: str | None = None):
         self.model, self.feeds, self.quantize = model, feeds, quantize
         self.classifier = is_classifier(model)
         self.reference = run_model(model, feeds)
         self._cache: dict[tuple[str, ...], Error] = {}
+        self.store = TrialStore.open(model, feeds, quantizer_id) if quantizer_id else None
 
     def error_of(self, quantized) -> Error:
         return output_error(self.reference, run_model(quantized, self.feeds), classifier=self.classifier)
@@ -74,8 +89,55 @@ class Probe:
     def trial(self, group: str, nodes: list[str]) -> Trial:
         key = tuple(nodes)
         if key not in self._cache:
-            self._cache[key] = self.error_of(self.quantize(self.model, list(nodes)))
+            stored = self.store.get(key) if self.store else None
+            self._cache[key] = stored or self.error_of(self.quantize(self.model, list(nodes)))
+            if self.store and stored is None:
+                self.store.put(key, self._cache[key])
         return Trial(group, key, self._cache[key])
+
+
+class TrialStore:
+    """Sensitivity trials of one (graph, calibration rows, quantizer, onnxruntime version), on disk as JSON
+    under the cache folder, named by the digest of all four: any change to one of them is another file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.trials: dict[str, dict] = {}
+        if path.is_file():
+            try:
+                self.trials = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                log.warning("sensitivity cache %s is unreadable: measuring again", path)
+
+    @classmethod
+    def open(cls, model, feeds, quantizer_id: str) -> TrialStore:
+        import onnxruntime
+
+        digest = hashlib.sha256()
+        for part in (
+            model.SerializeToString(deterministic=True),
+            quantizer_id.encode(),
+            onnxruntime.__version__.encode(),
+        ):
+            digest.update(hashlib.sha256(part).digest())
+        for name in sorted(feeds):
+            digest.update(name.encode() + np.ascontiguousarray(feeds[name]).tobytes())
+        return cls(cache_dir() / "sensitivity" / f"{digest.hexdigest()[:32]}.json")
+
+    def get(self, nodes: tuple[str, ...]) -> Error | None:
+        entry = self.trials.get("\n".join(nodes))
+        return Error(**entry) if entry else None
+
+    def put(self, nodes: tuple[str, ...], error: Error) -> None:
+        """Record one trial and rewrite the file atomically (a killed export leaves the trials it finished)."""
+        self.trials["\n".join(nodes)] = error.as_dict()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = self.path.with_suffix(f".{os.getpid()}.tmp")
+            scratch.write_text(json.dumps(self.trials), encoding="utf-8")
+            os.replace(scratch, self.path)
+        except OSError as exc:  # a cache that cannot be written costs time, never the export
+            log.warning("cannot write the sensitivity cache %s (%s)", self.path, exc)
 
 
 def op_class(name: str, op_type: str) -> str:
@@ -191,12 +253,15 @@ class Outcome:
         }
 
 
-def quantize_except_sensitive(model, nodes, quantize: Quantizer, feeds, thresholds: Thresholds) -> Outcome:
-    """Without calibration feeds every node is quantized; with them, nodes that break the output stay float."""
+def quantize_except_sensitive(
+    model, nodes, quantize: Quantizer, feeds, thresholds: Thresholds, *, quantizer_id: str | None = None
+) -> Outcome:
+    """Without calibration feeds every node is quantized; with them, nodes that break the output stay float.
+    `quantizer_id`: see Probe (trials kept on disk)."""
     if feeds is None:
         names = [n.name for n in nodes]
         return Outcome(quantize(model, names), names, None, None)
-    probe = Probe(model, feeds, quantize)
+    probe = Probe(model, feeds, quantize, quantizer_id=quantizer_id)
     sensitivity = find_sensitive(probe, nodes, thresholds)
     chosen = [n.name for n in nodes if n.name not in sensitivity.kept_float]
     quantized = quantize(model, chosen)

@@ -70,11 +70,20 @@ class QuantizeDynamic(Pass):
             else calibration_rows(ctx.calibration, graph_input_names(model), self.calibration_rows)
         )
         outcome = quantize_except_sensitive(
-            model, nodes, quantize_nodes, feeds, Thresholds(self.min_sqnr_db, self.max_flip_rate)
+            model,
+            nodes,
+            quantize_nodes,
+            feeds,
+            Thresholds(self.min_sqnr_db, self.max_flip_rate),
+            quantizer_id=QUANTIZER_ID,
         )
         return PassResult(
             outcome.model, outcome.notes(model, nodes), outcome.stats(model), fired=bool(outcome.quantized), lossy=True
         )
+
+
+# Names quantize_nodes and its settings for the sensitivity cache: change it whenever quantize_nodes changes.
+QUANTIZER_ID = "quantize_dynamic QInt8 per_channel MatMulConstBOnly v1"
 
 
 def weighted_nodes(model) -> list:

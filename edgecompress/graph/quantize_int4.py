@@ -115,7 +115,13 @@ class QuantizeInt4(Pass):
         else:
             feeds = calibration_rows(ctx.calibration, graph_input_names(model), self.calibration_rows)
             first_choice = dict(plan)
-            probe = Probe(model, feeds, lambda m, names: quantize(m, {n: first_choice[n] for n in names}))
+            probe = Probe(
+                model,
+                feeds,
+                lambda m, names: quantize(m, {n: first_choice[n] for n in names}),
+                quantizer_id=f"quantize_int4 block {self.block_size} accuracy {self.accuracy_level} "
+                f"embedding {self.embedding_bits} v1",
+            )
             notes = self._choose_bits(model, plan, probe)
         quantized = quantize(model, plan)
         notes = _summary(source, quantized, plan) + _gemm_note(source, model) + notes + _fused_leftovers(model)
