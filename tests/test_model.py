@@ -17,7 +17,7 @@ from edgecompress.cli import main
 
 from conftest import user_error
 
-SUPPORTED = "BertForSequenceClassification, BertModel"
+SUPPORTED = "BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering, BertModel"
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
