@@ -17,6 +17,7 @@ import click
 
 from edgecompress.errors import EdgecompressError, UserError
 from edgecompress.logs import show_progress_on_stderr
+from edgecompress.tasks import task_names
 
 EXIT_BUDGET = 3
 
@@ -179,11 +180,16 @@ def main(verbose: bool) -> None:
     "recipe's quantization; default: as --recipe says, else the device profile's mode.",
 )
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Tokenizer folder (for .onnx input).")
+@click.option(
+    "--task",
+    type=click.Choice(task_names()),
+    help="The model's task, for an .onnx file without its config.json beside it (a checkpoint's head says it).",
+)
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs on the host.")
 @click.option("--no-measure", is_flag=True, help="Skip the host latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def export(
-    model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, runs, no_measure, as_json
+    model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, task, runs, no_measure, as_json
 ):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
     from edgecompress.measure.float_twin import slower_note
@@ -199,6 +205,7 @@ def export(
         recipe=recipe,
         quantize=quantize,
         tokenizer=tokenizer,
+        task=task,
         runs=runs,
         measure=not no_measure,
     )
@@ -221,7 +228,10 @@ def _print_summary(out_dir: Path, report) -> None:
     for a in report.artifacts:
         host = a.host_latency
         host_text = f", host p50 {host['p50_ms']:.2f} ms" if host else ""
-        acc = f", accuracy {100 * a.accuracy.value:.2f}%" if a.accuracy else ""
+        acc = ""
+        if a.accuracy:
+            shown = f"{100 * a.accuracy.value:.2f}%" if a.accuracy.unit == "fraction" else f"{a.accuracy.value:.4f}"
+            acc = f", {'accuracy' if a.accuracy.unit == 'fraction' else a.accuracy.unit} {shown}"
         click.echo(
             f"  {a.file}: {a.size.value / 1e6:.2f} MB, max|diff| {a.parity['max_abs_diff']:.1e}{acc}"
             f"{host_text}, {report.device['name']} est. {a.device_latency.value:.3g} ms"

@@ -84,7 +84,6 @@ def lower(bundle, feeds: dict, reference) -> onnx.ModelProto:
     import onnx
 
     from edgecompress.errors import VerificationError
-    from edgecompress.intake.model import CLASSIFICATION
     from edgecompress.verify.evaluate import compare, ort_session, parity_atol, run_session
 
     if bundle.module is None:
@@ -95,9 +94,7 @@ def lower(bundle, feeds: dict, reference) -> onnx.ModelProto:
     rows = {name: values[:LOWERING_CHECK_ROWS] for name, values in feeds.items()}
     session = ort_session(graph.SerializeToString(), threads=2, optimize=False)
     outputs = run_session(session, rows, output_name=bundle.output_name, batch_size=8)
-    parity = compare(
-        reference[:LOWERING_CHECK_ROWS], outputs, classification=bundle.kind == CLASSIFICATION, atol=parity_atol(bundle)
-    )
+    parity = compare(reference[:LOWERING_CHECK_ROWS], outputs, task=bundle.task, feeds=rows, atol=parity_atol(bundle))
     if not parity.passed:
         raise VerificationError(
             f"lowering to ONNX changed the model: max |diff| {parity.max_abs_diff:.3g} "

@@ -53,6 +53,7 @@ class ExportRequest:
     recipe: str | None = None
     quantize: str | None = None  # a recipe.QUANTIZE_MODES key; None: as the recipe or the profile says
     tokenizer: Path | None = None
+    task: str | None = None  # a tasks name, for an .onnx file without config.json beside it
     runs: int = 50
     warmup: int = 5
     measure: bool = True
@@ -74,6 +75,7 @@ class Compressed:
 
     bundle: Any  # the ModelBundle as compressed
     feeds: dict[str, np.ndarray]  # the eval texts, tokenized as the compressed model's tokenizer does
+    alignment: Any  # how those feeds' rows and tokens map back to the examples (tasks.Encoded.alignment)
     original: np.ndarray  # outputs of the model as given, before compression (accuracy is judged against it)
     reference: np.ndarray  # outputs of the model the graph is lowered from (parity is judged against it)
     records: tuple[PassRecord, ...]
@@ -113,7 +115,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         profile = get_profile(request.device)
         check_output(request.out_root, profile.name)  # before any work, not after it
         recipe = choose_recipe(request.recipe, request.quantize, profile)
-        bundle = load_bundle(request.model, tokenizer_dir=request.tokenizer)
+        bundle = load_bundle(request.model, tokenizer_dir=request.tokenizer, task_name=request.task)
         check_passes_apply(recipe, bundle)
         family = f"{bundle.architecture.family} " if bundle.architecture else ""
         summary.append(f"{family}{bundle.kind}, recipe {recipe.name}")
@@ -152,7 +154,6 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
 
 def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> Compressed:
     """Torch passes; the reference for parity becomes the compressed model, accuracy stays against the original."""
-    from edgecompress.intake.data import tokenize
     from edgecompress.verify.evaluate import reference_outputs
 
     original = reference_outputs(bundle, data.feeds, progress=clock.ticker("reference"))
@@ -161,17 +162,18 @@ def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> 
     for p in passes:
         compressed, record = apply_pass(p, compressed, context)
         records.append(record)
-    feeds = data.feeds
+    encoded = data.encoded
     if compressed.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
-        feeds = tokenize(
+        encoded = compressed.task.encode(
             compressed.tokenizer,
-            data.dataset.texts,
+            data.dataset,
             seq_len=next(iter(data.feeds.values())).shape[1],
             input_names=compressed.input_names,
         )
     fired = any(r.fired for r in records)
+    feeds = encoded.feeds
     reference = reference_outputs(compressed, feeds, progress=clock.ticker("reference")) if fired else original
-    return Compressed(compressed, feeds, original, reference, tuple(records))
+    return Compressed(compressed, feeds, encoded.alignment, original, reference, tuple(records))
 
 
 def _finish(
@@ -186,7 +188,7 @@ def _finish(
     tuning: TuningTexts,
 ):
     from edgecompress.backends import emit_all
-    from edgecompress.intake.data import TextLengths, token_counts
+    from edgecompress.intake.data import TextLengths
     from edgecompress.intake.model import CLASSIFICATION
     from edgecompress.measure.host import measure_on_host, plan_timing
     from edgecompress.report.build import build_report
@@ -197,7 +199,7 @@ def _finish(
 
     bundle, graph = compressed.bundle, rewrite.graph
     buckets = profile.runtime.buckets
-    lengths = TextLengths(buckets, token_counts(bundle.tokenizer, data.dataset.texts))
+    lengths = TextLengths(buckets, bundle.task.token_counts(bundle.tokenizer, data.dataset))
     with clock.stage("emit", ", ".join(profile.artifacts)) as summary:
         artifacts = emit_all(graph, staging, profile.artifacts, buckets)
         summary.append(", ".join(a.path.name for a in artifacts))
@@ -206,7 +208,7 @@ def _finish(
             compressed.reference,
             compressed.feeds,
             bundle.output_name,
-            classification=bundle.kind == CLASSIFICATION,
+            task=bundle.task,
             lossy=any(r.lossy for r in rewrite.records),
             atol=parity_atol(bundle),
             lengths=lengths,
@@ -244,6 +246,7 @@ def _finish(
             recipe=recipe,
             bundle=bundle,
             data=data,
+            served=data._replace(feeds=compressed.feeds, alignment=compressed.alignment),
             lengths=lengths,
             original=compressed.original,
             graph=graph,
@@ -251,7 +254,9 @@ def _finish(
             verified=verified,
             timing=timing,
             tuned_on=tuning.describe(request.data),
-            teacher=teacher_reference(bundle, data.dataset, data.labels, profile.runtime.seq_len),
+            teacher=teacher_reference(
+                bundle, data.dataset, data.gold if bundle.kind == CLASSIFICATION else None, profile.runtime.seq_len
+            ),
         )
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:

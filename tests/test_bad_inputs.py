@@ -169,6 +169,62 @@ def _file_as_parent(kit: Kit):
     return args, kit.tmp / "afile"
 
 
+# ---- issue 15: data in the wrong format for the model's task ------------------------------------------------
+
+
+def _task_model(kit: Kit, head: str, **config) -> Path:
+    from test_tasks import build
+
+    return build(kit.tmp / "task-model", head, **config)
+
+
+def _file(kit: Kit, name: str, text: str) -> Path:
+    path = kit.tmp / name
+    path.write_text(text)
+    return path
+
+
+def _with_data(kit: Kit, model: Path, data: Path, *extra):
+    argv, out = kit.export_args(model, *extra)
+    argv[argv.index("--data") + 1] = data
+    return argv, out
+
+
+def _ner_rows_for_classifier(kit: Kit):
+    rows = _file(kit, "ner.jsonl", '{"tokens": ["a", "movie"], "tags": ["O", "O"]}\n')
+    return _with_data(kit, kit.checkpoint, rows)
+
+
+def _qa_without_answers(kit: Kit):
+    from test_tasks import squad
+
+    data = squad(kit.tmp / "dev.json")
+    document = json.loads(data.read_text())
+    document["data"][0]["paragraphs"][0]["qas"][1]["answers"] = []
+    data.write_text(json.dumps(document))
+    return _with_data(kit, _task_model(kit, "ForQuestionAnswering"), data)
+
+
+def _regression_labels_not_numbers(kit: Kit):
+    return _with_data(kit, _task_model(kit, "ForSequenceClassification", num_labels=1), kit.data)
+
+
+def _csv_for_token_classifier(kit: Kit):
+    from test_tasks import LABELS, labelled
+
+    model = _task_model(kit, "ForTokenClassification", **labelled(LABELS["token-classification"]))
+    return _with_data(kit, model, _file(kit, "eval.conll", "text,label\n"))
+
+
+def _unsupported_sentence_transformers_module(kit: Kit):
+    folder = kit.ckpt()
+    _config(folder, architectures=["BertModel"])
+    _weights(folder, lambda state: {k: v for k, v in state.items() if not k.startswith(("classifier.", "bert.pooler"))})
+    modules = [{"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.models.Dense"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return kit.export_args(folder)
+
+
 CASES = [
     # id, builder(kit) -> (argv, folder that must be unchanged), exit code, part of the error line
     ("model-missing", lambda k: k.export_args(k.tmp / "nope"), 2, "model path does not exist"),
@@ -247,7 +303,9 @@ CASES = [
     # item 3: an .onnx position table shorter than the profile's seq_len (ORT failure in verification before)
     (
         "onnx-short-position-table",
-        lambda k: k.export_args(_onnx_table(k, "position_embeddings", 8), "--tokenizer", k.checkpoint),
+        lambda k: k.export_args(
+            _onnx_table(k, "position_embeddings", 8), "--tokenizer", k.checkpoint, "--task", "sequence-classification"
+        ),
         2,
         "device seq_len 16 exceeds the model's maximum length 8",
     ),
@@ -376,7 +434,34 @@ CASES = [
         2,
         "labels ['happy'] are not known to the model",
     ),
-    ("distill-eval-data-unlabelled", lambda k: _distill_eval(k, b"text\nfun\n"), 2, "no label column"),
+    (
+        "distill-eval-data-unlabelled",
+        lambda k: _distill_eval(k, b"text\nfun\n"),
+        2,
+        "no label column",
+    ),  # issue 15: the task seam
+    ("ner-rows-for-classifier", _ner_rows_for_classifier, 2, "these are token-classification rows"),
+    ("qa-without-answers", _qa_without_answers, 2, "qas[1]: question without answers"),
+    ("regression-label-not-a-number", _regression_labels_not_numbers, 2, "label 'positive' is not a number"),
+    ("csv-for-token-classifier", _csv_for_token_classifier, 2, "line has one column ('text,label')"),
+    (
+        "onnx-task-ambiguous",
+        lambda k: k.export_args(k.onnx, "--tokenizer", k.checkpoint),
+        2,
+        "cannot tell the task from the outputs (logits 2-D)",
+    ),
+    (
+        "task-option-contradicts-checkpoint",
+        lambda k: k.export_args(k.checkpoint, "--task", "token-classification"),
+        2,
+        "--task token-classification does not match the checkpoint",
+    ),
+    (
+        "sentence-transformers-dense",
+        _unsupported_sentence_transformers_module,
+        2,
+        "module(s) ['Dense'] are not supported",
+    ),
 ]
 
 

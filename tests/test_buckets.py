@@ -19,10 +19,14 @@ from edgecompress.graph.fix_shapes import FixShapes
 from edgecompress.intake.data import TextLengths, bucket_of
 from edgecompress.passes import apply_pass
 from edgecompress.rewrite import specialize
+from edgecompress.tasks.sentence_embedding import SentenceEmbedding
+from edgecompress.tasks.sequence_classification import SingleLabelClassification
 
 from conftest import write_csv
 from helpers import pass_context
 from test_cls_row_apart import ffn_model, rows_input, run
+
+LABEL, EMBEDDING = SingleLabelClassification(None), SentenceEmbedding()
 
 BUCKETS = (4, 8, 16)
 
@@ -279,12 +283,12 @@ def test_quantized_buckets_pass_when_as_faithful_to_the_reference_as_the_padded_
     reference = np.zeros(1000, dtype=int)
     padded, bucketed = reference.copy(), reference.copy()
     padded[:10], bucketed[10:20] = 1, 1
-    parity = compare_buckets(_logits(padded), _logits(bucketed), classification=True, lossy=True)
+    parity = compare_buckets(_logits(padded), _logits(bucketed), task=LABEL, feeds={}, lossy=True)
     assert not parity.passed and parity.prediction_agreement == pytest.approx(0.98)
-    fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), classification=True)
+    fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), task=LABEL, feeds={})
     assert fidelity["passed"] and fidelity["padded"] == fidelity["bucketed"] == pytest.approx(0.99)
     bucketed[20:30] = 1  # now 2% off the reference: less faithful than the padded run by more than the slack
-    fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), classification=True)
+    fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), task=LABEL, feeds={})
     assert not fidelity["passed"]
 
 

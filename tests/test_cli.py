@@ -188,6 +188,8 @@ def test_an_exported_onnx_file_exports_again(exported, tmp_path, tiny_checkpoint
         tiny_data,
         "--tokenizer",
         tiny_checkpoint,
+        "--task",
+        "sequence-classification",  # 2-D logits alone do not say single-label, multi-label or regression
         "-o",
         out,
         "--no-measure",

@@ -54,7 +54,8 @@ def prepare(bundle, path: Path, seq_len: int = 16):
     """The pipeline's own data stage: load, check labels against the model, tokenize."""
     from edgecompress.intake.data import prepare_eval_data
 
-    return prepare_eval_data(bundle, path, seq_len)
+    data = prepare_eval_data(bundle, path, seq_len)
+    return data.dataset, data.feeds, data.gold
 
 
 # ---- bad files, through the CLI ----------------------------------------------------------------------------------
@@ -71,7 +72,10 @@ def test_data_missing(tmp_path, tiny_checkpoint, tiny_device, out):
 def test_data_unknown_format(tmp_path, tiny_checkpoint, tiny_device, out):
     path = write(tmp_path / "eval.txt", "text,label\nfun,positive\n")
     line = user_error(run_export(tiny_checkpoint, tiny_device, path, out), out)
-    assert line == f"error: {path}: unknown data format '.txt'; expected one of .csv, .tsv, .jsonl"
+    assert line == (
+        f"error: {path}: unknown data format '.txt'; expected one of .csv, .tsv, .jsonl; hint: CoNLL files are "
+        "token-classification data and SQuAD .json question-answering data"
+    )
 
 
 def test_data_empty_file(tmp_path, tiny_checkpoint, tiny_device, out):

@@ -10,9 +10,13 @@ from edgecompress.intake.data import tokenize
 from edgecompress.intake.model import load_bundle
 from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memory_verdict, size_verdict
 from edgecompress.report.document import ESTIMATED, Figure
+from edgecompress.tasks.sentence_embedding import SentenceEmbedding
+from edgecompress.tasks.sequence_classification import SingleLabelClassification
 from edgecompress.verify.evaluate import FLOAT_PARITY_ATOL, LOSSY_MIN_AGREEMENT, compare, reference_outputs
 
 from conftest import SENTENCES
+
+LABEL, EMBEDDING = SingleLabelClassification(None), SentenceEmbedding()
 
 
 def logits(rows: int, seed: int = 0) -> np.ndarray:
@@ -21,11 +25,11 @@ def logits(rows: int, seed: int = 0) -> np.ndarray:
 
 def test_float_parity_needs_the_tolerance_and_identical_predictions():
     ref = logits(100)
-    assert compare(ref, ref + FLOAT_PARITY_ATOL / 2, classification=True).passed
-    assert not compare(ref, ref + FLOAT_PARITY_ATOL * 2, classification=True).passed
+    assert compare(ref, ref + FLOAT_PARITY_ATOL / 2, task=LABEL, feeds={}).passed
+    assert not compare(ref, ref + FLOAT_PARITY_ATOL * 2, task=LABEL, feeds={}).passed
     flipped = ref.copy()
     flipped[0] = flipped[0, ::-1]
-    parity = compare(ref, flipped, classification=True)
+    parity = compare(ref, flipped, task=LABEL, feeds={})
     assert not parity.passed and parity.prediction_agreement == 0.99
 
 
@@ -34,17 +38,17 @@ def test_lossy_parity_is_judged_by_agreement():
     allowed = round(100 * (1 - LOSSY_MIN_AGREEMENT))
     noisy = ref + 0.01
     noisy[:allowed] = noisy[:allowed, ::-1]  # flips up to the floor are allowed: accuracy is the budget's call
-    parity = compare(ref, noisy, classification=True, lossy=True)
+    parity = compare(ref, noisy, task=LABEL, feeds={}, lossy=True)
     assert parity.passed and parity.tolerance is None and parity.prediction_agreement == LOSSY_MIN_AGREEMENT
     noisy[allowed] = noisy[allowed, ::-1]
-    assert not compare(ref, noisy, classification=True, lossy=True).passed
+    assert not compare(ref, noisy, task=LABEL, feeds={}, lossy=True).passed
 
 
 def test_embedding_parity_reports_cosine():
     ref = np.random.RandomState(1).randn(10, 8).astype(np.float32)
-    parity = compare(ref, ref * 1.0001, classification=False, lossy=True)
+    parity = compare(ref, ref * 1.0001, task=EMBEDDING, feeds={}, lossy=True)
     assert parity.min_cosine == pytest.approx(1.0, abs=1e-6) and parity.passed
-    assert not compare(ref, -ref, classification=False, lossy=True).passed
+    assert not compare(ref, -ref, task=EMBEDDING, feeds={}, lossy=True).passed
 
 
 def test_padding_free_reference_equals_the_padded_forward(tiny_checkpoint):
@@ -90,9 +94,9 @@ def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():
     ort = np.tile(np.array([[1.0, 0.0]], np.float32), (200, 1))
     tflite = ort.copy()
     tflite[:2] = [0.0, 1.0]  # 1% flipped: allowed
-    assert compare_runtimes(ort, tflite, classification=True, lossy=True).passed
+    assert compare_runtimes(ort, tflite, task=LABEL, feeds={}, lossy=True).passed
     tflite[:3] = [0.0, 1.0]  # 1.5% flipped
-    parity = compare_runtimes(ort, tflite, classification=True, lossy=True)
+    parity = compare_runtimes(ort, tflite, task=LABEL, feeds={}, lossy=True)
     assert not parity.passed and parity.prediction_agreement == 0.985
 
 
@@ -100,5 +104,5 @@ def test_float_tflite_must_match_onnxruntime_to_the_float_tolerance():
     from edgecompress.verify.evaluate import compare_runtimes
 
     ort = np.zeros((4, 2), np.float32)
-    assert compare_runtimes(ort, ort + 5e-5, classification=True, lossy=False).passed
-    assert not compare_runtimes(ort, ort + 5e-4, classification=True, lossy=False).passed
+    assert compare_runtimes(ort, ort + 5e-5, task=LABEL, feeds={}, lossy=False).passed
+    assert not compare_runtimes(ort, ort + 5e-4, task=LABEL, feeds={}, lossy=False).passed

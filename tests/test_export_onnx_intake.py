@@ -19,7 +19,14 @@ def exported(minilm_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     return run_export(
         ExportRequest(
-            model=onnx_path, device="pixel7", out_root=out, quantize="none", tokenizer=minilm_dir, runs=3, warmup=1
+            model=onnx_path,
+            device="pixel7",
+            out_root=out,
+            quantize="none",
+            tokenizer=minilm_dir,
+            task="sentence-embedding",  # its outputs (output, 461, 463: all 2-D) do not say which is the embedding
+            runs=3,
+            warmup=1,
         )
     )
 
@@ -62,6 +69,7 @@ def test_quantized_recipes_take_the_third_party_file(quantize, minilm_dir, tmp_p
             device="pixel7",
             out_root=tmp_path / "dist",
             tokenizer=minilm_dir,
+            task="sentence-embedding",
             measure=False,
             **extra,
         )

@@ -18,7 +18,8 @@ from edgecompress.cli import main
 
 from conftest import user_error
 
-SUPPORTED = "BertForSequenceClassification, BertModel"  # the heads of the BERT family
+# the heads of the BERT family
+SUPPORTED = "BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering, BertModel"
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

@@ -19,10 +19,14 @@ from edgecompress.compress.trim_vocab import kept_ids
 from edgecompress.intake.builtin_corpus import BUILTIN_JUDGING, BUILTIN_TUNING
 from edgecompress.intake.data import tokenize
 from edgecompress.intake.model import load_bundle
+from edgecompress.tasks.sentence_embedding import SentenceEmbedding
+from edgecompress.tasks.sequence_classification import SingleLabelClassification
 from edgecompress.verify.evaluate import compare
 
 from conftest import write_csv
 from helpers import pass_context
+
+LABEL, EMBEDDING = SingleLabelClassification(None), SentenceEmbedding()
 
 
 def _export(*args):
@@ -34,8 +38,8 @@ def test_without_data_one_flip_no_longer_fails_a_quantized_export():
     flipped = reference.copy()
     flipped[0] = [1.0, 0.0]
     assert len(BUILTIN_JUDGING) >= 150
-    assert compare(reference, flipped, classification=True, lossy=True).passed
-    assert not compare(reference[:16], flipped[:16], classification=True, lossy=True).passed  # as it was
+    assert compare(reference, flipped, task=LABEL, feeds={}, lossy=True).passed
+    assert not compare(reference[:16], flipped[:16], task=LABEL, feeds={}, lossy=True).passed  # as it was
 
 
 def test_the_built_in_sentences_that_tune_never_judge():
@@ -147,7 +151,7 @@ def test_an_encoder_across_runtimes_is_judged_by_a_share_of_texts_not_the_single
 
     def verdict(cosines):
         ort, other = _embeddings_at(cosines)
-        return compare_runtimes(ort, other, classification=False, lossy=True)
+        return compare_runtimes(ort, other, task=EMBEDDING, feeds={}, lossy=True)
 
     one_off = verdict([0.99999] * 184 + [0.99893])
     assert one_off.passed and one_off.cosine_share == 184 / 185

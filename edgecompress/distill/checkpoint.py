@@ -46,8 +46,9 @@ def load_student(folder: Path, config: dict[str, Any]):
     import transformers  # noqa: F401  (imported before the capture below, so its log handler is captured too)
 
     from edgecompress.distill.students import build_student, check_config, check_fits_tokenizer
-    from edgecompress.intake.model import CLASSIFICATION, ModelBundle, label_names, load_tokenizer, read_weights
+    from edgecompress.intake.model import ModelBundle, label_names, load_tokenizer, read_weights
     from edgecompress.logs import captured_library_output
+    from edgecompress.tasks.sequence_classification import SingleLabelClassification
 
     where = str(folder / "config.json")
     check_config(config, where)
@@ -63,8 +64,7 @@ def load_student(folder: Path, config: dict[str, Any]):
     module.eval()
     return ModelBundle(
         source=folder,
-        kind=CLASSIFICATION,
-        labels=label_names(config),
+        task=SingleLabelClassification(label_names(config)),  # students are distilled from single-label classifiers
         tokenizer=tokenizer,
         tokenizer_dir=folder,
         tokenizer_settings=settings,

@@ -6,7 +6,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,7 +37,12 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(
-            f"unknown data format '{path.suffix}'", where=str(path), expected=f"one of {', '.join(FORMATS)}"
+            f"unknown data format '{path.suffix}'",
+            where=str(path),
+            expected=f"one of {', '.join(FORMATS)}",
+            hint="CoNLL files are token-classification data and SQuAD .json question-answering data"
+            if path.suffix.lower() in (".conll", ".txt", ".json", ".bio", ".iob")
+            else None,
         )
     _check_encoding(path)
     numbered = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, "\t" if fmt == "tsv" else ",")
@@ -60,8 +65,13 @@ def load_dataset(path: Path, *, require_labels: bool) -> TextDataset:
                 hint="re-save with commas as .csv (or tabs as .tsv)",
             )
     if text_col is None:
+        from edgecompress.tasks.base import wrong_format_hint
+
         raise UserError(
-            f"no text column among {columns}", where=str(path), expected=f"one of {', '.join(TEXT_COLUMNS)}"
+            f"no text column among {columns}",
+            where=str(path),
+            expected=f"one of {', '.join(TEXT_COLUMNS)}",
+            hint=wrong_format_hint(columns),
         )
     label_col = _pick(columns, LABEL_COLUMNS)
     if require_labels and label_col is None:
@@ -228,11 +238,22 @@ class TextLengths:
 
 
 class EvalData(NamedTuple):
-    """What the data stage hands on: the eval texts, tokenized at the profile's length, with label ids."""
+    """What the data stage hands on: the eval examples as the model's task reads them, tokenized at the
+    profile's length as the model's tokenizer as given does, and how model rows map back to the examples."""
 
-    dataset: TextDataset
-    feeds: dict[str, np.ndarray]  # tokenized as the model's tokenizer as given does
-    labels: np.ndarray | None  # label ids, for a classifier given labelled --data
+    dataset: Any  # a tasks.Examples: path, texts, gold (None without labels), structured items
+    feeds: dict[str, np.ndarray]
+    alignment: Any = None  # per task: first sub-token of each word, context offsets
+
+    @property
+    def gold(self) -> Any:
+        return self.dataset.gold
+
+    @property
+    def encoded(self):
+        from edgecompress.tasks.base import Encoded
+
+        return Encoded(self.feeds, self.alignment)
 
 
 # What a dataset of the built-in sentences (intake/builtin_corpus.py) is called in reports.
@@ -240,9 +261,9 @@ BUILTIN_SOURCE = "<built-in sentences>"
 
 
 def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
-    """Load `--data` (or the built-in sentences), check its labels against the model, tokenize."""
+    """Load `--data` (or the built-in sentences) in the format of the model's task, check its gold against the
+    model, tokenize."""
     from edgecompress.intake.builtin_corpus import BUILTIN_JUDGING
-    from edgecompress.intake.model import CLASSIFICATION
 
     max_length = bundle.tokenizer_settings.max_length
     if seq_len > max_length:
@@ -250,20 +271,16 @@ def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
             f"device seq_len {seq_len} exceeds the model's maximum length {max_length}",
             hint="pick a device profile with a smaller seq_len",
         )
-    labelled = bundle.kind == CLASSIFICATION and bundle.labels is not None
-    if data_path is None:
-        dataset = TextDataset(path=Path(BUILTIN_SOURCE), texts=list(BUILTIN_JUDGING), labels=None)
-    else:
-        dataset = load_dataset(data_path, require_labels=labelled)
-    labels = label_ids(dataset, bundle.labels) if labelled and dataset.labels is not None else None
-    feeds = tokenize(bundle.tokenizer, dataset.texts, seq_len=seq_len, input_names=bundle.input_names)
-    return EvalData(dataset, feeds, labels)
+    task = bundle.task
+    examples = task.builtin(list(BUILTIN_JUDGING)) if data_path is None else task.read(data_path)
+    encoded = task.encode(bundle.tokenizer, examples, seq_len=seq_len, input_names=bundle.input_names)
+    return EvalData(examples, encoded.feeds, encoded.alignment)
 
 
 def load_train_data(bundle, path: Path | None) -> TextDataset | None:
-    """`--train-data`: labelled texts for passes that train or score by gradient; None when not given."""
-    from edgecompress.intake.model import CLASSIFICATION
-
+    """`--train-data`: texts (with labels, for a single-label classifier) for passes that train or score by
+    gradient; read in the task's format; None when not given."""
     if path is None:
         return None
-    return load_dataset(path, require_labels=bundle.kind == CLASSIFICATION)
+    examples = bundle.task.read(path)
+    return TextDataset(path=examples.path, texts=examples.texts, labels=examples.labels)

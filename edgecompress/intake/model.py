@@ -18,8 +18,9 @@ from edgecompress.architectures import Architecture, architecture_for
 from edgecompress.errors import InternalError, UserError
 
 # The heads intake builds, as suffixes of a family's class prefix ("Bert" + "ForSequenceClassification").
-SUPPORTED_HEADS = ("ForSequenceClassification", "Model")
+SUPPORTED_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# Task names (tasks/): passes that train with cross-entropy on labels check for single-label classification.
 CLASSIFICATION = "sequence-classification"
 EMBEDDING = "sentence-embedding"
 
@@ -41,8 +42,7 @@ class ModelBundle:
     """The model as it travels through the compress stage (torch) or enters at the graph stage (ONNX)."""
 
     source: Path
-    kind: str  # CLASSIFICATION or EMBEDDING
-    labels: list[str] | None
+    task: Any  # an edgecompress.tasks Task: output, predictions, scores, agreement, data format
     tokenizer: Any  # a transformers PreTrainedTokenizerFast
     tokenizer_dir: Path
     tokenizer_settings: TokenizerSettings
@@ -65,6 +65,15 @@ class ModelBundle:
     parity_atol: float | None = None
 
     @property
+    def kind(self) -> str:
+        """The task's name, e.g. CLASSIFICATION (single-label) or EMBEDDING."""
+        return self.task.name
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.task.labels
+
+    @property
     def num_heads(self) -> int | None:
         return self.config.get(self.architecture.heads_key if self.architecture else "num_attention_heads")
 
@@ -77,7 +86,7 @@ class ModelBundle:
         return self.config.get(self.architecture.layers_key if self.architecture else "num_hidden_layers")
 
 
-def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle:
+def load_bundle(path: Path, *, tokenizer_dir: Path | None = None, task_name: str | None = None) -> ModelBundle:
     """Intake dispatch: a checkpoint folder or an .onnx file."""
     path = Path(path)
     if not path.exists():
@@ -89,11 +98,11 @@ def load_bundle(path: Path, *, tokenizer_dir: Path | None = None) -> ModelBundle
     if path.is_file():
         from edgecompress.intake.onnx_file import load_onnx_bundle
 
-        return load_onnx_bundle(path, tokenizer_dir=tokenizer_dir)
-    return load_checkpoint(path)
+        return load_onnx_bundle(path, tokenizer_dir=tokenizer_dir, task_name=task_name)
+    return load_checkpoint(path, task_name)
 
 
-def load_checkpoint(folder: Path) -> ModelBundle:
+def load_checkpoint(folder: Path, task_name: str | None = None) -> ModelBundle:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
     if not any(folder.iterdir()):
         raise UserError(
@@ -109,24 +118,36 @@ def load_checkpoint(folder: Path) -> ModelBundle:
 
         return load_student(folder, config)
     family, head = check_architecture(config, folder)
-    module = build_module(folder, config, family, head)
+    task = checkpoint_task(config, family.class_prefix + head, folder, task_name)
+    module = build_module(folder, config, family, task)
     tokenizer, settings = load_tokenizer(folder, config, folder)
     check_vocabulary(tokenizer, config["vocab_size"], folder, "config.json vocab_size")
-    kind = CLASSIFICATION if head == "ForSequenceClassification" else EMBEDDING
-    labels = label_names(config) if kind == CLASSIFICATION else None
     return ModelBundle(
         source=folder,
-        kind=kind,
-        labels=labels,
+        task=task,
         tokenizer=tokenizer,
         tokenizer_dir=folder,
         tokenizer_settings=settings,
         module=module,
         config=config,
-        output_name="logits" if kind == CLASSIFICATION else "sentence_embedding",
+        output_name=task.output_name,
         input_names=family.input_names,
         architecture=family,
     )
+
+
+def checkpoint_task(config: dict[str, Any], architecture: str, folder: Path, task_name: str | None):
+    """The task the checkpoint's head and config.json say; `--task`, when given, must be the same."""
+    from edgecompress.tasks import detect_task
+
+    task = detect_task(config, architecture, folder)
+    if task_name is not None and task_name != task.name:
+        raise UserError(
+            f"--task {task_name} does not match the checkpoint, which is {task.name} ({architecture})",
+            where=str(folder / "config.json"),
+            hint="leave out --task for a checkpoint folder: its head and config.json decide",
+        )
+    return task
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -169,8 +190,8 @@ def check_architecture(config: dict[str, Any], folder: Path) -> tuple[Architectu
     return family, architectures[0][len(family.class_prefix) :]
 
 
-def build_module(folder: Path, config: dict[str, Any], family: Architecture, head: str):
-    """Build the torch model with eager attention and load the weights strictly."""
+def build_module(folder: Path, config: dict[str, Any], family: Architecture, task):
+    """Build the torch model of the family and the task's head with eager attention; load the weights strictly."""
     import torch
     import transformers
 
@@ -179,7 +200,7 @@ def build_module(folder: Path, config: dict[str, Any], family: Architecture, hea
     hf_config = getattr(transformers, family.config_class).from_dict({**config, "attn_implementation": "eager"})
     hf_config._attn_implementation = "eager"
     with torch.device("meta"):
-        shell = getattr(transformers, family.class_prefix + head)(hf_config)
+        shell = getattr(transformers, family.class_prefix + (task.head or "Model"))(hf_config)
     state = _as_float32(read_weights(folder))
     state = _align_prefix(state, shell, family.base)
     _check_weights(state, shell, folder)
@@ -191,7 +212,7 @@ def build_module(folder: Path, config: dict[str, Any], family: Architecture, hea
     model.eval()
     from edgecompress.intake.reference import ReferenceModule
 
-    return ReferenceModule(model, pooled=(head == "Model"), input_names=family.input_names)
+    return ReferenceModule(model, task=task, input_names=family.input_names)
 
 
 def read_weights(folder: Path) -> dict[str, Any]:
@@ -425,6 +446,6 @@ def _lowercase(tokenizer) -> bool:
 
 
 def label_names(config: dict[str, Any]) -> list[str]:
-    id2label = config.get("id2label") or {}
-    count = int(config.get("num_labels", len(id2label) or 2))
-    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
+    from edgecompress.tasks.sequence_classification import label_names as names
+
+    return names(config)

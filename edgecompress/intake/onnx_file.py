@@ -1,16 +1,21 @@
-"""Intake of an existing .onnx file: the graph enters at the rewrite stage; its own outputs are the reference."""
+"""Intake of an existing .onnx file: the graph enters at the rewrite stage; its own outputs are the reference.
+
+The task (and the labels) come from a config.json beside the file when there is one (Optimum writes it), else
+from --task; a file whose outputs do not say the task on their own is refused, naming --task. A question
+answering file's start_logits and end_logits are stacked into span_logits: one output per artifact.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edgecompress.errors import UserError
-from edgecompress.intake.model import CLASSIFICATION, EMBEDDING, ModelBundle, check_vocabulary, load_tokenizer
+from edgecompress.intake.model import ModelBundle, check_vocabulary, load_tokenizer
 
 _ID_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None) -> ModelBundle:
+def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None, task_name: str | None = None) -> ModelBundle:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -40,12 +45,13 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None) -> ModelBundle:
     tokenizer, settings = load_tokenizer(folder, config, path)
     if "word" in tables:
         check_vocabulary(tokenizer, tables["word"], folder, f"the input_ids table of {path.name}")
-    output = _primary_output(model, path)
-    kind = CLASSIFICATION if output.name == "logits" else EMBEDDING
+    task = _task(model, path, task_name)
+    if task.output_name == "span_logits" and "span_logits" not in {o.name for o in model.graph.output}:
+        _stack_span_logits(model, path)
+    output = _task_output(model, path, task)
     return ModelBundle(
         source=path,
-        kind=kind,
-        labels=None,
+        task=task,
         tokenizer=tokenizer,
         tokenizer_dir=folder,
         tokenizer_settings=settings,
@@ -56,20 +62,89 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None) -> ModelBundle:
     )
 
 
-def _primary_output(model, path: Path):
-    """The output an app consumes: `logits`, else the first 2-D float output (a sentence embedding)."""
+def _task(model, path: Path, task_name: str | None):
+    """The file's task: config.json beside it, else --task, else what its outputs say without doubt."""
+    from edgecompress.intake.model import read_config
+    from edgecompress.tasks import detect_task, task_class, task_names
+
+    config_path = path.parent / "config.json"
+    config = read_config(path.parent) if config_path.is_file() else {}
+    if config:
+        architecture = (config.get("architectures") or [""])[0]
+        if architecture:
+            task = detect_task(config, architecture, path.parent)
+            if task_name is not None and task_name != task.name:
+                raise UserError(
+                    f"--task {task_name} does not match config.json beside the file, which says {task.name}",
+                    where=str(config_path),
+                )
+            return task
+    if task_name is not None:
+        return task_class(task_name).from_config(config, path.parent)
+    guessed = _unambiguous_task(model)
+    if guessed is None:
+        outputs = ", ".join(f"{o.name} {_rank(o)}-D" for o in model.graph.output)
+        raise UserError(
+            f"cannot tell the task from the outputs ({outputs}) and there is no config.json beside the file",
+            where=str(path),
+            hint=f"give --task ({', '.join(task_names())}) or put the model's config.json beside it",
+        )
+    return task_class(guessed).from_config({}, path.parent)
+
+
+def _unambiguous_task(model) -> str | None:
+    """A task only the outputs' names and ranks show: span logits, per-token logits, a pooled embedding.
+    2-D logits are not: single-label, multi-label and regression heads all write them."""
+    ranks = {o.name: _rank(o) for o in model.graph.output if o.type.tensor_type.elem_type == 1}
+    if {"start_logits", "end_logits"} <= set(ranks) or ranks.get("span_logits") == 3:
+        return "question-answering"
+    if ranks.get("logits") == 3:
+        return "token-classification"
+    if ranks.get("sentence_embedding") == 2 or (len(ranks) == 1 and "logits" not in ranks and 2 in ranks.values()):
+        return "sentence-embedding"
+    return None
+
+
+def _rank(output) -> int:
+    return len(output.type.tensor_type.shape.dim)
+
+
+def _task_output(model, path: Path, task):
+    """The task's output: by its name, else (an embedding) the only 2-D float output."""
     float_outputs = [o for o in model.graph.output if o.type.tensor_type.elem_type == 1]
-    for output in float_outputs:
-        if output.name == "logits":
-            return output
-    for output in float_outputs:
-        if len(output.type.tensor_type.shape.dim) == 2:
-            return output
-    raise UserError(
-        "no logits or 2-D float embedding output found",
-        where=str(path),
-        expected="an output named 'logits' or a [batch, hidden] float output",
+    named = [o for o in float_outputs if o.name == task.output_name]
+    if not named and task.output_name == "sentence_embedding":
+        named = [o for o in float_outputs if _rank(o) == 2][:1]
+    if not named or _rank(named[0]) != len(task.output_axes):
+        raise UserError(
+            f"no {task.name} output found among {[o.name for o in model.graph.output]}",
+            where=str(path),
+            expected=f"a float output {task.output_name} [{', '.join(task.output_axes)}]",
+        )
+    return named[0]
+
+
+def _stack_span_logits(model, path: Path) -> None:
+    """start_logits, end_logits [batch, seq] -> span_logits [batch, seq, 2] (what the app reads), in place."""
+    from onnx import TensorProto, helper
+
+    outputs = {o.name: o for o in model.graph.output}
+    if not {"start_logits", "end_logits"} <= set(outputs):
+        raise UserError(
+            "a question-answering file needs start_logits and end_logits outputs",
+            where=str(path),
+            expected="outputs start_logits and end_logits [batch, sequence] (as Optimum exports them)",
+        )
+    axes = helper.make_tensor("span_axes", TensorProto.INT64, [1], [-1])
+    model.graph.initializer.append(axes)
+    for name in ("start_logits", "end_logits"):
+        model.graph.node.append(helper.make_node("Unsqueeze", [name, "span_axes"], [f"{name}_span"]))
+    model.graph.node.append(
+        helper.make_node("Concat", ["start_logits_span", "end_logits_span"], ["span_logits"], axis=-1)
     )
+    dims = [d.dim_param or d.dim_value for d in outputs["start_logits"].type.tensor_type.shape.dim]
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("span_logits", TensorProto.FLOAT, [*dims, 2]))
 
 
 def _embedding_tables(model) -> dict[str, int]:

@@ -30,6 +30,7 @@ def build_report(
     bundle,
     data: EvalData,
     lengths: TextLengths,
+    served: EvalData | None = None,
     original: np.ndarray,
     graph,
     records: list[PassRecord],
@@ -41,17 +42,23 @@ def build_report(
     """Figures and verdicts for every artifact, from the stage results of one export.
 
     `bundle` is the model as compressed; `original` the outputs of the model as given, on `data`'s texts
-    (accuracy drops are judged against it); `lengths` how those texts fall into the length buckets.
+    (accuracy drops are judged against it); `served` the same examples as the compressed model's tokenizer
+    feeds them to the artifacts (default: `data`); `lengths` how those texts fall into the length buckets.
+    The task (bundle.task) scores outputs against gold; its headline figure is the one budgets judge.
     """
+    from edgecompress.intake.model import CLASSIFICATION
     from edgecompress.measure.runner import describe
 
-    dataset, labels = data.dataset, data.labels
+    served = served or data
+    task, dataset = bundle.task, data.dataset
+    labels = data.gold if bundle.kind == CLASSIFICATION else None  # class ids: per-class figures, the teacher
+    reference_score = task.score(original, dataset, data.encoded)
     estimates = device_estimates(graph, profile)
     bucketed = len(profile.runtime.buckets) > 1
     if bucketed:
         estimates["real_text"] = real_text_estimate(graph, profile, lengths)
     threads = profile.runtime.threads
-    reference_accuracy = float(np.mean(original.argmax(-1) == labels)) if labels is not None else None
+    reference_accuracy = reference_score.figures[reference_score.headline] if reference_score else None
     reference_classes = (
         class_figures(original.argmax(-1), labels, list(bundle.labels))
         if labels is not None and bundle.labels
@@ -72,19 +79,20 @@ def build_report(
         outputs = verified.outputs_as_served(i)  # each text at its bucket, as the app runs it
         accuracy = agreement = None
         runs_on = f"{artifact.runtime} on host running {artifact.path.name}"
-        if labels is not None:
+        score = task.score(outputs, dataset, served.encoded)
+        if score is not None:
             accuracy = Figure(
-                float(np.mean(outputs.argmax(-1) == labels)),
-                "fraction",
+                score.figures[score.headline],
+                "fraction" if score.headline == "accuracy" else score.headline,
                 MEASURED,
-                f"{runs_on}, {len(labels)} labelled texts",
+                f"{runs_on}, {score.examples} labelled examples: {score.method}",
             )
         if parity.prediction_agreement is not None:
             agreement = Figure(
-                float(np.mean(outputs.argmax(-1) == original.argmax(-1))),
+                task.agreement(outputs, original, served.feeds),
                 "fraction",
                 MEASURED,
-                "same predicted label as the uncompressed torch model",
+                f"{task.agreement_meaning}, against the uncompressed model",
             )
         host = host_latency(runner_result, describe(runner_result)) if runner_result else None
         size = artifact.path.stat().st_size
@@ -108,6 +116,7 @@ def build_report(
             parity_vs_onnxruntime=cross,
             signatures=audit.get("signatures"),
             shared_weight_bytes=audit.get("shared_weight_bytes"),
+            scores=score.figures if score is not None else None,
         )
         if reference_classes is not None and labels is not None:
             item.classes = class_figures(outputs.argmax(-1), labels, list(bundle.labels))
@@ -153,6 +162,7 @@ def build_report(
             "name": Path(bundle.source).name,
             "source": str(bundle.source),
             "task": bundle.kind,
+            "output": {"name": task.output_name, "axes": list(task.output_axes)},
             "labels": bundle.labels,
             "config": {
                 k: bundle.config.get(k)
@@ -164,9 +174,13 @@ def build_report(
         data={
             "source": str(dataset.path),
             "texts": len(dataset),
-            "labelled": labels is not None,
+            "labelled": reference_score is not None,
             "seq_len": profile.runtime.seq_len,
             "reference_accuracy": reference_accuracy,
+            "reference_scores": reference_score.figures if reference_score else None,
+            "headline_score": reference_score.headline if reference_score else None,
+            "scores_method": reference_score.method if reference_score else None,
+            "agreement_means": task.agreement_meaning,
             "reference_classes": reference_classes,
             "tuned_on": tuned_on,
             "judged_on": _judged_on(dataset, bundle),
@@ -196,9 +210,9 @@ def _judged_on(dataset, bundle) -> str:
     if str(dataset.path) != BUILTIN_SOURCE:
         return f"{len(dataset)} texts of --data ({dataset.path.name})"
     rule = (
-        f"a quantized or pruned artifact must predict what the reference predicts on at least "
-        f"{LOSSY_MIN_AGREEMENT:.0%} of them ({int(len(dataset) * (1 - LOSSY_MIN_AGREEMENT))} flips allowed)"
-        if bundle.labels
+        f"a quantized or pruned artifact must agree with the reference ({bundle.task.agreement_meaning}) on at "
+        f"least {LOSSY_MIN_AGREEMENT:.0%} of them ({int(len(dataset) * (1 - LOSSY_MIN_AGREEMENT))} flips allowed)"
+        if bundle.task.parity_measure == "agreement"
         else f"a quantized or pruned artifact must keep cosine >= {LOSSY_MIN_COSINE} with the reference on each"
     )
     return (

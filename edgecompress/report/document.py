@@ -78,6 +78,9 @@ class ArtifactReport:
     host_latency_buckets: dict[str, dict[str, float]] | None = None
     # Classifiers with labelled --data: recall per class and macro-F1 (report/per_class.py).
     classes: dict[str, Any] | None = None
+    # Every figure the task scores against gold (tasks/: accuracy, micro/macro F1, entity F1, EM, Pearson...);
+    # `accuracy` holds the headline one, which the accuracy budget judges.
+    scores: dict[str, float] | None = None
     host_latency_real_text: dict[str, Any] | None = None
     device_latency_real_text: Figure | None = None
 
@@ -181,7 +184,7 @@ def _artifact_table(report: Report) -> list[str]:
     lines = [
         "## Artifacts",
         "",
-        "| file | size | parity max abs diff | agreement | accuracy | host p50 / p90 | device latency | memory |",
+        "| file | size | parity max abs diff | agreement | score | host p50 / p90 | device latency | memory |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for a in report.artifacts:
@@ -189,10 +192,14 @@ def _artifact_table(report: Report) -> list[str]:
         host_text = _host_text(host) if host else "not measured"
         lines.append(
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
-            f"{_pct(a.agreement)} | {_pct(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
+            f"{_pct(a.agreement)} | {_score(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
             f"{a.memory.value:.1f} MB (est.) |"
         )
     lines += _class_lines(report)
+    scored = [a for a in report.artifacts if a.scores]
+    if scored:
+        lines += ["", f"Scores against gold ({report.data.get('scores_method')}):", ""]
+        lines += [f"- {a.file}: " + ", ".join(f"{k} {v:.4f}" for k, v in (a.scores or {}).items()) for a in scored]
     twins = [a for a in report.artifacts if a.speed_vs_float]
     if twins:
         lines += ["", f"Against the float twin ({(twins[0].speed_vs_float or {})['method']}):", ""]
@@ -289,6 +296,13 @@ def _audit_lines(report: Report) -> list[str]:
                 f"partition(s); left to LiteRT's kernels: {left}"
             )
     return lines
+
+
+def _score(figure: Figure | None) -> str:
+    """The headline score: accuracy as a percentage, any other measure by its name (entity_f1 0.8123)."""
+    if figure is None or figure.unit == "fraction":
+        return ("accuracy " if figure is not None else "") + _pct(figure)
+    return f"{figure.unit} {figure.value:.4f}"
 
 
 def _pct(figure: Figure | None) -> str:

@@ -97,6 +97,9 @@ def build_manifest(
             "task": bundle.kind,
             "labels": bundle.labels,
             "output": bundle.output_name,
+            "output_axes": list(bundle.task.output_axes),
+            "decode": bundle.task.decoding(),
+            "scores": _scores(report),
         },
         "device": profile.name,
         "inputs": [_value_spec(v) for v in graph.graph.input],
@@ -108,7 +111,8 @@ def build_manifest(
             "padding": "max_length" if len(profile.runtime.buckets) == 1 else "as length_buckets.calls says per file",
             "truncation": True,
             "pad_token_id": settings.pad_token_id,
-            "token_type_ids": "zeros" if "token_type_ids" in bundle.input_names else "not used",
+            **bundle.task.tokenizer_notes(),
+            **({} if "token_type_ids" in bundle.input_names else {"token_type_ids": "not used"}),
         },
         "quantization": quantization,
         "length_buckets": length_buckets(profile, artifacts),
@@ -131,6 +135,18 @@ def build_manifest(
         "budgets": profile.to_dict()["budgets"],
         "verdicts": {a.file: [v.__dict__ for v in a.verdicts] for a in report.artifacts},
         "passed": report.passed,
+    }
+
+
+def _scores(report: Report) -> dict | None:
+    """What the report's score figures are, per task (accuracy, micro F1, entity F1, EM, Pearson...)."""
+    if not report.data.get("reference_scores"):
+        return None
+    return {
+        "headline": report.data["headline_score"],
+        "method": report.data["scores_method"],
+        "uncompressed": report.data["reference_scores"],
+        "artifacts": {a.file: a.scores for a in report.artifacts},
     }
 
 

@@ -60,7 +60,7 @@ class Reference:
     outputs: np.ndarray  # outputs of the model the graph was lowered from, on `feeds`
     feeds: dict[str, np.ndarray]  # the eval texts, tokenized as the shipped tokenizer does
     output_name: str
-    classification: bool
+    task: Any  # the model's tasks.Task: what agreement means, which output values count
     lossy: bool  # a pass changed the numbers on purpose: agreement instead of a tight tolerance
     atol: float
     # How the texts fall into the lengths the artifacts serve (the same TextLengths the report counts); None or
@@ -105,11 +105,16 @@ def _check_buckets(verified: Verified, reference: Reference, ticker: Ticker) -> 
         which = bucket_of(lengths.tokens, lengths.buckets)
         served = _run_bucketed(artifact, reference, lengths.buckets, which, ticker(f"buckets {artifact.path.name}"))
         parity = compare_buckets(
-            padded, served, classification=reference.classification, lossy=reference.lossy, atol=reference.bucket_atol
+            padded,
+            served,
+            task=reference.task,
+            feeds=reference.feeds,
+            lossy=reference.lossy,
+            atol=reference.bucket_atol,
         )
         fidelity = None
         if reference.lossy and not parity.passed:  # two quantized runs may differ where both are near float
-            fidelity = bucket_fidelity(reference.outputs, padded, served, classification=reference.classification)
+            fidelity = bucket_fidelity(reference.outputs, padded, served, task=reference.task, feeds=reference.feeds)
             parity.passed = fidelity["passed"]
         if not parity.passed:
             served_as = _served_as(lengths, reference)
@@ -149,8 +154,10 @@ def _run_bucketed(
     artifact: Artifact, reference: Reference, lengths: tuple[int, ...], which: np.ndarray, progress
 ) -> np.ndarray:
     """The artifact's outputs with every text cut to the length it runs at (`which`, one of `lengths`), as the
-    manifest tells the app to run it."""
+    manifest tells the app to run it. A per-token output is zero-padded back to the longest length (parity
+    compares real tokens only)."""
     served: np.ndarray | None = None
+    longest = reference.buckets[-1]
     done = 0
     for length in lengths:
         rows = np.flatnonzero(which == length)
@@ -159,8 +166,12 @@ def _run_bucketed(
         feeds = {name: values[rows, :length] for name, values in reference.feeds.items()}
         values = artifact_outputs(artifact, feeds, output_name=reference.output_name, length=length)
         if served is None:
-            served = np.empty((len(which), *values.shape[1:]), dtype=values.dtype)
-        served[rows] = values
+            shape = (longest, *values.shape[2:]) if reference.task.per_token else values.shape[1:]
+            served = np.zeros((len(which), *shape), dtype=values.dtype)
+        if reference.task.per_token:
+            served[rows, :length] = values
+        else:
+            served[rows] = values
         done += len(rows)
         progress(done, len(which))
     assert served is not None  # every text has a bucket
@@ -171,13 +182,18 @@ def _against_reference(artifact: Artifact, reference: Reference, progress) -> tu
     """(parity with the reference model, outputs) of one artifact file run on every text."""
     outputs = artifact_outputs(artifact, reference.feeds, output_name=reference.output_name, progress=progress)
     return compare(
-        reference.outputs, outputs, classification=reference.classification, lossy=reference.lossy, atol=reference.atol
+        reference.outputs,
+        outputs,
+        task=reference.task,
+        feeds=reference.feeds,
+        lossy=reference.lossy,
+        atol=reference.atol,
     ), outputs
 
 
 def _against_runtime(ort_outputs: np.ndarray, outputs: np.ndarray, reference: Reference) -> Parity:
     return compare_runtimes(
-        ort_outputs, outputs, classification=reference.classification, lossy=reference.lossy, atol=reference.atol
+        ort_outputs, outputs, task=reference.task, feeds=reference.feeds, lossy=reference.lossy, atol=reference.atol
     )
 
 

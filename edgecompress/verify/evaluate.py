@@ -48,11 +48,12 @@ class Parity:
     examples: int
     max_abs_diff: float
     mean_abs_diff: float
-    prediction_agreement: float | None  # classification only
+    prediction_agreement: float | None  # tasks judged by agreement: share of units that agree (see `agreement_of`)
     min_cosine: float | None  # embeddings only
     tolerance: float | None  # None: lossy artifact, judged by agreement or cosine instead
     passed: bool
     cosine_share: float | None = None  # embeddings across runtimes: share of texts at CROSS_RUNTIME_MIN_COSINE
+    agreement_of: str | None = None  # what agreement means for the task (same label, same span, per token...)
 
 
 @dataclass
@@ -92,10 +93,17 @@ def _torch_outputs(bundle, feeds: Feeds, batch_size: int, progress: Progress | N
             width = max(int(lengths[rows].max()), 1)
             args = [torch.from_numpy(feeds[name][rows, :width]) for name in bundle.input_names]
             for row, value in zip(rows, bundle.module(*args).numpy()):
-                outputs[row] = value
+                outputs[row] = _full_length(value, feeds["input_ids"].shape[1]) if bundle.task.per_token else value
             if progress:
                 progress(min(start + batch_size, len(order)), len(order))
     return np.stack(list(outputs)).astype(np.float32)
+
+
+def _full_length(value: np.ndarray, length: int) -> np.ndarray:
+    """A per-token output of a trimmed batch, zero-padded back to the feeds' length (padding is never compared)."""
+    padded = np.zeros((length, *value.shape[1:]), dtype=value.dtype)
+    padded[: value.shape[0]] = value
+    return padded
 
 
 def artifact_outputs(
@@ -155,18 +163,21 @@ def compare(
     reference: np.ndarray,
     candidate: np.ndarray,
     *,
-    classification: bool,
+    task,
+    feeds: Feeds,
     lossy: bool = False,
     atol: float = FLOAT_PARITY_ATOL,
 ) -> Parity:
-    """`atol` is the exact-parity tolerance; a model that is not float (integer-only) states its own."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    """`task` says what agreement means and which values count (a per-token output: real tokens only, so a
+    bucketed or trimmed run's padding is never compared); `feeds` are the inputs both outputs came from.
+    `atol` is the exact-parity tolerance; a model that is not float (integer-only) states its own."""
+    real_reference, real_candidate = task.real_values(reference, feeds), task.real_values(candidate, feeds)
+    diff = np.abs(real_reference.astype(np.float64) - real_candidate.astype(np.float64))
     agreement = cosine = None
-    if classification:
-        agreement = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+    if task.parity_measure == "cosine":
+        cosine = float(np.min(_cosines(reference, candidate)))
     else:
-        norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1)
-        cosine = float(np.min(np.sum(reference * candidate, axis=-1) / np.maximum(norms, 1e-12)))
+        agreement = task.agreement(reference, candidate, feeds)
     max_diff = float(diff.max()) if diff.size else 0.0
     parity = Parity(
         examples=len(reference),
@@ -176,6 +187,7 @@ def compare(
         min_cosine=cosine,
         tolerance=None if lossy else atol,
         passed=max_diff <= atol and (agreement is None or agreement == 1.0),
+        agreement_of=None if agreement is None else task.agreement_meaning,
     )
     if lossy:
         parity.passed = _close_enough(parity, LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE)
@@ -191,13 +203,19 @@ def _close_enough(parity: Parity, min_agreement: float, min_cosine: float) -> bo
 
 
 def compare_runtimes(
-    onnxruntime: np.ndarray, other: np.ndarray, *, classification: bool, lossy: bool, atol: float = FLOAT_PARITY_ATOL
+    onnxruntime: np.ndarray,
+    other: np.ndarray,
+    *,
+    task,
+    feeds: Feeds,
+    lossy: bool,
+    atol: float = FLOAT_PARITY_ATOL,
 ) -> Parity:
     """Another runtime's artifact against the ONNX Runtime artifact of the same export."""
-    parity = compare(onnxruntime, other, classification=classification, lossy=lossy, atol=atol)
+    parity = compare(onnxruntime, other, task=task, feeds=feeds, lossy=lossy, atol=atol)
     if lossy:
         parity.passed = _close_enough(parity, CROSS_RUNTIME_MIN_AGREEMENT, CROSS_RUNTIME_MIN_COSINE)
-        if not classification:
+        if task.parity_measure == "cosine":
             parity.cosine_share = float(np.mean(_cosines(onnxruntime, other) >= CROSS_RUNTIME_MIN_COSINE))
             parity.passed = parity.passed or (
                 parity.cosine_share >= CROSS_RUNTIME_MIN_AGREEMENT
@@ -213,22 +231,23 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare_buckets(
-    padded: np.ndarray, bucketed: np.ndarray, *, classification: bool, lossy: bool, atol: float = BUCKET_ATOL
+    padded: np.ndarray, bucketed: np.ndarray, *, task, feeds: Feeds, lossy: bool, atol: float = BUCKET_ATOL
 ) -> Parity:
     """An artifact's outputs with each text at its bucket against the same artifact at the longest length."""
-    parity = compare(padded, bucketed, classification=classification, lossy=lossy, atol=max(atol, BUCKET_ATOL))
+    parity = compare(padded, bucketed, task=task, feeds=feeds, lossy=lossy, atol=max(atol, BUCKET_ATOL))
     if lossy:
         parity.passed = _close_enough(parity, BUCKET_MIN_AGREEMENT, CROSS_RUNTIME_MIN_COSINE)
     return parity
 
 
-def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndarray, *, classification: bool) -> dict:
+def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndarray, *, task, feeds: Feeds) -> dict:
     """How close the padded and the bucketed runs of a quantized artifact each come to the reference model, and
     whether the bucketed run is at least as faithful (within BUCKET_FIDELITY_SLACK)."""
-    measure = "prediction_agreement" if classification else "min_cosine"
-    slack = BUCKET_FIDELITY_SLACK["agreement" if classification else "cosine"]
-    padded_score = getattr(compare(reference, padded, classification=classification, lossy=True), measure)
-    bucketed_score = getattr(compare(reference, bucketed, classification=classification, lossy=True), measure)
+    by_cosine = task.parity_measure == "cosine"
+    measure = "min_cosine" if by_cosine else "prediction_agreement"
+    slack = BUCKET_FIDELITY_SLACK["cosine" if by_cosine else "agreement"]
+    padded_score = getattr(compare(reference, padded, task=task, feeds=feeds, lossy=True), measure)
+    bucketed_score = getattr(compare(reference, bucketed, task=task, feeds=feeds, lossy=True), measure)
     return {
         "measure": measure,
         "padded": padded_score,
