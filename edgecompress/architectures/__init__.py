@@ -56,6 +56,10 @@ class Architecture:
     # The module holding the head bookkeeping (num_attention_heads, attention_head_size, all_head_size).
     self_attention_path: ClassVar[str] = "attention.self"
     uses_token_type_ids: ClassVar[bool] = True
+    # Model arguments that are not inputs but are given as zeros shaped like input_ids, where the model would
+    # otherwise derive the same zeros in a way that exports badly (RoBERTa gathers its zero token types
+    # from a buffer by position id: a GatherElements no TFLite builtin runs).
+    zero_inputs: ClassVar[tuple[str, ...]] = ()
     # ONNX Runtime's transformer optimizer: its model_type for this family, and how many fused attention ops
     # it makes per encoder layer (0: the fuser does not know this family; the export says attention runs
     # unfused and the fusion check expects none).
@@ -123,6 +127,10 @@ class Architecture:
         if pass_name == "integer_only" and not self.integer_only:
             return "integer-only inference (I-BERT) is written for BERT's layer layout and not yet for this family's"
         return self.not_applicable.get(pass_name)
+
+    def max_length(self, config: Mapping[str, Any]) -> int:
+        """The longest input in tokens the position table serves (RoBERTa's starts past the pad id)."""
+        return int(config.get("max_position_embeddings", 512))
 
     def describe(self) -> str:
         return f"{self.family} (model_type '{self.model_type}')"

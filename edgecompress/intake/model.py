@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompress.architectures import Architecture, architecture_for
+from edgecompress.architectures import Architecture, architecture_for, architectures
 from edgecompress.errors import InternalError, UserError
 
 # The heads intake builds, as suffixes of a family's class prefix ("Bert" + "ForSequenceClassification").
@@ -191,7 +191,9 @@ def build_module(folder: Path, config: dict[str, Any], family: Architecture, hea
     model.eval()
     from edgecompress.intake.reference import ReferenceModule
 
-    return ReferenceModule(model, pooled=(head == "Model"), input_names=family.input_names)
+    return ReferenceModule(
+        model, pooled=(head == "Model"), input_names=family.input_names, zero_inputs=family.zero_inputs
+    )
 
 
 def read_weights(folder: Path) -> dict[str, Any]:
@@ -389,7 +391,8 @@ def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
         )
     except Exception as exc:
         raise UserError(f"cannot load the tokenizer ({_brief(exc)})", where=str(folder)) from None
-    max_positions = int(config.get("max_position_embeddings", 512))
+    family = architecture_for(config.get("model_type")) if config.get("model_type") in architectures() else None
+    max_positions = family.max_length(config) if family else int(config.get("max_position_embeddings", 512))
     max_length = min(int(getattr(tokenizer, "model_max_length", max_positions) or max_positions), max_positions)
     shipped = tuple(
         name

@@ -19,14 +19,17 @@ class ReferenceModule(torch.nn.Module):
         *,
         pooled: bool,
         input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+        zero_inputs: tuple[str, ...] = (),
     ):
         super().__init__()
         self.model = model
         self.pooled = pooled
         self.input_names = tuple(input_names)
+        self.zero_inputs = tuple(zero_inputs)  # the family's Architecture.zero_inputs
 
     def forward(self, input_ids, attention_mask, *rest):
         extra = dict(zip(self.input_names[2:], rest))  # token_type_ids, for the families that take them
+        extra |= {name: torch.zeros_like(input_ids) for name in self.zero_inputs}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if not self.pooled:
             return out.logits
