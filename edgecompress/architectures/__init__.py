@@ -132,6 +132,17 @@ class Architecture:
         """The longest input in tokens the position table serves (RoBERTa's starts past the pad id)."""
         return int(config.get("max_position_embeddings", 512))
 
+    def dimensions(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Depth and widths under BERT's key names (the report's schema), whatever this family calls them."""
+        keys = {
+            "num_hidden_layers": self.layers_key,
+            "hidden_size": self.hidden_key,
+            "num_attention_heads": self.heads_key,
+            "intermediate_size": self.ffn_key,
+            "vocab_size": "vocab_size",
+        }
+        return {name: config.get(key) for name, key in keys.items()}
+
     def describe(self) -> str:
         return f"{self.family} (model_type '{self.model_type}')"
 
