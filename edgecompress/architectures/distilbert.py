@@ -7,6 +7,9 @@ bert, bart, gpt2, ...): its "bert" patterns fuse DistilBERT's attention, measure
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from edgecompress.architectures import Architecture, _get, register_architecture
 
 
@@ -25,6 +28,9 @@ class DistilBert(Architecture):
     ffn_in_path = "ffn.lin1"
     ffn_out_path = "ffn.lin2"
     self_attention_path = "attention"
+    attention_norm_path = "sa_layer_norm"
+    ffn_norm_path = "output_layer_norm"
+    token_type_embeddings_path = ""
     uses_token_type_ids = False
     heads_key = "n_heads"
     hidden_key = "dim"
@@ -39,3 +45,13 @@ class DistilBert(Architecture):
     def attention_width(self, layer) -> int:
         attention = _get(layer, self.self_attention_path)
         return int(attention.n_heads * attention.attention_head_size)
+
+    def bert_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        # DistilBERT names its activation and dropouts differently; its LayerNorms use BERT's 1e-12
+        renamed = {
+            "hidden_act": config.get("activation", "gelu"),
+            "hidden_dropout_prob": config.get("dropout", 0.1),
+            "attention_probs_dropout_prob": config.get("attention_dropout", 0.1),
+            "layer_norm_eps": 1e-12,
+        }
+        return {**super().bert_config(config), **renamed}

@@ -30,6 +30,6 @@ class Roberta(Architecture):
     uses_token_type_ids = False
     zero_inputs = ("token_type_ids",)
 
-    def max_length(self, config: Mapping[str, Any]) -> int:
+    def position_offset(self, config: Mapping[str, Any]) -> int:
         # positions run from padding_idx + 1, so padding_idx + 1 rows of the table are never a token's
-        return super().max_length(config) - int(config.get("pad_token_id", 1)) - 1
+        return int(config.get("pad_token_id", 1)) + 1
