@@ -112,6 +112,7 @@ def load_checkpoint(folder: Path) -> ModelBundle:
     module = build_module(folder, config, family, head)
     tokenizer, settings = load_tokenizer(folder, config, folder)
     check_vocabulary(tokenizer, config["vocab_size"], folder, "config.json vocab_size")
+    check_pad_id(tokenizer, config, family, folder)
     kind = CLASSIFICATION if head == "ForSequenceClassification" else EMBEDDING
     labels = label_names(config) if kind == CLASSIFICATION else None
     return ModelBundle(
@@ -417,6 +418,21 @@ def check_vocabulary(tokenizer, rows: int, where: Path, table: str) -> None:
             where=str(where),
             expected=f"a tokenizer of at most {rows} tokens",
             hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)",
+        )
+
+
+def check_pad_id(tokenizer, config: dict[str, Any], family: Architecture, where: Path) -> None:
+    """The tokenizer must pad with the id the model was trained to treat as padding. A tokenizer of another
+    family usually does not (BERT's WordPiece pads with 0, RoBERTa's BPE and XLM-R's Unigram with 1), and
+    RoBERTa-family models number positions past the pad id, so a wrong one shifts every position."""
+    expected, found = config.get("pad_token_id"), tokenizer.pad_token_id
+    if isinstance(expected, int) and found is not None and found != expected:
+        raise UserError(
+            f"the tokenizer pads with id {found} ({tokenizer.pad_token!r}) but config.json says pad_token_id "
+            f"{expected}",
+            where=str(where),
+            expected=f"a {family.family} tokenizer whose padding token has id {expected}",
+            hint="is the tokenizer from the same checkpoint as the model? (a tokenizer of another family?)",
         )
 
 
