@@ -52,13 +52,13 @@ def bucketed_device(tmp_path_factory) -> Path:
     return path
 
 
-def export(checkpoint: Path, device: Path, data: Path, out: Path, *extra) -> dict:
+def export(checkpoint: Path, device: Path, data: Path, out: Path, *extra, codes=(0,)) -> dict:
     result = CliRunner().invoke(
         main,
         [str(a) for a in ("export", checkpoint, "--device", device, "--data", data, "-o", out, "--no-measure")]
         + [str(a) for a in extra],
     )
-    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.exit_code in codes, (result.output, result.exception)
     return json.loads((out / device.stem / "report.json").read_text())
 
 
@@ -275,5 +275,6 @@ def test_teachers_distil_into_every_student_which_exports_with_the_teachers_toke
         )
         student = distill(request)
         assert len(load_bundle(student).tokenizer) == len(load_bundle(teacher).tokenizer)
-        report = export(student, tiny_device, tiny_data, tmp_path / f"{kind}-dist")
+        # exit 3 allowed: a one-epoch student of a random teacher may miss the accuracy budget (still written)
+        report = export(student, tiny_device, tiny_data, tmp_path / f"{kind}-dist", codes=(0, 3))
         assert all(a["parity"]["passed"] for a in report["artifacts"]), kind
