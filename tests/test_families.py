@@ -278,3 +278,38 @@ def test_teachers_distil_into_every_student_which_exports_with_the_teachers_toke
         # exit 3 allowed: a one-epoch student of a random teacher may miss the accuracy budget (still written)
         report = export(student, tiny_device, tiny_data, tmp_path / f"{kind}-dist", codes=(0, 3))
         assert all(a["parity"]["passed"] for a in report["artifacts"]), kind
+
+
+# ---- what a family refuses, and the fusion check's teeth ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_integer_only_is_refused_before_any_work_with_the_reason(family_checkpoints, name):
+    from edgecompress.errors import UserError
+    from edgecompress.pipeline import check_passes_apply
+    from edgecompress.recipe import load_recipe
+
+    bundle = load_bundle(family_checkpoints[name])
+    with pytest.raises(UserError, match="integer-only inference \\(I-BERT\\) is written for BERT's layer layout"):
+        check_passes_apply(load_recipe("integer-only"), bundle)
+
+
+def test_the_fusion_check_fails_a_roberta_export_that_fuses_fewer_attention_ops_than_its_family_promises(
+    family_checkpoints,
+):
+    from edgecompress.architectures.roberta import Roberta
+    from edgecompress.errors import InternalError
+    from edgecompress.graph.fuse_transformer import FuseTransformer
+    from edgecompress.lower import export_onnx
+
+    bundle = load_bundle(family_checkpoints["roberta"])
+    feeds = tokenize(bundle.tokenizer, TEXTS[:2], seq_len=SEQ, input_names=bundle.input_names)
+    graph = export_onnx(bundle, feeds)
+
+    class TwoPerLayer(Roberta):  # not registered: a family whose fuser would make two per layer
+        fused_attention_per_layer = 2
+
+    _, record = apply_pass(FuseTransformer(), graph, pass_context(bundle, architecture=bundle.architecture))
+    assert record.stats["fused"]["Attention"] == 2
+    with pytest.raises(InternalError, match="attention fusion fell short: 2 fused attention ops for 4"):
+        apply_pass(FuseTransformer(), export_onnx(bundle, feeds), pass_context(bundle, architecture=TwoPerLayer()))
