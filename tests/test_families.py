@@ -118,6 +118,15 @@ def test_float_export_matches_the_reference_on_every_artifact_with_every_attenti
         assert tflite["op_histogram"].get("CUMSUM") == 1
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_bare_encoder_exports_its_mean_pooled_embedding_at_float_parity(tiny_device, tiny_data, tmp_path, name):
+    encoder = build_family_checkpoint(tmp_path / "encoder", name, classifier=False)
+    report = export(encoder, tiny_device, tiny_data, tmp_path / "dist")
+    assert report["model"]["task"] == "sentence-embedding"
+    assert all(a["parity"]["passed"] and a["parity"]["max_abs_diff"] <= FLOAT_TOLERANCE for a in report["artifacts"])
+    assert fused_attention(report) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_default_pixel7_recipe_exports_and_verifies_every_bucket(
