@@ -92,6 +92,19 @@ def _onnx_table(kit: Kit, table: str, rows: int) -> Path:
     return path
 
 
+def _family_with_tokenizer_of(kit: Kit, model_type: str, tokenizer_type: str):
+    """A tiny `model_type` checkpoint whose tokenizer files are those of a `tokenizer_type` checkpoint."""
+    from family_models import build_family_checkpoint
+
+    model = build_family_checkpoint(kit.tmp / model_type, model_type)
+    other = build_family_checkpoint(kit.tmp / f"{tokenizer_type}-tokenizer", tokenizer_type)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+        if (other / name).is_file():
+            shutil.copyfile(other / name, model / name)
+    return kit.export_args(model)
+
+
 def _smaller_vocab(kit: Kit):
     ckpt = _weights(
         _config(kit.ckpt(), vocab_size=50),
@@ -299,6 +312,21 @@ CASES = [
         lambda k: k.export_args(_onnx_table(k, "word_embeddings", 50), "--tokenizer", k.checkpoint),
         2,
         "the tokenizer has 110 tokens but the model's embedding table has 50 rows",
+    ),
+    # issue 15: a tokenizer of another family; smaller than the table (BERT's 110 WordPieces for RoBERTa's 300
+    # rows), it pads with the wrong id, which RoBERTa's positions count from
+    (
+        "tokenizer-of-another-family",
+        lambda k: _family_with_tokenizer_of(k, "roberta", "distilbert"),
+        2,
+        "the tokenizer pads with id 0 ('[PAD]') but config.json says pad_token_id 1",
+    ),
+    # larger than the table (RoBERTa's 300 BPE tokens for DistilBERT's 110 rows)
+    (
+        "tokenizer-of-another-family-too-large",
+        lambda k: _family_with_tokenizer_of(k, "distilbert", "roberta"),
+        2,
+        "the tokenizer has 300 tokens but the model's embedding table has 110 rows",
     ),
     # item 3: an .onnx position table shorter than the profile's seq_len (ORT failure in verification before)
     (

@@ -1299,3 +1299,51 @@ def test_minilm_tflite_matches_torch(minilm_classifier, tmp_path):
     assert audit.op_histogram["FULLY_CONNECTED"] == 6 * 6 + 2  # Q, K, V, output, up, down per layer; pooler, head
     assert _fc_biases(result.out_dir / "model.tflite") == [True] * (6 * 6 + 2)  # every bias inside its matmul
     assert audit.partitions == 1
+
+
+@pytest.mark.parametrize("exclusive, reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumsum_runs_as_litert_cumsum_for_every_kernel_type_and_direction(tmp_path, exclusive, reverse):
+    types = {"i32": (TensorProto.INT32, np.int32), "i64": (TensorProto.INT64, np.int64), "f": (FLOAT, np.float32)}
+    nodes = [
+        helper.make_node("CumSum", [name, "axis"], [f"{name}_sum"], exclusive=exclusive, reverse=reverse)
+        for name in types
+    ]
+    model = build(
+        nodes,
+        [value(name, elem, [2, 5]) for name, (elem, _) in types.items()],
+        [value(f"{name}_sum", elem, [2, 5]) for name, (elem, _) in types.items()],
+        [const("axis", np.array(1, np.int64))],
+    )
+    feeds = {name: (RNG.standard_normal((2, 5)) * 4).astype(dtype) for name, (_, dtype) in types.items()}
+    assert check(model, feeds, tmp_path) == {"CUMSUM": 3}
+
+
+def test_roberta_position_ids_count_real_tokens_from_the_pad_id_plus_one(tmp_path):
+    """transformers' create_position_ids_from_input_ids: (cumsum(ids != pad) * (ids != pad)) + pad."""
+    pad = np.array(1, np.int64)
+    nodes = [
+        helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["real"]),
+        helper.make_node("Cast", ["real"], ["mask"], to=TensorProto.INT32),
+        helper.make_node("CumSum", ["mask", "axis"], ["count"]),
+        helper.make_node("Mul", ["count", "mask"], ["numbered"]),
+        helper.make_node("Cast", ["numbered"], ["numbered64"], to=TensorProto.INT64),
+        helper.make_node("Add", ["numbered64", "pad"], ["positions"]),
+    ]
+    model = build(
+        nodes,
+        [value("ids", TensorProto.INT64, [2, 6])],
+        [value("positions", TensorProto.INT64, [2, 6])],
+        [const("pad", pad), const("axis", np.array(-1, np.int64))],
+    )
+    ids = np.array([[0, 9, 8, 2, 1, 1], [0, 7, 2, 1, 1, 1]], np.int64)
+    check(model, {"ids": ids}, tmp_path)
+    positions = litert_run(lowered(model, tmp_path), {"ids": ids})["positions"]
+    np.testing.assert_array_equal(positions, [[2, 3, 4, 5, 1, 1], [2, 3, 4, 1, 1, 1]])
+
+
+def test_cumsum_with_an_axis_known_only_at_run_time_is_refused_naming_the_node(tmp_path):
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], name="running")
+    model = build([node], [value("x", FLOAT, [3]), value("axis", TensorProto.INT64, [])], [value("y", FLOAT, [3])])
+    with pytest.raises(UserError, match="CumSum node 'running'.*an axis that is not a constant"):
+        lowered(model, tmp_path)

@@ -53,9 +53,20 @@ class Architecture:
     attention_output_path: ClassVar[str] = "attention.output.dense"
     ffn_in_path: ClassVar[str] = "intermediate.dense"
     ffn_out_path: ClassVar[str] = "output.dense"
+    # The LayerNorms after attention and after the FFN (a layer's remaining parts, for copying it into a BERT).
+    attention_norm_path: ClassVar[str] = "attention.output.LayerNorm"
+    ffn_norm_path: ClassVar[str] = "output.LayerNorm"
+    # From the encoder model: the embedding parts besides word embeddings ("": the family has none).
+    position_embeddings_path: ClassVar[str] = "embeddings.position_embeddings"
+    token_type_embeddings_path: ClassVar[str] = "embeddings.token_type_embeddings"
+    embeddings_norm_path: ClassVar[str] = "embeddings.LayerNorm"
     # The module holding the head bookkeeping (num_attention_heads, attention_head_size, all_head_size).
     self_attention_path: ClassVar[str] = "attention.self"
     uses_token_type_ids: ClassVar[bool] = True
+    # Model arguments that are not inputs but are given as zeros shaped like input_ids, where the model would
+    # otherwise derive the same zeros in a way that exports badly (RoBERTa gathers its zero token types
+    # from a buffer by position id: a GatherElements no TFLite builtin runs).
+    zero_inputs: ClassVar[tuple[str, ...]] = ()
     # ONNX Runtime's transformer optimizer: its model_type for this family, and how many fused attention ops
     # it makes per encoder layer (0: the fuser does not know this family; the export says attention runs
     # unfused and the fusion check expects none).
@@ -75,6 +86,13 @@ class Architecture:
     def input_names(self) -> tuple[str, ...]:
         names = ("input_ids", "attention_mask")
         return names + ("token_type_ids",) if self.uses_token_type_ids else names
+
+    def zero_inputs_for(self, input_ids) -> dict[str, Any]:
+        """The model arguments besides ids and mask, as one text (no pair) gives them: zero token types, for
+        the families that take them as an input or are given them (`zero_inputs`)."""
+        import torch
+
+        return {name: torch.zeros_like(input_ids) for name in self.input_names[2:] + self.zero_inputs}
 
     def encoder_model(self, hf_model):
         """The encoder model inside a head model (`model.bert`), or the model itself when bare."""
@@ -123,6 +141,37 @@ class Architecture:
         if pass_name == "integer_only" and not self.integer_only:
             return "integer-only inference (I-BERT) is written for BERT's layer layout and not yet for this family's"
         return self.not_applicable.get(pass_name)
+
+    def position_offset(self, config: Mapping[str, Any]) -> int:
+        """Row of the position table that the first token reads (RoBERTa's positions start past the pad id)."""
+        return 0
+
+    def max_length(self, config: Mapping[str, Any]) -> int:
+        """The longest input in tokens the position table serves."""
+        return int(config.get("max_position_embeddings", 512)) - self.position_offset(config)
+
+    def bert_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """This family's config as a BertConfig dict of the same shape (what a BERT student of it starts from):
+        BERT's key names, positions from row 0, the model type and head of a BERT classifier."""
+        return {
+            **config,
+            **self.dimensions(config),
+            "model_type": "bert",
+            "architectures": ["BertForSequenceClassification"],
+            "max_position_embeddings": self.max_length(config),
+            "type_vocab_size": int(config.get("type_vocab_size", 1)) if self.token_type_embeddings_path else 1,
+        }
+
+    def dimensions(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Depth and widths under BERT's key names (the report's schema), whatever this family calls them."""
+        keys = {
+            "num_hidden_layers": self.layers_key,
+            "hidden_size": self.hidden_key,
+            "num_attention_heads": self.heads_key,
+            "intermediate_size": self.ffn_key,
+            "vocab_size": "vocab_size",
+        }
+        return {name: config.get(key) for name, key in keys.items()}
 
     def describe(self) -> str:
         return f"{self.family} (model_type '{self.model_type}')"

@@ -86,7 +86,7 @@ class DropLayers(Pass):
                 f"{loss:.4f}" for loss in losses
             )
         keep(new.module, [i for i in range(len(layers)) if i not in dropped])
-        set_config(new, num_hidden_layers=len(layers) - count)
+        set_config(new, **{architecture_of(new.module).layers_key: len(layers) - count})
         record_attention_width(new)
         notes = [f"dropped layers {sorted(dropped)} of {len(layers)}, {how}"]
         stats = {
@@ -99,11 +99,9 @@ class DropLayers(Pass):
         return PassResult(new, notes, stats, lossy=True)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
-        found = len(encoder_layers(result.model.module))
-        if found != result.model.config["num_hidden_layers"]:
-            raise InternalError(
-                f"{self.name} left {found} layers; config says {result.model.config['num_hidden_layers']}"
-            )
+        found, recorded = len(encoder_layers(result.model.module)), result.model.num_layers
+        if found != recorded:
+            raise InternalError(f"{self.name} left {found} layers; config says {recorded}")
 
 
 def evenly_spaced(total: int, count: int) -> list[int]:

@@ -78,6 +78,7 @@ class TrimVocab(Pass):
         if model.get("type") != "WordPiece":
             raise PassSkipped(
                 f"the tokenizer's model is {model.get('type')!r}; only WordPiece vocabularies are trimmed"
+                + _WHY_NOT.get(str(model.get("type")), "")
             )
         kept = kept_ids(bundle, ctx)
         if len(kept) == len(bundle.tokenizer):
@@ -124,6 +125,16 @@ class TrimVocab(Pass):
         new = [bundle.tokenizer.convert_ids_to_tokens(ids) for ids in bundle.tokenizer(texts)["input_ids"]]
         if old != new:
             raise InternalError(f"{self.name}: the trimmed tokenizer splits training texts differently")
+
+
+# Why the other subword models are left whole: keeping only the corpus's final pieces would change how
+# the corpus itself tokenizes, so the guarantee above would not hold (RoBERTa, XLM-R).
+_WHY_NOT = {
+    "BPE": " (BPE builds a word's pieces through merges whose intermediate tokens must stay, and a byte-level"
+    " BPE needs all 256 byte tokens: keeping only the corpus's pieces would re-split corpus words; not written yet)",
+    "Unigram": " (Unigram picks the most probable split over all pieces, so its pieces' scores and <unk>"
+    " fallback would have to be carried over; not written yet)",
+}
 
 
 def kept_ids(bundle, ctx: PassContext) -> list[int]:

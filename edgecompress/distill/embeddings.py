@@ -65,7 +65,8 @@ def contextual_token_vectors(hf_model, input_ids, attention_mask, batch_size: in
     import torch
 
     table = teacher_word_embeddings(hf_model)
-    sums = torch.zeros(table.shape, dtype=torch.float64)
+    # hidden states can be wider than the table (ELECTRA projects its embeddings up to the layers' width)
+    sums = torch.zeros(table.shape[0], hf_model.config.hidden_size, dtype=torch.float64)
     counts = torch.zeros(table.shape[0], dtype=torch.float64)
     was_training = hf_model.training
     hf_model.eval()

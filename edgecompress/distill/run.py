@@ -140,7 +140,7 @@ def _job(request: DistillRequest, teacher, config: dict[str, Any]) -> dict[str, 
     """What to train, as JSON: equal jobs resume each other; `transfer` says which transfer set fits."""
     losses = dataclasses.replace(DEFAULT_LOSSES[request.student], **request.losses).resolved(
         student_layers=config["num_hidden_layers"] if request.student == "transformer" else None,
-        teacher_layers=teacher.config["num_hidden_layers"],
+        teacher_layers=teacher.num_layers,
         where="distillation losses",
     )
     training = dataclasses.replace(DEFAULT_TRAINING[request.student], **request.training)
@@ -160,20 +160,21 @@ def _job(request: DistillRequest, teacher, config: dict[str, Any]) -> dict[str, 
 
 
 def _load_teacher(path: Path):
+    from edgecompress.architectures import architectures
     from edgecompress.intake.model import CLASSIFICATION, load_bundle
 
     teacher = load_bundle(path)
-    if teacher.module is None or teacher.config.get("model_type") != "bert":
+    if teacher.module is None or teacher.architecture is None:
         raise UserError(
-            "the teacher must be a BERT checkpoint folder",
+            "the teacher must be a checkpoint folder of an encoder family",
             where=str(path),
-            expected="config.json with model_type 'bert', weights and tokenizer files",
+            expected="config.json with model_type one of " + ", ".join(sorted(architectures())),
         )
     if teacher.kind != CLASSIFICATION:
         raise UserError(
             "the teacher has no classification head, so there are no logits to distill",
             where=str(Path(path) / "config.json"),
-            expected="architectures ['BertForSequenceClassification']",
+            expected=f"architectures ['{teacher.architecture.class_prefix}ForSequenceClassification']",
             hint="fine-tune the encoder on labelled data first (tools/train_teacher.py does so)",
         )
     return teacher
@@ -203,7 +204,7 @@ def _student_config(request: DistillRequest, teacher) -> dict[str, Any]:
         overrides,
         tokenizer=teacher.tokenizer,
         labels=teacher.labels,
-        max_positions=teacher.config.get("max_position_embeddings", 512),
+        max_positions=teacher.architecture.max_length(teacher.config),
         where=where,
     )
 

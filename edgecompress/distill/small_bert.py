@@ -6,6 +6,14 @@ teacher), DistilBERT's every-other-layer initialisation. A narrower student cann
 matrices: it starts from random layers and the teacher's word embeddings projected by PCA, and its
 hidden-state loss goes through a learned projection. Either way the result is a plain BERT checkpoint
 that intake already takes, with the teacher's tokenizer.
+
+A teacher of another family (DistilBERT, RoBERTa, XLM-R, ELECTRA) gets a BERT student too: its config is
+the teacher's in BERT's terms (`Architecture.bert_config`: key names, positions from row 0, the teacher's
+pad id and vocabulary), its layers are copied part by part through the seam (Q/K/V, attention output,
+FFN, both LayerNorms: the same functions under other names), its embeddings likewise (RoBERTa's position
+rows shifted by the pad offset). The head starts fresh unless the teacher is a BERT: DistilBERT's
+(ReLU) and ELECTRA's (GELU) heads are not BERT's pooler + classifier. An ELECTRA whose embeddings are
+narrower than its layers gives only its layers: its projected embeddings are no BERT embedding.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ def transformer_config(
         raise UserError(
             f"unknown transformer student setting '{unknown[0]}'", where=where, hint=f"Known: {', '.join(SETTINGS)}"
         )
+    from edgecompress.architectures import architecture_for
+
+    teacher_config = architecture_for(teacher_config.get("model_type")).bert_config(teacher_config)
     teacher_layers = teacher_config["num_hidden_layers"]
     config = {
         **teacher_config,
@@ -89,15 +100,57 @@ def init_from_teacher(student, config: dict[str, Any], teacher_hf) -> None:
     """Copy the teacher's parts into a new student (see the module docstring)."""
     import torch
 
+    from edgecompress.architectures import architecture_for, architecture_of
     from edgecompress.distill.embeddings import pca_projection, teacher_word_embeddings
 
+    family, bert = architecture_of(teacher_hf), architecture_for("bert")
+    teacher_config = family.bert_config(teacher_hf.config.to_dict())
     with torch.no_grad():
-        if not same_width(config, teacher_hf.config.to_dict()):
+        if not same_width(config, teacher_config):
             table = pca_projection(teacher_word_embeddings(teacher_hf), config["hidden_size"])
             student.bert.embeddings.word_embeddings.weight.copy_(table * student.config.initializer_range)
             return
-        student.bert.embeddings.load_state_dict(teacher_hf.bert.embeddings.state_dict())
-        student.bert.pooler.load_state_dict(teacher_hf.bert.pooler.state_dict())
-        student.classifier.load_state_dict(teacher_hf.classifier.state_dict())
-        for layer, source in zip(student.bert.encoder.layer, config["teacher_layers"]):
-            layer.load_state_dict(teacher_hf.bert.encoder.layer[source - 1].state_dict())
+        teacher_layers = family.layers(teacher_hf)
+        for layer, source in zip(bert.layers(student), config["teacher_layers"]):
+            for part in _LAYER_PARTS:
+                copied = _get(teacher_layers[source - 1], getattr(family, part)).state_dict()
+                _get(layer, getattr(bert, part)).load_state_dict(copied)
+        if family.word_embeddings(teacher_hf).embedding_dim == config["hidden_size"]:
+            _copy_embeddings(student, teacher_hf, family)
+        if family is bert:
+            student.bert.pooler.load_state_dict(teacher_hf.bert.pooler.state_dict())
+            student.classifier.load_state_dict(teacher_hf.classifier.state_dict())
+
+
+# The parts of an encoder layer, as Architecture attributes: copied one by one between families.
+_LAYER_PARTS = (
+    "query_path",
+    "key_path",
+    "value_path",
+    "attention_output_path",
+    "attention_norm_path",
+    "ffn_in_path",
+    "ffn_out_path",
+    "ffn_norm_path",
+)
+
+
+def _copy_embeddings(student, teacher_hf, family) -> None:
+    """Word, position and token-type tables and the LayerNorm; position rows from the family's offset on,
+    zero token types for a family without them (a BERT student always adds a token-type row)."""
+    teacher = family.encoder_model(teacher_hf)
+    embeddings = student.bert.embeddings
+    embeddings.word_embeddings.weight.copy_(family.word_embeddings(teacher_hf).weight)
+    offset = family.position_offset(teacher_hf.config.to_dict())
+    rows = embeddings.position_embeddings.weight.shape[0]
+    positions = _get(teacher, family.position_embeddings_path).weight[offset : offset + rows]
+    embeddings.position_embeddings.weight.copy_(positions)
+    if family.token_type_embeddings_path:
+        embeddings.token_type_embeddings.load_state_dict(_get(teacher, family.token_type_embeddings_path).state_dict())
+    else:
+        embeddings.token_type_embeddings.weight.zero_()
+    embeddings.LayerNorm.load_state_dict(_get(teacher, family.embeddings_norm_path).state_dict())
+
+
+def _get(root, path: str):
+    return root.get_submodule(path)

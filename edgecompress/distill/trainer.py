@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecompress.architectures import architecture_of
 from edgecompress.distill.losses import LossOptions
 from edgecompress.errors import EdgecompressError, InternalError
 
@@ -229,7 +230,7 @@ def _run_epoch(trainable, optimizer, scheduler, data, batches, teacher, progress
                 internals = teacher(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
-                    token_type_ids=torch.zeros_like(batch["input_ids"]),
+                    **architecture_of(teacher).zero_inputs_for(batch["input_ids"]),
                     output_hidden_states=True,
                     output_attentions=True,
                 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompress.architectures import Architecture, architecture_for
+from edgecompress.architectures import Architecture, architecture_for, architectures
 from edgecompress.errors import InternalError, UserError
 
 # The heads intake builds, as suffixes of a family's class prefix ("Bert" + "ForSequenceClassification").
@@ -122,6 +122,7 @@ def load_checkpoint(folder: Path, task_name: str | None = None) -> ModelBundle:
     module = build_module(folder, config, family, task)
     tokenizer, settings = load_tokenizer(folder, config, folder)
     check_vocabulary(tokenizer, config["vocab_size"], folder, "config.json vocab_size")
+    check_pad_id(tokenizer, config, family, folder)
     return ModelBundle(
         source=folder,
         task=task,
@@ -212,7 +213,7 @@ def build_module(folder: Path, config: dict[str, Any], family: Architecture, tas
     model.eval()
     from edgecompress.intake.reference import ReferenceModule
 
-    return ReferenceModule(model, task=task, input_names=family.input_names)
+    return ReferenceModule(model, task=task, input_names=family.input_names, zero_inputs=family.zero_inputs)
 
 
 def read_weights(folder: Path) -> dict[str, Any]:
@@ -410,7 +411,8 @@ def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
         )
     except Exception as exc:
         raise UserError(f"cannot load the tokenizer ({_brief(exc)})", where=str(folder)) from None
-    max_positions = int(config.get("max_position_embeddings", 512))
+    family = architecture_for(config.get("model_type")) if config.get("model_type") in architectures() else None
+    max_positions = family.max_length(config) if family else int(config.get("max_position_embeddings", 512))
     max_length = min(int(getattr(tokenizer, "model_max_length", max_positions) or max_positions), max_positions)
     shipped = tuple(
         name
@@ -435,6 +437,21 @@ def check_vocabulary(tokenizer, rows: int, where: Path, table: str) -> None:
             where=str(where),
             expected=f"a tokenizer of at most {rows} tokens",
             hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)",
+        )
+
+
+def check_pad_id(tokenizer, config: dict[str, Any], family: Architecture, where: Path) -> None:
+    """The tokenizer must pad with the id the model was trained to treat as padding. A tokenizer of another
+    family usually does not (BERT's WordPiece pads with 0, RoBERTa's BPE and XLM-R's Unigram with 1), and
+    RoBERTa-family models number positions past the pad id, so a wrong one shifts every position."""
+    expected, found = config.get("pad_token_id"), tokenizer.pad_token_id
+    if isinstance(expected, int) and found is not None and found != expected:
+        raise UserError(
+            f"the tokenizer pads with id {found} ({tokenizer.pad_token!r}) but config.json says pad_token_id "
+            f"{expected}",
+            where=str(where),
+            expected=f"a {family.family} tokenizer whose padding token has id {expected}",
+            hint="is the tokenizer from the same checkpoint as the model? (a tokenizer of another family?)",
         )
 
 

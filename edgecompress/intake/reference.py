@@ -20,6 +20,7 @@ class ReferenceModule(torch.nn.Module):
         pooled: bool = False,
         task=None,
         input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+        zero_inputs: tuple[str, ...] = (),
     ):
         super().__init__()
         self.model = model
@@ -27,9 +28,11 @@ class ReferenceModule(torch.nn.Module):
         # Passes that only handle a classifier's logits ask this (integer_only refuses a pooled encoder).
         self.pooled = pooled or (task is not None and task.head is None)
         self.input_names = tuple(input_names)
+        self.zero_inputs = tuple(zero_inputs)  # the family's Architecture.zero_inputs
 
     def forward(self, input_ids, attention_mask, *rest):
         extra = dict(zip(self.input_names[2:], rest))  # token_type_ids, for the families that take them
+        extra |= {name: torch.zeros_like(input_ids) for name in self.zero_inputs}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if self.task is not None:
             return self.task.reference_output(out, attention_mask)

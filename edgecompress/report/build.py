@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress import __version__
+from edgecompress.architectures import Architecture
 from edgecompress.intake.data import EvalData, TextLengths
 from edgecompress.measure.float_twin import slower_note
 from edgecompress.measure.host import HostTiming, weighted_percentile
@@ -164,10 +165,7 @@ def build_report(
             "task": bundle.kind,
             "output": {"name": task.output_name, "axes": list(task.output_axes)},
             "labels": bundle.labels,
-            "config": {
-                k: bundle.config.get(k)
-                for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-            },
+            "config": (bundle.architecture or Architecture()).dimensions(bundle.config),
         },
         device=profile.to_dict() | {"display_name": profile.display_name},
         recipe={"name": recipe.name, "description": recipe.description},
