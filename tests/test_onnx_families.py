@@ -75,8 +75,9 @@ def test_no_geometry_when_the_split_does_not_say(shape):
     "model_type, inputs",
     # BERT without token_type_ids gathers its [1, 128] zero buffer with GatherElements, which the TFLite
     # lowering folds (onnx's reference GatherElements crashed on it).
-    [("bert", 3), ("bert", 2), ("distilbert", 2)],
-    ids=["bert", "bert-without-token-types", "distilbert"],
+    # RoBERTa numbers its positions with a CumSum, which the TFLite lowering writes as CUMSUM.
+    [("bert", 3), ("bert", 2), ("distilbert", 2), ("roberta", 2)],
+    ids=["bert", "bert-without-token-types", "distilbert", "roberta"],
 )
 def test_hand_exported_family_takes_the_default_pixel7_recipe(model_type, inputs, hand_exported, tiny_data, tmp_path):
     path, tokenizer = hand_exported(model_type, token_types=inputs == 3)
