@@ -89,6 +89,7 @@ from runtimes.ort_runner import ORT_DTYPES, open_session  # noqa: E402
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
 from bench_tflite import child_env, copy_head, feed_names, last_line  # noqa: E402
+from bench_timing import fmt_load, weighted_rank  # noqa: E402
 
 PEER_PYTHON = Path("/work/venvs/litert-torch/bin/python")
 EXPORT_OK = (0, 3)  # 3: a budget missed; the artifacts are written all the same
@@ -525,14 +526,6 @@ def real_text(v: Variant, threads: int) -> tuple[float, float]:
     return weighted_rank(values, weights, 50), weighted_rank(values, weights, 90)
 
 
-def weighted_rank(values: list[float], weights: list[float], percent: int) -> float:
-    """The smallest value whose cumulative weight reaches `percent`% of the total: a run that happened."""
-    order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(np.asarray(weights)[order])
-    index = int(np.searchsorted(cumulative, percent / 100 * cumulative[-1] * (1 - 1e-12), side="left"))
-    return float(np.asarray(values)[order][index])
-
-
 def padded_p50(v: Variant, threads: int) -> float:
     runs = v.samples[threads][LONGEST]
     return weighted_rank(runs, [1.0] * len(runs), 50)
@@ -578,10 +571,6 @@ def print_results(variants: list[Variant], facts: dict[str, dict], args, load_be
     print("|---|---|---|---|---|---|")
     for t in targets(variants, args.threads):
         print(f"| {t['model']} | {t['threads'] or '-'} | {t['ratio']} | {t['value']} | {t['target']} | {t['met']} |")
-
-
-def fmt_load(load) -> str:
-    return ", ".join(f"{x:.2f}" for x in load)
 
 
 def targets(variants: list[Variant], threads_list: list[int]) -> list[dict]:

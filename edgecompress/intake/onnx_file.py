@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecompress.architectures import Architecture, architectures
 from edgecompress.errors import UserError
 from edgecompress.intake.model import ModelBundle, check_vocabulary, load_tokenizer
+from edgecompress.intake.onnx_geometry import AttentionGeometry, read_attention_geometry
 
 _ID_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -49,6 +51,8 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None, task_name: str |
     if task.output_name == "span_logits" and "span_logits" not in {o.name for o in model.graph.output}:
         _stack_span_logits(model, path)
     output = _task_output(model, path, task)
+    family = _family_from_names(model)
+    geometry = read_attention_geometry(model)
     return ModelBundle(
         source=path,
         task=task,
@@ -56,10 +60,30 @@ def load_onnx_bundle(path: Path, *, tokenizer_dir: Path | None, task_name: str |
         tokenizer_dir=folder,
         tokenizer_settings=settings,
         onnx_model=model,
-        config={},
+        config=_graph_config(geometry, family),
         input_names=input_names,
         output_name=output.name,
+        attention_width=geometry.attention_width if geometry else None,
+        architecture=family,
     )
+
+
+def _graph_config(geometry: AttentionGeometry | None, family: Architecture | None) -> dict[str, int]:
+    """The config facts the graph shows, under the family's config keys (BERT's when the family is unknown),
+    so that the fuser gets the real head count and the report the real shape."""
+    if geometry is None:
+        return {}
+    keys = family or architectures()["bert"]
+    return {keys.heads_key: geometry.heads, keys.hidden_key: geometry.hidden_size, keys.layers_key: geometry.blocks}
+
+
+def _family_from_names(model) -> Architecture | None:
+    """The one registered family whose encoder attribute prefixes the graph's weight names
+    (`distilbert.embeddings.word_embeddings.weight`), else None: a third-party file may name weights freely,
+    and then the fuser's BERT settings apply, which ONNX Runtime uses for every BERT-like encoder."""
+    prefixes = {init.name.split(".", 1)[0] for init in model.graph.initializer if "." in init.name}
+    found = [family for family in architectures().values() if family.base and family.base in prefixes]
+    return found[0] if len(found) == 1 else None
 
 
 def _task(model, path: Path, task_name: str | None):
