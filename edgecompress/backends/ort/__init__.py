@@ -13,6 +13,7 @@ BACKEND = register_backend(
         runner="ort_runner",
         emit=artifact.emit_ort,
         execute=artifact.run_ort_artifact,
+        pip_packages=("numpy", "onnxruntime"),
         minimum_version=artifact.minimum_version,
         audit=audit.audit_for_report,
         serves_any_length=True,  # fused kernels take any length: measured faster than a bucket's padding

@@ -18,6 +18,7 @@ BACKEND = register_backend(
         runner="litert_runner",
         emit=artifact.emit_tflite,
         execute=artifact.run_tflite_artifact,
+        pip_packages=("numpy", "ai-edge-litert"),
         minimum_version=artifact.minimum_version,
         audit=artifact.audit_for_report,
         exact_writer=artifact.emit_exact_tflite,
