@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def write_server_config(folder: Path, port: int, user_key: str) -> Path:
+def write_server_config(folder: Path, port: int, user_key: str, extra: str = "") -> Path:
     (folder / "authorized_keys").write_text(user_key + "\n")
     config = folder / "sshd_config"
     config.write_text(
@@ -72,7 +73,7 @@ def write_server_config(folder: Path, port: int, user_key: str) -> Path:
         f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
         "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
-        "LogLevel ERROR\n"
+        "LogLevel ERROR\n" + extra
     )
     return config
 
@@ -100,14 +101,15 @@ def wait_listening(port: int, server: subprocess.Popen) -> None:
     raise RuntimeError(f"sshd did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
 
 
-@pytest.fixture(scope="session")
-def ssh_server(tmp_path_factory):
+@contextmanager
+def start_sshd(folder: Path, extra: str = ""):
+    """A server with fresh keys in `folder` (extra: more sshd_config lines), stopped on exit."""
     ensure_sshd()
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder, made by its init script
-    folder = tmp_path_factory.mktemp("sshd")
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     host_key, user_key = keygen(folder / "host_key"), keygen(folder / "user_key")
-    config = write_server_config(folder, port, user_key)
+    config = write_server_config(folder, port, user_key, extra)
     server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
     try:
         wait_listening(port, server)
@@ -115,3 +117,9 @@ def ssh_server(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory):
+    with start_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
