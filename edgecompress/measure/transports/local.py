@@ -11,4 +11,4 @@ class LocalTransport:
     name = "host"
 
     def measure(self, request: RunRequest, progress: Callable[[str], None] | None = None) -> dict:
-        return run_here(request)
+        return {**run_here(request), "measured_on": self.name}
