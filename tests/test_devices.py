@@ -193,7 +193,8 @@ def test_unknown_device_lists_known_ones():
     with pytest.raises(UserError) as info:
         get_profile("pixel77")
     assert str(info.value).split("; hint: ")[0] == (
-        "Unknown device 'pixel77'. Known: a55-lowend, galaxy-s24, iphone16pro, iphone17pro, pixel4, pixel6, pixel7, rpi4, rpi5"
+        "Unknown device 'pixel77'. Known: a55-lowend, galaxy-s24, iphone16pro, iphone17pro, pixel4, pixel6, pixel7, "
+        "rpi4, rpi5"
     )
     assert "hint: to add a device" in str(info.value)
 
