@@ -29,6 +29,7 @@ from test_tflite_buckets import embedding_model
 ssh_server = sshd_server.ssh_server  # the session's loopback server (a fixture)
 free_port, start_sshd = sshd_server.free_port, sshd_server.start_sshd
 FAST = ["--runs", "3", "--warmup", "1"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,20 @@ def test_a_full_remote_disk(ssh_server, tiny_onnx, tiny_disk, tmp_path):
         code, _, err = bench(tiny_onnx, *FAST, *on(server))
         assert_one_line_error(code, err, "remote disk full", "needed")
         assert [p.name for p in tiny_disk.iterdir()] == ["filler"]
+
+
+def test_ctrl_c_removes_the_remote_folder(ssh_server, tiny_onnx):
+    """A real SIGINT to a real `edgecompress bench` process mid-run: exit 130, the remote folder gone."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "edgecompress.cli", "bench", str(tiny_onnx), "--runs", "100000000"]
+    process = subprocess.Popen([*cmd, *on(ssh_server)], stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 60
+    while "running ort_runner" not in (line := process.stderr.readline()) and time.monotonic() < deadline:
+        assert line, "bench ended before the remote run started"
+    assert ssh_server.leftovers(), "the run should be under way in its remote folder"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert ssh_server.leftovers() == []
