@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -67,6 +68,10 @@ class _StderrProgress:
         elif now - self._logged >= self.LOG_EVERY_S:
             self._logged = now
             click.echo(f"        {self._line(name, done, total, now - start, done - done_then)}", err=True)
+
+    def note(self, line: str) -> None:
+        click.echo(f"        {line}", err=True)
+        self._logged = self._last_event = self._clock()
 
     @staticmethod
     def _line(name: str, done: int, total: int, elapsed: float, counted: int) -> str:
@@ -147,6 +152,48 @@ def main(verbose: bool) -> None:
     show_progress_on_stderr()
 
 
+def target_options(command):
+    """--on TARGET and what reaching it needs: the same options on `bench` and `export`."""
+    options = [
+        click.option(
+            "--on",
+            "target",
+            metavar="TARGET",
+            help="Measure there: host (default), ssh://user@host[:port] (a Linux board with python3), or "
+            "adb[:SERIAL] (an Android phone, through the runtime's own benchmark program).",
+        ),
+        click.option(
+            "--ssh-config",
+            type=click.Path(path_type=Path),
+            envvar="EDGECOMPRESS_SSH_CONFIG",
+            help="ssh_config file for ssh targets (identity, known hosts); default: ~/.ssh/config.",
+        ),
+        click.option("--remote-python", metavar="PATH", help="Python on an ssh target (default: python3 on its PATH)."),
+        click.option(
+            "--benchmark-model",
+            type=click.Path(path_type=Path),
+            envvar="EDGECOMPRESS_BENCHMARK_MODEL",
+            help="LiteRT's benchmark_model built for the phone (adb targets, .tflite).",
+        ),
+        click.option(
+            "--perf-test",
+            type=click.Path(path_type=Path),
+            envvar="EDGECOMPRESS_PERF_TEST",
+            help="ONNX Runtime's onnxruntime_perf_test built for the phone (adb targets, .onnx/.ort).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _target_options(ssh_config, remote_python, benchmark_model, perf_test):
+    from edgecompress.measure.transports import TargetOptions
+
+    programs = {runtime: path for runtime, path in (("litert", benchmark_model), ("onnxruntime", perf_test)) if path}
+    return TargetOptions(ssh_config=ssh_config, remote_python=remote_python, programs=programs)
+
+
 @main.command()
 @verbose_option
 @click.argument("model", type=click.Path(path_type=Path))
@@ -187,9 +234,27 @@ def main(verbose: bool) -> None:
 )
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs on the host.")
 @click.option("--no-measure", is_flag=True, help="Skip the host latency measurement.")
+@target_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def export(
-    model, device, data, calibration, train_data, out_root, recipe, quantize, tokenizer, task, runs, no_measure, as_json
+    model,
+    device,
+    data,
+    calibration,
+    train_data,
+    out_root,
+    recipe,
+    quantize,
+    tokenizer,
+    task,
+    runs,
+    no_measure,
+    target,
+    ssh_config,
+    remote_python,
+    benchmark_model,
+    perf_test,
+    as_json,
 ):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
     from edgecompress.measure.float_twin import slower_note
@@ -208,6 +273,8 @@ def export(
         task=task,
         runs=runs,
         measure=not no_measure,
+        target=target,
+        target_options=_target_options(ssh_config, remote_python, benchmark_model, perf_test),
     )
     result = _run_guarded(lambda: run_export(request, _StderrProgress()))
     report = result.report
@@ -301,6 +368,10 @@ def check(folder: Path, device: str, as_json: bool) -> None:
     sys.exit(0 if verdicts.passed else EXIT_BUDGET)
 
 
+def _say(line: str) -> None:
+    click.echo(f"        {line}", err=True)
+
+
 @main.command()
 @verbose_option
 @click.argument("artifact", type=click.Path(path_type=Path))
@@ -308,11 +379,31 @@ def check(folder: Path, device: str, as_json: bool) -> None:
 @click.option("--runs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
 @click.option("--seq-len", type=click.IntRange(1), help="Sequence length for dynamic-shape models.")
+@click.option("--signature", metavar="KEY", help="LiteRT signature to run, e.g. seq_16 of a bucketed .tflite.")
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), default=600, show_default=True, help="Time bound, s."
+)
+@target_options
 @click.option("--json", "as_json", is_flag=True)
-def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json: bool) -> None:
-    """Measure ARTIFACT on this host through the standalone runner."""
+def bench(
+    artifact: Path,
+    threads: int,
+    runs: int,
+    warmup: int,
+    seq_len,
+    signature,
+    timeout,
+    target,
+    ssh_config,
+    remote_python,
+    benchmark_model,
+    perf_test,
+    as_json: bool,
+) -> None:
+    """Measure ARTIFACT through the standalone runner, on this host or on the device --on names."""
     from edgecompress.backends import artifact_suffixes
-    from edgecompress.measure.runner import describe, run_runner, runner_for
+    from edgecompress.measure.runner import RunRequest, describe, runner_for
+    from edgecompress.measure.transports import parse_target
 
     def measure():
         expected = f"an artifact file ({', '.join(artifact_suffixes())})"
@@ -325,20 +416,25 @@ def bench(artifact: Path, threads: int, runs: int, warmup: int, seq_len, as_json
             )
         if not artifact.is_file():
             raise UserError("artifact does not exist", where=str(artifact), expected=expected)
-        return run_runner(
-            artifact, runner=runner_for(artifact), threads=threads, runs=runs, warmup=warmup, seq_len=seq_len
+        transport = parse_target(target, _target_options(ssh_config, remote_python, benchmark_model, perf_test))
+        request = RunRequest(
+            artifact, runner_for(artifact), threads, runs, warmup, seq_len=seq_len, signature=signature
         )
+        return transport.measure(replace(request, timeout_s=timeout), progress=_say)
 
     result = _run_guarded(measure)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     lat = result["latency_ms"]
+    peak = f"{result['peak_rss_mb']:.0f} MB" if result.get("peak_rss_mb") is not None else "not reported"
     click.echo(
         f"{result['artifact']}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms, "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB"
+        f"peak RSS {peak}"
     )
     click.echo(describe(result))
+    for figure, how in (result.get("latency_derived") or {}).items():
+        click.echo(f"{figure}: {how}")
 
 
 @main.command()

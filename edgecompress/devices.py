@@ -32,7 +32,7 @@ else:  # pyproject pulls in tomli on 3.10
 
 FEATURES = ("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2", "sme")
 KINDS = ("phone", "board")
-OPERATING_SYSTEMS = ("android", "linux")
+OPERATING_SYSTEMS = ("android", "ios", "linux")
 _OPS_PER_CYCLE_FIELD = {"fp32": "fp32_flops_per_cycle", "int8": "int8_ops_per_cycle"}
 
 

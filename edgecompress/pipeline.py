@@ -41,6 +41,9 @@ class Progress:
 
     def advanced(self, name: str, done: int, total: int) -> None: ...
 
+    def note(self, line: str) -> None:
+        """A line of progress within a stage (a device measurement: connecting, copying, running)."""
+
 
 @dataclass
 class ExportRequest:
@@ -57,6 +60,8 @@ class ExportRequest:
     runs: int = 50
     warmup: int = 5
     measure: bool = True
+    target: str | None = None  # --on: measure on this device too, and judge latency by it (None: host only)
+    target_options: Any = None  # measure.transports.TargetOptions
 
 
 @dataclass
@@ -114,6 +119,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     with clock.stage("intake", str(request.model)) as summary:
         profile = get_profile(request.device)
         check_output(request.out_root, profile.name)  # before any work, not after it
+        _check_target(request)
         recipe = choose_recipe(request.recipe, request.quantize, profile)
         bundle = load_bundle(request.model, tokenizer_dir=request.tokenizer, task_name=request.task)
         check_passes_apply(recipe, bundle)
@@ -240,6 +246,9 @@ def _finish(
                 if m
             )
         )
+        device = _measure_on_target(request, profile, verified.artifacts, compressed.feeds, clock)
+        if device:
+            summary.append(f"on {request.target}: " + ", ".join(f"p50 {r['latency_ms']['p50']:.2f} ms" for r in device))
     with clock.stage("check") as summary:
         report = build_report(
             profile=profile,
@@ -257,6 +266,7 @@ def _finish(
             teacher=teacher_reference(
                 bundle, data.dataset, data.gold if bundle.kind == CLASSIFICATION else None, profile.runtime.seq_len
             ),
+            device=device,
         )
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
@@ -273,6 +283,34 @@ def _finish(
     report.stages = clock.times
     report.write(staging)
     return report
+
+
+def _check_target(request: ExportRequest) -> None:
+    """A malformed --on is refused before any work (reaching the device is tried at the measure stage)."""
+    from edgecompress.measure.transports import parse_target
+
+    parse_target(request.target, request.target_options)
+
+
+def _measure_on_target(request: ExportRequest, profile, artifacts, feeds, clock: StageClock) -> list[dict] | None:
+    """Each artifact timed on the device --on names (None without --on or with --on host)."""
+    from edgecompress.measure.device import measure_on_target
+    from edgecompress.measure.transports import parse_target
+
+    transport = parse_target(request.target, request.target_options)
+    if transport.name == "host":
+        return None
+    return measure_on_target(
+        artifacts,
+        transport,
+        threads=profile.runtime.threads,
+        seq_len=profile.runtime.seq_len,
+        bucketed=len(profile.runtime.buckets) > 1,
+        feeds=feeds,
+        runs=request.runs,
+        warmup=request.warmup,
+        progress=clock.progress.note,
+    )
 
 
 def check_passes_apply(recipe, bundle) -> None:

@@ -455,6 +455,49 @@ CASES = [
         2,
         "no runner for '.txt' files",
     ),
+    # issue 12: --on targets (the loopback-ssh and adb-client cases are in test_transport_ssh.py / _adb.py)
+    (
+        "bench-on-unknown-target",
+        lambda k: (["bench", k.exported() / "model.onnx", "--on", "telnet://board"], k.tmp / "export"),
+        2,
+        "--on: unknown target 'telnet://board'; expected host, ssh://user@host[:port] or adb[:SERIAL]",
+    ),
+    (
+        "bench-on-malformed-ssh",
+        lambda k: (["bench", k.exported() / "model.onnx", "--on", "ssh://pi@board:99999"], k.tmp / "export"),
+        2,
+        "cannot read ssh target 'ssh://pi@board:99999'",
+    ),
+    (
+        "bench-on-adb-without-program",
+        lambda k: (["bench", k.exported() / "model.tflite", "--on", "adb"], k.tmp / "export"),
+        2,
+        "no benchmark_model given for litert artifacts",
+    ),
+    (
+        "bench-on-adb-program-missing",
+        lambda k: (
+            ["bench", k.exported() / "model.onnx", "--on", "adb", "--perf-test", k.tmp / "onnxruntime_perf_test"],
+            k.tmp / "export",
+        ),
+        2,
+        "benchmark program does not exist",
+    ),
+    (
+        "bench-on-adb-program-not-elf",
+        lambda k: (
+            ["bench", k.exported() / "model.onnx", "--on", "adb", "--perf-test", k.data],
+            k.tmp / "export",
+        ),
+        2,
+        "benchmark program is not an executable (no ELF header)",
+    ),
+    (
+        "export-on-unknown-target-before-any-work",
+        lambda k: k.export_args(k.checkpoint, "--on", "ftp://board"),
+        2,
+        "--on: unknown target 'ftp://board'",
+    ),
     ("distill-eval-data-missing", lambda k: _distill_eval(k, None), 2, "data file does not exist"),
     (
         "distill-eval-data-unknown-labels",

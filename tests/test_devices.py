@@ -23,7 +23,7 @@ from edgecompress.devices import (
 from edgecompress.errors import UserError
 from edgecompress.paths import device_profiles_dir
 
-SHIPPED = ["a55-lowend", "galaxy-s24", "pixel4", "pixel6", "pixel7", "rpi4", "rpi5"]
+SHIPPED = ["a55-lowend", "galaxy-s24", "iphone16pro", "iphone17pro", "pixel4", "pixel6", "pixel7", "rpi4", "rpi5"]
 
 VALID = """\
 name = "{name}"
@@ -193,7 +193,8 @@ def test_unknown_device_lists_known_ones():
     with pytest.raises(UserError) as info:
         get_profile("pixel77")
     assert str(info.value).split("; hint: ")[0] == (
-        "Unknown device 'pixel77'. Known: a55-lowend, galaxy-s24, pixel4, pixel6, pixel7, rpi4, rpi5"
+        "Unknown device 'pixel77'. Known: a55-lowend, galaxy-s24, iphone16pro, iphone17pro, pixel4, pixel6, pixel7, "
+        "rpi4, rpi5"
     )
     assert "hint: to add a device" in str(info.value)
 
@@ -263,7 +264,7 @@ def test_non_positive_numbers(tmp_path, old, new, expected):
             "field 'artifacts' must be a non-empty list of strings, got []",
         ),
         ('kind = "phone"', 'kind = "tablet"', "field 'kind' must be one of phone, board, got \"tablet\""),
-        ('os = "android"', 'os = "ios"', "field 'os' must be one of android, linux, got \"ios\""),
+        ('os = "android"', 'os = "symbian"', "field 'os' must be one of android, ios, linux, got \"symbian\""),
         (
             'isa = "armv8.2-a"',
             'isa = "x86-64"',

@@ -51,6 +51,19 @@ MinimumVersion = Callable[[str, "int | None"], dict[str, Any]]
 
 
 @dataclass(frozen=True)
+class NativeBenchmark:
+    """A runtime's native benchmark program (LiteRT `benchmark_model`, ONNX Runtime `onnxruntime_perf_test`):
+    how to call it on a device and how to read its output into the runner's JSON contract."""
+
+    program: str  # its usual name, for messages and the CLI option (--benchmark-model / --perf-test)
+    option: str  # the CLI option that gives its path on the host
+    # (request, device folder) -> (argument list after the program, {file name in the folder: bytes to push})
+    command: Callable[..., tuple[list[str], dict[str, bytes]]]
+    # (stdout + stderr text, request) -> the runner's JSON contract; figures it cannot give are None
+    parse: Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Backend:
     runtime: str  # names the runtime in reports and manifests: onnxruntime, litert
     suffixes: Mapping[str, str]  # artifact kind -> file suffix, in the order the backend writes them
@@ -67,6 +80,10 @@ class Backend:
     # A bucketed export's file keeps a free (symbolic) sequence axis: the app runs each text at its own length,
     # with no padding at all, so verification runs every text at its own length and timing follows suit.
     serves_any_length: bool = False
+    # What a remote machine's python3 must import to run `runner` (the ssh transport names them when missing).
+    pip_packages: tuple[str, ...] = ()
+    # The runtime's own benchmark program, run where there is no Python (adb phones); None: there is none.
+    native_benchmark: NativeBenchmark | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -110,6 +127,14 @@ def backend_for(runtime: str) -> Backend:
     if runtime not in known:
         raise InternalError(f"no backend registered for runtime {runtime!r}; known: {sorted(known)}")
     return known[runtime]
+
+
+def backend_for_runner(runner: str) -> Backend:
+    """The backend whose runner script is `runner` (ort_runner, litert_runner)."""
+    found = next((b for b in backends().values() if b.runner == runner), None)
+    if found is None:
+        raise InternalError(f"no backend has the runner {runner!r}")
+    return found
 
 
 def backend_for_suffix(suffix: str) -> Backend | None:

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,45 @@ def runner_script(runner: str) -> Path:
     return script
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """One runner invocation, independent of where it runs: the local, ssh and adb transports all take it."""
+
+    artifact: Path
+    runner: str
+    threads: int = 1
+    runs: int = 100
+    warmup: int = 10
+    inputs: dict[str, np.ndarray] | None = None  # keys = model input names; None: the runner synthesizes
+    seq_len: int | None = None  # the sequence axis of synthesized inputs
+    keep_samples: bool = False
+    signature: str | None = None  # the LiteRT signature to run (one per length bucket)
+    timeout_s: float = 600
+
+    def runner_args(self, artifact: str, inputs: str | None) -> list[str]:
+        """The runner's arguments after its script, with the artifact and the inputs .npz at the paths given
+        (local or remote)."""
+        args = [artifact, "--threads", str(self.threads), "--runs", str(self.runs), "--warmup", str(self.warmup)]
+        if self.signature is not None:
+            args += ["--signature", self.signature]
+        if self.seq_len is not None:
+            args += ["--seq-len", str(self.seq_len)]
+        if self.keep_samples:
+            args.append("--keep-samples")
+        if inputs is not None:
+            args += ["--inputs", inputs]
+        return args
+
+    def write_inputs(self, folder: Path) -> Path | None:
+        """The inputs as an .npz in `folder`, or None when the runner synthesizes them."""
+        if self.inputs is None:
+            return None
+        npz = folder / "inputs.npz"
+        arrays: dict[str, Any] = dict(self.inputs)  # numpy's stub would match a key to savez's allow_pickle
+        np.savez(npz, **arrays)
+        return npz
+
+
 def run_runner(
     artifact: Path,
     *,
@@ -67,33 +107,28 @@ def run_runner(
     synthesizes inputs, with `seq_len` for the sequence axis. `signature`: the LiteRT signature to run
     (one per length bucket), for the LiteRT runner only.
     """
-    cmd = [
-        sys.executable,
-        str(runner_script(runner)),
-        str(artifact),
-        "--threads",
-        str(threads),
-        "--runs",
-        str(runs),
-        "--warmup",
-        str(warmup),
-    ]
-    if signature is not None:
-        cmd += ["--signature", signature]
-    if seq_len is not None:
-        cmd += ["--seq-len", str(seq_len)]
-    if keep_samples:
-        cmd.append("--keep-samples")
+    request = RunRequest(
+        Path(artifact), runner, threads, runs, warmup, inputs, seq_len, keep_samples, signature, timeout_s
+    )
+    return run_here(request)
+
+
+def run_here(request: RunRequest) -> dict:
+    """The request in a subprocess of this interpreter, on this host."""
+    runner, artifact = request.runner, request.artifact
     with tempfile.TemporaryDirectory(prefix="edgecompress-measure-") as tmp:
-        if inputs is not None:
-            npz = Path(tmp) / "inputs.npz"
-            arrays: dict[str, Any] = dict(inputs)  # numpy's stub would match a key to savez's allow_pickle
-            np.savez(npz, **arrays)
-            cmd += ["--inputs", str(npz)]
+        npz = request.write_inputs(Path(tmp))
+        cmd = [
+            sys.executable,
+            str(runner_script(runner)),
+            *request.runner_args(str(artifact), str(npz) if npz else None),
+        ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=request.timeout_s)
         except subprocess.TimeoutExpired as exc:
-            raise InternalError(f"{runner} on {artifact} timed out after {timeout_s:g}s: {_tail(exc.stderr)}") from exc
+            raise InternalError(
+                f"{runner} on {artifact} timed out after {request.timeout_s:g}s: {tail(exc.stderr)}"
+            ) from exc
     return _parse_result(proc, runner, artifact)
 
 
@@ -103,18 +138,23 @@ def _parse_result(proc: subprocess.CompletedProcess, runner: str, artifact: Path
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "rejected its input"
         raise UserError(message.removeprefix(f"{runner}: error: "), where=str(artifact))
     if proc.returncode != 0:
-        raise InternalError(f"{runner} on {artifact} exited with {proc.returncode}: {_tail(proc.stderr)}")
+        raise InternalError(f"{runner} on {artifact} exited with {proc.returncode}: {tail(proc.stderr)}")
+    return parse_json_result(proc.stdout, runner, str(artifact))
+
+
+def parse_json_result(stdout: str, runner: str, where: str) -> dict:
+    """The runner's one JSON object, checked against the contract's schema; anything else is our bug."""
     try:
-        result = json.loads(proc.stdout)
+        result = json.loads(stdout)
     except json.JSONDecodeError as exc:
-        raise InternalError(f"{runner} on {artifact} printed no JSON result: {_tail(proc.stdout)}") from exc
+        raise InternalError(f"{runner} on {where} printed no JSON result: {tail(stdout)}") from exc
     if not isinstance(result, dict) or result.get("schema") != SCHEMA:
         found = result.get("schema") if isinstance(result, dict) else type(result).__name__
-        raise InternalError(f"{runner} on {artifact} returned schema {found!r}, expected {SCHEMA!r}")
+        raise InternalError(f"{runner} on {where} returned schema {found!r}, expected {SCHEMA!r}")
     return result
 
 
-def _tail(text: str | bytes | None) -> str:
+def tail(text: str | bytes | None) -> str:
     """The end of a stream, where the actual error is; TimeoutExpired may hand us bytes or None."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
@@ -128,8 +168,12 @@ def _plural(count: int, noun: str) -> str:
 
 
 def describe(result: dict) -> str:
-    """How a figure was obtained, for reports: runtime and version, threads, runs, statistic."""
+    """How a figure was obtained, for reports: where, runtime and version, threads, runs, by what, statistic.
+    A transport names the machine in `measured_on` (absent: this host) and a native benchmark program in
+    `program`."""
+    where = result.get("measured_on", "host")
+    program = f", by {result['program']}" if result.get("program") else ""
     return (
-        f"measured on host ({result['runtime']} {result['runtime_version']}, "
-        f"{_plural(result['threads'], 'thread')}, {_plural(result['runs'], 'run')}, median of runs)"
+        f"measured on {where} ({result['runtime']} {result['runtime_version']}, "
+        f"{_plural(result['threads'], 'thread')}, {_plural(result['runs'], 'run')}{program}, median of runs)"
     )

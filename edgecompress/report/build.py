@@ -14,6 +14,7 @@ import numpy as np
 from edgecompress import __version__
 from edgecompress.architectures import Architecture
 from edgecompress.intake.data import EvalData, TextLengths
+from edgecompress.measure.device import device_latency_block
 from edgecompress.measure.float_twin import slower_note
 from edgecompress.measure.host import HostTiming, weighted_percentile
 from edgecompress.passes import PassRecord
@@ -39,12 +40,14 @@ def build_report(
     timing: HostTiming,
     tuned_on: str | None = None,
     teacher: dict | None = None,
+    device: list[dict] | None = None,
 ) -> Report:
     """Figures and verdicts for every artifact, from the stage results of one export.
 
     `bundle` is the model as compressed; `original` the outputs of the model as given, on `data`'s texts
     (accuracy drops are judged against it); `served` the same examples as the compressed model's tokenizer
-    feeds them to the artifacts (default: `data`); `lengths` how those texts fall into the length buckets.
+    feeds them to the artifacts (default: `data`); `lengths` how those texts fall into the length buckets;
+    `device` a runner result per artifact measured on the `--on` target, which the latency budget then judges.
     The task (bundle.task) scores outputs against gold; its headline figure is the one budgets judge.
     """
     from edgecompress.intake.model import CLASSIFICATION
@@ -128,10 +131,18 @@ def build_report(
             _add_bucket_figures(item, i, verified, timing, estimates["real_text"])
         applies_to = profile.budgets.latency_applies_to if bucketed else "longest-bucket"
         bounded = estimates["real_text"] if applies_to == "real-text" else estimates["latency"]
+        latency_label = applies_to if bucketed else None
+        if device:
+            item.device_measured = device_latency_block(device[i])
+            where = f"measured on {item.device_measured['measured_on']}"
+            bounded, latency_label = (
+                _measured_p90(item.device_measured),
+                (f"longest-bucket, {where}" if bucketed else where),
+            )
         item.verdicts = [
             size_verdict(profile.budgets, size),
             memory_verdict(profile.budgets, estimates["memory"]),
-            latency_verdict(profile.budgets, bounded, applies_to if bucketed else None),
+            latency_verdict(profile.budgets, bounded, latency_label),
         ]
         if accuracy is not None and teacher is not None and teacher["accuracy"] is not None:
             item.verdicts.append(
@@ -157,6 +168,8 @@ def build_report(
     notes += [slower_note(a.file, a.speed_vs_float) for a in reports if a.speed_vs_float and a.speed_vs_float["slower"]]
     if threads > 2:
         notes.append(f"the device estimate assumes {threads} threads, as the profile asks")
+    if device:
+        notes += _device_notes(device, bucketed and profile.budgets.latency_applies_to == "real-text")
     return Report(
         tool={"edgecompress": __version__, **_versions()},
         model={
@@ -198,6 +211,29 @@ def build_report(
         artifacts=reports,
         notes=notes,
     )
+
+
+def _measured_p90(block: dict) -> Figure:
+    """The device's p90 as the figure the latency budget judges."""
+    derived = block["derived"].get("p90")
+    how = f"{block['method']}; p90 is {derived}" if derived else f"{block['method']}; p90 of the timed runs"
+    return Figure(block["p90_ms"], "ms", MEASURED, how)
+
+
+def _device_notes(device: list[dict], real_text_budget: bool) -> list[str]:
+    """Where the latency verdicts come from, and what the device figures do not say."""
+    where = device[0].get("measured_on")
+    notes = [
+        f"latency budgets are judged on {where}, measured (each artifact's p90 at seq_len); the memory budget "
+        f"stays on the static estimate: the peak resident memory measured there is of the whole measuring process "
+        f"(interpreter or benchmark program included), shown beside it"
+    ]
+    if real_text_budget:
+        notes.append(
+            f"the profile bounds real-text latency; on {where} each artifact was timed at the longest bucket, "
+            f"which no text exceeds, so the measured verdict is the stricter one"
+        )
+    return notes
 
 
 def _judged_on(dataset, bundle) -> str:

@@ -83,6 +83,8 @@ class ArtifactReport:
     scores: dict[str, float] | None = None
     host_latency_real_text: dict[str, Any] | None = None
     device_latency_real_text: Figure | None = None
+    # Measured on the device `--on` named (measure/device.py): percentiles, peak memory, where and how.
+    device_measured: dict[str, Any] | None = None
 
 
 @dataclass
@@ -157,6 +159,7 @@ def render_markdown(report: Report) -> str:
             lines.append(f"- {label}: {figure.how}, {figure.method}")
         if artifact.host_latency:
             lines.append(f"- host latency: {artifact.host_latency['how']}, {artifact.host_latency['method']}")
+    lines += _device_lines(report)
     lines.append(f"- parity and accuracy: {report.reference['method']}")
     if report.data.get("judged_on"):
         lines.append(f"- judged on: {report.data['judged_on']}")
@@ -167,6 +170,23 @@ def render_markdown(report: Report) -> str:
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
+
+
+def _device_lines(report: Report) -> list[str]:
+    """Each artifact's figures from the device --on named: where, how, and which figures were derived."""
+    lines = []
+    for artifact in report.artifacts:
+        measured = artifact.device_measured
+        if not measured:
+            continue
+        peak = f"{measured['peak_rss_mb']:.0f} MB" if measured.get("peak_rss_mb") is not None else "not reported"
+        lines.append(
+            f"- {artifact.file} on {measured['measured_on']}: p50 {measured['p50_ms']:.2f} ms, p90 "
+            f"{measured['p90_ms']:.2f} ms, p99 {measured['p99_ms']:.2f} ms, peak memory {peak} "
+            f"({measured['how']}, {measured['method']})"
+        )
+        lines += [f"  - {figure}: {why}" for figure, why in measured["derived"].items()]
+    return lines
 
 
 def _host_text(host: dict) -> str:

@@ -8,8 +8,8 @@
 - `writer.py`: the flatbuffer, built with the schema LiteRT ships.
 """
 
-from edgecompress.backends import Backend, register_backend
-from edgecompress.backends.tflite import artifact
+from edgecompress.backends import Backend, NativeBenchmark, register_backend
+from edgecompress.backends.tflite import artifact, benchmark_model
 
 BACKEND = register_backend(
     Backend(
@@ -18,6 +18,10 @@ BACKEND = register_backend(
         runner="litert_runner",
         emit=artifact.emit_tflite,
         execute=artifact.run_tflite_artifact,
+        native_benchmark=NativeBenchmark(
+            benchmark_model.PROGRAM, "--benchmark-model", benchmark_model.command, benchmark_model.parse
+        ),
+        pip_packages=("numpy", "ai-edge-litert"),
         minimum_version=artifact.minimum_version,
         audit=artifact.audit_for_report,
         exact_writer=artifact.emit_exact_tflite,
