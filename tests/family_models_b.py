@@ -13,6 +13,9 @@ from pathlib import Path
 from conftest import SENTENCES, WORDS
 
 FAMILIES_B = ("albert", "mobilebert", "deberta-v2", "mpnet")
+# Random weights at BERT's initializer_range (0.02) give logits that hardly depend on the text (std ~5e-5 over
+# the test sentences), which any parity check at 1e-4 would pass: wider weights make the texts matter.
+SPREAD = {"initializer_range": 0.3}
 LABELS = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
 # Texts the tokenizers learn from: the test sentences, the word list, and some more of their kind.
 _TRAINING_TEXTS = (
@@ -68,6 +71,7 @@ def _albert():
         max_position_embeddings=128,
         hidden_act="gelu",
         **LABELS,
+        **SPREAD,
     )
     return tokenizer, config, AlbertForSequenceClassification, AlbertModel
 
@@ -90,6 +94,7 @@ def _mobilebert():
         num_feedforward_networks=2,
         max_position_embeddings=128,
         **LABELS,
+        **SPREAD,
     )
     return tokenizer, config, MobileBertForSequenceClassification, MobileBertModel
 
@@ -116,6 +121,7 @@ def _deberta_v2():
         position_biased_input=False,
         type_vocab_size=0,
         **LABELS,
+        **SPREAD,
     )
     return tokenizer, config, DebertaV2ForSequenceClassification, DebertaV2Model
 
@@ -135,6 +141,7 @@ def _mpnet():
         relative_attention_num_buckets=32,
         pad_token_id=tokenizer.pad_token_id,
         **LABELS,
+        **SPREAD,
     )
     return tokenizer, config, MPNetForSequenceClassification, MPNetModel
 

@@ -4,7 +4,14 @@ shared by every layer and added to the attention scores, and no token types.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from edgecompress.architectures import Architecture, register_architecture
+
+_BIAS_PER_HEAD = (
+    "its relative position bias (encoder.relative_attention_bias) has one column per head, shared by every "
+    "layer, which the head pruner does not slice"
+)
 
 
 @register_architecture
@@ -23,3 +30,4 @@ class MPNet(Architecture):
     # Measured (onnxruntime 1.31, bert patterns, tiny config): 0 of 2 attention blocks fuse.
     fused_attention_per_layer = 0
     unfused_attention = "the fuser has no pattern for it (the relative position bias added to the scores)"
+    not_applicable = MappingProxyType({"prune_heads": _BIAS_PER_HEAD, "prune_schedule": _BIAS_PER_HEAD})

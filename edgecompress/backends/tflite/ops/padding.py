@@ -1,7 +1,7 @@
 """TFLite lowering of ONNX Pad (constant mode), which MobileBERT's trigram embedding writes (`F.pad` of the
 token embeddings shifted one step left and right).
 
-Before -> After: `Pad(X, pads [begin..., end...] const, value const, axes const)` -> `PAD(X, paddings
+Before -> After: `Pad(X, pads [begin..., end...] const, value const)` -> `PAD(X, paddings
 [[begin, end], ...])` when the value is 0, else `PADV2(X, paddings, value)`.
 """
 
@@ -37,14 +37,12 @@ def pad(lw: Lowering, node) -> None:
 
 
 def _paddings(lw: Lowering, node, rank: int) -> np.ndarray:
-    """ONNX's flat [begin of each axis..., end of each axis...] over `axes` -> TFLite's int32 [rank, 2]."""
+    """ONNX's flat [begin of each axis..., end of each axis...] -> TFLite's int32 [rank, 2]."""
     pads = lw.constant(node.input[1])
-    axes = lw.constant(node.input[3]) if len(node.input) > 3 and node.input[3] else np.arange(rank)
-    if pads is None or axes is None:
-        raise lw.unsupported(node, "pads or axes that are not constants")
+    if len(node.input) > 3 and node.input[3]:
+        raise lw.unsupported(node, "an axes input (opset 18); pad every axis instead")
+    if pads is None:
+        raise lw.unsupported(node, "pads that are not constants")
     if (pads < 0).any():
         raise lw.unsupported(node, "negative pads (cropping)")
-    paddings = np.zeros((rank, 2), np.int32)
-    for i, axis in enumerate(int(a) % rank for a in axes):
-        paddings[axis] = pads[i], pads[i + len(axes)]
-    return paddings
+    return np.stack([pads[:rank], pads[rank:]], axis=1).astype(np.int32)
