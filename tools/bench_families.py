@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import numpy as np  # noqa: E402
-from tiny_families import TINY_CONFIGS, build_checkpoint, hand_export  # noqa: E402
 
 from edgecompress.architectures import architectures  # noqa: E402
 from edgecompress.backends.tflite.buckets import signature_key  # noqa: E402
@@ -46,6 +45,7 @@ from runtimes.litert_runner import open_interpreter, prepare  # noqa: E402
 from runtimes.ort_runner import ORT_DTYPES, open_session  # noqa: E402
 
 from bench_timing import load_line, p50, timed_rounds  # noqa: E402
+from tiny_families import TINY_CONFIGS, build_checkpoint, hand_export  # noqa: E402
 
 SEQ_LEN = 128
 CLASSIFICATION = "sequence-classification"

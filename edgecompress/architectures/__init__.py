@@ -72,6 +72,9 @@ class Architecture:
     # unfused and the fusion check expects none).
     ort_model_type: ClassVar[str] = "bert"
     fused_attention_per_layer: ClassVar[int] = 1
+    # Why the fuser leaves (some of) this family's attention unfused, for the report's notes ("" when it fuses
+    # every layer): the export names the slow path instead of shipping it silently.
+    unfused_attention: ClassVar[str] = ""
     # Compression passes that do not apply to this family, with the reason given to the user.
     not_applicable: ClassVar[Mapping[str, str]] = MappingProxyType({})
     # The config keys that give heads, width and depth (families rename them: DistilBERT n_heads, dim).
@@ -172,6 +175,11 @@ class Architecture:
             "vocab_size": "vocab_size",
         }
         return {name: config.get(key) for name, key in keys.items()}
+
+    def expected_fused_attention(self, num_layers: int) -> int:
+        """How many fused attention ops ONNX Runtime's fuser reliably makes for `num_layers` encoder layers
+        (depths, for families that share layer weights); the fusion check fails the export below it."""
+        return self.fused_attention_per_layer * num_layers
 
     def describe(self) -> str:
         return f"{self.family} (model_type '{self.model_type}')"
