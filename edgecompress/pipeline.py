@@ -190,6 +190,7 @@ def _finish(
     from edgecompress.intake.model import CLASSIFICATION
     from edgecompress.measure.host import measure_on_host, plan_timing
     from edgecompress.report.build import build_report
+    from edgecompress.report.html import write_html
     from edgecompress.report.manifest import write_package
     from edgecompress.verify.artifacts import Reference, verify_artifacts
     from edgecompress.verify.evaluate import BUCKET_ATOL, parity_atol
@@ -266,8 +267,19 @@ def _finish(
         )
         summary.append(str(request.out_root / profile.name))
     report.stages = clock.times
+    report.op_latency = _op_latency(graph, profile, verified.artifacts, compressed.feeds, request.measure)
     report.write(staging)
+    write_html(staging, report.to_dict())
     return report
+
+
+def _op_latency(graph, profile, artifacts, feeds, measure: bool) -> dict:
+    """Latency per op type for report.html: estimated always; measured on the .onnx when the export measures."""
+    from edgecompress.measure.op_breakdown import op_breakdown
+
+    onnx_file = next((a.path for a in artifacts if a.path.suffix == ".onnx"), None)
+    first_text = {name: values[:1] for name, values in feeds.items()}
+    return op_breakdown(graph, profile, onnx_file if measure else None, first_text)
 
 
 def check_passes_apply(recipe, bundle) -> None:
