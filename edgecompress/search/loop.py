@@ -20,6 +20,7 @@ from typing import Any
 from edgecompress.errors import EdgecompressError, UserError
 from edgecompress.pipeline import ExportRequest, Progress, run_export
 from edgecompress.search.candidates import CHEAP, TRAINING, Candidate, plan
+from edgecompress.search.loyalty import OriginalPredictions
 from edgecompress.search.table import (
     FAILED,
     RAN,
@@ -68,7 +69,7 @@ def run_search(
     base = request.export
     profile = get_profile(base.device)
     check_output(base.out_root, profile.name)
-    check_search_inputs(request)
+    data = check_search_inputs(request)
     base.out_root.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(base.out_root)
     work = base.out_root / f".{profile.name}-search.partial-{os.getpid()}"
@@ -76,7 +77,8 @@ def run_search(
     work.mkdir()
     try:
         candidates = plan(base.model, request.students, profile.quantize, base.train_data is not None, work)
-        rows = _run_ladder(candidates, base, work, said, export_progress)
+        original = OriginalPredictions(base.model, data, profile.runtime.seq_len)
+        rows = _run_ladder(candidates, base, work, said, export_progress, original)
         if base.train_data is None:
             rows.append(_no_training_row())
         winner = choose_winner(rows)
@@ -91,8 +93,9 @@ def run_search(
     return SearchResult(out_dir, rows, winner, shipped)
 
 
-def check_search_inputs(request: SearchRequest) -> None:
-    """Refuse, before any work, what would make the search meaningless: no labelled --data, a bad --student."""
+def check_search_inputs(request: SearchRequest) -> Path:
+    """Refuse, before any work, what would make the search meaningless: no labelled --data, a bad --student.
+    Returns --data."""
     from edgecompress.intake.data import load_dataset
 
     data = request.export.data
@@ -112,6 +115,7 @@ def check_search_inputs(request: SearchRequest) -> None:
         )
     for folder in request.students:
         check_student(folder, request.export.model)
+    return data
 
 
 def check_student(folder: Path, teacher: Path) -> None:
@@ -141,7 +145,12 @@ def check_student(folder: Path, teacher: Path) -> None:
 
 
 def _run_ladder(
-    candidates: list[Candidate], base: ExportRequest, work: Path, said: SearchProgress, export_progress
+    candidates: list[Candidate],
+    base: ExportRequest,
+    work: Path,
+    said: SearchProgress,
+    export_progress,
+    original: OriginalPredictions,
 ) -> list[Row]:
     rows: dict[str, Row] = {}
     clock = _Clock(candidates)
@@ -153,7 +162,7 @@ def _run_ladder(
             said.line(f"[search {index}/{len(candidates)}] {candidate.name}: skipped ({why_not})")
             continue
         said.line(f"[search {index}/{len(candidates)}] {candidate.name}: {candidate.what}; {clock.left()}")
-        row = _run_candidate(candidate, base, work, export_progress)
+        row = _run_candidate(candidate, base, work, export_progress, original)
         rows[candidate.name] = row
         clock.ran(candidate, row.seconds or 0.0)
         said.line(f"        {candidate.name}: {_row_summary(row)}")
@@ -183,7 +192,9 @@ def _skip_reason(candidate: Candidate, rows: dict[str, Row]) -> str | None:
     return None
 
 
-def _run_candidate(candidate: Candidate, base: ExportRequest, work: Path, export_progress) -> Row:
+def _run_candidate(
+    candidate: Candidate, base: ExportRequest, work: Path, export_progress, original: OriginalPredictions
+) -> Row:
     """One normal export into work/<candidate>/; a candidate that cannot be exported is a failed row, not the end."""
     request = replace(
         base,
@@ -205,15 +216,16 @@ def _run_candidate(candidate: Candidate, base: ExportRequest, work: Path, export
     row = row_from_report(
         report, candidate.name, candidate.what, candidate.tier, time.monotonic() - start, result.out_dir
     )
-    if candidate.student:
-        _note_student_agreement(row)
+    if candidate.student:  # its export judged agreement against the student's own float model
+        row.agreement = original.agreement(candidate.model, result.out_dir) or _unmeasured(row.agreement)
     return row
 
 
-def _note_student_agreement(row: Row) -> None:
-    """A student's export judges agreement against the student's own float model, not the teacher: say so."""
-    if row.agreement is not None:
-        row.agreement["method"] += " (the student's own float model, not the teacher)"
+def _unmeasured(agreement: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Without a .onnx to run, a student's agreement is the one its export measured, and says against what."""
+    if agreement is None:
+        return None
+    return {**agreement, "method": agreement["method"] + " (the student's own float model, not the original)"}
 
 
 def _failed(candidate: Candidate, message: str, start: float) -> Row:
