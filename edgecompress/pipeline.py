@@ -56,6 +56,37 @@ class ExportRequest:
     runs: int = 50
     warmup: int = 5
     measure: bool = True
+    stage_cache: StageCache | None = None  # shared by exports that repeat compress + lower (export --search)
+
+
+@dataclass
+class StageCache:
+    """The compress and lower stages' results, for exports that repeat them: every quantization candidate of a
+    search lowers the same model on the same texts. Only recipes without torch passes are cached, keyed by all
+    those two stages then read (model, tokenizer, --data, seq_len); each hit gets its own copy of the graph,
+    because graph passes may edit it in place."""
+
+    entries: dict[tuple, tuple[Compressed, Any]] = field(default_factory=dict)
+
+    @staticmethod
+    def key(request: ExportRequest, recipe, seq_len: int) -> tuple | None:
+        if recipe.compress:
+            return None
+        return (str(Path(request.model).resolve()), str(request.tokenizer), str(request.data), seq_len)
+
+    def get(self, key: tuple | None):
+        from edgecompress.graph._quant_common import copy_model
+
+        if key not in self.entries:
+            return None
+        compressed, lowered = self.entries[key]
+        return compressed, copy_model(lowered)
+
+    def put(self, key: tuple | None, compressed: Compressed, lowered) -> None:
+        from edgecompress.graph._quant_common import copy_model
+
+        if key is not None:
+            self.entries[key] = (compressed, copy_model(lowered))
 
 
 @dataclass
@@ -124,15 +155,20 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     train_data = load_train_data(bundle, request.train_data)
     tuning = _tuning_texts(request, train_data)
     calibration = _calibration_feeds(bundle, tuning, seq_len)
+    cache = request.stage_cache
+    key = cache.key(request, recipe, seq_len) if cache is not None else None
+    hit = cache.get(key) if cache is not None else None
     with clock.stage("compress") as summary:
         context = _pass_context(bundle, profile, calibration, train_data, tuning.kind)
-        compressed = _compress(recipe.compress, bundle, data, context, clock)
-        summary.append(f"{len(recipe.compress)} passes")
+        compressed = hit[0] if hit else _compress(recipe.compress, bundle, data, context, clock)
+        summary.append(f"{len(recipe.compress)} passes" + (", reference outputs reused" if hit else ""))
+    with clock.stage("lower") as summary:
+        lowered = hit[1] if hit else lower(compressed.bundle, compressed.feeds, compressed.reference)
+        summary.append(f"{len(lowered.graph.node)} nodes" + (", reused from an earlier export" if hit else ""))
+    if cache is not None and hit is None:
+        cache.put(key, compressed, lowered)
     if compressed.bundle.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: calibrate on new ids
         calibration = _calibration_feeds(compressed.bundle, tuning, seq_len)
-    with clock.stage("lower") as summary:
-        lowered = lower(compressed.bundle, compressed.feeds, compressed.reference)
-        summary.append(f"{len(lowered.graph.node)} nodes")
     with clock.stage("rewrite") as summary:
         context = _pass_context(compressed.bundle, profile, calibration, train_data, tuning.kind)
         rewrite = rewrite_with_twin(recipe.graph, lowered, context)

@@ -208,3 +208,31 @@ def test_a_failed_search_leaves_the_previous_output_untouched(searched, tmp_path
     result = _search(tmp_path / "no-such-model", tiny_device, tiny_data, out)
     assert result.exit_code == 2
     assert {p.name: p.read_bytes() for p in (out / "tinyphone").iterdir()} == before
+
+
+def test_a_cached_lowering_gives_the_same_artifacts_and_is_not_edited_by_a_quantizing_export(
+    tmp_path, tiny_checkpoint, tiny_device, tiny_data
+):
+    """Float after int8 with one StageCache: the float file is the one an uncached export writes (graph passes
+    edit their input in place, so a cache handing out its own graph would ship int8 leftovers)."""
+    from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
+
+    class Stages(Progress):
+        summaries: list[str] = []  # shared by the three exports, in order
+
+        def stage_finished(self, name: str, seconds: float, summary: str) -> None:
+            self.summaries.append(f"{name}: {summary}")
+
+    def export(out: str, quantize: str, cache: StageCache | None) -> bytes:
+        request = ExportRequest(
+            tiny_checkpoint, str(tiny_device), tmp_path / out, data=tiny_data, quantize=quantize, measure=False
+        )
+        request.stage_cache = cache
+        return (run_export(request, Stages()).out_dir / "model.onnx").read_bytes()
+
+    cache = StageCache()
+    export("int8", "dynamic-int8", cache)
+    cached_float = export("cached", "none", cache)
+    assert cached_float == export("fresh", "none", None)
+    reused = [s for s in Stages.summaries if s.startswith("lower:") and "reused from an earlier export" in s]
+    assert len(reused) == 1  # the second export of the cache, not the first and not the uncached one

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import EdgecompressError, UserError
-from edgecompress.pipeline import ExportRequest, Progress, run_export
+from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
 from edgecompress.search.candidates import CHEAP, TRAINING, Candidate, plan
 from edgecompress.search.loyalty import OriginalPredictions
 from edgecompress.search.table import (
@@ -66,7 +66,8 @@ def run_search(
     from edgecompress.devices import get_profile
 
     said = progress or SearchProgress()
-    base = request.export
+    # The quantization rungs lower the same model on the same texts: one compress + lower for all of them.
+    base = replace(request.export, stage_cache=StageCache())
     profile = get_profile(base.device)
     check_output(base.out_root, profile.name)
     data = check_search_inputs(request)
@@ -320,6 +321,7 @@ def _ship(shipped: Row, rows: list[Row], winner: Row | None, request: SearchRequ
 
 def _context(request: SearchRequest, profile) -> dict[str, Any]:
     base = request.export
+
     return {
         "model": str(base.model),
         "device": profile.name,
