@@ -184,7 +184,7 @@ def _skip_reason(candidate: Candidate, rows: dict[str, Row]) -> str | None:
     if candidate.tier == TRAINING:
         cheap = [r.name for r in rows.values() if r.tier == CHEAP and r.status == RAN and r.passed]
         if cheap:
-            return f"training runs only when no cheap candidate meets every budget; {', '.join(cheap)} do(es)"
+            return f"training runs only when no cheap candidate meets every budget, and {', '.join(cheap)} already did"
         if lighter is not None and lighter.status == RAN and lighter.passed:
             return (
                 f"the lighter {lighter.name} already meets every budget; heavier pruning costs another training "
