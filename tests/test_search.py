@@ -207,6 +207,29 @@ def test_a_failed_search_leaves_the_previous_output_untouched(searched, tmp_path
     before = {p.name: p.read_bytes() for p in (out / "tinyphone").iterdir()}
     result = _search(tmp_path / "no-such-model", tiny_device, tiny_data, out)
     assert result.exit_code == 2
+    assert "model path does not exist" in result.stderr  # the first rung's own line, not a summary
+    assert {p.name: p.read_bytes() for p in (out / "tinyphone").iterdir()} == before
+
+
+def test_an_interrupted_search_leaves_the_previous_output_and_no_work_folder(
+    searched, tmp_path, tiny_checkpoint, tiny_device, tiny_data
+):
+    """Ctrl-C during the second candidate: the work folder goes, the previous good output stays as it was."""
+    from edgecompress.pipeline import ExportRequest
+    from edgecompress.search.loop import SearchProgress, SearchRequest, run_search
+
+    class CtrlC(SearchProgress):
+        def line(self, text: str) -> None:
+            if text.startswith("[search 2/"):
+                raise KeyboardInterrupt
+
+    _, folder, _ = searched
+    out = Path(shutil.copytree(folder.parent, tmp_path / "dist"))
+    before = {p.name: p.read_bytes() for p in (out / "tinyphone").iterdir()}
+    request = ExportRequest(tiny_checkpoint, str(tiny_device), out, data=tiny_data, measure=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(SearchRequest(request), CtrlC())
+    assert sorted(p.name for p in out.iterdir()) == ["tinyphone"]
     assert {p.name: p.read_bytes() for p in (out / "tinyphone").iterdir()} == before
 
 

@@ -14,6 +14,8 @@ from typing import Any
 # Marker area in points^2 per MB, with a floor so a tiny file still shows.
 AREA_PER_MB, MIN_AREA = 12.0, 30.0
 TOP_OPS = 12
+# Latencies (and the budget) spanning more than this factor get a log latency axis.
+LOG_SPAN = 20.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ def draw_pareto(points: list[Point], limits: Limits, folder: Path, stem: str = "
     axes.axvline(limits.latency_ms, c="#d1495b", lw=1, ls=":", label=f"p90 latency budget {limits.latency_ms:g} ms")
     if limits.accuracy_floor is not None:
         axes.axhline(100 * limits.accuracy_floor, c="#3d5a80", lw=1, ls=":", label="accuracy budget (lowest allowed)")
+    latencies = [p.latency_ms for p in points] + [limits.latency_ms]
+    if min(latencies) > 0 and max(latencies) / min(latencies) > LOG_SPAN:  # else the points crowd at zero
+        axes.set_xscale("log")
     hows = sorted({p.latency_how for p in points})
     axes.set_xlabel(f"p90 latency the budget bounds, ms ({', '.join(hows)})")
     axes.set_ylabel("accuracy on --data, %")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import EdgecompressError, UserError
+from edgecompress.errors import EdgecompressError, InternalError, UserError
 from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
 from edgecompress.search.candidates import CHEAP, TRAINING, Candidate, plan
 from edgecompress.search.loyalty import OriginalPredictions
@@ -86,12 +86,19 @@ def run_search(
         explain_losses(rows, winner)
         shipped = winner or closest_miss(rows)
         if shipped is None:
-            failures = "; ".join(f"{r.name}: {r.reason}" for r in rows if r.status == FAILED)
-            raise UserError("no candidate could be exported", where=str(base.model), hint=failures[:400] or None)
+            raise _nothing_exported(rows)
         out_dir = _ship(shipped, rows, winner, request, profile, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return SearchResult(out_dir, rows, winner, shipped)
+
+
+def _nothing_exported(rows: list[Row]) -> EdgecompressError:
+    """Every candidate failed: a bug if any failure was one (exit 1), else the user's to fix (exit 2)."""
+    failures = "; ".join(f"{r.name}: {r.reason}" for r in rows if r.status == FAILED)[:400]
+    if "internal error" in failures:
+        return InternalError(f"no candidate of the search could be exported: {failures}")
+    return UserError("no candidate of the search could be exported", hint=failures or None)
 
 
 def check_search_inputs(request: SearchRequest) -> Path:
@@ -163,7 +170,7 @@ def _run_ladder(
             said.line(f"[search {index}/{len(candidates)}] {candidate.name}: skipped ({why_not})")
             continue
         said.line(f"[search {index}/{len(candidates)}] {candidate.name}: {candidate.what}; {clock.left()}")
-        row = _run_candidate(candidate, base, work, export_progress, original)
+        row = _run_candidate(candidate, base, work, export_progress, original, first=index == 1)
         rows[candidate.name] = row
         clock.ran(candidate, row.seconds or 0.0)
         said.line(f"        {candidate.name}: {_row_summary(row)}")
@@ -194,9 +201,18 @@ def _skip_reason(candidate: Candidate, rows: dict[str, Row]) -> str | None:
 
 
 def _run_candidate(
-    candidate: Candidate, base: ExportRequest, work: Path, export_progress, original: OriginalPredictions
+    candidate: Candidate,
+    base: ExportRequest,
+    work: Path,
+    export_progress,
+    original: OriginalPredictions,
+    *,
+    first: bool,
 ) -> Row:
-    """One normal export into work/<candidate>/; a candidate that cannot be exported is a failed row, not the end."""
+    """One normal export into work/<candidate>/; a candidate that cannot be exported is a failed row, not the end.
+
+    Except the first (the model as given, float): every other candidate is it plus compression, so bad input
+    there (a missing model, a seq_len the model cannot take) is the user's to fix, with the export's own line."""
     request = replace(
         base,
         model=candidate.model,
@@ -209,6 +225,8 @@ def _run_candidate(
     try:
         result = run_export(request, export_progress)
     except EdgecompressError as exc:
+        if first and isinstance(exc, UserError):
+            raise
         return _failed(candidate, str(exc), start)
     except Exception as exc:  # a bug in one candidate's export must not cost the user the other candidates
         log.warning("candidate %s: internal error", candidate.name, exc_info=True)
