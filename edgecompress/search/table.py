@@ -13,6 +13,18 @@ from pathlib import Path
 from typing import Any
 
 RAN, SKIPPED, FAILED = "ran", "skipped", "failed"
+
+# How each column of a row was obtained (figures given as {value, how, method} say it themselves).
+COLUMNS = {
+    "accuracy": "measured: the worst artifact's accuracy on the labelled texts of --data, from its report.json",
+    "agreement": "measured: the worst artifact's share of --data's texts with the original model's predicted label",
+    "size_mb": "static: the largest artifact's file size on disk, in MB of 10^6 bytes",
+    "latency_ms": "the figure the p90 latency budget bounds (the device estimate, or a measurement where one was "
+    "taken on the device), worst artifact",
+    "host_p90_ms": "measured on this host by the standalone runner, worst artifact; null when not measured",
+    "budgets": "each budget's worst verdict over the candidate's artifacts, as its report.json gives it",
+    "seconds": "wall-clock time of the candidate's export",
+}
 BUDGET_ORDER = ("accuracy drop", "p90 latency", "peak memory", "artifact size")
 
 
@@ -163,6 +175,7 @@ def write_candidates_json(path: Path, rows: list[Row], winner: Row | None, conte
         "rule": "the most accurate candidate that meets every budget; ties: smaller, then faster",
         "figures": "each candidate's figures are read from its own export's report.json; for a candidate with "
         "several artifacts the worst artifact's figure is shown, since each of them ships",
+        "columns": COLUMNS,
         "candidates": [asdict(r) for r in rows],
     }
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
