@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from edgecompress.cli import main
 from edgecompress.distill.held_out import checkpoint_digest
 from edgecompress.search.candidates import CHEAP, TRAINING, Candidate
-from edgecompress.search.loop import _skip_reason
+from edgecompress.search.loop import _skip_reason, shapes_cannot_meet
 from edgecompress.search.table import RAN, SKIPPED, Row, choose_winner, explain_losses
 
 from conftest import SENTENCES, build_tiny_checkpoint, write_csv
@@ -147,11 +147,17 @@ def test_no_candidate_meeting_the_budgets_exits_3_with_the_table(impossible):
     assert report["search"]["winner"] is None and "NO candidate" in report["search"]["verdict"]
 
 
-def test_training_runs_when_no_cheap_candidate_meets_every_budget(impossible):
+def test_pruning_gets_its_turn_but_no_training_that_cannot_meet_the_budgets(impossible):
+    """No cheap candidate meets the budgets, so each sparsity is tried: its untrained twin misses the latency
+    budget (estimated from shapes), so no training is spent; the heaviest cannot even take the tiny BERT's 2 heads."""
     _, folder = impossible
-    rows = [c for c in _candidates(folder)["candidates"] if c["tier"] == TRAINING]
-    assert [r["name"] for r in rows][0] == "pruned-h25-f50+dynamic-int8"
-    assert rows[0]["status"] == RAN, rows[0]["reason"]
+    rows = {c["name"]: c for c in _candidates(folder)["candidates"] if c["tier"] == TRAINING}
+    assert list(rows) == [f"{name}+dynamic-int8" for name in ("pruned-h25-f50", "pruned-h50-f75", "pruned-h75-f88")]
+    for name in list(rows)[:2]:
+        assert rows[name]["status"] == SKIPPED
+        assert "without recovery training" in rows[name]["reason"] and "p90 latency" in rows[name]["reason"]
+    heaviest = rows["pruned-h75-f88+dynamic-int8"]
+    assert heaviest["status"] == "failed" and "before training" in heaviest["reason"]
 
 
 # ---- the rules, on rows built by hand ------------------------------------------------------------------------
@@ -191,6 +197,17 @@ def test_a_branch_that_missed_accuracy_is_not_tried_heavier():
     assert reason is not None and "misses the accuracy budget" in reason
     lighter_ok = _row("dynamic-int8", 0.9, 1.0, 1.0, False)  # missed another budget: the heavier one may fix it
     assert _skip_reason(heavier, {"dynamic-int8": lighter_ok}) is None
+
+
+def test_only_budgets_fixed_by_shapes_stop_training():
+    probe = _row("pruned", 0.5, 1.0, 1.0, False, TRAINING, drop=5.0)  # accuracy: training may recover it
+    assert shapes_cannot_meet(probe) is None
+    probe.budgets["p90 latency"] = {"budget": "p90 latency", "value": 9.0, "limit": 5.0, "unit": "ms", "passed": False}
+    probe.budgets["p90 latency"]["how"] = "measured"  # a measurement on the device might differ after training
+    assert shapes_cannot_meet(probe) is None
+    probe.budgets["p90 latency"]["how"] = "estimated"
+    reason = shapes_cannot_meet(probe)
+    assert reason is not None and "p90 latency 9 ms > 5 ms (estimated)" in reason
 
 
 def test_training_is_skipped_once_a_cheap_candidate_meets_every_budget():

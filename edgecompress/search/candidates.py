@@ -31,6 +31,10 @@ class Candidate:
     recipe: Path | None = None  # a recipe file written for this candidate (pruned variants); None: the profile's
     after: str | None = None  # the lighter candidate of the same branch
     student: bool = False
+    # A training candidate's untrained twin: the same pruning without recovery (steps 1, epochs 0) gives the
+    # same shapes and ops, so the budgets fixed by shapes (estimated latency and memory, size) are known before
+    # minutes of training are spent.
+    shapes_probe: Path | None = None
 
 
 def quantization_ladder(model: Path) -> list[Candidate]:
@@ -76,6 +80,8 @@ def pruning_ladder(model: Path, profile_quantize: str, recipes_folder: Path) -> 
         name = f"pruned-h{round(100 * heads)}-f{round(100 * ffn)}"
         recipe = recipes_folder / f"{name}.toml"
         recipe.write_text(pruned_recipe_text(heads, ffn), encoding="utf-8")
+        probe = recipes_folder / f"{name}-untrained.toml"
+        probe.write_text(pruned_recipe_text(heads, ffn, steps=1, epochs=0.0), encoding="utf-8")
         label = name if profile_quantize == "none" else f"{name}+{profile_quantize}"
         ladder.append(
             Candidate(
@@ -87,19 +93,20 @@ def pruning_ladder(model: Path, profile_quantize: str, recipes_folder: Path) -> 
                 f"then {profile_quantize}",
                 recipe=recipe,
                 after=ladder[-1].name if ladder else None,
+                shapes_probe=probe,
             )
         )
     return ladder
 
 
-def pruned_recipe_text(heads: float, ffn: float) -> str:
-    """The packaged `pruned` recipe at another sparsity (its schedule and recovery unchanged)."""
+def pruned_recipe_text(heads: float, ffn: float, steps: int = 3, epochs: float = 1.0) -> str:
+    """The packaged `pruned` recipe at another sparsity (by default its schedule and recovery unchanged)."""
     return (
-        f'description = "Structured pruning: {heads:.0%} of heads, {ffn:.1%} of FFN neurons, 3 rounds with '
-        f'distillation (written by export --search)"\n'
+        f'description = "Structured pruning: {heads:.0%} of heads, {ffn:.1%} of FFN neurons, {steps} round(s), '
+        f'{epochs:g} epoch(s) of distillation after each (written by export --search)"\n'
         'extends = "default"\n\n'
         '[[compress]]\npass = "trim_vocab"\n\n'
-        f'[[compress]]\npass = "prune_schedule"\nheads = {heads}\nffn = {ffn}\nsteps = 3\nepochs = 1.0\n'
+        f'[[compress]]\npass = "prune_schedule"\nheads = {heads}\nffn = {ffn}\nsteps = {steps}\nepochs = {epochs}\n'
     )
 
 

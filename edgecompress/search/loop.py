@@ -19,6 +19,7 @@ from typing import Any
 
 from edgecompress.errors import EdgecompressError, InternalError, UserError
 from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
+from edgecompress.report.document import ESTIMATED, STATIC
 from edgecompress.search.candidates import CHEAP, TRAINING, Candidate, plan
 from edgecompress.search.loyalty import OriginalPredictions
 from edgecompress.search.table import (
@@ -170,6 +171,12 @@ def _run_ladder(
             said.line(f"[search {index}/{len(candidates)}] {candidate.name}: skipped ({why_not})")
             continue
         said.line(f"[search {index}/{len(candidates)}] {candidate.name}: {candidate.what}; {clock.left()}")
+        probed = _probe_shapes(candidate, base, work, export_progress) if candidate.shapes_probe else None
+        if probed is not None:  # the untrained twin already misses a budget training cannot fix
+            rows[candidate.name] = probed
+            clock.skipped(candidate)
+            said.line(f"        {candidate.name}: {probed.status} ({probed.reason})")
+            continue
         row = _run_candidate(candidate, base, work, export_progress, original, first=index == 1)
         rows[candidate.name] = row
         clock.ran(candidate, row.seconds or 0.0)
@@ -198,6 +205,47 @@ def _skip_reason(candidate: Candidate, rows: dict[str, Row]) -> str | None:
                 "run and keeps less of the model"
             )
     return None
+
+
+def _probe_shapes(candidate: Candidate, base: ExportRequest, work: Path, export_progress) -> Row | None:
+    """Export the candidate's untrained twin (same shapes and ops, no recovery training; not measured on the host):
+    a SKIPPED row when it misses a budget that shapes fix, a FAILED row when it cannot be exported, else None."""
+    assert candidate.shapes_probe is not None  # only called for candidates that have one
+    request = replace(
+        base,
+        model=candidate.model,
+        out_root=work / f"{candidate.name}-untrained",
+        recipe=str(candidate.shapes_probe),
+        quantize=candidate.quantize,
+        measure=False,
+    )
+    start = time.monotonic()
+    try:
+        result = run_export(request, export_progress)
+    except EdgecompressError as exc:
+        return _failed(candidate, f"{exc} (found on its untrained twin, before training)", start)
+    report = json.loads((result.out_dir / "report.json").read_text(encoding="utf-8"))
+    probe = row_from_report(report, candidate.name, candidate.what, candidate.tier, time.monotonic() - start, work)
+    why = shapes_cannot_meet(probe)
+    if why is None:
+        return None
+    return Row(candidate.name, candidate.what, candidate.tier, SKIPPED, reason=why, seconds=probe.seconds)
+
+
+def shapes_cannot_meet(probe: Row) -> str | None:
+    """Why training cannot help: budgets the untrained twin misses whose figure depends on shapes alone (estimated
+    or static, not accuracy); None when none does."""
+    missed = [
+        f"{name} {v['value']:.4g} {v['unit']} > {v['limit']:.4g} {v['unit']} ({v['how']})"
+        for name, v in probe.budgets.items()
+        if name != "accuracy drop" and not v["passed"] and v["how"] in (ESTIMATED, STATIC)
+    ]
+    if not missed:
+        return None
+    return (
+        f"the same pruning without recovery training (same shapes and ops) misses "
+        f"{'; '.join(missed)}; training changes weights, not these figures"
+    )
 
 
 def _run_candidate(
