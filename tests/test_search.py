@@ -276,3 +276,14 @@ def test_a_cached_lowering_gives_the_same_artifacts_and_is_not_edited_by_a_quant
     assert cached_float == export("fresh", "none", None)
     reused = [s for s in Stages.summaries if s.startswith("lower:") and "reused from an earlier export" in s]
     assert len(reused) == 1  # the second export of the cache, not the first and not the uncached one
+
+
+def test_pruning_is_not_planned_for_an_onnx_file_or_without_train_data(tmp_path):
+    from edgecompress.pipeline import ExportRequest
+    from edgecompress.search.loop import _why_no_pruning
+
+    train = tmp_path / "train.csv"
+    onnx_input = ExportRequest(tmp_path / "model.onnx", "pixel7", tmp_path, train_data=train)
+    assert "is an ONNX file" in (_why_no_pruning(onnx_input) or "")
+    assert "--train-data" in (_why_no_pruning(ExportRequest(tmp_path / "ckpt", "pixel7", tmp_path)) or "")
+    assert _why_no_pruning(ExportRequest(tmp_path / "ckpt", "pixel7", tmp_path, train_data=train)) is None

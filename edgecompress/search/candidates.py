@@ -110,10 +110,11 @@ def pruned_recipe_text(heads: float, ffn: float, steps: int = 3, epochs: float =
     )
 
 
-def plan(model: Path, students: list[Path], profile_quantize: str, train_data: bool, work: Path) -> list[Candidate]:
-    """Every candidate, cheapest first; pruned ones only with --train-data (the caller says why not otherwise)."""
+def plan(model: Path, students: list[Path], profile_quantize: str, prune: bool, work: Path) -> list[Candidate]:
+    """Every candidate, cheapest first; pruned ones only when `prune` (--train-data and a torch checkpoint; the
+    caller says why not otherwise)."""
     ladder = quantization_ladder(model) + student_ladder(students, profile_quantize)
-    if train_data:
+    if prune:
         recipes = work / "recipes"
         recipes.mkdir(parents=True, exist_ok=True)
         ladder += pruning_ladder(model, profile_quantize, recipes)

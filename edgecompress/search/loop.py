@@ -78,11 +78,12 @@ def run_search(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        candidates = plan(base.model, request.students, profile.quantize, base.train_data is not None, work)
+        no_training = _why_no_pruning(base)
+        candidates = plan(base.model, request.students, profile.quantize, no_training is None, work)
         original = OriginalPredictions(base.model, data, profile.runtime.seq_len)
         rows = _run_ladder(candidates, base, work, said, export_progress, original)
-        if base.train_data is None:
-            rows.append(_no_training_row())
+        if no_training is not None:
+            rows.append(_no_training_row(no_training))
         winner = choose_winner(rows)
         explain_losses(rows, winner)
         shipped = winner or closest_miss(rows)
@@ -307,14 +308,17 @@ def _failed(candidate: Candidate, message: str, start: float) -> Row:
     )
 
 
-def _no_training_row() -> Row:
-    return Row(
-        "pruned",
-        "structured pruning with distillation at a few sparsities",
-        TRAINING,
-        SKIPPED,
-        reason="needs --train-data (labelled texts to prune and recover on)",
-    )
+def _why_no_pruning(base: ExportRequest) -> str | None:
+    if base.model.suffix == ".onnx":
+        return f"pruning needs the torch checkpoint; {base.model.name} is an ONNX file"
+    if base.train_data is None:
+        return "needs --train-data (labelled texts to prune and recover on)"
+    return None
+
+
+def _no_training_row(reason: str) -> Row:
+    what = "structured pruning with distillation at a few sparsities"
+    return Row("pruned", what, TRAINING, SKIPPED, reason=reason)
 
 
 def _row_summary(row: Row) -> str:
