@@ -226,6 +226,9 @@ def test_a_failed_search_leaves_the_previous_output_untouched(searched, tmp_path
     assert result.exit_code == 2
     assert "model path does not exist" in result.stderr  # the first rung's own line, not a summary
     assert {p.name: p.read_bytes() for p in (out / "tinyphone").iterdir()} == before
+    fresh = tmp_path / "new" / "dist"
+    assert _search(tmp_path / "no-such-model", tiny_device, tiny_data, fresh).exit_code == 2
+    assert not (tmp_path / "new").exists(), "the folders made for the output are removed again"
 
 
 def test_an_interrupted_search_leaves_the_previous_output_and_no_work_folder(

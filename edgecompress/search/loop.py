@@ -63,7 +63,7 @@ class SearchResult:
 def run_search(
     request: SearchRequest, progress: SearchProgress | None = None, export_progress: Progress | None = None
 ) -> SearchResult:
-    from edgecompress.atomic import check_output, remove_stale_staging
+    from edgecompress.atomic import check_output
     from edgecompress.devices import get_profile
 
     said = progress or SearchProgress()
@@ -72,11 +72,7 @@ def run_search(
     profile = get_profile(base.device)
     check_output(base.out_root, profile.name)
     data = check_search_inputs(request)
-    base.out_root.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(base.out_root)
-    work = base.out_root / f".{profile.name}-search.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work, created = _work_folder(base.out_root, profile.name)
     try:
         no_training = _why_no_pruning(base)
         candidates = plan(base.model, request.students, profile.quantize, no_training is None, work)
@@ -90,9 +86,35 @@ def run_search(
         if shipped is None:
             raise _nothing_exported(rows)
         out_dir = _ship(shipped, rows, winner, request, profile, work)
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     return SearchResult(out_dir, rows, winner, shipped)
+
+
+def _work_folder(out_root: Path, device: str) -> tuple[Path, list[Path]]:
+    """`.<device>-search.partial-<pid>` beside the output (a name the stale-staging sweep removes if this
+    process is killed), and the folders made for it, deepest first."""
+    from edgecompress.atomic import remove_stale_staging
+
+    created = [p for p in (out_root, *out_root.parents) if not p.exists()]
+    out_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out_root)
+    work = out_root / f".{device}-search.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return work, created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """After a failed search: the output folders it created, if they are still empty (deepest first)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _nothing_exported(rows: list[Row]) -> EdgecompressError:
