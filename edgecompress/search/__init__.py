@@ -8,4 +8,6 @@ beside it. The search is a layer on top of `run_export`: it never reaches into t
     candidates.py  the ladder: which candidates, in what order, which one each is "heavier" than
     loop.py        runs the ladder: skips branches that cannot win, estimates time left, ships the winner
     table.py       a candidate's row from its report.json, the winner rule, candidates.json and the table
+    loyalty.py     a student's agreement with the original model (its own export judges it against itself)
+    publish.py     the shipped folder's search files: candidates.json, report.json/.md sections, report.html
 """
