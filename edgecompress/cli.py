@@ -236,6 +236,20 @@ def _target_options(ssh_config, remote_python, benchmark_model, perf_test):
 @click.option("--no-measure", is_flag=True, help="Skip the host latency measurement.")
 @target_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option(
+    "--search",
+    is_flag=True,
+    help="Let the budgets choose: export candidates cheap to expensive (quantization modes, --student "
+    "checkpoints, pruning with --train-data) and ship the most accurate one that meets every budget. "
+    "Needs labelled --data.",
+)
+@click.option(
+    "--student",
+    "students",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="With --search: a student checkpoint from `edgecompress distill` to try as a candidate (repeatable).",
+)
 def export(
     model,
     device,
@@ -255,6 +269,8 @@ def export(
     benchmark_model,
     perf_test,
     as_json,
+    search,
+    students,
 ):
     """Export MODEL (a checkpoint folder or .onnx file) for DEVICE, verify, measure and check budgets."""
     from edgecompress.measure.float_twin import slower_note
@@ -276,6 +292,8 @@ def export(
         target=target,
         target_options=_target_options(ssh_config, remote_python, benchmark_model, perf_test),
     )
+    if search or students:
+        _export_search(request, list(students), search, as_json)
     result = _run_guarded(lambda: run_export(request, _StderrProgress()))
     report = result.report
     if as_json:
@@ -287,6 +305,40 @@ def export(
     for artifact in report.artifacts:
         if artifact.speed_vs_float and artifact.speed_vs_float["slower"]:
             click.echo(f"Warning: {slower_note(artifact.file, artifact.speed_vs_float)}", err=True)
+    sys.exit(result.exit_code)
+
+
+def _export_search(request, students: list[Path], search: bool, as_json: bool) -> None:
+    """`export --search`: the candidate table on stdout (or candidates.json with --json); exit 0 with a winner,
+    3 when no candidate meets every budget (the closest miss is still written)."""
+    from edgecompress.search.loop import SearchProgress, SearchRequest, run_search
+    from edgecompress.search.table import table_lines
+
+    class Lines(SearchProgress):
+        def line(self, text: str) -> None:
+            click.echo(text, err=True)
+
+    def run():
+        if not search:
+            raise UserError("--student is a search candidate", hint="add --search (or export the student itself)")
+        if request.recipe is not None or request.quantize is not None:
+            flag = "--recipe" if request.recipe is not None else "--quantize"
+            raise UserError(f"{flag} and --search both choose the recipe", hint=f"drop {flag}, or drop --search")
+        return run_search(SearchRequest(request, students), Lines(), _StderrProgress())
+
+    result = _run_guarded(run)
+    if as_json:
+        click.echo((result.out_dir / "candidates.json").read_text(encoding="utf-8"), nl=False)
+    else:
+        for line in table_lines(result.rows):
+            click.echo(line)
+        click.echo(f"wrote {result.out_dir}/ ({result.shipped.name}; report.html, candidates.json)")
+    if result.winner is None:
+        click.echo(
+            f"Budget exceeded: no candidate meets every budget of {request.device}; wrote the closest miss, "
+            f"{result.shipped.name} (see candidates.json)",
+            err=True,
+        )
     sys.exit(result.exit_code)
 
 

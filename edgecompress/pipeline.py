@@ -63,6 +63,38 @@ class ExportRequest:
     target: str | None = None  # --on: measure on this device too, and judge latency by it (None: host only)
     target_options: Any = None  # measure.transports.TargetOptions
 
+    stage_cache: StageCache | None = None  # shared by exports that repeat compress + lower (export --search)
+
+
+@dataclass
+class StageCache:
+    """The compress and lower stages' results, for exports that repeat them: every quantization candidate of a
+    search lowers the same model on the same texts. Only recipes without torch passes are cached, keyed by all
+    those two stages then read (model, tokenizer, --data, seq_len); each hit gets its own copy of the graph,
+    because graph passes may edit it in place."""
+
+    entries: dict[tuple, tuple[Compressed, Any]] = field(default_factory=dict)
+
+    @staticmethod
+    def key(request: ExportRequest, recipe, seq_len: int) -> tuple | None:
+        if recipe.compress:
+            return None
+        return (str(Path(request.model).resolve()), str(request.tokenizer), str(request.data), seq_len)
+
+    def get(self, key: tuple | None):
+        from edgecompress.graph._quant_common import copy_model
+
+        if key not in self.entries:
+            return None
+        compressed, lowered = self.entries[key]
+        return compressed, copy_model(lowered)
+
+    def put(self, key: tuple | None, compressed: Compressed, lowered) -> None:
+        from edgecompress.graph._quant_common import copy_model
+
+        if key is not None:
+            self.entries[key] = (compressed, copy_model(lowered))
+
 
 @dataclass
 class ExportResult:
@@ -132,15 +164,20 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     train_data = load_train_data(bundle, request.train_data)
     tuning = _tuning_texts(request, train_data)
     calibration = _calibration_feeds(bundle, tuning, seq_len)
+    cache = request.stage_cache
+    key = cache.key(request, recipe, seq_len) if cache is not None else None
+    hit = cache.get(key) if cache is not None else None
     with clock.stage("compress") as summary:
         context = _pass_context(bundle, profile, calibration, train_data, tuning.kind)
-        compressed = _compress(recipe.compress, bundle, data, context, clock)
-        summary.append(f"{len(recipe.compress)} passes")
+        compressed = hit[0] if hit else _compress(recipe.compress, bundle, data, context, clock)
+        summary.append(f"{len(recipe.compress)} passes" + (", reference outputs reused" if hit else ""))
+    with clock.stage("lower") as summary:
+        lowered = hit[1] if hit else lower(compressed.bundle, compressed.feeds, compressed.reference)
+        summary.append(f"{len(lowered.graph.node)} nodes" + (", reused from an earlier export" if hit else ""))
+    if cache is not None and hit is None:
+        cache.put(key, compressed, lowered)
     if compressed.bundle.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: calibrate on new ids
         calibration = _calibration_feeds(compressed.bundle, tuning, seq_len)
-    with clock.stage("lower") as summary:
-        lowered = lower(compressed.bundle, compressed.feeds, compressed.reference)
-        summary.append(f"{len(lowered.graph.node)} nodes")
     with clock.stage("rewrite") as summary:
         context = _pass_context(compressed.bundle, profile, calibration, train_data, tuning.kind)
         rewrite = rewrite_with_twin(recipe.graph, lowered, context)
@@ -198,6 +235,7 @@ def _finish(
     from edgecompress.intake.model import CLASSIFICATION
     from edgecompress.measure.host import measure_on_host, plan_timing
     from edgecompress.report.build import build_report
+    from edgecompress.report.html import write_html
     from edgecompress.report.manifest import write_package
     from edgecompress.verify.artifacts import Reference, verify_artifacts
     from edgecompress.verify.evaluate import BUCKET_ATOL, parity_atol
@@ -281,7 +319,9 @@ def _finish(
         )
         summary.append(str(request.out_root / profile.name))
     report.stages = clock.times
+    report.op_latency = _op_latency(graph, profile, verified.artifacts, compressed.feeds, request.measure)
     report.write(staging)
+    write_html(staging, report.to_dict())
     return report
 
 
@@ -311,6 +351,15 @@ def _measure_on_target(request: ExportRequest, profile, artifacts, feeds, clock:
         warmup=request.warmup,
         progress=clock.progress.note,
     )
+
+
+def _op_latency(graph, profile, artifacts, feeds, measure: bool) -> dict:
+    """Latency per op type for report.html: estimated always; measured on the .onnx when the export measures."""
+    from edgecompress.measure.op_breakdown import op_breakdown
+
+    onnx_file = next((a.path for a in artifacts if a.path.suffix == ".onnx"), None)
+    first_text = {name: values[:1] for name, values in feeds.items()}
+    return op_breakdown(graph, profile, onnx_file if measure else None, first_text)
 
 
 def check_passes_apply(recipe, bundle) -> None:

@@ -176,6 +176,26 @@ def _user_folder(path: Path) -> None:
     (path / "notes.txt").write_text("mine\n")
 
 
+def _search_without_data(kit: Kit):
+    out = kit.tmp / "out"
+    return ["export", kit.checkpoint, "--device", kit.device, "-o", out, "--no-measure", "--search"], out
+
+
+def _student_of(kit: Kit, teacher: Path) -> Path:
+    folder = kit.ckpt()
+    (folder / "training.json").write_text(json.dumps({"teacher": {"path": str(teacher), "digest": "sha256:0"}}))
+    return folder
+
+
+def _search_with(kit: Kit, *extra, data: bytes | None = None):
+    argv, out = kit.export_args(kit.checkpoint, "--search", *extra)
+    if data is not None:
+        path = kit.tmp / "texts.csv"
+        path.write_bytes(data)
+        argv[argv.index("--data") + 1] = path
+    return argv, out
+
+
 def _file_as_parent(kit: Kit):
     (kit.tmp / "afile").write_text("x")
     args, _ = kit.export_args(kit.tmp / "missing-model", out=kit.tmp / "afile" / "out")
@@ -532,6 +552,39 @@ CASES = [
         _unsupported_sentence_transformers_module,
         2,
         "module(s) ['Dense'] are not supported",
+    ),
+    # issue 13: export --search (no candidate meeting the budgets is exit 3, not an error: tests/test_search.py)
+    ("search-without-data", _search_without_data, 2, "--search needs --data: the search ranks candidates by accuracy"),
+    ("search-unlabelled-data", lambda k: _search_with(k, data=b"text\nfun\n"), 2, "--data has no label column"),
+    (
+        "search-student-not-a-folder",
+        lambda k: _search_with(k, "--student", k.tmp / "nothing-here"),
+        2,
+        "--student is not a checkpoint folder",
+    ),
+    (
+        "search-student-not-a-student",
+        lambda k: _search_with(k, "--student", k.ckpt()),
+        2,
+        "--student is not a student checkpoint: no training.json naming its teacher",
+    ),
+    (
+        "search-student-of-another-teacher",
+        lambda k: _search_with(k, "--student", _student_of(k, k.tmp / "other-teacher")),
+        2,
+        "--student was distilled from another teacher",
+    ),
+    (
+        "search-student-without-search",
+        lambda k: k.export_args(k.checkpoint, "--student", k.ckpt()),
+        2,
+        "--student is a search candidate",
+    ),
+    (
+        "search-with-quantize",
+        lambda k: _search_with(k, "--quantize", "int8"),
+        2,
+        "--quantize and --search both choose the recipe",
     ),
 ]
 

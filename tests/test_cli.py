@@ -31,6 +31,11 @@ EXPORT_FILES = {
     "manifest.json",
     "report.json",
     "report.md",
+    "report.html",  # and its plots (issue 13)
+    "pareto.png",
+    "pareto.svg",
+    "ops.png",
+    "ops.svg",
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.txt",
@@ -132,8 +137,9 @@ def test_manifest_hashes_match_the_files(exported):
     _, folder = exported
     manifest = json.loads((folder / "manifest.json").read_text())
     listed = {entry["path"]: entry for entry in manifest["files"]}
-    # Everything shipped is listed except the manifest itself and the reports written after it.
-    assert set(listed) == {p.name for p in folder.iterdir()} - {"manifest.json", "report.json", "report.md"}
+    # Everything shipped is listed except the manifest itself and the reports (and their plots) written after it.
+    reports = {"report.json", "report.md", "report.html", "pareto.png", "pareto.svg", "ops.png", "ops.svg"}
+    assert set(listed) == {p.name for p in folder.iterdir()} - {"manifest.json", *reports}
     for name, entry in listed.items():
         data = (folder / name).read_bytes()
         assert entry["bytes"] == len(data), name

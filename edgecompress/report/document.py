@@ -99,6 +99,9 @@ class Report:
     reference: dict[str, Any]
     artifacts: list[ArtifactReport]
     notes: list[str] = field(default_factory=list)
+    # Latency per op type: the device estimate, and onnxruntime's profiler on the host when measured
+    # (measure/op_breakdown.py); drawn in report.html.
+    op_latency: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
