@@ -1347,3 +1347,17 @@ def test_cumsum_with_an_axis_known_only_at_run_time_is_refused_naming_the_node(t
     model = build([node], [value("x", FLOAT, [3]), value("axis", TensorProto.INT64, [])], [value("y", FLOAT, [3])])
     with pytest.raises(UserError, match="CumSum node 'running'.*an axis that is not a constant"):
         lowered(model, tmp_path)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fast_gelu_lowers_to_the_approximate_gelu_and_matches_onnxruntime(tmp_path, with_bias):
+    """ONNX Runtime's fuser writes FastGelu for `gelu_new` (ALBERT's activation, the tanh form)."""
+    inputs = ["x", "b"] if with_bias else ["x"]
+    model = build(
+        [helper.make_node("FastGelu", inputs, ["y"], **MS)],
+        [value("x", FLOAT, [2, 5, 6])],
+        [value("y", FLOAT, [2, 5, 6])],
+        [const("b", floats(6))] if with_bias else [],
+    )
+    histogram = check(model, {"x": 3 * floats(2, 5, 6)}, tmp_path)
+    assert histogram.get("GELU") == 1 and histogram.get("ADD", 0) == int(with_bias)

@@ -53,7 +53,9 @@ def build_checkpoint(model_type: str, folder: Path, *, classifier: bool = True, 
     tokenizer = train_tokenizer(TOKENIZER_KIND[model_type])
     tokenizer.save_pretrained(str(folder))
     extra = dict(id2label=LABELS, label2id={v: k for k, v in LABELS.items()}) if classifier else {}
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **TINY_CONFIGS[model_type], **extra)
+    # the config pads with the tokenizer's own pad id (intake refuses a mismatch: a tokenizer of another family)
+    settings = {**TINY_CONFIGS[model_type], "pad_token_id": tokenizer.pad_token_id}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **settings, **extra)
     torch.manual_seed(seed)
     head = AutoModelForSequenceClassification if classifier else AutoModel
     head.from_config(config).save_pretrained(str(folder), safe_serialization=True)

@@ -128,6 +128,16 @@ def bias_gelu(lw: Lowering, node) -> None:
     lw.emit("GELU", [x], out=node.output[0], options=lw.options("Gelu", approximate=False))
 
 
+@lowers("FastGelu", domain=MS_DOMAIN)
+def fast_gelu(lw: Lowering, node) -> None:
+    """Before -> After: `FastGelu(x[, bias])` (the tanh form ONNX Runtime's fuser writes for `gelu_new`, ALBERT's
+    activation) -> `GELU(ADD(x, bias), approximate=True)`: LiteRT's approximate GELU is the same tanh formula."""
+    x = lw.value(node.input[0])
+    if len(node.input) > 1 and node.input[1]:
+        x = lw.emit("ADD", [x, lw.value(node.input[1])], shape=lw.shape(node.input[0]), dtype=_FLOAT32)
+    lw.emit("GELU", [x], out=node.output[0], options=lw.options("Gelu", approximate=True))
+
+
 @lowers("Attention", domain=MS_DOMAIN)
 def attention(lw: Lowering, node) -> None:
     """Before -> After: `Attention(x, W [H, 3H], b [3H], mask_index)` ->
