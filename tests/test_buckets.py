@@ -289,6 +289,21 @@ def test_quantized_buckets_pass_when_as_faithful_to_the_reference_as_the_padded_
     assert fidelity["passed"] and fidelity["padded"] == fidelity["bucketed"] == pytest.approx(0.99)
     bucketed[20:30] = 1  # now 2% off the reference: less faithful than the padded run by more than the slack
     fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), task=LABEL, feeds={})
+    assert not fidelity["passed"] and fidelity["slack"] == pytest.approx(3 * np.sqrt(0.01 * 0.99 / 1000))
+
+
+def test_the_fidelity_slack_covers_the_counting_noise_of_a_few_flips():
+    """1,280 texts, the padded run 0.63% off the reference, the own-length run 0.94%: 4 texts apart, within three
+    standard errors (0.66 points) though beyond the fixed 0.25; 3% off is not."""
+    from edgecompress.verify.evaluate import bucket_fidelity
+
+    reference = np.zeros(1280, dtype=int)
+    padded, bucketed = reference.copy(), reference.copy()
+    padded[:8], bucketed[100:112] = 1, 1
+    fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), task=LABEL, feeds={})
+    assert fidelity["passed"] and 0.0025 < fidelity["slack"] < 0.007
+    bucketed[200:240] = 1
+    fidelity = bucket_fidelity(_logits(reference), _logits(padded), _logits(bucketed), task=LABEL, feeds={})
     assert not fidelity["passed"]
 
 

@@ -37,8 +37,13 @@ BUCKET_MIN_AGREEMENT = 0.995
 # (agreement: points of texts; cosine: of the minimum). ONNX Runtime's run-time int8 ranges are per tensor,
 # so the padded rows shift every token's grid: measured on the MiniLM teacher (1,276 texts), bucketed and
 # padded runs agree on 99.29%, yet the bucketed run agrees with float on 99.45% against the padded run's
-# 99.22%. Two runs each ~0.8% off float need not agree on 99.5% with each other.
+# 99.22%. Two runs each ~0.8% off float need not agree on 99.5% with each other. For agreement the slack also
+# covers counting noise, BUCKET_FIDELITY_SIGMAS binomial standard errors of the padded run's share of flips: on
+# a pruned int8 teacher (tools/bench_search.py, the validation split) the own-length run agreed with float on
+# 99.06% and the padded run on over 99.31%, a few texts apart where one standard error is ~0.2 points, and the
+# export failed. A broken bucket is far outside: ~50%.
 BUCKET_FIDELITY_SLACK = {"agreement": 0.0025, "cosine": 0.001}
+BUCKET_FIDELITY_SIGMAS = 3.0
 
 
 @dataclass
@@ -242,12 +247,16 @@ def compare_buckets(
 
 def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndarray, *, task, feeds: Feeds) -> dict:
     """How close the padded and the bucketed runs of a quantized artifact each come to the reference model, and
-    whether the bucketed run is at least as faithful (within BUCKET_FIDELITY_SLACK)."""
+    whether the bucketed run is at least as faithful (within BUCKET_FIDELITY_SLACK, or for agreement the
+    counting noise of the padded run's flips when larger)."""
     by_cosine = task.parity_measure == "cosine"
     measure = "min_cosine" if by_cosine else "prediction_agreement"
     slack = BUCKET_FIDELITY_SLACK["cosine" if by_cosine else "agreement"]
     padded_score = getattr(compare(reference, padded, task=task, feeds=feeds, lossy=True), measure)
     bucketed_score = getattr(compare(reference, bucketed, task=task, feeds=feeds, lossy=True), measure)
+    if not by_cosine:  # counting noise of the flips, see BUCKET_FIDELITY_SIGMAS
+        flips = 1.0 - padded_score
+        slack = max(slack, BUCKET_FIDELITY_SIGMAS * float(np.sqrt(flips * (1.0 - flips) / max(len(reference), 1))))
     return {
         "measure": measure,
         "padded": padded_score,
