@@ -42,16 +42,15 @@ class TimingPlan:
     runs: int
     warmup: int
     inputs: dict[str, np.ndarray]  # the first eval text, as the report quotes it
-    # Texts of --data per length bucket ({seq_len: all} without buckets): the real length distribution.
-    texts_per_bucket: dict[int, int] = field(default_factory=dict)
-    # The texts' token counts, for a file that runs each text at its own length (served_lengths).
+    # How the texts of --data fall into the length buckets (their real length distribution), for a bucketed
+    # export; None: every text runs at the longest length.
     lengths: Any = None  # TextLengths | None
 
     def texts_per_length(self, artifact: Artifact) -> dict[int, int]:
         """How many texts `artifact` runs at each length it is timed at: the buckets, or for a file that runs
-        each text at its own length, lengths rounded up to OWN_LENGTH_STEP tokens."""
+        each text at its own length, lengths rounded up to OWN_LENGTH_STEP tokens ({} without buckets)."""
         if self.lengths is None:
-            return self.texts_per_bucket
+            return {}
         return served_lengths(artifact, self.lengths, step=OWN_LENGTH_STEP).per_bucket()
 
 
@@ -63,7 +62,6 @@ def plan_timing(profile, feeds: dict[str, np.ndarray], *, runs: int, warmup: int
         runs=runs,
         warmup=warmup,
         inputs={name: values[:1] for name, values in feeds.items()},
-        texts_per_bucket=lengths.per_bucket() if bucketed else {},
         lengths=lengths if bucketed else None,
     )
 
@@ -80,22 +78,23 @@ def measure_on_host(
             f"host has {os.cpu_count()} cores: host latency measured with {plan.threads} threads, "
             f"not the profile's {profile.runtime.threads}"
         )
-    bucketed = len(plan.texts_per_bucket) > 1
+    bucketed = plan.lengths is not None
     results: list[dict | None] = [time_artifact(a, plan, keep_samples=bucketed) for a in artifacts]
     timing = HostTiming(results, _against_float_twin(artifacts, results, float_twin, plan, scratch_root), notes)
     if bucketed:
-        timing.per_bucket = [_time_buckets(a, plan, result) for a, result in zip(artifacts, results)]
-        timing.real_text = [
-            real_text_latency(buckets, plan.texts_per_length(a), own_length=set(buckets) != set(plan.texts_per_bucket))
-            for a, buckets in zip(artifacts, timing.per_bucket)
-        ]
+        for artifact, result in zip(artifacts, results):
+            texts = plan.texts_per_length(artifact)
+            per_length = _time_buckets(artifact, plan, texts, result)
+            own_length = backend_for(artifact.runtime).serves_any_length
+            timing.per_bucket.append(per_length)
+            timing.real_text.append(real_text_latency(per_length, texts, own_length=own_length))
     return timing
 
 
-def _time_buckets(artifact: Artifact, plan: TimingPlan, longest: dict | None) -> dict[int, dict]:
-    """The runner at every length the file runs texts at, the first text cut to it (the longest's run is
-    `longest`)."""
-    lengths = sorted(plan.texts_per_length(artifact))
+def _time_buckets(artifact: Artifact, plan: TimingPlan, texts: dict[int, int], longest: dict | None) -> dict[int, dict]:
+    """The runner at every length the file runs texts at (`texts`' keys), the first text cut to it (the longest's
+    run is `longest`)."""
+    lengths = sorted(texts)
     timed = {length: time_artifact(artifact, plan, length=length, keep_samples=True) for length in lengths[:-1]}
     timed[lengths[-1]] = longest or time_artifact(artifact, plan, keep_samples=True)
     return timed
@@ -157,7 +156,7 @@ def _against_float_twin(
         tuple(a.kind for a in artifacts),
         lambda a: time_artifact(a, plan),
         scratch_root=scratch_root,
-        buckets=tuple(sorted(plan.texts_per_bucket)),
+        buckets=plan.lengths.buckets if plan.lengths is not None else (),
     )
     return [
         compare_speed(m, twin[a.kind], plan.threads) if a.kind in twin and m else None
