@@ -14,16 +14,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgecompress.architectures import architectures
-from edgecompress.cli import main
 from edgecompress.devices import derived_profile_text
 
 import family_models
 import family_models_b
 from conftest import SENTENCES, build_tiny_checkpoint, write_csv
-from test_tasks import LABELS, labelled, squad
+from test_tasks import LABELS, export, labelled, squad
 
 FAMILIES = sorted(architectures())
 # task -> (the transformers head suffix, config fields it needs)
@@ -106,13 +104,6 @@ def _topics(text: str) -> list[str]:
     topics = [("funny", {"good", "fun", "great", "best"}), ("sad", {"bad", "worst", "boring", "dull", "awful"})]
     found = [name for name, words in topics if words & set(text.split())]
     return found + (["long"] if len(text.split()) > 3 else [])
-
-
-def export(model: Path, device: Path | str, data: Path, out: Path) -> dict:
-    argv = ["export", str(model), "--device", str(device), "--data", str(data), "-o", str(out), "--no-measure"]
-    result = CliRunner().invoke(main, [*argv, "--json"])
-    assert result.exit_code in (0, 3), (result.output, result.exception)
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
