@@ -169,3 +169,16 @@ def _unigram():
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
     return tokenizer
+
+
+def build_any_family_checkpoint(folder: Path, model_type: str, *, classifier: bool = True) -> Path:
+    """A tiny checkpoint of any registered family: BERT from conftest, the families here, and those of
+    family_models_b (one signature for all, so a test can go over every family)."""
+    import family_models_b
+    from conftest import build_tiny_checkpoint
+
+    if model_type == "bert":
+        return build_tiny_checkpoint(folder, classifier=classifier)
+    if model_type in FAMILIES:
+        return build_family_checkpoint(folder, model_type, classifier=classifier)
+    return family_models_b.build_family_checkpoint(folder, model_type, classifier=classifier)

@@ -151,7 +151,7 @@ def _mpnet():
 _BUILDERS = {"albert": _albert, "mobilebert": _mobilebert, "deberta-v2": _deberta_v2, "mpnet": _mpnet}
 
 
-def build_family_checkpoint(family: str, folder: Path, *, classifier: bool = True, seed: int = 0) -> Path:
+def build_family_checkpoint(folder: Path, family: str, *, classifier: bool = True, seed: int = 0) -> Path:
     """A tiny checkpoint of one family (classifier or bare encoder), saved as save_pretrained writes it."""
     import torch
 

@@ -28,7 +28,7 @@ TEXTS = [text for text, _ in SENTENCES]
 
 @pytest.fixture(scope="module", params=FAMILIES_B)
 def family_checkpoint(request, tmp_path_factory):
-    return request.param, build_family_checkpoint(request.param, tmp_path_factory.mktemp(request.param) / "ckpt")
+    return request.param, build_family_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", request.param)
 
 
 def export(*args):
@@ -60,7 +60,7 @@ def test_each_family_exports_with_pixel7s_default_recipe(family_checkpoint, tiny
 
 
 def test_a_pass_the_family_cannot_take_is_refused_in_one_line_before_any_work(tmp_path):
-    checkpoint = build_family_checkpoint("deberta-v2", tmp_path / "deberta")
+    checkpoint = build_family_checkpoint(tmp_path / "deberta", "deberta-v2")
     out = tmp_path / "dist"
     result = CliRunner().invoke(
         main, ["export", str(checkpoint), "--device", "pixel7", "--recipe", "pruned", "-o", str(out)]
@@ -89,7 +89,7 @@ def test_each_family_refuses_exactly_the_passes_it_cannot_take(family, refused):
 @pytest.mark.parametrize("family", ["albert", "mobilebert"])
 def test_pruned_heads_give_exactly_the_masked_original(family, tmp_path):
     """ALBERT: the one shared layer loses its head at every depth, as the mask removes it at every depth."""
-    bundle = load_bundle(build_family_checkpoint(family, tmp_path / family))
+    bundle = load_bundle(build_family_checkpoint(tmp_path / family, family))
     pruned, record = apply_pass(PruneHeads(ratio=0.5), bundle, pass_context(bundle, seq_len=16))
     assert record.fired and pruned.num_heads == 1
     feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=16, input_names=bundle.input_names)

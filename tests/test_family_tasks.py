@@ -18,9 +18,8 @@ import pytest
 from edgecompress.architectures import architectures
 from edgecompress.devices import derived_profile_text
 
-import family_models
-import family_models_b
-from conftest import SENTENCES, build_tiny_checkpoint, write_csv
+from conftest import SENTENCES, write_csv
+from family_models import build_any_family_checkpoint
 from test_tasks import LABELS, export, labelled, squad
 
 FAMILIES = sorted(architectures())
@@ -39,21 +38,12 @@ HEADS = {
 TASKS = sorted(HEADS)
 
 
-def encoder(model_type: str, folder: Path) -> Path:
-    """The family's tiny bare encoder with its tokenizer (config.json, weights, tokenizer files)."""
-    if model_type == "bert":
-        return build_tiny_checkpoint(folder, classifier=False)
-    if model_type in family_models.FAMILIES:
-        return family_models.build_family_checkpoint(folder, model_type, classifier=False)
-    return family_models_b.build_family_checkpoint(model_type, folder, classifier=False)
-
-
 def with_head(model_type: str, task: str, folder: Path) -> Path:
     """The family's tiny encoder carrying `task`'s head, saved as save_pretrained writes it."""
     import torch
     import transformers
 
-    base = encoder(model_type, folder / "encoder")
+    base = build_any_family_checkpoint(folder / "encoder", model_type, classifier=False)
     if task == "sentence-embedding":
         return base
     family = architectures()[model_type]
