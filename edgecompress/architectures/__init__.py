@@ -139,6 +139,21 @@ class Architecture:
     def ffn(self, layer) -> tuple[Any, Any]:
         return _get(layer, self.ffn_in_path), _get(layer, self.ffn_out_path)
 
+    # The Linears of one encoder layer that a factorisation may replace, by role (`low_rank`). Q/K/V are not
+    # among them: factorised, they no longer match ONNX Runtime's attention fusion.
+    LINEAR_ROLES: ClassVar[tuple[str, ...]] = ("ffn_in", "ffn_out", "attention_output")
+
+    def linear(self, layer, role: str):
+        return _get(layer, self._linear_path(role))
+
+    def set_linear(self, layer, role: str, module) -> None:
+        parent_path, _, name = self._linear_path(role).rpartition(".")
+        setattr(_get(layer, parent_path) if parent_path else layer, name, module)
+
+    def _linear_path(self, role: str) -> str:
+        paths = {"ffn_in": self.ffn_in_path, "ffn_out": self.ffn_out_path}
+        return paths[role] if role in paths else self.attention_output_path
+
     def refuse(self, pass_name: str) -> str | None:
         """Why `pass_name` does not apply to this family, or None when it does."""
         if pass_name == "integer_only" and not self.integer_only:
