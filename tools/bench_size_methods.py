@@ -1,5 +1,6 @@
-"""Benchmark: low-rank FFN factors and factorised embeddings against narrow dense models of the same size
-(issue 14 part 2), on the Rotten Tomatoes teacher, float, seq_len 128, batch 1, 1 thread, ORT and LiteRT.
+"""Benchmark: the methods that shrink the file (issue 14 parts 2 and 3): low-rank FFN factors and factorised
+embeddings against narrow dense models of the same size, and cross-layer sharing, on the Rotten Tomatoes
+teacher, float, seq_len 128, batch 1, 1 thread, ORT and LiteRT.
 
 Variants, each a full `edgecompress export` (Pixel 7 profile at one length of 128 tokens, no quantization, so
 the table shows the method itself), trained where they train on --train-data (the train split, --limit texts)
@@ -11,12 +12,13 @@ and scored on the test split:
                        96 x (384 + 1536) = 480 x 384), one round, 1 epoch of distilled recovery
   factorised-emb-128   factorise_embeddings width 128, 1 epoch of distilled recovery
   trimmed-vocab        trim_vocab: the other way to shrink the word table (no training)
+  shared-layers-2      share_layers group 2 (6 depths run 3 weight sets), 1 epoch of distilled recovery
 
 Exports go to --work and are reused with --reuse, so the timing phase can be repeated alone on a quiet
 machine. Latency: the standalone runners (model.ort on ONNX Runtime, model.tflite on LiteRT with XNNPACK),
 synthetic inputs at 128 tokens, interleaved rounds so load hits every variant alike; medians of all runs.
 
-    python tools/bench_low_rank.py --work /work/bench-low-rank [--limit 4000] [--rounds 5 --runs 20] [--reuse]
+    python tools/bench_size_methods.py --work /work/bench-low-rank [--limit 4000] [--rounds 5 --runs 20] [--reuse]
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ VARIANTS = {
     "narrow-ffn-480": '[[compress]]\npass = "prune_schedule"\nheads = 0.0\nffn = 0.6875\nsteps = 1\n' + RECOVERY,
     "factorised-emb-128": '[[compress]]\npass = "factorise_embeddings"\nwidth = 128\n' + RECOVERY,
     "trimmed-vocab": '[[compress]]\npass = "trim_vocab"\n',
+    "shared-layers-2": '[[compress]]\npass = "share_layers"\ngroup = 2\n' + RECOVERY,
 }
 RUNTIMES = {"model.ort": "ort_runner", "model.tflite": "litert_runner"}
 
@@ -135,6 +138,7 @@ def export(name: str, compress: str | None, splits: Path, train: Path, args) -> 
 def measure_interleaved(rows: dict, args) -> dict:
     args.load_before = load_average()
     samples: dict = {(name, f): [] for name in rows for f in RUNTIMES}
+    peak_rss: dict = {}
     for round_index in range(args.rounds):
         log(f"round {round_index + 1}/{args.rounds}")
         for name, row in rows.items():
@@ -149,23 +153,25 @@ def measure_interleaved(rows: dict, args) -> dict:
                     keep_samples=True,
                 )
                 samples[(name, file)] += result["latency_samples_ms"]
-    return {key: float(np.median(values)) for key, values in samples.items()}
+                peak_rss[(name, file)] = max(peak_rss.get((name, file), 0.0), result["peak_rss_mb"])
+    return {key: (float(np.median(values)), peak_rss[key]) for key, values in samples.items()}
 
 
 def print_table(rows: dict, p50: dict) -> None:
     print(
-        "| variant | parameters | .ort MB | .tflite MB | ORT p50 ms | LiteRT p50 ms | ORT speed-up | test accuracy "
-        "| agreement with teacher | training s |"
+        "| variant | parameters | .ort MB | .tflite MB | ORT p50 ms | LiteRT p50 ms | ORT speed-up "
+        "| peak RSS MiB ORT / LiteRT | test accuracy | agreement with teacher | training s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    base = p50[("teacher", "model.ort")]
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    base = p50[("teacher", "model.ort")][0]
     for name, row in rows.items():
-        ort, lite = p50[(name, "model.ort")], p50[(name, "model.tflite")]
+        (ort, ort_rss), (lite, lite_rss) = p50[(name, "model.ort")], p50[(name, "model.tflite")]
         parameters = f"{row['parameters'] / 1e6:.2f}M" if row["parameters"] else "teacher's"
         agreement = f"{100 * row['agreement']:.2f}%" if row["agreement"] is not None else "-"
         print(
             f"| {name} | {parameters} | {row['sizes_mb']['model.ort']:.1f} | {row['sizes_mb']['model.tflite']:.1f} "
-            f"| {ort:.2f} | {lite:.2f} | {base / ort:.2f}x | {100 * row['accuracy']:.2f}% | {agreement} "
+            f"| {ort:.2f} | {lite:.2f} | {base / ort:.2f}x | {ort_rss:.0f} / {lite_rss:.0f} "
+            f"| {100 * row['accuracy']:.2f}% | {agreement} "
             f"| {row['training_s']:.0f} |"
         )
 
