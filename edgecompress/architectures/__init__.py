@@ -72,6 +72,9 @@ class Architecture:
     # unfused and the fusion check expects none).
     ort_model_type: ClassVar[str] = "bert"
     fused_attention_per_layer: ClassVar[int] = 1
+    # True: the optimizer has no pattern for this family's attention, and our own rule
+    # (graph/attention_to_mha.py) fuses it into MultiHeadAttention; `fused_attention_per_layer` counts those.
+    own_attention_fusion: ClassVar[bool] = False
     # Why the fuser leaves (some of) this family's attention unfused, for the report's notes ("" when it fuses
     # every layer): the export names the slow path instead of shipping it silently.
     unfused_attention: ClassVar[str] = ""

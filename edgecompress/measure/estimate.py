@@ -470,6 +470,8 @@ def _node_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
         return 2 * _numel(shapes, node.output[0]) * math.prod(w_dims[1:])
     if op in _ATTENTION_PAST_INPUT:
         return _attention_flops(node, shapes)
+    if op == "MultiHeadAttention":
+        return _multi_head_attention_flops(node, shapes)
     elements = max((_numel(shapes, name) for name in [*node.input, *node.output] if name), default=0)
     return _OPS_PER_ELEMENT.get(op, 1) * elements
 
@@ -489,6 +491,15 @@ def _attention_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
     projection = 2 * tokens * hidden_in * qkv_cols + tokens * qkv_cols
     products = 2 * batch * seq * seq_kv * (hq + hv)
     return projection + products + (_OPS_PER_ELEMENT["Softmax"] + 2) * scores
+
+
+def _multi_head_attention_flops(node: onnx.NodeProto, shapes: Shapes) -> int:
+    """com.microsoft MultiHeadAttention on projected Q [B, S, Hq], K [B, T, Hq], V [B, T, Hv]: QK^T, softmax
+    (+scale, mask, attention bias), AV; the projections are MatMuls of their own."""
+    batch, seq, hq = shapes[node.input[0]][0]
+    seq_kv, hv = shapes[node.input[2]][0][1:]
+    scores = batch * node_attribute(node, "num_heads", 1) * seq * seq_kv
+    return 2 * batch * seq * seq_kv * (hq + hv) + (_OPS_PER_ELEMENT["Softmax"] + 3) * scores
 
 
 def _node_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
