@@ -292,15 +292,39 @@ def test_teachers_distil_into_every_student_which_exports_with_the_teachers_toke
 # ---- what a family refuses, and the fusion check's teeth ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_integer_only_is_refused_before_any_work_with_the_reason(family_checkpoints, name):
+# Families integer-only still refuses, with what their reason names (DistilBERT, RoBERTa and XLM-R take it:
+# test_integer_only_families.py).
+INTEGER_ONLY_REFUSED = [
+    ("electra", "its head's GELU"),
+    ("albert", "embedding projection \\(embedding_hidden_mapping_in\\)"),
+    ("mobilebert", "NoNorm"),
+    ("deberta-v2", "disentangled relative-position scores"),
+    ("mpnet", "relative position bias"),
+]
+
+
+@pytest.mark.parametrize(("name", "reason"), INTEGER_ONLY_REFUSED)
+def test_integer_only_is_refused_before_any_work_with_the_reason(tmp_path, name, reason):
     from edgecompress.errors import UserError
     from edgecompress.pipeline import check_passes_apply
     from edgecompress.recipe import load_recipe
 
-    bundle = load_bundle(family_checkpoints[name])
-    with pytest.raises(UserError, match="integer-only inference \\(I-BERT\\) is written for BERT's layer layout"):
+    from family_models import build_any_family_checkpoint
+
+    bundle = load_bundle(build_any_family_checkpoint(tmp_path / name, name))
+    family = bundle.architecture.describe().replace("(", "\\(").replace(")", "\\)")
+    with pytest.raises(UserError, match=f"does not apply to {family}: integer-only inference \\(I-BERT\\) .*{reason}"):
         check_passes_apply(load_recipe("integer-only"), bundle)
+
+
+def test_an_integer_only_export_of_electra_is_one_line_and_writes_nothing(family_checkpoints, tiny_data, tmp_path):
+    from conftest import user_error
+
+    out = tmp_path / "dist"
+    args = ["export", family_checkpoints["electra"], "--device", "pixel7", "--data", tiny_data, "-o", out]
+    result = CliRunner().invoke(main, [str(a) for a in args] + ["--quantize", "integer-only"])
+    line = user_error(result, out)
+    assert "pass 'integer_only' of recipe" in line and "does not apply to ELECTRA (model_type 'electra')" in line
 
 
 def test_the_fusion_check_fails_a_roberta_export_that_fuses_fewer_attention_ops_than_its_family_promises(

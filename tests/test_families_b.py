@@ -88,7 +88,7 @@ def test_each_family_refuses_exactly_the_passes_it_cannot_take(family, refused):
     arch = architectures()[family]
     passes = ("prune_heads", "prune_ffn", "prune_schedule", "drop_layers", "trim_vocab", "quantize_dynamic")
     assert tuple(p for p in passes if arch.refuse(p)) == refused
-    assert arch.refuse("integer_only")  # I-BERT is written for BERT's layer layout
+    assert arch.refuse("integer_only")  # its reason: test_families.py's INTEGER_ONLY_REFUSED
 
 
 @pytest.mark.parametrize("family", ["albert", "mobilebert"])

@@ -85,7 +85,19 @@ class Architecture:
     hidden_key: ClassVar[str] = "hidden_size"
     layers_key: ClassVar[str] = "num_hidden_layers"
     ffn_key: ClassVar[str] = "intermediate_size"
-    # Integer-only inference (I-BERT) is written for BERT's layer layout; families opt in.
+    # The FFN's activation module (from one encoder layer) and the config key naming it: integer-only checks it
+    # is the exact GELU that its i-GELU approximates.
+    ffn_activation_path: ClassVar[str] = "intermediate.intermediate_act_fn"
+    activation_key: ClassVar[str] = "hidden_act"
+    # A sequence classifier's head on the first token, from the head model: dense -> activation -> output
+    # (BERT's pooler and classifier). Integer-only computes it in integers; the float passes leave it alone.
+    head_dense_path: ClassVar[str] = "bert.pooler.dense"
+    head_activation: ClassVar[str] = "tanh"
+    head_output_path: ClassVar[str] = "classifier"
+    # Position ids count the non-pad tokens from pad + 1, pad tokens reading row pad (RoBERTa); else 0..n-1.
+    positions_skip_padding: ClassVar[bool] = False
+    # Integer-only inference (I-BERT) covers the parts above and BERT's layer layout; families opt in once
+    # every module of their classifier has an integer kernel (`not_applicable` may say what is missing).
     integer_only: ClassVar[bool] = False
 
     @property
@@ -157,15 +169,30 @@ class Architecture:
         paths = {"ffn_in": self.ffn_in_path, "ffn_out": self.ffn_out_path}
         return paths[role] if role in paths else self.attention_output_path
 
+    def encoder_part(self, hf_model, path: str):
+        """The module at `path` from the encoder model, or None for a part the family lacks (path "")."""
+        return self.encoder_model(hf_model).get_submodule(path) if path else None
+
+    def head(self, hf_model) -> tuple[Any, Any]:
+        """A sequence classifier's head Linear layers: the dense one (then `head_activation`) and the output."""
+        return _get(hf_model, self.head_dense_path), _get(hf_model, self.head_output_path)
+
     def refuse(self, pass_name: str) -> str | None:
         """Why `pass_name` does not apply to this family, or None when it does."""
+        if pass_name in self.not_applicable:
+            return self.not_applicable[pass_name]
         if pass_name == "integer_only" and not self.integer_only:
-            return "integer-only inference (I-BERT) is written for BERT's layer layout and not yet for this family's"
-        return self.not_applicable.get(pass_name)
+            return "integer-only inference (I-BERT) has not been opted in for this family's parts"
+        return None
+
+    def position_pad(self, config: Mapping[str, Any]) -> int | None:
+        """The pad id when position ids count non-pad tokens (`positions_skip_padding`), None for 0..n-1."""
+        return int(config.get("pad_token_id", 1)) if self.positions_skip_padding else None
 
     def position_offset(self, config: Mapping[str, Any]) -> int:
         """Row of the position table that the first token reads (RoBERTa's positions start past the pad id)."""
-        return 0
+        pad = self.position_pad(config)
+        return 0 if pad is None else pad + 1
 
     def max_length(self, config: Mapping[str, Any]) -> int:
         """The longest input in tokens the position table serves."""

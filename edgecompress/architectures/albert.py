@@ -43,6 +43,8 @@ class Albert(Architecture):
             "share_layers": "its depths share one set of layer weights already",
             "trim_vocab": "its SentencePiece Unigram vocabulary is not trimmed (trim_vocab rewrites WordPiece "
             "vocabularies only)",
+            "integer_only": "integer-only inference (I-BERT) has no integer kernel for its embedding projection "
+            "(embedding_hidden_mapping_in), and its own checkpoints use gelu_new, which i-GELU does not approximate",
         }
     )
 

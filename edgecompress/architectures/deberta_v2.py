@@ -39,5 +39,7 @@ class DebertaV2(Architecture):
             "prune_schedule": _RELATIVE_HEADS,
             "trim_vocab": "its SentencePiece Unigram vocabulary is not trimmed (trim_vocab rewrites WordPiece "
             "vocabularies only)",
+            "integer_only": "integer-only inference (I-BERT) computes content-to-content attention only, not "
+            "its disentangled relative-position scores",
         }
     )

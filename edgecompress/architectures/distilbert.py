@@ -36,6 +36,11 @@ class DistilBert(Architecture):
     hidden_key = "dim"
     layers_key = "n_layers"
     ffn_key = "hidden_dim"
+    ffn_activation_path = "ffn.activation"
+    activation_key = "activation"
+    # No pooler: the head is pre_classifier -> ReLU -> classifier on the first token.
+    head_dense_path = "pre_classifier"
+    head_activation = "relu"
 
     def set_head_count(self, layer, count: int) -> None:
         # DistilBERT reshapes by head size with -1 heads; n_heads is what its config and prune_heads keep.

@@ -10,6 +10,8 @@ ONNX Runtime's optimizer has no "electra" model type; its "bert" patterns fuse e
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from edgecompress.architectures import Architecture, register_architecture
 
 
@@ -20,3 +22,12 @@ class Electra(Architecture):
     class_prefix = "Electra"
     config_class = "ElectraConfig"
     base = "electra"
+    head_dense_path = "classifier.dense"
+    head_activation = "gelu"
+    head_output_path = "classifier.out_proj"
+    not_applicable = MappingProxyType(
+        {
+            "integer_only": "integer-only inference (I-BERT) has no integer kernels yet for its head's GELU or, where "
+            "embedding_size differs from hidden_size, its embedding projection (embeddings_project)",
+        }
+    )

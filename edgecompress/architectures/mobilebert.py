@@ -29,4 +29,11 @@ class MobileBert(Architecture):
     # read the bottleneck, value the layer input, and NoNorm is no LayerNorm for the pattern to start at.
     # Our own rule fuses every block into MultiHeadAttention (graph/attention_to_mha.py).
     own_attention_fusion = True
-    not_applicable = MappingProxyType({"prune_ffn": _STACKED_FFNS, "prune_schedule": _STACKED_FFNS})
+    not_applicable = MappingProxyType(
+        {
+            "prune_ffn": _STACKED_FFNS,
+            "prune_schedule": _STACKED_FFNS,
+            "integer_only": "integer-only inference (I-BERT) has no integer kernels for its NoNorm (x * weight + "
+            "bias in place of LayerNorm) or its bottleneck layers",
+        }
+    )

@@ -31,4 +31,11 @@ class MPNet(Architecture):
     # position bias added to the scores. Our own rule fuses every block into MultiHeadAttention with that bias
     # as its attention_bias (graph/attention_to_mha.py).
     own_attention_fusion = True
-    not_applicable = MappingProxyType({"prune_heads": _BIAS_PER_HEAD, "prune_schedule": _BIAS_PER_HEAD})
+    not_applicable = MappingProxyType(
+        {
+            "prune_heads": _BIAS_PER_HEAD,
+            "prune_schedule": _BIAS_PER_HEAD,
+            "integer_only": "integer-only inference (I-BERT) has no integer kernel for its relative position bias "
+            "added to the attention scores",
+        }
+    )

@@ -9,13 +9,11 @@
   (RobertaConfig's default) alike. The reference gives the model those zeros itself (`zero_inputs`): left to
   derive them, transformers gathers them from a buffer by position id, a GatherElements TFLite cannot run.
 
-ONNX Runtime's optimizer has no "roberta" model type; its "bert" patterns fuse every attention block.
+The classification head reads the first token through `classifier.dense` -> tanh -> `classifier.out_proj` (no
+pooler). ONNX Runtime's optimizer has no "roberta" model type; its "bert" patterns fuse every attention block.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 from edgecompress.architectures import Architecture, register_architecture
 
@@ -29,7 +27,7 @@ class Roberta(Architecture):
     base = "roberta"
     uses_token_type_ids = False
     zero_inputs = ("token_type_ids",)
-
-    def position_offset(self, config: Mapping[str, Any]) -> int:
-        # positions run from padding_idx + 1, so padding_idx + 1 rows of the table are never a token's
-        return int(config.get("pad_token_id", 1)) + 1
+    # positions run from padding_idx + 1, so padding_idx + 1 rows of the table are never a token's
+    positions_skip_padding = True
+    head_dense_path = "classifier.dense"
+    head_output_path = "classifier.out_proj"
