@@ -41,6 +41,7 @@ class DistilBert(Architecture):
     # No pooler: the head is pre_classifier -> ReLU -> classifier on the first token.
     head_dense_path = "pre_classifier"
     head_activation = "relu"
+    integer_only = True
 
     def set_head_count(self, layer, count: int) -> None:
         # DistilBERT reshapes by head size with -1 heads; n_heads is what its config and prune_heads keep.

@@ -31,3 +31,4 @@ class Roberta(Architecture):
     positions_skip_padding = True
     head_dense_path = "classifier.dense"
     head_output_path = "classifier.out_proj"
+    integer_only = True

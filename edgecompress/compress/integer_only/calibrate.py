@@ -1,5 +1,8 @@
 """Calibration: run the float model on calibration texts and record the range of every quantized activation.
 
+The activation points are named per part (LAYER_POINTS, MODEL_POINTS); the modules behind them are found
+through the model's architecture, so every family that opts in to integer-only is calibrated alike.
+
 A range is max |x| over real tokens (padding rows are left out: their activations never reach the
 output). Inputs of Linear layers are ranged per channel (a vector: BERT's outlier channels are few and
 fixed, see `model.smoothed_linear`). With `percentile` < 100, the other int8 points (Q, K, V) take
@@ -14,29 +17,32 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from edgecompress.architectures import architecture_of
 from edgecompress.errors import UserError
 
-# Activation points, by module path suffix -> (what is observed, point name). "in" is the module's
-# first input, "out" its output.
+# Activation points of one encoder layer: (the Architecture part, what is observed, point name). "in" is
+# the module's first input, "out" its output. The parts are found through the model's family.
 LAYER_POINTS = (
-    ("attention.self.query", "in", "x_attn"),
-    ("attention.self.query", "out", "q"),
-    ("attention.self.key", "out", "k"),
-    ("attention.self.value", "out", "v"),
-    ("attention.output.dense", "in", "ctx"),
-    ("attention.output.LayerNorm", "in", "res1"),
-    ("attention.output.LayerNorm", "out", "h1"),
-    ("intermediate.dense", "in", "x_ffn"),
-    ("intermediate.dense", "out", "gelu_in"),
-    ("output.dense", "in", "gelu_out"),
-    ("output.LayerNorm", "in", "res2"),
-    ("output.LayerNorm", "out", "h2"),
+    ("query", "in", "x_attn"),
+    ("query", "out", "q"),
+    ("key", "out", "k"),
+    ("value", "out", "v"),
+    ("attention_output", "in", "ctx"),
+    ("attention_norm", "in", "res1"),
+    ("attention_norm", "out", "h1"),
+    ("ffn_in", "in", "x_ffn"),
+    ("ffn_in", "out", "gelu_in"),
+    ("ffn_out", "in", "gelu_out"),
+    ("ffn_norm", "in", "res2"),
+    ("ffn_norm", "out", "h2"),
 )
+# Of the whole model: the embeddings' LayerNorm, the head's dense layer (its input and the activation's
+# input) and its output layer.
 MODEL_POINTS = (
-    ("bert.embeddings.LayerNorm", "out", "emb"),
-    ("bert.pooler.dense", "in", "x_pool"),
-    ("bert.pooler.dense", "out", "tanh_in"),
-    ("classifier", "out", "logits"),
+    ("embeddings_norm", "out", "emb"),
+    ("head_dense", "in", "x_pool"),
+    ("head_dense", "out", "head_act_in"),
+    ("head_output", "out", "logits"),
 )
 INT8_POINTS = {"q", "k", "v"}
 # Inputs of a Linear: ranged per channel (a vector), for the smoothing in `model.py`.
@@ -77,14 +83,34 @@ class RangeObserver:
         self.ranges[name] = max(self.ranges.get(name, 0.0), found)
 
 
+def _layer_parts(family, layer) -> dict:
+    attention = family.attention(layer)
+    ffn_in, ffn_out = family.ffn(layer)
+    return {
+        "query": attention.query,
+        "key": attention.key,
+        "value": attention.value,
+        "attention_output": attention.output,
+        "attention_norm": layer.get_submodule(family.attention_norm_path),
+        "ffn_in": ffn_in,
+        "ffn_out": ffn_out,
+        "ffn_norm": layer.get_submodule(family.ffn_norm_path),
+    }
+
+
+def _model_parts(family, model) -> dict:
+    head_dense, head_output = family.head(model)
+    norm = family.encoder_part(model, family.embeddings_norm_path)
+    return {"embeddings_norm": norm, "head_dense": head_dense, "head_output": head_output}
+
+
 @contextlib.contextmanager
-def _hooks(model, observer: RangeObserver) -> Iterator[None]:
-    modules = dict(model.named_modules())
-    points = [(path, side, name) for path, side, name in MODEL_POINTS]
-    for index in range(len(model.bert.encoder.layer)):
-        points += [
-            (f"bert.encoder.layer.{index}.{path}", side, f"layer{index}.{name}") for path, side, name in LAYER_POINTS
-        ]
+def _hooks(model, family, observer: RangeObserver) -> Iterator[None]:
+    parts = _model_parts(family, model)
+    points = [(parts[part], side, name) for part, side, name in MODEL_POINTS]
+    for index, layer in enumerate(family.layers(model)):
+        parts = _layer_parts(family, layer)
+        points += [(parts[part], side, f"layer{index}.{name}") for part, side, name in LAYER_POINTS]
 
     def hook(name: str, side: str):
         def record(module, args, output):
@@ -92,7 +118,7 @@ def _hooks(model, observer: RangeObserver) -> Iterator[None]:
 
         return record
 
-    handles = [modules[path].register_forward_hook(hook(name, side)) for path, side, name in points]
+    handles = [module.register_forward_hook(hook(name, side)) for module, side, name in points]
     try:
         yield
     finally:
@@ -101,22 +127,21 @@ def _hooks(model, observer: RangeObserver) -> Iterator[None]:
 
 
 def calibrate(model, feeds: dict, *, rows: int, percentile: float) -> dict[str, float]:
-    """Ranges of every point of a BertForSequenceClassification on the first `rows` calibration texts."""
+    """Ranges of every point of a sequence classifier (of a family that opts in to integer-only) on the first
+    `rows` calibration texts; `feeds` hold the inputs the family takes."""
+    family = architecture_of(model)
     observer = RangeObserver(percentile)
-    ids, mask, types = (
-        torch.from_numpy(np.asarray(feeds[n][:rows])) for n in ("input_ids", "attention_mask", "token_type_ids")
-    )
+    inputs = {name: torch.from_numpy(np.asarray(feeds[name][:rows])) for name in family.input_names}
+    mask = inputs["attention_mask"]
     model.eval()
-    with torch.no_grad(), _hooks(model, observer):
-        for start in range(0, len(ids), BATCH_SIZE):
+    with torch.no_grad(), _hooks(model, family, observer):
+        for start in range(0, len(mask), BATCH_SIZE):
             batch_mask = mask[start : start + BATCH_SIZE]
             width = max(int(batch_mask.sum(1).max()), 1)  # trailing padding changes nothing: trim it
             observer.token_mask = batch_mask[:, :width] > 0
-            model(
-                input_ids=ids[start : start + BATCH_SIZE, :width],
-                attention_mask=batch_mask[:, :width],
-                token_type_ids=types[start : start + BATCH_SIZE, :width],
-            )
+            batch = {name: value[start : start + BATCH_SIZE, :width] for name, value in inputs.items()}
+            zeros = {name: torch.zeros_like(batch["input_ids"]) for name in family.zero_inputs}
+            model(**batch, **zeros)
     return {
         name: np.maximum(value, 1e-6) if isinstance(value, np.ndarray) else max(value, 1e-6)
         for name, value in observer.ranges.items()

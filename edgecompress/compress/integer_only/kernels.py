@@ -116,8 +116,12 @@ class TorchOps:
         return torch.matmul(a.double(), b).long()
 
     # Shapes and the two boundaries.
-    def positions(self, input_ids):
-        return torch.arange(input_ids.shape[1])
+    def positions(self, input_ids, pad: int | None = None):
+        """0..n-1, or (pad given) the running count of non-pad tokens past pad, pad tokens at pad (RoBERTa)."""
+        if pad is None:
+            return torch.arange(input_ids.shape[1])
+        real = (input_ids != pad).long()
+        return torch.cumsum(real, dim=1) * real + pad
 
     def key_mask(self, attention_mask):
         """[B, S] -> bool [B, 1, 1, S]: which keys each query may attend to."""

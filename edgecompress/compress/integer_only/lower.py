@@ -4,7 +4,7 @@ Before -> After: an `IntegerPlan` (numpy integers and dyadic multipliers) -> an 
 every value between the int64 token ids and the final `Cast -> Mul(logit scale)` is an integer:
 MatMulInteger (uint8 x int8 -> int32; signed activations enter as uint8 with zero point 128, the fast
 u8s8 path, same integers), Gather on int8 tables, Add/Sub/Mul/Div/Mod/Abs/Less/Greater/GreaterOrEqual/
-Where/ReduceSum/Cast/Reshape/Transpose on int64, BitShift on uint64, ReduceMax on int32. Every op/type
+Where/ReduceSum/CumSum/Cast/Reshape/Transpose on int64, BitShift on uint64, ReduceMax on int32. Every op/type
 pair has an onnxruntime CPU kernel (the tests run the graph).
 
 Measured onnxruntime 1.31 pitfalls this lowering avoids (tests/test_integer_kernels.py guards them):
@@ -152,9 +152,13 @@ class OnnxOps:
         product = self._node("MatMulInteger", [a8, b8, zero_point] if zero_point else [a8, b8])
         return self._node("Cast", [product], to=TensorProto.INT64)
 
-    def positions(self, input_ids):
-        length = self._node("Gather", [self._node("Shape", [input_ids]), 1])
-        return self._node("Range", [0, length, 1])
+    def positions(self, input_ids, pad: int | None = None):
+        if pad is None:
+            length = self._node("Gather", [self._node("Shape", [input_ids]), 1])
+            return self._node("Range", [0, length, 1])
+        real = self._node("Cast", [self._node("Not", [self._node("Equal", [input_ids, pad])])], to=TensorProto.INT64)
+        counted = self._node("Mul", [self._node("CumSum", [real, np.array(1)]), real])
+        return self._node("Add", [counted, pad])
 
     def key_mask(self, attention_mask):
         return self._node("Unsqueeze", [self._node("Greater", [attention_mask, 0]), np.array([1, 2])])
@@ -185,7 +189,7 @@ def lower_plan(plan: IntegerPlan, *, input_names: tuple[str, ...], output_name: 
     labels = len(plan.head.classifier.bias)
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"]) for name in input_names]
     output = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", labels])
-    graph = helper.make_graph(ops.nodes, "integer_only_bert", inputs, [output], ops.initializers)
+    graph = helper.make_graph(ops.nodes, "integer_only", inputs, [output], ops.initializers)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgecompress-integer-only"
     )

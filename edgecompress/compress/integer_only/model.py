@@ -1,10 +1,11 @@
-"""A float `BertForSequenceClassification` + calibrated ranges -> `IntegerBert`, the integer-only torch module.
+"""A float sequence classifier + calibrated ranges -> `IntegerBert`, the integer-only torch module.
 
 Before -> After:
-    BertForSequenceClassification (float32, eager attention)
+    <Family>ForSequenceClassification (float32, eager attention) of a family that opts in (BERT, DistilBERT,
+    RoBERTa, XLM-RoBERTa: `Architecture.integer_only`), its parts found through the architecture seam
  -> IntegerBert: int8 embedding tables (per hidden channel) and weights (per output row), int8
     Linear inputs on per-channel steps folded into the weights, int32 biases, dyadic requantizations,
-    i-GELU, i-softmax, i-LayerNorm, i-tanh (pooler); float logits only at the final dequantization.
+    i-GELU, i-softmax, i-LayerNorm, i-tanh or ReLU (head); float logits only at the final dequantization.
 
 The module computes with exact int64 arithmetic (see `kernels.TorchOps`) and lowers itself to an ONNX
 graph that computes the same integers (`to_onnx`). Anything the integer kernels do not cover is a
@@ -13,14 +14,17 @@ UserError naming the module path and type.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import torch
 
+from edgecompress.architectures import architecture_of
 from edgecompress.compress.integer_only.kernels import TORCH, dyadic, layernorm_params, linear_params, quantize_float
 from edgecompress.compress.integer_only.program import (
     GELU_BITS,
+    HEAD_ACTIVATIONS,
     HIDDEN_BITS,
     LOGIT_BITS,
     RESIDUAL_BITS,
@@ -30,29 +34,7 @@ from edgecompress.compress.integer_only.program import (
     LayerPlan,
     integer_forward,
 )
-from edgecompress.errors import UserError
-
-# Module types the integer lowering knows, by class name (transformers' BERT family, eager attention).
-KNOWN_MODULES = {
-    "BertForSequenceClassification",
-    "BertModel",
-    "BertEmbeddings",
-    "BertEncoder",
-    "ModuleList",
-    "BertLayer",
-    "BertAttention",
-    "BertSelfAttention",
-    "BertSelfOutput",
-    "BertIntermediate",
-    "BertOutput",
-    "BertPooler",
-    "Embedding",
-    "Linear",
-    "LayerNorm",
-    "Dropout",
-    "Tanh",
-    "GELUActivation",
-}
+from edgecompress.errors import InternalError, UserError
 
 
 def _step(absmax: float, bits: int) -> float:
@@ -66,29 +48,19 @@ def _np(tensor: torch.Tensor) -> np.ndarray:
 
 def check_convertible(model, where: str) -> None:
     """UserError for anything the integer kernels cannot compute, naming the module path and type."""
-    if type(model).__name__ != "BertForSequenceClassification":
+    family = architecture_of(model)
+    expected_class = family.class_prefix + "ForSequenceClassification"
+    why = family.refuse("integer_only")
+    if why:
+        raise UserError(f"integer-only lowering does not apply to {family.describe()}: {why}", where=where)
+    if type(model).__name__ != expected_class:
         raise UserError(
             f"integer-only lowering cannot handle a {type(model).__name__}",
             where=where,
-            expected="a BertForSequenceClassification (a classifier checkpoint)",
+            expected=f"a {expected_class} (a classifier checkpoint)",
         )
-    for index, layer in enumerate(model.bert.encoder.layer):
-        act = layer.intermediate.intermediate_act_fn
-        if model.config.hidden_act != "gelu" or type(act).__name__ != "GELUActivation":
-            raise UserError(
-                f"integer-only lowering cannot handle activation {model.config.hidden_act!r} of module "
-                f"'bert.encoder.layer.{index}.intermediate.intermediate_act_fn' ({type(act).__name__})",
-                where=where,
-                expected="'gelu' (I-BERT's i-GELU approximates the exact erf GELU)",
-            )
-    for path, module in model.named_modules():
-        kind = type(module).__name__
-        if kind not in KNOWN_MODULES:
-            raise UserError(
-                f"integer-only lowering cannot handle module '{path}' of type {kind}",
-                where=where,
-                expected=f"BERT modules only ({', '.join(sorted(KNOWN_MODULES))})",
-            )
+    _check_activations(model, family, where)
+    _check_modules(model, where)
     config = model.config
     for field, found, wanted in (
         ("position_embedding_type", getattr(config, "position_embedding_type", "absolute"), "absolute"),
@@ -107,21 +79,56 @@ def check_convertible(model, where: str) -> None:
             )
 
 
+def _check_activations(model, family, where: str) -> None:
+    """Every FFN runs the exact GELU (i-GELU approximates erf's), and the head's activation has a kernel."""
+    name = getattr(model.config, family.activation_key, None)
+    for index, layer in enumerate(family.layers(model)):
+        act = layer.get_submodule(family.ffn_activation_path)
+        if name != "gelu" or type(act).__name__ != "GELUActivation":
+            raise UserError(
+                f"integer-only lowering cannot handle activation {name!r} of module "
+                f"'{family.base}.{family.layers_path}.{index}.{family.ffn_activation_path}' ({type(act).__name__})",
+                where=where,
+                expected="'gelu' (I-BERT's i-GELU approximates the exact erf GELU)",
+            )
+    if family.head_activation not in HEAD_ACTIVATIONS:
+        raise InternalError(
+            f"{family.describe()} opts into integer-only with head activation {family.head_activation!r}"
+        )
+
+
+def _check_modules(model, where: str) -> None:
+    """The model is made of exactly the modules its transformers class builds from its config: the seam's
+    parts, which the integer program computes. Anything added or swapped (an adapter, a wrapper) is refused."""
+    with torch.device("meta"):  # shapes only, no memory; a copy of the config, which building may annotate
+        built = {path: type(module) for path, module in type(model)(copy.deepcopy(model.config)).named_modules()}
+    for path, module in model.named_modules():
+        if built.get(path) is not type(module):
+            raise UserError(
+                f"integer-only lowering cannot handle module '{path}' of type {type(module).__name__}",
+                where=where,
+                expected=f"only the modules a {type(model).__name__} is built of",
+            )
+
+
 def build_plan(model, ranges: dict) -> IntegerPlan:
-    """Quantize weights and derive every requantization from the calibrated ranges."""
-    embeddings = _embedding_plan(model.bert.embeddings, _step(ranges["emb"], HIDDEN_BITS))
+    """Quantize weights and derive every requantization from the calibrated ranges; the model's parts are
+    read through its family's architecture."""
+    family = architecture_of(model)
+    embeddings = _embedding_plan(model, family, _step(ranges["emb"], HIDDEN_BITS))
     hidden_scale = embeddings.norm.out_scale
     layers = []
-    for index, layer in enumerate(model.bert.encoder.layer):
+    for index, layer in enumerate(family.layers(model)):
         layers.append(
             _layer_plan(
+                family,
                 layer,
                 {k.split(".", 1)[1]: v for k, v in ranges.items() if k.startswith(f"layer{index}.")},
                 hidden_scale,
             )
         )
         hidden_scale = layers[-1].norm2.out_scale
-    head = _head_plan(model, ranges, hidden_scale)
+    head = _head_plan(model, family, ranges, hidden_scale)
     return IntegerPlan(embeddings, layers, head)
 
 
@@ -133,17 +140,24 @@ def _int8_table(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return quantize_float(weight, torch.from_numpy(scale), 8).numpy().astype(np.int8), scale
 
 
-def _embedding_plan(embeddings, out_scale: float) -> EmbeddingPlan:
-    tables = [
-        _int8_table(t.weight)
-        for t in (embeddings.word_embeddings, embeddings.position_embeddings, embeddings.token_type_embeddings)
-    ]
+def _embedding_plan(model, family, out_scale: float) -> EmbeddingPlan:
+    word = family.word_embeddings(model).weight
+    position = family.encoder_part(model, family.position_embeddings_path).weight
+    token_type = family.encoder_part(model, family.token_type_embeddings_path)
+    if token_type is not None and not family.uses_token_type_ids:
+        # The family's inputs carry no token types, so every token adds type row 0 (RoBERTa): one table fewer.
+        position, token_type = position + token_type.weight[0], None
+    weights = [word, position] + ([] if token_type is None else [token_type.weight])
+    tables = [_int8_table(weight) for weight in weights]
     sum_scale = float(sum(scale.max() * 127 for _, scale in tables)) / (2 ** (RESIDUAL_BITS - 1) - 1)
-    norm = embeddings.LayerNorm
+    norm = family.encoder_part(model, family.embeddings_norm_path)
     return EmbeddingPlan(
-        *(table for table, _ in tables),
-        tuple(dyadic(scale / sum_scale) for _, scale in tables),
-        layernorm_params(_np(norm.weight), _np(norm.bias), out_scale, HIDDEN_BITS),
+        word=tables[0][0],
+        position=tables[1][0],
+        token_type=tables[2][0] if len(tables) > 2 else None,
+        to_sum=tuple(dyadic(scale / sum_scale) for _, scale in tables),
+        norm=layernorm_params(_np(norm.weight), _np(norm.bias), out_scale, HIDDEN_BITS),
+        position_pad=family.position_pad(model.config.to_dict()),
     )
 
 
@@ -169,21 +183,22 @@ def smoothed_linears(linears, channel_absmax: np.ndarray):
     return params, step
 
 
-def _layer_plan(layer, r: dict, hidden_scale: float) -> LayerPlan:
-    attention = layer.attention.self
-    head_size = attention.attention_head_size
+def _layer_plan(family, layer, r: dict, hidden_scale: float) -> LayerPlan:
+    attention = family.attention(layer)
+    head_size = attention.head_size
     heads = attention.query.out_features // head_size
     (query, key, value), x_attn = smoothed_linears([attention.query, attention.key, attention.value], r["x_attn"])
     s_q, s_k, s_v = (_step(r[name], 8) for name in ("q", "k", "v"))
-    (attn_out,), s_ctx = smoothed_linears([layer.attention.output.dense], r["ctx"])
+    (attn_out,), s_ctx = smoothed_linears([attention.output], r["ctx"])
     s_res1, s_h1 = _step(r["res1"], RESIDUAL_BITS), _step(r["h1"], HIDDEN_BITS)
-    norm1 = layer.attention.output.LayerNorm
-    (intermediate,), x_ffn = smoothed_linears([layer.intermediate.dense], r["x_ffn"])
+    norm1 = layer.get_submodule(family.attention_norm_path)
+    ffn_in, ffn_out_linear = family.ffn(layer)
+    (intermediate,), x_ffn = smoothed_linears([ffn_in], r["x_ffn"])
     s_gelu_in = _step(r["gelu_in"], GELU_BITS)
     gelu_out_scale = s_gelu_in * _gelu_output_scale(s_gelu_in)
-    (ffn_out,), s_gelu = smoothed_linears([layer.output.dense], r["gelu_out"])
+    (ffn_out,), s_gelu = smoothed_linears([ffn_out_linear], r["gelu_out"])
     s_res2, s_h2 = _step(r["res2"], RESIDUAL_BITS), _step(r["h2"], HIDDEN_BITS)
-    norm2 = layer.output.LayerNorm
+    norm2 = layer.get_submodule(family.ffn_norm_path)
     return LayerPlan(
         heads=heads,
         head_size=head_size,
@@ -216,16 +231,26 @@ def _gelu_output_scale(input_scale: float) -> float:
     return scale / input_scale
 
 
-def _head_plan(model, r: dict, hidden_scale: float) -> HeadPlan:
-    (pooler,), x_pool = smoothed_linears([model.bert.pooler.dense], r["x_pool"])
-    s_tanh = _step(r["tanh_in"], HIDDEN_BITS)
-    classifier = _linear(model.classifier, 1.0 / 127)
+def head_input_step(activation: str, ranges: dict) -> float:
+    """The step of the head's output layer input: tanh's int8 output at 1/127; ReLU's int8 grid over the
+    dense layer's calibrated range (its negative half clamps to 0)."""
+    return 1.0 / 127 if activation == "tanh" else _step(ranges["head_act_in"], 8)
+
+
+def _head_plan(model, family, r: dict, hidden_scale: float) -> HeadPlan:
+    dense, output = family.head(model)
+    (pooler,), x_pool = smoothed_linears([dense], r["x_pool"])
+    activation = family.head_activation
+    # tanh reads 16 bits (its curve needs them); ReLU's output is its int8 input, clamped
+    s_act = _step(r["head_act_in"], HIDDEN_BITS) if activation == "tanh" else head_input_step(activation, r)
+    classifier = _linear(output, head_input_step(activation, r))
     s_logits = _step(r["logits"] * 1.25, LOGIT_BITS)  # headroom: the integer model's logits may exceed float's
     return HeadPlan(
         to_pool_input=dyadic(hidden_scale / x_pool),
         pooler=pooler,
-        to_tanh=dyadic(pooler.acc_scale / s_tanh),
-        tanh_scale=s_tanh,
+        activation=activation,
+        to_activation=dyadic(pooler.acc_scale / s_act),
+        activation_scale=s_act,
         classifier=classifier,
         to_logits=dyadic(classifier.acc_scale / s_logits),
         logit_scale=s_logits,
@@ -233,7 +258,8 @@ def _head_plan(model, r: dict, hidden_scale: float) -> HeadPlan:
 
 
 class IntegerBert(torch.nn.Module):
-    """(input_ids, attention_mask, token_type_ids) -> float logits [B, labels], integer-only in between."""
+    """(input_ids, attention_mask[, token_type_ids]) -> float logits [B, labels], integer-only in between
+    (the inputs the family takes: I-BERT's method on any family that opts in)."""
 
     integer_only = True
 
@@ -250,9 +276,10 @@ class IntegerBert(torch.nn.Module):
     def layer_count(self) -> int:
         return len(self.plan.layers)
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        types = None if token_type_ids is None else token_type_ids.long()
         with torch.no_grad():
-            return integer_forward(TORCH, self.plan, input_ids.long(), attention_mask.long(), token_type_ids.long())
+            return integer_forward(TORCH, self.plan, input_ids.long(), attention_mask.long(), types)
 
     def to_onnx(self, sample_feeds, *, input_names, output_name):
         from edgecompress.compress.integer_only.lower import lower_plan

@@ -1,7 +1,8 @@
-"""The `integer_only` compress pass: a float BERT classifier -> I-BERT-style integer-only module.
+"""The `integer_only` compress pass: a float classifier -> I-BERT-style integer-only module.
 
 Before -> After:
-    bundle.module = ReferenceModule(BertForSequenceClassification)   (float32)
+    bundle.module = ReferenceModule(<Family>ForSequenceClassification)   (float32; BERT, DistilBERT, RoBERTa,
+                    XLM-RoBERTa: the families whose Architecture opts in, the others are refused before any work)
  -> bundle.module = IntegerBert: int8/int32/int64 arithmetic from the token ids to the logits, lowered by
     its own `to_onnx` (MatMulInteger and integer elementwise ops; float only at the final dequantize)
 
@@ -35,7 +36,7 @@ class IntegerOnly(Pass):
     name = "integer_only"
     stage = "compress"
     in_place = False  # converts a copy: the pipeline keeps the float input as the accuracy reference
-    # It takes a float BERT and returns an integer module that no other torch pass can take.
+    # It takes a float classifier and returns an integer module that no other torch pass can take.
     runs_after = ("trim_vocab", "drop_layers", "prune_heads", "prune_ffn", "prune_schedule", "qat")
     calibration_rows: int = 256  # calibration texts the activation ranges are taken on
     percentile: float = 100.0  # of |x| for the int8 Q, K, V ranges (100: the max); other ranges take the max
@@ -54,7 +55,7 @@ class IntegerOnly(Pass):
             raise UserError(
                 f"integer-only lowering cannot handle a {bundle.kind} model (mean-pooled encoder)",
                 where=str(bundle.source),
-                expected="a BertForSequenceClassification checkpoint",
+                expected="a sequence classifier checkpoint (<Family>ForSequenceClassification)",
             )
         check_convertible(bundle.module.hf_model, str(bundle.source))
         if "tflite" in ctx.artifacts:  # fail before calibration, not at the emit stage minutes later
@@ -107,7 +108,7 @@ class IntegerOnly(Pass):
             )
             ranges = calibrate(model, calibration, rows=rows, percentile=self.percentile)
         integer = integer_bert(model, ranges, where=str(bundle.source))
-        agreement = _agreement(integer, bundle.module, calibration, rows)
+        agreement = _agreement(integer, bundle.module, calibration, rows, bundle.input_names)
         stats.update(
             {
                 "layers": integer.layer_count,
@@ -139,8 +140,9 @@ class IntegerOnly(Pass):
             raise InternalError("integer_only did not produce an integer-only module with a parity tolerance")
 
 
-def _agreement(integer, reference, feeds: dict, rows: int, batch_size: int = 32) -> float:
-    """Share of the first `rows` texts where the integer and float models predict the same label."""
+def _agreement(integer, reference, feeds: dict, rows: int, names: tuple[str, ...], batch_size: int = 32) -> float:
+    """Share of the first `rows` texts where the integer and float models predict the same label (both take the
+    family's inputs, `names`)."""
     lengths = feeds["attention_mask"][:rows].sum(axis=1)
     order = np.argsort(lengths, kind="stable")
     same = 0
@@ -148,8 +150,6 @@ def _agreement(integer, reference, feeds: dict, rows: int, batch_size: int = 32)
         for start in range(0, rows, batch_size):
             picked = order[start : start + batch_size]
             width = max(int(lengths[picked].max()), 1)  # trailing padding changes neither model
-            args = [
-                torch.from_numpy(feeds[n][picked, :width]) for n in ("input_ids", "attention_mask", "token_type_ids")
-            ]
+            args = [torch.from_numpy(feeds[n][picked, :width]) for n in names]
             same += int((integer(*args).argmax(-1) == reference(*args).argmax(-1)).sum())
     return same / rows

@@ -7,7 +7,12 @@ dequantization of the logits (one multiply by the output scale). Per layer:
     h (int16) -> int8 -> Q, K, V (int8) -> scores (int32) -> i-softmax (uint8) -> context (int8)
       -> dense (int32) + h -> residual (22-bit) -> i-LayerNorm -> h1 (int16)
       -> int8 -> intermediate (int32) -> 16-bit -> i-GELU -> int8 -> dense (int32) + h1 -> i-LayerNorm -> h2
-pooler: h[:, 0] -> int8 -> dense -> 16-bit -> i-tanh (int8) -> classifier (int32) -> 16-bit logits -> float
+head: h[:, 0] -> int8 -> dense -> 16-bit -> i-tanh (int8 at 1/127), or -> int8 -> ReLU (DistilBERT's head)
+      -> classifier (int32) -> 16-bit logits -> float
+
+The plan is family-neutral: the family's differences are data in it, read off the architecture seam when the
+plan is built (`model.build_plan`): a token-type table or none, positions counted past padding (RoBERTa) or
+0..n-1, the head's activation.
 """
 
 from __future__ import annotations
@@ -36,13 +41,18 @@ GELU_BITS = 14  # GELU's input, so that i-erf's square stays small
 LOGIT_BITS = 16  # the logits before the final dequantization
 
 
+# The head activations the integer program computes (an Architecture's `head_activation`).
+HEAD_ACTIVATIONS = ("tanh", "relu")
+
+
 @dataclass
 class EmbeddingPlan:
     word: np.ndarray  # int8 [vocab, hidden]
     position: np.ndarray  # int8 [positions, hidden]
-    token_type: np.ndarray  # int8 [types, hidden]
-    to_sum: tuple[Dyadic, Dyadic, Dyadic]  # each table's scale -> the sum's scale
+    token_type: np.ndarray | None  # int8 [types, hidden]; None: the family takes no token types
+    to_sum: tuple[Dyadic, ...]  # each table's scale (word, position[, token type]) -> the sum's scale
     norm: LayerNormParams
+    position_pad: int | None = None  # positions count non-pad tokens from pad + 1 (RoBERTa); None: 0..n-1
 
 
 @dataclass
@@ -72,10 +82,11 @@ class LayerPlan:
 @dataclass
 class HeadPlan:
     to_pool_input: Dyadic
-    pooler: LinearParams
-    to_tanh: Dyadic
-    tanh_scale: float
-    classifier: LinearParams  # input: tanh output at 1/127
+    pooler: LinearParams  # the head's dense layer (BERT's pooler)
+    activation: str  # one of HEAD_ACTIVATIONS
+    to_activation: Dyadic  # dense accumulator -> tanh's 16-bit input, or ReLU's int8 input
+    activation_scale: float  # tanh's input scale, or ReLU's (the classifier's input) step
+    classifier: LinearParams  # input: tanh output at 1/127, or ReLU output at activation_scale
     to_logits: Dyadic
     logit_scale: float
 
@@ -87,8 +98,8 @@ class IntegerPlan:
     head: HeadPlan
 
 
-def integer_forward(ops, plan: IntegerPlan, input_ids, attention_mask, token_type_ids):
-    """(int64 ids, mask, types) -> float logits; everything in between is integer."""
+def integer_forward(ops, plan: IntegerPlan, input_ids, attention_mask, token_type_ids=None):
+    """(int64 ids, mask[, types]) -> float logits; everything in between is integer."""
     h = embed(ops, plan.embeddings, input_ids, token_type_ids)
     key_mask = ops.key_mask(attention_mask)
     for layer in plan.layers:
@@ -96,11 +107,13 @@ def integer_forward(ops, plan: IntegerPlan, input_ids, attention_mask, token_typ
     return classify(ops, plan.head, h)
 
 
-def embed(ops, plan: EmbeddingPlan, input_ids, token_type_ids):
+def embed(ops, plan: EmbeddingPlan, input_ids, token_type_ids=None):
     word = requantize(ops, ops.gather(plan.word, input_ids), plan.to_sum[0])
-    position = requantize(ops, ops.gather(plan.position, ops.positions(input_ids)), plan.to_sum[1])
-    token_type = requantize(ops, ops.gather(plan.token_type, token_type_ids), plan.to_sum[2])
-    return i_layernorm(ops, ops.add(ops.add(word, position), token_type), plan.norm)
+    positions = ops.positions(input_ids, plan.position_pad)
+    total = ops.add(word, requantize(ops, ops.gather(plan.position, positions), plan.to_sum[1]))
+    if plan.token_type is not None:
+        total = ops.add(total, requantize(ops, ops.gather(plan.token_type, token_type_ids), plan.to_sum[2]))
+    return i_layernorm(ops, total, plan.norm)
 
 
 def encoder_layer(ops, plan: LayerPlan, h, key_mask):
@@ -130,7 +143,10 @@ def residual_norm(ops, accumulator, skip, to_sum: tuple[Dyadic, Dyadic], norm: L
 
 def classify(ops, plan: HeadPlan, h):
     x = requantize(ops, ops.first_token(h), plan.to_pool_input, 8)
-    tanh_in = requantize(ops, i_linear(ops, x, plan.pooler), plan.to_tanh, HIDDEN_BITS)
-    pooled, _ = i_tanh(ops, tanh_in, plan.tanh_scale)
+    dense = i_linear(ops, x, plan.pooler)
+    if plan.activation == "tanh":
+        pooled, _ = i_tanh(ops, requantize(ops, dense, plan.to_activation, HIDDEN_BITS), plan.activation_scale)
+    else:  # relu: max(x, 0) on the int8 grid the classifier reads
+        pooled = ops.maximum(requantize(ops, dense, plan.to_activation, 8), 0)
     logits = requantize(ops, i_linear(ops, pooled, plan.classifier), plan.to_logits, LOGIT_BITS)
     return ops.dequantize(logits, plan.logit_scale)

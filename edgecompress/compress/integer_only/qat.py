@@ -3,8 +3,10 @@
 Before -> After: float BERT (weights W) -> float BERT (weights W', fine-tuned while it ran with):
 - every Linear input rounded to int8 on the per-channel steps `model.smoothed_linears` uses (fixed,
   from calibration), and its weight folded with those steps and rounded per output row, as shipped;
-- Q, K and V rounded to int8 at their calibrated per-tensor steps; the pooler's tanh output at 1/127;
-- embedding tables rounded per hidden channel; GELU replaced by I-BERT's i-erf polynomial.
+- Q, K and V rounded to int8 at their calibrated per-tensor steps; the head's activation output at the
+  step its output layer reads (tanh: 1/127; ReLU: its input's int8 step);
+- embedding tables rounded per hidden channel (each on its own: the integer model rounds RoBERTa's position
+  table with type row 0 added, a difference below one step); GELU replaced by I-BERT's i-erf polynomial.
 Rounding passes gradients straight through inside the range and blocks them where it clips (STE).
 Not simulated: i-softmax's 8-bit output, i-LayerNorm, i-exp and the dyadic requantizations (each
 below the int8 rounding). The loss is `_recovery`'s distillation from the untouched float model (KL +
@@ -21,9 +23,11 @@ from pathlib import Path
 import torch
 from torch.nn.utils import parametrize
 
+from edgecompress.architectures import architecture_of
 from edgecompress.compress import _recovery
 from edgecompress.compress._taskdata import task_data, training_seq_len
 from edgecompress.compress.integer_only.kernels import GELU_A, GELU_B
+from edgecompress.compress.integer_only.model import head_input_step
 from edgecompress.intake.reference import ReferenceModule
 
 INT8 = 127
@@ -65,7 +69,8 @@ def poly_gelu(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def fake_quantized(model, ranges: dict) -> Iterator[None]:
-    """Run `model` (a BertForSequenceClassification) under the integer model's quantizers, then undo them."""
+    """Run `model` (a sequence classifier of a family that opts in) under the integer model's quantizers, its
+    parts found through the architecture seam, then undo them."""
     handles, parametrized = [], []
 
     def linear(module, input_step: torch.Tensor) -> None:
@@ -76,25 +81,27 @@ def fake_quantized(model, ranges: dict) -> Iterator[None]:
     def channel_step(name: str) -> torch.Tensor:
         return torch.as_tensor(ranges[name], dtype=torch.float32) / INT8
 
-    embeddings = model.bert.embeddings
-    for table in (embeddings.word_embeddings, embeddings.position_embeddings, embeddings.token_type_embeddings):
+    family = architecture_of(model)
+    paths = (family.word_embeddings_path, family.position_embeddings_path, family.token_type_embeddings_path)
+    for table in (family.encoder_part(model, path) for path in paths if path):
         parametrize.register_parametrization(table, "weight", ChannelTable())
         parametrized.append(table)
-    for index, layer in enumerate(model.bert.encoder.layer):
-        prefix, attention = f"layer{index}.", layer.attention.self
-        for name in ("query", "key", "value"):
-            module = getattr(attention, name)
+    for index, layer in enumerate(family.layers(model)):
+        prefix, attention = f"layer{index}.", family.attention(layer)
+        for name, module in zip("qkv", (attention.query, attention.key, attention.value)):
             linear(module, channel_step(prefix + "x_attn"))
-            step = torch.tensor(ranges[prefix + name[0]] / INT8)
+            step = torch.tensor(ranges[prefix + name] / INT8)
             handles.append(module.register_forward_hook(lambda m, args, out, step=step: fake_quant(out, step)))
-        linear(layer.attention.output.dense, channel_step(prefix + "ctx"))
-        linear(layer.intermediate.dense, channel_step(prefix + "x_ffn"))
-        linear(layer.output.dense, channel_step(prefix + "gelu_out"))
-        handles.append(
-            layer.intermediate.intermediate_act_fn.register_forward_hook(lambda m, args, out: poly_gelu(args[0]))
-        )
-    linear(model.bert.pooler.dense, channel_step("x_pool"))
-    linear(model.classifier, torch.full((model.classifier.in_features,), 1.0 / INT8))
+        ffn_in, ffn_out = family.ffn(layer)
+        linear(attention.output, channel_step(prefix + "ctx"))
+        linear(ffn_in, channel_step(prefix + "x_ffn"))
+        linear(ffn_out, channel_step(prefix + "gelu_out"))
+        activation = layer.get_submodule(family.ffn_activation_path)
+        handles.append(activation.register_forward_hook(lambda m, args, out: poly_gelu(args[0])))
+    head_dense, head_output = family.head(model)
+    linear(head_dense, channel_step("x_pool"))
+    head_step = head_input_step(family.head_activation, ranges)
+    linear(head_output, torch.full((head_output.in_features,), head_step, dtype=torch.float32))
     try:
         yield
     finally:
@@ -114,7 +121,11 @@ def quantization_aware_training(model, float_model, bundle, ctx, ranges: dict, o
         temperature=options.temperature,
         hidden_weight=1.0,
     )
-    student, teacher = ReferenceModule(model, pooled=False), ReferenceModule(float_model, pooled=False)
+    family = architecture_of(model)
+    student, teacher = (
+        ReferenceModule(m, pooled=False, input_names=family.input_names, zero_inputs=family.zero_inputs)
+        for m in (model, float_model)
+    )
     with fake_quantized(model, ranges):
         digest = _recovery.training_digest(student, teacher, data, recovery, options.seed)
         folder = Path(options.work_dir) if options.work_dir else _recovery.work_dir("integer-only", digest)
