@@ -31,7 +31,8 @@ from edgecompress.compress.integer_only.kernels import (
     linear_params,
     requantize,
 )
-from edgecompress.compress.integer_only.lower import IR_VERSION, OPSET, OnnxOps
+from edgecompress.compress.integer_only.lower import IR_VERSION, OPSET
+from edgecompress.compress.integer_only.onnx_ops import OnnxOps
 from edgecompress.errors import InternalError
 
 
@@ -40,16 +41,19 @@ def _grid(low: float, high: float, scale: float) -> torch.Tensor:
 
 
 def run_onnx(kernel, *inputs: np.ndarray) -> np.ndarray:
-    """Emit `kernel(ops, *input names)` as a one-kernel ONNX graph and run it in onnxruntime."""
+    """Emit `kernel(ops, *input names)` as a one-kernel ONNX graph and run it in onnxruntime. Each input is
+    declared with the interval of its own values, so the backend types the graph as it would a model's."""
     ops = OnnxOps()
     names = [f"x{i}" for i in range(len(inputs))]
-    out = kernel(ops, *names)
     types = {np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL}
+    for name, array in zip(names, inputs):
+        ops.declare(name, types[array.dtype], (int(array.min()), int(array.max())))
+    out = kernel(ops, *names)
     graph = helper.make_graph(
         ops.nodes,
         "kernel",
         [helper.make_tensor_value_info(n, types[a.dtype], list(a.shape)) for n, a in zip(names, inputs)],
-        [helper.make_tensor_value_info(out, TensorProto.INT64, None)],
+        [helper.make_tensor_value_info(out, ops.dtype_of(out), None)],
         ops.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

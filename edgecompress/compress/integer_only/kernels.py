@@ -97,7 +97,8 @@ class TorchOps:
     def where(self, cond, a, b):
         return torch.where(cond, torch.as_tensor(self._t(a)), torch.as_tensor(self._t(b)))
 
-    def reduce_sum(self, a, axis: int):
+    def reduce_sum(self, a, axis: int, terms: int | None = None):
+        """`terms` bounds the number of values summed (the emitting backend types the sum by it)."""
         return a.sum(dim=axis, keepdim=True)
 
     def reduce_max(self, a, axis: int):
@@ -110,8 +111,8 @@ class TorchOps:
     def gather(self, table, index):
         return self._t(table)[index]
 
-    def matmul(self, a, b, *, a_unsigned: bool = False):
-        """a @ b for int8 a (uint8 when `a_unsigned`) and int8 b."""
+    def matmul(self, a, b, *, a_unsigned: bool = False, terms: int | None = None):
+        """a @ b for int8 a (uint8 when `a_unsigned`) and int8 b; `terms`: the inner length (for emission)."""
         b = self._t(b, torch.float64) if isinstance(b, np.ndarray) else b.double()
         return torch.matmul(a.double(), b).long()
 
@@ -200,7 +201,8 @@ def i_erf(ops, q, scale: float):
     shift = max(0, math.ceil(math.log2(1.0 / poly_scale)) - ERF_ONE_BITS)
     q_one = math.floor(1.0 / poly_scale)
     clipped = ops.minimum(ops.abs(q), -q_b)
-    square = ops.mul(ops.add(clipped, q_b), ops.add(clipped, q_b))
+    base = ops.add(clipped, q_b)
+    square = ops.mul(base, base)
     magnitude = ops.floor_shift(ops.sub(q_one, square), shift)
     signed = ops.where(ops.is_negative(q), ops.sub(0, magnitude), magnitude)
     return signed, poly_scale * 2**shift, q_one // 2**shift
@@ -224,10 +226,11 @@ def i_exp(ops, q, scale: float):
     return ops.shift_right(poly, z), poly_scale
 
 
-def i_softmax(ops, q, scale: float, key_mask, out_bits: int = 8):
+def i_softmax(ops, q, scale: float, key_mask, out_bits: int = 8, max_keys: int | None = None):
     """Softmax over the last axis where `key_mask` is true -> unsigned `out_bits` integers at 2^-out_bits.
 
-    Masked keys get exactly 0. Normalisation is the integer division round(e * 2^bits / sum(e)).
+    Masked keys get exactly 0. Normalisation is the integer division round(e * 2^bits / sum(e)). `max_keys`
+    bounds the number of keys (the emitting backend types the row sums by it; None: unknown).
     """
     q = _coarsen(ops, q, scale)
     scale = max(scale, SOFTMAX_FINEST_SCALE)
@@ -235,7 +238,7 @@ def i_softmax(ops, q, scale: float, key_mask, out_bits: int = 8):
     shifted = ops.sub(masked, ops.reduce_max(masked, -1))
     e, _ = i_exp(ops, shifted, scale)
     e = ops.where(key_mask, e, 0)
-    total = ops.maximum(ops.reduce_sum(e, -1), 1)
+    total = ops.maximum(ops.reduce_sum(e, -1, max_keys), 1)
     # Round to nearest (add half the divisor): flooring would bias every row's sum low.
     half_total = ops.floor_shift(total, 1)
     probs = ops.div_nonneg(ops.add(ops.mul(e, 2**out_bits), half_total), total)
@@ -297,8 +300,8 @@ def i_layernorm(ops, q, params: LayerNormParams):
     y = floor((x - mean) 2^K / std) gamma + beta; then requantized to the output scale.
     """
     n = len(params.gamma)
-    centered = ops.sub(q, ops.floor_div(ops.reduce_sum(q, -1), n))
-    variance = ops.div_nonneg(ops.reduce_sum(ops.mul(centered, centered), -1), n)
+    centered = ops.sub(q, ops.floor_div(ops.reduce_sum(q, -1, n), n))
+    variance = ops.div_nonneg(ops.reduce_sum(ops.mul(centered, centered), -1, n), n)
     normalized = ops.floor_div(ops.mul(centered, 2**LN_FRACTION_BITS), isqrt(ops, variance))
     affine = ops.add(ops.mul(normalized, params.gamma), params.beta)
     return requantize(ops, affine, params.out, params.out_bits)

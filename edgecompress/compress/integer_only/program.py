@@ -102,8 +102,9 @@ def integer_forward(ops, plan: IntegerPlan, input_ids, attention_mask, token_typ
     """(int64 ids, mask[, types]) -> float logits; everything in between is integer."""
     h = embed(ops, plan.embeddings, input_ids, token_type_ids)
     key_mask = ops.key_mask(attention_mask)
+    max_len = len(plan.embeddings.position)  # every position reads a row of this table
     for layer in plan.layers:
-        h = encoder_layer(ops, layer, h, key_mask)
+        h = encoder_layer(ops, layer, h, key_mask, max_len)
     return classify(ops, plan.head, h)
 
 
@@ -116,17 +117,21 @@ def embed(ops, plan: EmbeddingPlan, input_ids, token_type_ids=None):
     return i_layernorm(ops, total, plan.norm)
 
 
-def encoder_layer(ops, plan: LayerPlan, h, key_mask):
+def encoder_layer(ops, plan: LayerPlan, h, key_mask, max_len: int | None = None):
+    """One layer; `max_len` bounds the number of keys (the emitting backend types by it; None: unknown)."""
     x = requantize(ops, h, plan.to_attn_input, 8)
     q, k, v = (
         requantize(ops, i_linear(ops, x, params), to_int8, 8)
         for params, to_int8 in zip((plan.query, plan.key, plan.value), plan.to_qkv)
     )
     scores = ops.matmul(
-        ops.split_heads(q, plan.heads, plan.head_size), ops.split_heads(k, plan.heads, plan.head_size, transpose=True)
+        ops.split_heads(q, plan.heads, plan.head_size),
+        ops.split_heads(k, plan.heads, plan.head_size, transpose=True),
+        terms=plan.head_size,
     )
-    probs, _ = i_softmax(ops, scores, plan.score_scale, key_mask)
-    context = ops.matmul(probs, ops.split_heads(v, plan.heads, plan.head_size), a_unsigned=True)
+    probs, _ = i_softmax(ops, scores, plan.score_scale, key_mask, max_keys=max_len)
+    values = ops.split_heads(v, plan.heads, plan.head_size)
+    context = ops.matmul(probs, values, a_unsigned=True, terms=max_len)
     context = requantize(ops, ops.merge_heads(context, plan.heads * plan.head_size), plan.to_context, 8)
     h1 = residual_norm(ops, i_linear(ops, context, plan.attn_out), h, plan.attn_residual, plan.norm1)
     x = requantize(ops, h1, plan.to_ffn_input, 8)
