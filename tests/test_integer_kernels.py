@@ -30,6 +30,7 @@ from edgecompress.compress.integer_only.kernels import (
     layernorm_params,
     linear_params,
     requantize,
+    requantizer,
 )
 from edgecompress.compress.integer_only.lower import IR_VERSION, OPSET
 from edgecompress.compress.integer_only.onnx_ops import OnnxOps
@@ -84,6 +85,32 @@ def test_requantize_is_round_half_up_of_q_times_b_over_2c_in_torch_and_onnx(valu
 def test_requantize_clips_to_the_signed_bit_width():
     q = torch.tensor([-1000, -5, 0, 5, 1000])
     assert requantize(TORCH, q, dyadic(1.0), bits=8).tolist() == [-127, -5, 0, 5, 127]
+
+
+@pytest.mark.parametrize(
+    ("m", "in_bound", "out_bits", "kind", "int32"),
+    [
+        (2.0**-6, 2**15, 8, "Dyadic", True),  # 16-bit hidden states to int8: a narrower b, inputs clipped
+        (2.0**-20, 2**30, 8, "Divisor", True),  # GELU's wide product to int8: a division
+        (3.0, 2**22, None, "Dyadic", False),  # an accumulator to the unclipped residual: int64, 24-bit b
+    ],
+)
+def test_requantizer_keeps_int32_where_its_precision_allows(m, in_bound, out_bits, kind, int32):
+    multiplier = requantizer(m, in_bound, out_bits)
+    assert type(multiplier).__name__ == kind
+    assert abs(float(multiplier.value) - m) <= m * 2**-9  # INT32_MIN_BITS: b or d keeps >= 8 bits
+    values = np.random.default_rng(0).integers(-in_bound, in_bound + 1, 2000).astype(np.int64)
+    values[:2] = (-in_bound, in_bound)
+    expected = requantize(TORCH, torch.from_numpy(values), multiplier, out_bits).numpy()
+    ops = OnnxOps()
+    ops.declare("q", TensorProto.INT64, (-in_bound, in_bound))
+    out = requantize(ops, "q", multiplier, out_bits)
+    assert (ops.dtype_of(out) == TensorProto.INT32) == int32
+    np.testing.assert_array_equal(run_onnx(lambda o, x: requantize(o, x, multiplier, out_bits), values), expected)
+    exact = np.floor(values * float(multiplier.value) + 0.5)
+    if out_bits is not None:
+        exact = np.clip(exact, -(2 ** (out_bits - 1) - 1), 2 ** (out_bits - 1) - 1)
+    assert np.abs(expected - exact).max() <= 1  # the input clip changes nothing: beyond it the output clips
 
 
 def test_dyadic_rejects_a_non_positive_multiplier():

@@ -64,7 +64,7 @@ def test_every_value_lies_in_its_interval(emitted):
         if ops.dtype_of(name) == TensorProto.INT32:
             assert INT32_MIN <= lo and hi <= INT32_MAX, name
     assert not outside, outside[:5]
-    assert len(names) > 500  # the whole program was watched
+    assert len(names) > 300  # the whole program was watched
 
 
 def test_matmul_accumulators_and_their_bias_stay_int32(emitted):

@@ -3,10 +3,16 @@
 Every kernel takes integer tensors (`q`, meaning the real value q * scale) and returns integers plus,
 where it changes, the new scale. Scales are Python floats or numpy vectors fixed at build time, so
 the arithmetic that runs is integer only. The same code runs eagerly in torch (`TORCH`, int64
-tensors) and emits the ONNX graph (`lower.OnnxOps`): the two can only differ where an op differs.
+tensors) and emits the ONNX graph (`onnx_ops.OnnxOps`, int32 wherever the values' intervals fit): the
+two can only differ where an op differs.
+
+Bit budgets are chosen so that the hot tensors fit int32 (I-BERT's design): the softmax's exponentials
+(ln2 in at most 2^13 steps, shifted down before their row sum), GELU's product (i-erf's 1.0 in 16 bits),
+and the requantizations to narrow outputs (`requantizer`: a dyadic with fewer bits, or a division).
 
 Rounding is explicit and identical in both backends:
-    requantize: round half up, floor((q * b + 2^(c-1)) / 2^c), with m ~ b / 2^c (dyadic)
+    requantize: round half up, floor((q * b + 2^(c-1)) / 2^c) with m ~ b / 2^c (dyadic), or
+                floor((q + floor(d/2)) / d) with m ~ 1/d (a divisor, for small m)
     divisions:  floor division (of a signed numerator by a positive divisor)
 """
 
@@ -21,15 +27,19 @@ import torch
 from edgecompress.errors import InternalError
 
 DYADIC_BITS = 24  # b in [2^23, 2^24]: relative error of a requantization multiplier <= 2^-24
+# An int32 requantization (`requantizer`): |q| * b stays within 2^29, leaving room for the rounding and the
+# offset that makes a floor non-negative; b (or a divisor d) keeps at least 8 bits, relative error <= 2^-9.
+INT32_PRODUCT_BITS = 29
+INT32_MIN_BITS = 8
 LN_FRACTION_BITS = 16  # LayerNorm's normalized value (x - mean) / std, fixed point at 2^-16
 # The largest |gamma| of a LayerNorm in 16 bits. Bound: |normalized| <= 2 sqrt(n) 2^16 with the integer
 # std (2^21.3 for n = 384), times gamma 2^16 plus beta, times a 24-bit dyadic multiplier, stays below
 # 2^62 (what floor_shift needs).
 LN_GAMMA_BITS = 16
 NEWTON_STEPS = 6  # from an initial guess within 2x of sqrt(n), 6 steps reach isqrt(n) for n < 2^62
-SOFTMAX_FINEST_SCALE = math.log(2.0) / 2**16  # ln2 in 2^16 steps: exp's integers stay below ~2^34
+SOFTMAX_FINEST_SCALE = math.log(2.0) / 2**13  # ln2 in 2^13 steps: exp's integers stay below 2^31 (int32)
 EXP_RANGE = 30  # exp(x) for x < -30 ln2 is taken as exp(-30 ln2) (I-BERT's clamp)
-ERF_ONE_BITS = 20  # i-erf's value 1.0 is held in at most ~20 bits so GELU's product stays in int64
+ERF_ONE_BITS = 16  # i-erf's 1.0 in at most 16 bits: GELU's product of a 14-bit input stays in int32
 POW2 = np.array([1 << i for i in range(63)], dtype=np.int64)
 GELU_A, GELU_B = -0.2888, -1.769  # erf(x) ~ sign(x) [a (min(|x|, -b) + b)^2 + 1]
 EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344  # exp(p) ~ a (p + b)^2 + c on p in (-ln2, 0]
@@ -63,9 +73,9 @@ class TorchOps:
     def mul(self, a, b):
         return self._t(a) * self._t(b)
 
-    def floor_div(self, a, d):
-        """floor(a / d) for d > 0 (a constant or a tensor)."""
-        return torch.div(self._t(a), self._t(d), rounding_mode="floor")
+    def floor_div(self, a, d, plus=0):
+        """floor((a + plus) / d) for d > 0 (a constant, a per-channel vector or a tensor)."""
+        return torch.div(self.add(a, plus), self._t(d), rounding_mode="floor")
 
     def div_nonneg(self, a, d):
         """floor(a / d) for a >= 0, d > 0 (the ONNX backend may truncate)."""
@@ -153,10 +163,29 @@ class Dyadic:
     b: np.ndarray  # int64
     c: np.ndarray  # int64, >= 1
     half: np.ndarray  # 2^(c-1), for rounding half up
+    # |q| is clipped to this first (None: not): exact when the output is clipped, since every input beyond it
+    # gives a clipped output anyway; it bounds q * b, so that the product fits int32 (see `requantizer`).
+    limit: int | None = None
 
     @property
     def value(self) -> np.ndarray:
         return self.b / 2.0**self.c
+
+
+@dataclass(frozen=True)
+class Divisor:
+    """A positive real multiplier m ~ 1 / d, d an integer (scalar or per channel), for m far below 1: the
+    product of a dyadic multiplier would not fit int32 there, a division needs no headroom."""
+
+    d: np.ndarray  # int64, >= 2
+    limit: int | None = None  # as Dyadic.limit
+
+    @property
+    def value(self) -> np.ndarray:
+        return 1.0 / self.d
+
+
+Multiplier = Dyadic | Divisor  # a requantization multiplier, as `requantize` takes it
 
 
 def dyadic(m) -> Dyadic:
@@ -167,19 +196,51 @@ def dyadic(m) -> Dyadic:
     c = np.minimum(DYADIC_BITS - 1 - np.floor(np.log2(m)), 62).astype(np.int64)
     if np.any(c < 1):
         raise InternalError(f"requantization multiplier {m.max():.3g} is too large for {DYADIC_BITS}-bit dyadic")
+    return _dyadic(m, c)
+
+
+def _dyadic(m: np.ndarray, c: np.ndarray, limit: int | None = None) -> Dyadic:
     b = np.round(m * 2.0**c).astype(np.int64)
     half = POW2[c - 1]
     if b.ndim == 0:
-        return Dyadic(int(b), int(c), int(half))
-    return Dyadic(b, c, half)
+        return Dyadic(int(b), int(c), int(half), limit)
+    return Dyadic(b, c, half, limit)
 
 
-def requantize(ops, q, m: Dyadic, bits: int | None = None):
+def requantizer(m, in_bound: int, out_bits: int | None) -> Multiplier:
+    """The multiplier m for inputs |q| <= in_bound (to `out_bits` signed, or unclipped), in int32 if it can be.
+
+    int32 needs |q| * b (plus rounding and the floor's offset) below 2^31, so b gets fewer bits than a
+    DYADIC_BITS dyadic: the inputs are first clipped where the output clips (`limit`), then c is the largest
+    shift keeping limit * b <= 2^INT32_PRODUCT_BITS. When m is so small that b would keep fewer than
+    INT32_MIN_BITS bits, a division by d = round(1/m) is more precise (relative error 1/2d). When neither keeps
+    INT32_MIN_BITS bits (a relative error up to 2^-9), the multiplier is the DYADIC_BITS one and runs in int64.
+    """
+    m = np.asarray(dyadic(m).value, dtype=np.float64)  # validated
+    limit = in_bound
+    if out_bits is not None:
+        limit = min(in_bound, int(math.ceil(2 ** (out_bits - 1) / float(m.min()))) + 2)
+    clip = limit if limit < in_bound else None
+    c = np.floor(np.log2(2.0**INT32_PRODUCT_BITS / (limit * m))).astype(np.int64)
+    if np.all(c >= 1) and np.all(c <= 31) and np.all(np.round(m * 2.0**c) >= 2**INT32_MIN_BITS):
+        return _dyadic(m, c, clip)
+    d = np.round(1.0 / m).astype(np.int64)
+    if np.all(d >= 2**INT32_MIN_BITS) and limit + int(d.max()) < 2**INT32_PRODUCT_BITS:
+        return Divisor(int(d) if d.ndim == 0 else d, clip)
+    return dyadic(m)
+
+
+def requantize(ops, q, m: Multiplier, bits: int | None = None):
     """q at scale s_in -> round(q * s_in / s_out) at s_out, with m = s_in / s_out; clipped to signed `bits`.
 
-    round half up: floor((q b + 2^(c-1)) / 2^c).
+    round half up: floor((q b + 2^(c-1)) / 2^c) for a dyadic m, floor((q + floor(d/2)) / d) for m = 1/d.
     """
-    out = ops.floor_shift(ops.mul(q, m.b), m.c, plus=m.half)
+    if m.limit is not None:
+        q = ops.clip(q, -m.limit, m.limit)
+    if isinstance(m, Divisor):
+        out = ops.floor_div(q, m.d, plus=np.asarray(m.d) // 2)
+    else:
+        out = ops.floor_shift(ops.mul(q, m.b), m.c, plus=m.half)
     return out if bits is None else ops.clip(out, -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
 
 
@@ -214,29 +275,51 @@ def i_gelu(ops, q, scale: float):
     return ops.mul(q, ops.add(q_erf, q_one)), scale * erf_scale / 2
 
 
-def i_exp(ops, q, scale: float):
-    """exp(x) for x <= 0: x = -ln2 z + p, exp(p) by I-BERT's polynomial, then shift right by z."""
+def i_exp(ops, q, scale: float, down: int = 0):
+    """exp(x) for x <= 0: x = -ln2 z + p, exp(p) by I-BERT's polynomial, then shift right by z (and by `down`
+    more, at 2^down times the scale, to keep the values narrow; shifts stop at 31, which empties a value
+    below 2^31 as any larger shift would)."""
     q_ln2 = math.floor(math.log(2.0) / scale)
     if q_ln2 < 16:
         raise InternalError(f"i-exp input scale {scale:.3g} is too coarse (ln2 is {q_ln2} steps; need >= 16)")
-    q = ops.maximum(q, -EXP_RANGE * q_ln2)
+    # Both clips state what holds anyway (x <= 0; p in (-ln2, 0]), so that the emitting backend's intervals
+    # know it: the polynomial's square then fits int32.
+    q = ops.clip(q, -EXP_RANGE * q_ln2, 0)
     z = ops.div_nonneg(ops.sub(0, q), q_ln2)
-    p = ops.add(q, ops.mul(z, q_ln2))
+    p = ops.clip(ops.add(q, ops.mul(z, q_ln2)), 1 - q_ln2, 0)
     poly, poly_scale = i_poly(ops, p, scale, EXP_A, EXP_B, EXP_C)
-    return ops.shift_right(poly, z), poly_scale
+    if down and exp_bound(scale) < 2**31:
+        z = ops.minimum(ops.add(z, down), 31)
+    elif down:
+        z = ops.add(z, down)
+    return ops.shift_right(poly, z), poly_scale * 2**down
 
 
-def i_softmax(ops, q, scale: float, key_mask, out_bits: int = 8, max_keys: int | None = None):
+def exp_bound(scale: float) -> int:
+    """The largest integer i-exp's polynomial gives at `scale` (at p = 0, where (p + q_b)^2 is largest)."""
+    q_b, q_c = math.floor(EXP_B / scale), math.floor(EXP_C / (EXP_A * scale * scale))
+    return q_b * q_b + q_c
+
+
+def i_softmax(
+    ops, q, scale: float, key_mask, out_bits: int = 8, max_keys: int | None = None, q_bound: int | None = None
+):
     """Softmax over the last axis where `key_mask` is true -> unsigned `out_bits` integers at 2^-out_bits.
 
-    Masked keys get exactly 0. Normalisation is the integer division round(e * 2^bits / sum(e)). `max_keys`
-    bounds the number of keys (the emitting backend types the row sums by it; None: unknown).
+    Masked keys get exactly 0. Normalisation is the integer division round(e * 2^bits / sum(e)).
+    With `max_keys` (a bound on the number of keys) the exponentials are shifted down just enough that a row
+    sum of them, and each times 2^out_bits, fit int32 (the largest keeps >= 2^20 levels, so the mass lost to
+    the shift is below max_keys x 2^-20 of a row); `q_bound` bounds |q| for the same reason.
     """
-    q = _coarsen(ops, q, scale)
+    q = _coarsen(ops, q, scale, q_bound)
     scale = max(scale, SOFTMAX_FINEST_SCALE)
     masked = ops.where(key_mask, q, -(2**30))  # scores are int32 (|q| < 127^2 x head size)
     shifted = ops.sub(masked, ops.reduce_max(masked, -1))
-    e, _ = i_exp(ops, shifted, scale)
+    down = 0
+    if max_keys:
+        widest = max(int(max_keys).bit_length(), out_bits + 1)
+        down = max(0, exp_bound(scale).bit_length() + widest - 30)
+    e, _ = i_exp(ops, shifted, scale, down)
     e = ops.where(key_mask, e, 0)
     total = ops.maximum(ops.reduce_sum(e, -1, max_keys), 1)
     # Round to nearest (add half the divisor): flooring would bias every row's sum low.
@@ -245,9 +328,12 @@ def i_softmax(ops, q, scale: float, key_mask, out_bits: int = 8, max_keys: int |
     return ops.minimum(probs, 2**out_bits - 1), 2.0**-out_bits
 
 
-def _coarsen(ops, q, scale: float):
+def _coarsen(ops, q, scale: float, q_bound: int | None):
     """Scores finer than SOFTMAX_FINEST_SCALE would make exp's integers (and their row sums) too wide."""
-    return q if scale >= SOFTMAX_FINEST_SCALE else requantize(ops, q, dyadic(scale / SOFTMAX_FINEST_SCALE))
+    if scale >= SOFTMAX_FINEST_SCALE:
+        return q
+    m = scale / SOFTMAX_FINEST_SCALE
+    return requantize(ops, q, dyadic(m) if q_bound is None else requantizer(m, q_bound, None))
 
 
 def i_tanh(ops, q, scale: float, out_bits: int = 8):

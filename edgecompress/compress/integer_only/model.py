@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from edgecompress.architectures import architecture_of
-from edgecompress.compress.integer_only.kernels import TORCH, dyadic, layernorm_params, linear_params, quantize_float
+from edgecompress.compress.integer_only.kernels import (
+    ERF_ONE_BITS,
+    TORCH,
+    LinearParams,
+    layernorm_params,
+    linear_params,
+    quantize_float,
+    requantizer,
+)
 from edgecompress.compress.integer_only.program import (
     GELU_BITS,
     HEAD_ACTIVATIONS,
@@ -118,6 +126,7 @@ def build_plan(model, ranges: dict) -> IntegerPlan:
     embeddings = _embedding_plan(model, family, _step(ranges["emb"], HIDDEN_BITS))
     hidden_scale = embeddings.norm.out_scale
     layers = []
+    max_len = len(embeddings.position)  # every position reads a row of this table
     for index, layer in enumerate(family.layers(model)):
         layers.append(
             _layer_plan(
@@ -125,6 +134,7 @@ def build_plan(model, ranges: dict) -> IntegerPlan:
                 layer,
                 {k.split(".", 1)[1]: v for k, v in ranges.items() if k.startswith(f"layer{index}.")},
                 hidden_scale,
+                max_len,
             )
         )
         hidden_scale = layers[-1].norm2.out_scale
@@ -155,7 +165,7 @@ def _embedding_plan(model, family, out_scale: float) -> EmbeddingPlan:
         word=tables[0][0],
         position=tables[1][0],
         token_type=tables[2][0] if len(tables) > 2 else None,
-        to_sum=tuple(dyadic(scale / sum_scale) for _, scale in tables),
+        to_sum=tuple(requantizer(scale / sum_scale, INT8, None) for _, scale in tables),
         norm=layernorm_params(_np(norm.weight), _np(norm.bias), out_scale, HIDDEN_BITS),
         position_pad=family.position_pad(model.config.to_dict()),
     )
@@ -183,7 +193,19 @@ def smoothed_linears(linears, channel_absmax: np.ndarray):
     return params, step
 
 
-def _layer_plan(family, layer, r: dict, hidden_scale: float) -> LayerPlan:
+# Bounds on the integers each requantization reads, from the bit widths of the program (`kernels.requantizer`
+# makes the multiplier int32 where they allow): int8 values, the 16-bit hidden states, GELU's product.
+INT8 = 127
+HIDDEN = 2 ** (HIDDEN_BITS - 1) - 1
+GELU_PRODUCT = (2 ** (GELU_BITS - 1) - 1) * 2 ** (ERF_ONE_BITS + 1)
+
+
+def _acc_bound(params: LinearParams) -> int:
+    """|x W + bias| for int8 x and W over the inner length."""
+    return len(params.weight) * INT8 * INT8 + int(np.abs(params.bias).max())
+
+
+def _layer_plan(family, layer, r: dict, hidden_scale: float, max_len: int) -> LayerPlan:
     attention = family.attention(layer)
     head_size = attention.head_size
     heads = attention.query.out_features // head_size
@@ -202,23 +224,31 @@ def _layer_plan(family, layer, r: dict, hidden_scale: float) -> LayerPlan:
     return LayerPlan(
         heads=heads,
         head_size=head_size,
-        to_attn_input=dyadic(hidden_scale / x_attn),
+        to_attn_input=requantizer(hidden_scale / x_attn, HIDDEN, 8),
         query=query,
         key=key,
         value=value,
-        to_qkv=(dyadic(query.acc_scale / s_q), dyadic(key.acc_scale / s_k), dyadic(value.acc_scale / s_v)),
+        to_qkv=tuple(
+            requantizer(p.acc_scale / step, _acc_bound(p), 8) for p, step in ((query, s_q), (key, s_k), (value, s_v))
+        ),
         score_scale=s_q * s_k / math.sqrt(head_size),
-        to_context=dyadic(2.0**-8 * s_v / s_ctx),
+        to_context=requantizer(2.0**-8 * s_v / s_ctx, 255 * INT8 * max_len, 8),  # 8-bit probs x int8 V
         attn_out=attn_out,
-        attn_residual=(dyadic(attn_out.acc_scale / s_res1), dyadic(hidden_scale / s_res1)),
+        attn_residual=(
+            requantizer(attn_out.acc_scale / s_res1, _acc_bound(attn_out), None),
+            requantizer(hidden_scale / s_res1, HIDDEN, None),
+        ),
         norm1=layernorm_params(_np(norm1.weight), _np(norm1.bias), s_h1, HIDDEN_BITS),
-        to_ffn_input=dyadic(s_h1 / x_ffn),
+        to_ffn_input=requantizer(s_h1 / x_ffn, HIDDEN, 8),
         intermediate=intermediate,
-        to_gelu=dyadic(intermediate.acc_scale / s_gelu_in),
+        to_gelu=requantizer(intermediate.acc_scale / s_gelu_in, _acc_bound(intermediate), GELU_BITS),
         gelu_scale=s_gelu_in,
-        from_gelu=dyadic(gelu_out_scale / s_gelu),
+        from_gelu=requantizer(gelu_out_scale / s_gelu, GELU_PRODUCT, 8),
         ffn_out=ffn_out,
-        ffn_residual=(dyadic(ffn_out.acc_scale / s_res2), dyadic(s_h1 / s_res2)),
+        ffn_residual=(
+            requantizer(ffn_out.acc_scale / s_res2, _acc_bound(ffn_out), None),
+            requantizer(s_h1 / s_res2, HIDDEN, None),
+        ),
         norm2=layernorm_params(_np(norm2.weight), _np(norm2.bias), s_h2, HIDDEN_BITS),
     )
 
@@ -242,17 +272,18 @@ def _head_plan(model, family, r: dict, hidden_scale: float) -> HeadPlan:
     (pooler,), x_pool = smoothed_linears([dense], r["x_pool"])
     activation = family.head_activation
     # tanh reads 16 bits (its curve needs them); ReLU's output is its int8 input, clamped
+    act_bits = HIDDEN_BITS if activation == "tanh" else 8
     s_act = _step(r["head_act_in"], HIDDEN_BITS) if activation == "tanh" else head_input_step(activation, r)
     classifier = _linear(output, head_input_step(activation, r))
     s_logits = _step(r["logits"] * 1.25, LOGIT_BITS)  # headroom: the integer model's logits may exceed float's
     return HeadPlan(
-        to_pool_input=dyadic(hidden_scale / x_pool),
+        to_pool_input=requantizer(hidden_scale / x_pool, HIDDEN, 8),
         pooler=pooler,
         activation=activation,
-        to_activation=dyadic(pooler.acc_scale / s_act),
+        to_activation=requantizer(pooler.acc_scale / s_act, _acc_bound(pooler), act_bits),
         activation_scale=s_act,
         classifier=classifier,
-        to_logits=dyadic(classifier.acc_scale / s_logits),
+        to_logits=requantizer(classifier.acc_scale / s_logits, _acc_bound(classifier), LOGIT_BITS),
         logit_scale=s_logits,
     )
 

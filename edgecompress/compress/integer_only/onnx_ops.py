@@ -139,23 +139,29 @@ class OnnxOps:
             interval = (0 if lo <= 0 <= hi else min(lo * lo, hi * hi), interval[1])
         return self._arith("Mul", [a, b], interval)
 
-    def floor_div(self, a, d):
-        """floor(a / d), d > 0. A constant d: shift a by a multiple of d to non-negative, where Div's
-        truncation is floor; a tensor d: Div(Sub(a, Mod(a, d)), d)."""
-        a_iv, d_iv = self.interval(a), self.interval(d)
-        result = _corners(lambda x, y: x // y, a_iv, (max(d_iv[0], 1), max(d_iv[1], 1)))
-        if not isinstance(d, int):
-            remainder = self._arith("Mod", [a, d], (0, max(d_iv[1] - 1, 0)), fmod=0)
-            return self._arith("Div", [self.sub(a, remainder), d], result)
-        shift = d * -(a_iv[0] // d) if a_iv[0] < 0 else 0  # the least multiple of d making a non-negative
-        if not _fits32((a_iv[0] + shift, a_iv[1] + shift)):
+    def floor_div(self, a, d, plus=0):
+        """floor((a + plus) / d), d > 0. A constant d (or per-channel vector): shift the numerator by a multiple
+        of d to non-negative, where Div's truncation is floor; a tensor d: Div(Sub(x, Mod(x, d)), d)."""
+        d_iv = self.interval(d)
+        divisors = (max(d_iv[0], 1), max(d_iv[1], 1))
+        if isinstance(d, str):
+            x = a if isinstance(plus, int) and plus == 0 else self.add(a, plus)
+            remainder = self._arith("Mod", [x, d], (0, divisors[1] - 1), fmod=0)
+            return self._arith(
+                "Div", [self.sub(x, remainder), d], _corners(lambda u, v: u // v, self.interval(x), divisors)
+            )
+        a_iv, p_iv = self.interval(a), self.interval(plus)
+        total = (a_iv[0] + p_iv[0], a_iv[1] + p_iv[1])
+        result = _corners(lambda u, v: u // v, total, divisors)
+        d = np.asarray(d, dtype=np.int64)
+        shift = d * -(total[0] // d) if total[0] < 0 else np.zeros_like(d)  # the least multiples making it >= 0
+        if not _fits32(a_iv, total, (total[0] + int(shift.min()), total[1] + int(shift.max()))):
             shift = d * (OFFSET // d)  # int64: any |a| < 2^62
-        if shift == 0:
+        if not shift.any() and p_iv == (0, 0):
             return self._arith("Div", [a, d], result)
-        shifted = self.add(a, shift)
-        return self.sub(
-            self._arith("Div", [shifted, d], _corners(lambda x, y: x // y, self.interval(shifted), (d, d))), shift // d
-        )
+        shifted = self.add(a, np.asarray(plus, dtype=np.int64) + shift)
+        quotient = self._arith("Div", [shifted, d], _corners(lambda u, v: u // v, self.interval(shifted), divisors))
+        return self.sub(quotient, shift // d) if shift.any() else quotient
 
     def floor_shift(self, a, c, plus=0):
         """floor((a + plus) / 2^c) without a division: BitShift of the value made non-negative, as unsigned.
@@ -245,7 +251,9 @@ class OnnxOps:
         onnxruntime 1.31: the kernels keep theirs below that."""
         lo, hi = self.interval(a)
         interval = (min(lo, 0) * terms, max(hi, 0) * terms) if terms else UNKNOWN
-        return self._arith("ReduceSum", [a, self.constant(np.array([axis]))], interval, keepdims=1)
+        dtype = TensorProto.INT32 if _fits32(interval, (lo, hi)) else TensorProto.INT64
+        axes = self.constant(np.array([axis]))  # int64 whatever the data's type
+        return self._out(self._node("ReduceSum", [self._as(a, dtype), axes], keepdims=1), dtype, interval)
 
     def reduce_max(self, a, axis: int):
         """Values must fit int32 (attention scores do): onnxruntime's int64 ReduceMax is wrong above 2^31."""

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecompress.compress.integer_only.kernels import (
-    Dyadic,
     LayerNormParams,
     LinearParams,
+    Multiplier,
     i_gelu,
     i_layernorm,
     i_linear,
@@ -50,7 +50,7 @@ class EmbeddingPlan:
     word: np.ndarray  # int8 [vocab, hidden]
     position: np.ndarray  # int8 [positions, hidden]
     token_type: np.ndarray | None  # int8 [types, hidden]; None: the family takes no token types
-    to_sum: tuple[Dyadic, ...]  # each table's scale (word, position[, token type]) -> the sum's scale
+    to_sum: tuple[Multiplier, ...]  # each table's scale (word, position[, token type]) -> the sum's scale
     norm: LayerNormParams
     position_pad: int | None = None  # positions count non-pad tokens from pad + 1 (RoBERTa); None: 0..n-1
 
@@ -59,35 +59,35 @@ class EmbeddingPlan:
 class LayerPlan:
     heads: int
     head_size: int
-    to_attn_input: Dyadic  # h scale -> int8 input of Q, K, V
+    to_attn_input: Multiplier  # h scale -> int8 input of Q, K, V
     query: LinearParams
     key: LinearParams
     value: LinearParams
-    to_qkv: tuple[Dyadic, Dyadic, Dyadic]  # accumulators -> int8 Q, K, V
+    to_qkv: tuple[Multiplier, ...]  # accumulators -> int8 Q, K, V
     score_scale: float  # s_q s_k / sqrt(head_size)
-    to_context: Dyadic  # probs (2^-8) x s_v -> int8 context
+    to_context: Multiplier  # probs (2^-8) x s_v -> int8 context
     attn_out: LinearParams
-    attn_residual: tuple[Dyadic, Dyadic]  # dense accumulator and h -> residual sum scale
+    attn_residual: tuple[Multiplier, Multiplier]  # dense accumulator and h -> residual sum scale
     norm1: LayerNormParams
-    to_ffn_input: Dyadic
+    to_ffn_input: Multiplier
     intermediate: LinearParams
-    to_gelu: Dyadic  # accumulator -> GELU input scale
+    to_gelu: Multiplier  # accumulator -> GELU input scale
     gelu_scale: float
-    from_gelu: Dyadic  # GELU output scale -> int8
+    from_gelu: Multiplier  # GELU output scale -> int8
     ffn_out: LinearParams
-    ffn_residual: tuple[Dyadic, Dyadic]
+    ffn_residual: tuple[Multiplier, Multiplier]
     norm2: LayerNormParams
 
 
 @dataclass
 class HeadPlan:
-    to_pool_input: Dyadic
+    to_pool_input: Multiplier
     pooler: LinearParams  # the head's dense layer (BERT's pooler)
     activation: str  # one of HEAD_ACTIVATIONS
-    to_activation: Dyadic  # dense accumulator -> tanh's 16-bit input, or ReLU's int8 input
+    to_activation: Multiplier  # dense accumulator -> tanh's 16-bit input, or ReLU's int8 input
     activation_scale: float  # tanh's input scale, or ReLU's (the classifier's input) step
     classifier: LinearParams  # input: tanh output at 1/127, or ReLU output at activation_scale
-    to_logits: Dyadic
+    to_logits: Multiplier
     logit_scale: float
 
 
@@ -129,7 +129,8 @@ def encoder_layer(ops, plan: LayerPlan, h, key_mask, max_len: int | None = None)
         ops.split_heads(k, plan.heads, plan.head_size, transpose=True),
         terms=plan.head_size,
     )
-    probs, _ = i_softmax(ops, scores, plan.score_scale, key_mask, max_keys=max_len)
+    q_bound = 127 * 127 * plan.head_size  # int8 Q and K over one head
+    probs, _ = i_softmax(ops, scores, plan.score_scale, key_mask, max_keys=max_len, q_bound=q_bound)
     values = ops.split_heads(v, plan.heads, plan.head_size)
     context = ops.matmul(probs, values, a_unsigned=True, terms=max_len)
     context = requantize(ops, ops.merge_heads(context, plan.heads * plan.head_size), plan.to_context, 8)
@@ -141,7 +142,7 @@ def encoder_layer(ops, plan: LayerPlan, h, key_mask, max_len: int | None = None)
     return residual_norm(ops, i_linear(ops, x, plan.ffn_out), h1, plan.ffn_residual, plan.norm2)
 
 
-def residual_norm(ops, accumulator, skip, to_sum: tuple[Dyadic, Dyadic], norm: LayerNormParams):
+def residual_norm(ops, accumulator, skip, to_sum: tuple[Multiplier, Multiplier], norm: LayerNormParams):
     total = ops.add(requantize(ops, accumulator, to_sum[0]), requantize(ops, skip, to_sum[1]))
     return i_layernorm(ops, total, norm)
 
