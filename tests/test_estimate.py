@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.errors import UserError
-from edgecompress.measure.estimate import MEMORY_METHOD, estimate_latency, estimate_memory
+from edgecompress.measure.estimate import estimate_latency, estimate_memory, executed_graph
 from edgecompress.onnx_facts import infer_shapes, op_histogram
 
 FLOAT = TensorProto.FLOAT
@@ -69,12 +69,14 @@ def test_weight_bytes_are_initializer_bytes_by_dtype():
         helper.make_node("Reshape", ["z", "shape"], ["y"]),
     ]
     model = make_model(nodes, [tensor("x", [1, 8, 16])], [tensor("y", [1, 8, 32])], inits)
-    memory = estimate_memory(model)
+    memory = estimate_memory(model, graph=executed_graph(model, as_written=True))
     expected = sum(numpy_helper.to_array(t).nbytes for t in inits)
     assert memory.weight_bytes == expected
     assert memory.weight_bytes_by_dtype == {"float": 16 * 32 * 4, "int64": 24, "float16": 64}
-    assert memory.method == MEMORY_METHOD
-    assert memory.total_bytes == memory.weight_bytes + memory.peak_activation_bytes
+    assert memory.method.startswith("static, on the graph as written")
+    parts = memory.weight_bytes + memory.prepacked_bytes + memory.peak_activation_bytes
+    assert memory.total_bytes == parts + memory.session_overhead_bytes
+    assert memory.prepacked_bytes == 16 * 32 * 4  # MatMul's constant weight is packed at load
 
 
 def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
@@ -87,7 +89,7 @@ def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
         helper.make_node("Add", ["h", "c"], ["y"]),
     ]
     model = make_model(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 32])], [packed, scale], opset=21)
-    memory = estimate_memory(model)
+    memory = estimate_memory(model, graph=executed_graph(model, as_written=True))
     assert memory.weight_bytes_by_dtype == {"int4": 16 * 32 // 2, "float": 4 + 32 * 4}
 
 
@@ -129,7 +131,7 @@ def test_roofline_picks_compute_or_memory_bound():
         [tensor("a", [64, 256]), tensor("b", [64, 256])],
         [tensor("y", [64, 256])],
     )
-    params = dict(DEVICE, compute_efficiency=0.5, bandwidth_efficiency=0.5)
+    params = dict(DEVICE, compute_efficiency=0.5, bandwidth_efficiency=0.5, node_overhead_s=0)
 
     matmul = estimate_latency(compute, **params).nodes[0]
     assert matmul.bound == "compute"
@@ -156,9 +158,9 @@ def test_dynamic_int8_matmul_is_int8_class_and_smaller(tmp_path):
     quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
 
     latency = estimate_latency(int8_path, **DEVICE)
-    matmuls = [n for n in latency.nodes if n.op_type == "MatMulInteger"]
-    assert [n.compute_class for n in matmuls] == ["int8"]
-    assert matmuls[0].flops == 2 * 8 * 16 * 32
+    # ORT fuses DynamicQuantizeLinear + MatMulInteger + scale Mul at load: one node quantizes A and multiplies
+    assert [(n.op_type, n.compute_class) for n in latency.nodes] == [("DynamicQuantizeMatMul", "int8")]
+    assert latency.nodes[0].flops == 2 * 8 * 16 * 32 + 4 * 8 * 16  # the GEMM + quantizing A
     assert estimate_memory(int8_path).weight_bytes < estimate_memory(fp32_path).weight_bytes
 
 
@@ -186,7 +188,8 @@ def test_qdq_matmul_is_timed_as_the_fused_int8_kernel_onnxruntime_runs():
     ]
     fused = latency.nodes[1]
     assert fused.flops == 2 * 8 * 16 * 32
-    assert fused.bytes == 8 * 16 + 16 * 32 + 8 * 32 * 4  # int8 activations and weights in, float out
+    # int8 activations and weights in, their two scales and zero points, float out
+    assert fused.bytes == 8 * 16 + 16 * 32 + (4 + 1) * 2 + 8 * 32 * 4
 
 
 def test_contrib_attention_gets_shapes_and_flops():
@@ -255,9 +258,9 @@ def test_optimized_bert_flops_match_hand_count(tiny_bert):
     attention = layers * 2 * (2 * seq * seq * hidden)  # QK^T and AV
     hand = 2 * matmul_params * seq + attention
 
-    shapes = infer_shapes(tiny_bert)
-    latency = estimate_latency(tiny_bert, **DEVICE, shapes=shapes)
-    memory = estimate_memory(tiny_bert, shapes=shapes)
+    graph = executed_graph(tiny_bert)
+    latency = estimate_latency(tiny_bert, **DEVICE, graph=graph)
+    memory = estimate_memory(tiny_bert, graph=graph)
     assert latency.total_flops == pytest.approx(hand, rel=0.2)
     assert latency.total_ms > 0 and memory.peak_activation_bytes > 0
     assert "com.microsoft::SkipLayerNormalization" in op_histogram(tiny_bert)
