@@ -414,11 +414,11 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str, folder: Path) -> Dev
         memory=Memory(**reader.table(top["memory"], "memory", _MEMORY_RULES, _OPTIONAL)),
         runtime=runtime,
         budgets=Budgets(**reader.table(top["budgets"], "budgets", _BUDGET_RULES, frozenset({"latency_applies_to"}))),
-        calibration=_calibration(top.get("calibration"), folder),
+        calibration=_calibration(top.get("calibration"), folder, reader),
     )
 
 
-def _calibration(written: str | None, folder: Path) -> str | None:
+def _calibration(written: str | None, folder: Path, reader: _Reader) -> str | None:
     """The named calibration file, resolved against the profile's folder and loaded once here, so a missing or
     broken file is reported when the profile is read, not in the middle of an export."""
     if written is None:
@@ -428,9 +428,9 @@ def _calibration(written: str | None, folder: Path) -> str | None:
     path = (folder / written).resolve()
     try:
         load_calibration(path)
-    except UserError as exc:  # name the profile field too: the user may not know which file points there
-        raise UserError(
-            f"field 'calibration' = {_show(written)}: {exc.what}", where=exc.where, expected=exc.expected, hint=exc.hint
+    except UserError as exc:  # named from the profile: the user may not know which file points there
+        raise reader.error(
+            f"field 'calibration' = {_show(written)}: {exc.what} ({path})", expected=exc.expected, hint=exc.hint
         ) from None
     return str(path)
 
