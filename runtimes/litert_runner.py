@@ -345,16 +345,11 @@ def load_average():
 
 
 def peak_rss_mb():
-    """Peak RSS in MiB. ru_maxrss is KiB on Linux/Android but bytes on macOS/iOS; /proc VmHWM is the fallback."""
-    try:
-        import resource
+    """Peak RSS in MiB: /proc VmHWM (Linux, Android), else ru_maxrss (KiB on Linux, bytes on macOS/iOS).
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    except (ImportError, OSError):  # no `resource` on Windows and some embedded Pythons
-        peak = 0
-    if peak > 0:
-        scale = 1024.0 * 1024.0 if sys.platform in ("darwin", "ios") else 1024.0
-        return round(peak / scale, 1)
+    VmHWM first because Linux carries ru_maxrss across exec: a runner started by a parent that had grown large
+    (an export holding its models) would report the parent's peak as its own; VmHWM starts afresh with the new
+    program's memory."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -362,6 +357,15 @@ def peak_rss_mb():
                     return round(int(line.split()[1]) / 1024.0, 1)  # reported in kB
     except (OSError, ValueError, IndexError):
         pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):  # no `resource` on Windows and some embedded Pythons
+        return None
+    if peak > 0:
+        scale = 1024.0 * 1024.0 if sys.platform in ("darwin", "ios") else 1024.0
+        return round(peak / scale, 1)
     return None
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from edgecompress.measure.calibration.store import Calibration, ErrorBand, load_calibration
 from edgecompress.measure.estimate import (
-    DEFAULT_SESSION_OVERHEAD_BYTES,
     LatencyEstimate,
     MemoryEstimate,
+    SessionOverhead,
     estimate_latency,
     estimate_latency_calibrated,
     estimate_memory,
@@ -68,13 +68,14 @@ def memory_on(profile, model, *, graph=None) -> MemoryEstimate:
     calibration = calibration_of(profile)
     measured = (calibration.memory or {}) if calibration else {}
     if calibration is not None and "session_overhead_mb" in measured:
-        return estimate_memory(
-            model,
-            session_overhead_bytes=int(measured["session_overhead_mb"] * 2**20),
-            overhead_how=f"{measured['session_overhead_mb']:.1f} MB, {measured['how']}; {calibration.describe()}",
-            graph=graph,
+        overhead = SessionOverhead(
+            int(measured["session_overhead_mb"] * 2**20),
+            int(measured.get("per_node_kb", 0) * 2**10),
+            f"{measured['session_overhead_mb']:.1f} MB + {measured.get('per_node_kb', 0):.0f} kB per node, "
+            f"{measured['how']}; {calibration.describe()}",
         )
-    return estimate_memory(model, session_overhead_bytes=DEFAULT_SESSION_OVERHEAD_BYTES, graph=graph)
+        return estimate_memory(model, overhead=overhead, graph=graph)
+    return estimate_memory(model, graph=graph)
 
 
 def band_of(profile) -> ErrorBand:

@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto
 
 from edgecompress.errors import UserError
-from edgecompress.measure.op_work import NodeWork, graph_work, lstm_phases, nbytes, value_bytes
+from edgecompress.measure.op_work import NodeWork, graph_work, lstm_phases, nbytes, node_bytes, value_bytes
 from edgecompress.measure.runtime_graph import runtime_graph
 from edgecompress.onnx_facts import Shapes, infer_shapes, load_model, op_key
 
@@ -41,30 +41,50 @@ log = logging.getLogger(__name__)
 # CPU kernels reach; a profile that names a calibration file is priced by measurement instead.
 DEFAULT_COMPUTE_EFFICIENCY = 0.3
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.6
-# Per-node cost of dispatching a kernel (and handing it to the thread pool): measured at about 6 us per node on
-# an x86 host with onnxruntime 1.31 (issue 12); not measured on any phone, where a core is no faster at it.
-DEFAULT_NODE_OVERHEAD_S = 5e-6
-# What a session adds before any weight or activation: thread pool, allocators, kernel registry, graph. Measured
-# on an x86 host with onnxruntime 1.31 as the growth of one-node models (calibration probes), about 8 MB.
-DEFAULT_SESSION_OVERHEAD_BYTES = 8 * 2**20
+# Per-node cost of dispatching a kernel: calibrated on an x86 host with onnxruntime 1.31 at 0.5 us (small
+# elementwise nodes) to 11 us (quantized attention) by op class, about 2 us for a typical node; not measured on any
+# phone, where a core is no faster at it.
+DEFAULT_NODE_OVERHEAD_S = 2e-6
 
-# Weight inputs that ONNX Runtime's CPU kernels copy into their own packed layout at load, when constant.
+
+@dataclass(frozen=True)
+class SessionOverhead:
+    """What a session adds besides weights and activations: a fixed part (thread pool, allocators, kernel
+    registry) and a part per node (the node, its kernel and their state)."""
+
+    fixed_bytes: int
+    per_node_bytes: int
+    how: str
+
+
+# Fitted on an x86 host with onnxruntime 1.31 to the runner's peak minus baseline resident memory of 18 exports
+# (tools/bench_calibration.py's): 11.4 MB plus 18 kB per node. A calibration measures its own device's.
+DEFAULT_SESSION_OVERHEAD = SessionOverhead(
+    int(11.4 * 2**20),
+    18 * 2**10,
+    "11.4 MB + 18 kB per node, fitted on an x86 host with onnxruntime 1.31, not measured on the device",
+)
+
+# Weight inputs that ONNX Runtime's CPU kernels copy into their own packed layout at load, when constant, and the
+# share of those bytes that stays resident: integer, 4-bit, attention and LSTM kernels keep the original beside
+# the packed copy; a float MatMul/Gemm's original is released for about half its bytes (measured on MiniLM-size
+# models with onnxruntime 1.31: session.disable_prepacking saves 0.16-0.64 of the packed float bytes).
 _PREPACKED_INPUTS = {
-    "MatMul": (1,),
-    "FusedMatMul": (1,),
-    "Gemm": (1,),
-    "FusedGemm": (1,),
-    "Attention": (1,),
-    "QAttention": (1,),
-    "DynamicQuantizeMatMul": (1,),
-    "MatMulInteger": (1,),
-    "MatMulIntegerToFloat": (1,),
-    "QLinearMatMul": (3,),
-    "QGemm": (3,),
-    "MatMulNBits": (1,),
-    "LSTM": (1, 2),
-    "DynamicQuantizeLSTM": (1, 2),
-    "QLinearConv": (3,),
+    "MatMul": ((1,), 0.5),
+    "FusedMatMul": ((1,), 0.5),
+    "Gemm": ((1,), 0.5),
+    "FusedGemm": ((1,), 0.5),
+    "Attention": ((1,), 1.0),
+    "QAttention": ((1,), 1.0),
+    "DynamicQuantizeMatMul": ((1,), 1.0),
+    "MatMulInteger": ((1,), 1.0),
+    "MatMulIntegerToFloat": ((1,), 1.0),
+    "QLinearMatMul": ((3,), 1.0),
+    "QGemm": ((3,), 1.0),
+    "MatMulNBits": ((1,), 1.0),
+    "LSTM": ((1, 2), 1.0),
+    "DynamicQuantizeLSTM": ((1, 2), 1.0),
+    "QLinearConv": ((3,), 1.0),
 }
 # Op classes timed against the int8 peak in the roofline: the integer kernels. MatMulNBits below accuracy level 4
 # dequantizes its 4-bit blocks and runs float math, so it is fp32-class (its bytes are the packed weights).
@@ -77,6 +97,7 @@ class MemoryEstimate:
 
     weight_bytes: int
     weight_bytes_by_dtype: dict[str, int]
+    largest_weight_bytes: int
     prepacked_bytes: int
     peak_activation_bytes: int
     peak_node: str
@@ -146,15 +167,18 @@ def executed_graph(model: onnx.ModelProto | str | Path, *, as_written: bool = Fa
 def estimate_memory(
     model: onnx.ModelProto | str | Path,
     *,
-    session_overhead_bytes: int = DEFAULT_SESSION_OVERHEAD_BYTES,
-    overhead_how: str = "about 8 MB measured on an x86 host with onnxruntime 1.31, not on the device",
+    overhead: SessionOverhead = DEFAULT_SESSION_OVERHEAD,
     graph: _Graph | None = None,
 ) -> MemoryEstimate:
-    """Weights + packed weight copies + peak live activations + the session's fixed overhead.
+    """Peak resident memory a session adds: weights + the larger of the load spike and the packed copies +
+    peak live activations + the session's own overhead.
 
-    Activations: a value is live from the node that produces it (graph inputs: from the start) until its last
-    consumer (graph outputs: until the end); both inputs and outputs of the executing node count. Pass `graph`
-    from `executed_graph` to avoid optimizing and running the model again.
+    Load spike: ONNX Runtime turns the parsed file's initializers into tensors one at a time while the rest are
+    held, so the largest one (an embedding table) is briefly there twice. Packed copies: what its kernels keep
+    beside the weights after packing them at load (_PREPACKED_INPUTS). The two do not add up: the spike is over
+    before packing starts. Activations: a value is live from the node that produces it (graph inputs: from the
+    start) until its last consumer (graph outputs: until the end); both inputs and outputs of the executing node
+    count. Pass `graph` from `executed_graph` to avoid optimizing and running the model again.
     """
     graph = graph or executed_graph(model)
     g, shapes = graph.model.graph, graph.shapes
@@ -164,37 +188,41 @@ def estimate_memory(
     for name in weights:
         dims, elem_type = shapes[name]
         by_dtype[TensorProto.DataType.Name(elem_type).lower()] += nbytes(dims, elem_type)
+    largest = max((value_bytes(shapes, name) for name in weights), default=0)
     prepacked = _prepacked_bytes(g, shapes, set(weights))
     peak, step = _peak_liveness(g, graph.order, shapes, set(weights))
     index = graph.order[step] if graph.order else -1
     node = g.node[index] if graph.order else onnx.NodeProto()
     weight_bytes = sum(by_dtype.values())
+    session = overhead.fixed_bytes + overhead.per_node_bytes * len(g.node)
     return MemoryEstimate(
         weight_bytes=weight_bytes,
         weight_bytes_by_dtype=dict(by_dtype.most_common()),
+        largest_weight_bytes=largest,
         prepacked_bytes=prepacked,
         peak_activation_bytes=peak,
         peak_node=node.name or f"{node.op_type}#{index}",
         peak_node_op_type=node.op_type,
         peak_node_index=index,
-        session_overhead_bytes=session_overhead_bytes,
-        total_bytes=weight_bytes + prepacked + peak + session_overhead_bytes,
+        session_overhead_bytes=session,
+        total_bytes=weight_bytes + max(largest, prepacked) + peak + session,
         method=(
-            f"static, on {graph.how}: initializer bytes + the packed copies ONNX Runtime's kernels make of "
-            "constant MatMul/Gemm/attention/integer/4-bit/LSTM weights at load + peak live activations from graph "
-            f"liveness (topological order, no buffer reuse) + a fixed session overhead ({overhead_how})"
+            f"static, on {graph.how}: initializer bytes + the larger of the load spike (the largest initializer, "
+            "copied while the others are held) and the packed copies ONNX Runtime's kernels keep of constant "
+            "MatMul/Gemm/attention/integer/4-bit/LSTM weights + peak live activations from graph liveness "
+            f"(topological order, no buffer reuse) + the session's overhead ({overhead.how})"
         ),
     )
 
 
 def _prepacked_bytes(graph: onnx.GraphProto, shapes: Shapes, weights: set[str]) -> int:
-    packed = {
-        node.input[i]
-        for node in graph.node
-        for i in _PREPACKED_INPUTS.get(node.op_type, ())
-        if i < len(node.input) and node.input[i] in weights
-    }
-    return sum(value_bytes(shapes, name) for name in packed)
+    kept: dict[str, float] = {}
+    for node in graph.node:
+        inputs, share = _PREPACKED_INPUTS.get(node.op_type, ((), 0.0))
+        for i in inputs:
+            if i < len(node.input) and node.input[i] in weights:
+                kept[node.input[i]] = max(kept.get(node.input[i], 0.0), share)
+    return int(sum(share * value_bytes(shapes, name) for name, share in kept.items()))
 
 
 def estimate_latency(
@@ -310,8 +338,8 @@ def _roofline_cost(
     compute_class = "int8" if work.op_class in _INT8_CLASSES or node.op_type == "DynamicQuantizeLSTM" else "fp32"
     if work.op_class == "lstm":
         phases = lstm_phases(node, shapes)
-    else:
-        phases = [(1, int(work.ops), int(work.bytes))]
+    else:  # bytes always: a class a calibration prices per element alone still moves them
+        phases = [(1, int(work.ops), node_bytes(node, shapes) if work.op_class != "view" else 0)]
     seconds = {"compute": 0.0, "memory": 0.0}
     for repeats, ops, nbytes_ in phases:
         compute_s, memory_s = ops / rates[compute_class], nbytes_ / bandwidth

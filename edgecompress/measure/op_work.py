@@ -74,6 +74,11 @@ OPS_PER_ELEMENT = {
     "QuantizeLinear": 3,
     "DequantizeLinear": 2,
 }
+# Integer elementwise ops per element of the largest input or output, relative to an int64 Add: ORT's CPU
+# kernels for these have no fast vector path, and division, remainder and int64 reductions cost several times an
+# add. Measured on an x86 host with onnxruntime 1.31's profiler on the integer-only MiniLM (ns per element: Add
+# 0.46, Where 1.3, BitShift 0.8, Div 2.2, ReduceSum 3.2, Mod 4.8); a calibration prices the class as a whole.
+INT_OPS_PER_ELEMENT = {"Where": 3, "BitShift": 2, "Div": 5, "ReduceSum": 7, "Mod": 10, "Cast": 0.7, "Abs": 0.8}
 # Pure data movement: no arithmetic, but their bytes still cost time.
 DATA_MOVEMENT_OPS = {
     "Transpose",
@@ -114,12 +119,14 @@ _CLASS_OF = {
     "Softmax": "softmax",
     **dict.fromkeys(GATHER_OPS, "gather"),
     **dict.fromkeys(DATA_MOVEMENT_OPS, "copy"),
+    "Transpose": "transpose",  # strided: several times the price per byte of a contiguous copy
     **dict.fromkeys(FREE_OPS, "view"),
     **dict.fromkeys(LSTM_OPS, "lstm"),
     **dict.fromkeys(("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"), "quantize"),
     **dict.fromkeys(("ConvInteger", "QLinearConv"), "conv_int8"),
 }
 _ELEMENTWISE = "elementwise"
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 # Every op class a graph can produce, in a fixed order (calibration files and reports list them in it).
 OP_CLASSES = (
     "matmul",
@@ -137,8 +144,10 @@ OP_CLASSES = (
     "gelu",
     "softmax",
     "elementwise",
+    "elementwise_int",
     "gather",
     "copy",
+    "transpose",
     "view",
     "quantize",
     "lstm",
@@ -151,7 +160,8 @@ OP_CLASSES = (
 FEATURES = {
     "nodes": "nodes executed",
     "ops": "arithmetic ops (a multiply-add is 2)",
-    "bytes": "bytes read and written (weights and activations; indexed tables only as far as rows are read)",
+    "bytes": "activation bytes read and written",
+    "weight_bytes": "bytes read from constant inputs (weights; indexed tables only as far as rows are read)",
     "score_ops": "attention: ops of QK^T, softmax and AV (the per-head products, as opposed to the projection)",
     "steps": "LSTM: recurrent time steps, each a dependent matrix-vector product",
     "step_bytes": "LSTM: bytes of the recurrent weights read at every step",
@@ -173,7 +183,7 @@ class NodeWork:
 
     @property
     def bytes(self) -> float:
-        return self.work.get("bytes", 0.0) + self.work.get("step_bytes", 0.0)
+        return sum(self.work.get(f, 0.0) for f in ("bytes", "weight_bytes", "step_bytes"))
 
 
 def graph_work(model: onnx.ModelProto, shapes: Shapes, order: list[int]) -> list[NodeWork]:
@@ -189,9 +199,14 @@ def node_work(
     work: dict[str, float] = {"nodes": 1.0}
     if op_class == "lstm":
         work.update(_lstm_work(node, shapes))
+    elif op_class == "elementwise_int":  # priced per weighted element: its bytes add nothing the weights miss
+        work["ops"] = float(_node_ops(node, shapes))
     elif op_class != "view":
         work["ops"] = float(_node_ops(node, shapes))
-        work["bytes"] = float(_node_bytes(node, shapes))
+        weights = weight_bytes(node, shapes, constants)
+        work["bytes"] = float(node_bytes(node, shapes) - weights)
+        if weights:
+            work["weight_bytes"] = float(weights)
         if op_class in ("attention", "qattention"):
             work["score_ops"] = float(_attention_score_ops(node, shapes))
             work["ops"] -= work["score_ops"]
@@ -218,8 +233,16 @@ def op_class_of(node: onnx.NodeProto, shapes: Shapes, constants: set[str] | froz
     if op in _CLASS_OF:
         return _CLASS_OF[op]
     if node.domain in ("", "ai.onnx") or op in OPS_PER_ELEMENT:
-        return _ELEMENTWISE
+        # Integer arithmetic (an integer-only graph's int64 compare-and-select, division, shifts and sums) has no
+        # fast vector kernels in ORT: several times the price per element of float math.
+        return "elementwise_int" if _is_integer(node, shapes) else _ELEMENTWISE
     return "other"
+
+
+def _is_integer(node: onnx.NodeProto, shapes: Shapes) -> bool:
+    """The node writes integers (or booleans): an integer-only graph's arithmetic."""
+    output = node.output[0] if node.output else ""
+    return output in shapes and shapes[output][1] not in _FLOAT_TYPES
 
 
 def nbytes(dims: tuple[int, ...], elem_type: int) -> int:
@@ -245,7 +268,7 @@ def _is_depthwise(node: onnx.NodeProto, shapes: Shapes) -> bool:
     return group > 1 and x in shapes and len(shapes[x][0]) > 1 and shapes[x][0][1] == group
 
 
-def _node_ops(node: onnx.NodeProto, shapes: Shapes) -> int:
+def _node_ops(node: onnx.NodeProto, shapes: Shapes) -> float:
     """Arithmetic ops of one node; matmuls count a multiply-add as 2."""
     op = node.op_type
     if op in FREE_OPS or op in DATA_MOVEMENT_OPS or op in GATHER_OPS:
@@ -269,6 +292,11 @@ def _node_ops(node: onnx.NodeProto, shapes: Shapes) -> int:
     if op in INDEXED_INPUTS:  # embed layer norm: the work is per output element, not per table element
         return OPS_PER_ELEMENT.get(op, 1) * numel(shapes, node.output[0])
     elements = max((numel(shapes, name) for name in [*node.input, *node.output] if name), default=0)
+    if _is_integer(node, shapes):  # in int64-element equivalents: an int32 or int8 element moves less
+        widest = max(
+            (nbytes((1,), shapes[name][1]) for name in [*node.input, *node.output] if name in shapes), default=8
+        )
+        return INT_OPS_PER_ELEMENT.get(op, 1) * elements * widest / 8
     return OPS_PER_ELEMENT.get(op, 1) * elements
 
 
@@ -297,7 +325,20 @@ def _attention_score_ops(node: onnx.NodeProto, shapes: Shapes) -> int:
     return products + (OPS_PER_ELEMENT["Softmax"] + 2) * scores
 
 
-def _node_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
+def weight_bytes(node: onnx.NodeProto, shapes: Shapes, constants: set[str] | frozenset) -> int:
+    """The part of node_bytes read from constant inputs (weights, tables as far as rows are read): a model's weights
+    are read once per run from wherever they live (L3, DRAM), at another price than its activations, which the
+    previous node just wrote to the nearer caches."""
+    written = sum(value_bytes(shapes, name) for name in node.output if name)
+    indexed = INDEXED_INPUTS.get(node.op_type, ())
+    return sum(
+        min(value_bytes(shapes, name), written) if i in indexed else value_bytes(shapes, name)
+        for i, name in enumerate(node.input)
+        if name in constants
+    )
+
+
+def node_bytes(node: onnx.NodeProto, shapes: Shapes) -> int:
     """Bytes read (activations and weights) plus bytes written."""
     written = sum(value_bytes(shapes, name) for name in node.output if name)
     indexed = INDEXED_INPUTS.get(node.op_type, ())

@@ -341,9 +341,10 @@ def device_estimates(graph, profile) -> dict:
             memory.total_bytes / MB,
             "MB",
             ESTIMATED,
-            f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, packed copies "
-            f"{memory.prepacked_bytes / MB:.1f} MB, activations {memory.peak_activation_bytes / MB:.2f} MB at "
-            f"{memory.peak_node_op_type}, session {memory.session_overhead_bytes / MB:.1f} MB",
+            f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, load spike "
+            f"{memory.largest_weight_bytes / MB:.1f} MB or packed copies {memory.prepacked_bytes / MB:.1f} MB, "
+            f"activations {memory.peak_activation_bytes / MB:.2f} MB at {memory.peak_node_op_type}, session "
+            f"{memory.session_overhead_bytes / MB:.1f} MB",
         ),
         "latency": Figure(
             latency.total_ms, "ms", ESTIMATED, f"{latency.method} {where}", band=_band_dict(band_of(profile))

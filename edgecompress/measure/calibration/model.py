@@ -47,14 +47,16 @@ CLASS_FALLBACK = {
     "layernorm": "elementwise",
     "gelu": "elementwise",
     "softmax": "elementwise",
+    "elementwise_int": "elementwise",
     "quantize": "elementwise",
     "gather": "copy",
     "copy": "elementwise",
+    "transpose": "copy",
     "view": "elementwise",
     "other": "elementwise",
 }
 # A class-specific feature its fallback class has no price for is priced as this general feature.
-FEATURE_FALLBACK = {"score_ops": "ops", "step_bytes": "bytes", "steps": "nodes"}
+FEATURE_FALLBACK = {"score_ops": "ops", "step_bytes": "bytes", "weight_bytes": "bytes", "steps": "nodes"}
 
 
 def work_vector(nodes: Iterable[NodeWork]) -> dict[str, float]:

@@ -15,9 +15,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgecompress.measure.calibration.model import fit_prices, leave_one_out, parallel_fractions, predict, work_vector
+from edgecompress.measure.calibration.nnls import nnls
 from edgecompress.measure.calibration.store import Calibration
 from edgecompress.measure.calibration.suite import Benchmark, suite
 from edgecompress.measure.op_work import graph_work
@@ -88,21 +90,26 @@ def calibrate(
 
 
 def _session_overhead(benchmarks: list[Benchmark], growth: dict[str, float]) -> dict | None:
-    """What a session adds besides weights, packed weights and activations: the median, over the benchmarks whose
-    growth was measured, of the measured growth minus what the memory estimate counts for them."""
-    from edgecompress.measure.estimate import estimate_memory
+    """What a session adds besides what the memory estimate counts (weights, load spike or packed copies,
+    activations): fitted over the benchmarks whose growth was measured as a fixed part plus a part per node (the
+    suite's 512-node graph sets the latter), both at least 0."""
+    from edgecompress.measure.estimate import SessionOverhead, estimate_memory
 
-    residuals = []
+    nothing = SessionOverhead(0, 0, "")
+    rows, residuals = [], []
     for benchmark in benchmarks:
         if benchmark.name in growth:
-            counted = estimate_memory(benchmark.model, session_overhead_bytes=0).total_bytes / 2**20
+            counted = estimate_memory(benchmark.model, overhead=nothing).total_bytes / 2**20
+            rows.append([1.0, float(len(runtime_graph(benchmark.model).model.graph.node))])
             residuals.append(growth[benchmark.name] - counted)
-    if not residuals:
+    if len(rows) < 2:
         return None
+    fixed, per_node = nnls(np.array(rows), np.array(residuals))
     return {
-        "session_overhead_mb": round(max(statistics.median(residuals), 0.0), 2),
-        "how": f"median over {len(residuals)} benchmark graphs of the runner's peak minus baseline resident memory, "
-        "less their weights, packed weights and peak activations",
+        "session_overhead_mb": round(float(fixed), 2),
+        "per_node_kb": round(float(per_node) * 1024, 2),
+        "how": f"fitted over {len(rows)} benchmark graphs to the runner's peak minus baseline resident memory, "
+        "less what the estimate counts for their weights, packed weights and activations",
     }
 
 

@@ -13,7 +13,8 @@ profile); the estimator then prices each node with it and states its error band.
     benchmarks [{name, work {param: amount}, measured_ms {threads: ms}, fitted_ms {threads: ms},
                  memory_growth_mb}]
     cross_validation {threads: {median_abs_error, worst_abs_error, benchmarks, how}}
-    memory (optional)             {session_overhead_mb, how}: what a session adds before any weight or activation
+    memory (optional)             {session_overhead_mb, per_node_kb, how}: what a session adds besides weights and
+                                  activations
     validation (optional)         whole models not in the suite, estimated and measured (tools/bench_calibration.py):
                                   {median_abs_error, worst_abs_error, artifacts, rows, how, date}
 
@@ -67,7 +68,7 @@ class Calibration:
     benchmarks: list[dict[str, Any]]
     cross_validation: dict[int, dict[str, Any]]
     validation: dict[str, Any] | None = None
-    memory: dict[str, Any] | None = None  # {"session_overhead_mb", "how"}: what a session adds before any weight
+    memory: dict[str, Any] | None = None  # {"session_overhead_mb", "per_node_kb", "how"}
     path: str | None = field(default=None, compare=False)  # where it was loaded from, for messages
 
     def band(self) -> ErrorBand:

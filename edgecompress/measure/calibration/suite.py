@@ -242,17 +242,48 @@ def _head_products(b: _Builder, shape: Shape, repeat: int) -> list[str]:
     return [q]
 
 
-def _integer_ops(b: _Builder, shape: Shape, repeat: int) -> list[str]:
-    """int32 arithmetic on activations, the bulk of an integer-only (I-BERT) graph's nodes: multiply, divide,
-    compare and select."""
-    x = b.input("x", TensorProto.FLOAT, [1, shape.seq, shape.hidden])
-    i = b.node("Cast", [x], to=TensorProto.INT32)[0]
-    one = b.weight(np.array(1, np.int32))
+def _integer_kernel(kind: str) -> Callable[[_Builder, Shape, int], list[str]]:
+    """The integer-only recipe's own GELU, softmax and LayerNorm programs (compress/integer_only/kernels.py,
+    lowered as that recipe lowers them): int64 compare-and-select, division, shifts and sums, the op mix an
+    integer-only graph spends its time in."""
+
+    def build(b: _Builder, shape: Shape, repeat: int) -> list[str]:
+        from edgecompress.compress.integer_only import kernels
+        from edgecompress.compress.integer_only.lower import OnnxOps
+
+        ops = OnnxOps()
+        if kind == "softmax":
+            x = b.input("x", TensorProto.INT64, [1, shape.heads, shape.seq, shape.seq])
+            mask = b.input("key_mask", TensorProto.BOOL, [1, 1, 1, shape.seq])
+        else:
+            x = b.input("x", TensorProto.INT64, [1, shape.seq, (4 if kind == "gelu" else 1) * shape.hidden])
+        for _ in range(repeat):  # chained: side by side on one input, the copies would be merged at load
+            if kind == "gelu":
+                x = kernels.i_gelu(ops, x, 0.02)[0]
+            elif kind == "softmax":
+                x = kernels.i_softmax(ops, x, 0.01, mask)[0]
+            else:
+                params = kernels.layernorm_params(np.ones(shape.hidden), np.zeros(shape.hidden), 0.05, 8)
+                x = kernels.i_layernorm(ops, x, params)
+        b.nodes.extend(ops.nodes)
+        b.initializers.extend(ops.initializers)
+        return [x]
+
+    return build
+
+
+def _small_ops(b: _Builder, shape: Shape, repeat: int) -> list[str]:
+    """The small ops around a student's convolutions and heads (scale, slice, activation, pooling), on small
+    tensors: per-node costs of real ops, not of the smallest possible ones."""
+    x = b.input("x", TensorProto.FLOAT, [1, shape.hidden, shape.seq])
+    starts, ends, axes = (b.weight(np.array([v], np.int64)) for v in (0, shape.seq - 1, 2))
+    pooled = []
     for _ in range(repeat):
-        i = b.node("Mul", [i, b.weight(np.array(3, np.int32))])[0]
-        i = b.node("Div", [i, b.weight(np.array(2, np.int32))])[0]
-        i = b.node("Where", [b.node("Less", [i, b.weight(np.array(0, np.int32))])[0], one, i])[0]
-    return [b.node("Cast", [i], to=TensorProto.FLOAT)[0]]
+        x = b.node("Mul", [x, b.weight(np.array(0.5, np.float32))])[0]
+        x = b.node("Relu", [b.node("Slice", [x, starts, ends, axes])[0]])[0]
+        x = b.node("Pad", [x, b.weight(np.array([0, 0, 0, 0, 0, 1], np.int64))])[0]
+        pooled.append(b.node("ReduceMax", [x], axes=[2], keepdims=0)[0])
+    return [b.node("Concat", pooled, axis=1)[0]]
 
 
 def _reduce(b: _Builder, shape: Shape, repeat: int) -> list[str]:
@@ -303,10 +334,18 @@ def _quantize(b: _Builder, shape: Shape, repeat: int) -> list[str]:
     return [b.node("DynamicQuantizeLinear", [x], outputs=3)[0] for _ in range(repeat)]
 
 
-def _lstm(b: _Builder, shape: Shape, repeat: int) -> list[str]:
-    """Bidirectional LSTMs over [seq, 1, hidden] inputs with hidden units, side by side (a BiLSTM student's)."""
+def _lstm(units_per_input: int) -> Callable[[_Builder, Shape, int], list[str]]:
+    """Bidirectional LSTMs over [seq, 1, hidden] inputs with `units_per_input` x hidden units, side by side (a
+    BiLSTM student's); two widths, so that the input projection and the recurrent steps are told apart."""
+
+    def build(b: _Builder, shape: Shape, repeat: int) -> list[str]:
+        return _lstms(b, shape, repeat, units_per_input * shape.hidden)
+
+    return build
+
+
+def _lstms(b: _Builder, shape: Shape, repeat: int, hidden: int) -> list[str]:
     x = b.input("x", TensorProto.FLOAT, [shape.seq, 1, shape.hidden])
-    hidden = shape.hidden
     outputs = []
     for _ in range(repeat):
         weights = [b.floats(2, 4 * hidden, shape.hidden), b.floats(2, 4 * hidden, hidden), b.floats(2, 8 * hidden)]
@@ -360,33 +399,42 @@ _KINDS: dict[str, Callable[[_Builder, Shape, int], list[str]]] = {
     "mul": _elementwise("Mul"),
     "tanh": _elementwise("Tanh"),
     "head_products": _head_products,
-    "integer_ops": _integer_ops,
     "reduce": _reduce,
+    "int_gelu": _integer_kernel("gelu"),
+    "int_softmax": _integer_kernel("softmax"),
+    "int_layernorm": _integer_kernel("layernorm"),
     "gather": _gather,
     "transpose": _transpose,
     "split_concat": _split_concat,
     "reshape": _reshape,
     "quantize": _quantize,
-    "lstm": _lstm,
+    "lstm": _lstm(1),
+    "lstm_wide": _lstm(2),
+    "small_ops": _small_ops,
     "conv": _conv("float"),
     "conv_depthwise": _conv("depthwise"),
     "conv_int8": _conv("int8"),
 }
 
-# (kind, seq, hidden, repeat). Matmul shapes: the teacher's (384) at 16/64/128 tokens, a mid-size model's (256),
-# and matrix-vector products (1 row: a [CLS] row or a pooler). Light ops repeat more, so that their own time
+# FFN pairs per matmul benchmark: as many weight bytes as a MiniLM's layers stream through the caches on every run
+# (fp32 ~28 MB, int8 ~14 MB, 4-bit ~8 MB at hidden 384), so that weights come from where they come from in a model,
+# not from a cache a smaller chain would fit in.
+_MATMUL_REPEATS = {"matmul": 6, "dq_matmul": 12, "matmul_u8s8": 12, "matmul_nbits": 12}
+# (kind, seq, hidden, repeat). Matmul shapes: the teacher's (384) at 16-128 tokens, a mid-size model's (256),
+# and matrix-vector products of three widths (1 row: a [CLS] row, a pooler, a classifier), so that a class's
+# per-node, per-op and per-byte prices are told apart. Light ops repeat more, so that their own time
 # stands out of session.run's fixed cost.
 _FULL: list[tuple[str, int, int, int]] = [
-    *[(k, s, 384, 2) for k in ("matmul", "dq_matmul", "matmul_u8s8", "matmul_nbits") for s in (16, 64, 128)],
-    *[(k, 128, 256, 2) for k in ("matmul", "dq_matmul", "matmul_u8s8", "matmul_nbits")],
-    *[(k, 1, 384, 6) for k in ("matmul", "dq_matmul", "matmul_u8s8", "matmul_nbits")],
-    ("matmul_s8s8", 64, 384, 1),
+    *[(k, s, 384, r) for k, r in _MATMUL_REPEATS.items() for s in (16, 32, 64, 128)],
+    *[(k, s, 256, r) for k, r in _MATMUL_REPEATS.items() for s in (64, 128)],
+    *[(k, 1, h, 6) for k in ("matmul", "dq_matmul", "matmul_u8s8", "matmul_nbits") for h in (128, 256)],
+    *[(k, 1, 384, 6) for k in ("dq_matmul", "matmul_u8s8", "matmul_nbits")],
+    *[("matmul_s8s8", s, 384, 1) for s in (16, 64)],
     ("matmul_s8s8", 1, 384, 4),
-    ("matmul_nbits_int8", 64, 384, 2),
+    *[("matmul_nbits_int8", s, 384, 2) for s in (16, 64)],
     ("matmul_nbits_int8", 1, 384, 6),
-    *[("attention", s, 384, 4) for s in (16, 64, 128)],
-    ("attention", 128, 256, 4),
-    *[("qattention", s, 384, 4) for s in (16, 64, 128)],
+    *[(k, s, 384, 4) for k in ("attention", "qattention") for s in (16, 32, 64, 128)],
+    *[(k, s, 256, 4) for k in ("attention", "qattention") for s in (64, 128)],
     *[(k, s, 384, 16) for k in ("layernorm", "skip_layernorm", "residual_add", "add") for s in (16, 64, 128)],
     *[("embed_layernorm", s, 384, 8) for s in (16, 64, 128)],
     *[("bias_gelu", s, 384, 8) for s in (16, 64, 128)],
@@ -394,18 +442,21 @@ _FULL: list[tuple[str, int, int, int]] = [
     ("gelu", 64, 384, 8),
     *[("softmax", s, 384, 8) for s in (16, 64, 128)],
     *[("head_products", s, 384, 4) for s in (16, 64, 128)],
-    *[("integer_ops", s, 384, 8) for s in (16, 128)],
+    *[(f"int_{k}", s, 384, 2) for k in ("gelu", "softmax", "layernorm") for s in (32, 128)],
     *[("reduce", 64, h, 8) for h in (128, 256)],
     ("mul", 128, 384, 16),
     ("tanh", 128, 384, 16),
-    ("add", 1, 1, 64),  # `nodes`: 64 nodes that do almost nothing
-    ("add", 1, 1, 1),  # `overhead`: one node that does almost nothing
+    ("add", 8, 64, 512),  # `nodes`: many nodes on small tensors (time and memory per node)
+    ("add", 8, 64, 32),
+    ("add", 8, 64, 1),  # `overhead`: one small node, almost nothing but session.run's own cost
+    *[("small_ops", s, 64, 16) for s in (16, 64)],
     *[("gather", s, 384, 16) for s in (16, 64, 128)],
     *[("transpose", s, 384, 16) for s in (16, 64, 128)],
     *[("split_concat", s, 384, 16) for s in (16, 64, 128)],
     *[("reshape", s, 384, 16) for s in (16, 128)],
     *[("quantize", s, 384, 16) for s in (16, 64, 128)],
     *[("lstm", s, h, 2) for s, h in ((16, 128), (64, 128), (64, 256))],
+    *[("lstm_wide", s, h, 2) for s, h in ((64, 64), (32, 128))],
     *[(k, 64, h, 4) for k in ("conv", "conv_depthwise") for h in (128, 256)],
     ("conv_int8", 64, 128, 4),
 ]
@@ -414,8 +465,8 @@ _TINY: list[tuple[str, int, int, int]] = [
     ("matmul", 16, 64, 2),
     ("matmul", 1, 64, 4),
     ("matmul", 32, 64, 4),
-    ("add", 1, 1, 1),
-    ("add", 1, 1, 32),
+    ("add", 8, 64, 1),
+    ("add", 8, 64, 32),
     ("add", 16, 64, 8),
     ("layernorm", 16, 64, 8),
     ("gather", 16, 64, 8),
