@@ -74,9 +74,11 @@ def test_weight_bytes_are_initializer_bytes_by_dtype():
     assert memory.weight_bytes == expected
     assert memory.weight_bytes_by_dtype == {"float": 16 * 32 * 4, "int64": 24, "float16": 64}
     assert memory.method.startswith("static, on the graph as written")
-    parts = memory.weight_bytes + memory.prepacked_bytes + memory.peak_activation_bytes
+    spike_or_packed = max(memory.largest_weight_bytes, memory.prepacked_bytes)
+    parts = memory.weight_bytes + spike_or_packed + memory.peak_activation_bytes
     assert memory.total_bytes == parts + memory.session_overhead_bytes
-    assert memory.prepacked_bytes == 16 * 32 * 4  # MatMul's constant weight is packed at load
+    assert memory.largest_weight_bytes == 16 * 32 * 4
+    assert memory.prepacked_bytes == 16 * 32 * 4 // 2  # a float MatMul keeps about half its packed weight
 
 
 def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
@@ -404,3 +406,13 @@ def test_static_int8_dequantized_weights_are_not_counted_as_activations():
     runtime = estimate_memory(model)
     assert runtime.peak_activation_bytes < 256 * 512  # x, its int8 copy and y only
     assert runtime.weight_bytes_by_dtype.get("int8", 0) >= 256 * 512
+
+
+def test_the_session_overhead_grows_with_the_nodes():
+    from edgecompress.measure.estimate import SessionOverhead
+
+    overhead = SessionOverhead(1000, 10, "test")
+    model = matmul_model()
+    memory = estimate_memory(model, overhead=overhead, graph=executed_graph(model, as_written=True))
+    assert memory.session_overhead_bytes == 1000 + 10 * 1
+    assert "test" in memory.method

@@ -28,6 +28,10 @@ from edgecompress.measure.runtime_graph import runtime_graph
 from edgecompress.onnx_facts import infer_shapes
 
 Progress = Callable[[str], None]
+# Timed runs per benchmark, round and thread count: as many as fit this many seconds (long chains would take
+# minutes at a fixed count), at least MIN_RUNS, at most --runs.
+TIMED_BUDGET_S = 0.3
+MIN_RUNS = 5
 
 
 def calibrate(
@@ -67,7 +71,8 @@ def calibrate(
         method=(
             f"micro-benchmark suite '{suite_name}' ({len(benchmarks)} graphs built in code, "
             f"edgecompress/measure/calibration/suite.py) measured through {last['runner']} on {transport.name}: "
-            f"p50 of {runs} runs after {warmup} warm-up runs per graph and thread count, median over {rounds} "
+            f"p50 of up to {runs} runs (as many as fit {TIMED_BUDGET_S:g} s, at least {MIN_RUNS}) after {warmup} "
+            f"warm-up runs per graph and thread count, median over {rounds} "
             f"rounds in rotating order; prices fitted by non-negative least squares on relative error "
             f"(edgecompress/measure/calibration/model.py)"
         ),
@@ -142,13 +147,15 @@ def _measure(transport, files: dict[str, Path], threads: list[int], rounds: int,
     loads: list[float | None] = []
     total, done = rounds * len(threads) * len(names), 0
     result: dict = {}
+    planned = {(name, n): min(runs, 10) for name in names for n in threads}  # until a first p50 says more
     for round_index in range(rounds):
         start = round_index * len(names) // max(rounds, 1)
         for name in names[start:] + names[:start]:
             for n in threads:
-                request = RunRequest(files[name], "ort_runner", n, runs, warmup)
+                request = RunRequest(files[name], "ort_runner", n, planned[name, n], warmup)
                 result = transport.measure(request)
                 p50 = result["latency_ms"]["p50"]
+                planned[name, n] = max(min(MIN_RUNS, runs), min(runs, int(TIMED_BUDGET_S * 1e3 / max(p50, 1e-3))))
                 measured[n][name].append(p50)
                 loads.append(result.get("host", {}).get("load_1m_after"))
                 if result.get("baseline_rss_mb") is not None and result.get("peak_rss_mb") is not None:
