@@ -74,11 +74,11 @@ def test_weight_bytes_are_initializer_bytes_by_dtype():
     assert memory.weight_bytes == expected
     assert memory.weight_bytes_by_dtype == {"float": 16 * 32 * 4, "int64": 24, "float16": 64}
     assert memory.method.startswith("static, on the graph as written")
-    spike_or_packed = max(memory.largest_weight_bytes, memory.prepacked_bytes)
-    parts = memory.weight_bytes + spike_or_packed + memory.peak_activation_bytes
+    spike_or_run = max(memory.largest_weight_bytes, memory.prepacked_bytes + 3 * memory.peak_activation_bytes)
+    parts = memory.weight_bytes + spike_or_run
     assert memory.total_bytes == parts + memory.session_overhead_bytes
     assert memory.largest_weight_bytes == 16 * 32 * 4
-    assert memory.prepacked_bytes == 16 * 32 * 4 // 2  # a float MatMul keeps about half its packed weight
+    assert memory.prepacked_bytes == int(0.35 * 16 * 32 * 4)  # a float MatMul keeps part of its packed weight
 
 
 def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
