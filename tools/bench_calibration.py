@@ -23,6 +23,7 @@ uncalibrated profiles state).
 
     python tools/bench_calibration.py --work /tmp/calib                    # everything (about 1 h on 2 cores)
     python tools/bench_calibration.py --work /tmp/calib --reuse --record   # time again, keep what is built
+    python tools/bench_calibration.py --work /tmp/calib --reuse --recalibrate --record   # calibrate and time again
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="folder for the calibration, profiles and artifacts (kept)")
     parser.add_argument("--reuse", action="store_true", help="keep built artifacts and an existing calibration")
+    parser.add_argument("--recalibrate", action="store_true", help="with --reuse: calibrate again, keep the artifacts")
     parser.add_argument("--calibration", help="use this calibration file instead of calibrating")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds over the artifacts")
@@ -106,7 +108,7 @@ def calibrate(work: Path, args) -> Path:
     if args.calibration:
         return Path(args.calibration).resolve()
     path = work / "calibration" / "host.json"
-    if args.reuse and path.is_file():
+    if args.reuse and not args.recalibrate and path.is_file():
         log(f"reusing {path}")
         return path
     from edgecompress.measure.calibration.run import calibrate as run_calibration

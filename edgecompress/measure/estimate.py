@@ -211,7 +211,7 @@ def estimate_memory(
         peak_node_op_type=node.op_type,
         peak_node_index=index,
         session_overhead_bytes=session,
-        total_bytes=weight_bytes + max(largest, prepacked + ARENA_FACTOR * peak) + session,
+        total_bytes=int(weight_bytes + max(largest, prepacked + ARENA_FACTOR * peak) + session),
         method=(
             f"static, on {graph.how}: initializer bytes + the larger of the load spike (the largest initializer, "
             "copied while the others are held) and what a run holds: the packed copies ONNX Runtime's kernels keep "
