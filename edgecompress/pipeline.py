@@ -145,7 +145,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     from edgecompress.intake.model import load_bundle
     from edgecompress.lower import lower
     from edgecompress.recipe import choose_recipe
-    from edgecompress.rewrite import rewrite_with_twin
+    from edgecompress.rewrite import rewrite_with_twin, with_finishing_passes
 
     clock = StageClock(progress or Progress())
     with clock.stage("intake", str(request.model)) as summary:
@@ -180,8 +180,9 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
         calibration = _calibration_feeds(compressed.bundle, tuning, seq_len)
     with clock.stage("rewrite") as summary:
         context = _pass_context(compressed.bundle, profile, calibration, train_data, tuning.kind)
-        rewrite = rewrite_with_twin(recipe.graph, lowered, context)
-        summary.append(f"{len(rewrite.graph.graph.node)} nodes after {len(recipe.graph)} passes")
+        passes = with_finishing_passes(recipe.graph)
+        rewrite = rewrite_with_twin(passes, lowered, context)
+        summary.append(f"{len(rewrite.graph.graph.node)} nodes after {len(passes)} passes")
     staging, created = staging_dir(request.out_root, profile.name)
     try:
         report = _finish(request, profile, recipe, data, compressed, rewrite, staging, clock, tuning)

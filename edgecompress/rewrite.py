@@ -24,6 +24,20 @@ class Rewrite:
     float_twin: Any = None  # None when no graph pass was lossy
 
 
+def with_finishing_passes(passes: tuple) -> tuple:
+    """The recipe's graph passes, then `share_initializers` unless the recipe already ends with it.
+
+    It belongs after every pass that can copy a constant (fusion packs Q/K/V per node, quantizers write a
+    copy per node), and a recipe that extends another appends passes after the base's: so the stage adds it
+    at the end instead of every recipe carrying it. Merging equal constants is exact.
+    """
+    from edgecompress.graph.share_initializers import ShareInitializers
+
+    if passes and isinstance(passes[-1], ShareInitializers):
+        return tuple(passes)
+    return (*passes, ShareInitializers())
+
+
 def rewrite_with_twin(passes, graph, context: PassContext) -> Rewrite:
     """Apply `passes` in order; keep the graph from before the first lossy pass as the float twin.
 

@@ -211,6 +211,12 @@ def _task_model(kit: Kit, head: str, **config) -> Path:
     return build(kit.tmp / "task-model", head, **config)
 
 
+def _family(kit: Kit, model_type: str) -> Path:
+    from family_models import build_any_family_checkpoint
+
+    return build_any_family_checkpoint(kit.tmp / model_type, model_type)
+
+
 def _file(kit: Kit, name: str, text: str) -> Path:
     path = kit.tmp / name
     path.write_text(text)
@@ -286,6 +292,41 @@ CASES = [
         "unknown quantization mode 'int3'",
     ),
     ("unknown-recipe", lambda k: k.export_args(k.checkpoint, "--recipe", "nope"), 2, "unknown recipe 'nope'"),
+    # issue 14: a rank or group out of range; a method that does not apply to the family
+    (
+        "low-rank-above-matrix-rank",
+        lambda k: k.export_args(
+            k.checkpoint, "--recipe", _file(k, "r.toml", '[[compress]]\npass = "low_rank"\nrank = 99\nepochs = 0\n')
+        ),
+        2,
+        "option 'rank' of pass 'low_rank' = 99 is above the matrices' own rank",
+    ),
+    (
+        "low-rank-without-train-data",
+        lambda k: k.export_args(
+            k.checkpoint, "--recipe", _file(k, "r.toml", '[[compress]]\npass = "low_rank"\nrank = 8\n')
+        ),
+        2,
+        "pass 'low_rank' fine-tunes the factorised model on training texts, but none were given",
+    ),
+    (
+        "share-layers-group-too-large",
+        lambda k: k.export_args(
+            k.checkpoint, "--recipe", _file(k, "r.toml", '[[compress]]\npass = "share_layers"\ngroup = 5\nepochs = 0\n')
+        ),
+        2,
+        "option 'group' of pass 'share_layers' = 5 is more than the model's 2 layers",
+    ),
+    (
+        "share-layers-on-albert",
+        lambda k: k.export_args(
+            _family(k, "albert"),
+            "--recipe",
+            _file(k, "r.toml", '[[compress]]\npass = "share_layers"\nepochs = 0\n'),
+        ),
+        2,
+        "share one set of layer weights already",
+    ),
     # issue 16: a profile's length buckets and what its latency budget bounds
     (
         "buckets-not-ending-at-seq-len",

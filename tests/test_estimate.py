@@ -216,6 +216,27 @@ def test_contrib_attention_gets_shapes_and_flops():
     assert op_histogram(model) == {"com.microsoft::Attention": 1}
 
 
+def test_contrib_multi_head_attention_gets_shapes_and_flops():
+    """What fuse_transformer's own rule writes for MobileBERT and MPNet: Q, K, V projected outside, an attention
+    bias added to the scores."""
+    batch, seq, hidden, heads = 1, 8, 16, 2
+    node = helper.make_node(
+        "MultiHeadAttention", ["q", "k", "v", "", "mask", "bias"], ["y"], domain="com.microsoft", num_heads=heads
+    )
+    model = make_model(
+        [node],
+        [tensor(name, [batch, seq, hidden]) for name in "qkv"]
+        + [tensor("mask", [batch, seq], TensorProto.INT32), tensor("bias", [batch, heads, seq, seq])],
+        [tensor("y", [batch, seq, hidden])],
+        contrib=True,
+    )
+    assert infer_shapes(model)["y"] == ((batch, seq, hidden), FLOAT)
+    products = 2 * batch * seq * seq * (hidden + hidden)  # QK^T and AV
+    softmax = 8 * batch * heads * seq * seq  # scale, mask, bias, 5-op softmax
+    latency = estimate_latency(model, **DEVICE)
+    assert latency.by_op_type["com.microsoft::MultiHeadAttention"].flops == products + softmax
+
+
 def test_op_histogram_is_sorted_by_count():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"]),

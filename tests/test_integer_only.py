@@ -248,7 +248,12 @@ def test_export_ships_a_bit_exact_integer_graph(tiny_checkpoint, tiny_data, ort_
     )
     assert result.exit_code in (0, 3), result.output
     report = json.loads((tmp_path / "tinyort" / "report.json").read_text())
-    assert [p["name"] for p in report["passes"]] == ["integer_only", "fix_shapes", "fold_constants"]
+    assert [p["name"] for p in report["passes"]] == [
+        "integer_only",
+        "fix_shapes",
+        "fold_constants",
+        "share_initializers",
+    ]
     for artifact in report["artifacts"]:
         assert artifact["parity"]["max_abs_diff"] == 0.0, artifact["file"]
         # 8 per layer (Q, K, V, scores, context, output, FFN in and out), pooler, classifier

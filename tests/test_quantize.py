@@ -102,7 +102,7 @@ def test_dynamic_quantizes_fused_ops_without_data(fused):
     [
         (
             "quantize_dynamic",
-            "no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float weights",
+            "no MatMul, Gemm, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float weights",
         ),
         ("quantize_static", "no MatMul, Attention or EmbedLayerNormalization with constant float weights"),
         ("quantize_int4", "no MatMul or embedding Gather with constant float weights"),
@@ -242,6 +242,21 @@ def test_int4_quantizes_large_gemms_and_leaves_small_ones_float(tiny_checkpoint)
     )
     assert record.stats["size_mb_after"] < kept.ByteSize() / 1e6
     assert _sqnr(graph, quantized, feeds) >= 10.0
+
+
+def test_dynamic_int8_quantizes_the_heads_large_gemms(fused):
+    """ONNX Runtime's quantizer renames a Gemm it rewrites, so the pooler was never among the nodes picked and
+    stayed float; rewritten under its own name first, it is quantized like every MatMul (the logits projection,
+    2 x 32, below the threshold, stays float)."""
+    graph, bundle, feeds = fused
+    assert _ops_count(graph, "Gemm") == 2  # pooler 32 x 32 and classifier 2 x 32
+    kept, _ = _quantize("quantize_dynamic", graph, bundle, gemm_min_weights=10**9)
+    quantized, record = _quantize("quantize_dynamic", graph, bundle, gemm_min_weights=32 * 32)
+    assert _ops_count(quantized, "MatMulInteger") == _ops_count(kept, "MatMulInteger") + 1
+    assert "1 Gemm(s) with a large constant weight rewritten as MatMul + Add to take int8 weights" in record.notes
+    # 3 of every weight's 4 bytes (3 KB), less its scales and the int8 chain's nodes
+    assert quantized.ByteSize() < kept.ByteSize() - 1024
+    assert _sqnr(graph, quantized, feeds) >= 20.0
 
 
 def test_int4_size_estimate_matches_the_file(tiny_checkpoint):

@@ -17,6 +17,11 @@ runtimes/ort_runner.py opens them), ours model.tflite in LiteRT; timing in round
 peer p50 / ours p50 >= 1 and peer size / ours size >= 1 for every family. The load average is printed
 beside the table.
 
+The size ratio compares like with like: our int8 model.onnx against the peer's int8 .onnx, one graph each
+serving any length. Our .tflite is shown beside it but not compared: it holds one signature per length bucket
+(the weights stored once, each bucket's graph and folded constants apart; MPNet's relative position bias,
+[heads, n, n] floats per bucket, is most of its tiny .tflite).
+
     python tools/bench_families.py --quick          # smoke run: BERT only, 1 round of 5 runs
     python tools/bench_families.py [--families bert roberta ...] [--checkpoint DIR ...] [--rounds 5] [--runs 30]
 """
@@ -208,6 +213,7 @@ def calls_for(files: dict[str, Path], folder: Path) -> dict:
 
 def print_table(rows: list[Row], load_before, load_after, args) -> None:
     print(f"{load_line(load_before, load_after)}. {args.rounds} rounds x {args.runs} runs, seq {SEQ_LEN}, 1 thread.")
+    print("Size ratio: int8 .onnx vs int8 .onnx; the .tflite (one signature per length bucket) is not compared.")
     print(
         "| model | task | fused | float parity (ORT / LiteRT) | int8 agreement | size ours/peer KB | "
         "p50 ms ours ORT / LiteRT / peer | peer/ours speed | peer/ours size |"

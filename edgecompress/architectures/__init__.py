@@ -72,6 +72,9 @@ class Architecture:
     # unfused and the fusion check expects none).
     ort_model_type: ClassVar[str] = "bert"
     fused_attention_per_layer: ClassVar[int] = 1
+    # True: the optimizer has no pattern for this family's attention, and our own rule
+    # (graph/attention_to_mha.py) fuses it into MultiHeadAttention; `fused_attention_per_layer` counts those.
+    own_attention_fusion: ClassVar[bool] = False
     # Why the fuser leaves (some of) this family's attention unfused, for the report's notes ("" when it fuses
     # every layer): the export names the slow path instead of shipping it silently.
     unfused_attention: ClassVar[str] = ""
@@ -138,6 +141,21 @@ class Architecture:
 
     def ffn(self, layer) -> tuple[Any, Any]:
         return _get(layer, self.ffn_in_path), _get(layer, self.ffn_out_path)
+
+    # The Linears of one encoder layer that a factorisation may replace, by role (`low_rank`). Q/K/V are not
+    # among them: factorised, they no longer match ONNX Runtime's attention fusion.
+    LINEAR_ROLES: ClassVar[tuple[str, ...]] = ("ffn_in", "ffn_out", "attention_output")
+
+    def linear(self, layer, role: str):
+        return _get(layer, self._linear_path(role))
+
+    def set_linear(self, layer, role: str, module) -> None:
+        parent_path, _, name = self._linear_path(role).rpartition(".")
+        setattr(_get(layer, parent_path) if parent_path else layer, name, module)
+
+    def _linear_path(self, role: str) -> str:
+        paths = {"ffn_in": self.ffn_in_path, "ffn_out": self.ffn_out_path}
+        return paths[role] if role in paths else self.attention_output_path
 
     def refuse(self, pass_name: str) -> str | None:
         """Why `pass_name` does not apply to this family, or None when it does."""

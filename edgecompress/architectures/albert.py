@@ -40,6 +40,7 @@ class Albert(Architecture):
         {
             "drop_layers": "its depths share one set of layer weights: there is no layer to remove, only a "
             "repetition (num_hidden_layers), which this pass does not change",
+            "share_layers": "its depths share one set of layer weights already",
             "trim_vocab": "its SentencePiece Unigram vocabulary is not trimmed (trim_vocab rewrites WordPiece "
             "vocabularies only)",
         }

@@ -30,7 +30,8 @@ class DebertaV2(Architecture):
     # Measured (onnxruntime 1.31, bert patterns, tiny config): 0 of 2 attention blocks fuse.
     fused_attention_per_layer = 0
     unfused_attention = (
-        "the fuser has no pattern for it (the relative-position scores gathered and added before the Softmax)"
+        "the fuser has no pattern for it (the relative-position scores gathered and added before the Softmax), "
+        "and our MultiHeadAttention rule does not fit its query-and-key mask (graph/attention_to_mha.py)"
     )
     not_applicable = MappingProxyType(
         {

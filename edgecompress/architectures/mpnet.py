@@ -27,7 +27,8 @@ class MPNet(Architecture):
     attention_output_path = "attention.attn.o"
     self_attention_path = "attention.attn"
     uses_token_type_ids = False
-    # Measured (onnxruntime 1.31, bert patterns, tiny config): 0 of 2 attention blocks fuse.
-    fused_attention_per_layer = 0
-    unfused_attention = "the fuser has no pattern for it (the relative position bias added to the scores)"
+    # Measured (onnxruntime 1.31, bert patterns, tiny config): 0 of 2 attention blocks fuse, for the relative
+    # position bias added to the scores. Our own rule fuses every block into MultiHeadAttention with that bias
+    # as its attention_bias (graph/attention_to_mha.py).
+    own_attention_fusion = True
     not_applicable = MappingProxyType({"prune_heads": _BIAS_PER_HEAD, "prune_schedule": _BIAS_PER_HEAD})

@@ -181,7 +181,10 @@ def _layer_outputs(module) -> Iterator[list]:
     def keep(layer, args, output):
         outputs.append(output[0] if isinstance(output, tuple) else output)
 
-    handles = [layer.register_forward_hook(keep) for layer in encoder_layers(module)]
+    # Once per distinct module: with shared layers (`share_layers`) one module runs at several depths, and
+    # its hook then fires once per depth, in depth order.
+    distinct = {id(layer): layer for layer in encoder_layers(module)}.values()
+    handles = [layer.register_forward_hook(keep) for layer in distinct]
     try:
         yield outputs
     finally:

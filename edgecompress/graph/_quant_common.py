@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress.onnx_facts import node_attribute
+
 # Graphs are run on at most this many rows at a time when their batch axis is symbolic.
 _DYNAMIC_BATCH = 8
 # SQNR of an output identical to the reference; a finite number keeps report.json valid JSON.
@@ -188,3 +190,65 @@ def output_error(reference: np.ndarray, candidate: np.ndarray, *, classifier: bo
 def is_classifier(model) -> bool:
     """The exporter names a classifier's output `logits`; only then are argmax flips a meaningful measure."""
     return model.graph.output[0].name == "logits"
+
+
+def gemms_as_matmuls(model, min_weights: int):
+    """`Gemm(X, W, b)` (alpha = beta = 1, X not transposed, W a constant of at least `min_weights`) ->
+    `Add(MatMul(X, W'), b)` with W' = W^T when transB, the MatMul keeping the Gemm's name: the weight
+    quantizers pick nodes by name and take MatMul (ONNX Runtime's dynamic quantizer rewrites a Gemm as
+    MatMul + Add under another name, MatMulNBits replaces MatMul only). Returns a copy."""
+    from onnx import helper, numpy_helper
+
+    result = copy_model(model)
+    tables = {init.name: init for init in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:  # read from `model`: `result`'s nodes are replaced below
+        if not _plain_gemm(node, tables, min_weights):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(tables[node.input[1]])
+        if node_attribute(node, "transB", 0):
+            weight = weight.T
+        name = f"{node.input[1]}_as_matmul"
+        result.graph.initializer.append(numpy_helper.from_array(weight.copy(), name))
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
+        if len(node.input) > 2:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}/bias"))
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    used = {name for node in result.graph.node for name in node.input}
+    kept = [init for init in result.graph.initializer if init.name in used]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(kept)
+    return result
+
+
+def gemm_nodes(model, min_weights: int) -> list:
+    """The Gemms `gemms_as_matmuls` rewrites."""
+    tables = {init.name: init for init in model.graph.initializer}
+    return [node for node in model.graph.node if _plain_gemm(node, tables, min_weights)]
+
+
+def _plain_gemm(node, tables, min_weights: int) -> bool:
+    import onnx
+
+    if node.op_type != "Gemm" or not node.name or len(node.input) < 2 or node.input[1] not in tables:
+        return False
+    weight = tables[node.input[1]]
+    return (
+        weight.data_type == onnx.TensorProto.FLOAT
+        and len(weight.dims) == 2
+        and weight.dims[0] * weight.dims[1] >= min_weights
+        and not node_attribute(node, "transA", 0)
+        and node_attribute(node, "alpha", 1.0) == 1.0
+        and node_attribute(node, "beta", 1.0) == 1.0
+        and (len(node.input) < 3 or node.input[2] in tables and len(tables[node.input[2]].dims) == 1)
+    )
+
+
+def gemm_note(before, after, weights: str) -> list[str]:
+    gemms = sum(n.op_type == "Gemm" for n in before.graph.node) - sum(n.op_type == "Gemm" for n in after.graph.node)
+    return (
+        [f"{gemms} Gemm(s) with a large constant weight rewritten as MatMul + Add to take {weights}"] if gemms else []
+    )

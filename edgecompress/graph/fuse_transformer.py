@@ -8,13 +8,19 @@ Measured on MiniLM-L6 (torch 2.13, onnxruntime 1.31): this optimizer fuses 6/6 a
 our eager-attention TorchScript export; onnxscript's `ort_fusions` fuses them into
 `MultiHeadAttention` with separate Q/K/V MatMuls (36 MatMul left vs 18). A library upgrade that
 silently stops fusing would ship a slow model, so `ensures` fails loudly when attention fusion
-falls short of one op per layer.
+falls short of what the family expects (one op per layer for BERT).
+
+Families whose attention this optimizer has no pattern for (MobileBERT, MPNet) declare
+`own_attention_fusion`: their blocks then go through our own rule (`attention_to_mha.py`,
+-> `MultiHeadAttention`), checked against the fuser's graph on padded rows before it is kept.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
+import numpy as np
 
 from edgecompress.errors import InternalError
 from edgecompress.logs import captured_library_output
@@ -64,9 +70,12 @@ class FuseTransformer(Pass):
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
         result = optimized.model  # `model` itself, rewritten
         result.ir_version = ir_version
+        ours, own_notes = _own_attention(result, ctx) if family and family.own_attention_fusion else (0, [])
+        if ours:
+            fused["MultiHeadAttention"] = fused.get("MultiHeadAttention", 0) + ours
         _ensure_opset_import(result, "com.microsoft", 1)
         notes = [", ".join(f"{n} {op}" for op, n in sorted(fused.items())) or "no subgraph fused"]
-        notes += [f"onnxruntime.transformers said: {line}" for line in library_notes]
+        notes += own_notes + [f"onnxruntime.transformers said: {line}" for line in library_notes]
         attention = sum(fused.get(op, 0) for op in _ATTENTION_OPS)
         if attention < blocks and family is not None and attention >= expected:  # short of it: `ensures` fails
             why = family.unfused_attention or "the fuser has no pattern for it"
@@ -99,6 +108,35 @@ class FuseTransformer(Pass):
             "tools/constraints.txt, or set require_attention = false in the recipe "
             "to ship anyway"
         )
+
+
+def _own_attention(model, ctx: PassContext) -> tuple[int, list[str]]:
+    """Fuse the attention blocks the optimizer left with our own rule, in place; (how many, notes). The result
+    must give the optimizer's outputs on padded rows up to float rounding, else it is a bug, never shipped."""
+    from edgecompress.graph._graph_edit import check_feeds
+    from edgecompress.graph._quant_common import ROUNDING_RTOL, run_model
+    from edgecompress.graph.attention_to_mha import fuse_attention, why_not
+
+    masks = [value.name for value in model.graph.input if "mask" in value.name]
+    mask = masks[0] if masks else "attention_mask"
+    rewritten, count = fuse_attention(model, mask)
+    if not count:
+        reasons = sorted(set(why_not(model, mask)))
+        return 0, [f"our attention rule did not fire: {'; '.join(reasons) or 'no block of its form'}"]
+    feeds, source = check_feeds(model, ctx)
+    reference, candidate = run_model(model, feeds), run_model(rewritten, feeds)
+    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
+    allowed = ROUNDING_RTOL * max(1.0, float(np.max(np.abs(reference))))
+    if diff > allowed:
+        raise InternalError(
+            f"fuse_transformer: our attention rule changed the outputs by {diff:.3g} > {allowed:.3g} on "
+            f"{len(candidate)} {source} rows"
+        )
+    model.CopyFrom(rewritten)
+    return count, [
+        f"{count} MultiHeadAttention by our own rule (graph/attention_to_mha.py), where the fuser has no pattern; "
+        f"outputs on {len(candidate)} {source} rows: max |diff| {diff:.3g} (float rounding allows {allowed:.3g})"
+    ]
 
 
 def _attention_blocks(model) -> int:

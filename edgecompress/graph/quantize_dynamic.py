@@ -14,8 +14,14 @@ The distilled students (BiLSTM, CNN) bring three more:
 The no-data option: it needs no calibration. When calibration texts are there anyway (the export always
 gives its tuning texts), the sensitivity analysis keeps float every node whose quantization alone breaks the
 output. Activations are uint8, weights int8: the only pairing ONNX Runtime's dynamic quantizer emits,
-and the fast one on x86 (u8s8 VNNI) and on Arm with dotprod. The pooler and classifier `Gemm`s stay
-float (the quantizer rewrites them as MatMul + Add): 0.6 MB of one-row compute, next to the logits.
+and the fast one on x86 (u8s8 VNNI) and on Arm with dotprod.
+
+The head's `Gemm`s with at least `gemm_min_weights` weights (the pooler, a classifier's dense layer)
+become MatMul + Add under their own name first, so that they can be chosen and quantized like the
+others: ONNX Runtime's quantizer does that rewrite itself but names the MatMul anew, so a Gemm was never
+among the nodes we pick and stayed float. MiniLM's pooler (384 x 384) was 0.59 MB of float in a 23.4 MB
+int8 file, and made it 1% larger than the plain `quantize_dynamic` a user runs by hand (which quantizes
+it); int8 it is 0.15 MB. The logits projection (2 x hidden) stays float: it gains a few KB.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from edgecompress.graph._quant_common import (
     calibration_rows,
     constant_weight_nodes,
     copy_model,
+    gemm_nodes,
+    gemm_note,
+    gemms_as_matmuls,
     graph_input_names,
     keep_model_props,
     through_file,
@@ -55,14 +64,17 @@ class QuantizeDynamic(Pass):
     min_sqnr_db: float = 20.0
     max_flip_rate: float = 0.02
     calibration_rows: int = 64
+    # Gemms with at least this many weights become MatMul + Add and are quantized (see the docstring).
+    gemm_min_weights: int = 64 * 64
 
     def requires(self, model, ctx: PassContext) -> None:
-        if not weighted_nodes(model):
+        if not weighted_nodes(model) and not gemm_nodes(model, self.gemm_min_weights):
             raise PassSkipped(
-                "no MatMul, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float weights"
+                "no MatMul, Gemm, Attention, EmbedLayerNormalization, Gather, LSTM or Conv with constant float weights"
             )
 
     def run(self, model, ctx: PassContext) -> PassResult:
+        source, model = model, gemms_as_matmuls(model, self.gemm_min_weights)
         nodes = weighted_nodes(model)
         feeds = (
             None
@@ -77,9 +89,8 @@ class QuantizeDynamic(Pass):
             Thresholds(self.min_sqnr_db, self.max_flip_rate),
             quantizer_id=QUANTIZER_ID,
         )
-        return PassResult(
-            outcome.model, outcome.notes(model, nodes), outcome.stats(model), fired=bool(outcome.quantized), lossy=True
-        )
+        notes = gemm_note(source, model, "int8 weights") + outcome.notes(model, nodes)
+        return PassResult(outcome.model, notes, outcome.stats(model), fired=bool(outcome.quantized), lossy=True)
 
 
 # Names quantize_nodes and its settings for the sensitivity cache: change it whenever quantize_nodes changes.

@@ -43,6 +43,8 @@ from edgecompress.graph._quant_common import (
     calibration_rows,
     constant_weight_nodes,
     copy_model,
+    gemm_note,
+    gemms_as_matmuls,
     graph_input_names,
     keep_model_props,
     nbits_quantizer_class,
@@ -51,7 +53,6 @@ from edgecompress.graph._quant_common import (
 )
 from edgecompress.graph.quant_sensitivity import Probe, Thresholds, layer_groups
 from edgecompress.logs import captured_library_output
-from edgecompress.onnx_facts import node_attribute
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
 
 # GatherBlockQuantized blocks must be powers of two of at least 16; larger blocks store fewer scales.
@@ -124,7 +125,8 @@ class QuantizeInt4(Pass):
             )
             notes = self._choose_bits(model, plan, probe)
         quantized = quantize(model, plan)
-        notes = _summary(source, quantized, plan) + _gemm_note(source, model) + notes + _fused_leftovers(model)
+        notes = _summary(source, quantized, plan) + gemm_note(source, model, "block-quantized weights") + notes
+        notes += _fused_leftovers(model)
         if probe is not None:
             error = probe.error_of(quantized)
             notes.append(f"whole graph vs float on {error.rows} calibration rows: {error.describe()}")
@@ -233,62 +235,6 @@ def estimated_size_mb(model, plan: dict[str, int], block_size: int) -> float:
             rows, cols = dims[node.input[0]]
             delta += rows * cols * plan[node.name] // 8 + rows * (cols // _table_block(cols)) * 4 - rows * cols * 4
     return size_mb(model) + delta / 1e6
-
-
-def gemms_as_matmuls(model, min_weights: int):
-    """`Gemm(X, W, b)` (alpha = beta = 1, X not transposed, W a large constant) -> `Add(MatMul(X, W'), b)`
-    with W' = W^T when transB: MatMulNBits, the 4-bit op, replaces MatMul only. Returns a copy."""
-    from onnx import helper, numpy_helper
-
-    result = copy_model(model)
-    tables = {init.name: init for init in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:  # read from `model`: `result`'s nodes are replaced below
-        if not _plain_gemm(node, tables, min_weights):
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(tables[node.input[1]])
-        if node_attribute(node, "transB", 0):
-            weight = weight.T
-        name = f"{node.input[1]}_as_matmul"
-        result.graph.initializer.append(numpy_helper.from_array(weight.copy(), name))
-        product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
-        if len(node.input) > 2:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}/bias"))
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    used = {name for node in result.graph.node for name in node.input}
-    kept = [init for init in result.graph.initializer if init.name in used]
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(kept)
-    return result
-
-
-def _plain_gemm(node, tables, min_weights: int) -> bool:
-    import onnx
-
-    if node.op_type != "Gemm" or not node.name or len(node.input) < 2 or node.input[1] not in tables:
-        return False
-    weight = tables[node.input[1]]
-    return (
-        weight.data_type == onnx.TensorProto.FLOAT
-        and len(weight.dims) == 2
-        and weight.dims[0] * weight.dims[1] >= min_weights
-        and not node_attribute(node, "transA", 0)
-        and node_attribute(node, "alpha", 1.0) == 1.0
-        and node_attribute(node, "beta", 1.0) == 1.0
-        and (len(node.input) < 3 or node.input[2] in tables and len(tables[node.input[2]].dims) == 1)
-    )
-
-
-def _gemm_note(before, after) -> list[str]:
-    gemms = sum(n.op_type == "Gemm" for n in before.graph.node) - sum(n.op_type == "Gemm" for n in after.graph.node)
-    return (
-        [f"{gemms} Gemm(s) with a large constant weight rewritten as MatMul + Add to take block-quantized weights"]
-        if gemms
-        else []
-    )
 
 
 def matmul_nodes(model) -> list:

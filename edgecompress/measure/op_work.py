@@ -110,7 +110,8 @@ INDEXED_INPUTS = {
 # Op class of each op type that is not classified by its inputs (see `op_class`). Anything else is "other",
 # which a calibration prices like "elementwise" (its per-node overhead and per-byte cost).
 _CLASS_OF = {
-    **dict.fromkeys(("Attention", "MultiHeadAttention"), "attention"),
+    "Attention": "attention",
+    "MultiHeadAttention": "mha",  # Q, K, V projected by MatMuls of their own: only the per-head products inside
     "QAttention": "qattention",
     **dict.fromkeys(("LayerNormalization", "SimplifiedLayerNormalization"), "layernorm"),
     **dict.fromkeys(("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"), "skip_layernorm"),
@@ -138,6 +139,7 @@ OP_CLASSES = (
     "matmul_nbits_int8",
     "attention",
     "qattention",
+    "mha",
     "layernorm",
     "skip_layernorm",
     "embed_layernorm",
@@ -210,6 +212,8 @@ def node_work(
         if op_class in ("attention", "qattention"):
             work["score_ops"] = float(_attention_score_ops(node, shapes))
             work["ops"] -= work["score_ops"]
+        elif op_class == "mha":
+            work["score_ops"], work["ops"] = work["ops"], 0.0
     return NodeWork(node.name or f"{node.op_type}#{index}", node.op_type, op_class, work)
 
 
@@ -289,6 +293,8 @@ def _node_ops(node: onnx.NodeProto, shapes: Shapes) -> float:
         return 2 * numel(shapes, node.output[0]) * math.prod(w_dims[1:])
     if op in ATTENTION_PAST_INPUT:
         return _attention_ops(node, shapes)
+    if op == "MultiHeadAttention":
+        return _multi_head_attention_ops(node, shapes)
     if op in INDEXED_INPUTS:  # embed layer norm: the work is per output element, not per table element
         return OPS_PER_ELEMENT.get(op, 1) * numel(shapes, node.output[0])
     elements = max((numel(shapes, name) for name in [*node.input, *node.output] if name), default=0)
@@ -310,6 +316,15 @@ def _attention_ops(node: onnx.NodeProto, shapes: Shapes) -> int:
     tokens = batch * seq
     projection = 2 * tokens * hidden_in * qkv_cols + tokens * qkv_cols
     return projection + _attention_score_ops(node, shapes)
+
+
+def _multi_head_attention_ops(node: onnx.NodeProto, shapes: Shapes) -> int:
+    """com.microsoft MultiHeadAttention on projected Q [B, S, Hq], K [B, T, Hq], V [B, T, Hv]: QK^T, softmax
+    (+scale, mask, attention bias), AV; the projections are MatMuls of their own."""
+    batch, seq, hq = shapes[node.input[0]][0]
+    seq_kv, hv = shapes[node.input[2]][0][1:]
+    scores = batch * node_attribute(node, "num_heads", 1) * seq * seq_kv
+    return 2 * batch * seq * seq_kv * (hq + hv) + (OPS_PER_ELEMENT["Softmax"] + 3) * scores
 
 
 def _attention_score_ops(node: onnx.NodeProto, shapes: Shapes) -> int:

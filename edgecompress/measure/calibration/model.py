@@ -31,6 +31,7 @@ RUN = "run"
 # nearest class that was: the next in this chain that has prices.
 CLASS_FALLBACK = {
     "qattention": "attention",
+    "mha": "attention",
     "matmul_act": "matmul",
     "attention": "matmul",
     "matmul_s8s8": "matmul_u8s8",

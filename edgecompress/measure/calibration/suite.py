@@ -156,6 +156,18 @@ def _attention(quantized: bool) -> Callable[[_Builder, Shape, int], list[str]]:
     return build
 
 
+def _multi_head_attention(b: _Builder, shape: Shape, repeat: int) -> list[str]:
+    """com.microsoft MultiHeadAttention on projected Q, K, V (what our own fusion writes for MobileBERT and MPNet),
+    with a key padding mask; the output is the next block's query."""
+    q = b.input("x", TensorProto.FLOAT, [1, shape.seq, shape.hidden])
+    k = b.input("k", TensorProto.FLOAT, [1, shape.seq, shape.hidden])
+    v = b.input("v", TensorProto.FLOAT, [1, shape.seq, shape.hidden])
+    mask = b.input("attention_mask", TensorProto.INT32, [1, shape.seq])
+    for _ in range(repeat):
+        q = b.node("MultiHeadAttention", [q, k, v, "", mask], domain="com.microsoft", num_heads=shape.heads)[0]
+    return [q]
+
+
 def _norms(op: str) -> Callable[[_Builder, Shape, int], list[str]]:
     def build(b: _Builder, shape: Shape, repeat: int) -> list[str]:
         x = b.input("x", TensorProto.FLOAT, [1, shape.seq, shape.hidden])
@@ -387,6 +399,7 @@ _KINDS: dict[str, Callable[[_Builder, Shape, int], list[str]]] = {
     "matmul_nbits_int8": _ffn_chain("nbits_int8"),
     "attention": _attention(quantized=False),
     "qattention": _attention(quantized=True),
+    "mha": _multi_head_attention,
     "layernorm": _norms("LayerNormalization"),
     "skip_layernorm": _norms("SkipLayerNormalization"),
     "embed_layernorm": _embed_layernorm,
@@ -435,6 +448,7 @@ _FULL: list[tuple[str, int, int, int]] = [
     ("matmul_nbits_int8", 1, 384, 6),
     *[(k, s, 384, 4) for k in ("attention", "qattention") for s in (16, 32, 64, 128)],
     *[(k, s, 256, 4) for k in ("attention", "qattention") for s in (64, 128)],
+    *[("mha", s, 384, 4) for s in (16, 64, 128)],
     *[(k, s, 384, 16) for k in ("layernorm", "skip_layernorm", "residual_add", "add") for s in (16, 64, 128)],
     *[("embed_layernorm", s, 384, 8) for s in (16, 64, 128)],
     *[("bias_gelu", s, 384, 8) for s in (16, 64, 128)],

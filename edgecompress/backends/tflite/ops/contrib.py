@@ -170,6 +170,30 @@ def attention(lw: Lowering, node) -> None:
     attention_core(lw, node, projections, mask)
 
 
+@lowers("MultiHeadAttention", domain=MS_DOMAIN)
+def multi_head_attention(lw: Lowering, node) -> None:
+    """Before -> After (the encoder form `fuse_transformer`'s own rule writes, graph/attention_to_mha.py):
+    `MultiHeadAttention(q, k, v, , key_padding_mask[, attention_bias])` [B, S, H] each ->
+    `attention_core(MUL(q, scale), k, v)` with the mask as ORT builds it from the key padding mask, plus
+    `attention_bias` on the scores (after the mask, ORT's order). The scale goes on Q, [B, S, H], not on
+    the [B, N, S, S] scores."""
+    query, key, value, bias, mask, attention_bias = padded_inputs(node, 6)[:6]
+    check_attention(lw, node, decoder_inputs=slice(6, None))
+    if bias:
+        raise lw.unsupported(node, "a packed Q/K/V bias input (the rule leaves the bias in the projections)")
+    widths = {lw.shape(name)[-1] for name in (query, key, value)}
+    if len(widths) != 1 or len({lw.shape(name) for name in (query, key, value)}) != 1:
+        raise lw.unsupported(node, "query, key and value of different shapes (cross attention)")
+    scale = attention_scale(lw, node, widths.pop())
+    scaled = lw.emit(
+        "MUL",
+        [lw.value(query), lw.const(np.array(scale, np.float32), f"attention_scale{scale!r}")],
+        shape=lw.shape(query),
+        dtype=_FLOAT32,
+    )
+    attention_core(lw, node, [scaled, lw.value(key), lw.value(value)], mask, bias=attention_bias)
+
+
 def attention_scale(lw: Lowering, node, hidden: int) -> np.float32:
     """The factor on Q.K^T: the node's `scale`, else 1/sqrt(head size) in float32, as ORT computes it.
 
@@ -192,11 +216,12 @@ def check_attention(lw: Lowering, node, decoder_inputs: slice) -> None:
         raise lw.unsupported(node, f"unequal qkv_hidden_sizes {list(sizes)}")
 
 
-def attention_core(lw: Lowering, node, projections: list[int], mask: str) -> None:
+def attention_core(lw: Lowering, node, projections: list[int], mask: str, bias: str = "") -> None:
     """Before -> After: projected Q (already multiplied by `attention_scale`), K, V [B, S, H] ->
-    heads = `TRANSPOSE(RESHAPE(., [B, S, N, h]))`; `P = SOFTMAX(ADD(BATCH_MATMUL(Q, K, adj_y), mask))`;
-    `RESHAPE(TRANSPOSE(BATCH_MATMUL(P, V)), [B, S, H])`. The mask is -10000 (mask_filter_value) on keys at
-    or after each row's mask_index, added to the scaled scores as ORT's kernel does.
+    heads = `TRANSPOSE(RESHAPE(., [B, S, N, h]))`; `P = SOFTMAX(ADD(ADD(BATCH_MATMUL(Q, K, adj_y), mask),
+    bias))`; `RESHAPE(TRANSPOSE(BATCH_MATMUL(P, V)), [B, S, H])`. The mask is -10000 (mask_filter_value) on
+    keys at or after each row's mask_index, added to the scaled scores as ORT's kernel does; `bias` (an
+    attention bias [B or 1, N, S, S], MultiHeadAttention's) is added after it, when given.
     """
     batch, length, hidden = lw.shape(node.output[0])
     heads = lw.attr(node, "num_heads")
@@ -215,6 +240,8 @@ def attention_core(lw: Lowering, node, projections: list[int], mask: str) -> Non
             shape=scores_shape,
             dtype=_FLOAT32,
         )
+    if bias:
+        scores = lw.emit("ADD", [scores, lw.value(bias)], shape=scores_shape, dtype=_FLOAT32)
     probs = lw.emit("SOFTMAX", [scores], shape=scores_shape, dtype=_FLOAT32, options=lw.options("Softmax", beta=1.0))
     context = lw.emit(
         "BATCH_MATMUL",
