@@ -279,6 +279,12 @@ def print_tables(rows: list[dict], load_before, load_after, args) -> None:
             f"| {r['artifact']} | {r['threads']} | {r['estimated_ms']:.3f} | {r['measured_ms']:.3f} | "
             f"{100 * r['error']:+.1f}% | {r['roofline_ms']:.3f} | {100 * r['roofline_error']:+.1f}% |"
         )
+    busy = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
+    if busy:
+        print(
+            "WARNING: the load average says other processes shared the cores: wall-clock timings are inflated and "
+            "this is not a valid check of the estimate (run it on a quiet machine)"
+        )
     median, worst = summary([r["error"] for r in rows])
     roof_median, roof_worst = summary([r["roofline_error"] for r in rows])
     verdict = "met" if median <= TARGET_MEDIAN and worst <= TARGET_WORST else "NOT met"
@@ -338,7 +344,7 @@ def record(rows: list[dict], calibration_file: Path, load_before, load_after, ar
             "target": target,
             "runtime": f"{calibration.runtime} {calibration.runtime_version}",
             "date": date,
-            "how": how.replace("whole models", "whole models, the roofline with this host's measured peaks,"),
+            "how": f"the roofline with this host's measured peaks (profiles/host-peaks-*.toml); {how}",
             "rows": [
                 {
                     "artifact": r["artifact"],
