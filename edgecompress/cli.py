@@ -489,6 +489,84 @@ def bench(
         click.echo(f"{figure}: {how}")
 
 
+def _thread_counts(ctx, param, value: str) -> list[int]:
+    """'1,2' -> [1, 2]: each a positive integer, each once, ascending."""
+    try:
+        counts = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected thread counts like 1,2, got {value!r}") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise click.BadParameter(f"expected distinct positive thread counts like 1,2, got {value!r}")
+    return sorted(counts)
+
+
+@main.command()
+@verbose_option
+@click.option(
+    "--on",
+    "target",
+    default="host",
+    show_default=True,
+    metavar="TARGET",
+    help="Where to calibrate: "
+    "host, ssh://user@host[:port] (a Linux board with python3 and onnxruntime) or adb[:SERIAL].",
+)
+@click.option(
+    "--threads", default="1,2", show_default=True, callback=_thread_counts, help="Thread counts to calibrate."
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Calibration file to write (.json)."
+)
+@click.option(
+    "--suite",
+    type=click.Choice(["full", "tiny"]),
+    default="full",
+    show_default=True,
+    help="Micro-benchmark suite: full (about 70 graphs, minutes) or tiny (a few classes, seconds).",
+)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Rounds over the suite.")
+@click.option("--runs", type=click.IntRange(1), default=30, show_default=True, help="Timed runs per graph and round.")
+@click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
+@click.option(
+    "--ssh-config",
+    type=click.Path(path_type=Path),
+    envvar="EDGECOMPRESS_SSH_CONFIG",
+    help="ssh_config file for ssh targets (identity, known hosts); default: ~/.ssh/config.",
+)
+@click.option("--remote-python", metavar="PATH", help="Python on an ssh target (default: python3 on its PATH).")
+@click.option(
+    "--perf-test",
+    type=click.Path(path_type=Path),
+    envvar="EDGECOMPRESS_PERF_TEST",
+    help="ONNX Runtime's onnxruntime_perf_test built for the phone (adb targets).",
+)
+def calibrate(target, threads, output, suite, rounds, runs, warmup, ssh_config, remote_python, perf_test) -> None:
+    """Time a micro-benchmark suite on TARGET and fit the latency model's per-op-class prices to it.
+
+    The file it writes is named by a device profile (`calibration = "FILE"`, relative to the profile), whose
+    latency estimates then use it and state its error band."""
+    from edgecompress.measure.calibration.run import calibrate as run_calibration
+    from edgecompress.measure.calibration.store import save_calibration
+    from edgecompress.measure.transports import parse_target
+
+    def work():
+        if output.is_dir():
+            raise UserError("output is a folder", where=str(output), expected="a .json file path")
+        transport = parse_target(target, _target_options(ssh_config, remote_python, None, perf_test))
+        result = run_calibration(
+            transport, threads=threads, suite_name=suite, rounds=rounds, runs=runs, warmup=warmup, progress=_say
+        )
+        save_calibration(result, output)
+        return result
+
+    result = _run_guarded(work)
+    click.echo(
+        f"wrote {output}: {result.runtime} {result.runtime_version} on {result.target}, threads "
+        f"{', '.join(map(str, result.threads))}; {result.band().text()}"
+    )
+    click.echo(f'to use it, add  calibration = "{output.name}"  to a device profile TOML beside it')
+
+
 @main.command()
 @verbose_option
 @click.argument("teacher", type=click.Path(path_type=Path))

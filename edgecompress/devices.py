@@ -30,7 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pyproject pulls in tomli on 3.10
     import tomli as tomllib
 
-FEATURES = ("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2", "sme")
+# Arm features, then x86-64 ones (a host profile: the machine a calibration is checked on).
+FEATURES = ("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2", "sme", "avx2", "fma", "avx512f", "avx512-vnni")
 KINDS = ("phone", "board")
 OPERATING_SYSTEMS = ("android", "ios", "linux")
 _OPS_PER_CYCLE_FIELD = {"fp32": "fp32_flops_per_cycle", "int8": "int8_ops_per_cycle"}
@@ -105,6 +106,9 @@ class DeviceProfile:
     runtime: Runtime
     budgets: Budgets
     quantize: str = "none"  # the default --quantize mode for this device (see recipe.QUANTIZE_MODES)
+    # The calibration file (measure/calibration/store.py) that prices this device's latency, resolved against the
+    # profile's folder; None: the peak-based estimate.
+    calibration: str | None = None
 
     def peak_ops_per_second(self, dtype: str, threads: int) -> float:
         """Peak rate for `threads` busy threads: the scheduler puts them on the fastest cores, one per core,
@@ -155,7 +159,7 @@ def load_profile(path: str | Path) -> DeviceProfile:
     """Read and strictly validate one profile TOML, shipped or the user's own."""
     path = Path(path)
     reader = _Reader(_display_path(path))
-    return _build(reader.parse(path), reader, path.stem)
+    return _build(reader.parse(path), reader, path.stem, path.parent)
 
 
 def get_profile(name_or_path: str | Path) -> DeviceProfile:
@@ -233,8 +237,8 @@ _SLUG = _Rule(
     lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v) is not None,
 )
 _ISA = _Rule(
-    'an Arm A-profile ISA such as "armv8.2-a"',
-    lambda v: isinstance(v, str) and re.fullmatch(r"armv[89](\.[0-9])?-a", v) is not None,
+    'an Arm A-profile ISA such as "armv8.2-a" (or, for a host, an x86-64 level such as "x86-64-v4")',
+    lambda v: isinstance(v, str) and re.fullmatch(r"armv[89](\.[0-9])?-a|x86-64(-v[234])?", v) is not None,
 )
 _POSITIVE = _Rule("a positive number", lambda v: _is_number(v) and math.isfinite(v) and v > 0)
 _COUNT = _Rule("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
@@ -252,6 +256,7 @@ _TOP_RULES = {
     "os": _one_of(OPERATING_SYSTEMS),
     "recipe": _SLUG,
     "quantize": _SLUG,
+    "calibration": _TEXT,
     "artifacts": _string_list(non_empty=True),
     "soc": _TABLE,
     "memory": _TABLE,
@@ -368,9 +373,9 @@ def _dotted(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
+def _build(raw: dict[str, Any], reader: _Reader, stem: str, folder: Path) -> DeviceProfile:
     """Validate the whole document, then assemble the frozen profile."""
-    top = reader.table(raw, "", _TOP_RULES, frozenset({"quantize"}))
+    top = reader.table(raw, "", _TOP_RULES, frozenset({"quantize", "calibration"}))
     if top["name"] != stem:
         raise reader.error(
             f"field 'name' must equal the file name stem {_show(stem)}, got {_show(top['name'])}",
@@ -409,7 +414,25 @@ def _build(raw: dict[str, Any], reader: _Reader, stem: str) -> DeviceProfile:
         memory=Memory(**reader.table(top["memory"], "memory", _MEMORY_RULES, _OPTIONAL)),
         runtime=runtime,
         budgets=Budgets(**reader.table(top["budgets"], "budgets", _BUDGET_RULES, frozenset({"latency_applies_to"}))),
+        calibration=_calibration(top.get("calibration"), folder, reader),
     )
+
+
+def _calibration(written: str | None, folder: Path, reader: _Reader) -> str | None:
+    """The named calibration file, resolved against the profile's folder and loaded once here, so a missing or
+    broken file is reported when the profile is read, not in the middle of an export."""
+    if written is None:
+        return None
+    from edgecompress.measure.calibration.store import load_calibration
+
+    path = (folder / written).resolve()
+    try:
+        load_calibration(path)
+    except UserError as exc:  # named from the profile: the user may not know which file points there
+        raise reader.error(
+            f"field 'calibration' = {_show(written)}: {exc.what} ({path})", expected=exc.expected, hint=exc.hint
+        ) from None
+    return str(path)
 
 
 def _runtime(raw: dict[str, Any], reader: _Reader) -> Runtime:

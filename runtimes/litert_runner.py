@@ -24,6 +24,9 @@ Output (stdout, exactly one JSON object, schema "edgecompress.runner/1"):
   signatures  the model's signature keys, in file order.
   peak_rss_mb peak resident set size of the whole process in MiB (includes interpreter and
               imports), or null where the platform exposes no figure.
+  baseline_rss_mb  resident set size in MiB just before the model is loaded (interpreter and
+              runtime imported, nothing of the model read yet), or null: peak_rss_mb minus this is
+              what loading and running the model added.
   output_digest  sha256 over the first timed run's outputs in name order: for each output a
               JSON header [name, dtype, shape] plus a newline, then its little-endian raw bytes.
               Two hosts report the same digest iff they produced bit-identical outputs.
@@ -342,16 +345,11 @@ def load_average():
 
 
 def peak_rss_mb():
-    """Peak RSS in MiB. ru_maxrss is KiB on Linux/Android but bytes on macOS/iOS; /proc VmHWM is the fallback."""
-    try:
-        import resource
+    """Peak RSS in MiB: /proc VmHWM (Linux, Android), else ru_maxrss (KiB on Linux, bytes on macOS/iOS).
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    except (ImportError, OSError):  # no `resource` on Windows and some embedded Pythons
-        peak = 0
-    if peak > 0:
-        scale = 1024.0 * 1024.0 if sys.platform in ("darwin", "ios") else 1024.0
-        return round(peak / scale, 1)
+    VmHWM first because Linux carries ru_maxrss across exec: a runner started by a parent that had grown large
+    (an export holding its models) would report the parent's peak as its own; VmHWM starts afresh with the new
+    program's memory."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -359,7 +357,29 @@ def peak_rss_mb():
                     return round(int(line.split()[1]) / 1024.0, 1)  # reported in kB
     except (OSError, ValueError, IndexError):
         pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):  # no `resource` on Windows and some embedded Pythons
+        return None
+    if peak > 0:
+        scale = 1024.0 * 1024.0 if sys.platform in ("darwin", "ios") else 1024.0
+        return round(peak / scale, 1)
     return None
+
+
+def resident_mb():
+    """Resident set size now, in MiB, from /proc (Linux, Android); elsewhere the peak so far (ru_maxrss), which
+    before the model loads is the interpreter and imports too; None where neither exists."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_mb()
 
 
 def describe_arrays(arrays, source=None):
@@ -383,6 +403,7 @@ def save_outputs(path, outputs):
 
 def run(args):
     """Load, feed, time and summarize one model; returns the JSON-ready result."""
+    baseline = resident_mb()
     interpreter, create_ms = open_interpreter(args.model, args.threads, args.delegate)
     keys = signature_keys(interpreter)
     runner = None
@@ -418,6 +439,7 @@ def run(args):
         "load_ms": round(create_ms + allocate_ms, 4),
         "latency_ms": latency_summary(latencies),
         "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": baseline,
         "outputs": describe_arrays(outputs),
         "output_digest": output_digest(outputs),
         "host": {

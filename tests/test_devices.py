@@ -267,8 +267,9 @@ def test_non_positive_numbers(tmp_path, old, new, expected):
         ('os = "android"', 'os = "symbian"', "field 'os' must be one of android, ios, linux, got \"symbian\""),
         (
             'isa = "armv8.2-a"',
-            'isa = "x86-64"',
-            'field \'soc.isa\' must be an Arm A-profile ISA such as "armv8.2-a", got "x86-64"',
+            'isa = "mips32"',
+            "field 'soc.isa' must be an Arm A-profile ISA such as \"armv8.2-a\" (or, for a host, an x86-64 level "
+            'such as "x86-64-v4"), got "mips32"',
         ),
         (
             'recipe = "default"',
@@ -325,7 +326,8 @@ def test_unknown_key_in_a_cluster(tmp_path):
         (
             'features = ["neon", "dotprod"]',
             'features = ["neon", "dotprd"]',
-            "field 'soc.features[1]' must be one of neon, fp16, dotprod, i8mm, bf16, sve, sve2, sme, got \"dotprd\"",
+            "field 'soc.features[1]' must be one of neon, fp16, dotprod, i8mm, bf16, sve, sve2, sme, avx2, fma, "
+            'avx512f, avx512-vnni, got "dotprd"',
         ),
         (
             'features = ["neon", "dotprod"]',

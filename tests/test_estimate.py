@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.errors import UserError
-from edgecompress.measure.estimate import MEMORY_METHOD, estimate_latency, estimate_memory
+from edgecompress.measure.estimate import estimate_latency, estimate_memory, executed_graph
 from edgecompress.onnx_facts import infer_shapes, op_histogram
 
 FLOAT = TensorProto.FLOAT
@@ -69,12 +69,16 @@ def test_weight_bytes_are_initializer_bytes_by_dtype():
         helper.make_node("Reshape", ["z", "shape"], ["y"]),
     ]
     model = make_model(nodes, [tensor("x", [1, 8, 16])], [tensor("y", [1, 8, 32])], inits)
-    memory = estimate_memory(model)
+    memory = estimate_memory(model, graph=executed_graph(model, as_written=True))
     expected = sum(numpy_helper.to_array(t).nbytes for t in inits)
     assert memory.weight_bytes == expected
     assert memory.weight_bytes_by_dtype == {"float": 16 * 32 * 4, "int64": 24, "float16": 64}
-    assert memory.method == MEMORY_METHOD
-    assert memory.total_bytes == memory.weight_bytes + memory.peak_activation_bytes
+    assert memory.method.startswith("static, on the graph as written")
+    spike_or_run = max(memory.largest_weight_bytes, memory.prepacked_bytes + 3 * memory.peak_activation_bytes)
+    parts = memory.weight_bytes + spike_or_run
+    assert memory.total_bytes == parts + memory.session_overhead_bytes
+    assert memory.largest_weight_bytes == 16 * 32 * 4
+    assert memory.prepacked_bytes == int(0.35 * 16 * 32 * 4)  # a float MatMul keeps part of its packed weight
 
 
 def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
@@ -87,7 +91,7 @@ def test_packed_4bit_and_constant_weights_count_their_stored_bytes():
         helper.make_node("Add", ["h", "c"], ["y"]),
     ]
     model = make_model(nodes, [tensor("x", [1, 16])], [tensor("y", [1, 32])], [packed, scale], opset=21)
-    memory = estimate_memory(model)
+    memory = estimate_memory(model, graph=executed_graph(model, as_written=True))
     assert memory.weight_bytes_by_dtype == {"int4": 16 * 32 // 2, "float": 4 + 32 * 4}
 
 
@@ -129,7 +133,7 @@ def test_roofline_picks_compute_or_memory_bound():
         [tensor("a", [64, 256]), tensor("b", [64, 256])],
         [tensor("y", [64, 256])],
     )
-    params = dict(DEVICE, compute_efficiency=0.5, bandwidth_efficiency=0.5)
+    params = dict(DEVICE, compute_efficiency=0.5, bandwidth_efficiency=0.5, node_overhead_s=0)
 
     matmul = estimate_latency(compute, **params).nodes[0]
     assert matmul.bound == "compute"
@@ -156,9 +160,9 @@ def test_dynamic_int8_matmul_is_int8_class_and_smaller(tmp_path):
     quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
 
     latency = estimate_latency(int8_path, **DEVICE)
-    matmuls = [n for n in latency.nodes if n.op_type == "MatMulInteger"]
-    assert [n.compute_class for n in matmuls] == ["int8"]
-    assert matmuls[0].flops == 2 * 8 * 16 * 32
+    # ORT fuses DynamicQuantizeLinear + MatMulInteger + scale Mul at load: one node quantizes A and multiplies
+    assert [(n.op_type, n.compute_class) for n in latency.nodes] == [("DynamicQuantizeMatMul", "int8")]
+    assert latency.nodes[0].flops == 2 * 8 * 16 * 32 + 4 * 8 * 16  # the GEMM + quantizing A
     assert estimate_memory(int8_path).weight_bytes < estimate_memory(fp32_path).weight_bytes
 
 
@@ -186,7 +190,8 @@ def test_qdq_matmul_is_timed_as_the_fused_int8_kernel_onnxruntime_runs():
     ]
     fused = latency.nodes[1]
     assert fused.flops == 2 * 8 * 16 * 32
-    assert fused.bytes == 8 * 16 + 16 * 32 + 8 * 32 * 4  # int8 activations and weights in, float out
+    # int8 activations and weights in, their two scales and zero points, float out
+    assert fused.bytes == 8 * 16 + 16 * 32 + (4 + 1) * 2 + 8 * 32 * 4
 
 
 def test_contrib_attention_gets_shapes_and_flops():
@@ -276,9 +281,9 @@ def test_optimized_bert_flops_match_hand_count(tiny_bert):
     attention = layers * 2 * (2 * seq * seq * hidden)  # QK^T and AV
     hand = 2 * matmul_params * seq + attention
 
-    shapes = infer_shapes(tiny_bert)
-    latency = estimate_latency(tiny_bert, **DEVICE, shapes=shapes)
-    memory = estimate_memory(tiny_bert, shapes=shapes)
+    graph = executed_graph(tiny_bert)
+    latency = estimate_latency(tiny_bert, **DEVICE, graph=graph)
+    memory = estimate_memory(tiny_bert, graph=graph)
     assert latency.total_flops == pytest.approx(hand, rel=0.2)
     assert latency.total_ms > 0 and memory.peak_activation_bytes > 0
     assert "com.microsoft::SkipLayerNormalization" in op_histogram(tiny_bert)
@@ -298,3 +303,137 @@ def test_quantized_bert_is_mostly_int8(tiny_bert, tmp_path):
     int8_flops = sum(n.flops for n in latency.nodes if n.compute_class == "int8")
     assert int8_flops > 0.5 * latency.total_flops
     assert estimate_memory(tmp_path / "int8.onnx").weight_bytes < estimate_memory(tiny_bert).weight_bytes
+
+
+# ---- modelling errors issue 12 named, fixed -------------------------------------------------------------------
+
+
+def test_embed_layer_norm_is_charged_for_the_rows_it_reads_not_the_whole_table():
+    seq, hidden, vocab = 8, 16, 5000
+    ints = TensorProto.INT32
+    node = helper.make_node(
+        "EmbedLayerNormalization",
+        ["ids", "types", "words", "positions", "segments", "gamma", "beta"],
+        ["y", "mask_index"],
+        domain="com.microsoft",
+        epsilon=1e-12,
+    )
+    model = make_model(
+        [node],
+        [tensor("ids", [1, seq], ints), tensor("types", [1, seq], ints)],
+        [tensor("y", [1, seq, hidden]), tensor("mask_index", [1], ints)],
+        [weight("words", vocab, hidden), weight("positions", 64, hidden), weight("segments", 2, hidden)]
+        + [weight("gamma", hidden), weight("beta", hidden)],
+        contrib=True,
+    )
+    cost = estimate_latency(model, **DEVICE).nodes[0]
+    assert cost.flops == 10 * seq * hidden  # per output element, not per table element
+    assert cost.bytes < 10 * seq * hidden * 4  # the rows gathered, never the 5000-row table
+
+
+def conv_model(group: int, channels: int = 8, length: int = 32):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1], group=group)
+    return make_model(
+        [node],
+        [tensor("x", [1, channels, length])],
+        [tensor("y", [1, channels, length])],
+        [weight("w", channels, channels // group, 3)],
+    )
+
+
+def test_depthwise_convolutions_are_not_charged_an_im2col_buffer():
+    depthwise = estimate_latency(conv_model(group=8), **DEVICE).nodes[0]
+    io = (8 * 32 + 8 * 1 * 3 + 8 * 32) * 4
+    assert depthwise.bytes == io
+    full = estimate_latency(conv_model(group=1), **DEVICE).nodes[0]
+    assert full.bytes > (8 * 32 + 8 * 8 * 3 + 8 * 32) * 4  # im2col: the [C x k, positions] patch matrix
+
+
+def test_a_qdq_convolution_is_timed_as_the_integer_kernel_onnxruntime_runs():
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "sx", "zx"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "sx", "zx"], ["y"]),
+    ]
+    params = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "sx"),
+        numpy_helper.from_array(np.uint8(128), "zx"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "sw"),
+        numpy_helper.from_array(np.int8(0), "zw"),
+        numpy_helper.from_array(np.ones((8, 8, 3), np.int8), "wq"),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 8, 32])], [tensor("y", [1, 8, 32])], params)
+    convs = [n for n in estimate_latency(model, **DEVICE).nodes if "Conv" in n.op_type]
+    assert [(n.op_type, n.compute_class) for n in convs] == [("QLinearConv", "int8")]
+
+
+def test_4bit_matmuls_are_timed_as_float_math_below_accuracy_level_4():
+    """MatMulNBits dequantizes its blocks and multiplies in float unless accuracy_level is 4 (int8 kernels)."""
+
+    def nbits(level: int):
+        node = helper.make_node(
+            "MatMulNBits",
+            ["x", "w4", "s"],
+            ["y"],
+            domain="com.microsoft",
+            K=64,
+            N=32,
+            bits=4,
+            block_size=32,
+            accuracy_level=level,
+        )
+        packed = numpy_helper.from_array(np.zeros((32, 2, 16), np.uint8), "w4")
+        scales = numpy_helper.from_array(np.ones(64, np.float32), "s")
+        return make_model([node], [tensor("x", [1, 8, 64])], [tensor("y", [1, 8, 32])], [packed, scales], contrib=True)
+
+    assert estimate_latency(nbits(0), **DEVICE).nodes[0].compute_class == "fp32"
+    assert estimate_latency(nbits(4), **DEVICE).nodes[0].compute_class == "int8"
+
+
+def test_nodes_onnxruntime_fuses_away_are_not_charged():
+    """MatMul + Add (bias) is one FusedGemm-like node at load for 2-D inputs; a Gelu written out as Erf math is
+    one Gelu node: the estimate counts what runs."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [8, 16])], [tensor("y", [8, 32])], [weight("w", 16, 32), weight("b", 32)])
+    latency = estimate_latency(model, **DEVICE)
+    assert [n.op_type for n in latency.nodes] == ["Gemm"]
+    assert "the graph onnxruntime" in latency.method
+
+
+def test_static_int8_dequantized_weights_are_not_counted_as_activations():
+    """DQ(W) -> MatMul: ORT runs MatMulIntegerToFloat on the int8 weights; the float copy of W never exists."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    params = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "sx"),
+        numpy_helper.from_array(np.uint8(128), "zx"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "sw"),
+        numpy_helper.from_array(np.int8(0), "zw"),
+        numpy_helper.from_array(np.ones((256, 512), np.int8), "wq"),
+    ]
+    model = make_model(nodes, [tensor("x", [2, 256])], [tensor("y", [2, 512])], params)
+    as_written = estimate_memory(model, graph=executed_graph(model, as_written=True))
+    assert as_written.peak_activation_bytes >= 256 * 512 * 4  # the written graph's float W
+    runtime = estimate_memory(model)
+    assert runtime.peak_activation_bytes < 256 * 512  # x, its int8 copy and y only
+    assert runtime.weight_bytes_by_dtype.get("int8", 0) >= 256 * 512
+
+
+def test_the_session_overhead_grows_with_the_nodes():
+    from edgecompress.measure.estimate import SessionOverhead
+
+    overhead = SessionOverhead(1000, 10, "test")
+    model = matmul_model()
+    memory = estimate_memory(model, overhead=overhead, graph=executed_graph(model, as_written=True))
+    assert memory.session_overhead_bytes == 1000 + 10 * 1
+    assert "test" in memory.method

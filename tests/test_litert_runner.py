@@ -38,6 +38,7 @@ RESULT_KEYS = {
     "load_ms",
     "latency_ms",
     "peak_rss_mb",
+    "baseline_rss_mb",
     "outputs",
     "output_digest",
     "host",

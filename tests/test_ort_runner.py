@@ -37,6 +37,7 @@ RESULT_KEYS = {
     "load_ms",
     "latency_ms",
     "peak_rss_mb",
+    "baseline_rss_mb",
     "outputs",
     "output_digest",
     "host",
@@ -167,6 +168,18 @@ def test_result_has_the_contract_keys_and_sane_values(model_path):
     assert result["output_digest"].startswith("sha256:") and len(result["output_digest"]) == len("sha256:") + 64
     assert set(result["host"]) == {"machine", "system", "cpu_count", "load_1m_before", "load_1m_after"}
     assert "latency_samples_ms" not in result
+
+
+def test_peak_memory_is_the_runners_own_not_its_parents(model_path):
+    """Linux carries ru_maxrss across exec: a runner started by a parent that had grown large (an export holding
+    its models) must not report the parent's peak as its own. The runner reads VmHWM, which starts afresh."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc: the runner falls back to ru_maxrss there")
+    ballast = np.ones(400 * 2**20, np.uint8)  # 400 MiB resident in this process, then fork + exec the runner
+    result = run_runner(model_path, threads=1, runs=2, warmup=1)
+    assert ballast.sum() > 0
+    assert result["peak_rss_mb"] < 350, result["peak_rss_mb"]
+    assert 0 <= result["peak_rss_mb"] - result["baseline_rss_mb"] < 100
 
 
 def test_keep_samples_reports_every_timed_run(model_path):

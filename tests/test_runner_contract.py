@@ -252,6 +252,8 @@ def test_a_real_run_of_each_reports_the_same_shapes_of_values(results):
     for result in (ort_result, litert_result):
         assert len(result["latency_samples_ms"]) == result["runs"] == 3
         assert isinstance(result["peak_rss_mb"], float) and result["peak_rss_mb"] > 1
+        # the baseline is taken before the model loads, so peak - baseline is what the model added
+        assert isinstance(result["baseline_rss_mb"], float) and 1 < result["baseline_rss_mb"] <= result["peak_rss_mb"]
 
 
 def test_each_runs_digest_is_the_other_runners_digest_of_its_saved_outputs(results, runners):

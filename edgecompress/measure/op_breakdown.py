@@ -1,6 +1,6 @@
 """Latency per op type: the device estimate's (always) and ONNX Runtime's profiler on this host (when measured).
 
-The estimate is the same roofline model as the report's device latency, split by op type. The measurement runs
+The estimate is the report's device latency estimate, split by op type. The measurement runs
 the shipped .onnx through onnxruntime with profiling on, at the profile's longest input, and sums each op type's
 kernel time per run; it is this host's CPU, not the device's, and says so.
 """
@@ -23,23 +23,15 @@ PROFILED_RUNS = 10
 
 def op_breakdown(graph, profile, onnx_file: Path | None, inputs: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """{"estimated": {...}, "measured": {...} or None}; each {"how", "method", "ms": {op type: ms per run}}."""
-    from edgecompress.measure.estimate import estimate_latency
-    from edgecompress.onnx_facts import infer_shapes
+    from edgecompress.measure.device_estimate import latency_on
     from edgecompress.report.build import _fixed_copy
 
-    fixed = _fixed_copy(graph, profile)
+    estimate = latency_on(profile, _fixed_copy(graph, profile))
     threads = profile.runtime.threads
-    estimate = estimate_latency(
-        fixed,
-        peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
-        peak_int8_ops_per_s=profile.peak_ops_per_second("int8", threads),
-        bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9,
-        shapes=infer_shapes(fixed),
-    )
     estimated = {
         "how": ESTIMATED,
         "method": f"the device latency estimate on {profile.display_name} at seq_len {profile.runtime.seq_len}, "
-        "split by op type (roofline per node, as in the report's device latency)",
+        "split by op type of the graph onnxruntime runs (as in the report's device latency)",
         "ms": _by_op_type(estimate.by_op_type),
     }
     measured = None
@@ -86,6 +78,6 @@ def profile_on_host(onnx_file: Path, inputs: dict[str, np.ndarray], threads: int
         "method": f"onnxruntime {ort.__version__} profiler on this host (not the device), {onnx_file.name}, "
         f"{threads} thread(s), kernel time per op type averaged over {PROFILED_RUNS} runs after a warm-up run, "
         f"input of {next(iter(feeds.values())).shape[-1]} tokens; op types as onnxruntime runs them after its own "
-        "load-time fusions (e.g. FusedGemm, BiasGelu), so some differ from the estimate's",
+        "load-time fusions (e.g. FusedGemm, BiasGelu), as the estimate's are",
         "ms": ordered,
     }

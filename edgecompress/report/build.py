@@ -295,67 +295,72 @@ def _add_bucket_figures(item: ArtifactReport, i: int, verified: Verified, timing
 
 
 def real_text_estimate(graph, profile, lengths: TextLengths) -> Figure:
-    """The estimated p90 latency over --data's texts, each at its bucket: the roofline estimate of every bucket's
-    graph, weighted by the texts that run at it."""
-    from edgecompress.measure.estimate import estimate_latency
-    from edgecompress.onnx_facts import infer_shapes
+    """The estimated p90 latency over --data's texts, each at its bucket: the device latency estimate of every
+    bucket's graph, weighted by the texts that run at it."""
+    from edgecompress.measure.device_estimate import band_of, latency_on
 
     counts = lengths.per_bucket()
     per_bucket = {}
-    threads = profile.runtime.threads
     for length in profile.runtime.buckets:
-        fixed = _fixed_copy(graph, profile, seq_len=length)
-        per_bucket[length] = estimate_latency(
-            fixed,
-            peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
-            peak_int8_ops_per_s=profile.peak_ops_per_second("int8", threads),
-            bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9,
-            shapes=infer_shapes(fixed),
-        ).total_ms
+        per_bucket[length] = latency_on(profile, _fixed_copy(graph, profile, seq_len=length)).total_ms
     p90 = weighted_percentile([per_bucket[b] for b in counts], [counts[b] for b in counts], 90)
     texts = sum(counts.values())
     shown = ", ".join(f"{b}: {ms:.3g} ms x {counts[b]}" for b, ms in per_bucket.items())
+    band = band_of(profile)
     return Figure(
         p90,
         "ms",
         ESTIMATED,
-        f"p90 over the {texts} texts of --data, each at its bucket's roofline "
-        f"estimate (bucket: estimate x texts: {shown})",
+        f"p90 over the {texts} texts of --data, each at its bucket's device latency estimate (bucket: estimate x "
+        f"texts: {shown}); {band.text()}",
+        band=_band_dict(band),
     )
 
 
 def device_estimates(graph, profile) -> dict:
-    """Static memory and the roofline latency estimate on the profile's hardware, from the final graph."""
-    from edgecompress.measure.estimate import estimate_latency, estimate_memory
-    from edgecompress.onnx_facts import infer_shapes
+    """Memory and latency estimated on the profile's hardware (calibrated when the profile names a calibration),
+    from the graph ONNX Runtime runs for the final graph, each with how it was obtained and its error band."""
+    from edgecompress.measure.device_estimate import band_of, latency_on, memory_on
+    from edgecompress.measure.estimate import executed_graph
 
     fixed = _fixed_copy(graph, profile)
-    shapes = infer_shapes(fixed)
-    memory = estimate_memory(fixed, shapes=shapes)
+    executed = executed_graph(fixed)
+    memory = memory_on(profile, fixed, graph=executed)
+    latency = latency_on(profile, fixed, graph=executed)
     threads = profile.runtime.threads
-    latency = estimate_latency(
-        fixed,
-        peak_fp32_ops_per_s=profile.peak_ops_per_second("fp32", threads),
-        peak_int8_ops_per_s=profile.peak_ops_per_second("int8", threads),
-        bandwidth_bytes_per_s=profile.memory.bandwidth_gbps * 1e9,
-        shapes=shapes,
-    )
     where = (
         f"on {profile.display_name} with {threads} threads (peaks from the profile: fp32 "
         f"{profile.peak_ops_per_second('fp32', threads) / 1e9:.0f} GFLOP/s, int8 "
         f"{profile.peak_ops_per_second('int8', threads) / 1e9:.0f} GOP/s, "
         f"{profile.memory.bandwidth_gbps:g} GB/s)"
+        if profile.calibration is None
+        else f"on {profile.display_name} with {threads} threads"
     )
     return {
         "memory": Figure(
             memory.total_bytes / MB,
             "MB",
             ESTIMATED,
-            f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, activations "
-            f"{memory.peak_activation_bytes / MB:.2f} MB at {memory.peak_node_op_type}",
+            f"{memory.method}; weights {memory.weight_bytes / MB:.1f} MB, load spike "
+            f"{memory.largest_weight_bytes / MB:.1f} MB or packed copies {memory.prepacked_bytes / MB:.1f} MB, "
+            f"activations {memory.peak_activation_bytes / MB:.2f} MB at {memory.peak_node_op_type}, session "
+            f"{memory.session_overhead_bytes / MB:.1f} MB",
         ),
-        "latency": Figure(latency.total_ms, "ms", ESTIMATED, f"{latency.method} {where}"),
+        "latency": Figure(
+            latency.total_ms, "ms", ESTIMATED, f"{latency.method} {where}", band=_band_dict(band_of(profile))
+        ),
         "notes": [],
+    }
+
+
+def _band_dict(band) -> dict:
+    """The error band as report data: absolute relative errors (0.1 = 10%), how many checks, and how."""
+    known = band.count > 0  # an unknown band is null in report.json, not NaN (not JSON)
+    return {
+        "median_abs_error": band.median_abs_error if known else None,
+        "worst_abs_error": band.worst_abs_error if known else None,
+        "checks": band.count,
+        "how": band.how,
     }
 
 

@@ -17,6 +17,8 @@ class Figure:
     unit: str
     how: str  # MEASURED, ESTIMATED or STATIC
     method: str
+    # An estimate's error band: {"median_abs_error", "worst_abs_error", "checks", "how"} (see measure/device_estimate)
+    band: dict[str, Any] | None = None
 
     def short(self) -> str:
         value = f"{self.value:.4g}" if isinstance(self.value, float) else str(self.value)
@@ -203,6 +205,14 @@ def _host_text(host: dict) -> str:
     return text + (" **unreliable**" if host.get("unreliable") else "")
 
 
+def _band(figure: Figure) -> str:
+    """', error 12% median / 25% worst' from an estimate's error band, or nothing when it has none."""
+    band = figure.band
+    if not band or band.get("median_abs_error") is None:
+        return ", error band unknown" if band else ""
+    return f", error {100 * band['median_abs_error']:.0f}% median / {100 * band['worst_abs_error']:.0f}% worst"
+
+
 def _artifact_table(report: Report) -> list[str]:
     lines = [
         "## Artifacts",
@@ -215,7 +225,8 @@ def _artifact_table(report: Report) -> list[str]:
         host_text = _host_text(host) if host else "not measured"
         lines.append(
             f"| {a.file} | {a.size.value / 1e6:.2f} MB | {a.parity['max_abs_diff']:.2e} | "
-            f"{_pct(a.agreement)} | {_score(a.accuracy)} | {host_text} | {a.device_latency.value:.1f} ms (est.) | "
+            f"{_pct(a.agreement)} | {_score(a.accuracy)} | {host_text} | "
+            f"{a.device_latency.value:.1f} ms (est.{_band(a.device_latency)}) | "
             f"{a.memory.value:.1f} MB (est.) |"
         )
     lines += _class_lines(report)
