@@ -26,7 +26,8 @@ def _write_vocab(folder: Path) -> None:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
     punctuation = list(".,!?'-:;0123456789")
-    (folder / "vocab.txt").write_text("\n".join(specials + WORDS + letters + punctuation) + "\n")
+    tokens = list(dict.fromkeys(specials + WORDS + letters + punctuation))  # "a" is a word and a letter: once
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
 
 
 def build_tiny_checkpoint(folder: Path, *, classifier: bool = True, seed: int = 0) -> Path:

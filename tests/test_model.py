@@ -465,3 +465,19 @@ def test_sharded_checkpoint_loads(ckpt, tiny_checkpoint):
     import torch
 
     torch.testing.assert_close(_logits(load_bundle(ckpt)), _logits(load_bundle(tiny_checkpoint)))
+
+
+def test_a_vocab_listing_a_token_twice_is_refused_by_its_highest_id(tmp_path):
+    # Found by a helper: conftest's vocab.txt listed "a" twice, so 110 distinct tokens were numbered up to 110
+    # for a table of 110 rows, and an export of a text with that token ended in an internal IndexError.
+    from transformers import BertTokenizerFast
+
+    from edgecompress.errors import UserError
+    from edgecompress.intake.model import check_vocabulary
+
+    lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "a"]  # vocab.txt read as conftest reads it
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(lines)}, do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids("a") == 7 and len(tokenizer) == 7
+    with pytest.raises(UserError, match="emits ids up to 7 .7 distinct tokens: one listed twice in vocab.txt"):
+        check_vocabulary(tokenizer, 7, tmp_path, "config.json vocab_size")
+    check_vocabulary(tokenizer, 8, tmp_path, "config.json vocab_size")

@@ -429,15 +429,25 @@ def load_tokenizer(folder: Path, config: dict[str, Any], where: Path):
 
 
 def check_vocabulary(tokenizer, rows: int, where: Path, table: str) -> None:
-    """Every id the tokenizer can emit must index a row of the embedding table (else: IndexError at run time)."""
+    """Every id the tokenizer can emit must index a row of the embedding table (else: IndexError at run time).
+
+    The highest id counts, not the number of tokens: a vocab.txt that lists a token twice numbers the rest
+    with a gap, so 110 distinct tokens can reach id 110 in a table of 110 rows.
+    """
     size = len(tokenizer)
-    if size > rows:
-        raise UserError(
-            f"the tokenizer has {size} tokens but the model's embedding table has {rows} rows ({table})",
-            where=str(where),
-            expected=f"a tokenizer of at most {rows} tokens",
-            hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)",
-        )
+    ids = max(tokenizer.get_vocab().values(), default=-1) + 1
+    if max(size, ids) <= rows:
+        return
+    if ids > size:
+        what = f"the tokenizer emits ids up to {ids - 1} ({size} distinct tokens: one listed twice in vocab.txt?)"
+    else:
+        what = f"the tokenizer has {size} tokens"
+    raise UserError(
+        f"{what} but the model's embedding table has {rows} rows ({table})",
+        where=str(where),
+        expected=f"token ids below {rows}",
+        hint="is the tokenizer from the same checkpoint as the model? (see --tokenizer)",
+    )
 
 
 def check_pad_id(tokenizer, config: dict[str, Any], family: Architecture, where: Path) -> None:
