@@ -12,7 +12,8 @@ and scored on the test split:
                        96 x (384 + 1536) = 480 x 384), one round, 1 epoch of distilled recovery
   factorised-emb-128   factorise_embeddings width 128, 1 epoch of distilled recovery
   trimmed-vocab        trim_vocab: the other way to shrink the word table (no training)
-  shared-layers-2      share_layers group 2 (6 depths run 3 weight sets), 1 epoch of distilled recovery
+  shared-layers-2      share_layers group 2 (6 depths run 3 weight sets), no recovery (epochs 0): what the
+                       files and the runtimes' memory do with shared weights; its accuracy is the plain tie's
 
 Exports go to --work and are reused with --reuse, so the timing phase can be repeated alone on a quiet
 machine. Latency: the standalone runners (model.ort on ONNX Runtime, model.tflite on LiteRT with XNNPACK),
@@ -56,7 +57,7 @@ VARIANTS = {
     "narrow-ffn-480": '[[compress]]\npass = "prune_schedule"\nheads = 0.0\nffn = 0.6875\nsteps = 1\n' + RECOVERY,
     "factorised-emb-128": '[[compress]]\npass = "factorise_embeddings"\nwidth = 128\n' + RECOVERY,
     "trimmed-vocab": '[[compress]]\npass = "trim_vocab"\n',
-    "shared-layers-2": '[[compress]]\npass = "share_layers"\ngroup = 2\n' + RECOVERY,
+    "shared-layers-2": '[[compress]]\npass = "share_layers"\ngroup = 2\nepochs = 0\n',
 }
 RUNTIMES = {"model.ort": "ort_runner", "model.tflite": "litert_runner"}
 
