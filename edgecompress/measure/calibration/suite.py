@@ -24,6 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 IR_VERSION = 10  # onnxruntime 1.31 loads IR <= 13; onnx 1.23 would write 14
 HEAD_SIZE = 32
+# The integers an integer-only model's GELU, softmax and LayerNorm read: int32 accumulators of int8 products.
+INTEGER_ACTIVATIONS = (-(2**22), 2**22)
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,9 @@ def _integer_kernel(kind: str) -> Callable[[_Builder, Shape, int], list[str]]:
             mask = b.input("key_mask", TensorProto.BOOL, [1, 1, 1, shape.seq])
         else:
             x = b.input("x", TensorProto.INT64, [1, shape.seq, (4 if kind == "gelu" else 1) * shape.hidden])
+        # The interval the integer-only model's activations lie in (int32 accumulators): with none declared the
+        # emitter assumes any int64, and a LayerNorm's row sum would not even fit int64.
+        ops.declare(x, TensorProto.INT64, INTEGER_ACTIVATIONS)
         for _ in range(repeat):  # chained: side by side on one input, the copies would be merged at load
             if kind == "gelu":
                 x = kernels.i_gelu(ops, x, 0.02)[0]
