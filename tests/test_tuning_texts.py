@@ -158,3 +158,18 @@ def test_an_encoder_across_runtimes_is_judged_by_a_share_of_texts_not_the_single
     assert not verdict([0.99999] * 183 + [0.99893] * 2).passed  # 98.9% < 99%
     assert not verdict([0.99999] * 184 + [0.98]).passed  # every text must stay at 0.99
     assert verdict([0.99999] * 16).passed
+
+
+def test_tuning_texts_are_encoded_as_the_task_feeds_the_model(tmp_path):
+    """Question answering: each tuning text is the context of a question (token types 1 on it), the rows the app
+    sends, so the quantizers' trials decode spans over real contexts; a classifier's are the plain texts."""
+    from test_tasks import build
+
+    tuning = pipeline.TuningTexts(["the movie was fun", "a dull plot"], "calibration", "c.csv")
+    qa = load_bundle(build(tmp_path / "qa", "ForQuestionAnswering"))
+    feeds = pipeline._calibration_feeds(qa, tuning, 16)
+    assert (feeds["token_type_ids"] == 1).sum(axis=1).tolist() == [5, 4]  # 4 and 3 words, and the closing [SEP]
+    classifier = load_bundle(build(tmp_path / "cls", "ForSequenceClassification"))
+    plain = tokenize(classifier.tokenizer, tuning.texts, seq_len=16, input_names=classifier.input_names)
+    feeds = pipeline._calibration_feeds(classifier, tuning, 16)
+    assert all((feeds[name] == plain[name]).all() for name in plain)
