@@ -199,6 +199,14 @@ def compare(
     return parity
 
 
+def lossy_max_disagreement(task) -> float:
+    """The share of `task`'s units (texts, real tokens, questions) on which a lossy artifact may disagree with
+    the reference and pass verification: 1 - LOSSY_MIN_AGREEMENT, or none for a task judged by cosine, whose
+    every text must keep LOSSY_MIN_COSINE (its `agrees` is that cosine). The quantizers hold their trials to at
+    most this, so that what they accept is not then refused here."""
+    return 0.0 if task.parity_measure == "cosine" else 1.0 - LOSSY_MIN_AGREEMENT
+
+
 def _close_enough(parity: Parity, min_agreement: float, min_cosine: float) -> bool:
     """A lossy comparison's verdict: predictions agree on `min_agreement` of texts (classifiers), or every
     pair of embeddings has at least `min_cosine` (encoders)."""
