@@ -75,7 +75,7 @@ class Thresholds:
     def accept_together(self, error: Error) -> bool:
         """All chosen nodes together are held to the share of disagreeing units only: that is what verification
         judges. The SQNR floor picks what each group alone is worth quantizing (a layer under it keeps wider
-        weights); the whole graph's SQNR is lower than any group's, and is reported."""
+        weights); the whole graph's SQNR, usually lower than any group's, is reported."""
         return error.flip_rate <= self.max_flip_rate
 
     def why_not(self, error: Error) -> str:
