@@ -65,6 +65,10 @@ class PassContext:
     # The model's encoder family (edgecompress.architectures.Architecture): its fusion settings, its parts.
     # None for an .onnx file or a distilled student that no family describes.
     architecture: Any = None
+    # The model's task (edgecompress.tasks.Task): what agreement between two models' outputs means, the bar
+    # verification holds a lossy artifact to. Quantization passes judge their trials by it, so that what they
+    # accept also passes verification; None outside an export (a test's own context): argmax flips instead.
+    task: Any = None
 
     @property
     def dynamic_sequence(self) -> bool:

@@ -396,6 +396,7 @@ def _pass_context(bundle, profile, calibration, train_data, calibration_source: 
         artifacts=tuple(profile.artifacts),
         buckets=runtime.buckets,
         architecture=bundle.architecture,
+        task=bundle.task,
     )
 
 
@@ -438,10 +439,12 @@ def _tuning_texts(request: ExportRequest, train_data) -> TuningTexts:
 
 
 def _calibration_feeds(bundle, tuning: TuningTexts, seq_len: int):
-    """The tuning texts, tokenized as `bundle`'s tokenizer does."""
-    from edgecompress.intake.data import tokenize
-
-    return tokenize(bundle.tokenizer, tuning.texts, seq_len=seq_len, input_names=bundle.input_names)
+    """The tuning texts, encoded as `bundle`'s task feeds the model: pre-split words for a token classifier, each
+    text the context of a question for question answering (the rows an app sends, so the quantizers' trials
+    judge the task's agreement on rows of its own shape), plain texts otherwise."""
+    task = bundle.task
+    examples = task.unlabelled(tuning.texts, tuning.source)
+    return task.encode(bundle.tokenizer, examples, seq_len=seq_len, input_names=bundle.input_names).feeds
 
 
 __all__ = ["ExportRequest", "ExportResult", "Progress", "run_export", "__version__"]

@@ -10,7 +10,7 @@ from edgecompress.passes import PassContext
 def pass_context(bundle: Any = None, *, seq_len: int | None = 16, **fields: Any) -> PassContext:
     """A PassContext for tiny models: fixed shapes, batch 1, seq_len 16 unless given.
 
-    With a bundle, the model's facts come from it (heads, width, layers, input names); `fields` set or
+    With a bundle, the model's facts come from it (heads, width, layers, input names, its task); `fields` set or
     override any PassContext field (`calibration=`, `train_data=`, `dynamic_shapes=True`, ...). The context
     is frozen: derive a variant with `dataclasses.replace(context, field=value)`.
     """
@@ -21,5 +21,6 @@ def pass_context(bundle: Any = None, *, seq_len: int | None = 16, **fields: Any)
             hidden_size=bundle.hidden_size,
             num_layers=bundle.num_layers,
             input_names=bundle.input_names,
+            task=bundle.task,
         )
     return PassContext(**{**values, **fields})

@@ -12,9 +12,15 @@ from edgecompress.report.budgets import accuracy_verdict, latency_verdict, memor
 from edgecompress.report.document import ESTIMATED, Figure
 from edgecompress.tasks.sentence_embedding import SentenceEmbedding
 from edgecompress.tasks.sequence_classification import SingleLabelClassification
-from edgecompress.verify.evaluate import FLOAT_PARITY_ATOL, LOSSY_MIN_AGREEMENT, compare, reference_outputs
+from edgecompress.verify.evaluate import (
+    FLOAT_PARITY_ATOL,
+    compare,
+    disagreements_allowed,
+    reference_outputs,
+    within_counting_noise,
+)
 
-from conftest import SENTENCES
+from conftest import SENTENCES, build_tiny_checkpoint
 
 LABEL, EMBEDDING = SingleLabelClassification(None), SentenceEmbedding()
 
@@ -33,13 +39,14 @@ def test_float_parity_needs_the_tolerance_and_identical_predictions():
     assert not parity.passed and parity.prediction_agreement == 0.99
 
 
-def test_lossy_parity_is_judged_by_agreement():
+def test_lossy_parity_is_judged_by_agreement_within_counting_noise():
     ref = logits(100)
-    allowed = round(100 * (1 - LOSSY_MIN_AGREEMENT))
+    allowed = disagreements_allowed(100)
+    assert allowed == 11  # 95% of 100 texts is 5 flips; three standard errors of the count allow 6 more
     noisy = ref + 0.01
     noisy[:allowed] = noisy[:allowed, ::-1]  # flips up to the floor are allowed: accuracy is the budget's call
     parity = compare(ref, noisy, task=LABEL, feeds={}, lossy=True)
-    assert parity.passed and parity.tolerance is None and parity.prediction_agreement == LOSSY_MIN_AGREEMENT
+    assert parity.passed and parity.tolerance is None and parity.prediction_agreement == 0.89
     noisy[allowed] = noisy[allowed, ::-1]
     assert not compare(ref, noisy, task=LABEL, feeds={}, lossy=True).passed
 
@@ -93,11 +100,11 @@ def test_lossy_tflite_must_agree_with_onnxruntime_on_99_percent():
 
     ort = np.tile(np.array([[1.0, 0.0]], np.float32), (200, 1))
     tflite = ort.copy()
-    tflite[:2] = [0.0, 1.0]  # 1% flipped: allowed
+    tflite[:6] = [0.0, 1.0]  # 3% flipped: 1% and the counting noise of 200 texts, allowed
     assert compare_runtimes(ort, tflite, task=LABEL, feeds={}, lossy=True).passed
-    tflite[:3] = [0.0, 1.0]  # 1.5% flipped
+    tflite[:7] = [0.0, 1.0]  # 3.5% flipped
     parity = compare_runtimes(ort, tflite, task=LABEL, feeds={}, lossy=True)
-    assert not parity.passed and parity.prediction_agreement == 0.985
+    assert not parity.passed and parity.prediction_agreement == 0.965
 
 
 def test_float_tflite_must_match_onnxruntime_to_the_float_tolerance():
@@ -106,3 +113,61 @@ def test_float_tflite_must_match_onnxruntime_to_the_float_tolerance():
     ort = np.zeros((4, 2), np.float32)
     assert compare_runtimes(ort, ort + 5e-5, task=LABEL, feeds={}, lossy=False).passed
     assert not compare_runtimes(ort, ort + 5e-4, task=LABEL, feeds={}, lossy=False).passed
+
+
+# ---- counting noise, and the quantizers' judged integers (issue 15) ------------------------------------------------
+
+
+def _reference(outputs: np.ndarray, task=LABEL, feeds=None):
+    from edgecompress.verify.artifacts import Reference
+
+    return Reference(outputs, feeds or {}, "logits", task=task, lossy=True, atol=FLOAT_PARITY_ATOL)
+
+
+def test_a_flip_among_a_few_texts_is_counting_noise_and_half_of_them_is_a_broken_artifact():
+    """11 of 12 texts agree: one flip fails a 95% share, but 12 texts cannot show the artifact misses it (a tiny
+    ALBERT whose quantizer measured no flip on 61 tuning texts exited 1 so). 6 of 12 can: refused."""
+    ref = logits(12)
+    one, half = ref.copy(), ref.copy()
+    one[0], half[:6] = one[0, ::-1], half[:6, ::-1]
+    parity = compare(ref, one, task=LABEL, feeds={}, lossy=True)
+    assert parity.passed and parity.agreement_units == 12 and parity.prediction_agreement == pytest.approx(11 / 12)
+    assert not compare(ref, half, task=LABEL, feeds={}, lossy=True).passed
+    assert not compare(ref, one, task=LABEL, feeds={}).passed  # a float artifact: identical predictions
+
+
+def test_counting_noise_figures():
+    """The figures verify/evaluate.py gives under COUNTING_NOISE_SIGMAS."""
+    assert [disagreements_allowed(n) for n in (12, 60, 185)] == [2, 8, 18]
+    assert disagreements_allowed(1276) == 1276 - 1189  # 93.2%
+    assert [disagreements_allowed(n, 0.99) for n in (12, 60)] == [1, 2]
+    assert within_counting_noise(0.94, 1276) and not within_counting_noise(0.925, 1276)
+
+
+class _SameIntegers(SingleLabelClassification):
+    """Agreement as tight as float rounding: two runs of the same integers agree, another int8 rounding does not."""
+
+    agreement_meaning = "values within float rounding"
+
+    def agrees(self, a, b, feeds):
+        return (np.abs(a - b) <= 1e-5 * float(np.abs(a).max())).all(-1)
+
+
+def test_a_tflite_file_that_misses_the_reference_is_written_again_on_onnx_runtimes_grids(tmp_path):
+    """The quantizers judge the graph in ONNX Runtime; LiteRT's own run-time int8 rounding (per row) may then take a
+    text across a decision the judged graph keeps. The file is written again with ONNX Runtime's integers before
+    the export is refused (a tiny ALBERT regressor, one text of 12, exited 1)."""
+    from edgecompress.backends.tflite.artifact import emit_tflite
+    from edgecompress.graph._quant_common import run_model
+    from edgecompress.verify.artifacts import verify_artifacts
+
+    from test_quantize import _graph, _quantize
+
+    graph, bundle, feeds = _graph(build_tiny_checkpoint(tmp_path / "model"))
+    quantized, _ = _quantize("quantize_dynamic", graph, bundle)
+    reference = _reference(run_model(quantized, feeds), task=_SameIntegers(None), feeds=feeds)
+    [artifact] = emit_tflite(quantized, tmp_path, ("tflite",))
+    silent = lambda _: lambda done, total: None  # noqa: E731
+    verified = verify_artifacts([artifact], quantized, reference, integer_only=False, ticker=silent)
+    assert verified.parities[0].passed
+    assert any("written again on ONNX Runtime's int8 grids" in note for note in verified.notes), verified.notes

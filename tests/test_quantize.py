@@ -7,6 +7,7 @@ outlier, the way real BERTs have them: only the MatMul reading it may stay float
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -16,6 +17,7 @@ from edgecompress.graph._quant_common import output_error, run_model
 from edgecompress.graph.quantize_int4 import embedding_nodes, matmul_nodes
 from edgecompress.passes import PassContext, apply_pass, make_pass
 from edgecompress.recipe import load_recipe
+from edgecompress.tasks.sequence_classification import SingleLabelClassification
 
 from conftest import SENTENCES, build_tiny_checkpoint, write_csv
 from helpers import pass_context
@@ -367,3 +369,136 @@ def test_sensitivity_trials_are_read_back_from_the_cache_for_the_same_graph_and_
     Probe(graph, other_rows, counted, quantizer_id=QUANTIZER_ID).trial("pair", names)
     Probe(graph, feeds, counted, quantizer_id=QUANTIZER_ID + " changed").trial("pair", names)
     assert len(calls) == 3 and len(list((tmp_path / "sensitivity").glob("*.json"))) == 3
+
+
+# ---- judged by the task's own agreement, alone and together (issue 15) -------------------------------------------
+
+
+def test_trials_count_the_units_of_the_tasks_own_agreement():
+    """A regressor's trial counts texts moved beyond its tolerance and a token classifier's real tokens that change
+    tag: what verification then holds the artifact to. Argmax flips of the output saw neither."""
+    from edgecompress.tasks.regression import Regression
+    from edgecompress.tasks.token_classification import TokenClassification
+
+    values = np.array([[0.0], [1.0], [2.0], [3.0]])
+    moved = values + np.array([[0.0], [0.3], [0.0], [0.0]])
+    error = output_error(values, moved, classifier=True, task=Regression(), feeds={})
+    assert (error.flips, error.units, error.unit) == (1, 4, "texts")
+    assert error.describe().endswith("1/4 texts disagree")
+    assert output_error(values, moved, classifier=True).flips == 0  # the argmax of one column never moves
+    tags = np.zeros((2, 3, 2))
+    tags[..., 0] = 1.0
+    changed = tags.copy()
+    changed[0, 1], changed[1, 2] = [0.0, 2.0], [0.0, 2.0]  # the second change is on padding: not compared
+    feeds = {"attention_mask": np.array([[1, 1, 1], [1, 1, 0]])}
+    error = output_error(tags, changed, classifier=True, task=TokenClassification(["O", "B-PER"]), feeds=feeds)
+    assert (error.flips, error.units, error.unit) == (1, 5, "tokens")
+
+
+def test_thresholds_never_allow_more_disagreement_than_verification():
+    from edgecompress.graph.quant_sensitivity import Thresholds
+    from edgecompress.tasks.sentence_embedding import SentenceEmbedding
+
+    label = SingleLabelClassification(None)
+    assert Thresholds.for_task(20.0, 0.02, label).max_flip_rate == 0.02
+    assert Thresholds.for_task(20.0, 0.10, label).max_flip_rate == pytest.approx(0.05)  # verification's 95%
+    assert Thresholds.for_task(20.0, 0.02, SentenceEmbedding()).max_flip_rate == 0.0  # every text at cosine 0.99
+    assert Thresholds.for_task(20.0, 0.10, None).max_flip_rate == 0.10  # outside an export: as given
+
+
+class _WithinValues(SingleLabelClassification):
+    """Agreement on a text: every output value within `tolerance` of the reference's (a real task's rule, set
+    between what one group and all of them together move the outputs, so that each passes alone and the whole
+    does not)."""
+
+    def __init__(self, tolerance: float):
+        super().__init__(None)
+        self.tolerance = tolerance
+        self.agreement_meaning = f"every value within {tolerance:.4g}"
+
+    def agrees(self, a, b, feeds):
+        return (np.abs(a - b) <= self.tolerance).all(-1)
+
+
+def _twin_matmuls():
+    """`y = x W + x W'` with W' a copy of W, each MatMul named in its own layer: quantized, the two make the same
+    error (same weights, one quantized x), so together they make twice the error of either alone."""
+    from onnx import numpy_helper
+
+    weight = np.random.RandomState(0).randn(32, 4).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["y0"], name="/encoder/layer.0/MatMul"),
+        helper.make_node("MatMul", ["x", "w1"], ["y1"], name="/encoder/layer.1/MatMul"),
+        helper.make_node("Add", ["y0", "y1"], ["logits"], name="/head/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "twins",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", 4])],
+        [numpy_helper.from_array(weight, "w0"), numpy_helper.from_array(weight.copy(), "w1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model, {"x": np.random.RandomState(1).randn(24, 32).astype(np.float32)}
+
+
+def _judged_by(task, name: str, model, feeds, **options):
+    """`name` with the task's agreement and no disagreement allowed, no SQNR floor."""
+    context = pass_context(seq_len=None, calibration=feeds, input_names=("x",), task=task)
+    options = {"max_flip_rate": 0.0, "min_sqnr_db": 0.0, **options}
+    return apply_pass(make_pass("graph", name, options, "test"), model, context)
+
+
+def _alone(quantize, model, feeds) -> float:
+    """The largest output change of quantizing the first twin alone."""
+    return float(np.abs(run_model(quantize(model, ["/encoder/layer.0/MatMul"]), feeds) - run_model(model, feeds)).max())
+
+
+def test_nodes_that_pass_alone_but_not_together_stay_float_until_the_rest_passes(tmp_path, monkeypatch):
+    from edgecompress.graph.quantize_dynamic import quantize_nodes
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))
+    model, feeds = _twin_matmuls()
+    task = _WithinValues(1.5 * _alone(quantize_nodes, model, feeds))  # one twin's error passes, two do not
+    quantized, record = _judged_by(task, "quantize_dynamic", model, feeds)
+    assert record.stats["quantized"] == ["/encoder/layer.1/MatMul"]
+    assert list(record.stats["kept_float"]) == ["/encoder/layer.0/MatMul"]
+    assert any(
+        note.startswith("kept float: /encoder/layer.0/MatMul (quantized together with the others: ")
+        and "texts disagree > 0.0%" in note
+        for note in record.notes
+    ), record.notes
+    assert record.stats["error"]["flips"] == 0 and record.stats["error"]["unit"] == "texts"
+    assert task.agreement(run_model(model, feeds), run_model(quantized, feeds), feeds) == 1.0
+
+
+def test_int4_widens_the_worst_group_while_the_groups_together_break_the_task(tmp_path, monkeypatch):
+    from edgecompress.graph.quantize_int4 import quantize_weights
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))
+    model, feeds = _twin_matmuls()
+
+    def at_4_bits(m, names):
+        return quantize_weights(m, {n: 4 for n in names}, block_size=32, accuracy_level=0)
+
+    task = _WithinValues(1.5 * _alone(at_4_bits, model, feeds))
+    quantized, record = _judged_by(task, "quantize_int4", model, feeds, block_size=32)
+    assert record.stats["bits"] == {"/encoder/layer.0/MatMul": 8, "/encoder/layer.1/MatMul": 4}
+    assert any(note.startswith("layer.0: 8 bits (quantized together: ") for note in record.notes), record.notes
+    assert task.agreement(run_model(model, feeds), run_model(quantized, feeds), feeds) == 1.0
+
+
+def test_the_trial_cache_is_keyed_by_the_tasks_agreement(fused, tmp_path, monkeypatch):
+    """Trials judged by one task's agreement are not read back for another's (a regressor's tolerance is not a
+    label's argmax), nor for the same graph judged by argmax flips."""
+    from edgecompress.graph.quant_sensitivity import Probe
+    from edgecompress.graph.quantize_dynamic import QUANTIZER_ID, quantize_nodes, weighted_nodes
+    from edgecompress.tasks.regression import Regression
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))
+    graph, bundle, feeds = fused
+    names = [n.name for n in weighted_nodes(graph)][:2]
+    for task in (None, bundle.task, Regression(), bundle.task):
+        Probe(graph, feeds, quantize_nodes, quantizer_id=QUANTIZER_ID, task=task).trial("pair", names)
+    assert len(list((tmp_path / "sensitivity").glob("*.json"))) == 3

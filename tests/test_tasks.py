@@ -167,7 +167,7 @@ def test_regression_end_to_end(tmp_path, tiny_device):
     assert_exact_parity(report)
     assert report["model"]["task"] == "regression"
     assert set(report["data"]["reference_scores"]) == {"pearson", "spearman", "mean_absolute_error"}
-    assert "spread" in report["data"]["agreement_means"]
+    assert "standard deviations" in report["data"]["agreement_means"]
 
 
 def test_embedding_pairs_scored_by_spearman(tmp_path, tiny_device, tiny_encoder):
@@ -253,6 +253,21 @@ def test_spearman_with_ties_and_pearson():
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 30, 20, 40])) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
     assert pearson(np.array([1.0, 2, 3]), np.array([2.0, 4, 6])) == pytest.approx(1.0)
     assert pearson(np.array([1.0, 1, 1]), np.array([1.0, 2, 3])) == 0.0
+
+
+def test_regression_agrees_within_a_fifth_of_the_predictions_standard_deviation():
+    from edgecompress.tasks.regression import Regression
+
+    task = Regression()
+    reference = np.array([[0.0], [1.0], [2.0], [3.0]])  # standard deviation sqrt(1.25): tolerance 0.2236
+    moved = reference + np.array([[0.0], [0.2], [0.25], [-0.22]])
+    assert task.agrees(reference, moved, {}).tolist() == [True, True, False, True]
+    # The same texts ten times over: the spread (max - min) rule agreed more the more texts; this one does not move.
+    many = np.tile(reference, (10, 1))
+    assert task.agreement(many, np.tile(moved, (10, 1)), {}) == pytest.approx(0.75)
+    # Constant predictions (no deviation): float rounding agrees, anything more does not.
+    flat = np.zeros((3, 1))
+    assert task.agrees(flat, flat + 5e-5, {}).all() and not task.agrees(flat, flat + 1e-3, {}).any()
 
 
 def test_multi_label_f1_by_hand():

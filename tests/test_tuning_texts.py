@@ -39,7 +39,11 @@ def test_without_data_one_flip_no_longer_fails_a_quantized_export():
     flipped[0] = [1.0, 0.0]
     assert len(BUILTIN_JUDGING) >= 150
     assert compare(reference, flipped, task=LABEL, feeds={}, lossy=True).passed
-    assert not compare(reference[:16], flipped[:16], task=LABEL, feeds={}, lossy=True).passed  # as it was
+    # On 16 texts one flip failed the headline command (the built-in sentences came of it); since verification
+    # judges the share within its counting noise (issue 15) it no longer does, and a quarter of them still does.
+    assert compare(reference[:16], flipped[:16], task=LABEL, feeds={}, lossy=True).passed
+    flipped[:4] = [1.0, 0.0]
+    assert not compare(reference[:16], flipped[:16], task=LABEL, feeds={}, lossy=True).passed
 
 
 def test_the_built_in_sentences_that_tune_never_judge():
@@ -56,7 +60,7 @@ def test_a_quantized_export_without_data_says_what_it_was_judged_and_tuned_on(ti
     data = json.loads((tmp_path / "out" / "tinyphone" / "report.json").read_text())["data"]
     assert data["texts"] == len(BUILTIN_JUDGING)
     assert data["judged_on"].startswith(f"no --data: {len(BUILTIN_JUDGING)} built-in sentences")
-    assert "at least 95% of them (9 flips allowed)" in data["judged_on"]
+    assert "at least 95% of them within counting noise (18 flips allowed)" in data["judged_on"]
     assert data["tuned_on"].startswith(
         f"activation ranges, quantization sensitivity and the mask-value check ran on "
         f"{len(BUILTIN_TUNING)} texts of the built-in sentences held out for tuning"
@@ -158,3 +162,18 @@ def test_an_encoder_across_runtimes_is_judged_by_a_share_of_texts_not_the_single
     assert not verdict([0.99999] * 183 + [0.99893] * 2).passed  # 98.9% < 99%
     assert not verdict([0.99999] * 184 + [0.98]).passed  # every text must stay at 0.99
     assert verdict([0.99999] * 16).passed
+
+
+def test_tuning_texts_are_encoded_as_the_task_feeds_the_model(tmp_path):
+    """Question answering: each tuning text is the context of a question (token types 1 on it), the rows the app
+    sends, so the quantizers' trials decode spans over real contexts; a classifier's are the plain texts."""
+    from test_tasks import build
+
+    tuning = pipeline.TuningTexts(["the movie was fun", "a dull plot"], "calibration", "c.csv")
+    qa = load_bundle(build(tmp_path / "qa", "ForQuestionAnswering"))
+    feeds = pipeline._calibration_feeds(qa, tuning, 16)
+    assert (feeds["token_type_ids"] == 1).sum(axis=1).tolist() == [5, 4]  # 4 and 3 words, and the closing [SEP]
+    classifier = load_bundle(build(tmp_path / "cls", "ForSequenceClassification"))
+    plain = tokenize(classifier.tokenizer, tuning.texts, seq_len=16, input_names=classifier.input_names)
+    feeds = pipeline._calibration_feeds(classifier, tuning, 16)
+    assert all((feeds[name] == plain[name]).all() for name in plain)

@@ -162,29 +162,48 @@ class Error:
 
     sqnr_db: float
     max_abs_diff: float
-    flips: int | None  # rows whose argmax changed; None for outputs that are not class scores
+    # Units whose outputs disagree: by the task's own agreement (texts, real tokens, decoded spans) when the
+    # task is known, else rows whose argmax changed; None when neither applies (outputs that are not class scores).
+    flips: int | None
     rows: int
+    units: int | None = None  # what `flips` counts over (None: rows)
+    unit: str = "predictions"  # what a unit is, for notes ("texts", "tokens", "questions")
 
     @property
     def flip_rate(self) -> float:
-        return 0.0 if not self.flips else self.flips / self.rows
+        return 0.0 if not self.flips else self.flips / (self.units or self.rows)
 
     def describe(self) -> str:
-        flips = "" if self.flips is None else f", {self.flips}/{self.rows} predictions flipped"
+        flips = "" if self.flips is None else f", {self.flips}/{self.units or self.rows} {self.unit} disagree"
         return f"SQNR {self.sqnr_db:.1f} dB, max |diff| {self.max_abs_diff:.3g}{flips}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sqnr_db": self.sqnr_db, "max_abs_diff": self.max_abs_diff, "flips": self.flips, "rows": self.rows}
+        return {
+            "sqnr_db": self.sqnr_db,
+            "max_abs_diff": self.max_abs_diff,
+            "flips": self.flips,
+            "rows": self.rows,
+            "units": self.units,
+            "unit": self.unit,
+        }
 
 
-def output_error(reference: np.ndarray, candidate: np.ndarray, *, classifier: bool) -> Error:
-    """Signal-to-quantization-noise ratio over all outputs, the largest deviation, and argmax flips."""
+def output_error(
+    reference: np.ndarray, candidate: np.ndarray, *, classifier: bool, task: Any = None, feeds=None
+) -> Error:
+    """Signal-to-quantization-noise ratio over all outputs, the largest deviation, and the units that disagree:
+    by `task`'s agreement on `feeds` (the rows both outputs came from) when given, else argmax flips of a
+    classifier's rows."""
     ref = reference.astype(np.float64)
     noise = float(np.sum((ref - candidate.astype(np.float64)) ** 2))
     signal = float(np.sum(ref**2))
     sqnr = MAX_SQNR_DB if noise == 0 else min(MAX_SQNR_DB, 10 * math.log10(max(signal, 1e-30) / noise))
+    sqnr, diff = round(sqnr, 2), float(np.max(np.abs(ref - candidate)))
+    if task is not None:
+        agrees = np.asarray(task.agrees(reference, candidate, feeds))
+        return Error(sqnr, diff, int(agrees.size - agrees.sum()), len(reference), int(agrees.size), task.agreement_unit)
     flips = int(np.sum(reference.argmax(-1) != candidate.argmax(-1))) if classifier else None
-    return Error(round(sqnr, 2), float(np.max(np.abs(ref - candidate))), flips, len(reference))
+    return Error(sqnr, diff, flips, len(reference))
 
 
 def is_classifier(model) -> bool:

@@ -9,9 +9,18 @@ error its quantization caused.
 Method, group first and then node (as Q-BERT ranks layers by sensitivity):
 1. Quantize one group at a time and leave the rest float: one op class (one role in every layer, e.g.
    all `layer.*/intermediate/dense/MatMul`) or one encoder layer. Run ONNX Runtime on calibration
-   rows and compare with the float graph: SQNR of the outputs, max |diff|, prediction flips.
+   rows and compare with the float graph: SQNR of the outputs, max |diff|, and the units that disagree.
 2. Quantize each node of a group that broke the thresholds alone. A node that breaks them alone stays
    float; groups that pass are quantized whole without further trials.
+3. Quantize every node that passed, together: errors add up, so nodes that each pass alone may make more
+   units disagree together than the thresholds allow. While they do, the node whose own trial is worst stays
+   float too.
+
+Disagreement is the task's own (`PassContext.task`: same label, same tag at each real token, same decoded
+span, regression values within the task's tolerance, embeddings at the task's cosine), the measure
+verification then holds the artifact to; the thresholds never allow more disagreement than verification
+does (`verify.evaluate.lossy_max_disagreement`). Without a task (a pass run outside an export), argmax
+flips of a classifier's output.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +48,42 @@ LAYER = re.compile(r"layer\.(\d+)")
 Quantizer = Callable[[Any, list[str]], Any]
 
 
+WHOLE = "together"  # the group name of a trial with every chosen node quantized
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """The output a quantized group must still give: a noise floor and a cap on flipped predictions."""
+    """The output a quantized group must still give: a noise floor and a cap on the share of units that
+    disagree (flipped predictions, or by the task's own agreement)."""
 
     min_sqnr_db: float
     max_flip_rate: float
 
+    @classmethod
+    def for_task(cls, min_sqnr_db: float, max_flip_rate: float, task: Any) -> Thresholds:
+        """A pass's thresholds, the share of disagreeing units capped at what verification lets a lossy artifact
+        keep for `task` (none for embeddings, whose every text must keep its cosine)."""
+        if task is None:
+            return cls(min_sqnr_db, max_flip_rate)
+        from edgecompress.verify.evaluate import lossy_max_disagreement
+
+        return cls(min_sqnr_db, min(max_flip_rate, lossy_max_disagreement(task)))
+
     def accept(self, error: Error) -> bool:
         return error.sqnr_db >= self.min_sqnr_db and error.flip_rate <= self.max_flip_rate
 
+    def accept_together(self, error: Error) -> bool:
+        """All chosen nodes together are held to the share of disagreeing units only: that is what verification
+        judges. The SQNR floor picks what each group alone is worth quantizing (a layer under it keeps wider
+        weights); the whole graph's SQNR, usually lower than any group's, is reported."""
+        return error.flip_rate <= self.max_flip_rate
+
     def why_not(self, error: Error) -> str:
-        reasons = []
-        if error.sqnr_db < self.min_sqnr_db:
-            reasons.append(f"SQNR {error.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB")
-        if error.flip_rate > self.max_flip_rate:
-            reasons.append(f"{error.flips}/{error.rows} predictions flipped > {self.max_flip_rate:.1%}")
-        return ", ".join(reasons)
+        reasons = [f"SQNR {error.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB"] if error.sqnr_db < self.min_sqnr_db else []
+        return ", ".join(reasons + ([self.why_not_together(error)] if error.flip_rate > self.max_flip_rate else []))
+
+    def why_not_together(self, error: Error) -> str:
+        return f"{error.flips}/{error.units or error.rows} {error.unit} disagree > {self.max_flip_rate:.1%}"
 
 
 @dataclass(frozen=True)
@@ -69,22 +97,24 @@ class Trial:
 
 
 class Probe:
-    """Quantizes chosen nodes of one float graph and scores the result against the float outputs.
+    """Quantizes chosen nodes of one float graph and scores the result against the float outputs, by `task`'s
+    agreement when given (`feeds` then are rows the task encoded).
 
     With a `quantizer_id` (the quantizer and every option that changes its output), trials are also kept on
     disk (TrialStore), so a second export of the same graph on the same rows (the recipe search exports one
     model many times) reads them instead of quantizing and running the graph again.
     """
 
-    def __init__(self, model, feeds, quantize: Quantizer, *, quantizer_id: str | None = None):
-        self.model, self.feeds, self.quantize = model, feeds, quantize
+    def __init__(self, model, feeds, quantize: Quantizer, *, quantizer_id: str | None = None, task: Any = None):
+        self.model, self.feeds, self.quantize, self.task = model, feeds, quantize, task
         self.classifier = is_classifier(model)
         self.reference = run_model(model, feeds)
         self._cache: dict[tuple[str, ...], Error] = {}
-        self.store = TrialStore.open(model, feeds, quantizer_id) if quantizer_id else None
+        self.store = TrialStore.open(model, feeds, quantizer_id, task) if quantizer_id else None
 
     def error_of(self, quantized) -> Error:
-        return output_error(self.reference, run_model(quantized, self.feeds), classifier=self.classifier)
+        candidate = run_model(quantized, self.feeds)
+        return output_error(self.reference, candidate, classifier=self.classifier, task=self.task, feeds=self.feeds)
 
     def trial(self, group: str, nodes: list[str]) -> Trial:
         key = tuple(nodes)
@@ -97,8 +127,11 @@ class Probe:
 
 
 class TrialStore:
-    """Sensitivity trials of one (graph, calibration rows, quantizer, onnxruntime version), on disk as JSON
-    under the cache folder, named by the digest of all four: any change to one of them is another file."""
+    """Sensitivity trials of one (graph, calibration rows, quantizer, task agreement, onnxruntime version), on
+    disk as JSON under the cache folder, named by the digest of all five: any change to one of them is another
+    file. A trial records measurements, not a verdict: the thresholds judge them when read."""
+
+    FORMAT = "trials v2: flips by the task's agreement, with units"
 
     def __init__(self, path: Path):
         self.path = path
@@ -110,13 +143,15 @@ class TrialStore:
                 log.warning("sensitivity cache %s is unreadable: measuring again", path)
 
     @classmethod
-    def open(cls, model, feeds, quantizer_id: str) -> TrialStore:
+    def open(cls, model, feeds, quantizer_id: str, task: Any = None) -> TrialStore:
         import onnxruntime
 
         digest = hashlib.sha256()
         for part in (
             model.SerializeToString(deterministic=True),
             quantizer_id.encode(),
+            (task.agreement_id() if task is not None else "argmax flips").encode(),
+            cls.FORMAT.encode(),
             onnxruntime.__version__.encode(),
         ):
             digest.update(hashlib.sha256(part).digest())
@@ -175,14 +210,17 @@ class Sensitivity:
     trials: list[Trial]
     kept_float: dict[str, Trial]
     thresholds: Thresholds
+    # Nodes kept float because the others, quantized together with them, broke the thresholds: each with its
+    # own trial and the trial of all of them together that it was taken out of.
+    kept_together: dict[str, tuple[Trial, Trial]] = field(default_factory=dict)
 
     def notes(self) -> list[str]:
         failed = [t for t in self.trials if not self.thresholds.accept(t.error)]
         notes = (
             [
                 f"sensitivity: {len(self.trials)} trials on {self.trials[0].error.rows} calibration rows, "
-                f"{len(failed)} broke the thresholds (SQNR >= {self.thresholds.min_sqnr_db:g} dB, flips <= "
-                f"{self.thresholds.max_flip_rate:.1%})"
+                f"{len(failed)} broke the thresholds (SQNR >= {self.thresholds.min_sqnr_db:g} dB, "
+                f"{self.trials[0].error.unit} that disagree <= {self.thresholds.max_flip_rate:.1%})"
             ]
             if self.trials
             else []
@@ -191,7 +229,12 @@ class Sensitivity:
             f"kept float: {name} (quantized alone: {self.thresholds.why_not(t.error)}; {t.error.describe()})"
             for name, t in self.kept_float.items()
         ]
-        if self.trials and not self.kept_float:
+        notes += [
+            f"kept float: {name} (quantized together with the others: {self.thresholds.why_not_together(whole.error)}; "
+            f"the worst of them alone: {own.error.describe()})"
+            for name, (own, whole) in self.kept_together.items()
+        ]
+        if self.trials and not self.kept_float and not self.kept_together:
             worst = min(self.trials, key=lambda t: t.error.sqnr_db)
             notes.append(f"kept float: none; least robust: {worst.group} ({worst.error.describe()})")
         return notes
@@ -199,8 +242,17 @@ class Sensitivity:
     def stats(self) -> dict[str, Any]:
         return {
             "trials": [t.as_dict() for t in self.trials],
-            "kept_float": {name: t.as_dict() for name, t in self.kept_float.items()},
+            "kept_float": {
+                **{name: t.as_dict() for name, t in self.kept_float.items()},
+                **{name: own.as_dict() for name, (own, _) in self.kept_together.items()},
+            },
         }
+
+    def add(self, trial: Trial) -> Trial:
+        """Record a trial once (a node may be tried alone both as a suspect and while settling the whole)."""
+        if trial.nodes not in {t.nodes for t in self.trials}:
+            self.trials.append(trial)
+        return trial
 
 
 def find_sensitive(probe: Probe, nodes, thresholds: Thresholds) -> Sensitivity:
@@ -212,6 +264,22 @@ def find_sensitive(probe: Probe, nodes, thresholds: Thresholds) -> Sensitivity:
     trials += [t for t in singles if t.nodes not in {g.nodes for g in trials}]
     kept = {t.group: t for t in singles if not thresholds.accept(t.error)}
     return Sensitivity(trials, kept, thresholds)
+
+
+def settle_together(probe: Probe, chosen: list[str], sensitivity: Sensitivity) -> Trial:
+    """Trial of the `chosen` nodes quantized together; while more units disagree than the thresholds allow
+    (`Thresholds.accept_together`), the chosen node whose own trial is worst (most units disagree, then lowest
+    SQNR) leaves `chosen` and stays float. Returns the trial that passed (with nothing chosen, the float graph
+    itself passes)."""
+    thresholds = sensitivity.thresholds
+    together = sensitivity.add(probe.trial(WHOLE, chosen))
+    while chosen and not thresholds.accept_together(together.error):
+        alone = [sensitivity.add(probe.trial(name, [name])) for name in chosen]
+        worst = max(alone, key=lambda t: (t.error.flip_rate, -t.error.sqnr_db))
+        sensitivity.kept_together[worst.group] = (worst, together)
+        chosen.remove(worst.group)
+        together = sensitivity.add(probe.trial(WHOLE, chosen))
+    return together
 
 
 @dataclass
@@ -254,15 +322,22 @@ class Outcome:
 
 
 def quantize_except_sensitive(
-    model, nodes, quantize: Quantizer, feeds, thresholds: Thresholds, *, quantizer_id: str | None = None
+    model,
+    nodes,
+    quantize: Quantizer,
+    feeds,
+    thresholds: Thresholds,
+    *,
+    quantizer_id: str | None = None,
+    task: Any = None,
 ) -> Outcome:
-    """Without calibration feeds every node is quantized; with them, nodes that break the output stay float.
-    `quantizer_id`: see Probe (trials kept on disk)."""
+    """Without calibration feeds every node is quantized; with them, nodes that break the output, alone or
+    together, stay float. `quantizer_id`, `task`: see Probe (trials kept on disk, judged by the task)."""
     if feeds is None:
         names = [n.name for n in nodes]
         return Outcome(quantize(model, names), names, None, None)
-    probe = Probe(model, feeds, quantize, quantizer_id=quantizer_id)
+    probe = Probe(model, feeds, quantize, quantizer_id=quantizer_id, task=task)
     sensitivity = find_sensitive(probe, nodes, thresholds)
     chosen = [n.name for n in nodes if n.name not in sensitivity.kept_float]
-    quantized = quantize(model, chosen)
-    return Outcome(quantized, chosen, sensitivity, probe.error_of(quantized))
+    together = settle_together(probe, chosen, sensitivity)
+    return Outcome(quantize(model, chosen), chosen, sensitivity, together.error)

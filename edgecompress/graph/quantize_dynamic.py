@@ -12,9 +12,10 @@ The distilled students (BiLSTM, CNN) bring three more:
   `Conv(X, W)` -> `DynamicQuantizeLinear(X) -> ConvInteger(Xq, Wq) -> Cast -> Mul(scales) [-> Add(bias)]`.
 
 The no-data option: it needs no calibration. When calibration texts are there anyway (the export always
-gives its tuning texts), the sensitivity analysis keeps float every node whose quantization alone breaks the
-output. Activations are uint8, weights int8: the only pairing ONNX Runtime's dynamic quantizer emits,
-and the fast one on x86 (u8s8 VNNI) and on Arm with dotprod.
+gives its tuning texts), the sensitivity analysis keeps float every node whose quantization breaks the
+output by the task's own agreement, alone or together with the others (quant_sensitivity.py).
+Activations are uint8, weights int8: the only pairing ONNX Runtime's dynamic quantizer emits, and the
+fast one on x86 (u8s8 VNNI) and on Arm with dotprod.
 
 The head's `Gemm`s with at least `gemm_min_weights` weights (the pooler, a classifier's dense layer)
 become MatMul + Add under their own name first, so that they can be chosen and quantized like the
@@ -59,8 +60,10 @@ class QuantizeDynamic(Pass):
     # After fusion, so that Attention becomes QAttention and the fused embedding QEmbedLayerNormalization;
     # with fixed shapes, so that the sensitivity trials run the graph that ships.
     runs_after = ("fuse_transformer", "fix_shapes")
-    # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
-    # or flips more than this share of predictions, stays float. Used only with calibration data.
+    # A group (op class or layer) or node whose quantization alone drops the output below this SQNR, or makes
+    # more than this share of the task's units disagree (texts, real tokens, questions: by the task's own
+    # agreement), stays float; so do the worst of them while all of them together do. Used only with
+    # calibration data.
     min_sqnr_db: float = 20.0
     max_flip_rate: float = 0.02
     calibration_rows: int = 64
@@ -86,8 +89,9 @@ class QuantizeDynamic(Pass):
             nodes,
             quantize_nodes,
             feeds,
-            Thresholds(self.min_sqnr_db, self.max_flip_rate),
+            Thresholds.for_task(self.min_sqnr_db, self.max_flip_rate, ctx.task),
             quantizer_id=QUANTIZER_ID,
+            task=ctx.task,
         )
         notes = gemm_note(source, model, "int8 weights") + outcome.notes(model, nodes)
         return PassResult(outcome.model, notes, outcome.stats(model), fired=bool(outcome.quantized), lossy=True)

@@ -12,9 +12,13 @@ Before -> After:
 Mixed precision in the spirit of Q-BERT (`mixed = true` and calibration data): each encoder layer is
 quantized to 4 bits alone and scored against the float graph; a layer that breaks the thresholds gets
 8-bit weights (`MatMulNBits` bits = 8) instead. The embedding tables are tried the same way: at 4 bits
-they fall back to 8, at 8 bits to float. Without data, or with `mixed = false`, nothing is measured.
+they fall back to 8, at 8 bits to float. Scores are the task's own agreement (see quant_sensitivity.py).
+Then all groups together: while more units disagree than the thresholds allow, the group that was worst
+alone widens one step more. Without data, or with `mixed = false`, nothing is measured.
 `max_size_ratio` caps the result: the most sensitive groups keep their extra bits while the estimated
-size fits; the others go back to their first choice.
+size fits; the others go back to their first choice. The cap gives way when the groups together would
+make more units disagree than the thresholds allow (an artifact verification refuses is no smaller file);
+the notes say so.
 
 Where MiniLM's int4 bytes go (seq_len 128, all MatMuls at 4 bits, block 128; float file 90.9 MB):
 8-bit word table 11.72 MB + its scales 0.37 MB, MatMul weights 5.31 MB + scales 0.33 MB, position
@@ -76,8 +80,9 @@ class QuantizeInt4(Pass):
     accuracy_level: int = 0
     embedding_bits: int = 8
     mixed: bool = True
-    # A layer whose 4-bit weights alone drop the output below this SQNR, or flip more than this share
-    # of predictions, gets 8-bit weights; embedding tables fall back likewise (4 -> 8 -> float).
+    # A layer whose 4-bit weights alone drop the output below this SQNR, or make more than this share of the
+    # task's units disagree (by the task's own agreement), gets 8-bit weights; embedding tables fall back
+    # likewise (4 -> 8 -> float). While all groups together make more units disagree, the worst widens further.
     # 28 dB: such a layer alone adds at least half the noise of the whole int8 model (24-25 dB on the
     # MiniLM teacher), so it is worth its extra bits; there, layers 0-2 came out at 25-27 dB, 3-5 at 31-36.
     min_sqnr_db: float = 28.0
@@ -108,7 +113,7 @@ class QuantizeInt4(Pass):
         source, model = model, gemms_as_matmuls(model, self.gemm_min_weights)
         plan = {n.name: 4 for n in matmul_nodes(model)} | {n.name: self.embedding_bits for n in embedding_nodes(model)}
         quantize = functools.partial(quantize_weights, block_size=self.block_size, accuracy_level=self.accuracy_level)
-        probe = None
+        quantized = error = None
         if not self.mixed:
             notes = ["mixed = false: every layer at 4 bits"]
         elif ctx.calibration is None:
@@ -122,13 +127,15 @@ class QuantizeInt4(Pass):
                 lambda m, names: quantize(m, {n: first_choice[n] for n in names}),
                 quantizer_id=f"quantize_int4 block {self.block_size} accuracy {self.accuracy_level} "
                 f"embedding {self.embedding_bits} v1",
+                task=ctx.task,
             )
-            notes = self._choose_bits(model, plan, probe)
-        quantized = quantize(model, plan)
+            thresholds = Thresholds.for_task(self.min_sqnr_db, self.max_flip_rate, ctx.task)
+            notes, quantized, error = self._choose_bits(model, plan, probe, thresholds, quantize)
+        if quantized is None:
+            quantized = quantize(model, plan)
         notes = _summary(source, quantized, plan) + gemm_note(source, model, "block-quantized weights") + notes
         notes += _fused_leftovers(model)
-        if probe is not None:
-            error = probe.error_of(quantized)
+        if error is not None:
             notes.append(f"whole graph vs float on {error.rows} calibration rows: {error.describe()}")
         stats = {
             "bits": plan,
@@ -138,9 +145,9 @@ class QuantizeInt4(Pass):
         }
         return PassResult(quantized, notes, stats, lossy=True)
 
-    def _choose_bits(self, model, plan: dict[str, int], probe: Probe) -> list[str]:
-        """Try each layer's MatMuls, then the embedding tables, alone at their first choice of bits."""
-        thresholds = Thresholds(self.min_sqnr_db, self.max_flip_rate)
+    def _choose_bits(self, model, plan: dict[str, int], probe: Probe, thresholds: Thresholds, quantize):
+        """Try each layer's MatMuls, then the embedding tables, alone at their first choice of bits; then all of
+        them together. Returns the notes, the quantized graph and its error on the calibration rows."""
         matmuls = matmul_nodes(model)
         groups = layer_groups(model, matmuls)
         in_layers = {name for names in groups.values() for name in names}
@@ -151,7 +158,35 @@ class QuantizeInt4(Pass):
         notes = [_settle(group, groups[group], plan, trial, thresholds) for group, trial in trials.items()]
         if self.max_size_ratio > 0:
             notes += _fit_size_cap(model, plan, first_choice, groups, trials, self.max_size_ratio, self.block_size)
-        return notes
+        quantized, error, widened = _widen_together(model, plan, probe, thresholds, groups, trials, quantize)
+        if widened and self.max_size_ratio > 0:
+            widened.append(f"size cap {self.max_size_ratio:g}x gives way: verification would refuse the smaller graph")
+        return notes + widened, quantized, error
+
+
+def _widen_together(model, plan: dict[str, int], probe: Probe, thresholds: Thresholds, groups, trials, quantize):
+    """The groups quantized together must keep the task's agreement as each did alone: errors add up. While the
+    graph quantized as `plan` says makes more units disagree than the thresholds allow
+    (`Thresholds.accept_together`), the group whose own trial was worst (most disagreeing units, then lowest
+    SQNR) and can still widen takes its next width (4 -> 8 -> float), in `plan`. Returns the quantized graph, its
+    error and a note per widening. With every group float the graph is the float one, which passes."""
+    order = sorted(trials, key=lambda g: (-trials[g].error.flip_rate, trials[g].error.sqnr_db))
+    quantized = quantize(model, plan)
+    error = probe.error_of(quantized)
+    notes = []
+    while not thresholds.accept_together(error):
+        group = next((g for g in order if groups[g][0] in plan), None)
+        if group is None:  # nothing left to widen; unreachable, since the float graph agrees with itself
+            break
+        wider = _WIDER[plan[groups[group][0]]]
+        _set_bits(plan, {name: wider for name in groups[group]})
+        notes.append(
+            f"{group}: {'float' if wider is None else f'{wider} bits'} (quantized together: "
+            f"{thresholds.why_not_together(error)}; {group} was the worst alone)"
+        )
+        quantized = quantize(model, plan)
+        error = probe.error_of(quantized)
+    return quantized, error, notes
 
 
 def _settle(group: str, names: list[str], plan: dict[str, int], trial, thresholds: Thresholds) -> str:

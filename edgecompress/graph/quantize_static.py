@@ -12,7 +12,8 @@ Before -> After (on the fused graph):
 pairing with int8 weights where we measure: on this x86 host (AVX512-VNNI) u8s8 integer GEMM ran
 ~12x faster than s8s8 (DATA.md), and Arm cores with dotprod run u8s8 too. A target whose runtime
 prefers s8s8 (e.g. a QDQ-consuming NPU delegate) sets `activation_type = "int8"` in its recipe.
-The sensitivity analysis keeps float every node whose quantization alone breaks the output.
+The sensitivity analysis keeps float every node whose quantization breaks the output by the task's own
+agreement, alone or together with the others.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class QuantizeStatic(Pass):
     # After fusion and with fixed shapes, so the calibrated ranges are those of the shipped graph.
     runs_after = ("fuse_transformer", "fix_shapes")
     activation_type: str = "uint8"
-    # A group (op class or layer) or node whose quantization alone drops the output below this SQNR,
-    # or flips more than this share of predictions, stays float.
+    # A group (op class or layer) or node whose quantization alone drops the output below this SQNR, or makes
+    # more than this share of the task's units disagree, stays float; so do the worst of them while all of
+    # them together do (see quantize_dynamic).
     min_sqnr_db: float = 20.0
     max_flip_rate: float = 0.02
     calibration_rows: int = 64
@@ -79,9 +81,8 @@ class QuantizeStatic(Pass):
             ranges = Path(scratch) / "ranges.json"
             calibrate(shaped, feeds, ranges)
             quantize = functools.partial(quantize_nodes, activation_type=self.activation_type, ranges=ranges)
-            outcome = quantize_except_sensitive(
-                shaped, nodes, quantize, feeds, Thresholds(self.min_sqnr_db, self.max_flip_rate)
-            )
+            thresholds = Thresholds.for_task(self.min_sqnr_db, self.max_flip_rate, ctx.task)
+            outcome = quantize_except_sensitive(shaped, nodes, quantize, feeds, thresholds, task=ctx.task)
         result = keep_model_props(outcome.model, model)
         notes = outcome.notes(model, nodes) + [
             f"MatMul activations {self.activation_type}, calibrated on "

@@ -272,7 +272,7 @@ def prepare_eval_data(bundle, data_path: Path | None, seq_len: int) -> EvalData:
             hint="pick a device profile with a smaller seq_len",
         )
     task = bundle.task
-    examples = task.builtin(list(BUILTIN_JUDGING)) if data_path is None else task.read(data_path)
+    examples = task.unlabelled(list(BUILTIN_JUDGING), BUILTIN_SOURCE) if data_path is None else task.read(data_path)
     encoded = task.encode(bundle.tokenizer, examples, seq_len=seq_len, input_names=bundle.input_names)
     return EvalData(examples, encoded.feeds, encoded.alignment)
 

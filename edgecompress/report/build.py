@@ -239,13 +239,14 @@ def _device_notes(device: list[dict], real_text_budget: bool) -> list[str]:
 def _judged_on(dataset, bundle) -> str:
     """What parity was judged on: --data, or (without it) the built-in sentences, and by which rule."""
     from edgecompress.intake.data import BUILTIN_SOURCE
-    from edgecompress.verify.evaluate import LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE
+    from edgecompress.verify.evaluate import LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE, disagreements_allowed
 
     if str(dataset.path) != BUILTIN_SOURCE:
         return f"{len(dataset)} texts of --data ({dataset.path.name})"
     rule = (
         f"a quantized or pruned artifact must agree with the reference ({bundle.task.agreement_meaning}) on at "
-        f"least {LOSSY_MIN_AGREEMENT:.0%} of them ({int(len(dataset) * (1 - LOSSY_MIN_AGREEMENT))} flips allowed)"
+        f"least {LOSSY_MIN_AGREEMENT:.0%} of them within counting noise ({disagreements_allowed(len(dataset))} "
+        f"flips allowed)"
         if bundle.task.parity_measure == "agreement"
         else f"a quantized or pruned artifact must keep cosine >= {LOSSY_MIN_COSINE} with the reference on each"
     )

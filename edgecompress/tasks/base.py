@@ -76,6 +76,7 @@ class Task:
     output_axes: ClassVar[tuple[str, ...]] = ()
     data_format: ClassVar[str] = ""  # one line, for errors and the README
     agreement_meaning: ClassVar[str] = ""  # what agreement between two models' outputs means here
+    agreement_unit: ClassVar[str] = "texts"  # what one agreement counts: a text, a real token, a question
     # Parity of lossy artifacts: by the share of examples that agree ("agreement"), or by cosine ("cosine").
     parity_measure: ClassVar[str] = "agreement"
     per_token: ClassVar[bool] = False  # the output has a sequence axis: only real tokens are compared
@@ -102,9 +103,10 @@ class Task:
     def read(self, path: Path) -> Examples:
         raise NotImplementedError
 
-    def builtin(self, texts: list[str]) -> Examples:
-        """Unlabelled examples made of the built-in sentences (no --data): parity only, no scores."""
-        return Examples(Path("<built-in sentences>"), list(texts))
+    def unlabelled(self, texts: list[str], source: str) -> Examples:
+        """Examples made of plain texts without gold (the built-in sentences when there is no --data, the tuning
+        texts): parity and tuning only, no scores. `source` names where the texts came from."""
+        return Examples(Path(source), list(texts))
 
     def encode(self, tokenizer, examples: Examples, *, seq_len: int, input_names: tuple[str, ...]) -> Encoded:
         from edgecompress.intake.data import tokenize
@@ -120,6 +122,11 @@ class Task:
     def agrees(self, a: np.ndarray, b: np.ndarray, feeds: Feeds) -> np.ndarray:
         """Per unit (example, or real token), whether two models' outputs agree."""
         raise NotImplementedError
+
+    def agreement_id(self) -> str:
+        """Everything that decides `agrees`, as text: the sensitivity cache keeps trials judged by it, so a
+        change here must change this (subclasses with settings, such as thresholds, add them)."""
+        return f"{self.name}: {self.agreement_meaning}"
 
     def agreement(self, a: np.ndarray, b: np.ndarray, feeds: Feeds) -> float:
         agrees = self.agrees(a, b, feeds)

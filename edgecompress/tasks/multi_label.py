@@ -100,6 +100,9 @@ class MultiLabelClassification(Task):
             )
         return np.isin(labels, names)
 
+    def agreement_id(self) -> str:
+        return f"{super().agreement_id()}, thresholds {self.thresholds or [DEFAULT_THRESHOLD]}"
+
     def agrees(self, a: np.ndarray, b: np.ndarray, feeds: Feeds) -> np.ndarray:
         return (self.predict(a) == self.predict(b)).all(axis=-1)
 

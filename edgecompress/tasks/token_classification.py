@@ -35,6 +35,7 @@ class TokenClassification(Task):
     output_axes = ("batch", "sequence", "labels")
     data_format = EXPECTED
     agreement_meaning = "same predicted tag (argmax) at each real token"
+    agreement_unit = "tokens"
     per_token = True
 
     def __init__(self, labels: list[str] | None):
@@ -60,9 +61,9 @@ class TokenClassification(Task):
             gold = [self._tag_names(tags or [], where) for _, tags, where in sentences]
         return Examples(path, [" ".join(w) for w in words], gold=gold, items=words)
 
-    def builtin(self, texts: list[str]) -> Examples:
+    def unlabelled(self, texts: list[str], source: str) -> Examples:
         words = [text.split() for text in texts]
-        return Examples(Path("<built-in sentences>"), list(texts), items=words)
+        return Examples(Path(source), list(texts), items=words)
 
     def _tag_names(self, tags: list, where: str) -> list[str]:
         """Tags as the model's label names (indices into id2label are accepted, as HF datasets store them)."""

@@ -41,9 +41,21 @@ BUCKET_MIN_AGREEMENT = 0.995
 # covers counting noise, BUCKET_FIDELITY_SIGMAS binomial standard errors of the padded run's share of flips: on
 # a pruned int8 teacher (tools/bench_search.py, the validation split) the own-length run agreed with float on
 # 99.06% and the padded run on over 99.31%, a few texts apart where one standard error is ~0.2 points, and the
-# export failed. A broken bucket is far outside: ~50%.
+# export failed. A broken bucket is far outside: ~50%. The share is estimated by Laplace's rule of succession,
+# (flips + 1) / (units + 2), never zero: a padded run that flipped none of 12 texts gave a zero standard error,
+# and one flip of the own-length run failed a tiny ALBERT regressor (issue 15).
 BUCKET_FIDELITY_SLACK = {"agreement": 0.0025, "cosine": 0.001}
 BUCKET_FIDELITY_SIGMAS = 3.0
+# Every agreement bar here (LOSSY_MIN_AGREEMENT, CROSS_RUNTIME_MIN_AGREEMENT, BUCKET_MIN_AGREEMENT) is a bar on the
+# artifact's true share of agreeing units, which the units checked only estimate. A share under the bar is taken as
+# proof of a miss only beyond its counting noise: while the upper end of its Wilson score interval at this many
+# standard errors reaches the bar, the check passes. Without it, 11 of 12 texts (one flip is 8%) refused as broken
+# (exit 1) a tiny ALBERT whose quantizer had measured no flip on 61 tuning texts, and the family x task matrix under
+# the pixel7 recipe failed 3-6 of its 54 exports a run, a different few each time (issue 15). What the bars are for
+# is kept: a broken artifact agrees near 50%. At 95% the check now passes down to 10 of 12 units, 52 of 60, 167 of
+# 185 (the built-in sentences), 93.2% of 1,276; at 99%: 11 of 12, 58 of 60, 98.2% of 1,276. Three standard errors,
+# as BUCKET_FIDELITY_SIGMAS. The report gives the agreement measured; accuracy budgets (exit 3) judge quality.
+COUNTING_NOISE_SIGMAS = 3.0
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Parity:
     passed: bool
     cosine_share: float | None = None  # embeddings across runtimes: share of texts at CROSS_RUNTIME_MIN_COSINE
     agreement_of: str | None = None  # what agreement means for the task (same label, same span, per token...)
+    agreement_units: int | None = None  # how many units (texts, real tokens, questions) the agreement counts
 
 
 @dataclass
@@ -178,11 +191,12 @@ def compare(
     `atol` is the exact-parity tolerance; a model that is not float (integer-only) states its own."""
     real_reference, real_candidate = task.real_values(reference, feeds), task.real_values(candidate, feeds)
     diff = np.abs(real_reference.astype(np.float64) - real_candidate.astype(np.float64))
-    agreement = cosine = None
+    agreement = cosine = units = None
     if task.parity_measure == "cosine":
         cosine = float(np.min(_cosines(reference, candidate)))
     else:
-        agreement = task.agreement(reference, candidate, feeds)
+        agrees = np.asarray(task.agrees(reference, candidate, feeds))
+        agreement, units = (float(np.mean(agrees)) if agrees.size else 1.0), int(agrees.size)
     max_diff = float(diff.max()) if diff.size else 0.0
     parity = Parity(
         examples=len(reference),
@@ -193,18 +207,43 @@ def compare(
         tolerance=None if lossy else atol,
         passed=max_diff <= atol and (agreement is None or agreement == 1.0),
         agreement_of=None if agreement is None else task.agreement_meaning,
+        agreement_units=units,
     )
     if lossy:
         parity.passed = _close_enough(parity, LOSSY_MIN_AGREEMENT, LOSSY_MIN_COSINE)
     return parity
 
 
+def within_counting_noise(agreement: float, units: int, bar: float = LOSSY_MIN_AGREEMENT) -> bool:
+    """Whether a share `agreement` of `units` could come from a true share at `bar`: the upper end of its Wilson
+    score interval at COUNTING_NOISE_SIGMAS reaches it (see there)."""
+    z2 = COUNTING_NOISE_SIGMAS**2
+    centre = (agreement + z2 / (2 * units)) / (1 + z2 / units)
+    spread = float(np.sqrt(agreement * (1 - agreement) / units + z2 / (4 * units**2)))
+    half = COUNTING_NOISE_SIGMAS / (1 + z2 / units) * spread
+    return centre + half >= bar
+
+
+def lossy_max_disagreement(task) -> float:
+    """The share of `task`'s units (texts, real tokens, questions) on which a lossy artifact may disagree with
+    the reference and pass verification: 1 - LOSSY_MIN_AGREEMENT, or none for a task judged by cosine, whose
+    every text must keep LOSSY_MIN_COSINE (its `agrees` is that cosine). The quantizers hold their trials to at
+    most this, so that what they accept is not then refused here."""
+    return 0.0 if task.parity_measure == "cosine" else 1.0 - LOSSY_MIN_AGREEMENT
+
+
 def _close_enough(parity: Parity, min_agreement: float, min_cosine: float) -> bool:
-    """A lossy comparison's verdict: predictions agree on `min_agreement` of texts (classifiers), or every
-    pair of embeddings has at least `min_cosine` (encoders)."""
-    if parity.prediction_agreement is not None:
-        return parity.prediction_agreement >= min_agreement
+    """A lossy comparison's verdict: predictions agree on `min_agreement` of the units, within their counting
+    noise (see COUNTING_NOISE_SIGMAS), or every pair of embeddings has at least `min_cosine` (encoders)."""
+    agreement, units = parity.prediction_agreement, parity.agreement_units
+    if agreement is not None:
+        return agreement >= min_agreement or bool(units and within_counting_noise(agreement, units, min_agreement))
     return parity.min_cosine is not None and parity.min_cosine >= min_cosine
+
+
+def disagreements_allowed(units: int, bar: float = LOSSY_MIN_AGREEMENT) -> int:
+    """How many of `units` may disagree and the share still pass `bar` (for the report's rule)."""
+    return max(k for k in range(units + 1) if k == 0 or within_counting_noise((units - k) / units, units, bar))
 
 
 def compare_runtimes(
@@ -252,11 +291,13 @@ def bucket_fidelity(reference: np.ndarray, padded: np.ndarray, bucketed: np.ndar
     by_cosine = task.parity_measure == "cosine"
     measure = "min_cosine" if by_cosine else "prediction_agreement"
     slack = BUCKET_FIDELITY_SLACK["cosine" if by_cosine else "agreement"]
-    padded_score = getattr(compare(reference, padded, task=task, feeds=feeds, lossy=True), measure)
+    padded_parity = compare(reference, padded, task=task, feeds=feeds, lossy=True)
+    padded_score = getattr(padded_parity, measure)
     bucketed_score = getattr(compare(reference, bucketed, task=task, feeds=feeds, lossy=True), measure)
     if not by_cosine:  # counting noise of the flips, see BUCKET_FIDELITY_SIGMAS
-        flips = 1.0 - padded_score
-        slack = max(slack, BUCKET_FIDELITY_SIGMAS * float(np.sqrt(flips * (1.0 - flips) / max(len(reference), 1))))
+        units = padded_parity.agreement_units or 1
+        flips = (round((1.0 - padded_score) * units) + 1) / (units + 2)
+        slack = max(slack, BUCKET_FIDELITY_SIGMAS * float(np.sqrt(flips * (1.0 - flips) / units)))
     return {
         "measure": measure,
         "padded": padded_score,
