@@ -215,11 +215,12 @@ class Sensitivity:
     kept_together: dict[str, tuple[Trial, Trial]] = field(default_factory=dict)
 
     def notes(self) -> list[str]:
-        failed = [t for t in self.trials if not self.thresholds.accept(t.error)]
+        alone = [t for t in self.trials if t.group != WHOLE]  # groups and nodes, each quantized alone
+        failed = [t for t in alone if not self.thresholds.accept(t.error)]
         notes = (
             [
                 f"sensitivity: {len(self.trials)} trials on {self.trials[0].error.rows} calibration rows, "
-                f"{len(failed)} broke the thresholds (SQNR >= {self.thresholds.min_sqnr_db:g} dB, "
+                f"{len(failed)} broke the thresholds alone (SQNR >= {self.thresholds.min_sqnr_db:g} dB, "
                 f"{self.trials[0].error.unit} that disagree <= {self.thresholds.max_flip_rate:.1%})"
             ]
             if self.trials
@@ -234,8 +235,8 @@ class Sensitivity:
             f"the worst of them alone: {own.error.describe()})"
             for name, (own, whole) in self.kept_together.items()
         ]
-        if self.trials and not self.kept_float and not self.kept_together:
-            worst = min(self.trials, key=lambda t: t.error.sqnr_db)
+        if alone and not self.kept_float and not self.kept_together:
+            worst = min(alone, key=lambda t: t.error.sqnr_db)
             notes.append(f"kept float: none; least robust: {worst.group} ({worst.error.describe()})")
         return notes
 
