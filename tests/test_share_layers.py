@@ -52,7 +52,7 @@ def test_shared_layers_run_the_group_leaders_weights_at_every_depth(bundle):
 def test_recovery_trains_the_shared_weights_once_per_depth(bundle, tmp_path):
     train = load_dataset(write_csv(tmp_path / "train.csv", SENTENCES * 4), require_labels=True)
     shared, record = apply_pass(
-        ShareLayers(group=2, epochs=2, lr=1e-3, batch_size=8), bundle, pass_context(bundle, train_data=train)
+        ShareLayers(group=2, epochs=8, lr=5e-3, batch_size=8), bundle, pass_context(bundle, train_data=train)
     )
     layers = encoder_layers(shared.module)
     assert layers[0] is layers[1], "training untied the layers"
