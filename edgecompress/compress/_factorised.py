@@ -1,4 +1,4 @@
-"""Factorised replacements for a dense Linear and a dense Embedding, and the recovery both passes share.
+"""Factorised replacements for a dense Linear and a dense Embedding.
 
 `LowRankLinear` is the truncated SVD of a Linear as two Linears (`low_rank`); `FactorisedEmbedding` is
 ALBERT's vocabulary x E table followed by an E x H projection (`factorise_embeddings`). Both keep the
@@ -8,13 +8,7 @@ attributes other code reads off the module they replace (`in_features`/`out_feat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-from edgecompress.compress._recovery import Recovery, recover
-from edgecompress.compress._taskdata import task_data, training_seq_len
-from edgecompress.errors import UserError
 
 
 class LowRankLinear(torch.nn.Module):
@@ -88,42 +82,3 @@ def energy_kept(matrix: torch.Tensor, rank: int) -> float:
 def round_up(value: int, multiple: int, limit: int) -> int:
     """`value` rounded up to a multiple of `multiple` (int8 GEMM kernels work in blocks), at most `limit`."""
     return min(limit, -(-value // multiple) * multiple)
-
-
-@dataclass(frozen=True)
-class RecoveryOptions:
-    """The distillation that follows a factorisation: the unfactorised model teaches the factorised one."""
-
-    epochs: float
-    lr: float
-    batch_size: int
-    temperature: float
-    hidden_weight: float
-    seed: int
-
-    def check(self, pass_name: str, train_data) -> None:
-        if self.epochs < 0:
-            raise UserError(f"option 'epochs' of pass '{pass_name}' must be 0 or more, got {self.epochs!r}")
-        if self.epochs > 0 and train_data is None:
-            raise UserError(
-                f"pass '{pass_name}' fine-tunes the factorised model on training texts, but none were given",
-                expected="--train-data (a labelled CSV, TSV or JSONL file)",
-                hint="give --train-data, or set epochs = 0 for the plain truncation",
-            )
-
-
-def recover_factorised(new, bundle, ctx, options: RecoveryOptions, label: str) -> tuple[dict, int]:
-    """Distil `bundle` (unfactorised) into `new` on --train-data; returns the training record and text count."""
-    if options.epochs == 0:
-        return {"steps": 0, "seconds": 0.0}, 0
-    training = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx))
-    recovery = Recovery(options.epochs, options.lr, options.batch_size, options.temperature, options.hidden_weight)
-    return recover(new.module, bundle.module, training, recovery, seed=options.seed, label=label), len(training)
-
-
-def recovery_note(record: dict, texts: int) -> str:
-    if not record["steps"]:
-        return "no recovery training (epochs = 0): the plain truncation"
-    trend = f", loss {record['loss_first']} -> {record['loss_last']}" if "loss_first" in record else ""
-    steps, seconds = record["steps"], record["seconds"]
-    return f"recovery: {steps} steps of distillation on {texts} training texts in {seconds} s{trend}"

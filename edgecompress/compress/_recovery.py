@@ -1,7 +1,8 @@
 """Recovery fine-tuning: distil an untouched model (teacher) into a changed one (student). Registers no pass.
 
-Used by the pruning passes (the unpruned model teaches the pruned one) and by `qat` (the float model
-teaches its fake-quantized copy). Loss per batch, on `--train-data` texts (Hinton et al. 2015;
+Used by the pruning passes (the unpruned model teaches the pruned one), by `qat` (the float model
+teaches its fake-quantized copy), and through `RecoveringPass` by the passes that factorise or share weights.
+Loss per batch, on `--train-data` texts (Hinton et al. 2015;
 hidden-state term as in TinyBERT), computed by `distill/losses.py`:
 
     T^2 * KL(softmax(teacher / T) || softmax(student / T)) + CE(student, labels)
@@ -31,13 +32,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from edgecompress.compress._pruning import encoder_layers
-from edgecompress.compress._taskdata import Batch, TaskData
+from edgecompress.compress._taskdata import Batch, TaskData, task_data, training_seq_len
 from edgecompress.distill.losses import hard_loss, logit_loss, masked_mse
+from edgecompress.errors import UserError
 from edgecompress.logs import progress_log
+from edgecompress.passes import Pass
 from edgecompress.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,50 @@ class Recovery:
     batch_size: int
     temperature: float
     hidden_weight: float
+
+
+@dataclass(frozen=True)
+class RecoveringPass(Pass):
+    """Shared options and steps of the passes that change the model and then distil the unchanged one into it
+    (`low_rank`, `factorise_embeddings`, `share_layers`): `epochs` = 0 keeps the change untrained."""
+
+    # What the message and notes call the changed model, and what `epochs = 0` leaves.
+    changed: ClassVar[str] = "changed"
+    untrained: ClassVar[str] = "the change without training"
+    epochs: float = 1.0  # recovery epochs over --train-data
+    lr: float = 5e-5
+    batch_size: int = 32
+    temperature: float = 2.0
+    hidden_weight: float = 1.0
+    seed: int = 0
+
+    def check_recovery(self, ctx) -> None:
+        for option in ("batch_size", "lr", "temperature"):
+            value = getattr(self, option)
+            if value <= 0:
+                raise UserError(f"option '{option}' of pass '{self.name}' must be positive, got {value!r}")
+        if self.epochs < 0:
+            raise UserError(f"option 'epochs' of pass '{self.name}' must be 0 or more, got {self.epochs!r}")
+        if self.epochs > 0 and ctx.train_data is None:
+            raise UserError(
+                f"pass '{self.name}' fine-tunes the {self.changed} model on training texts, but none were given",
+                expected="--train-data (a labelled CSV, TSV or JSONL file)",
+                hint=f"give --train-data, or set epochs = 0 for {self.untrained}",
+            )
+
+    def recover(self, new, bundle, ctx) -> tuple[dict, str]:
+        """Distil `bundle` (unchanged) into `new` on --train-data; returns the training record and its note."""
+        if self.epochs == 0:
+            return {"steps": 0, "seconds": 0.0}, f"no recovery training (epochs = 0): {self.untrained}"
+        training = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx))
+        options = Recovery(self.epochs, self.lr, self.batch_size, self.temperature, self.hidden_weight)
+        record = recover(new.module, bundle.module, training, options, seed=self.seed, label=self.name)
+        trend = f", loss {record['loss_first']} -> {record['loss_last']}" if "loss_first" in record else ""
+        note = (
+            f"recovery: {record['steps']} steps of distillation on {len(training)} training texts "
+            f"in {record['seconds']} s{trend}"
+        )
+        return record, note
 
 
 @dataclass

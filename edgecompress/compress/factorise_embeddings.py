@@ -15,33 +15,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgecompress.architectures import architecture_of
-from edgecompress.compress._factorised import FactorisedEmbedding, RecoveryOptions, recover_factorised, recovery_note
+from edgecompress.compress._factorised import FactorisedEmbedding
 from edgecompress.compress._pruning import check_positive, cloned, parameter_count
+from edgecompress.compress._recovery import RecoveringPass
 from edgecompress.errors import InternalError, UserError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.passes import PassContext, PassResult, PassSkipped, register_pass
 
 
 @register_pass
 @dataclass(frozen=True)
-class FactoriseEmbeddings(Pass):
+class FactoriseEmbeddings(RecoveringPass):
     name = "factorise_embeddings"
     stage = "compress"
     in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
+    changed, untrained = "factorised", "the plain truncation"
     # trim_vocab cuts rows out of a dense table.
     runs_after = ("trim_vocab",)
     width: int = 128  # E: the table's width
-    epochs: float = 1.0  # recovery epochs over --train-data (0: the plain truncation)
-    lr: float = 5e-5
-    batch_size: int = 32
-    temperature: float = 2.0
-    hidden_weight: float = 1.0
-    seed: int = 0
 
     def requires(self, bundle, ctx: PassContext) -> None:
         check_positive(self.name, "width", self.width)
-        for option in ("batch_size", "lr", "temperature"):
-            check_positive(self.name, option, getattr(self, option))
-        RecoveryOptions(**self._recovery_fields()).check(self.name, ctx.train_data)
+        self.check_recovery(ctx)
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch module to factorise")
         table = architecture_of(bundle.module).word_embeddings(bundle.module.hf_model)
@@ -55,20 +49,16 @@ class FactoriseEmbeddings(Pass):
                 hint="ALBERT uses 128 for a hidden size of 768",
             )
 
-    def _recovery_fields(self) -> dict:
-        names = ("epochs", "lr", "batch_size", "temperature", "hidden_weight", "seed")
-        return {name: getattr(self, name) for name in names}
-
     def run(self, bundle, ctx: PassContext) -> PassResult:
         new = cloned(bundle)
         architecture = architecture_of(new.module)
         dense = architecture.word_embeddings(new.module.hf_model)
         architecture.set_word_embeddings(new.module.hf_model, FactorisedEmbedding(dense, self.width))
-        record, texts = recover_factorised(new, bundle, ctx, RecoveryOptions(**self._recovery_fields()), self.name)
+        record, recovery_note = self.recover(new, bundle, ctx)
         notes = [
             f"word embeddings {dense.num_embeddings} x {dense.embedding_dim} -> "
             f"{dense.num_embeddings} x {self.width} table + {self.width} x {dense.embedding_dim} projection",
-            recovery_note(record, texts),
+            recovery_note,
         ]
         stats = {
             "width": self.width,

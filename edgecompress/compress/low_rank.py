@@ -20,18 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgecompress.architectures import Architecture, architecture_of
-from edgecompress.compress._factorised import (
-    LowRankLinear,
-    RecoveryOptions,
-    energy_kept,
-    rank_for_energy,
-    recover_factorised,
-    recovery_note,
-    round_up,
-)
+from edgecompress.compress._factorised import LowRankLinear, energy_kept, rank_for_energy, round_up
 from edgecompress.compress._pruning import check_positive, cloned, encoder_layers, parameter_count
+from edgecompress.compress._recovery import RecoveringPass
 from edgecompress.errors import InternalError, UserError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.passes import PassContext, PassResult, PassSkipped, register_pass
 
 TARGETS = {
     "ffn": ("ffn_in", "ffn_out"),
@@ -43,26 +36,21 @@ TARGETS = {
 
 @register_pass
 @dataclass(frozen=True)
-class LowRank(Pass):
+class LowRank(RecoveringPass):
     name = "low_rank"
     stage = "compress"
     in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
+    changed, untrained = "factorised", "the plain truncation"
     # The passes that slice these Linears by rows and columns: they must see them dense.
     runs_after = ("trim_vocab", "prune_heads", "prune_ffn", "prune_schedule", "drop_layers")
     rank: int = 0  # the rank of every factorised matrix (0: chosen by `energy`)
     energy: float = 0.0  # fraction of the squared singular values each matrix keeps (used when rank is 0)
     targets: str = "ffn"  # which Linears of each layer: see TARGETS
     multiple_of: int = 8  # ranks are rounded up to a multiple of this
-    epochs: float = 1.0  # recovery epochs over --train-data (0: the plain truncation)
-    lr: float = 5e-5
-    batch_size: int = 32
-    temperature: float = 2.0
-    hidden_weight: float = 1.0
-    seed: int = 0
 
     def requires(self, bundle, ctx: PassContext) -> None:
         self._check_options()
-        self._recovery().check(self.name, ctx.train_data)
+        self.check_recovery(ctx)
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch module to factorise")
         architecture, layer = architecture_of(bundle.module), encoder_layers(bundle.module)[0]
@@ -89,17 +77,13 @@ class LowRank(Pass):
                 f"options of pass '{self.name}' out of range: rank {self.rank}, energy {self.energy}",
                 expected="rank a positive integer, or energy in (0, 1)",
             )
-        for option in ("multiple_of", "batch_size", "lr", "temperature"):
-            check_positive(self.name, option, getattr(self, option))
-
-    def _recovery(self) -> RecoveryOptions:
-        return RecoveryOptions(self.epochs, self.lr, self.batch_size, self.temperature, self.hidden_weight, self.seed)
+        check_positive(self.name, "multiple_of", self.multiple_of)
 
     def run(self, bundle, ctx: PassContext) -> PassResult:
         new = cloned(bundle)
         architecture = architecture_of(new.module)
         chosen = [self._factorise(architecture, layer) for layer in encoder_layers(new.module)]
-        record, texts = recover_factorised(new, bundle, ctx, self._recovery(), label=self.name)
+        record, recovery_note = self.recover(new, bundle, ctx)
         factorised = [r for layer in chosen for r in layer if r["rank"] is not None]
         kept_dense = [r for layer in chosen for r in layer if r["rank"] is None]
         if not factorised:
@@ -108,7 +92,7 @@ class LowRank(Pass):
         notes = [
             f"{len(factorised)} Linears ({self.targets}) replaced by rank {_span(ranks)} factors ({self._rule()}); "
             f"energy kept {min(r['energy'] for r in factorised):.3f}-{max(r['energy'] for r in factorised):.3f}",
-            recovery_note(record, texts),
+            recovery_note,
         ]
         if kept_dense:
             notes.append(f"{len(kept_dense)} Linears stay dense: their factors would not be smaller")

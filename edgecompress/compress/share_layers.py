@@ -18,33 +18,27 @@ from dataclasses import dataclass
 import torch
 
 from edgecompress.architectures import architecture_of
-from edgecompress.compress._factorised import RecoveryOptions, recover_factorised, recovery_note
 from edgecompress.compress._pruning import check_positive, cloned, encoder_layers, parameter_count
+from edgecompress.compress._recovery import RecoveringPass
 from edgecompress.errors import InternalError, UserError
-from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
+from edgecompress.passes import PassContext, PassResult, PassSkipped, register_pass
 
 
 @register_pass
 @dataclass(frozen=True)
-class ShareLayers(Pass):
+class ShareLayers(RecoveringPass):
     name = "share_layers"
     stage = "compress"
     in_place = False  # works on a copy (`cloned`): the pipeline keeps the input as the accuracy reference
+    changed, untrained = "shared", "the plain tie"
     # Pruning and factorising slice or replace each layer's Linears one layer at a time: they must see
     # every layer its own before the layers are tied.
     runs_after = ("prune_heads", "prune_ffn", "prune_schedule", "drop_layers", "low_rank")
     group: int = 2  # consecutive layers that share one set of weights
-    epochs: float = 1.0  # recovery epochs over --train-data (0: tie the weights, no training)
-    lr: float = 5e-5
-    batch_size: int = 32
-    temperature: float = 2.0
-    hidden_weight: float = 1.0
-    seed: int = 0
 
     def requires(self, bundle, ctx: PassContext) -> None:
-        for option in ("group", "batch_size", "lr", "temperature"):
-            check_positive(self.name, option, getattr(self, option))
-        self._recovery().check(self.name, ctx.train_data)
+        check_positive(self.name, "group", self.group)
+        self.check_recovery(ctx)
         if bundle.module is None:
             raise PassSkipped("the model came in as ONNX: there is no torch module to share layers of")
         layers = encoder_layers(bundle.module)
@@ -58,20 +52,17 @@ class ShareLayers(Pass):
         if self.group == 1:
             raise PassSkipped("group 1 shares nothing")
 
-    def _recovery(self) -> RecoveryOptions:
-        return RecoveryOptions(self.epochs, self.lr, self.batch_size, self.temperature, self.hidden_weight, self.seed)
-
     def run(self, bundle, ctx: PassContext) -> PassResult:
         new = cloned(bundle)
         layers = encoder_layers(new.module)
         shared = [layers[(i // self.group) * self.group] for i in range(len(layers))]
         architecture_of(new.module).set_layers(new.module.hf_model, torch.nn.ModuleList(shared))
-        record, texts = recover_factorised(new, bundle, ctx, self._recovery(), label=self.name)
+        record, recovery_note = self.recover(new, bundle, ctx)
         distinct = len({id(layer) for layer in shared})
         notes = [
             f"{len(layers)} layers run {distinct} distinct weight sets (groups of {self.group}, "
             f"each the group's first layer)",
-            recovery_note(record, texts),
+            recovery_note,
         ]
         stats = {
             "distinct_layers": distinct,
