@@ -211,6 +211,17 @@ def _task_model(kit: Kit, head: str, **config) -> Path:
     return build(kit.tmp / "task-model", head, **config)
 
 
+def _vocab_with_a_gap(kit: Kit) -> Path:
+    """The tiny checkpoint with its last token numbered one past the end, as a duplicated vocab.txt line does."""
+    folder = kit.ckpt()
+    document = json.loads((folder / "tokenizer.json").read_text())
+    vocab = document["model"]["vocab"]
+    last = max(vocab, key=vocab.get)
+    vocab[last] += 1
+    (folder / "tokenizer.json").write_text(json.dumps(document))
+    return folder
+
+
 def _family(kit: Kit, model_type: str) -> Path:
     from family_models import build_any_family_checkpoint
 
@@ -292,6 +303,13 @@ CASES = [
         "unknown quantization mode 'int3'",
     ),
     ("unknown-recipe", lambda k: k.export_args(k.checkpoint, "--recipe", "nope"), 2, "unknown recipe 'nope'"),
+    # a vocabulary listing a token twice numbers the rest with a gap: once an internal IndexError at export
+    (
+        "vocab-id-gap",
+        lambda k: k.export_args(_vocab_with_a_gap(k)),
+        2,
+        "one listed twice in vocab.txt?",
+    ),
     # issue 14: a rank or group out of range; a method that does not apply to the family
     (
         "low-rank-above-matrix-rank",
