@@ -11,6 +11,7 @@ the previous good one. Library code never prints: progress goes to the `Progress
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -69,17 +70,21 @@ class ExportRequest:
 @dataclass
 class StageCache:
     """The compress and lower stages' results, for exports that repeat them: every quantization candidate of a
-    search lowers the same model on the same texts. Only recipes without torch passes are cached, keyed by all
-    those two stages then read (model, tokenizer, --data, seq_len); each hit gets its own copy of the graph,
-    because graph passes may edit it in place."""
+    search lowers the same model on the same texts, and a pruned candidate trained for one profile is the same
+    model for another profile of the same seq_len. Keyed by all those two stages read: model, tokenizer, --data
+    and seq_len; with torch passes also each pass's name and options, --train-data and the tuning texts'
+    source (what `PassContext` gives compress passes besides shapes; `ctx.artifacts` only refuses work, which is
+    then not cached). Each hit gets its own copy of the graph, because graph passes may edit it in place."""
 
     entries: dict[tuple, tuple[Compressed, Any]] = field(default_factory=dict)
 
     @staticmethod
     def key(request: ExportRequest, recipe, seq_len: int) -> tuple | None:
+        key: tuple = (str(Path(request.model).resolve()), str(request.tokenizer), str(request.data), seq_len)
         if recipe.compress:
-            return None
-        return (str(Path(request.model).resolve()), str(request.tokenizer), str(request.data), seq_len)
+            passes = tuple((p.name, json.dumps(p.options(), sort_keys=True, default=str)) for p in recipe.compress)
+            key += (str(request.train_data), str(request.calibration), passes)
+        return key
 
     def get(self, key: tuple | None):
         from edgecompress.graph._quant_common import copy_model
@@ -170,7 +175,8 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     with clock.stage("compress") as summary:
         context = _pass_context(bundle, profile, calibration, train_data, tuning.kind)
         compressed = hit[0] if hit else _compress(recipe.compress, bundle, data, context, clock)
-        summary.append(f"{len(recipe.compress)} passes" + (", reference outputs reused" if hit else ""))
+        reused = ", their model and reference outputs reused from an earlier export" if hit else ""
+        summary.append(f"{len(recipe.compress)} passes{reused}")
     with clock.stage("lower") as summary:
         lowered = hit[1] if hit else lower(compressed.bundle, compressed.feeds, compressed.reference)
         summary.append(f"{len(lowered.graph.node)} nodes" + (", reused from an earlier export" if hit else ""))

@@ -281,6 +281,44 @@ def test_a_cached_lowering_gives_the_same_artifacts_and_is_not_edited_by_a_quant
     assert len(reused) == 1  # the second export of the cache, not the first and not the uncached one
 
 
+def test_a_torch_pass_is_reused_by_another_profile_of_the_same_length_and_not_by_other_options(
+    tmp_path, tiny_checkpoint, tiny_device, tiny_data
+):
+    """A model compressed for one profile is the same model for another of its seq_len (a pruned candidate checked
+    for pixel7 and for rpi4 trains once); different pass options compress again."""
+    from edgecompress.devices import derived_profile_text
+    from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
+
+    other_phone = tmp_path / "otherphone.toml"  # as rpi4 beside pixel7: another name, fewer artifacts
+    text = derived_profile_text("pixel7", name="otherphone", seq_len=16, artifacts=["onnx"])
+    other_phone.write_text(text.replace('quantize = "dynamic-int8"', 'quantize = "none"'))
+    summaries: list[str] = []
+
+    class Stages(Progress):
+        def stage_finished(self, name: str, seconds: float, summary: str) -> None:
+            summaries.append(f"{name}: {summary}")
+
+    def recipe(ratio: float) -> Path:
+        path = tmp_path / f"drop-{ratio}.toml"
+        path.write_text(f'extends = "default"\n\n[[compress]]\npass = "drop_layers"\nratio = {ratio}\n')
+        return path
+
+    def export(device: Path, ratio: float, cache: StageCache | None, out: str) -> bytes:
+        request = ExportRequest(
+            tiny_checkpoint, str(device), tmp_path / out, data=tiny_data, recipe=str(recipe(ratio)), measure=False
+        )
+        request.stage_cache = cache
+        return (run_export(request, Stages()).out_dir / "model.onnx").read_bytes()
+
+    cache = StageCache()
+    export(tiny_device, 0.5, cache, "first")
+    reused = export(other_phone, 0.5, cache, "second")
+    export(other_phone, 0.25, cache, "third")
+    compress = [s for s in summaries if s.startswith("compress:")]
+    assert ["reused from an earlier export" in s for s in compress] == [False, True, False]
+    assert reused == export(other_phone, 0.5, None, "fresh")
+
+
 def test_pruning_is_not_planned_for_an_onnx_file_or_without_train_data(tmp_path):
     from edgecompress.pipeline import ExportRequest
     from edgecompress.search.loop import _why_no_pruning
