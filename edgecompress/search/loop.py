@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import EdgecompressError, InternalError, UserError
+from edgecompress.errors import EdgecompressError, InternalError, UserError, VerificationError
 from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
 from edgecompress.report.document import ESTIMATED, STATIC
 from edgecompress.search.candidates import CHEAP, TRAINING, Candidate, plan
@@ -232,7 +232,9 @@ def _skip_reason(candidate: Candidate, rows: dict[str, Row]) -> str | None:
 
 def _probe_shapes(candidate: Candidate, base: ExportRequest, work: Path, export_progress) -> Row | None:
     """Export the candidate's untrained twin (same shapes and ops, no recovery training; not measured on the host):
-    a SKIPPED row when it misses a budget that shapes fix, a FAILED row when it cannot be exported, else None."""
+    a SKIPPED row when it misses a budget that shapes fix, a FAILED row when it cannot be exported, else None.
+    A twin that fails verification says nothing of the trained model (its weights are what training changes: an
+    untrained pruned int8 model's own-length run once strayed from its padded run), so that is None too."""
     assert candidate.shapes_probe is not None  # only called for candidates that have one
     request = replace(
         base,
@@ -245,6 +247,9 @@ def _probe_shapes(candidate: Candidate, base: ExportRequest, work: Path, export_
     start = time.monotonic()
     try:
         result = run_export(request, export_progress)
+    except VerificationError as exc:
+        log.info("%s: its untrained twin failed verification (%s); training decides", candidate.name, exc)
+        return None
     except EdgecompressError as exc:
         return _failed(candidate, f"{exc} (found on its untrained twin, before training)", start)
     report = json.loads((result.out_dir / "report.json").read_text(encoding="utf-8"))
