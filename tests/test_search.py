@@ -328,3 +328,27 @@ def test_pruning_is_not_planned_for_an_onnx_file_or_without_train_data(tmp_path)
     assert "is an ONNX file" in (_why_no_pruning(onnx_input) or "")
     assert "--train-data" in (_why_no_pruning(ExportRequest(tmp_path / "ckpt", "pixel7", tmp_path)) or "")
     assert _why_no_pruning(ExportRequest(tmp_path / "ckpt", "pixel7", tmp_path, train_data=train)) is None
+
+
+def test_an_untrained_twin_failing_verification_leaves_the_verdict_to_training(tmp_path, monkeypatch):
+    """Verification judges weights, which training changes: the candidate is trained. An export error of its
+    shapes (a sparsity the model cannot take) fails it before training."""
+    from edgecompress.errors import UserError, VerificationError
+    from edgecompress.pipeline import ExportRequest
+    from edgecompress.search import loop
+
+    probe = tmp_path / "probe.toml"
+    candidate = Candidate("pruned", tmp_path, "dynamic-int8", TRAINING, "pruned", shapes_probe=probe)
+    base = ExportRequest(tmp_path / "ckpt", "pixel7", tmp_path)
+
+    def fails_with(error):
+        def run_export(request, progress):
+            assert request.recipe == str(probe)
+            raise error
+
+        monkeypatch.setattr(loop, "run_export", run_export)
+        return loop._probe_shapes(candidate, base, tmp_path, None)
+
+    assert fails_with(VerificationError("its own-length run strays from its padded run")) is None
+    row = fails_with(UserError("cannot remove 3 of 2 heads"))
+    assert row is not None and row.status == "failed" and "before training" in row.reason
