@@ -571,7 +571,11 @@ def calibrate(target, threads, output, suite, rounds, runs, warmup, ssh_config, 
 @verbose_option
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.option(
-    "--student", type=click.Choice(["bilstm", "cnn", "transformer"]), required=True, help="Student architecture."
+    "--student",
+    type=click.Choice(["bilstm", "cnn", "transformer", "squeezed"]),
+    required=True,
+    help="Student architecture. squeezed: a narrow BERT whose weights are learned maps of the teacher's "
+    "(Weight Squeezing); it ships as a plain BERT.",
 )
 @click.option(
     "--train-data",
@@ -608,8 +612,8 @@ def calibrate(target, threads, output, suite, rounds, runs, warmup, ssh_config, 
 @click.option("--loss", "logit_loss", type=click.Choice(["mse", "kl"]), help="Logit loss (default: per student).")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), help="Softmax temperature of the KL loss.")
 @click.option("--hard-weight", type=click.FloatRange(0, 1), help="Share of the hard-label loss.")
-@click.option("--hidden-weight", type=click.FloatRange(0), help="Hidden-state loss weight (transformer).")
-@click.option("--attention-weight", type=click.FloatRange(0), help="Attention loss weight (transformer).")
+@click.option("--hidden-weight", type=click.FloatRange(0), help="Hidden-state loss weight (transformer, squeezed).")
+@click.option("--attention-weight", type=click.FloatRange(0), help="Attention loss weight (transformer, squeezed).")
 @click.option("--layer-map", help="Teacher layer per student layer, e.g. 2,4,6 (transformer; default evenly spaced).")
 @click.option(
     "--transfer-set",

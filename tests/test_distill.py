@@ -45,7 +45,7 @@ from edgecompress.intake.model import load_bundle
 from edgecompress.pipeline import ExportRequest, run_export
 from edgecompress.verify.evaluate import reference_outputs
 
-from conftest import SENTENCES, build_tiny_checkpoint, user_error, write_csv
+from conftest import SENTENCES, user_error, write_csv
 
 TEXTS = [text for text, _ in SENTENCES]
 STUDENT_INPUTS = ("input_ids", "attention_mask")
@@ -64,24 +64,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """The tiny classifier fitted to the conftest sentences (a random one predicts one class for all)."""
-    from transformers import BertForSequenceClassification, BertTokenizer
-
-    folder = build_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher", seed=3)
-    model = BertForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
-    tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
-    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    labels = torch.tensor([model.config.label2id[label] for _, label in SENTENCES])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    model.train()
-    for _ in range(60):
-        optimizer.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-    model.save_pretrained(str(folder), safe_serialization=True)
-    return folder
+def teacher(fitted_teacher) -> Path:
+    return fitted_teacher
 
 
 @pytest.fixture(scope="module")

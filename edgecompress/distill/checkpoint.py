@@ -24,8 +24,10 @@ def write_student(
     """Write the student checkpoint into the (new, empty) `folder`."""
     from safetensors.torch import save_file
 
+    from edgecompress.distill.trainer import TRANSFORMERS
+
     folder.mkdir(parents=True)
-    if kind == "transformer":  # BertConfig's own config.json; save_pretrained would draw a progress bar
+    if kind in TRANSFORMERS:  # BertConfig's own config.json; save_pretrained would draw a progress bar
         from edgecompress.distill.small_bert import new_transformer_student
 
         new_transformer_student(config).config.to_json_file(str(folder / "config.json"))

@@ -26,21 +26,25 @@ from typing import Any
 from edgecompress.atomic import swap_in
 from edgecompress.distill.augment import AugmentOptions
 from edgecompress.distill.losses import LossOptions
-from edgecompress.distill.trainer import INIT, JOB, TRAINED, TRANSFER, TrainOptions
+from edgecompress.distill.trainer import INIT, JOB, TRAINED, TRANSFER, TRANSFORMERS, TrainOptions
 from edgecompress.errors import InternalError, UserError
 
 log = logging.getLogger(__name__)
 
-STUDENTS = ("bilstm", "cnn", "transformer")
+STUDENTS = ("bilstm", "cnn", "transformer", "squeezed")
 DEFAULT_TRAINING = {
     "bilstm": TrainOptions(epochs=3, lr=2e-3),
     "cnn": TrainOptions(epochs=3, lr=2e-3),
     "transformer": TrainOptions(epochs=2, lr=1e-4, warmup_ratio=0.1, weight_decay=0.01),
+    # Only the maps train, and they start near-orthonormal: a larger step than fine-tuning weights, no decay
+    # (decay would pull the maps, and so every student weight, towards zero).
+    "squeezed": TrainOptions(epochs=2, lr=5e-4, warmup_ratio=0.1),
 }
 DEFAULT_LOSSES = {
     "bilstm": LossOptions(),
     "cnn": LossOptions(),
     "transformer": LossOptions(logit_loss="kl", hidden_weight=1.0, attention_weight=1.0),
+    "squeezed": LossOptions(logit_loss="kl", hidden_weight=1.0, attention_weight=1.0),
 }
 
 
@@ -139,7 +143,7 @@ def _warn_about_lengths(teacher, texts: list[str], seq_len: int) -> None:
 def _job(request: DistillRequest, teacher, config: dict[str, Any]) -> dict[str, Any]:
     """What to train, as JSON: equal jobs resume each other; `transfer` says which transfer set fits."""
     losses = dataclasses.replace(DEFAULT_LOSSES[request.student], **request.losses).resolved(
-        student_layers=config["num_hidden_layers"] if request.student == "transformer" else None,
+        student_layers=config["num_hidden_layers"] if request.student in TRANSFORMERS else None,
         teacher_layers=teacher.num_layers,
         where="distillation losses",
     )
@@ -197,6 +201,11 @@ def _student_config(request: DistillRequest, teacher) -> dict[str, Any]:
         from edgecompress.distill.small_bert import transformer_config
 
         return transformer_config(teacher.config, overrides, tokenizer=teacher.tokenizer, where=where)
+    if request.student == "squeezed":
+        from edgecompress.distill.squeeze import check_squeezable, squeezed_config
+
+        check_squeezable(teacher.module.hf_model, where=str(request.teacher))
+        return squeezed_config(teacher.config, overrides, tokenizer=teacher.tokenizer, where=where)
     from edgecompress.distill.students import student_config
 
     return student_config(
@@ -354,6 +363,9 @@ def _write_initial_student(plan: Plan, work: Path) -> None:
         config = plan.config
         student = new_student("transformer", config)
         init_from_teacher(student, config, hf_teacher)
+    elif plan.job["kind"] == "squeezed":  # the maps start from the teacher (squeeze.initial_maps)
+        config = plan.config
+        student = new_student("squeezed", config, teacher=hf_teacher)
     else:
         with np.load(work / TRANSFER) as transfer:
             config, student = _embedding_student(plan, transfer, hf_teacher)

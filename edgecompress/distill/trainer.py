@@ -33,6 +33,7 @@ JOB, TRANSFER, INIT, CHECKPOINT, TRAINED = "job.json", "transfer.npz", "init.pt"
 TENSORS = ("input_ids", "attention_mask", "teacher_logits", "labels")  # what training reads from transfer.npz
 POOL_BATCHES = 50  # batches per length-sorted pool: little padding, yet a different order every epoch
 MAX_GRAD_NORM = 1.0
+TRANSFORMERS = ("transformer", "squeezed")  # BERT students: hidden-state and attention losses apply
 
 
 @dataclass(frozen=True)
@@ -180,21 +181,34 @@ def _objective(work: Path, job: dict, teacher):
     from edgecompress.distill.losses import objective
 
     init = torch.load(work / INIT, weights_only=True)
-    student = new_student(job["kind"], init["config"])
+    squeezing = (teacher or _teacher_weights(job)) if job["kind"] == "squeezed" else None
+    student = new_student(job["kind"], init["config"], teacher=squeezing)
     student.load_state_dict(init["state"])
     losses = LossOptions(**_loss_fields(job))
     projection = None
     if losses.hidden_weight > 0 and init["config"]["hidden_size"] != teacher.config.hidden_size:
         projection = torch.nn.Linear(init["config"]["hidden_size"], teacher.config.hidden_size)
-    return objective(student, losses, transformer=job["kind"] == "transformer", projection=projection)
+    return objective(student, losses, transformer=job["kind"] in TRANSFORMERS, projection=projection)
 
 
-def new_student(kind: str, config: dict):
-    """A student module of `kind` with fresh weights."""
+def _teacher_weights(job: dict):
+    """The teacher whose weights a squeezed student maps (frozen)."""
+    from edgecompress.intake.model import load_checkpoint
+
+    teacher = load_checkpoint(Path(job["transfer"]["teacher"])).module.hf_model.eval()
+    return teacher.requires_grad_(False)
+
+
+def new_student(kind: str, config: dict, *, teacher=None):
+    """A student module of `kind`: fresh weights, or for "squeezed" the maps of `teacher`'s weights."""
     if kind == "transformer":
         from edgecompress.distill.small_bert import new_transformer_student
 
         return new_transformer_student(config)
+    if kind == "squeezed":
+        from edgecompress.distill.squeeze import squeezed_student
+
+        return squeezed_student(config, teacher)
     from edgecompress.distill.students import build_student
 
     return build_student(config)
@@ -351,7 +365,9 @@ def state_digest(state: dict) -> str:
 
 def _finish(work: Path, model, world: World, record: dict) -> None:
     """Check that DDP kept every replica identical, then publish the student's weights (rank 0)."""
-    state = model.student.state_dict()
+    student = model.student
+    # A squeezed student ships the weights its maps compute, not the maps.
+    state = student.shipped_state() if hasattr(student, "shipped_state") else student.state_dict()
     digests = world.gather(state_digest(state))
     if len(set(digests)) != 1:
         raise InternalError(f"training processes ended with different weights (digests {digests})")
