@@ -159,6 +159,26 @@ def test_student_config_must_fit_the_tokenizer(teacher_bundle):
         )
 
 
+def test_a_transformer_student_from_scratch_takes_nothing_from_the_teacher(teacher_bundle):
+    """ "init": "random" (the from-scratch baseline of tools/bench_squeeze.py): a fresh BERT, nothing copied."""
+    from edgecompress.distill.small_bert import init_from_teacher, new_transformer_student, transformer_config
+
+    def student(init: str):
+        config = transformer_config(
+            teacher_bundle.config, {"init": init}, tokenizer=teacher_bundle.tokenizer, where="test"
+        )
+        torch.manual_seed(0)
+        model = new_transformer_student(config)
+        init_from_teacher(model, config, teacher_bundle.module.hf_model)
+        return model.bert.embeddings.word_embeddings.weight
+
+    teacher_table = teacher_bundle.module.hf_model.bert.embeddings.word_embeddings.weight
+    assert torch.equal(student("teacher"), teacher_table)
+    assert not torch.equal(student("random"), teacher_table)
+    with pytest.raises(UserError, match="unknown init 'glove'; expected one of teacher, random"):
+        student("glove")
+
+
 def test_student_config_rejects_an_unknown_embedding_init(teacher_bundle):
     with pytest.raises(UserError, match="'embedding_init' must be one of contextual, word, got 'glove'"):
         student_config(

@@ -148,3 +148,8 @@ def test_a_teacher_whose_layers_are_not_bert_shaped_is_refused(fitted_teacher):
     teacher.bert.encoder.layer[0].intermediate.dense = torch.nn.Linear(32, 48)
     with pytest.raises(UserError, match=r"BERT-shaped layers, .* 'intermediate.dense' has shape \(48, 32\)"):
         check_squeezable(teacher, where="teacher")
+
+
+def test_a_squeezed_student_has_no_init_setting(teacher_bundle):
+    with pytest.raises(UserError, match="a squeezed student has no 'init' setting"):
+        squeezed_config(teacher_bundle.config, {"init": "random"}, tokenizer=teacher_bundle.tokenizer, where="x")

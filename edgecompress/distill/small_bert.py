@@ -14,6 +14,9 @@ FFN, both LayerNorms: the same functions under other names), its embeddings like
 rows shifted by the pad offset). The head starts fresh unless the teacher is a BERT: DistilBERT's
 (ReLU) and ELECTRA's (GELU) heads are not BERT's pooler + classifier. An ELECTRA whose embeddings are
 narrower than its layers gives only its layers: its projected embeddings are no BERT embedding.
+
+With `"init": "random"` nothing is copied: the student starts as a fresh BERT (trained from scratch, the
+baseline that shows what starting from the teacher is worth).
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ SETTINGS = (
     "num_attention_heads",
     "intermediate_size",
     "teacher_layers",
+    "init",
     "vocab_size",
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
 )
 _WIDTHS = ("hidden_size", "intermediate_size", "num_attention_heads")
+# "teacher": start from the teacher's parts (see the module docstring); "random": a fresh BERT's weights, for a
+# student trained from scratch (the baseline that shows what the teacher's weights are worth).
+INITS = ("teacher", "random")
+# Our settings, not BertConfig's: kept out of the checkpoint's config.json.
+_OWN_SETTINGS = ("teacher_layers", "init")
 
 
 def transformer_config(
@@ -71,6 +80,8 @@ def transformer_config(
             where=where,
             hint="the student reads the teacher tokenizer's ids; drop vocab_size from the config",
         )
+    if config.setdefault("init", "teacher") not in INITS:
+        raise UserError(f"unknown init {config['init']!r}", where=where, expected=f"one of {', '.join(INITS)}")
     layers = config.setdefault("teacher_layers", even_layer_map(config["num_hidden_layers"], teacher_layers))
     if len(layers) != config["num_hidden_layers"] or not all(
         isinstance(t, int) and 1 <= t <= teacher_layers for t in layers
@@ -91,7 +102,7 @@ def new_transformer_student(config: dict[str, Any]):
     """The student's architecture with fresh weights (eager attention: the loss reads attention maps)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    bert_config = BertConfig.from_dict({k: v for k, v in config.items() if k != "teacher_layers"})
+    bert_config = BertConfig.from_dict({k: v for k, v in config.items() if k not in _OWN_SETTINGS})
     bert_config._attn_implementation = "eager"
     return BertForSequenceClassification(bert_config)
 
@@ -103,6 +114,8 @@ def init_from_teacher(student, config: dict[str, Any], teacher_hf) -> None:
     from edgecompress.architectures import architecture_for, architecture_of
     from edgecompress.distill.embeddings import pca_projection, teacher_word_embeddings
 
+    if config.get("init") == "random":
+        return
     family, bert = architecture_of(teacher_hf), architecture_for("bert")
     teacher_config = family.bert_config(teacher_hf.config.to_dict())
     with torch.no_grad():

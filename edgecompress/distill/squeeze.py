@@ -41,6 +41,9 @@ _LAYER_PARTS = {
 }
 
 
+WORD_TABLE = "bert.embeddings.word_embeddings.weight"
+
+
 @dataclass(frozen=True)
 class Rule:
     """How one student tensor is computed: `L @ teacher @ R.T` (either map may be absent)."""
@@ -57,6 +60,12 @@ def squeezed_config(teacher_config: dict[str, Any], overrides: dict[str, Any], *
     from edgecompress.architectures import architecture_for
     from edgecompress.distill.small_bert import transformer_config
 
+    if "init" in overrides:
+        raise UserError(
+            "a squeezed student has no 'init' setting: its weights always come from the teacher's",
+            where=where,
+            hint='for a student trained from scratch use --student transformer with "init": "random"',
+        )
     teacher = architecture_for(teacher_config.get("model_type")).bert_config(teacher_config)
     head_width = teacher["hidden_size"] // teacher["num_attention_heads"]
     heads = max(1, teacher["num_attention_heads"] // 2)
@@ -142,7 +151,7 @@ def _embedding_rules(teacher_hf, family, student) -> list[Rule]:
     positions = teacher.get_submodule(family.position_embeddings_path).weight[offset : offset + rows]
     norm = teacher.get_submodule(family.embeddings_norm_path)
     rules = [
-        Rule("bert.embeddings.word_embeddings.weight", family.word_embeddings(teacher_hf).weight, None, "embedding"),
+        Rule(WORD_TABLE, family.word_embeddings(teacher_hf).weight, None, "embedding"),
         Rule("bert.embeddings.position_embeddings.weight", positions, None, "embedding"),
         Rule("bert.embeddings.LayerNorm.weight", norm.weight, "embedding", None),
         Rule("bert.embeddings.LayerNorm.bias", norm.bias, "embedding", None),
@@ -228,19 +237,27 @@ def _squeezed_class() -> type:
             state = self._skeleton[0].state_dict()
             return {name: weights.get(name, tensor).detach().clone() for name, tensor in state.items()}
 
-        def student_weights(self) -> dict[str, Any]:
+        def student_weights(self, *, skip: str | None = None) -> dict[str, Any]:
             weights = {_name(key): value for key, value in self.free.items()}
             for rule in self.rules:
-                value = rule.teacher
-                if rule.in_map is not None:
-                    value = value @ self.maps[_key(rule.in_map)].T
-                if rule.out_map is not None:
-                    value = self.maps[_key(rule.out_map)] @ value
-                weights[rule.student] = value
+                if rule.student != skip:
+                    weights[rule.student] = self._computed(rule, rule.teacher)
             return weights
 
-        def forward(self, **inputs):
-            return torch.func.functional_call(self._skeleton[0], self.student_weights(), (), inputs)
+        def _computed(self, rule: Rule, value):
+            if rule.in_map is not None:
+                value = value @ self.maps[_key(rule.in_map)].T
+            if rule.out_map is not None:
+                value = self.maps[_key(rule.out_map)] @ value
+            return value
+
+        def forward(self, input_ids, **inputs):
+            # Only the batch's rows of the word table are mapped: the whole table (vocabulary x width) would
+            # cost more per step than the student's layers do.
+            words = next(rule for rule in self.rules if rule.student == WORD_TABLE)
+            inputs["inputs_embeds"] = self._computed(words, torch.nn.functional.embedding(input_ids, words.teacher))
+            weights = self.student_weights(skip=WORD_TABLE)
+            return torch.func.functional_call(self._skeleton[0], weights, (), inputs)
 
     return SqueezedBert
 
