@@ -37,7 +37,7 @@ from edgecompress.errors import EdgecompressError  # noqa: E402
 from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export  # noqa: E402
 from edgecompress.search.candidates import plan  # noqa: E402
-from edgecompress.search.loop import SearchProgress, SearchRequest, run_search  # noqa: E402
+from edgecompress.search.loop import SearchProgress, SearchRequest, row_summary, run_search  # noqa: E402
 from edgecompress.search.table import RAN, SKIPPED, rank_key, row_from_report  # noqa: E402
 
 TIME_LIMIT_S = 30 * 60
@@ -191,6 +191,7 @@ def better_than_winner(document: dict, winner, base: ExportRequest, candidates: 
         by_hand = row_from_report(
             report, candidate.name, candidate.what, candidate.tier, time.monotonic() - started, out
         )
+        log(f"   {candidate.name} by hand: {row_summary(by_hand)}")
         if by_hand.passed and rank_key(by_hand)[0] < best:
             beaten.append(f"{candidate.name} (skipped)")
     return beaten

@@ -203,7 +203,7 @@ def _run_ladder(
         row = _run_candidate(candidate, base, work, export_progress, original, first=index == 1)
         rows[candidate.name] = row
         clock.ran(candidate, row.seconds or 0.0)
-        said.line(f"        {candidate.name}: {_row_summary(row)}")
+        said.line(f"        {candidate.name}: {row_summary(row)}")
     return list(rows.values())
 
 
@@ -348,7 +348,8 @@ def _no_training_row(reason: str) -> Row:
     return Row("pruned", what, TRAINING, SKIPPED, reason=reason)
 
 
-def _row_summary(row: Row) -> str:
+def row_summary(row: Row) -> str:
+    """One line for people: accuracy, size, p90 (how obtained), the verdict, the time it took."""
     if row.status != RAN:
         return row.reason
     accuracy = f"accuracy {100 * row.accuracy['value']:.2f}%" if row.accuracy else "accuracy n/a"
