@@ -220,9 +220,9 @@ def _squeezed_class() -> type:
             self.maps = nn.ParameterDict(
                 {_key(name): nn.Parameter(value) for name, value in initial_maps(config, teacher_hf).items()}
             )
+            self._words = next(rule for rule in self.rules if rule.student == WORD_TABLE)
             computed = {rule.student for rule in self.rules}
-            free = {name: value for name, value in skeleton.state_dict().items() if name not in computed}
-            free = {name: value for name, value in free.items() if _is_parameter(skeleton, name)}
+            free = {name: value for name, value in skeleton.named_parameters() if name not in computed}
             self.free = nn.ParameterDict({_key(name): nn.Parameter(value.clone()) for name, value in free.items()})
             self.config = skeleton.config
 
@@ -254,16 +254,12 @@ def _squeezed_class() -> type:
         def forward(self, input_ids, **inputs):
             # Only the batch's rows of the word table are mapped: the whole table (vocabulary x width) would
             # cost more per step than the student's layers do.
-            words = next(rule for rule in self.rules if rule.student == WORD_TABLE)
-            inputs["inputs_embeds"] = self._computed(words, torch.nn.functional.embedding(input_ids, words.teacher))
+            words = torch.nn.functional.embedding(input_ids, self._words.teacher)
+            inputs["inputs_embeds"] = self._computed(self._words, words)
             weights = self.student_weights(skip=WORD_TABLE)
             return torch.func.functional_call(self._skeleton[0], weights, (), inputs)
 
     return SqueezedBert
-
-
-def _is_parameter(module, name: str) -> bool:
-    return name in dict(module.named_parameters())
 
 
 def _key(name: str) -> str:

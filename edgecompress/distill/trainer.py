@@ -161,11 +161,15 @@ def _teacher(job: dict):
     """The frozen teacher, only when the losses read its hidden states or attention maps."""
     if not LossOptions(**_loss_fields(job)).uses_internals:
         return None
+    return frozen_teacher(job)
+
+
+def frozen_teacher(job: dict):
+    """The job's teacher, in eval mode and without gradients."""
     from edgecompress.intake.model import load_checkpoint
 
     teacher = load_checkpoint(Path(job["transfer"]["teacher"])).module.hf_model.eval()
-    teacher.requires_grad_(False)
-    return teacher
+    return teacher.requires_grad_(False)
 
 
 def _loss_fields(job: dict) -> dict:
@@ -181,7 +185,9 @@ def _objective(work: Path, job: dict, teacher):
     from edgecompress.distill.losses import objective
 
     init = torch.load(work / INIT, weights_only=True)
-    squeezing = (teacher or _teacher_weights(job)) if job["kind"] == "squeezed" else None
+    squeezing = None
+    if job["kind"] == "squeezed":  # its weights are maps of the teacher's, whatever the losses read
+        squeezing = teacher if teacher is not None else frozen_teacher(job)
     student = new_student(job["kind"], init["config"], teacher=squeezing)
     student.load_state_dict(init["state"])
     losses = LossOptions(**_loss_fields(job))
@@ -189,14 +195,6 @@ def _objective(work: Path, job: dict, teacher):
     if losses.hidden_weight > 0 and init["config"]["hidden_size"] != teacher.config.hidden_size:
         projection = torch.nn.Linear(init["config"]["hidden_size"], teacher.config.hidden_size)
     return objective(student, losses, transformer=job["kind"] in TRANSFORMERS, projection=projection)
-
-
-def _teacher_weights(job: dict):
-    """The teacher whose weights a squeezed student maps (frozen)."""
-    from edgecompress.intake.model import load_checkpoint
-
-    teacher = load_checkpoint(Path(job["transfer"]["teacher"])).module.hf_model.eval()
-    return teacher.requires_grad_(False)
 
 
 def new_student(kind: str, config: dict, *, teacher=None):
