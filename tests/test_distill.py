@@ -54,13 +54,7 @@ STUDENT_INPUTS = ("input_ids", "attention_mask")
 # ---- fixtures and helpers -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread than on two contended ones (measured 0.8 s vs 27 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module scope: one thread for the whole file
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ from conftest import SENTENCES, TINY, user_error
 TEXTS = [text for text, _ in SENTENCES]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module scope: one thread for the whole file
 
 
 @pytest.fixture(scope="module")
