@@ -107,23 +107,27 @@ def log(message: str) -> None:
 
 
 def train_student(root: Path, teacher: Path, splits: Path, kind: str, args) -> Path:
-    folder = root / kind
-    if args.retrain:
+    augment = args.transformer_augment if kind == "transformer" else args.augment
+    request = DistillRequest(
+        teacher=teacher,
+        student=kind,
+        train_data=splits / "train.csv",
+        out_dir=root / kind,
+        augment=augment,
+        seq_len=SEQ_LEN,
+        transfer_set=root / f"transfer-augment{augment}.npz",
+    )
+    return cached_student(request, retrain=args.retrain)
+
+
+def cached_student(request: DistillRequest, *, retrain: bool) -> Path:
+    """The student of `request`, distilled unless its folder holds a finished one (or `retrain`)."""
+    folder = Path(request.out_dir)
+    if retrain:
         shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "training.json").is_file():
-        log(f"distilling the {kind} student")
-        augment = args.transformer_augment if kind == "transformer" else args.augment
-        distill(
-            DistillRequest(
-                teacher=teacher,
-                student=kind,
-                train_data=splits / "train.csv",
-                out_dir=folder,
-                augment=augment,
-                seq_len=SEQ_LEN,
-                transfer_set=root / f"transfer-augment{augment}.npz",
-            )
-        )
+        log(f"distilling the {folder.name} student ({request.student})")
+        distill(request)
     return folder
 
 

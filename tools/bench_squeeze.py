@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgecompress.distill.run import DistillRequest, distill  # noqa: E402
+from edgecompress.distill.run import DistillRequest  # noqa: E402
 from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.paths import cache_dir  # noqa: E402
 
@@ -97,31 +97,23 @@ def parse_args():
 
 def train(root: Path, teacher: Path, splits: Path, name: str, args) -> Path:
     kind, config, losses, training = STUDENTS[name]
-    folder = root / name
-    if args.retrain:
-        shutil.rmtree(folder, ignore_errors=True)
-    if (folder / "training.json").is_file():
-        return folder
     config_file = root / f"{name}.json"
     root.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps({**SHAPE, **config}))
-    print(f"training the {name} student", file=sys.stderr, flush=True)
-    distill(
-        DistillRequest(
-            teacher=teacher,
-            student=kind,
-            train_data=splits / "train.csv",
-            out_dir=folder,
-            augment=AUGMENT,
-            seq_len=bench_distill.SEQ_LEN,
-            student_config=config_file,
-            transfer_set=cache_dir() / "bench" / "distill" / f"transfer-augment{AUGMENT}.npz",
-            training={"epochs": args.epochs, **training},
-            losses=losses,
-            eval_data=splits / "validation.csv",
-        )
+    request = DistillRequest(
+        teacher=teacher,
+        student=kind,
+        train_data=splits / "train.csv",
+        out_dir=root / name,
+        augment=AUGMENT,
+        seq_len=bench_distill.SEQ_LEN,
+        student_config=config_file,
+        transfer_set=cache_dir() / "bench" / "distill" / f"transfer-augment{AUGMENT}.npz",
+        training={"epochs": args.epochs, **training},
+        losses=losses,
+        eval_data=splits / "validation.csv",
     )
-    return folder
+    return bench_distill.cached_student(request, retrain=args.retrain)
 
 
 if __name__ == "__main__":
