@@ -6,6 +6,19 @@ from typing import Any
 
 from edgecompress.passes import PassContext
 
+# The float graph stage of the `default` recipe without its attention requirement and mask-value pass, appended
+# to a test recipe's [[compress]] passes: a tiny or pruned model need not fuse attention for these tests.
+FLOAT_GRAPH_STAGE = """
+[[graph]]
+pass = "remove_training_nodes"
+[[graph]]
+pass = "fuse_transformer"
+[[graph]]
+pass = "fix_shapes"
+[[graph]]
+pass = "fold_constants"
+"""
+
 
 def pass_context(bundle: Any = None, *, seq_len: int | None = 16, **fields: Any) -> PassContext:
     """A PassContext for tiny models: fixed shapes, batch 1, seq_len 16 unless given.

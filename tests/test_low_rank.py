@@ -18,7 +18,7 @@ from edgecompress.pipeline import ExportRequest, run_export
 
 from conftest import SENTENCES, write_csv
 from family_models import build_any_family_checkpoint
-from helpers import pass_context
+from helpers import FLOAT_GRAPH_STAGE, pass_context
 
 TEXTS = [text for text, _ in SENTENCES]
 
@@ -135,7 +135,8 @@ def test_albert_shared_layer_is_factorised_once_for_every_depth(tmp_path):
     assert torch.isfinite(logits(new)).all()
 
 
-RECIPE = """
+RECIPE = (
+    """
 [[compress]]
 pass = "low_rank"
 rank = 8
@@ -144,15 +145,9 @@ epochs = 0
 pass = "factorise_embeddings"
 width = 8
 epochs = 0
-[[graph]]
-pass = "remove_training_nodes"
-[[graph]]
-pass = "fuse_transformer"
-[[graph]]
-pass = "fix_shapes"
-[[graph]]
-pass = "fold_constants"
 """
+    + FLOAT_GRAPH_STAGE
+)
 
 
 def test_factorised_model_exports_verified_with_attention_still_fused(

@@ -27,7 +27,7 @@ from edgecompress.paths import recipes_dir
 from edgecompress.pipeline import ExportRequest, run_export
 
 from conftest import SENTENCES, write_csv
-from helpers import pass_context
+from helpers import FLOAT_GRAPH_STAGE, pass_context
 
 SEQ = 16
 TEXTS = [text for text, _ in SENTENCES]
@@ -328,7 +328,8 @@ def test_prune_schedule_on_a_sentence_encoder_distils_the_embedding(tiny_encoder
 
 # --- end to end -----------------------------------------------------------------------------------
 
-ONE_SHOT_RECIPE = """
+ONE_SHOT_RECIPE = (
+    """
 [[compress]]
 pass = "drop_layers"
 [[compress]]
@@ -339,15 +340,9 @@ pass = "prune_ffn"
 ratio = 0.5
 [[compress]]
 pass = "trim_vocab"
-[[graph]]
-pass = "remove_training_nodes"
-[[graph]]
-pass = "fuse_transformer"
-[[graph]]
-pass = "fix_shapes"
-[[graph]]
-pass = "fold_constants"
 """
+    + FLOAT_GRAPH_STAGE
+)
 
 
 # the tiny model has 2 layers of 2 heads and 64 FFN neurons; pruned.toml removes 3/4 of the neurons

@@ -22,7 +22,7 @@ from edgecompress.pipeline import ExportRequest, run_export
 
 from conftest import SENTENCES, write_csv
 from family_models import build_any_family_checkpoint
-from helpers import pass_context
+from helpers import FLOAT_GRAPH_STAGE, pass_context
 
 TEXTS = [text for text, _ in SENTENCES]
 
@@ -103,20 +103,15 @@ def test_equal_constants_are_merged_and_the_graph_computes_the_same():
         ShareInitializers().requires(merged, pass_context())
 
 
-RECIPE = """
+RECIPE = (
+    """
 [[compress]]
 pass = "share_layers"
 group = 2
 epochs = 0
-[[graph]]
-pass = "remove_training_nodes"
-[[graph]]
-pass = "fuse_transformer"
-[[graph]]
-pass = "fix_shapes"
-[[graph]]
-pass = "fold_constants"
 """
+    + FLOAT_GRAPH_STAGE
+)
 
 
 def _export(checkpoint, device, data, out, recipe=None):
