@@ -37,3 +37,28 @@ def pass_context(bundle: Any = None, *, seq_len: int | None = 16, **fields: Any)
             task=bundle.task,
         )
     return PassContext(**{**values, **fields})
+
+
+def ort_logits(graph, feeds: dict, names, *, optimize: bool, batch: int | None = None):
+    """The "logits" of an ONNX graph on one ONNX Runtime thread, `batch` rows per run (all at once by default);
+    `optimize=False` runs the graph as written (no load-time fusions)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rows = len(feeds["input_ids"])
+    step = batch or rows
+    return np.concatenate(
+        [session.run(["logits"], {n: feeds[n][i : i + step] for n in names})[0] for i in range(0, rows, step)]
+    )
+
+
+def torch_logits(module, feeds: dict, names):
+    """A torch module's output on `feeds`, its inputs in the order of `names`, as numpy."""
+    import torch
+
+    return module(*(torch.from_numpy(feeds[name]) for name in names)).detach().numpy()

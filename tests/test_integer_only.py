@@ -10,7 +10,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -28,7 +27,7 @@ from edgecompress.passes import PassContext, PassSkipped, apply_pass
 from edgecompress.recipe import load_recipe
 
 from conftest import SENTENCES, user_error
-from helpers import pass_context
+from helpers import ort_logits, pass_context, torch_logits
 
 SEQ_LEN = 16
 TEXTS = [text for text, _ in SENTENCES]
@@ -55,28 +54,11 @@ def _ctx(feeds=None, **overrides) -> PassContext:
     return pass_context(seq_len=SEQ_LEN, input_names=NAMES, calibration=feeds, **overrides)
 
 
-def _torch(module, feeds) -> np.ndarray:
-    return module(*(torch.from_numpy(feeds[name]) for name in NAMES)).detach().numpy()
-
-
-def _ort(graph, feeds, *, optimize: bool, batch: int | None = None) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    rows = len(feeds["input_ids"])
-    step = batch or rows
-    return np.concatenate(
-        [session.run(["logits"], {n: feeds[n][i : i + step] for n in NAMES})[0] for i in range(0, rows, step)]
-    )
-
-
 # ---- the integer module against the float model ---------------------------------------------------------
 
 
 def test_integer_module_tracks_the_float_model(integer, bundle, feeds):
-    reference, candidate = _torch(bundle.module, feeds), _torch(integer, feeds)
+    reference, candidate = torch_logits(bundle.module, feeds, NAMES), torch_logits(integer, feeds, NAMES)
     sqnr = 10 * np.log10((reference**2).sum() / ((candidate - reference) ** 2).sum())
     assert sqnr > 25, sqnr  # measured 35 dB on the tiny random model
     assert integer.integer_only is True
@@ -88,7 +70,7 @@ def test_integer_module_ignores_trailing_padding(integer, feeds):
     width = int(feeds["attention_mask"].sum(1).max())
     assert width < SEQ_LEN
     trimmed = {n: feeds[n][:, :width] for n in NAMES}
-    np.testing.assert_array_equal(_torch(integer, trimmed), _torch(integer, feeds))
+    np.testing.assert_array_equal(torch_logits(integer, trimmed, NAMES), torch_logits(integer, feeds, NAMES))
 
 
 # ---- ONNX lowering: bit-exact, integer-only --------------------------------------------------------------
@@ -96,17 +78,19 @@ def test_integer_module_ignores_trailing_padding(integer, feeds):
 
 def test_onnx_graph_is_bit_exact_with_the_torch_module(integer, feeds):
     graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
-    expected = _torch(integer, feeds)
+    expected = torch_logits(integer, feeds, NAMES)
     for optimize in (False, True):
-        np.testing.assert_array_equal(_ort(graph, feeds, optimize=optimize), expected)
-    np.testing.assert_array_equal(_ort(graph, feeds, optimize=True, batch=1), expected)
+        np.testing.assert_array_equal(ort_logits(graph, feeds, NAMES, optimize=optimize), expected)
+    np.testing.assert_array_equal(ort_logits(graph, feeds, NAMES, optimize=True, batch=1), expected)
     assert graph.opset_import[0].version == 17 and graph.ir_version <= 9
 
 
 def test_onnx_graph_with_fixed_shapes_is_bit_exact(integer, feeds):
     graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
     fixed = FixShapes().run(graph, _ctx()).model
-    np.testing.assert_array_equal(_ort(fixed, feeds, optimize=True, batch=1), _torch(integer, feeds))
+    np.testing.assert_array_equal(
+        ort_logits(fixed, feeds, NAMES, optimize=True, batch=1), torch_logits(integer, feeds, NAMES)
+    )
 
 
 def test_only_the_output_dequantization_is_float(integer, feeds):
@@ -337,9 +321,9 @@ def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
     feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=32, input_names=bundle.input_names)
     model = bundle.module.hf_model
     integer = integer_bert(model, calibrate(model, feeds, rows=len(TEXTS), percentile=100.0), where="minilm")
-    expected = _torch(integer, feeds)
+    expected = torch_logits(integer, feeds, NAMES)
     graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
-    np.testing.assert_array_equal(_ort(graph, feeds, optimize=True), expected)
+    np.testing.assert_array_equal(ort_logits(graph, feeds, NAMES, optimize=True), expected)
     assert [op for _, op in float_nodes(graph)] == ["Cast", "Mul"]
     # The untrained head's logits are ~0.01: judge the encoder by its last hidden states instead.
     hidden = _integer_hidden_states(integer, feeds)
@@ -381,7 +365,7 @@ def test_fake_quantized_model_sees_the_integer_rounding(bundle, feeds, integer):
     ratio = np.abs(simulated - target).mean() / np.abs(plain - target).mean()
     assert ratio < 0.2, ratio  # measured 0.02 on the tiny model
     assert set(model.state_dict()) == set(bundle.module.hf_model.state_dict())  # wrappers removed
-    np.testing.assert_array_equal(model(*args).logits.detach().numpy(), _torch(bundle.module, feeds))
+    np.testing.assert_array_equal(model(*args).logits.detach().numpy(), torch_logits(bundle.module, feeds, NAMES))
 
 
 def test_pass_with_qat_trains_then_converts(bundle, feeds, tiny_data, tmp_path):
@@ -396,4 +380,6 @@ def test_pass_with_qat_trains_then_converts(bundle, feeds, tiny_data, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in bundle.module.hf_model.state_dict().items())
     assert not (tmp_path / "qat" / "checkpoint.pt").exists()  # removed once training completed
     graph = model.module.to_onnx(feeds, input_names=NAMES, output_name="logits")
-    np.testing.assert_array_equal(_ort(graph, feeds, optimize=True), _torch(model.module, feeds))
+    np.testing.assert_array_equal(
+        ort_logits(graph, feeds, NAMES, optimize=True), torch_logits(model.module, feeds, NAMES)
+    )

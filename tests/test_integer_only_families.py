@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -30,7 +29,7 @@ from edgecompress.passes import apply_pass
 
 from conftest import SENTENCES
 from family_models import build_any_family_checkpoint
-from helpers import pass_context
+from helpers import ort_logits, pass_context, torch_logits
 
 SEQ_LEN = 32  # every test sentence shorter: BPE splits them into up to 16 tokens
 TEXTS = [text for text, _ in SENTENCES]
@@ -46,23 +45,6 @@ def case(request, tmp_path_factory):
     model = bundle.module.hf_model
     integer = integer_bert(model, calibrate(model, feeds, rows=len(TEXTS), percentile=100.0), where=name)
     return bundle, feeds, integer
-
-
-def _run(module, feeds, names) -> np.ndarray:
-    return module(*(torch.from_numpy(feeds[name]) for name in names)).detach().numpy()
-
-
-def _ort(graph, feeds, names, *, optimize: bool, batch: int | None = None) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    rows = len(feeds["input_ids"])
-    step = batch or rows
-    return np.concatenate(
-        [session.run(["logits"], {n: feeds[n][i : i + step] for n in names})[0] for i in range(0, rows, step)]
-    )
 
 
 def _integer_hidden_states(integer, feeds, names) -> np.ndarray:
@@ -106,7 +88,10 @@ def test_the_declared_head_computes_the_family_logits(name, tmp_path):
 
 def test_integer_module_tracks_the_float_model(case):
     bundle, feeds, integer = case
-    reference, candidate = _run(bundle.module, feeds, bundle.input_names), _run(integer, feeds, bundle.input_names)
+    reference, candidate = (
+        torch_logits(bundle.module, feeds, bundle.input_names),
+        torch_logits(integer, feeds, bundle.input_names),
+    )
     sqnr = 10 * np.log10((reference**2).sum() / ((candidate - reference) ** 2).sum())
     # measured 35.0 (DistilBERT), 36.1 (RoBERTa), 32.7 (XLM-R) dB; RoBERTa with positions 0..n-1 gave 1.9 dB,
     # DistilBERT with a tanh head in place of its ReLU 2.5 dB
@@ -120,7 +105,9 @@ def test_integer_module_ignores_trailing_padding(case):
     width = int(feeds["attention_mask"].sum(1).max())
     assert width < SEQ_LEN
     trimmed = {n: feeds[n][:, :width] for n in bundle.input_names}
-    np.testing.assert_array_equal(_run(integer, trimmed, bundle.input_names), _run(integer, feeds, bundle.input_names))
+    np.testing.assert_array_equal(
+        torch_logits(integer, trimmed, bundle.input_names), torch_logits(integer, feeds, bundle.input_names)
+    )
 
 
 @pytest.mark.parametrize("case", ["roberta", "xlm-roberta"], indirect=True)
@@ -143,10 +130,10 @@ def test_roberta_positions_skip_a_pad_token_inside_the_text_as_transformers_does
     # The head reads the first token only, so the last hidden states are compared: measured 44.7 dB on RoBERTa,
     # 2.2 dB when its positions were numbered 0..n-1 from the offset
     assert sqnr > 30, sqnr
-    candidate = _run(integer, inside, names)
+    candidate = torch_logits(integer, inside, names)
     graph = integer.to_onnx(inside, input_names=names, output_name="logits")
     assert "CumSum" in {node.op_type for node in graph.graph.node}
-    np.testing.assert_array_equal(_ort(graph, inside, names, optimize=True), candidate)
+    np.testing.assert_array_equal(ort_logits(graph, inside, names, optimize=True), candidate)
 
 
 # ---- ONNX lowering: bit-exact, integer-only ----------------------------------------------------------------
@@ -157,12 +144,12 @@ def test_onnx_graph_is_bit_exact_with_the_torch_module(case):
     names = bundle.input_names
     graph = integer.to_onnx(feeds, input_names=names, output_name="logits")
     assert [i.name for i in graph.graph.input] == list(names)  # no token_type_ids for these families
-    expected = _run(integer, feeds, names)
+    expected = torch_logits(integer, feeds, names)
     for optimize in (False, True):
-        np.testing.assert_array_equal(_ort(graph, feeds, names, optimize=optimize), expected)
-    np.testing.assert_array_equal(_ort(graph, feeds, names, optimize=True, batch=1), expected)
+        np.testing.assert_array_equal(ort_logits(graph, feeds, names, optimize=optimize), expected)
+    np.testing.assert_array_equal(ort_logits(graph, feeds, names, optimize=True, batch=1), expected)
     fixed = FixShapes().run(graph, pass_context(bundle, seq_len=SEQ_LEN)).model
-    np.testing.assert_array_equal(_ort(fixed, feeds, names, optimize=True, batch=1), expected)
+    np.testing.assert_array_equal(ort_logits(fixed, feeds, names, optimize=True, batch=1), expected)
 
 
 def test_only_the_output_dequantization_is_float(case):
@@ -226,5 +213,5 @@ def test_qat_trains_a_roberta_then_converts_it_bit_exact(tmp_path, tiny_data):
     assert record.stats["steps"] == 3 and record.stats["loss_first"] != record.stats["loss_last"]
     assert all(torch.equal(before[k], v) for k, v in bundle.module.hf_model.state_dict().items())
     graph = model.module.to_onnx(feeds, input_names=bundle.input_names, output_name="logits")
-    expected = _run(model.module, feeds, bundle.input_names)
-    np.testing.assert_array_equal(_ort(graph, feeds, bundle.input_names, optimize=True), expected)
+    expected = torch_logits(model.module, feeds, bundle.input_names)
+    np.testing.assert_array_equal(ort_logits(graph, feeds, bundle.input_names, optimize=True), expected)
