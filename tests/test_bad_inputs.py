@@ -140,19 +140,15 @@ def _distill_eval(kit: Kit, content: bytes | None):
     path = kit.tmp / "held_out.csv"
     if content is not None:
         path.write_bytes(content)
+    return _distill(kit, kit.checkpoint, "cnn", "--eval-data", path)
+
+
+def _distill(kit: Kit, teacher: Path, student: str, *extra, config: dict | None = None):
+    """`distill TEACHER --student STUDENT` on the kit's texts, with a --student-config holding `config`."""
+    if config is not None:
+        extra = (*extra, "--student-config", _file(kit, "student.json", json.dumps(config)))
     out = kit.tmp / "students"
-    return [
-        "distill",
-        kit.checkpoint,
-        "--student",
-        "cnn",
-        "--train-data",
-        kit.data,
-        "--eval-data",
-        path,
-        "-o",
-        out / "cnn",
-    ], out
+    return ["distill", teacher, "--student", student, "--train-data", kit.data, *extra, "-o", out / student], out
 
 
 def _data_file(kit: Kit, name: str, content: bytes | None):
@@ -578,6 +574,24 @@ CASES = [
         "--on: unknown target 'ftp://board'",
     ),
     ("distill-eval-data-missing", lambda k: _distill_eval(k, None), 2, "data file does not exist"),
+    (  # issue 14 part 1: Weight Squeezing maps the teacher's weights; a narrow embedding table has none to map
+        "distill-squeezed-narrow-embeddings",
+        lambda k: _distill(k, _family(k, "mobilebert"), "squeezed"),
+        2,
+        "Weight Squeezing needs embeddings as wide as the layers",
+    ),
+    (
+        "distill-squeezed-init",
+        lambda k: _distill(k, k.checkpoint, "squeezed", config={"init": "random"}),
+        2,
+        "a squeezed student has no 'init' setting",
+    ),
+    (
+        "distill-transformer-unknown-init",
+        lambda k: _distill(k, k.checkpoint, "transformer", config={"init": "glove"}),
+        2,
+        "unknown init 'glove'",
+    ),
     (
         "distill-eval-data-unknown-labels",
         lambda k: _distill_eval(k, b"text,label\nfun,happy\n"),
