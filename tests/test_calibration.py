@@ -31,7 +31,7 @@ from edgecompress.measure.calibration.store import Calibration, load_calibration
 from edgecompress.measure.calibration.suite import suite
 from edgecompress.measure.device_estimate import latency_on, uncalibrated_band
 from edgecompress.measure.estimate import executed_graph
-from edgecompress.measure.op_work import graph_work
+from edgecompress.measure.op_work import graph_work, node_work
 
 from conftest import user_error
 
@@ -74,7 +74,7 @@ def synthetic_works(count: int, seed: int = 0) -> dict[str, dict[str, float]]:
 def test_fit_recovers_known_prices_from_exact_measurements():
     works = synthetic_works(40)
     seconds = {name: predict(work, TRUE_PRICES) for name, work in works.items()}
-    fit = fit_prices(works, seconds)
+    fit = fit_prices(works, {1: seconds})[1]
     for param, price in TRUE_PRICES.items():
         assert fit.prices[param] == pytest.approx(price, rel=1e-6), param
     assert max(abs(e) for e in fit.relative_errors.values()) < 1e-9
@@ -84,10 +84,10 @@ def test_fit_recovers_known_prices_through_measurement_noise():
     works = synthetic_works(60, seed=1)
     rng = np.random.default_rng(2)
     seconds = {name: predict(work, TRUE_PRICES) * (1 + rng.normal(0, 0.02)) for name, work in works.items()}
-    fit = fit_prices(works, seconds)
+    fit = fit_prices(works, {1: seconds})[1]
     for param in ("run", "matmul.ops", "elementwise.nodes", "layernorm.ops"):
         assert fit.prices[param] == pytest.approx(TRUE_PRICES[param], rel=0.15), param
-    errors = leave_one_out(works, seconds)
+    errors = leave_one_out(works, {1: seconds})[1]
     assert len(errors) == len(works) and np.median(np.abs(list(errors.values()))) < 0.05
 
 
@@ -98,7 +98,7 @@ def test_fit_on_the_suites_own_graphs_reproduces_their_times():
         graph = executed_graph(benchmark.model)
         works[benchmark.name] = work_vector(graph_work(graph.model, graph.shapes, graph.order))
     seconds = {name: predict(work, TRUE_PRICES) for name, work in works.items()}
-    fit = fit_prices(works, seconds)
+    fit = fit_prices(works, {1: seconds})[1]
     for name, work in works.items():
         assert predict(work, fit.prices) == pytest.approx(seconds[name], rel=1e-6), name
 
@@ -112,6 +112,63 @@ def test_prices_never_go_negative():
     x = nnls(a, b)
     assert (x >= 0).all()
     assert np.linalg.norm(a @ x - b) <= np.linalg.norm(a @ np.clip(np.linalg.lstsq(a, b, rcond=None)[0], 0, None) - b)
+
+
+# Each price's serial and parallel part (price(n) = serial + parallel / n), and the per-node hand-off to the thread
+# pool that every node pays once threads > 1.
+SERIAL_PARTS = {"run": 6e-6, "matmul.ops": 1e-12, "elementwise.nodes": 1e-6, "elementwise.ops": 1e-10}
+PARALLEL_PARTS = {"run": 2e-6, "matmul.ops": 9e-12, "matmul.nodes": 2e-6, "elementwise.bytes": 1e-10}
+HANDOFF_PER_NODE = 3e-7
+
+
+def amdahl_prices(threads: int) -> dict[str, float]:
+    prices = {p: SERIAL_PARTS.get(p, 0.0) + PARALLEL_PARTS.get(p, 0.0) / threads for p in TRUE_PRICES}
+    for param in prices:
+        if param.endswith(".nodes"):
+            prices[param] += (threads - 1) * HANDOFF_PER_NODE
+    return prices
+
+
+def test_joint_fit_recovers_prices_that_scale_by_amdahl_and_the_per_node_hand_off():
+    works = synthetic_works(60, seed=4)
+    seconds = {n: {name: predict(work, amdahl_prices(n)) for name, work in works.items()} for n in (1, 2)}
+    fits = fit_prices(works, seconds)
+    for n in (1, 2):
+        for param, price in amdahl_prices(n).items():
+            assert fits[n].prices[param] == pytest.approx(price, rel=1e-5, abs=1e-15), (n, param)
+
+
+def test_a_price_at_two_threads_lies_between_half_and_all_of_its_one_thread_price():
+    """Fitted per thread count on their own, noisy measurements let the fit move cost between features that few
+    benchmarks tell apart (a per-node price of 0 at one thread and 305 us at two); the joint fit cannot."""
+    works = synthetic_works(40, seed=5)
+    rng = np.random.default_rng(6)
+    seconds = {
+        n: {name: predict(work, amdahl_prices(n)) * (1 + rng.normal(0, 0.15)) for name, work in works.items()}
+        for n in (1, 2)
+    }
+    fits = fit_prices(works, seconds)
+    handoff = max(fits[2].prices[p] - fits[1].prices[p] for p in TRUE_PRICES if p.endswith(".nodes"))
+    for param, one in fits[1].prices.items():
+        two = fits[2].prices[param]
+        grows = handoff if param.endswith(".nodes") else fits[2].prices["run"] - fits[1].prices["run"]
+        assert one / 2 - 1e-18 <= two <= one + max(grows, 0.0) + 1e-18, param
+    errors = leave_one_out(works, seconds)
+    assert set(errors) == {1, 2} and all(len(by_name) == len(works) for by_name in errors.values())
+
+
+def test_elementwise_ops_that_onnxruntime_threads_are_their_own_feature():
+    """Binary broadcast kernels over more than 65,536 elements run on all threads (measured); Where does not."""
+
+    def work_of(op: str, elements: int, inputs: int = 2) -> dict[str, float]:
+        names = [f"x{i}" for i in range(inputs)]
+        node = helper.make_node(op, names, ["y"])
+        shapes = {name: ((1, elements), TensorProto.FLOAT) for name in [*names, "y"]}
+        return node_work(node, 0, shapes).work
+
+    assert "wide_ops" in work_of("Add", 131_072) and "ops" not in work_of("Add", 131_072)
+    assert "ops" in work_of("Add", 32_768) and "wide_ops" not in work_of("Add", 32_768)
+    assert "ops" in work_of("Where", 131_072, inputs=3)
 
 
 def test_thread_scaling_follows_amdahl_with_each_prices_own_fraction():

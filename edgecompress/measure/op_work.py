@@ -78,6 +78,15 @@ OPS_PER_ELEMENT = {
 # kernels for these have no fast vector path, and division, remainder and int64 reductions cost several times an
 # add. Measured on an x86 host with onnxruntime 1.31's profiler on the integer-only MiniLM (ns per element: Add
 # 0.46, Where 1.3, BitShift 0.8, Div 2.2, ReduceSum 3.2, Mod 4.8); a calibration prices the class as a whole.
+# Element-wise kernels that ONNX Runtime splits across its intra-op threads, and from how many output elements:
+# the binary broadcast kernels (measured on ORT 1.2x, int32 and float alike: Add over 65,536 elements runs on one
+# thread, over 98,304 on two at 0.7x the time). Where, Cast, Abs, Min/Max, Mod and ReduceSum stayed on one thread
+# at every size measured. Their ops are the `wide_ops` feature, so a calibration can price them as parallel.
+THREADED_ELEMENTWISE_OPS = {
+    "Add", "Sub", "Mul", "Div", "Pow", "BitShift", "PRelu",
+    "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Xor",
+}  # fmt: skip
+THREADED_MIN_ELEMENTS = 65_536
 INT_OPS_PER_ELEMENT = {"Where": 3, "BitShift": 2, "Div": 5, "ReduceSum": 7, "Mod": 10, "Cast": 0.7, "Abs": 0.8}
 # Pure data movement: no arithmetic, but their bytes still cost time.
 DATA_MOVEMENT_OPS = {
@@ -164,6 +173,7 @@ FEATURES = {
     "ops": "arithmetic ops (a multiply-add is 2)",
     "bytes": "activation bytes read and written",
     "weight_bytes": "bytes read from constant inputs (weights; indexed tables only as far as rows are read)",
+    "wide_ops": "element-wise: ops of nodes that ONNX Runtime runs on all its threads (THREADED_ELEMENTWISE_OPS)",
     "score_ops": "attention: ops of QK^T, softmax and AV (the per-head products, as opposed to the projection)",
     "steps": "LSTM: recurrent time steps, each a dependent matrix-vector product",
     "step_bytes": "LSTM: bytes of the recurrent weights read at every step",
@@ -181,7 +191,7 @@ class NodeWork:
 
     @property
     def ops(self) -> float:
-        return self.work.get("ops", 0.0) + self.work.get("score_ops", 0.0)
+        return sum(self.work.get(f, 0.0) for f in ("ops", "wide_ops", "score_ops"))
 
     @property
     def bytes(self) -> float:
@@ -202,9 +212,11 @@ def node_work(
     if op_class == "lstm":
         work.update(_lstm_work(node, shapes))
     elif op_class == "elementwise_int":  # priced per weighted element: its bytes add nothing the weights miss
-        work["ops"] = float(_node_ops(node, shapes))
+        work[_elementwise_ops_feature(node, shapes)] = float(_node_ops(node, shapes))
     elif op_class != "view":
-        work["ops"] = float(_node_ops(node, shapes))
+        work[_elementwise_ops_feature(node, shapes) if op_class == _ELEMENTWISE else "ops"] = float(
+            _node_ops(node, shapes)
+        )
         weights = weight_bytes(node, shapes, constants)
         work["bytes"] = float(node_bytes(node, shapes) - weights)
         if weights:
@@ -215,6 +227,13 @@ def node_work(
         elif op_class == "mha":
             work["score_ops"], work["ops"] = work["ops"], 0.0
     return NodeWork(node.name or f"{node.op_type}#{index}", node.op_type, op_class, work)
+
+
+def _elementwise_ops_feature(node: onnx.NodeProto, shapes: Shapes) -> str:
+    """ "wide_ops" for an element-wise node that ONNX Runtime runs on all its threads, else "ops"."""
+    output = node.output[0] if node.output else ""
+    threaded = node.op_type in THREADED_ELEMENTWISE_OPS and output in shapes
+    return "wide_ops" if threaded and numel(shapes, output) > THREADED_MIN_ELEMENTS else "ops"
 
 
 def op_class_of(node: onnx.NodeProto, shapes: Shapes, constants: set[str] | frozenset = frozenset()) -> str:

@@ -10,9 +10,15 @@ that run at another speed than their projections (op_work.FEATURES). The sum of 
 rather than a roofline's max, keeps the model linear in its prices, so they are fitted by non-negative least
 squares on relative error: a 0.1 ms benchmark weighs as much as a 10 ms one.
 
-Threads: prices are fitted at each calibrated thread count. At another count each price follows Amdahl's law,
-price(n) = price(1) x ((1 - p) + p / n), with its parallel fraction p fitted from the calibrated counts (a
-shared memory bus or a slow second core shows up as a small p); beyond the device's cores nothing is gained.
+Threads: every price is fitted at all calibrated thread counts at once, as Amdahl's law says it scales:
+price(n) = serial + parallel / n, both parts at least 0. So a price at two threads lies between half its price at
+one thread and that price: the fit cannot move one-thread-cost onto a feature at two threads that the suite's few
+graphs of that class cannot tell apart (fitted independently per thread count, one suite put a per-node price of
+0 at one thread and 305 us at two on s8s8 MatMulInteger, and estimated a 1.3x faster model 8% slower). Only two
+costs really grow with threads, and they get one term each that grows with n - 1: the hand-off to the thread pool
+that every node pays (one price shared by all classes) and the run's fixed cost. At a count that was not
+calibrated each price follows Amdahl with its parallel fraction (prices_at); beyond the device's cores nothing is
+gained.
 """
 
 from __future__ import annotations
@@ -57,7 +63,13 @@ CLASS_FALLBACK = {
     "other": "elementwise",
 }
 # A class-specific feature its fallback class has no price for is priced as this general feature.
-FEATURE_FALLBACK = {"score_ops": "ops", "step_bytes": "bytes", "weight_bytes": "bytes", "steps": "nodes"}
+FEATURE_FALLBACK = {
+    "wide_ops": "ops",
+    "score_ops": "ops",
+    "step_bytes": "bytes",
+    "weight_bytes": "bytes",
+    "steps": "nodes",
+}
 
 
 def work_vector(nodes: Iterable[NodeWork]) -> dict[str, float]:
@@ -78,40 +90,90 @@ class Fit:
     relative_errors: dict[str, float]  # benchmark -> (fitted - measured) / measured
 
 
-def fit_prices(works: Mapping[str, Mapping[str, float]], seconds: Mapping[str, float]) -> Fit:
-    """Non-negative prices minimizing the relative error over the benchmarks (name -> work vector, seconds).
+# The parts of the joint fit's unknowns: each price's serial and parallel part, and the two costs that grow with
+# threads (see the module's docstring).
+SERIAL, PARALLEL, GROWTH = "serial", "parallel", "growth"
+NODE_HANDOFF = "nodes"
+
+
+def _columns(params: list[str], threads: list[int]) -> list[tuple[str, str]]:
+    """(kind, param) for every unknown. With one thread count the parallel part cannot be told from the serial
+    one, and nothing grows, so only the serial part is fitted."""
+    columns = [(SERIAL, p) for p in params]
+    if len(threads) > 1:
+        columns += [(PARALLEL, p) for p in params]
+        if any(p.endswith(".nodes") for p in params):
+            columns.append((GROWTH, NODE_HANDOFF))
+        columns.append((GROWTH, RUN))
+    return columns
+
+
+def _coefficient(kind: str, param: str, work: Mapping[str, float], n: int) -> float:
+    if kind == SERIAL:
+        return work.get(param, 0.0)
+    if kind == PARALLEL:
+        return work.get(param, 0.0) / n
+    if param == NODE_HANDOFF:
+        return (n - 1) * sum(amount for key, amount in work.items() if key.endswith(".nodes"))
+    return (n - 1) * work.get(RUN, 0.0)
+
+
+def _prices_from(solution: Mapping[tuple[str, str], float], params: list[str], n: int) -> dict[str, float]:
+    prices = {}
+    for param in params:
+        price = solution.get((SERIAL, param), 0.0) + solution.get((PARALLEL, param), 0.0) / n
+        if param.endswith(".nodes"):
+            price += (n - 1) * solution.get((GROWTH, NODE_HANDOFF), 0.0)
+        elif param == RUN:
+            price += (n - 1) * solution.get((GROWTH, RUN), 0.0)
+        prices[param] = price
+    return prices
+
+
+def fit_prices(works: Mapping[str, Mapping[str, float]], seconds: Mapping[int, Mapping[str, float]]) -> dict[int, Fit]:
+    """Non-negative prices at every thread count (threads -> benchmark -> seconds), fitted jointly, minimizing the
+    relative error over all benchmarks and counts.
 
     Parameters no benchmark exercises are left out (not zero): a prediction then falls back to another class.
     """
-    names = sorted(seconds)
-    params = sorted({p for name in names for p, amount in works[name].items() if amount > 0})
-    design = np.array([[works[name].get(p, 0.0) for p in params] for name in names])
-    measured = np.array([seconds[name] for name in names])
+    threads = sorted(seconds)
+    rows = [(n, name) for n in threads for name in sorted(seconds[n])]
+    params = sorted({p for _, name in rows for p, amount in works[name].items() if amount > 0})
+    columns = _columns(params, threads)
+    design = np.array([[_coefficient(kind, p, works[name], n) for kind, p in columns] for n, name in rows])
+    measured = np.array([seconds[n][name] for n, name in rows])
     # Rows scaled by 1/measured: the residual of each row is the relative error. Columns scaled to unit norm
     # so that ops (~1e9) and nodes (~10) are on one footing for the solver; prices are unscaled after.
     weighted = design / measured[:, None]
     norms = np.linalg.norm(weighted, axis=0)
     norms[norms == 0] = 1.0
-    solution = nnls(weighted / norms, np.ones(len(names))) / norms
-    fitted = design @ solution
-    return Fit(
-        prices={p: float(v) for p, v in zip(params, solution)},
-        relative_errors={name: float((f - m) / m) for name, f, m in zip(names, fitted, measured)},
-    )
+    solution = dict(zip(columns, nnls(weighted / norms, np.ones(len(rows))) / norms))
+    fits = {}
+    for n in threads:
+        prices = _prices_from(solution, params, n)
+        errors = {name: (predict(works[name], prices) - s) / s for name, s in seconds[n].items()}
+        fits[n] = Fit(prices={p: float(v) for p, v in prices.items()}, relative_errors=errors)
+    return fits
 
 
-def leave_one_out(works: Mapping[str, Mapping[str, float]], seconds: Mapping[str, float]) -> dict[str, float]:
-    """Each benchmark's relative error when predicted by prices fitted without it (cross-validation). A benchmark
-    that alone exercises one of its parameters is not left out: without it that price is not fitted at all."""
-    errors = {}
-    for left_out in seconds:
-        rest = {name: s for name, s in seconds.items() if name != left_out}
+def leave_one_out(
+    works: Mapping[str, Mapping[str, float]], seconds: Mapping[int, Mapping[str, float]]
+) -> dict[int, dict[str, float]]:
+    """Each benchmark's relative error at each thread count when predicted by prices fitted without it (at any
+    count: cross-validation). A benchmark that alone exercises one of its parameters is not left out: without it
+    that price is not fitted at all."""
+    errors: dict[int, dict[str, float]] = {n: {} for n in seconds}
+    names = set().union(*(set(by_name) for by_name in seconds.values()))
+    for left_out in sorted(names):
+        rest = {n: {name: s for name, s in by_name.items() if name != left_out} for n, by_name in seconds.items()}
         needed = {p for p, amount in works[left_out].items() if amount > 0}
-        if any(all(works[name].get(p, 0) <= 0 for name in rest) for p in needed):
+        if any(all(works[name].get(p, 0) <= 0 for by_name in rest.values() for name in by_name) for p in needed):
             continue
-        prices = fit_prices(works, rest).prices
-        predicted = predict(works[left_out], prices)
-        errors[left_out] = (predicted - seconds[left_out]) / seconds[left_out]
+        fits = fit_prices(works, rest)
+        for n, by_name in seconds.items():
+            if left_out in by_name:
+                predicted = predict(works[left_out], fits[n].prices)
+                errors[n][left_out] = (predicted - by_name[left_out]) / by_name[left_out]
     return errors
 
 

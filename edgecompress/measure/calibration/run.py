@@ -52,9 +52,10 @@ def calibrate(
         files = _save(benchmarks, Path(scratch))
         measured, memory, loads, last = _measure(transport, files, threads, rounds, runs, warmup, say)
     seconds = {n: {name: statistics.median(ms) / 1e3 for name, ms in measured[n].items()} for n in threads}
-    fits = {n: fit_prices(works, seconds[n]) for n in threads}
+    fits = fit_prices(works, seconds)
     prices = {n: fits[n].prices for n in threads}
-    folds = {n: _fold_summary(leave_one_out(works, seconds[n])) for n in threads}
+    left_out = leave_one_out(works, seconds)
+    folds = {n: _fold_summary(left_out[n]) for n in threads}
     for n in threads:
         say(
             f"fit at {n} thread(s): median error {100 * _median_abs(fits[n].relative_errors):.1f}% on the suite, "
@@ -73,8 +74,8 @@ def calibrate(
             f"edgecompress/measure/calibration/suite.py) measured through {last['runner']} on {transport.name}: "
             f"p50 of up to {runs} runs (as many as fit {TIMED_BUDGET_S:g} s, at least {MIN_RUNS}) after {warmup} "
             f"warm-up runs per graph and thread count, median over {rounds} "
-            f"rounds in rotating order; prices fitted by non-negative least squares on relative error "
-            f"(edgecompress/measure/calibration/model.py)"
+            f"rounds in rotating order; prices fitted by non-negative least squares on relative error, "
+            f"at all thread counts at once as serial + parallel / threads (edgecompress/measure/calibration/model.py)"
         ),
         load_1m=[loads[0], loads[-1]],
         prices=prices,
