@@ -119,6 +119,10 @@ class Pass:
     runs_after: ClassVar[tuple[str, ...]] = ()
     runs_before: ClassVar[tuple[str, ...]] = ()
 
+    def check_model(self, bundle: Any) -> None:
+        """Raise UserError for what the model alone rules out (its family, task, depth), checked at intake
+        before any work; `requires` still runs when the pass is reached."""
+
     def requires(self, model: Any, ctx: PassContext) -> None:
         """Raise PassSkipped(reason) when this model is not for this pass."""
 
@@ -204,12 +208,16 @@ def make_pass(stage: str, name: str, options: dict[str, Any], where: str) -> Pas
         )
     for key, value in options.items():
         _check_option_type(name, key, value, fields[key], where)
+    # TOML has arrays, not tuples: a tuple option (frozen dataclasses take no list defaults) takes an array.
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return cls(**options)
 
 
 def _check_option_type(pass_name: str, key: str, value: Any, f: dataclasses.Field, where: str) -> None:
     default = f.default if f.default is not dataclasses.MISSING else None
     if default is None or isinstance(value, type(default)):
+        return
+    if isinstance(default, tuple) and isinstance(value, list):
         return
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return
