@@ -266,7 +266,7 @@ def _finish(
             bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol,
         )
         verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only, ticker=clock.ticker)
-        exits = _write_exits(bundle, compressed, staging)
+        exits = _write_exits(bundle, compressed, staging, profile)
         if exits is not None:
             summary.append(f"{len(exits.files)} early-exit segments")
         summary.append(
@@ -340,14 +340,22 @@ def _finish(
     return report
 
 
-def _write_exits(bundle, compressed: Compressed, staging: Path):
+def _write_exits(bundle, compressed: Compressed, staging: Path, profile):
     """The early-exit segments, verified then written beside the artifacts (None: the model has no ramps)."""
     if bundle.exits is None:
         return None
     from edgecompress.exits.ship import write_segments
     from edgecompress.verify.evaluate import parity_atol
 
-    return write_segments(bundle, compressed.feeds, compressed.reference, staging, parity_atol(bundle))
+    return write_segments(
+        bundle,
+        compressed.feeds,
+        compressed.reference,
+        staging,
+        parity_atol(bundle),
+        seq_len=profile.runtime.seq_len,
+        tflite="tflite" in profile.artifacts,
+    )
 
 
 def _exits_report(exits, bundle, data, artifacts, timing) -> dict | None:
@@ -356,10 +364,8 @@ def _exits_report(exits, bundle, data, artifacts, timing) -> dict | None:
         return None
     from edgecompress.exits.ship import exits_report
 
-    onnx_p50 = next(
-        (m["latency_ms"]["p50"] for a, m in zip(artifacts, timing.results) if m and a.path.suffix == ".onnx"), None
-    )
-    return exits_report(exits, bundle.exits, data.gold, whole_model_p50=onnx_p50)
+    whole = {a.runtime: m["latency_ms"]["p50"] for a, m in zip(artifacts, timing.results) if m and a.kind != "ort"}
+    return exits_report(exits, bundle.exits, data.gold, whole_model_p50=whole)
 
 
 def _check_target(request: ExportRequest) -> None:

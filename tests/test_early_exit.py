@@ -70,12 +70,16 @@ def test_it_fires_and_the_last_exit_is_the_model_exactly(exited):
     assert (chained[-1].argmax(-1) == reference.argmax(-1)).all()
 
 
-def test_segments_in_onnx_runtime_reproduce_every_exit(exited, tmp_path):
+def test_segments_in_onnx_runtime_and_litert_reproduce_every_exit(exited, tmp_path):
     bundle, new, _ = exited
     feeds = _feeds(bundle, [text for text, _ in SENTENCES])
-    shipped = write_segments(new, feeds, reference_outputs(bundle, feeds), tmp_path, atol=1e-4)
+    shipped = write_segments(new, feeds, reference_outputs(bundle, feeds), tmp_path, 1e-4, seq_len=16, tflite=True)
     assert [p.name for p in shipped.files] == ["exit_segment_0.onnx", "exit_segment_1.onnx"]
-    assert max(shipped.parity["max_abs_diff_per_exit"]) <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exit_segment_0.onnx", "exit_segment_1.onnx", "exits.tflite"]
+    for runtime in ("onnxruntime", "litert"):
+        assert max(shipped.parity[runtime]["max_abs_diff_per_exit"]) <= 1e-4, runtime
+        assert shipped.parity[runtime]["last_exit_vs_model"] <= 1e-4, runtime
+    assert [s["signature"] for s in shipped.specs] == ["exit_0", "exit_1"]
     assert [i["name"] for i in shipped.specs[1]["inputs"]] == ["hidden_in", "attention_mask"]
     assert [o["name"] for o in shipped.specs[0]["outputs"]] == ["hidden", "logits"]
     assert [o["name"] for o in shipped.specs[1]["outputs"]] == ["logits"]
@@ -88,7 +92,7 @@ def test_a_segment_that_differs_from_torch_is_not_written(exited, tmp_path):
     feeds = _feeds(bundle, [text for text, _ in SENTENCES])
     wrong = reference_outputs(bundle, feeds) + 0.01  # the whole model's output as a broken lowering would give
     with pytest.raises(VerificationError, match="last exit"):
-        write_segments(new, feeds, wrong, tmp_path, atol=1e-4)
+        write_segments(new, feeds, wrong, tmp_path, 1e-4, seq_len=16, tflite=True)
     assert not list(tmp_path.iterdir())
 
 
@@ -172,8 +176,10 @@ def test_export_ships_segments_policy_and_per_threshold_figures(fitted_teacher, 
     assert rows[1.0]["mean_exit_layer"] == 1.0
     accuracy = result.report.artifacts[0].accuracy.value
     assert rows[0.0]["accuracy"] == pytest.approx(accuracy)  # exit last = the whole model's accuracy
-    assert rows[1.0]["mean_latency_ms"] < rows[0.0]["mean_latency_ms"]  # one segment costs less than two
-    assert "measured on host" in report["latency_how"]
+    for runtime in ("onnxruntime", "litert"):  # one segment costs less than two
+        assert rows[1.0]["mean_latency_ms"][runtime] < rows[0.0]["mean_latency_ms"][runtime], runtime
+        assert "measured on host" in report["latency_how"][runtime]
+    assert set(exits["runtimes"]) == {"onnxruntime", "litert"} and "exits.tflite" in shipped
     assert "## Early exit" in (result.out_dir / "report.md").read_text()
 
 

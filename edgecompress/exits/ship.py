@@ -1,14 +1,17 @@
 """The pipeline's side of early exit: write verified segments, time them, and say what each threshold buys.
 
-Segments are exported from the compressed torch model, run chained in ONNX Runtime on every text of --data (each
-segment fed the previous one's own output, as the app does) and checked against the same chain in torch (every
-exit's logits) and against the whole model (the last exit) before any file is written. They are float ONNX: the
-recipe's graph passes (fusion, quantization) shape the whole-model artifacts only, and the report says so.
+Segments are exported from the compressed torch model and run chained on every text of --data, each segment fed
+the previous one's own output as the app does: in ONNX Runtime (one `exit_segment_<k>.onnx` per segment, dynamic
+batch and sequence axes) checked against the same chain in torch (every exit's logits) and against the whole model
+(the last exit); when the profile ships LiteRT, in one `exits.tflite` with a signature `exit_<k>` per segment
+(shapes fixed to the profile's seq_len, constant buffers stored once by content) checked against the ONNX Runtime
+chain. Nothing is written before both pass. Segments are float: the recipe's graph passes (fusion, quantization)
+shape the whole-model artifacts only, and the report says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +20,43 @@ from edgecompress.exits import HIDDEN_IN, HIDDEN_OUT, LOGITS
 from edgecompress.exits.policy import exit_index, threshold_range
 
 SEGMENT_FILE = "exit_segment_{}.onnx"
+TFLITE_FILE = "exits.tflite"
+ONNXRUNTIME, LITERT = "onnxruntime", "litert"  # as the backends name their runtimes
+
+
+def signature_key(index: int) -> str:
+    return f"exit_{index}"
 
 
 @dataclass
 class ShippedExits:
-    files: list[Path]
+    files: list[Path]  # the ONNX Runtime segment files
     logits: np.ndarray  # [exits, texts, classes]: ONNX Runtime's chain on --data, what the app would see
     parity: dict
-    specs: list[dict]  # per segment: file, inputs and outputs (name, dtype, shape)
+    specs: list[dict]  # per segment: file, layer, inputs and outputs (name, dtype, shape)
     samples: list[dict[str, np.ndarray]]  # one text's inputs to each segment, for timing
-    timing: list[dict] | None = None  # the runner's result per segment
+    tflite: Path | None = None  # one file, a signature per segment
+    timing: dict[str, list[dict]] = field(default_factory=dict)  # runtime -> the runner's result per segment
 
 
-def write_segments(bundle, feeds: dict[str, np.ndarray], reference: np.ndarray, folder: Path, atol: float):
-    """Export, verify, then write one .onnx per segment into `folder`; returns what the report and manifest need."""
+def write_segments(
+    bundle,
+    feeds: dict[str, np.ndarray],
+    reference: np.ndarray,
+    folder: Path,
+    atol: float,
+    *,
+    seq_len: int,
+    tflite: bool,
+) -> ShippedExits:
+    """Export and verify every segment, then write them into `folder`; returns what the report and manifest need."""
     from edgecompress.exits.segments import check_segments, export_segment, ort_chain, segments, torch_chain
     from edgecompress.report.manifest import value_spec
     from edgecompress.verify.evaluate import ort_session
 
     parts = segments(bundle)
     first = {name: feeds[name][:1] for name in parts[0].input_names}
-    graphs, samples = [], []
-    inputs = first
+    graphs, samples, inputs = [], [], first
     for part in parts:  # each segment is traced on the previous segment's real output for the first text
         graphs.append(export_segment(part, inputs))
         samples.append(inputs)
@@ -46,83 +64,138 @@ def write_segments(bundle, feeds: dict[str, np.ndarray], reference: np.ndarray, 
             hidden = ort_session(graphs[-1].SerializeToString(), threads=1, optimize=True).run([HIDDEN_OUT], inputs)[0]
             inputs = {HIDDEN_IN: hidden, "attention_mask": first["attention_mask"]}
     sessions = [ort_session(g.SerializeToString(), threads=2, optimize=True) for g in graphs]
-    expected = torch_chain(parts, feeds)
     found = ort_chain(sessions, feeds, parts[0].input_names)
-    parity = check_segments(expected, found, reference, atol, "ONNX Runtime")
+    parity = {ONNXRUNTIME: check_segments(torch_chain(parts, feeds), found, reference, atol, "ONNX Runtime")}
+    tflite_bytes = None
+    if tflite:
+        tflite_bytes = _tflite_bytes(graphs, seq_len)
+        parity[LITERT] = _check_tflite(tflite_bytes, found, feeds, parts[0].input_names, reference, atol, folder)
     files = []
     for k, graph in enumerate(graphs):
-        path = folder / SEGMENT_FILE.format(k)
-        path.write_bytes(graph.SerializeToString())
-        files.append(path)
+        files.append(folder / SEGMENT_FILE.format(k))
+        files[-1].write_bytes(graph.SerializeToString())
+    if tflite_bytes is not None:
+        (folder / TFLITE_FILE).write_bytes(tflite_bytes)
     specs = [
         {
             "file": path.name,
             "layer": k + 1,
+            "signature": signature_key(k) if tflite_bytes is not None else None,
             "inputs": [value_spec(v) for v in graph.graph.input],
             "outputs": [value_spec(v) for v in graph.graph.output],
         }
         for k, (path, graph) in enumerate(zip(files, graphs))
     ]
-    return ShippedExits(files, found, parity, specs, samples)
+    return ShippedExits(files, found, parity, specs, samples, folder / TFLITE_FILE if tflite_bytes else None)
+
+
+def _tflite_bytes(graphs, seq_len: int) -> bytes:
+    """One .tflite, signature `exit_<k>` per segment, each graph's shapes fixed to batch 1 and `seq_len` first
+    (LiteRT's lowering takes fixed shapes only), through the same graph passes the whole model's graph uses."""
+    from edgecompress.backends.tflite.lowering import lower_graph
+    from edgecompress.backends.tflite.writer import serialize_signatures
+    from edgecompress.passes import PassContext, apply_pass, registry
+
+    context = PassContext(seq_len=seq_len, batch=1, dynamic_shapes=False)
+    passes = [registry("graph")[name]() for name in ("fix_shapes", "fold_constants")]
+    parts, description = [], ""
+    for k, graph in enumerate(graphs):
+        for p in passes:
+            graph, _ = apply_pass(p, graph, context)
+        lowering = lower_graph(graph)
+        description = description or lowering.description()
+        parts.append((signature_key(k), lowering.flat, lowering.inputs, lowering.outputs()))
+    return serialize_signatures(parts, description)
+
+
+def _check_tflite(data: bytes, expected: np.ndarray, feeds, input_names, reference, atol: float, folder: Path) -> dict:
+    """The LiteRT chain, text by text at batch 1, against ONNX Runtime's chain (each exit) and the whole model."""
+    import tempfile
+
+    from edgecompress.backends.tflite.artifact import load_interpreter, signature_runner
+    from edgecompress.exits.segments import check_segments
+
+    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+        path = Path(scratch) / TFLITE_FILE
+        path.write_bytes(data)
+        interpreter = load_interpreter(path, threads=2)
+        runners = [signature_runner(interpreter, signature_key(k), path) for k in range(len(expected))]
+        found = np.zeros_like(expected)
+        for row in range(expected.shape[1]):
+            inputs = {name: feeds[name][row : row + 1] for name in input_names}
+            for k, runner in enumerate(runners):
+                out = runner(**inputs)
+                found[k, row] = out[LOGITS][0]
+                if HIDDEN_OUT in out:
+                    inputs = {HIDDEN_IN: out[HIDDEN_OUT], "attention_mask": feeds["attention_mask"][row : row + 1]}
+    return check_segments(expected, found, reference, atol, "LiteRT")
 
 
 def measure_segments(shipped: ShippedExits, *, threads: int, runs: int, warmup: int) -> None:
-    """Each segment timed by the ONNX Runtime runner in runtimes/ on one real text's inputs (its own process)."""
+    """Each segment timed by the runners in runtimes/ (own process) on one real text's inputs: the ONNX Runtime
+    files, and each signature of the .tflite."""
     from edgecompress.measure.runner import run_runner
 
-    shipped.timing = [
-        run_runner(path, runner="ort_runner", threads=threads, runs=runs, warmup=warmup, inputs=sample)
-        for path, sample in zip(shipped.files, shipped.samples)
-    ]
+    def timed(path: Path, runner: str, sample: dict, signature: str | None = None) -> dict:
+        return run_runner(
+            path, runner=runner, threads=threads, runs=runs, warmup=warmup, inputs=sample, signature=signature
+        )
+
+    shipped.timing[ONNXRUNTIME] = [timed(p, "ort_runner", s) for p, s in zip(shipped.files, shipped.samples)]
+    if shipped.tflite is not None:
+        shipped.timing[LITERT] = [
+            timed(shipped.tflite, "litert_runner", s, signature_key(k)) for k, s in enumerate(shipped.samples)
+        ]
 
 
-def exits_report(shipped: ShippedExits, exits, gold, *, whole_model_p50: float | None) -> dict:
-    """Per threshold: accuracy on --data (labelled), agreement with the whole model, mean exit layer, mean latency
-    from the measured per-segment p50s, and speed-up against running every segment."""
+def exits_report(shipped: ShippedExits, exits, gold, *, whole_model_p50: dict[str, float]) -> dict:
+    """Per threshold: accuracy on --data (labelled), agreement with the whole model, mean exit layer, and per
+    runtime the mean latency from the measured per-segment p50s with its speed-up over running every segment."""
     from edgecompress.measure.runner import describe
 
     logits, count = shipped.logits, shipped.logits.shape[0]
-    segment_p50 = [t["latency_ms"]["p50"] for t in shipped.timing] if shipped.timing else None
-    cumulative = np.cumsum(segment_p50) if segment_p50 else None
+    segment_p50 = {rt: [t["latency_ms"]["p50"] for t in results] for rt, results in shipped.timing.items()}
+    cumulative = {rt: np.cumsum(p50) for rt, p50 in segment_p50.items()}
     full = logits[-1].argmax(-1)
     rows = []
     for threshold in exits.sweep:
         index = exit_index(logits, exits.policy, threshold)
         preds = logits[index, np.arange(logits.shape[1])].argmax(-1)
-        row = {
-            "threshold": threshold,
-            "shipped": threshold == exits.threshold,
-            "accuracy": None if gold is None else float(np.mean(preds == gold)),
-            "agreement_with_model": float(np.mean(preds == full)),
-            "mean_exit_layer": float(np.mean(index + 1)),
-            "texts_per_exit": np.bincount(index, minlength=count).tolist(),
-        }
-        if cumulative is not None:
-            mean = float(np.mean(cumulative[index]))
-            row |= {"mean_latency_ms": mean, "speedup_vs_all_segments": float(cumulative[-1] / mean)}
-        rows.append(row)
+        means = {rt: float(np.mean(c[index])) for rt, c in cumulative.items()}
+        rows.append(
+            {
+                "threshold": threshold,
+                "shipped": threshold == exits.threshold,
+                "accuracy": None if gold is None else float(np.mean(preds == gold)),
+                "agreement_with_model": float(np.mean(preds == full)),
+                "mean_exit_layer": float(np.mean(index + 1)),
+                "texts_per_exit": np.bincount(index, minlength=count).tolist(),
+                "mean_latency_ms": means,
+                "speedup_vs_all_segments": {rt: float(cumulative[rt][-1] / m) for rt, m in means.items()},
+            }
+        )
     low, high = threshold_range(exits.policy, count)
+    how = {
+        rt: f"mean over --data's texts of the summed p50s of the segments each text runs, each segment "
+        f"{describe(results[0])} on one real text padded to seq_len; the policy's own softmax is not included"
+        for rt, results in shipped.timing.items()
+    }
     return {
         "policy": exits.policy,
         "threshold": exits.threshold,
         "threshold_range": [low, high],
         "exits": count,
         "segments": shipped.specs,
+        "tflite": shipped.tflite.name if shipped.tflite else None,
         "segment_latency_ms": segment_p50,
-        "all_segments_ms": None if cumulative is None else float(cumulative[-1]),
+        "all_segments_ms": {rt: float(c[-1]) for rt, c in cumulative.items()},
         "whole_model_p50_ms": whole_model_p50,
-        "latency_how": (
-            "not measured (--no-measure)"
-            if not shipped.timing
-            else f"mean over --data's texts of the summed p50s of the segments each text runs, each segment "
-            f"{describe(shipped.timing[0])} on one real text at the padded length; the policy's own softmax "
-            "(a few microseconds) is not included"
-        ),
-        "accuracy_how": "measured: ONNX Runtime chain of the shipped segment files on every text of --data, "
-        "the exit each text stops at chosen by the policy",
+        "latency_how": how or {"all": "not measured (--no-measure)"},
+        "accuracy_how": "measured: the ONNX Runtime chain of the shipped segment files on every text of --data, "
+        "each text stopping where the policy says (the LiteRT chain gives the same predictions: see parity)",
         "parity": shipped.parity,
         "training": exits.training,
-        "float_note": "segments are float ONNX: the recipe's graph passes (fusion, quantization) apply to the "
+        "float_note": "segments are float: the recipe's graph passes (fusion, quantization) apply to the "
         "whole-model artifacts only",
         "sweep": rows,
     }
@@ -136,12 +209,23 @@ def exits_manifest(report: dict) -> dict:
         "patience": "after segment k, stop when argmax(logits) equals the argmax of each of the previous "
         "`threshold` segments (threshold + 1 exits agreeing in a row)",
     }[policy]
+    first = report["segments"][0]
+    runtimes = {
+        ONNXRUNTIME: {"files": [s["file"] for s in report["segments"]], "shapes": "any batch and length"},
+    }
+    if report["tflite"]:
+        runtimes[LITERT] = {
+            "file": report["tflite"],
+            "signatures": [s["signature"] for s in report["segments"]],
+            "shapes": "batch 1, inputs padded to tokenizer.max_length",
+        }
     return {
         "policy": {"kind": policy, "threshold": threshold, "range": report["threshold_range"], "rule": rule},
         "segments": report["segments"],
+        "runtimes": runtimes,
         "chain": (
-            f"run {report['segments'][0]['file']} on the token inputs; feed each segment's '{HIDDEN_OUT}' to the "
-            f"next segment's '{HIDDEN_IN}' with the same attention_mask; after each segment apply the rule to its "
+            f"run segment 0 ({first['file']}) on the token inputs; feed each segment's '{HIDDEN_OUT}' to the next "
+            f"segment's '{HIDDEN_IN}' with the same attention_mask; after each segment apply the rule to its "
             f"'{LOGITS}'; the last segment is the whole model's head and always stops"
         ),
         "float": True,
@@ -149,22 +233,26 @@ def exits_manifest(report: dict) -> dict:
 
 
 def markdown(report: dict) -> list[str]:
+    runtimes = list(report["all_segments_ms"])
     lines = [
         "",
         f"## Early exit ({report['policy']}, threshold {report['threshold']:g} shipped, {report['exits']} exits)",
         "",
-        f"Accuracy: {report['accuracy_how']}. Latency: {report['latency_how']}. {report['float_note']}.",
+        f"Accuracy: {report['accuracy_how']}. {report['float_note']}.",
+        *[f"Latency on {rt}: {how}." for rt, how in report["latency_how"].items()],
         "",
-        "| threshold | accuracy | agreement with the model | mean exit layer | mean latency ms | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| threshold | accuracy | agreement with the model | mean exit layer | "
+        + "".join(f"{rt} mean ms | {rt} speed-up | " for rt in runtimes),
+        "|---|---|---|---|" + "---|---|" * len(runtimes),
     ]
     for row in report["sweep"]:
         accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.2%}"
-        latency = f"{row['mean_latency_ms']:.2f}" if "mean_latency_ms" in row else "-"
-        speedup = f"{row['speedup_vs_all_segments']:.2f}x" if "speedup_vs_all_segments" in row else "-"
         mark = " (shipped)" if row["shipped"] else ""
+        timing = "".join(
+            f"{row['mean_latency_ms'][rt]:.2f} | {row['speedup_vs_all_segments'][rt]:.2f}x | " for rt in runtimes
+        )
         lines.append(
             f"| {row['threshold']:g}{mark} | {accuracy} | {row['agreement_with_model']:.2%} | "
-            f"{row['mean_exit_layer']:.2f} | {latency} | {speedup} |"
+            f"{row['mean_exit_layer']:.2f} | {timing}"
         )
     return lines
