@@ -226,3 +226,22 @@ def test_families_and_tasks_it_does_not_apply_to_are_refused(model, fragment, ti
         out,
     )
     assert fragment in line, line
+
+
+def test_it_does_not_fire_twice_and_says_why(exited):
+    bundle, new, _ = exited
+    again, record = apply_pass(EarlyExit(epochs=1), new, pass_context(new, train_data=_train_set(20, seed=3)))
+    assert not record.fired and again is new
+    assert record.notes == ["skipped: the model has exit ramps already"]
+
+
+def test_roberta_segments_reproduce_the_model(tmp_path):
+    """RoBERTa opts in too: positions from the pad id, no token types; its segments must still chain exactly."""
+    bundle = load_bundle(build_any_family_checkpoint(tmp_path / "roberta", "roberta"))
+    new, record = apply_pass(EarlyExit(epochs=2), bundle, pass_context(bundle, train_data=_train_set(40, seed=4)))
+    feeds = _feeds(bundle, [text for text, _ in SENTENCES])
+    assert "token_type_ids" not in feeds or "token_type_ids" not in bundle.input_names
+    reference = reference_outputs(bundle, feeds)
+    shipped = write_segments(new, feeds, reference, tmp_path, 1e-4, seq_len=16, tflite=True)
+    assert shipped.parity["litert"]["last_exit_vs_model"] <= 1e-4
+    assert [i["name"] for i in shipped.specs[0]["inputs"]] == ["input_ids", "attention_mask"]
