@@ -194,6 +194,7 @@ def _run(argv):
         ('policy = "patience"\nthreshold = 2', "exit threshold 2 is out of range for policy 'patience'"),
         ('policy = "confidence"', "unknown exit policy 'confidence'"),
         ("sweep = [-0.1]", "exit threshold -0.1 is out of range"),
+        ("label_weight = 2.0", "option 'label_weight' of pass 'early_exit' = 2.0 cannot train"),
     ],
 )
 def test_bad_thresholds_are_refused_before_any_work(options, fragment, tiny_checkpoint, tiny_device, tmp_path):

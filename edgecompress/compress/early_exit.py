@@ -3,14 +3,14 @@
 Before -> After:
     bundle: ids -> L layers -> head -> logits
  -> the same bundle (its model is not changed: the whole-model artifacts stay exact) plus `bundle.exits`:
-    L - 1 ramps (ramp k reads layer k's first-token row; the last layer keeps the model's own head), the exit
+    L - 1 ramps (ramp k reads the mean of layer k's token rows; the last layer keeps the model's own head), the exit
     policy and its threshold. The package stage then ships the model as L segments (exits/segments.py) with the
     policy in the manifest, and the report gives accuracy and mean latency per threshold on --data.
 
 The backbone is frozen: ramps learn from the final head's logits (KL, temperature `temperature`) and, when
---train-data is labelled, from the labels (weight `label_weight`), on each layer's first-token rows computed
-once. Refused before any work: a family that has not opted in (`Architecture.early_exit`), a task other than
-single-label classification, a threshold out of the policy's range.
+--train-data is labelled and `label_weight` > 0, from the labels, on each layer's pooled rows computed once.
+Refused before any work: a family that has not opted in (`Architecture.early_exit`), a task other than
+single-label classification, a threshold out of the policy's range, training options that cannot train.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class EarlyExit(Pass):
     sweep: tuple = ()  # thresholds the report scores besides it (empty: a default grid per policy)
     epochs: int = 20  # over the cached rows: each epoch costs the ramps only, not the encoder
     learning_rate: float = 1e-3
-    temperature: float = 2.0
-    label_weight: float = 0.5  # weight of cross-entropy on labels (when --train-data has them) against KL
+    temperature: float = 1.0
+    label_weight: float = 0.0  # weight of cross-entropy on labels (when --train-data has them) against KL
     texts: int = 0  # training texts taken from --train-data (0: all)
 
     def check_model(self, bundle) -> None:
@@ -77,11 +77,22 @@ class EarlyExit(Pass):
         if layers < 2:
             raise UserError(f"early exit needs at least 2 encoder layers, the model has {layers}", where=where)
         check_policy(self.policy, (self.threshold, *self.sweep), layers, where)
-        for option in ("epochs", "texts"):
-            if getattr(self, option) < 0 or (option == "epochs" and self.epochs == 0):
+        self._check_training(where)
+
+    def _check_training(self, where: str) -> None:
+        checks = (
+            ("epochs", self.epochs >= 1, "a whole number of at least 1"),
+            ("texts", self.texts >= 0, "a whole number; 0 takes every --train-data text"),
+            ("learning_rate", self.learning_rate > 0, "a positive number"),
+            ("temperature", self.temperature > 0, "a positive number"),
+            ("label_weight", 0 <= self.label_weight <= 1, "a number in [0, 1]"),
+        )
+        for option, ok, expected in checks:
+            if not ok:
                 raise UserError(
-                    f"option '{option}' of pass '{self.name}' = {getattr(self, option)} is not allowed",
-                    expected="a positive number" + (" (texts: 0 takes all)" if option == "texts" else ""),
+                    f"option '{option}' of pass '{self.name}' = {getattr(self, option)!r} cannot train",
+                    where=where,
+                    expected=expected,
                 )
 
     def requires(self, bundle, ctx: PassContext) -> None:
@@ -108,9 +119,10 @@ class EarlyExit(Pass):
         exits = ExitRamps(ramps, self.policy, float(self.threshold), sweep, training)
         new = dataclasses.replace(bundle, exits=exits)
         agreement = ", ".join(f"{a:.1%}" for a in training["train_agreement_per_ramp"])
+        losses = "KL + labels" if training["labelled"] and self.label_weight else "KL only"
         notes = [
             f"{len(ramps)} ramps trained on {training['texts']} texts of --train-data for {self.epochs} epochs in "
-            f"{training['seconds']:.1f} s (backbone frozen; {'KL + labels' if training['labelled'] else 'KL only'}); "
+            f"{training['seconds']:.1f} s (backbone frozen; {losses}); "
             f"agreement with the model's head on those texts per layer: {agreement}",
             f"policy {self.policy}, threshold {self.threshold:g} shipped; the report scores {len(sweep)} thresholds",
         ]

@@ -2,7 +2,7 @@
 
 Segment 0 takes the token inputs (input_ids, attention_mask[, token_type_ids]); segment k > 0 takes
 `hidden_in` (the previous segment's `hidden`) and `attention_mask`. Every segment but the last returns
-`hidden` [batch, seq, width] and `logits` (its ramp on the first token); the last returns only `logits`, from
+`hidden` [batch, seq, width] and `logits` (its ramp on the mean of the token rows); the last returns only `logits`, from
 the model's own head. Each layer's weights live in exactly one file (the embeddings in segment 0, the head in the
 last), so the files together hold the model plus its ramps once: nothing is duplicated across files.
 """
@@ -17,7 +17,7 @@ import torch
 
 from edgecompress.errors import VerificationError
 from edgecompress.exits import HIDDEN_IN, HIDDEN_OUT, LOGITS
-from edgecompress.exits.ramps import additive_mask
+from edgecompress.exits.ramps import additive_mask, mean_pool
 from edgecompress.lower import MAX_IR_VERSION, OPSET
 
 
@@ -39,7 +39,7 @@ class Segment(torch.nn.Module):
         hidden = self.architecture.run_layer(self.layer, first, additive_mask(attention_mask))
         if self.last:
             return self.architecture.classify(self.hf_model, hidden)
-        return hidden, self.ramp(hidden[:, 0])
+        return hidden, self.ramp(mean_pool(hidden, attention_mask))
 
 
 def segments(bundle) -> list[Segment]:
