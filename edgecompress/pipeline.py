@@ -320,7 +320,7 @@ def _finish(
             ),
             device=device,
         )
-        report.early_exit = _exits_report(exits, bundle, data, verified.artifacts, timing)
+        report.early_exit = _exits_report(exits, bundle, data, verified.artifacts, timing, rewrite.records)
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
         write_package(
@@ -358,14 +358,18 @@ def _write_exits(bundle, compressed: Compressed, staging: Path, profile):
     )
 
 
-def _exits_report(exits, bundle, data, artifacts, timing) -> dict | None:
-    """Early exit's part of the report, beside the whole-model .onnx's host p50 (None: no ramps)."""
+def _exits_report(exits, bundle, data, artifacts, timing, graph_records) -> dict | None:
+    """Early exit's part of the report, beside the whole-model artifacts' host p50 and quantization (None: no
+    ramps)."""
     if exits is None:
         return None
     from edgecompress.exits.ship import exits_report
+    from edgecompress.report.manifest import quantization_mode
 
     whole = {a.runtime: m["latency_ms"]["p50"] for a, m in zip(artifacts, timing.results) if m and a.kind != "ort"}
-    return exits_report(exits, bundle.exits, data.gold, whole_model_p50=whole)
+    return exits_report(
+        exits, bundle.exits, data.gold, whole_model_p50=whole, whole_model_quantization=quantization_mode(graph_records)
+    )
 
 
 def _check_target(request: ExportRequest) -> None:

@@ -61,7 +61,7 @@ class ExitRamps:
 def additive_mask(attention_mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """[batch, seq] 0/1 -> [batch, 1, 1, seq] with 0 where attended and the float minimum where padded, exactly
     as transformers builds it for eager attention (so segment k reproduces layer k bit for bit in torch)."""
-    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(dtype)) * torch.finfo(dtype).min
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,9 @@ def measure_segments(shipped: ShippedExits, *, threads: int, runs: int, warmup: 
         ]
 
 
-def exits_report(shipped: ShippedExits, exits, gold, *, whole_model_p50: dict[str, float]) -> dict:
+def exits_report(
+    shipped: ShippedExits, exits, gold, *, whole_model_p50: dict[str, float], whole_model_quantization: str = "none"
+) -> dict:
     """Per threshold: accuracy on --data (labelled), agreement with the whole model, mean exit layer, and per
     runtime the mean latency from the measured per-segment p50s with its speed-up over running every segment."""
     from edgecompress.measure.runner import describe
@@ -195,8 +197,9 @@ def exits_report(shipped: ShippedExits, exits, gold, *, whole_model_p50: dict[st
         "each text stopping where the policy says (the LiteRT chain gives the same predictions: see parity)",
         "parity": shipped.parity,
         "training": exits.training,
-        "float_note": "segments are float: the recipe's graph passes (fusion, quantization) apply to the "
-        "whole-model artifacts only",
+        "float_note": "segments are float and unfused: the recipe's graph passes (fusion, quantization) apply to "
+        f"the whole-model artifacts only (quantization: {whole_model_quantization})",
+        "whole_model_quantization": whole_model_quantization,
         "sweep": rows,
     }
 
@@ -240,9 +243,15 @@ def markdown(report: dict) -> list[str]:
         "",
         f"## Early exit ({report['policy']}, threshold {report['threshold']:g} shipped, {report['exits']} exits)",
         "",
-        f"Accuracy: {report['accuracy_how']}. Segments are float: the recipe's graph passes (fusion, quantization) "
-        "apply to the whole-model artifacts only.",
-        *[f"Latency on {rt}: {how}." for rt, how in report["latency_how"].items()],
+        f"- Accuracy: {report['accuracy_how']}.",
+        f"- {report['float_note'][0].upper()}{report['float_note'][1:]}.",
+        *[f"- Latency on {rt}: {how}." for rt, how in report["latency_how"].items()],
+        *[
+            f"- Whole model on {rt} ({report['whole_model_quantization']}, same runner): p50 {ms:.2f} ms; every "
+            f"segment run: {report['all_segments_ms'][rt]:.2f} ms."
+            for rt, ms in report["whole_model_p50_ms"].items()
+            if rt in report["all_segments_ms"]
+        ],
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
