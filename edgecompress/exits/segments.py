@@ -4,7 +4,8 @@ Segment 0 takes the token inputs (input_ids, attention_mask[, token_type_ids]); 
 `hidden_in` (the previous segment's `hidden`) and `attention_mask`. Every segment but the last returns
 `hidden` [batch, seq, width] and `logits` (its ramp on the mean of the token rows); the last returns only `logits`, from
 the model's own head. Each layer's weights live in exactly one file (the embeddings in segment 0, the head in the
-last), so the files together hold the model plus its ramps once: nothing is duplicated across files.
+last), so the files together hold the model plus its ramps once: nothing is duplicated across files (except
+after `share_layers`: each ONNX file then holds its own copy of a shared layer; the .tflite stores it once).
 """
 
 from __future__ import annotations

@@ -207,6 +207,7 @@ def exits_report(
 def exits_manifest(report: dict) -> dict:
     """What the app needs to run the segments and stop early."""
     policy, threshold = report["policy"], report["threshold"]
+    threshold = int(threshold) if policy == "patience" else threshold  # a count of exits, for the app
     rule = {
         "entropy": "after segment k, p = softmax(logits); stop when -sum(p * ln p) / ln(labels) < threshold",
         "patience": "after segment k, stop when argmax(logits) equals the argmax of each of the previous "
