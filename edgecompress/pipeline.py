@@ -266,7 +266,7 @@ def _finish(
             bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol,
         )
         verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only, ticker=clock.ticker)
-        exits = _write_exits(bundle, compressed, staging, profile)
+        exits = _write_exits(bundle, compressed, staging, profile, rewrite.records)
         if exits is not None:
             summary.append(f"{len(exits.files)} early-exit segments")
         summary.append(
@@ -320,7 +320,7 @@ def _finish(
             ),
             device=device,
         )
-        report.early_exit = _exits_report(exits, bundle, data, verified.artifacts, timing, rewrite.records)
+        report.early_exit = _exits_report(exits, compressed, data, verified.artifacts, timing, rewrite.records)
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
         write_package(
@@ -340,12 +340,16 @@ def _finish(
     return report
 
 
-def _write_exits(bundle, compressed: Compressed, staging: Path, profile):
-    """The early-exit segments, verified then written beside the artifacts (None: the model has no ramps)."""
+def _write_exits(bundle, compressed: Compressed, staging: Path, profile, graph_records):
+    """The early-exit segments, verified then written beside the artifacts (None: the model has no ramps); they
+    follow the whole model's quantization where they can (ship.SEGMENT_QUANTIZATION), else stay float."""
     if bundle.exits is None:
         return None
-    from edgecompress.exits.ship import write_segments
+    from edgecompress.exits.ship import SEGMENT_QUANTIZATION, write_segments
+    from edgecompress.report.manifest import quantization_mode
     from edgecompress.verify.evaluate import parity_atol
+
+    mode = quantization_mode(graph_records)
 
     return write_segments(
         bundle,
@@ -355,10 +359,11 @@ def _write_exits(bundle, compressed: Compressed, staging: Path, profile):
         parity_atol(bundle),
         seq_len=profile.runtime.seq_len,
         tflite="tflite" in profile.artifacts,
+        quantization=mode if mode in SEGMENT_QUANTIZATION else "none",
     )
 
 
-def _exits_report(exits, bundle, data, artifacts, timing, graph_records) -> dict | None:
+def _exits_report(exits, compressed: Compressed, data, artifacts, timing, graph_records) -> dict | None:
     """Early exit's part of the report, beside the whole-model artifacts' host p50 and quantization (None: no
     ramps)."""
     if exits is None:
@@ -368,7 +373,12 @@ def _exits_report(exits, bundle, data, artifacts, timing, graph_records) -> dict
 
     whole = {a.runtime: m["latency_ms"]["p50"] for a, m in zip(artifacts, timing.results) if m and a.kind != "ort"}
     return exits_report(
-        exits, bundle.exits, data.gold, whole_model_p50=whole, whole_model_quantization=quantization_mode(graph_records)
+        exits,
+        compressed.bundle.exits,
+        data.gold,
+        original=compressed.original,
+        whole_model_p50=whole,
+        whole_model_quantization=quantization_mode(graph_records),
     )
 
 

@@ -15,7 +15,7 @@ from edgecompress.compress._taskdata import task_data
 from edgecompress.compress.early_exit import EarlyExit
 from edgecompress.exits.policy import exit_index, normalized_entropy
 from edgecompress.exits.ramps import layer_rows, ramp_logits
-from edgecompress.exits.segments import segments, torch_chain
+from edgecompress.exits.segments import export_segment, segments, torch_chain
 from edgecompress.exits.ship import write_segments
 from edgecompress.intake.data import TextDataset
 from edgecompress.intake.model import load_bundle
@@ -173,6 +173,7 @@ def test_export_ships_segments_policy_and_per_threshold_figures(fitted_teacher, 
     rows = {row["threshold"]: row for row in report["sweep"]}
     assert set(rows) == {0.0, 0.2, 0.5, 1.0} and rows[0.5]["shipped"]
     assert rows[0.0]["agreement_with_model"] == 1.0 and rows[0.0]["mean_exit_layer"] == 2.0
+    assert rows[0.0]["agreement_with_original"] == 1.0  # float segments: the last exit is the model as given
     assert rows[1.0]["mean_exit_layer"] == 1.0
     accuracy = result.report.artifacts[0].accuracy.value
     assert rows[0.0]["accuracy"] == pytest.approx(accuracy)  # exit last = the whole model's accuracy
@@ -246,3 +247,21 @@ def test_roberta_segments_reproduce_the_model(tmp_path):
     shipped = write_segments(new, feeds, reference, tmp_path, 1e-4, seq_len=16, tflite=True)
     assert shipped.parity["litert"]["last_exit_vs_model"] <= 1e-4
     assert [i["name"] for i in shipped.specs[0]["inputs"]] == ["input_ids", "attention_mask"]
+
+
+def test_dynamic_int8_segments_are_held_to_the_lossy_bar(exited, tmp_path):
+    """Under a dynamic-int8 whole model the segments are int8 too: smaller, verified by agreement, not 1e-4."""
+    bundle, new, _ = exited
+    feeds = _feeds(bundle, [text for text, _ in SENTENCES])
+    reference = reference_outputs(bundle, feeds)
+    shipped = write_segments(
+        new, feeds, reference, tmp_path, 1e-4, seq_len=16, tflite=True, quantization="dynamic-int8"
+    )
+    assert shipped.quantization == "dynamic-int8"
+    float_bytes = sum(len(export_segment(p, s).SerializeToString()) for p, s in zip(segments(new), shipped.samples))
+    assert sum(p.stat().st_size for p in shipped.files) < 0.8 * float_bytes
+    for runtime in ("onnxruntime", "litert"):
+        parity = shipped.parity[runtime]
+        assert parity["lossy"] and parity["tolerance"] is None
+        assert min(parity["agreement_per_exit"]) >= 0.95, (runtime, parity)
+    assert max(shipped.parity["onnxruntime"]["max_abs_diff_per_exit"]) > 0  # it did quantize

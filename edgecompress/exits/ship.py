@@ -36,7 +36,12 @@ class ShippedExits:
     specs: list[dict]  # per segment: file, layer, inputs and outputs (name, dtype, shape)
     samples: list[dict[str, np.ndarray]]  # one text's inputs to each segment, for timing
     tflite: Path | None = None  # one file, a signature per segment
+    quantization: str = "none"  # "none" or "dynamic-int8"
     timing: dict[str, list[dict]] = field(default_factory=dict)  # runtime -> the runner's result per segment
+
+
+# The whole model's quantization modes the segments follow; under any other they stay float (the report says so).
+SEGMENT_QUANTIZATION = ("none", "dynamic-int8")
 
 
 def write_segments(
@@ -48,8 +53,13 @@ def write_segments(
     *,
     seq_len: int,
     tflite: bool,
+    quantization: str = "none",
 ) -> ShippedExits:
-    """Export and verify every segment, then write them into `folder`; returns what the report and manifest need."""
+    """Export and verify every segment, then write them into `folder`; returns what the report and manifest need.
+
+    With `quantization` "dynamic-int8" (the whole model's), every segment's weighted nodes go through ONNX
+    Runtime's dynamic quantizer, as the whole model's do but without its sensitivity trials, and each exit is held
+    to the lossy agreement bar instead of the float tolerance."""
     from edgecompress.exits.segments import check_segments, export_segment, ort_chain, segments, torch_chain
     from edgecompress.report.manifest import value_spec
     from edgecompress.verify.evaluate import ort_session
@@ -57,19 +67,22 @@ def write_segments(
     parts = segments(bundle)
     first = {name: feeds[name][:1] for name in parts[0].input_names}
     graphs, samples, inputs = [], [], first
+    lossy = quantization == "dynamic-int8"
     for part in parts:  # each segment is traced on the previous segment's real output for the first text
-        graphs.append(export_segment(part, inputs))
+        graph = export_segment(part, inputs)
         samples.append(inputs)
         if not part.last:
-            hidden = ort_session(graphs[-1].SerializeToString(), threads=1, optimize=True).run([HIDDEN_OUT], inputs)[0]
+            hidden = ort_session(graph.SerializeToString(), threads=1, optimize=True).run([HIDDEN_OUT], inputs)[0]
             inputs = {HIDDEN_IN: hidden, "attention_mask": first["attention_mask"]}
+        graphs.append(_quantized(graph) if lossy else graph)
     sessions = [ort_session(g.SerializeToString(), threads=2, optimize=True) for g in graphs]
     found = ort_chain(sessions, feeds, parts[0].input_names)
-    parity = {ONNXRUNTIME: check_segments(torch_chain(parts, feeds), found, reference, atol, "ONNX Runtime")}
+    check = {"task": bundle.task, "feeds": feeds, "lossy": lossy, "atol": atol}
+    parity = {ONNXRUNTIME: check_segments(torch_chain(parts, feeds), found, reference, **check, what="ONNX Runtime")}
     tflite_bytes = None
     if tflite:
         tflite_bytes = _tflite_bytes(graphs, seq_len)
-        parity[LITERT] = _check_tflite(tflite_bytes, found, feeds, parts[0].input_names, reference, atol, folder)
+        parity[LITERT] = _check_tflite(tflite_bytes, found, parts[0].input_names, reference, folder, check)
     files = []
     for k, graph in enumerate(graphs):
         files.append(folder / SEGMENT_FILE.format(k))
@@ -86,7 +99,15 @@ def write_segments(
         }
         for k, (path, graph) in enumerate(zip(files, graphs))
     ]
-    return ShippedExits(files, found, parity, specs, samples, folder / TFLITE_FILE if tflite_bytes else None)
+    tflite_path = folder / TFLITE_FILE if tflite_bytes else None
+    return ShippedExits(files, found, parity, specs, samples, tflite_path, quantization if lossy else "none")
+
+
+def _quantized(graph):
+    """Dynamic int8 on every weighted node (ONNX Runtime's quantizer, as the whole model's quantize_dynamic)."""
+    from edgecompress.graph.quantize_dynamic import quantize_nodes, weighted_nodes
+
+    return quantize_nodes(graph, [node.name for node in weighted_nodes(graph)])
 
 
 def _tflite_bytes(graphs, seq_len: int) -> bytes:
@@ -108,7 +129,7 @@ def _tflite_bytes(graphs, seq_len: int) -> bytes:
     return serialize_signatures(parts, description)
 
 
-def _check_tflite(data: bytes, expected: np.ndarray, feeds, input_names, reference, atol: float, folder: Path) -> dict:
+def _check_tflite(data: bytes, expected: np.ndarray, input_names, reference, folder: Path, check: dict) -> dict:
     """The LiteRT chain, text by text at batch 1, against ONNX Runtime's chain (each exit) and the whole model."""
     import tempfile
 
@@ -120,7 +141,7 @@ def _check_tflite(data: bytes, expected: np.ndarray, feeds, input_names, referen
         path.write_bytes(data)
         interpreter = load_interpreter(path, threads=2)
         runners = [signature_runner(interpreter, signature_key(k), path) for k in range(len(expected))]
-        found = np.zeros_like(expected)
+        found, feeds = np.zeros_like(expected), check["feeds"]
         for row in range(expected.shape[1]):
             inputs = {name: feeds[name][row : row + 1] for name in input_names}
             for k, runner in enumerate(runners):
@@ -128,7 +149,7 @@ def _check_tflite(data: bytes, expected: np.ndarray, feeds, input_names, referen
                 found[k, row] = out[LOGITS][0]
                 if HIDDEN_OUT in out:
                     inputs = {HIDDEN_IN: out[HIDDEN_OUT], "attention_mask": feeds["attention_mask"][row : row + 1]}
-    return check_segments(expected, found, reference, atol, "LiteRT")
+    return check_segments(expected, found, reference, **check, what="LiteRT vs ONNX Runtime")
 
 
 def measure_segments(shipped: ShippedExits, *, threads: int, runs: int, warmup: int) -> None:
@@ -149,7 +170,13 @@ def measure_segments(shipped: ShippedExits, *, threads: int, runs: int, warmup: 
 
 
 def exits_report(
-    shipped: ShippedExits, exits, gold, *, whole_model_p50: dict[str, float], whole_model_quantization: str = "none"
+    shipped: ShippedExits,
+    exits,
+    gold,
+    *,
+    original: np.ndarray | None = None,
+    whole_model_p50: dict[str, float],
+    whole_model_quantization: str = "none",
 ) -> dict:
     """Per threshold: accuracy on --data (labelled), agreement with the whole model, mean exit layer, and per
     runtime the mean latency from the measured per-segment p50s with its speed-up over running every segment."""
@@ -170,6 +197,8 @@ def exits_report(
                 "shipped": threshold == exits.threshold,
                 "accuracy": None if gold is None else float(np.mean(preds == gold)),
                 "agreement_with_model": float(np.mean(preds == full)),
+                # with the model as given, before any pass (the float teacher of a quantized export)
+                "agreement_with_original": None if original is None else float(np.mean(preds == original.argmax(-1))),
                 "mean_exit_layer": float(np.mean(index + 1)),
                 "texts_per_exit": np.bincount(index, minlength=count).tolist(),
                 "mean_latency_ms": means,
@@ -197,11 +226,21 @@ def exits_report(
         "each text stopping where the policy says (the LiteRT chain gives the same predictions: see parity)",
         "parity": shipped.parity,
         "training": exits.training,
-        "float_note": "segments are float and unfused: the recipe's graph passes (fusion, quantization) apply to "
-        f"the whole-model artifacts only (quantization: {whole_model_quantization})",
+        "segment_quantization": shipped.quantization,
+        "float_note": _segments_note(shipped.quantization, whole_model_quantization),
         "whole_model_quantization": whole_model_quantization,
         "sweep": rows,
     }
+
+
+def _segments_note(segments: str, whole: str) -> str:
+    """What the segments are next to the whole-model artifacts, for the report."""
+    if segments == "dynamic-int8":
+        how = "dynamic int8 (ONNX Runtime's dynamic quantizer on every weighted node, without the whole model's "
+        how += "sensitivity trials), unfused"
+    else:
+        how = "float and unfused"
+    return f"segments are {how}; the whole-model artifacts are {whole}, through every graph pass of the recipe"
 
 
 def exits_manifest(report: dict) -> dict:
@@ -232,7 +271,7 @@ def exits_manifest(report: dict) -> dict:
             f"segment's '{HIDDEN_IN}' with the same attention_mask; after each segment apply the rule to its "
             f"'{LOGITS}'; the last segment is the whole model's head and always stops"
         ),
-        "float": True,
+        "quantization": report["segment_quantization"],
     }
 
 
