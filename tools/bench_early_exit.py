@@ -59,10 +59,10 @@ def main() -> None:
         device.parent.mkdir(parents=True, exist_ok=True)
         text = derived_profile_text("pixel7", name="bench", seq_len=SEQ_LEN, artifacts=["onnx", "tflite"])
         device.write_text(
-            text.replace('quantize = "dynamic-int8"', f'quantize = "{quantize}"').replace("threads = 2", "threads = 1")
+            text.replace('quantize = "dynamic-int8"', 'quantize = "none"').replace("threads = 2", "threads = 1")
         )
         for policy in args.policy:
-            print_result(f"{policy}, {quantize}", export(policy, device, train, test, splits, args))
+            print_result(f"{policy}, {quantize}", export(policy, quantize, device, train, test, splits, args))
     print(f"\nload average before: {load_before}; after: {load_average()} (2 cores, shared)")
 
 
@@ -86,7 +86,7 @@ def limited(csv_path: Path, limit: int, work: Path, name: str) -> Path:
     return path
 
 
-def export(policy: str, device: Path, train: Path, test: Path, splits: Path, args):
+def export(policy: str, quantize: str, device: Path, train: Path, test: Path, splits: Path, args):
     threshold = 0.3 if policy == "entropy" else 2
     recipe = device.parent / f"early-exit-{policy}.toml"
     recipe.write_text(
@@ -103,6 +103,7 @@ def export(policy: str, device: Path, train: Path, test: Path, splits: Path, arg
         calibration=splits / "validation.csv",
         train_data=train,
         recipe=str(recipe),
+        quantize=quantize,  # a recipe file is taken as written: the mode is given as --quantize would
         runs=args.runs,
         warmup=5,
     )
