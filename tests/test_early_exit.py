@@ -116,6 +116,14 @@ def _head_as_ramp(bundle):
     return Ramp(dense, output, bundle.architecture.head_activation)
 
 
+def test_patience_without_a_threshold_ships_half_the_layers(exited):
+    bundle, _, _ = exited
+    again, _ = apply_pass(
+        EarlyExit(policy="patience", epochs=1), bundle, pass_context(bundle, train_data=_train_set(20, seed=5))
+    )
+    assert again.exits.threshold == 1.0 and again.exits.sweep == (0.0, 1.0)
+
+
 def test_policy_thresholds_at_their_ends():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 50, 3)).astype(np.float32)

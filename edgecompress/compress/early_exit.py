@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from edgecompress.compress._taskdata import task_data, training_seq_len
 from edgecompress.errors import InternalError, UserError
-from edgecompress.exits.policy import check_policy, default_sweep
+from edgecompress.exits.policy import check_policy, default_sweep, default_threshold
 from edgecompress.exits.ramps import ExitRamps, RampTraining, train_ramps
 from edgecompress.intake.model import CLASSIFICATION
 from edgecompress.passes import Pass, PassContext, PassResult, PassSkipped, register_pass
@@ -46,7 +46,8 @@ class EarlyExit(Pass):
         "integer_only",
     )
     policy: str = "entropy"  # "entropy" (DeeBERT) or "patience" (PABEE)
-    threshold: float = 0.3  # the one the manifest ships; entropy in [0, 1], patience in [0, layers - 1]
+    # The one the manifest ships: entropy in [0, 1], patience in [0, layers - 1]; None: policy.default_threshold.
+    threshold: float | None = None
     sweep: tuple = ()  # thresholds the report scores besides it (empty: a default grid per policy)
     epochs: int = 20  # over the cached rows: each epoch costs the ramps only, not the encoder
     learning_rate: float = 1e-3
@@ -76,7 +77,7 @@ class EarlyExit(Pass):
         layers = int(bundle.num_layers or 0)
         if layers < 2:
             raise UserError(f"early exit needs at least 2 encoder layers, the model has {layers}", where=where)
-        check_policy(self.policy, (self.threshold, *self.sweep), layers, where)
+        check_policy(self.policy, (*([] if self.threshold is None else [self.threshold]), *self.sweep), layers, where)
         self._check_training(where)
 
     def _check_training(self, where: str) -> None:
@@ -113,10 +114,10 @@ class EarlyExit(Pass):
         data = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx), limit=limit)
         settings = RampTraining(self.epochs, self.learning_rate, self.temperature, self.label_weight)
         ramps, training = train_ramps(bundle.module, bundle.architecture, data, settings)
-        sweep = tuple(
-            sorted({float(self.threshold), *map(float, self.sweep or default_sweep(self.policy, len(ramps) + 1))})
-        )
-        exits = ExitRamps(ramps, self.policy, float(self.threshold), sweep, training)
+        exits_count = len(ramps) + 1
+        threshold = float(default_threshold(self.policy, exits_count) if self.threshold is None else self.threshold)
+        sweep = tuple(sorted({threshold, *map(float, self.sweep or default_sweep(self.policy, exits_count))}))
+        exits = ExitRamps(ramps, self.policy, threshold, sweep, training)
         new = dataclasses.replace(bundle, exits=exits)
         agreement = ", ".join(f"{a:.1%}" for a in training["train_agreement_per_ramp"])
         losses = "KL + labels" if training["labelled"] and self.label_weight else "KL only"
@@ -124,7 +125,7 @@ class EarlyExit(Pass):
             f"{len(ramps)} ramps trained on {training['texts']} texts of --train-data for {self.epochs} epochs in "
             f"{training['seconds']:.1f} s (backbone frozen; {losses}); "
             f"agreement with the model's head on those texts per layer: {agreement}",
-            f"policy {self.policy}, threshold {self.threshold:g} shipped; the report scores {len(sweep)} thresholds",
+            f"policy {self.policy}, threshold {threshold:g} shipped; the report scores {len(sweep)} thresholds",
         ]
         return PassResult(new, notes, {"early_exit": training})
 

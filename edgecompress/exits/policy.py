@@ -68,6 +68,13 @@ def exit_index(all_logits: np.ndarray, policy: str, threshold: float) -> np.ndar
     return stop.argmax(axis=0)
 
 
+def default_threshold(policy: str, exits: int) -> float:
+    """The threshold shipped when the recipe names none. Measured on the MiniLM Rotten Tomatoes teacher (6 exits,
+    validation split): entropy 0.3 lost 0.3 points at a mean exit layer of 3.8; patience 3 lost 0.2 points at 4.4
+    (patience 2: 1.6 points at 3.4)."""
+    return 0.3 if policy == "entropy" else float(max(exits // 2, 1))
+
+
 def default_sweep(policy: str, exits: int) -> tuple[float, ...]:
     """The thresholds the report tries besides the shipped one."""
     if policy == "entropy":
