@@ -81,8 +81,8 @@ def write_segments(
     parity = {ONNXRUNTIME: check_segments(torch_chain(parts, feeds), found, reference, **check, what="ONNX Runtime")}
     tflite_bytes = None
     if tflite:
-        tflite_bytes = _tflite_bytes(graphs, seq_len)
-        parity[LITERT] = _check_tflite(tflite_bytes, found, parts[0].input_names, reference, folder, check)
+        tflite_bytes = _tflite_bytes(graphs, seq_len, exact_dynamic_int8=lossy)
+        parity[LITERT] = _check_tflite(tflite_bytes, found, parts[0].input_names, reference, check)
     files = []
     for k, graph in enumerate(graphs):
         files.append(folder / SEGMENT_FILE.format(k))
@@ -114,9 +114,13 @@ def _quantized(graph):
     return quantize_nodes(graph, [node.name for node in weighted_nodes(graph)])
 
 
-def _tflite_bytes(graphs, seq_len: int) -> bytes:
+def _tflite_bytes(graphs, seq_len: int, *, exact_dynamic_int8: bool) -> bytes:
     """One .tflite, signature `exit_<k>` per segment, each graph's shapes fixed to batch 1 and `seq_len` first
-    (LiteRT's lowering takes fixed shapes only), through the same graph passes the whole model's graph uses."""
+    (LiteRT's lowering takes fixed shapes only), through the same graph passes the whole model's graph uses.
+
+    Int8 segments are lowered with every run-time activation on ONNX Runtime's per-tensor grid (the backend's
+    exact writer): with LiteRT's own per-row grid, MiniLM's first exit agreed with the ONNX Runtime segments on
+    93.3% of 60 test texts (its ramp's logits are close calls), under the 99% the cross-runtime check asks."""
     from edgecompress.backends.tflite.lowering import lower_graph
     from edgecompress.backends.tflite.writer import serialize_signatures
     from edgecompress.passes import PassContext, apply_pass, registry
@@ -127,20 +131,20 @@ def _tflite_bytes(graphs, seq_len: int) -> bytes:
     for k, graph in enumerate(graphs):
         for p in passes:
             graph, _ = apply_pass(p, graph, context)
-        lowering = lower_graph(graph)
+        lowering = lower_graph(graph, exact_dynamic_int8=exact_dynamic_int8)
         description = description or lowering.description()
         parts.append((signature_key(k), lowering.flat, lowering.inputs, lowering.outputs()))
     return serialize_signatures(parts, description)
 
 
-def _check_tflite(data: bytes, expected: np.ndarray, input_names, reference, folder: Path, check: dict) -> dict:
+def _check_tflite(data: bytes, expected: np.ndarray, input_names, reference, check: dict) -> dict:
     """The LiteRT chain, text by text at batch 1, against ONNX Runtime's chain (each exit) and the whole model."""
     import tempfile
 
     from edgecompress.backends.tflite.artifact import load_interpreter, signature_runner
     from edgecompress.exits.segments import check_segments
 
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix="edgecompress-exits-") as scratch:  # never beside the user's output
         path = Path(scratch) / TFLITE_FILE
         path.write_bytes(data)
         interpreter = load_interpreter(path, threads=2)
