@@ -120,12 +120,12 @@ def check_segments(
 ) -> dict:
     """Every exit of `found` against `expected` (float: within `atol` with the same predictions; quantized: the
     task's agreement bar, as verification holds any lossy artifact to), and the last exit against the whole
-    model's `reference` likewise; a VerificationError names the first that fails. `what` names the chain
-    ("ONNX Runtime"; "LiteRT vs ONNX Runtime" is held to the cross-runtime bar)."""
-    from edgecompress.verify.evaluate import compare, compare_runtimes
+    model's `reference` likewise; a VerificationError names the first that fails. `what` names the chain."""
+    from edgecompress.verify.evaluate import compare
 
-    judge = compare_runtimes if "vs ONNX Runtime" in what else compare
-    per_exit = [judge(expected[k], found[k], task=task, feeds=feeds, lossy=lossy, atol=atol) for k in range(len(found))]
+    per_exit = [
+        compare(expected[k], found[k], task=task, feeds=feeds, lossy=lossy, atol=atol) for k in range(len(found))
+    ]
     for k, parity in enumerate(per_exit):
         if not parity.passed:
             raise VerificationError(

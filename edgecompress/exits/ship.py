@@ -31,7 +31,7 @@ def signature_key(index: int) -> str:
 @dataclass
 class ShippedExits:
     files: list[Path]  # the ONNX Runtime segment files
-    logits: np.ndarray  # [exits, texts, classes]: ONNX Runtime's chain on --data, what the app would see
+    logits: dict[str, np.ndarray]  # runtime -> [exits, texts, classes], its chain on --data: what the app sees
     parity: dict
     specs: list[dict]  # per segment: file, layer, inputs and outputs (name, dtype, shape)
     samples: list[dict[str, np.ndarray]]  # one text's inputs to each segment, for timing
@@ -78,11 +78,18 @@ def write_segments(
     sessions = [ort_session(g.SerializeToString(), threads=2, optimize=True) for g in graphs]
     found = ort_chain(sessions, feeds, parts[0].input_names)
     check = {"task": bundle.task, "feeds": feeds, "lossy": lossy, "atol": atol}
-    parity = {ONNXRUNTIME: check_segments(torch_chain(parts, feeds), found, reference, **check, what="ONNX Runtime")}
+    expected = torch_chain(parts, feeds)
+    parity = {ONNXRUNTIME: check_segments(expected, found, reference, **check, what="ONNX Runtime")}
+    logits = {ONNXRUNTIME: found}
     tflite_bytes = None
     if tflite:
         tflite_bytes = _tflite_bytes(graphs, seq_len, exact_dynamic_int8=lossy)
-        parity[LITERT] = _check_tflite(tflite_bytes, found, parts[0].input_names, reference, check)
+        logits[LITERT] = _tflite_chain(tflite_bytes, len(graphs), parts[0].input_names, feeds)
+        parity[LITERT] = check_segments(expected, logits[LITERT], reference, **check, what="LiteRT")
+        # LiteRT against the ONNX Runtime files, per exit: reported, not a gate (see the module docstring)
+        parity[LITERT]["agreement_with_onnxruntime_per_exit"] = [
+            float(np.mean(logits[LITERT][k].argmax(-1) == found[k].argmax(-1))) for k in range(len(graphs))
+        ]
     files = []
     for k, graph in enumerate(graphs):
         files.append(folder / SEGMENT_FILE.format(k))
@@ -100,7 +107,7 @@ def write_segments(
         for k, (path, graph) in enumerate(zip(files, graphs))
     ]
     tflite_path = folder / TFLITE_FILE if tflite_bytes else None
-    return ShippedExits(files, found, parity, specs, samples, tflite_path, quantization if lossy else "none")
+    return ShippedExits(files, logits, parity, specs, samples, tflite_path, quantization if lossy else "none")
 
 
 def _quantized(graph):
@@ -137,27 +144,27 @@ def _tflite_bytes(graphs, seq_len: int, *, exact_dynamic_int8: bool) -> bytes:
     return serialize_signatures(parts, description)
 
 
-def _check_tflite(data: bytes, expected: np.ndarray, input_names, reference, check: dict) -> dict:
-    """The LiteRT chain, text by text at batch 1, against ONNX Runtime's chain (each exit) and the whole model."""
+def _tflite_chain(data: bytes, count: int, input_names, feeds) -> np.ndarray:
+    """[exits, texts, classes]: the .tflite's signatures chained text by text at batch 1, as the app runs them."""
     import tempfile
 
     from edgecompress.backends.tflite.artifact import load_interpreter, signature_runner
-    from edgecompress.exits.segments import check_segments
 
+    rows = len(feeds["attention_mask"])
     with tempfile.TemporaryDirectory(prefix="edgecompress-exits-") as scratch:  # never beside the user's output
         path = Path(scratch) / TFLITE_FILE
         path.write_bytes(data)
         interpreter = load_interpreter(path, threads=2)
-        runners = [signature_runner(interpreter, signature_key(k), path) for k in range(len(expected))]
-        found, feeds = np.zeros_like(expected), check["feeds"]
-        for row in range(expected.shape[1]):
+        runners = [signature_runner(interpreter, signature_key(k), path) for k in range(count)]
+        per_exit: list[list[np.ndarray]] = [[] for _ in range(count)]
+        for row in range(rows):
             inputs = {name: feeds[name][row : row + 1] for name in input_names}
             for k, runner in enumerate(runners):
                 out = runner(**inputs)
-                found[k, row] = out[LOGITS][0]
+                per_exit[k].append(out[LOGITS].copy())
                 if HIDDEN_OUT in out:
                     inputs = {HIDDEN_IN: out[HIDDEN_OUT], "attention_mask": feeds["attention_mask"][row : row + 1]}
-    return check_segments(expected, found, reference, **check, what="LiteRT vs ONNX Runtime")
+    return np.stack([np.concatenate(chunks) for chunks in per_exit]).astype(np.float32)
 
 
 def measure_segments(shipped: ShippedExits, *, threads: int, runs: int, warmup: int) -> None:
@@ -186,31 +193,32 @@ def exits_report(
     whole_model_p50: dict[str, float],
     whole_model_quantization: str = "none",
 ) -> dict:
-    """Per threshold: accuracy on --data (labelled), agreement with the whole model, mean exit layer, and per
-    runtime the mean latency from the measured per-segment p50s with its speed-up over running every segment."""
+    """Per threshold and runtime, each runtime's own chain deciding where its texts stop: accuracy on --data
+    (labelled), agreement with the whole model (its last exit) and with the model as given, the mean exit layer,
+    and the mean latency from the measured per-segment p50s with its speed-up over running every segment. The
+    row's top-level figures are ONNX Runtime's; `by_runtime` has every runtime's."""
     from edgecompress.measure.runner import describe
 
-    logits, count = shipped.logits, shipped.logits.shape[0]
+    count = shipped.logits[ONNXRUNTIME].shape[0]
     segment_p50 = {rt: [t["latency_ms"]["p50"] for t in results] for rt, results in shipped.timing.items()}
     cumulative = {rt: np.cumsum(p50) for rt, p50 in segment_p50.items()}
-    full = logits[-1].argmax(-1)
     rows = []
     for threshold in exits.sweep:
-        index = exit_index(logits, exits.policy, threshold)
-        preds = logits[index, np.arange(logits.shape[1])].argmax(-1)
-        means = {rt: float(np.mean(c[index])) for rt, c in cumulative.items()}
+        by_runtime = {
+            rt: _figures(logits, exits.policy, threshold, gold, original, cumulative.get(rt))
+            for rt, logits in shipped.logits.items()
+        }
+        ort = by_runtime[ONNXRUNTIME]
         rows.append(
             {
                 "threshold": threshold,
                 "shipped": threshold == exits.threshold,
-                "accuracy": None if gold is None else float(np.mean(preds == gold)),
-                "agreement_with_model": float(np.mean(preds == full)),
-                # with the model as given, before any pass (the float teacher of a quantized export)
-                "agreement_with_original": None if original is None else float(np.mean(preds == original.argmax(-1))),
-                "mean_exit_layer": float(np.mean(index + 1)),
-                "texts_per_exit": np.bincount(index, minlength=count).tolist(),
-                "mean_latency_ms": means,
-                "speedup_vs_all_segments": {rt: float(cumulative[rt][-1] / m) for rt, m in means.items()},
+                **{key: value for key, value in ort.items() if "latency" not in key and "speedup" not in key},
+                "mean_latency_ms": {rt: f["mean_latency_ms"] for rt, f in by_runtime.items() if "mean_latency_ms" in f},
+                "speedup_vs_all_segments": {
+                    rt: f["speedup_vs_all_segments"] for rt, f in by_runtime.items() if "speedup_vs_all_segments" in f
+                },
+                "by_runtime": by_runtime,
             }
         )
     low, high = threshold_range(exits.policy, count)
@@ -230,8 +238,8 @@ def exits_report(
         "all_segments_ms": {rt: float(c[-1]) for rt, c in cumulative.items()},
         "whole_model_p50_ms": whole_model_p50,
         "latency_how": how or {"all": "not measured (--no-measure)"},
-        "accuracy_how": "measured: the ONNX Runtime chain of the shipped segment files on every text of --data, "
-        "each text stopping where the policy says (the LiteRT chain gives the same predictions: see parity)",
+        "accuracy_how": "measured: each runtime's chain of the shipped segments on every text of --data, each text "
+        "stopping where the policy applied to that runtime's logits says (top-level figures: ONNX Runtime's)",
         "parity": shipped.parity,
         "training": exits.training,
         "segment_quantization": shipped.quantization,
@@ -239,6 +247,24 @@ def exits_report(
         "whole_model_quantization": whole_model_quantization,
         "sweep": rows,
     }
+
+
+def _figures(logits: np.ndarray, policy: str, threshold: float, gold, original, cumulative) -> dict:
+    """One runtime's figures at one threshold, from its own chain's logits [exits, texts, classes]."""
+    index = exit_index(logits, policy, threshold)
+    preds = logits[index, np.arange(logits.shape[1])].argmax(-1)
+    figures = {
+        "accuracy": None if gold is None else float(np.mean(preds == gold)),
+        "agreement_with_model": float(np.mean(preds == logits[-1].argmax(-1))),
+        # with the model as given, before any pass (the float teacher of a quantized export)
+        "agreement_with_original": None if original is None else float(np.mean(preds == original.argmax(-1))),
+        "mean_exit_layer": float(np.mean(index + 1)),
+        "texts_per_exit": np.bincount(index, minlength=len(logits)).tolist(),
+    }
+    if cumulative is not None:
+        mean = float(np.mean(cumulative[index]))
+        figures |= {"mean_latency_ms": mean, "speedup_vs_all_segments": float(cumulative[-1] / mean)}
+    return figures
 
 
 def _segments_note(segments: str, whole: str) -> str:
@@ -284,9 +310,11 @@ def exits_manifest(report: dict) -> dict:
 
 
 def markdown(report: dict) -> list[str]:
-    runtimes = list(report["all_segments_ms"])
-    header = ["threshold", "accuracy", "agreement with the model", "mean exit layer"]
-    header += [f"{rt} {what}" for rt in runtimes for what in ("mean ms", "speed-up")]
+    runtimes = list(report["sweep"][0]["by_runtime"]) if report["sweep"] else []
+    header = ["threshold"]
+    for rt in runtimes:
+        header += [f"{rt} {what}" for what in ("accuracy", "agreement with the model", "mean exit layer")]
+        header += [f"{rt} {what}" for what in ("mean ms", "speed-up") if rt in report["all_segments_ms"]]
     lines = [
         "",
         f"## Early exit ({report['policy']}, threshold {report['threshold']:g} shipped, {report['exits']} exits)",
@@ -305,13 +333,15 @@ def markdown(report: dict) -> list[str]:
         "|" + "---|" * len(header),
     ]
     for row in report["sweep"]:
-        cells = [
-            f"{row['threshold']:g}" + (" (shipped)" if row["shipped"] else ""),
-            "-" if row["accuracy"] is None else f"{row['accuracy']:.2%}",
-            f"{row['agreement_with_model']:.2%}",
-            f"{row['mean_exit_layer']:.2f}",
-        ]
+        cells = [f"{row['threshold']:g}" + (" (shipped)" if row["shipped"] else "")]
         for rt in runtimes:
-            cells += [f"{row['mean_latency_ms'][rt]:.2f}", f"{row['speedup_vs_all_segments'][rt]:.2f}x"]
+            f = row["by_runtime"][rt]
+            cells += [
+                "-" if f["accuracy"] is None else f"{f['accuracy']:.2%}",
+                f"{f['agreement_with_model']:.2%}",
+                f"{f['mean_exit_layer']:.2f}",
+            ]
+            if "mean_latency_ms" in f:
+                cells += [f"{f['mean_latency_ms']:.2f}", f"{f['speedup_vs_all_segments']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
