@@ -273,3 +273,21 @@ def test_dynamic_int8_segments_are_held_to_the_lossy_bar(exited, tmp_path):
         assert parity["lossy"] and parity["tolerance"] is None
         assert min(parity["agreement_per_exit"]) >= 0.95, (runtime, parity)
     assert max(shipped.parity["onnxruntime"]["max_abs_diff_per_exit"]) > 0  # it did quantize
+
+
+@pytest.mark.slow
+def test_minilm_segments_reproduce_the_real_model(minilm_classifier, tmp_path):
+    """The real 6-layer MiniLM at seq_len 128: six segments, float, chained in both runtimes."""
+    bundle = load_bundle(minilm_classifier)
+    new, _ = apply_pass(EarlyExit(epochs=2), bundle, pass_context(bundle, seq_len=128, train_data=_train_set(64, 6)))
+    encoded = bundle.task.encode(
+        bundle.tokenizer,
+        bundle.task.unlabelled([text for text, _ in SENTENCES], "test"),
+        seq_len=128,
+        input_names=bundle.input_names,
+    )
+    reference = reference_outputs(bundle, encoded.feeds)
+    shipped = write_segments(new, encoded.feeds, reference, tmp_path, 1e-4, seq_len=128, tflite=True)
+    assert len(shipped.files) == 6
+    for runtime in ("onnxruntime", "litert"):
+        assert shipped.parity[runtime]["last_exit_vs_model"] <= 1e-4, runtime
