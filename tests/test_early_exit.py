@@ -190,6 +190,8 @@ def test_export_ships_segments_policy_and_per_threshold_figures(fitted_teacher, 
         assert "measured on host" in report["latency_how"][runtime]
     assert set(exits["runtimes"]) == {"onnxruntime", "litert"} and "exits.tflite" in shipped
     assert "## Early exit" in (result.out_dir / "report.md").read_text()
+    html = (result.out_dir / "report.html").read_text()
+    assert "<h2>Early exit (entropy, threshold 0.5 shipped, 2 exits)</h2>" in html and "0.5 (shipped)" in html
 
 
 def _run(argv):

@@ -306,29 +306,19 @@ def exits_manifest(report: dict) -> dict:
     }
 
 
-def markdown(report: dict) -> list[str]:
+def title(report: dict) -> str:
+    return f"Early exit ({report['policy']}, threshold {report['threshold']:g} shipped, {report['exits']} exits)"
+
+
+def sweep_table(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """The report's early-exit figures as a table (header, rows) and the sentences saying how each was obtained;
+    report.md and report.html both draw it."""
     runtimes = list(report["sweep"][0]["by_runtime"]) if report["sweep"] else []
     header = ["threshold"]
     for rt in runtimes:
         header += [f"{rt} {what}" for what in ("accuracy", "agreement with the model", "mean exit layer")]
         header += [f"{rt} {what}" for what in ("mean ms", "speed-up") if rt in report["all_segments_ms"]]
-    lines = [
-        "",
-        f"## Early exit ({report['policy']}, threshold {report['threshold']:g} shipped, {report['exits']} exits)",
-        "",
-        f"- Accuracy: {report['accuracy_how']}.",
-        f"- {report['float_note'][0].upper()}{report['float_note'][1:]}.",
-        *[f"- Latency on {rt}: {how}." for rt, how in report["latency_how"].items()],
-        *[
-            f"- Whole model on {rt} ({report['whole_model_quantization']}, same runner): p50 {ms:.2f} ms; every "
-            f"segment run: {report['all_segments_ms'][rt]:.2f} ms."
-            for rt, ms in report["whole_model_p50_ms"].items()
-            if rt in report["all_segments_ms"]
-        ],
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    rows = []
     for row in report["sweep"]:
         cells = [f"{row['threshold']:g}" + (" (shipped)" if row["shipped"] else "")]
         for rt in runtimes:
@@ -340,5 +330,23 @@ def markdown(report: dict) -> list[str]:
             ]
             if "mean_latency_ms" in f:
                 cells += [f"{f['mean_latency_ms']:.2f}", f"{f['speedup_vs_all_segments']:.2f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    how = [
+        f"Accuracy: {report['accuracy_how']}.",
+        f"{report['float_note'][0].upper()}{report['float_note'][1:]}.",
+        *[f"Latency on {rt}: {text}." for rt, text in report["latency_how"].items()],
+        *[
+            f"Whole model on {rt} ({report['whole_model_quantization']}, same runner): p50 {ms:.2f} ms; every "
+            f"segment run: {report['all_segments_ms'][rt]:.2f} ms."
+            for rt, ms in report["whole_model_p50_ms"].items()
+            if rt in report["all_segments_ms"]
+        ],
+    ]
+    return header, rows, how
+
+
+def markdown(report: dict) -> list[str]:
+    header, rows, how = sweep_table(report)
+    lines = ["", f"## {title(report)}", "", *[f"- {sentence}" for sentence in how], ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
