@@ -148,7 +148,7 @@ def _exact_quotient(w: _Writer, m: int, d: int, constant: np.ndarray | None, d_s
     for _ in range(NEWTON_STEPS):
         error = w.op("SUB", [two, w.op("MUL", [odd, inverse], _I64, d_shape)], _I64, d_shape)
         inverse = w.op("MUL", [inverse, error], _I64, d_shape)
-    return w.op("MUL", [shift_right_64(w, m, t, logical=False), inverse], _I64)
+    return w.op("MUL", [shift_right_64(w, m, t, logical=False, amount_shape=d_shape), inverse], _I64)
 
 
 def _trailing_zeros(d: np.ndarray) -> np.ndarray:
@@ -191,15 +191,20 @@ def bit_shift(lw: Lowering, node) -> None:
     x = lw.value(node.input[0])
     if amount is None:
         amount = w.cast(lw.value(node.input[1]), _I32, lw.shape(node.input[1]))
-    shifted = shift_right_32(w, x, amount) if dtype == _I32 else shift_right_64(w, x, amount, logical=True)
+    by = lw.shape(node.input[1])
+    if dtype == _I32:
+        shifted = shift_right_32(w, x, amount, amount_shape=by)
+    else:
+        shifted = shift_right_64(w, x, amount, logical=True, amount_shape=by)
     lw.bind(node.output[0], shifted)
 
 
-def shift_right_32(w: _Writer, x: int, amount, shape=None) -> int:
+def shift_right_32(w: _Writer, x: int, amount, shape=None, amount_shape=None) -> int:
     """The bits of int32 `x` shifted right logically (as uint32) by `amount` (a constant or an int32 tensor in
     [0, 31]). RIGHT_SHIFT on int32 is arithmetic (floor, measured): a value with its top bit set is first made
     x + 2^31 (in range: x < 0) and 2^(31 - a) is added back after the shift."""
     shape = w.shape if shape is None else shape
+    amount_shape = shape if amount_shape is None else amount_shape  # a run-time amount broadcasts to x
     if isinstance(amount, np.ndarray):
         a = amount.astype(np.int32)
         if not a.any():
@@ -212,8 +217,8 @@ def shift_right_32(w: _Writer, x: int, amount, shape=None) -> int:
     else:
         amount_t = amount
         table = w.const([0] + [1 << (31 - k) for k in range(1, 32)], np.int32)
-        top = w.op("GATHER", [table, amount], _I32, shape, options=w.lw.options("Gather", axis=0))
-        zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, shape)
+        top = w.op("GATHER", [table, amount], _I32, amount_shape, options=w.lw.options("Gather", axis=0))
+        zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, amount_shape)
     negative = w.op("LESS", [x, w.const(0, np.int32)], _BOOL, shape)
     low31 = w.op("SELECT_V2", [negative, w.op("SUB", [x, w.const(_INT32_MIN, np.int32)], _I32, shape), x], _I32, shape)
     shifted = w.op("RIGHT_SHIFT", [low31, amount_t], _I32, shape)
@@ -223,7 +228,7 @@ def shift_right_32(w: _Writer, x: int, amount, shape=None) -> int:
     return w.op("SELECT_V2", [zero, x, restored], _I32, shape)
 
 
-def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None) -> int:
+def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None, amount_shape=None) -> int:
     """int64 `x` shifted right by `amount` in [0, 63] (a constant array or an int32 tensor broadcasting to x):
     floor(x / 2^a) (`logical=False`), or the uint64 bits shifted (`logical=True`). LiteRT has no int64 shift:
     BITCAST splits x into its 32-bit words (lo first: the file is little-endian, as LiteRT's targets are),
@@ -231,30 +236,31 @@ def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None) -> 
         a < 32:  hi * 2^(32 - a) + (lo >>> a)                     (|hi| 2^(32 - a) < 2^63 for a >= 1)
     with hi taken as unsigned for a logical shift, and a = 0 leaving x."""
     shape = tuple(w.shape if shape is None else shape)
+    by = shape if amount_shape is None else tuple(amount_shape)  # a run-time amount's shape; it broadcasts to x
     words = w.op("BITCAST", [x], _I32, shape + (2,))
     lo, hi = (_word(w, words, k, shape) for k in (0, 1))
     constant = isinstance(amount, np.ndarray)
-    a = np.broadcast_to(amount, shape).astype(np.int64) if constant else None
+    a = np.asarray(amount).astype(np.int64) if constant else None  # its own shape: it broadcasts
     if constant:
         assert a is not None
-        big_amount, small_amount = np.maximum(a - 32, 0), np.clip(a, 1, 31)
+        big_amount, small_amount = np.asarray(np.maximum(a - 32, 0)), np.asarray(np.clip(a, 1, 31))
         big_a, small_a = big_amount, small_amount
         factor = w.const(1 << (32 - small_amount), np.int64)
     else:
-        big_a = w.op("MAXIMUM", [w.op("SUB", [amount, w.const(32, np.int32)], _I32, shape), w.const(0, np.int32)], _I32, shape)
+        big_a = w.op("MAXIMUM", [w.op("SUB", [amount, w.const(32, np.int32)], _I32, by), w.const(0, np.int32)], _I32, by)
         small_a = w.op(
-            "MINIMUM", [w.op("MAXIMUM", [amount, w.const(1, np.int32)], _I32, shape), w.const(31, np.int32)], _I32, shape
+            "MINIMUM", [w.op("MAXIMUM", [amount, w.const(1, np.int32)], _I32, by), w.const(31, np.int32)], _I32, by
         )
         table = w.const([0] + [1 << (32 - k) for k in range(1, 32)], np.int64)
-        factor = w.op("GATHER", [table, small_a], _I64, shape, options=w.lw.options("Gather", axis=0))
+        factor = w.op("GATHER", [table, small_a], _I64, by, options=w.lw.options("Gather", axis=0))
     if logical:
-        big = _unsigned64(w, shift_right_32(w, hi, big_a, shape), shape)
+        big = _unsigned64(w, shift_right_32(w, hi, big_a, shape, by), shape)
         high = _unsigned64(w, hi, shape)
     else:
         big_amount_t = w.const(big_a, np.int32) if constant else big_a
         big = w.cast(w.op("RIGHT_SHIFT", [hi, big_amount_t], _I32, shape), _I64, shape)
         high = w.cast(hi, _I64, shape)
-    low = w.cast(shift_right_32(w, lo, small_a, shape), _I64, shape)  # small_a >= 1: non-negative
+    low = w.cast(shift_right_32(w, lo, small_a, shape, by), _I64, shape)  # small_a >= 1: non-negative
     small = w.op("ADD", [w.op("MUL", [high, factor], _I64, shape), low], _I64, shape)
     if constant:
         assert a is not None
@@ -263,8 +269,8 @@ def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None) -> 
         if np.all((a >= 1) & (a < 32)):
             return small
         return _select(w, w.const(a >= 32, np.bool_), big, _select(w, w.const(a == 0, np.bool_), x, small, shape), shape)
-    is_big = w.op("GREATER_EQUAL", [amount, w.const(32, np.int32)], _BOOL, shape)
-    is_zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, shape)
+    is_big = w.op("GREATER_EQUAL", [amount, w.const(32, np.int32)], _BOOL, by)
+    is_zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, by)
     return _select(w, is_big, big, _select(w, is_zero, x, small, shape), shape)
 
 
