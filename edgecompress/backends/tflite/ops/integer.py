@@ -10,7 +10,8 @@ LiteRT 2.3 runs, measured on the host with its reference kernels (tests/test_tfl
 - int64 DIV and FLOOR_DIV, int64 RIGHT_SHIFT and int64 ABS have no kernel: int64 Div and the uint64 BitShift
   are composed below from the ops that exist;
 - FULLY_CONNECTED refuses int32 outputs for int8 inputs; BATCH_MATMUL int8 x int8 -> int32 is exact but
-  ignores the operands' zero points: MatMulInteger lowers to it with the zero point taken off beforehand;
+  ignores the operands' zero points: MatMulInteger lowers to it, the zero point applied through B's column sums;
+- CAST between integer types wraps modulo 2^bits, as ONNX Cast does;
 - there are no UINT32 or UINT64 tensors in the writer: ONNX's unsigned values (only ever the operands of a
   BitShift, cast from and back to the signed type of the same width) are carried as the same bits in the
   signed type, so those Casts write nothing.
@@ -291,31 +292,34 @@ def _select(w: _Writer, cond: int, a: int, b: int, shape) -> int:
 
 @lowers("MatMulInteger")
 def matmul_integer(lw: Lowering, node) -> None:
-    """`MatMulInteger(A: uint8 | int8, B: int8, a_zero?, b_zero?)` -> int32 `BATCH_MATMUL(A - a_zero as int8, B)`.
+    """`MatMulInteger(A: uint8 | int8, B: int8, a_zero?, b_zero?)` -> int32 `BATCH_MATMUL(A', B)` plus a column-sum
+    term: (A - z) B = A' B + (c - z) colsum(B), with A' = A - c as int8 (c = 128 for uint8 A, 0 for int8 A).
 
-    LiteRT's int8 BATCH_MATMUL with an int32 output is exact and ignores zero points (measured), so A's zero
-    point comes off before: A is read from before its Cast to uint8 (the integer-only graph's `Cast(Add(x, 128))`
-    gives x itself). An unsigned A without a zero point (attention probabilities in [0, 255]) becomes A - 128, and
-    128 times B's column sums comes back after. B's zero point must be 0 (the graph's weights are symmetric)."""
+    LiteRT's int8 BATCH_MATMUL with an int32 output is exact and ignores zero points (measured), so the zero point
+    goes into the column-sum term, which is 0 for the integer-only graph's uint8 A with zero point 128. A uint8 A
+    is read from before its Cast to uint8: the graph's `Cast(Add(x, 128))` gives x itself (CAST to int8 wraps
+    modulo 256 like ONNX's Cast, measured, so this holds for any x). B's zero point must be 0 (the graph's
+    weights are symmetric); B's column sums are constants for constant weights, a SUM for run-time B."""
     a, b = node.input[0], node.input[1]
     a_zero = _zero_point(lw, node, 2)
     if len(node.input) > 3 and node.input[3] and _zero_point(lw, node, 3):
         raise lw.unsupported(node, "a non-zero zero point for B")
-    if carrier(lw, b) != _I8:
-        raise lw.unsupported(node, f"B of type {lw.dtype(b)} (int8 is lowered)")
-    unsigned = lw.dtype(a) == _U8
-    offset = a_zero if a_zero or not unsigned else 128
-    a_shape, b_shape, out_shape = lw.shape(a), lw.shape(b), lw.shape(node.output[0])
-    w = _Writer(lw, out_shape)
-    signed = _signed_operand(lw, w, a, offset, a_shape)
+    if carrier(lw, b) != _I8 or lw.dtype(a) not in (_U8, _I8):
+        raise lw.unsupported(node, f"A of type {lw.dtype(a)} and B of {lw.dtype(b)} (uint8/int8 x int8 is lowered)")
+    offset = 128 if lw.dtype(a) == _U8 else 0
+    a_shape, b_shape = lw.shape(a), lw.shape(b)
+    w = _Writer(lw, lw.shape(node.output[0]))
     b_tensor = lw.value(b)
-    product = w.op("BATCH_MATMUL", [signed, b_tensor], _I32, options=lw.options("BatchMatMul"))
-    if not (unsigned and not a_zero):
+    product = w.op(
+        "BATCH_MATMUL", [_signed_operand(lw, w, a, offset, a_shape), b_tensor], _I32, options=lw.options("BatchMatMul")
+    )
+    scale = offset - a_zero
+    if not scale:
         lw.bind(node.output[0], product)
         return
     weights = lw.constant(b)
     if weights is not None:
-        column_sums = w.const(128 * weights.astype(np.int32).sum(axis=-2, keepdims=True), np.int32)
+        column_sums = w.const(scale * weights.astype(np.int32).sum(axis=-2, keepdims=True), np.int32)
     else:
         reduced = tuple(b_shape[:-2]) + (1, b_shape[-1])
         summed = w.op(
@@ -325,7 +329,7 @@ def matmul_integer(lw: Lowering, node) -> None:
             reduced,
             options=lw.options("Reducer", keepDims=True),
         )
-        column_sums = w.op("MUL", [summed, w.const(128, np.int32)], _I32, reduced)
+        column_sums = w.op("MUL", [summed, w.const(scale, np.int32)], _I32, reduced)
     lw.bind(node.output[0], w.op("ADD", [product, column_sums], _I32))
 
 
@@ -339,7 +343,7 @@ def _zero_point(lw: Lowering, node, index: int) -> int:
 
 
 def _signed_operand(lw: Lowering, w: _Writer, a: str, offset: int, shape) -> int:
-    """A - offset as an int8 tensor (in range: A is uint8 and offset 128, or A is int8 and offset 0)."""
+    """A - offset as an int8 tensor: A itself for int8 A (offset 0), A - 128 for uint8 A (offset 128)."""
     if lw.dtype(a) == _I8 and offset == 0:
         return lw.value(a)
     source = lw.producers.get(a)
