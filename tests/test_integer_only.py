@@ -26,7 +26,7 @@ from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, PassSkipped, apply_pass
 from edgecompress.recipe import load_recipe
 
-from conftest import SENTENCES, user_error
+from conftest import SENTENCES
 from helpers import ort_logits, pass_context, torch_logits
 
 SEQ_LEN = 16
@@ -202,7 +202,7 @@ def test_recipe_keeps_the_graph_integer():
 
 @pytest.fixture(scope="module")
 def ort_device(tiny_device, tmp_path_factory) -> Path:
-    """The tiny phone without TFLite: LiteRT has no builtins for the integer graph's arithmetic."""
+    """The tiny phone without TFLite, for the tests about the integer graph itself (the .tflite has its own test)."""
     text = tiny_device.read_text().replace('name = "tinyphone"', 'name = "tinyort"')
     text = text.replace('artifacts = ["onnx", "ort", "tflite"]', 'artifacts = ["onnx", "ort"]')
     path = tmp_path_factory.mktemp("devices") / "tinyort.toml"
@@ -267,7 +267,13 @@ def test_export_without_data_calibrates_on_the_built_in_sentences(tiny_checkpoin
     assert "of the built-in sentences held out for tuning" in report["data"]["tuned_on"]
 
 
-def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, tiny_data, tiny_device, tmp_path):
+def test_export_for_a_tflite_device_ships_a_bit_exact_full_integer_tflite(
+    tiny_checkpoint, tiny_data, tiny_device, tmp_path
+):
+    """Issue 14 part 6: the .tflite of the integer graph runs on LiteRT's integer kernels, gives ONNX Runtime's
+    logits to the bit, and computes in float only at the final dequantization (CAST and MUL of the logits)."""
+    import json
+
     result = CliRunner().invoke(
         main,
         [
@@ -281,10 +287,18 @@ def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, 
             str(tmp_path / "out"),
             "--quantize",
             "integer-only",
+            "--no-measure",
+            "--json",
         ],
     )
-    line = user_error(result, tmp_path / "out")
-    assert "integer-only models ship for ONNX Runtime only" in line and 'artifacts = ["onnx", "ort"]' in line
+    assert result.exit_code in (0, 3), result.output
+    artifacts = {a["file"]: a for a in json.loads(result.stdout)["artifacts"]}
+    tflite = artifacts["model.tflite"]
+    assert tflite["parity"]["max_abs_diff"] == 0.0
+    assert tflite["parity_vs_onnxruntime"]["max_abs_diff"] == 0.0
+    assert tflite["float_ops_inside"] == [] and tflite["float_ops"] == ["CAST", "MUL"]
+    assert tflite["op_histogram"]["BATCH_MATMUL"] == 2 * 8 + 2  # every MatMulInteger
+    assert not {"FULLY_CONNECTED", "SOFTMAX", "TANH", "GELU"} & set(tflite["op_histogram"])
 
 
 def test_export_reports_an_empty_float_audit_inside_the_model(tiny_checkpoint, tiny_data, ort_device, tmp_path):

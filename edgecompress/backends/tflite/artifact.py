@@ -363,7 +363,10 @@ def float_nodes_inside(nodes: list[dict]) -> list[str]:
     return [
         f"{op['op_name']} {op['outputs'][0]}"
         for op in nodes
-        if op["index"] in after and op["index"] in before and op["op_name"] not in _CONVERSIONS and _computes_in_float(op)
+        if op["index"] in after
+        and op["index"] in before
+        and op["op_name"] not in _CONVERSIONS
+        and _computes_in_float(op)
     ]
 
 

@@ -73,10 +73,16 @@ def reinterpret_cast(lw: Lowering, node) -> bool:
     `Cast(X, to=uint8)` read only by MatMulInteger -> written only if something else reads it: MatMulInteger
     takes its operand from before the Cast (`_signed_operand`)."""
     source, target = lw.dtype(node.input[0]), lw.dtype(node.output[0])
-    if source.itemsize == target.itemsize and source.kind in "iu" and target.kind in "iu" and _CARRIER.keys() & {
-        source,
-        target,
-    }:
+    if (
+        source.itemsize == target.itemsize
+        and source.kind in "iu"
+        and target.kind in "iu"
+        and _CARRIER.keys()
+        & {
+            source,
+            target,
+        }
+    ):
         lw.bind(node.output[0], lw.value(node.input[0]))
         return True
     if target == _U8 and all(r.op_type == "MatMulInteger" for r in lw.readers.get(node.output[0], [])):
@@ -248,7 +254,9 @@ def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None, amo
         big_a, small_a = big_amount, small_amount
         factor = w.const(1 << (32 - small_amount), np.int64)
     else:
-        big_a = w.op("MAXIMUM", [w.op("SUB", [amount, w.const(32, np.int32)], _I32, by), w.const(0, np.int32)], _I32, by)
+        big_a = w.op(
+            "MAXIMUM", [w.op("SUB", [amount, w.const(32, np.int32)], _I32, by), w.const(0, np.int32)], _I32, by
+        )
         small_a = w.op(
             "MINIMUM", [w.op("MAXIMUM", [amount, w.const(1, np.int32)], _I32, by), w.const(31, np.int32)], _I32, by
         )
@@ -269,7 +277,9 @@ def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None, amo
             return big
         if np.all((a >= 1) & (a < 32)):
             return small
-        return _select(w, w.const(a >= 32, np.bool_), big, _select(w, w.const(a == 0, np.bool_), x, small, shape), shape)
+        return _select(
+            w, w.const(a >= 32, np.bool_), big, _select(w, w.const(a == 0, np.bool_), x, small, shape), shape
+        )
     is_big = w.op("GREATER_EQUAL", [amount, w.const(32, np.int32)], _BOOL, by)
     is_zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, by)
     return _select(w, is_big, big, _select(w, is_zero, x, small, shape), shape)
@@ -362,4 +372,3 @@ def _signed_operand(lw: Lowering, w: _Writer, a: str, offset: int, shape) -> int
     if offset:
         wide = w.op("SUB", [wide, w.const(offset, dtype)], dtype, shape)
     return w.cast(wide, _I8, shape)
-
