@@ -3,8 +3,9 @@
 Four checks, in order: for an integer-only model, the op audit of each file (no float op between integer
 ops); each file against the reference model (the compressed torch model, or the input ONNX file), every
 text padded to the longest length; each non-ONNX-Runtime file against the ONNX Runtime file of the same
-export (one export must be one model on every runtime; bit-exact for an integer-only model); and, for a profile with length buckets, each file
-run the way the app runs it, every text at its bucket, against the same file at the longest length. A
+export (one export must be one model on every runtime; bit-exact for an integer-only model); and, for a
+profile with length buckets, each file run the way the app runs it, every text at its bucket, against the
+same file at the longest length. A
 quantized file of a runtime with an exact writer that misses the first or second check gets a second
 chance on ONNX Runtime's integer grids. The result carries every figure the report needs; nothing here
 writes outside the staging folder.
