@@ -70,6 +70,27 @@ def test_int64_div_by_a_run_time_divisor_truncates_like_onnx(tmp_path):
     exact(model, {"x": x, "d": divisors - 1}, tmp_path)
 
 
+def test_int64_floor_by_a_run_time_divisor_is_the_exact_division_alone(tmp_path):
+    """The integer-only graph's floor: `Div(Sub(y, Mod(y, d)), d)` divides a multiple of d, so no FLOOR_MOD of
+    its own and no truncation step (one FLOOR_MOD: the graph's Mod, plus the trailing-zero count's)."""
+    divisors = np.array([[1], [6], [384], [1 << 40], [999983]], np.int64)
+    y = np.array([INT64_EDGES[1:-1]] * len(divisors), np.int64)
+    nodes = [
+        helper.make_node("Add", ["d", "one"], ["divisor"]),
+        helper.make_node("Mod", ["y", "divisor"], ["r"], fmod=0),
+        helper.make_node("Sub", ["y", "r"], ["multiple"]),
+        helper.make_node("Div", ["multiple", "divisor"], ["q"]),
+    ]
+    model = build(
+        nodes,
+        [value("y", I64, list(y.shape)), value("d", I64, list(divisors.shape))],
+        [value("q", I64, list(y.shape))],
+        [const("one", np.array(1, np.int64))],
+    )
+    histogram = exact(model, {"y": y, "d": divisors - 1}, tmp_path)
+    assert histogram["FLOOR_MOD"] == 2 and "LOGICAL_AND" not in histogram
+
+
 def test_int32_div_keeps_the_truncating_div_builtin(tmp_path):
     x = np.array([[-(2**31) + 1, -7, -6, -5, -1, 0, 1, 5, 6, 7, 2**31 - 1]] * 3, np.int32)
     d = np.array([[3], [-3], [2**31 - 1]], np.int32)

@@ -96,27 +96,45 @@ def reinterpret_cast(lw: Lowering, node) -> bool:
 def int64_div(lw: Lowering, node) -> bool:
     """int64 `Div(X, D)` (ONNX: truncated toward zero) -> `FLOOR_MOD`, an exact division of `X - (X mod D)` by D
     (`_exact_quotient`) and the step from floor to truncation; other types keep the standard DIV (int32 DIV
-    truncates like ONNX, measured)."""
+    truncates like ONNX, measured). `Div(Sub(Y, Mod(Y, D)), D)`, how the integer-only graph floors by a run-time
+    divisor, divides a multiple of D: the exact division alone."""
     if lw.dtype(node.output[0]) != _I64:
         return False
-    shape = lw.shape(node.output[0])
-    w = _Writer(lw, shape)
+    w = _Writer(lw, lw.shape(node.output[0]))
     x, d = lw.value(node.input[0]), lw.value(node.input[1])
+    d_shape = lw.shape(node.input[1])
     divisor = lw.constant(node.input[1])
     if divisor is not None and not np.all(divisor != 0):
         raise lw.unsupported(node, "a constant divisor with a zero in it")
+    if _a_multiple(lw, node.input[0], node.input[1]):
+        lw.bind(node.output[0], _exact_quotient(w, x, d, divisor, d_shape))
+        return True
     remainder = w.op("FLOOR_MOD", [x, d], _I64)  # sign of d: x - r is a multiple of d, and (x - r) / d = floor
-    floor = _exact_quotient(w, w.op("SUB", [x, remainder], _I64), d, divisor, lw.shape(node.input[1]))
+    floor = _exact_quotient(w, w.op("SUB", [x, remainder], _I64), d, divisor, d_shape)
     # trunc = floor + 1 where the remainder is not 0 and x, d differ in sign
+    x_negative = w.op("LESS", [x, w.const(0, _I64)], _BOOL, lw.shape(node.input[0]))
+    if divisor is not None and np.all(divisor > 0):
+        signs_differ = x_negative
+    else:
+        signs_differ = w.op("NOT_EQUAL", [x_negative, _is_negative(w, d, divisor, d_shape)], _BOOL)
     inexact = w.op("NOT_EQUAL", [remainder, w.const(0, _I64)], _BOOL)
-    signs_differ = w.op(
-        "NOT_EQUAL",
-        [w.op("LESS", [x, w.const(0, _I64)], _BOOL), _is_negative(w, d, divisor, lw.shape(node.input[1]))],
-        _BOOL,
-    )
     step = w.cast(w.op("LOGICAL_AND", [inexact, signs_differ], _BOOL), _I64)
     w.op("ADD", [floor, step], _I64, out=node.output[0], options=lw.options("Add"))
     return True
+
+
+def _a_multiple(lw: Lowering, numerator: str, divisor: str) -> bool:
+    """`numerator` is `Sub(Y, Mod(Y, divisor))` with fmod=0: Y minus its floor remainder, a multiple of divisor."""
+    sub = lw.producers.get(numerator)
+    if sub is None or sub.op_type != "Sub":
+        return False
+    mod = lw.producers.get(sub.input[1])
+    return (
+        mod is not None
+        and mod.op_type == "Mod"
+        and not lw.attr(mod, "fmod", 0)
+        and list(mod.input) == [sub.input[0], divisor]
+    )
 
 
 def _is_negative(w: _Writer, d: int, constant: np.ndarray | None, shape) -> int:
@@ -244,15 +262,13 @@ def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None, amo
     with hi taken as unsigned for a logical shift, and a = 0 leaving x."""
     shape = tuple(w.shape if shape is None else shape)
     by = shape if amount_shape is None else tuple(amount_shape)  # a run-time amount's shape; it broadcasts to x
-    words = w.op("BITCAST", [x], _I32, shape + (2,))
-    lo, hi = (_word(w, words, k, shape) for k in (0, 1))
     constant = isinstance(amount, np.ndarray)
-    a = np.asarray(amount).astype(np.int64) if constant else None  # its own shape: it broadcasts
+    a = np.asarray(amount).astype(np.int64) if constant else np.zeros(0, np.int64)  # its own shape: it broadcasts
+    if constant and not a.any():
+        return x
+    words = w.op("BITCAST", [x], _I32, shape + (2,))
     if constant:
-        assert a is not None
-        big_amount, small_amount = np.asarray(np.maximum(a - 32, 0)), np.asarray(np.clip(a, 1, 31))
-        big_a, small_a = big_amount, small_amount
-        factor = w.const(1 << (32 - small_amount), np.int64)
+        big_a, small_a = np.asarray(np.maximum(a - 32, 0)), np.asarray(np.clip(a, 1, 31))
     else:
         big_a = w.op(
             "MAXIMUM", [w.op("SUB", [amount, w.const(32, np.int32)], _I32, by), w.const(0, np.int32)], _I32, by
@@ -260,29 +276,38 @@ def shift_right_64(w: _Writer, x: int, amount, *, logical: bool, shape=None, amo
         small_a = w.op(
             "MINIMUM", [w.op("MAXIMUM", [amount, w.const(1, np.int32)], _I32, by), w.const(31, np.int32)], _I32, by
         )
-        table = w.const([0] + [1 << (32 - k) for k in range(1, 32)], np.int64)
-        factor = w.op("GATHER", [table, small_a], _I64, by, options=w.lw.options("Gather", axis=0))
-    if logical:
-        big = _unsigned64(w, shift_right_32(w, hi, big_a, shape, by), shape)
-        high = _unsigned64(w, hi, shape)
-    else:
-        big_amount_t = w.const(big_a, np.int32) if constant else big_a
-        big = w.cast(w.op("RIGHT_SHIFT", [hi, big_amount_t], _I32, shape), _I64, shape)
-        high = w.cast(hi, _I64, shape)
-    low = w.cast(shift_right_32(w, lo, small_a, shape, by), _I64, shape)  # small_a >= 1: non-negative
-    small = w.op("ADD", [w.op("MUL", [high, factor], _I64, shape), low], _I64, shape)
+
+    def big() -> int:  # a >= 32: hi alone
+        hi = _word(w, words, 1, shape)
+        if not logical:
+            amount_t = w.const(big_a, np.int32) if constant else big_a
+            return w.cast(w.op("RIGHT_SHIFT", [hi, amount_t], _I32, shape), _I64, shape)
+        shifted = shift_right_32(w, hi, big_a, shape, by)
+        if constant and np.all(a > 32):  # a logical shift by 1 or more leaves a non-negative int32
+            return w.cast(shifted, _I64, shape)
+        return _unsigned64(w, shifted, shape)
+
+    def small() -> int:  # 1 <= a < 32
+        hi, lo = _word(w, words, 1, shape), _word(w, words, 0, shape)
+        high = _unsigned64(w, hi, shape) if logical else w.cast(hi, _I64, shape)
+        if constant:
+            factor = w.const(1 << (32 - small_a), np.int64)
+        else:
+            table = w.const([0] + [1 << (32 - k) for k in range(1, 32)], np.int64)
+            factor = w.op("GATHER", [table, small_a], _I64, by, options=w.lw.options("Gather", axis=0))
+        low = w.cast(shift_right_32(w, lo, small_a, shape, by), _I64, shape)  # small_a >= 1: non-negative
+        return w.op("ADD", [w.op("MUL", [high, factor], _I64, shape), low], _I64, shape)
+
     if constant:
-        assert a is not None
         if np.all(a >= 32):
-            return big
+            return big()
         if np.all((a >= 1) & (a < 32)):
-            return small
-        return _select(
-            w, w.const(a >= 32, np.bool_), big, _select(w, w.const(a == 0, np.bool_), x, small, shape), shape
-        )
-    is_big = w.op("GREATER_EQUAL", [amount, w.const(32, np.int32)], _BOOL, by)
-    is_zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, by)
-    return _select(w, is_big, big, _select(w, is_zero, x, small, shape), shape)
+            return small()
+        is_big, is_zero = w.const(a >= 32, np.bool_), w.const(a == 0, np.bool_)
+    else:
+        is_big = w.op("GREATER_EQUAL", [amount, w.const(32, np.int32)], _BOOL, by)
+        is_zero = w.op("EQUAL", [amount, w.const(0, np.int32)], _BOOL, by)
+    return _select(w, is_big, big(), _select(w, is_zero, x, small(), shape), shape)
 
 
 def _word(w: _Writer, words: int, k: int, shape) -> int:
