@@ -348,6 +348,24 @@ def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
     assert sqnr > 15, sqnr  # measured 18.3 dB (12 short texts, ranges calibrated on them)
 
 
+@pytest.mark.slow
+def test_minilm_integer_tflite_is_bit_exact(minilm_classifier, tmp_path):
+    """The real MiniLM's ranges (int64 LayerNorm sums, 24-bit requantizations, 384-wide rows) on LiteRT."""
+    from edgecompress.backends.tflite.artifact import run_tflite_artifact
+    from edgecompress.backends.tflite.lowering import lower_to_tflite
+
+    bundle = load_bundle(minilm_classifier)
+    feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=32, input_names=bundle.input_names)
+    model = bundle.module.hf_model
+    integer = integer_bert(model, calibrate(model, feeds, rows=len(TEXTS), percentile=100.0), where="minilm")
+    graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
+    fixed = FixShapes().run(graph, pass_context(seq_len=32, input_names=NAMES)).model
+    path = tmp_path / "model.tflite"
+    path.write_bytes(lower_to_tflite(fixed))
+    litert = run_tflite_artifact(path, feeds, output_name="logits", threads=1)
+    np.testing.assert_array_equal(litert, ort_logits(fixed, feeds, NAMES, optimize=True, batch=1))
+
+
 def _integer_hidden_states(integer, feeds) -> np.ndarray:
     from edgecompress.compress.integer_only.kernels import TORCH
     from edgecompress.compress.integer_only.program import embed, encoder_layer
