@@ -220,6 +220,7 @@ def test_matmul_integer_of_a_shifted_activation_is_an_int8_batch_matmul(tmp_path
     )
     histogram = exact(model, {"x": x}, tmp_path)
     assert histogram.get("BATCH_MATMUL") == 1 and "FULLY_CONNECTED" not in histogram
+    assert "ADD" not in histogram  # x itself feeds the matmul: the Add(x, 128) nothing reads is not written
 
 
 def test_matmul_integer_of_unsigned_probabilities_by_run_time_values(tmp_path):
