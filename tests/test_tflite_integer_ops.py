@@ -193,6 +193,17 @@ def test_left_shift_is_refused_by_name(tmp_path):
         lowered(model, tmp_path)
 
 
+def test_an_unsigned_value_compared_is_refused_by_name(tmp_path):
+    """uint32 travels as int32 bits: a Less on it would compare the wrong way for values above 2^31."""
+    nodes = [
+        helper.make_node("Cast", ["x"], ["u"], to=U32),
+        helper.make_node("Less", ["u", "u"], ["y"]),
+    ]
+    model = build(nodes, [value("x", I32, [2])], [value("y", TensorProto.BOOL, [2])])
+    with pytest.raises(UserError, match="cannot lower Cast node .*read by Less"):
+        lowered(model, tmp_path)
+
+
 # ---- MatMulInteger ----------------------------------------------------------------------------------------------
 
 

@@ -77,12 +77,10 @@ def reinterpret_cast(lw: Lowering, node) -> bool:
         source.itemsize == target.itemsize
         and source.kind in "iu"
         and target.kind in "iu"
-        and _CARRIER.keys()
-        & {
-            source,
-            target,
-        }
+        and {source, target} & set(_CARRIER)
     ):
+        if target in _CARRIER:
+            check_unsigned_readers(lw, node, node.output[0])
         lw.bind(node.output[0], lw.value(node.input[0]))
         return True
     if target == _U8 and all(r.op_type == "MatMulInteger" for r in lw.readers.get(node.output[0], [])):
@@ -90,6 +88,23 @@ def reinterpret_cast(lw: Lowering, node) -> bool:
             lw.defer(node.output[0], lambda: lw.emit("CAST", [lw.value(node.input[0])], out=node.output[0]))
             return True
     return False
+
+
+def check_unsigned_readers(lw: Lowering, node, name: str) -> None:
+    """An unsigned value carried in the signed type is right only where its readers do not compare, widen or
+    output it: a BitShift, or a Cast to the other type of its width (the integer-only graph's only uses)."""
+    width = lw.dtype(name).itemsize
+    for reader in lw.readers.get(name, []):
+        if reader.op_type == "BitShift" or (reader.op_type == "Cast" and lw.dtype(reader.output[0]).itemsize == width):
+            continue
+        raise lw.unsupported(
+            node,
+            f"its {lw.dtype(name)} result is read by {reader.op_type} '{reader.name}': LiteRT has no "
+            f"{lw.dtype(name)} arithmetic and carries the bits in the signed type, which only a BitShift or a "
+            "same-width Cast reads right",
+        )
+    if name in lw.graph_outputs:
+        raise lw.unsupported(node, f"its {lw.dtype(name)} result is a graph output (LiteRT has no such tensors)")
 
 
 @lowers_int8("Div")
@@ -221,6 +236,7 @@ def bit_shift(lw: Lowering, node) -> None:
         shifted = shift_right_32(w, x, amount, amount_shape=by)
     else:
         shifted = shift_right_64(w, x, amount, logical=True, amount_shape=by)
+    check_unsigned_readers(lw, node, node.output[0])
     lw.bind(node.output[0], shifted)
 
 
