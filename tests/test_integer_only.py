@@ -301,6 +301,26 @@ def test_export_for_a_tflite_device_ships_a_bit_exact_full_integer_tflite(
     assert not {"FULLY_CONNECTED", "SOFTMAX", "TANH", "GELU"} & set(tflite["op_histogram"])
 
 
+@pytest.mark.parametrize("diff, fails", [(0.0, False), (1e-7, True)], ids=["same-bits", "one-lsb-off"])
+def test_an_integer_only_file_must_match_onnx_runtime_to_the_bit(diff, fails):
+    """Both runtimes compute the same integers, so any difference is a lowering bug, however small."""
+    from edgecompress.backends import Artifact
+    from edgecompress.errors import VerificationError
+    from edgecompress.verify.artifacts import Verified, check_bit_exact
+
+    artifacts = [
+        Artifact("onnx", Path("model.onnx"), "onnxruntime"),
+        Artifact("tflite", Path("model.tflite"), "litert"),
+    ]
+    cross = {"max_abs_diff": diff, "against": "the ONNX Runtime artifact"}
+    verified = Verified(artifacts, [], [], [{}, {}], [None, cross])
+    if fails:
+        with pytest.raises(VerificationError, match="model.tflite is not bit-exact with the ONNX Runtime artifact"):
+            check_bit_exact(verified)
+    else:
+        check_bit_exact(verified)
+
+
 def test_export_reports_an_empty_float_audit_inside_the_model(tiny_checkpoint, tiny_data, ort_device, tmp_path):
     import json
 
