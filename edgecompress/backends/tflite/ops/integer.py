@@ -121,7 +121,7 @@ def int64_div(lw: Lowering, node) -> bool:
     divisor = lw.constant(node.input[1])
     if divisor is not None and not np.all(divisor != 0):
         raise lw.unsupported(node, "a constant divisor with a zero in it")
-    if _a_multiple(lw, node.input[0], node.input[1]):
+    if _a_multiple(lw, node.input[0], node.input[1]) and lw.shape(node.input[0]) == lw.shape(node.output[0]):
         lw.bind(node.output[0], _exact_quotient(w, x, d, divisor, d_shape))
         return True
     remainder = w.op("FLOOR_MOD", [x, d], _I64)  # sign of d: x - r is a multiple of d, and (x - r) / d = floor
