@@ -99,6 +99,10 @@ class Architecture:
     # Integer-only inference (I-BERT) covers the parts above and BERT's layer layout; families opt in once
     # every module of their classifier has an integer kernel (`not_applicable` may say what is missing).
     integer_only: ClassVar[bool] = False
+    # Progressive token elimination (compress/eliminate_tokens.py) wraps each encoder layer: families opt in when
+    # the encoder hands every layer one additive mask [batch, 1, queries or 1, keys], a layer returns its hidden
+    # states as one tensor, and the module at `self_attention_path` returns (output, probabilities).
+    token_elimination: ClassVar[bool] = False
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -140,6 +144,10 @@ class Architecture:
             output=_get(layer, self.attention_output_path),
             head_size=int(_get(layer, self.self_attention_path).attention_head_size),
         )
+
+    def self_attention(self, layer):
+        """The module computing one layer's attention; with eager attention it returns (output, probabilities)."""
+        return _get(layer, self.self_attention_path)
 
     def set_head_count(self, layer, count: int) -> None:
         """Record a pruned head count in the layer's attention module, which reshapes by it."""
@@ -183,6 +191,11 @@ class Architecture:
             return self.not_applicable[pass_name]
         if pass_name == "integer_only" and not self.integer_only:
             return "integer-only inference (I-BERT) has not been opted in for this family's parts"
+        if pass_name == "eliminate_tokens" and not self.token_elimination:
+            return (
+                "token elimination has not been opted in for this family (its layers' mask layout and "
+                "attention probabilities are not known to fit)"
+            )
         return None
 
     def position_pad(self, config: Mapping[str, Any]) -> int | None:
