@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from edgecompress.cli import main
 from edgecompress.compress._pruning import encoder_layers
-from edgecompress.compress.eliminate_tokens import EliminateTokens, predictions, significance
 from edgecompress.compress._taskdata import task_data
+from edgecompress.compress.eliminate_tokens import EliminateTokens, predictions, significance
 from edgecompress.errors import UserError
 from edgecompress.intake.data import load_dataset, tokenize
 from edgecompress.intake.model import load_bundle
@@ -57,6 +57,19 @@ def test_fewer_tokens_change_the_output_but_not_with_the_padding(bundle):
         n = int(own["attention_mask"].sum())
         alone = _logits(eliminated, {name: values[:, :n] for name, values in own.items()})
         torch.testing.assert_close(alone[0], padded[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "electra"])
+def test_families_with_bert_layers_take_it(family, tmp_path):
+    other = load_bundle(build_any_family_checkpoint(tmp_path / family, family))
+    eliminated, record = apply_pass(EliminateTokens(retention=[2], epochs=0), other, pass_context(other))
+    feeds = _feeds(other)
+    padded = _logits(eliminated, feeds)
+    assert not torch.allclose(padded, _logits(other, feeds), atol=1e-5), "keeping 2 tokens changed nothing"
+    own = _feeds(other, TEXTS[:1])
+    n = int(own["attention_mask"].sum())
+    alone = _logits(eliminated, {name: values[:, :n] for name, values in own.items()})
+    torch.testing.assert_close(alone[0], padded[0], atol=1e-5, rtol=1e-5)
 
 
 def test_significance_ranks_by_attention_received_cls_first_padding_last():
@@ -160,11 +173,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert fragment in user_error(result, out)
 
 
-def test_export_runs_on_onnx_runtime_and_litert(tiny_checkpoint, tiny_device, tiny_data, tmp_path, bundle):
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_export_runs_on_onnx_runtime_and_litert(family, tiny_checkpoint, tiny_device, tiny_data, tmp_path):
+    checkpoint = tiny_checkpoint if family == "bert" else build_any_family_checkpoint(tmp_path / family, family)
+    bundle = load_bundle(checkpoint)
     recipe = tmp_path / "eliminate.toml"
     recipe.write_text(RECIPE.format(retention="[4]"))
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, _export_args(tiny_checkpoint, tiny_device, tiny_data, out, recipe))
+    result = CliRunner().invoke(main, _export_args(checkpoint, tiny_device, tiny_data, out, recipe))
     assert result.exit_code == 0, result.output
     folder = out / "tinyphone"
     graph = onnx.load(str(folder / "model.onnx"))
