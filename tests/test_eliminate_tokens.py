@@ -41,7 +41,7 @@ def _logits(bundle, feeds):
 
 def test_retention_one_is_the_original_model_exactly(bundle):
     eliminated, record = apply_pass(EliminateTokens(retention=[1.0], epochs=0), bundle, pass_context(bundle))
-    assert record.fired and record.stats["keep"] == [16]
+    assert record.fired and record.stats["keep"] == [16] and not record.lossy
     feeds = _feeds(bundle)
     torch.testing.assert_close(_logits(eliminated, feeds), _logits(bundle, feeds), atol=0, rtol=0)
 

@@ -14,8 +14,9 @@ leaves that layer untouched, so retention 1.0 is the original model exactly.
 
 Retention is one value per layer but the last (after the last layer only [CLS] is read): floats are fractions
 of seq_len in (0, 1], ints are token counts from 1 to seq_len; non-increasing. `"search"` picks the counts on
-a held-out part of `--train-data`: greedy, each round halves the count at the one layer whose halving keeps the
-most predictions of the original model, while at least `agreement` of them are kept. Then the original model
+`search_texts` texts of `--train-data` (labels unused, before any training): greedy, each round halves the count
+at the one layer whose halving keeps the most predictions of the original model, while at least `agreement` of
+them are kept. Then the original model
 teaches the eliminating one (`_recovery.recover`) on logits only: the student's layers keep fewer tokens than
 the teacher's, so their outputs do not pair.
 
@@ -65,8 +66,8 @@ class EliminateTokens(RecoveringPass):
     runs_before = ("qat", "integer_only")
     # Tokens kept after each layer but the last: fractions of seq_len (floats) or counts (ints); or "search".
     retention: Any = None
-    agreement: float = 0.99  # "search": the share of held-out predictions of the original model to keep
-    search_texts: int = 256  # "search": held-out --train-data texts it judges on (not trained on)
+    agreement: float = 0.99  # "search": the share of the original model's predictions to keep
+    search_texts: int = 256  # "search": --train-data texts it judges on (a seeded sample)
     hidden_weight: float = 0.0  # the layer-output term cannot apply: the layers keep fewer tokens than the teacher's
 
     def requires(self, bundle, ctx: PassContext) -> None:
@@ -118,10 +119,10 @@ class EliminateTokens(RecoveringPass):
         layers = len(encoder_layers(new.module))
         notes = []
         if self.retention == "search":
-            held_out = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx), limit=self.search_texts)
-            keep, trail = search(new.module, held_out, ctx.seq_len, self.agreement)
+            texts = task_data(bundle, ctx.train_data, seq_len=training_seq_len(bundle, ctx), limit=self.search_texts)
+            keep, trail = search(new.module, texts, ctx.seq_len, self.agreement)
             notes.append(
-                f"searched on {len(held_out)} --train-data texts (agreement floor {self.agreement:.1%}): "
+                f"searched on {len(texts)} --train-data texts (agreement floor {self.agreement:.1%}): "
                 + "; ".join(trail)
             )
         else:
@@ -142,7 +143,9 @@ class EliminateTokens(RecoveringPass):
             "training_seconds": record["seconds"],
             "recovery": record,
         }
-        return PassResult(new, notes, stats, lossy=True)
+        # Every count at seq_len and no training: the original model exactly, verified at the float tolerance.
+        lossy = min(keep) < ctx.seq_len or record["steps"] > 0
+        return PassResult(new, notes, stats, lossy=lossy)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         layers = encoder_layers(result.model.module)
@@ -249,7 +252,9 @@ def unwrap(module, handles: list) -> None:
     for handle in handles:
         handle.remove()
     layers = encoder_layers(module)
-    architecture_of(module).set_layers(module.hf_model, torch.nn.ModuleList([layer.layer for layer in layers]))
+    architecture_of(module).set_layers(
+        module.hf_model, torch.nn.ModuleList([layer.get_submodule("layer") for layer in layers])
+    )
 
 
 def predictions(module, data: TaskData, batch_size: int = 64) -> torch.Tensor:
@@ -264,14 +269,14 @@ def predictions(module, data: TaskData, batch_size: int = 64) -> torch.Tensor:
     return out
 
 
-def search(module, held_out: TaskData, seq_len: int, agreement: float) -> tuple[list[int], list[str]]:
+def search(module, texts: TaskData, seq_len: int, agreement: float) -> tuple[list[int], list[str]]:
     """Greedy per-layer halving under an agreement floor with the unchanged model; (counts, what each round did)."""
     layers = len(encoder_layers(module))
-    reference = predictions(module, held_out)
-    longest = max(len(ids) for ids in held_out.ids)
-    # Counts at or above the longest held-out text change nothing there: start from it, not from seq_len.
+    reference = predictions(module, texts)
+    longest = max(len(ids) for ids in texts.ids)
+    # Counts at or above the longest search text change nothing there: start from it, not from seq_len.
     keep = [min(seq_len, longest)] * (layers - 1)
-    trail = [f"start {keep} (longest held-out text: {longest} tokens)"]
+    trail = [f"start {keep} (longest search text: {longest} tokens)"]
     while True:
         best: tuple[float, list[int]] | None = None
         for i in range(layers - 1):
@@ -280,7 +285,7 @@ def search(module, held_out: TaskData, seq_len: int, agreement: float) -> tuple[
             trial = keep[:i] + [min(k, max(1, keep[i] // 2)) for k in keep[i:]]
             handles = eliminate(module, trial)
             try:
-                agreed = float((predictions(module, held_out) == reference).float().mean())
+                agreed = float((predictions(module, texts) == reference).float().mean())
             finally:
                 unwrap(module, handles)
             if agreed >= agreement and (best is None or agreed > best[0]):
@@ -289,6 +294,6 @@ def search(module, held_out: TaskData, seq_len: int, agreement: float) -> tuple[
             break
         keep = best[1]
         trail.append(f"{keep}: {best[0]:.1%}")
-    if keep[0] == min(seq_len, longest) and seq_len > longest:
-        trail.append(f"no layer could be halved; counts from {longest} up keep every held-out token")
+    if len(trail) == 1:
+        trail.append("no layer could be halved above the floor")
     return [min(k, seq_len) for k in keep], trail
