@@ -99,9 +99,12 @@ class Architecture:
     # Integer-only inference (I-BERT) covers the parts above and BERT's layer layout; families opt in once
     # every module of their classifier has an integer kernel (`not_applicable` may say what is missing).
     integer_only: ClassVar[bool] = False
-    # Progressive token elimination (compress/eliminate_tokens.py) wraps each encoder layer: families opt in when
-    # the encoder hands every layer one additive mask [batch, 1, queries or 1, keys], a layer returns its hidden
-    # states as one tensor, and the module at `self_attention_path` returns (output, probabilities).
+    # Progressive token elimination (compress/eliminate_tokens.py) keeps tokens between a layer's attention and its
+    # feed-forward: families opt in when, as in BERT's layer code, the encoder hands every layer one additive mask
+    # [batch, 1, queries or 1, keys], the module at `attention_block_path` returns (output after its residual and
+    # LayerNorm, attention probabilities) under eager attention, and `feed_forward_method` runs the rest.
+    attention_block_path: ClassVar[str] = "attention"
+    feed_forward_method: ClassVar[str] = "feed_forward_chunk"
     token_elimination: ClassVar[bool] = False
 
     @property
@@ -145,9 +148,13 @@ class Architecture:
             head_size=int(_get(layer, self.self_attention_path).attention_head_size),
         )
 
-    def self_attention(self, layer):
-        """The module computing one layer's attention; with eager attention it returns (output, probabilities)."""
-        return _get(layer, self.self_attention_path)
+    def attention_block(self, layer):
+        """One layer's attention with its residual and LayerNorm (see `attention_block_path`)."""
+        return _get(layer, self.attention_block_path)
+
+    def feed_forward(self, layer, hidden):
+        """One layer's feed-forward with its residual and LayerNorm, on the attention block's output."""
+        return getattr(layer, self.feed_forward_method)(hidden)
 
     def set_head_count(self, layer, count: int) -> None:
         """Record a pruned head count in the layer's attention module, which reshapes by it."""

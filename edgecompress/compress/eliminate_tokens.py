@@ -1,24 +1,25 @@
-"""Progressive token elimination (PoWER-BERT, Goyal et al. 2020): after each encoder layer keep only the k_i
-tokens that received the most attention in that layer; later layers run on fewer tokens.
+"""Progressive token elimination (PoWER-BERT, Goyal et al. 2020): in each encoder layer, between its attention
+and its feed-forward, keep only the k_i tokens that received the most attention in that layer; the feed-forward
+and every later layer run on fewer tokens.
 
-Before -> After (6 layers, retention [64, 32, 32, 16, 16] at seq_len 128):
-    layer_i(h [B, n_i, H])  ->  layer_i(h [B, n_i, H]) ; TopK(significance, k_i) ; GatherElements(h) ; Gather(mask)
-    with n_0 = 128 and n_(i+1) = k_i: every shape is static, as mobile runtimes want.
+Before -> After (6 layers, retention [64, 32, 32, 16, 16] at seq_len 128), layer i:
+    FFN(Attention(h [B, n_i, H]))  ->  FFN(GatherElements(Attention(h), TopK(significance, k_i)))  [B, k_i, H]
+    n_0 = 128, n_(i+1) = k_i, and the last layer's FFN runs on [CLS] alone (k = 1, a slice): static shapes.
 
 Significance of token j = the attention probability it receives in layer i, summed over heads and over the
 real (non-padding) query rows. Padding always ranks below every real token and [CLS] above all, so [CLS]
 stays first (the classifier head reads it) and padding goes before any real token. Because the counts are
 absolute, a text of n real tokens gives the same output whatever it is padded to: a layer whose k_i >= n keeps
 every real token; below that it keeps the same top-k_i real ones. A k_i at least the layer's input length
-leaves that layer untouched, so retention 1.0 is the original model exactly.
+leaves that layer whole. The head reads [CLS] alone, so the last layer's [CLS]-only feed-forward is exact and
+retention 1.0 gives the original model's outputs (up to float rounding: the FFN multiplies one row, not n).
 
-Retention is one value per layer but the last (after the last layer only [CLS] is read): floats are fractions
-of seq_len in (0, 1], ints are token counts from 1 to seq_len; non-increasing. `"search"` picks the counts on
-`search_texts` texts of `--train-data` (labels unused, before any training): greedy, each round halves the count
-at the one layer whose halving keeps the most predictions of the original model, while at least `agreement` of
-them are kept. Then the original model
-teaches the eliminating one (`_recovery.recover`) on logits only: the student's layers keep fewer tokens than
-the teacher's, so their outputs do not pair.
+Retention is one value per layer but the last: floats are fractions of seq_len in (0, 1], ints are token
+counts from 1 to seq_len; non-increasing. `"search"` picks the counts on `search_texts` texts of `--train-data`
+(labels unused, before any training): greedy, each round halves the count at the one layer whose halving keeps
+the most predictions of the original model, while at least `agreement` of them are kept. Then the original
+model teaches the eliminating one (`_recovery.recover`) on logits only: the student's layers keep fewer tokens
+than the teacher's, so their outputs do not pair.
 
 Only classifiers that read the first token (sequence classification, multi-label, regression) qualify: a
 token-level or pooled output needs every token. The layers' attention probabilities feed the significance, and
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from edgecompress.architectures import architecture_of
+from edgecompress.architectures import architecture_for, architecture_of
 from edgecompress.compress._pruning import cloned, encoder_layers
 from edgecompress.compress._recovery import RecoveringPass
 from edgecompress.compress._taskdata import TaskData, task_data, training_seq_len
@@ -131,15 +132,21 @@ class EliminateTokens(RecoveringPass):
         new.unfused_attention = UNFUSED
         record, recovery_note = self.recover(new, bundle, ctx)
         full = ctx.seq_len * layers
-        processed = ctx.seq_len + sum(keep)
-        notes.insert(0, f"tokens kept after layers 1-{layers - 1} of {layers}: {keep} of {ctx.seq_len}")
-        notes.append(f"token-layers processed at seq_len {ctx.seq_len}: {processed} of {full} ({processed / full:.0%})")
+        # Per layer, attention (Q/K/V and output, 4 H x H) at the tokens it gets, feed-forward (8 H x H) at k_i.
+        ffn = [*keep, 1]
+        processed = sum(n / 3 + k * 2 / 3 for n, k in zip([ctx.seq_len, *keep], ffn))
+        notes.insert(
+            0, f"tokens kept before the feed-forward of layers 1-{layers}: {ffn} of {ctx.seq_len} (the last: [CLS])"
+        )
+        notes.append(
+            f"dense work at seq_len {ctx.seq_len}: {processed / full:.0%} of the original's (token x layer, "
+            "attention weighted 1/3, feed-forward 2/3; attention scores not counted)"
+        )
         notes.append(recovery_note)
         stats = {
             "keep": keep,
             "seq_len": ctx.seq_len,
-            "token_layers": processed,
-            "token_layers_before": full,
+            "dense_work_fraction": round(processed / full, 4),
             "training_seconds": record["seconds"],
             "recovery": record,
         }
@@ -149,7 +156,7 @@ class EliminateTokens(RecoveringPass):
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
         layers = encoder_layers(result.model.module)
-        if [layer.keep for layer in layers[:-1]] != result.stats["keep"]:
+        if [layer.keep for layer in layers] != [*result.stats["keep"], 1]:
             raise InternalError(f"{self.name}: the wrapped layers do not keep the recorded counts")
 
 
@@ -186,34 +193,35 @@ class _Tokens:
 
 
 class EliminatingLayer(torch.nn.Module):
-    """One encoder layer, then (when `keep` is below its input length) its `keep` most-attended tokens only."""
+    """One encoder layer that keeps, between its attention and its feed-forward, only its `keep` most-attended
+    tokens (when `keep` is below its input length). `keep` 1 is [CLS] alone, which ranks first: a slice."""
 
-    def __init__(self, layer, keep: int, first: bool, tokens: _Tokens):
+    def __init__(self, layer, keep: int, first: bool, tokens: _Tokens, model_type: str):
         super().__init__()
         self.layer = layer
         self.keep = keep
         self.first = first
         self.tokens = tokens
-        self._probabilities: torch.Tensor | None = None
+        self.model_type = model_type  # the family (a name, not the object: modules are deep-copied)
 
-    def keep_probabilities(self, module, args, output) -> None:
-        self._probabilities = output[1]
-
-    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
+        family = architecture_for(self.model_type)
         if self.first:
             self.tokens.mask = attention_mask
         mask = self.tokens.mask
-        out = self.layer(hidden_states, mask, *args, **kwargs)
-        if self.keep >= out.shape[1]:
-            return out
-        if self._probabilities is None:
-            raise InternalError("eliminate_tokens: the layer's attention gave no probabilities (not eager?)")
-        real = _real_tokens(mask, out)
-        top = torch.topk(significance(self._probabilities, real), self.keep, dim=1).indices
-        self._probabilities = None
-        kept_real = torch.gather(real, 1, top)
-        self.tokens.mask = (1.0 - kept_real)[:, None, None, :] * torch.finfo(out.dtype).min
-        return torch.gather(out, 1, top.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
+        kwargs.pop("encoder_attention_mask", None)  # an encoder classifier has no cross-attention
+        attended, probabilities = family.attention_block(self.layer)(hidden_states, mask, **kwargs)
+        if self.keep == 1:
+            attended = attended[:, :1]
+            self.tokens.mask = None if mask is None else mask[:, :, :1, :1]  # [CLS] is real
+        elif self.keep < attended.shape[1]:
+            if probabilities is None:
+                raise InternalError("eliminate_tokens: the layer's attention gave no probabilities (not eager?)")
+            real = _real_tokens(mask, attended)
+            top = torch.topk(significance(probabilities, real), self.keep, dim=1).indices
+            self.tokens.mask = (1.0 - torch.gather(real, 1, top))[:, None, None, :] * torch.finfo(attended.dtype).min
+            attended = torch.gather(attended, 1, top.unsqueeze(-1).expand(-1, -1, attended.shape[-1]))
+        return family.feed_forward(self.layer, attended)
 
 
 def _real_tokens(mask, hidden) -> torch.Tensor:
@@ -232,25 +240,20 @@ def significance(probabilities: torch.Tensor, real: torch.Tensor) -> torch.Tenso
     return torch.where(first, torch.full_like(received, _FIRST), received)
 
 
-def eliminate(module, keep: list[int]) -> list:
-    """Wrap the encoder layers of `module` (in place) to keep `keep[i]` tokens after layer i; returns the
-    attention hooks' handles (for `unwrap`)."""
+def eliminate(module, keep: list[int]) -> None:
+    """Wrap the encoder layers of `module` (in place): layer i keeps `keep[i]` tokens before its feed-forward, the
+    last layer [CLS] alone (the head reads nothing else, so that one is exact)."""
     architecture = architecture_of(module)
     tokens = _Tokens()
-    everything = 1 << 30  # the last layer keeps every token: only [CLS] is read after it
-    wrapped, handles = [], []
-    for i, (layer, k) in enumerate(zip(encoder_layers(module), [*keep, everything])):
-        wrapped.append(EliminatingLayer(layer, k, i == 0, tokens))
-        # A bound method, not a closure: deepcopy (`cloned`) then binds the copy's hook to the copy's wrapper.
-        handles.append(architecture.self_attention(layer).register_forward_hook(wrapped[-1].keep_probabilities))
+    wrapped = [
+        EliminatingLayer(layer, k, i == 0, tokens, architecture.model_type)
+        for i, (layer, k) in enumerate(zip(encoder_layers(module), [*keep, 1]))
+    ]
     architecture.set_layers(module.hf_model, torch.nn.ModuleList(wrapped))
-    return handles
 
 
-def unwrap(module, handles: list) -> None:
-    """Undo `eliminate`: the plain layers back, their attention hooks removed (the search tries many schedules)."""
-    for handle in handles:
-        handle.remove()
+def unwrap(module) -> None:
+    """Undo `eliminate`: the plain layers back (the search tries many schedules on one model)."""
     layers = encoder_layers(module)
     architecture_of(module).set_layers(
         module.hf_model, torch.nn.ModuleList([layer.get_submodule("layer") for layer in layers])
@@ -283,11 +286,11 @@ def search(module, texts: TaskData, seq_len: int, agreement: float) -> tuple[lis
             if keep[i] == 1:
                 continue
             trial = keep[:i] + [min(k, max(1, keep[i] // 2)) for k in keep[i:]]
-            handles = eliminate(module, trial)
+            eliminate(module, trial)
             try:
                 agreed = float((predictions(module, texts) == reference).float().mean())
             finally:
-                unwrap(module, handles)
+                unwrap(module)
             if agreed >= agreement and (best is None or agreed > best[0]):
                 best = (agreed, trial)
         if best is None:
