@@ -69,8 +69,6 @@ class PassContext:
     # verification holds a lossy artifact to. Quantization passes judge their trials by it, so that what they
     # accept also passes verification; None outside an export (a test's own context): argmax flips instead.
     task: Any = None
-    # Why attention must stay unfused in this model ("": fuse it), from the compressed model (ModelBundle).
-    unfused_attention: str = ""
 
     @property
     def dynamic_sequence(self) -> bool:

@@ -403,7 +403,6 @@ def _pass_context(bundle, profile, calibration, train_data, calibration_source: 
         buckets=runtime.buckets,
         architecture=bundle.architecture,
         task=bundle.task,
-        unfused_attention=bundle.unfused_attention,
     )
 
 

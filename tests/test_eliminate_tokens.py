@@ -189,7 +189,7 @@ def test_export_runs_on_onnx_runtime_and_litert(family, tiny_checkpoint, tiny_de
     folder = out / "tinyphone"
     graph = onnx.load(str(folder / "model.onnx"))
     ops = [node.op_type for node in graph.graph.node]
-    assert "TopK" in ops and "Attention" not in ops
+    assert ops.count("TopK") == 1 and ops.count("Attention") == 2, "an eliminating layer's attention did not fuse"
     # The shipped graph computes what the eliminating torch model computes, on real texts.
     eliminated, _ = apply_pass(EliminateTokens(retention=[4], epochs=0), bundle, pass_context(bundle))
     feeds = _feeds(bundle)
@@ -197,6 +197,4 @@ def test_export_runs_on_onnx_runtime_and_litert(family, tiny_checkpoint, tiny_de
     got = ort_logits(graph, feeds, bundle.input_names, optimize=True, batch=1)
     assert abs(got - expected).max() < 1e-4
     assert (folder / "model.tflite").stat().st_size > 0  # the export verified it against the ONNX Runtime file
-    report = (folder / "report.md").read_text()
-    assert "attention left unfused in every layer" in report
     assert encoder_layers(eliminated.module)[0].keep == 4

@@ -8,19 +8,21 @@ buckets do without any training. Every row is therefore compared with two baseli
   float-padded-128   the default recipe, one length of 128 (every text padded to 128)
   float-bucketed     the default recipe, buckets 16/32/64/128: the .ort file runs each text at its own length
                      (timed at each text's length rounded up to 8 tokens), the .tflite at its smallest bucket
-  unfused-1.0        eliminate_tokens with retention 1.0 everywhere: the original model exactly, with attention
-                     left unfused (what elimination's ranking costs by itself)
-  keep-64            retention [64]*5: no Rotten Tomatoes text is cut (see the longest-text line), pure padding drop
+  cls-only-1.0       eliminate_tokens with retention 1.0 everywhere: nothing is eliminated, only the last layer's
+                     feed-forward runs on [CLS] alone (exact: the original model's outputs)
+  keep-64            retention [64]*5: cuts only texts longer than 64 tokens (the run prints the longest)
   keep-48-16         retention [48, 32, 32, 16, 16]
   keep-32-8          retention [32, 16, 16, 8, 8]
   search-99          retention "search", agreement 0.99 on 256 --train-data texts
 
-Elimination rows (one length, 128; static shapes) recover by 1 epoch of distillation on `--train-texts` texts
-of the train split (keep-64 and unfused-1.0: none, they need none). Accuracy: the export's own scoring of the
-.ort file on the test split (every text; `--limit N` takes the first N); agreement: the same figure's agreement
-with the teacher. Latency: the standalone runners (runtimes/), synthetic inputs of the length each file runs
-at, `--rounds` interleaved rounds of `--runs` runs per file and length, so load hits all rows alike; p50 over the
-pooled runs, for float-bucketed weighted by the test texts' lengths (nearest rank). The load average is printed.
+Retention lists give the tokens each of layers 1-5 keeps between its attention and its feed-forward; layer 6's
+feed-forward runs on [CLS] alone in every elimination row. Elimination rows (one length, 128; static shapes)
+recover by 1 epoch of distillation on `--train-texts` texts of the train split (keep-64 and cls-only-1.0: none).
+Accuracy: the export's own scoring of the .ort file on the test split (every text; `--limit N` takes the first
+N); agreement: the same figure's agreement with the teacher. Latency: the standalone runners (runtimes/),
+synthetic inputs of the length each file runs at, `--rounds` interleaved rounds of `--runs` runs per file and
+length, so load hits all rows alike; p50 over the pooled runs, for float-bucketed weighted by the test texts'
+lengths (nearest rank). The load average is printed.
 
     python tools/bench_token_elimination.py --work DIR [--train-texts 4000] [--rounds 5 --runs 20] [--reuse]
     python tools/bench_token_elimination.py --work DIR --limit 64 --rounds 1 --runs 3    # smoke run (~6 min)
@@ -72,7 +74,7 @@ def _eliminate(retention: str, recovery: str) -> str:
 VARIANTS: dict[str, tuple[str | None, bool]] = {
     "float-padded-128": (None, False),
     "float-bucketed": (None, True),
-    "unfused-1.0": (_eliminate("[1.0, 1.0, 1.0, 1.0, 1.0]", "epochs = 0\n"), False),
+    "cls-only-1.0": (_eliminate("[1.0, 1.0, 1.0, 1.0, 1.0]", "epochs = 0\n"), False),
     "keep-64": (_eliminate("[64, 64, 64, 64, 64]", "epochs = 0\n"), False),
     "keep-48-16": (_eliminate("[48, 32, 32, 16, 16]", RECOVERY), False),
     "keep-32-8": (_eliminate("[32, 16, 16, 8, 8]", RECOVERY), False),
@@ -220,7 +222,7 @@ def measure_interleaved(rows: dict, lengths: list[int], args) -> dict:
 
 def print_table(rows: dict, p50: dict) -> None:
     print(
-        "| variant | tokens kept after layers 1-5 | .ort MB | ORT p50 ms | LiteRT p50 ms "
+        "| variant | tokens kept in layers 1-5 (6: [CLS]) | .ort MB | ORT p50 ms | LiteRT p50 ms "
         "| speed-up vs padded ORT / LiteRT | speed-up vs bucketed ORT / LiteRT | test accuracy "
         "| agreement with teacher | training s (pass s) |"
     )

@@ -152,6 +152,23 @@ class Architecture:
         """One layer's attention with its residual and LayerNorm (see `attention_block_path`)."""
         return _get(layer, self.attention_block_path)
 
+    def attention_probabilities(self, layer, hidden, mask):
+        """One layer's attention probabilities [batch, heads, queries, keys] recomputed from its Q and K weights,
+        softmax(Q K^T / sqrt(head size) + mask) as eager attention computes them, for a pass that reads them
+        beside an attention ONNX Runtime fuses into one op that does not output them. Written so that no node
+        equals one of the attention's (Q^T and K^T taken as W hidden^T, the scale folded into W_q): the
+        TorchScript exporter would merge equal nodes, and the fuser then delete what this reads."""
+        parts = self.attention(layer)
+        batch, tokens = hidden.shape[:2]
+        heads, size = parts.query.out_features // parts.head_size, parts.head_size
+        scale = size**-0.5
+        hidden_t = hidden.transpose(1, 2)  # the fuser wants exactly 3 MatMuls reading the layer's input
+        query_t = (parts.query.weight * scale) @ hidden_t + (parts.query.bias * scale)[:, None]
+        key_t = parts.key.weight @ hidden_t + parts.key.bias[:, None]  # [batch, heads x size, tokens]
+        query = query_t.view(batch, heads, size, tokens).transpose(2, 3)
+        scores = query @ key_t.view(batch, heads, size, tokens)
+        return (scores if mask is None else scores + mask).softmax(dim=-1)
+
     def feed_forward(self, layer, hidden):
         """One layer's feed-forward with its residual and LayerNorm, on the attention block's output."""
         return getattr(layer, self.feed_forward_method)(hidden)

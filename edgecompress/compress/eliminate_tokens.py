@@ -22,11 +22,14 @@ model teaches the eliminating one (`_recovery.recover`) on logits only: the stud
 than the teacher's, so their outputs do not pair.
 
 Only classifiers that read the first token (sequence classification, multi-label, regression) qualify: a
-token-level or pooled output needs every token. The layers' attention probabilities feed the significance, and
-ONNX Runtime's fuser fuses attention without checking for other readers of its Softmax (measured, onnxruntime
-1.31: the graph it returned had lost the tensor the ranking reads). So the model asks the graph stage to leave
-attention unfused in every layer (`ModelBundle.unfused_attention`); the report's pass notes say so, and
-retention 1.0 measures what that alone costs.
+token-level or pooled output needs every token.
+
+ONNX Runtime fuses each layer's attention into one `Attention` op, which does not output its probabilities;
+its fuser does not check whether anything else reads them (measured, onnxruntime 1.31: reading the eager
+attention's probabilities left a graph that had lost them). So the ranking recomputes them beside the attention
+from the layer's Q and K weights (`Architecture.attention_probabilities`: two extra H x H products and the
+scores per eliminating layer), and the kept tokens' mask is written in a form the fuser takes: every layer's
+attention still fuses, and the export's fusion check holds it to that.
 """
 
 from __future__ import annotations
@@ -46,10 +49,6 @@ from edgecompress.passes import PassContext, PassResult, PassSkipped, register_p
 
 log = logging.getLogger(__name__)
 
-UNFUSED = (
-    "token elimination ranks tokens by the attention probabilities, which ONNX Runtime's fused Attention does not "
-    "output (its fuser drops the Softmax they are read from)"
-)
 # Above any significance (at most heads x queries): [CLS] is always kept, and kept first.
 _FIRST = 1e9
 
@@ -129,7 +128,6 @@ class EliminateTokens(RecoveringPass):
         else:
             keep = counts(self.retention, layers, ctx.seq_len, self.name)
         eliminate(new.module, keep)
-        new.unfused_attention = UNFUSED
         record, recovery_note = self.recover(new, bundle, ctx)
         full = ctx.seq_len * layers
         # Per layer, attention (Q/K/V and output, 4 H x H) at the tokens it gets, feed-forward (8 H x H) at k_i.
@@ -210,25 +208,37 @@ class EliminatingLayer(torch.nn.Module):
             self.tokens.mask = attention_mask
         mask = self.tokens.mask
         kwargs.pop("encoder_attention_mask", None)  # an encoder classifier has no cross-attention
-        attended, probabilities = family.attention_block(self.layer)(hidden_states, mask, **kwargs)
+        attended, _ = family.attention_block(self.layer)(hidden_states, mask, **kwargs)
         if self.keep == 1:
             attended = attended[:, :1]
             self.tokens.mask = None if mask is None else mask[:, :, :1, :1]  # [CLS] is real
         elif self.keep < attended.shape[1]:
-            if probabilities is None:
-                raise InternalError("eliminate_tokens: the layer's attention gave no probabilities (not eager?)")
+            # Recomputed beside the attention, not read from it: ONNX Runtime fuses the attention into one op
+            # that does not output its probabilities (the same numbers: the same formula on the same inputs).
+            probabilities = family.attention_probabilities(self.layer, hidden_states, mask)
             real = _real_tokens(mask, attended)
-            top = torch.topk(significance(probabilities, real), self.keep, dim=1).indices
-            self.tokens.mask = (1.0 - torch.gather(real, 1, top))[:, None, None, :] * torch.finfo(attended.dtype).min
+            top = torch.topk(significance(probabilities, real.to(attended.dtype)), self.keep, dim=1).indices
+            self.tokens.mask = _additive_mask(torch.gather(real, 1, top), attended.dtype)
             attended = torch.gather(attended, 1, top.unsqueeze(-1).expand(-1, -1, attended.shape[-1]))
         return family.feed_forward(self.layer, attended)
 
 
+def _additive_mask(real: torch.Tensor, dtype) -> torch.Tensor:
+    """[batch, 1, tokens, tokens]: 0 where the key is a real token, the dtype's minimum where it is padding.
+
+    Written as transformers 4 wrote its SDPA mask (Unsqueeze, Unsqueeze, Expand, Cast, Sub, then Where on the
+    inverted mask), one of the forms ONNX Runtime's attention fuser takes a mask in: BERT's older form starts
+    with a Mul, and the fuser, looking for a Mul beside the scores, meets transformers 5's scaling Mul first."""
+    batch, tokens = real.shape
+    inverted = 1.0 - real.unsqueeze(1).unsqueeze(2).expand(batch, 1, tokens, tokens).to(dtype)
+    return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
+
+
 def _real_tokens(mask, hidden) -> torch.Tensor:
-    """1.0 for the tokens the additive mask lets be attended, 0.0 for padding ([batch, tokens])."""
+    """1 for the tokens the additive mask lets be attended, 0 for padding ([batch, tokens], int64)."""
     if mask is None:
-        return torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-    return (mask[:, 0, 0, :] == 0).to(hidden.dtype)
+        return torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    return (mask[:, 0, 0, :] == 0).long()
 
 
 def significance(probabilities: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

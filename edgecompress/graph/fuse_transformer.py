@@ -58,9 +58,6 @@ class FuseTransformer(Pass):
         expected = family.expected_fused_attention(blocks) if family else blocks
         ir_version = model.ir_version  # the fuser may change it
         options = FusionOptions(model_type)
-        if ctx.unfused_attention:  # the fuser would fuse away tensors the model reads elsewhere
-            options.enable_attention = False
-            expected = 0
         with captured_library_output() as library_notes:
             # 0 lets the fuser read heads and width off the graph (ONNX intake has no config).
             optimized: BertOnnxModel = optimize_by_fusion(
@@ -73,18 +70,14 @@ class FuseTransformer(Pass):
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
         result = optimized.model  # `model` itself, rewritten
         result.ir_version = ir_version
-        own_rule = family is not None and family.own_attention_fusion and not ctx.unfused_attention
-        ours, own_notes = _own_attention(result, ctx) if own_rule else (0, [])
+        ours, own_notes = _own_attention(result, ctx) if family and family.own_attention_fusion else (0, [])
         if ours:
             fused["MultiHeadAttention"] = fused.get("MultiHeadAttention", 0) + ours
         _ensure_opset_import(result, "com.microsoft", 1)
         notes = [", ".join(f"{n} {op}" for op, n in sorted(fused.items())) or "no subgraph fused"]
         notes += own_notes + [f"onnxruntime.transformers said: {line}" for line in library_notes]
-        if ctx.unfused_attention:
-            notes.append(f"attention left unfused in every layer: {ctx.unfused_attention}")
         attention = sum(fused.get(op, 0) for op in _ATTENTION_OPS)
-        short = attention < blocks and family is not None and attention >= expected  # else `ensures` fails
-        if short and not ctx.unfused_attention:
+        if attention < blocks and family is not None and attention >= expected:  # short of it: `ensures` fails
             why = family.unfused_attention or "the fuser has no pattern for it"
             unfused = f"{blocks - attention} of {blocks} layers"
             notes.append(f"attention runs unfused for {family.family} in {unfused}: {why}")

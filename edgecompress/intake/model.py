@@ -63,9 +63,6 @@ class ModelBundle:
     # Tolerance of artifact parity for a model that is not float (an integer-only model: one least-significant
     # bit of its output scale); None: the float tolerance, FLOAT_PARITY_ATOL.
     parity_atol: float | None = None
-    # Why the graph stage must leave attention unfused ("": fuse it). Token elimination ranks tokens by the
-    # attention probabilities, which ONNX Runtime's fused Attention does not output (its fuser would drop them).
-    unfused_attention: str = ""
 
     @property
     def kind(self) -> str:
