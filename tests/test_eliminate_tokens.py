@@ -74,6 +74,22 @@ def test_families_with_bert_layers_take_it(family, tmp_path):
     torch.testing.assert_close(alone[0], padded[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "electra"])
+def test_recomputed_probabilities_are_the_attentions_own(family, tmp_path, tiny_checkpoint):
+    """The ranking reads probabilities recomputed beside the attention (which ONNX Runtime fuses): the same
+    numbers eager attention computes, padding columns included."""
+    checkpoint = tiny_checkpoint if family == "bert" else build_any_family_checkpoint(tmp_path / family, family)
+    other = load_bundle(checkpoint)
+    architecture, layer = other.architecture, encoder_layers(other.module)[0]
+    hidden = torch.randn(2, 5, other.hidden_size)
+    mask = torch.zeros(2, 1, 5, 5)
+    mask[1, ..., 3:] = torch.finfo(torch.float32).min
+    with torch.no_grad():
+        _, eager = architecture.attention_block(layer)(hidden, mask)
+        recomputed = architecture.attention_probabilities(layer, hidden, mask)
+    torch.testing.assert_close(recomputed, eager, atol=1e-6, rtol=1e-5)
+
+
 def test_significance_ranks_by_attention_received_cls_first_padding_last():
     # 1 row, 2 heads, 5 tokens of which the last 2 are padding; token 2 receives most, then token 1.
     probabilities = torch.zeros(1, 2, 5, 5)
