@@ -172,24 +172,36 @@ def _export_args(checkpoint, device, data, out, recipe):
     ]
 
 
+def _bucketed_device(folder):
+    from edgecompress.devices import derived_profile_text
+
+    text = derived_profile_text("pixel7", name="tinybuckets", seq_len=16, buckets=[8, 16])
+    path = folder / "tinybuckets.toml"
+    path.write_text(text.replace('quantize = "dynamic-int8"', 'quantize = "none"'))
+    return path
+
+
 @pytest.mark.parametrize(
-    "retention, model, fragment",
+    "retention, model, device, fragment",
     [
-        ("[1.5]", "bert", "value 1 = 1.5 is out of range"),
-        ("[4]", "distilbert", "does not apply to DistilBERT"),
-        ("[4]", "encoder", "does not apply to the task 'sentence-embedding'"),
+        ("[1.5]", "bert", "tiny", "value 1 = 1.5 is out of range"),
+        ("[0]", "bert", "tiny", "value 1 = 0 is out of range"),
+        ("[4]", "distilbert", "tiny", "does not apply to DistilBERT"),
+        ("[4]", "encoder", "tiny", "does not apply to the task 'sentence-embedding'"),
+        ("[4]", "bert", "buckets", "needs one fixed sequence length"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    retention, model, fragment, tmp_path, tiny_checkpoint, tiny_encoder, tiny_device, tiny_data
+    retention, model, device, fragment, tmp_path, tiny_checkpoint, tiny_encoder, tiny_device, tiny_data
 ):
     recipe = tmp_path / "eliminate.toml"
     recipe.write_text(RECIPE.format(retention=retention))
     checkpoint = {"bert": tiny_checkpoint, "encoder": tiny_encoder}.get(model)
     if checkpoint is None:
         checkpoint = build_any_family_checkpoint(tmp_path / model, model)
+    profile = tiny_device if device == "tiny" else _bucketed_device(tmp_path)
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, _export_args(checkpoint, tiny_device, tiny_data, out, recipe))
+    result = CliRunner().invoke(main, _export_args(checkpoint, profile, tiny_data, out, recipe))
     assert fragment in user_error(result, out)
 
 
