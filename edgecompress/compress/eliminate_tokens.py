@@ -149,7 +149,7 @@ class EliminateTokens(RecoveringPass):
             "recovery": record,
         }
         # Every count at seq_len and no training: the original model exactly, verified at the float tolerance.
-        lossy = min(keep) < ctx.seq_len or record["steps"] > 0
+        lossy = any(k < ctx.seq_len for k in keep) or record["steps"] > 0
         return PassResult(new, notes, stats, lossy=lossy)
 
     def ensures(self, before, result: PassResult, ctx: PassContext) -> None:
