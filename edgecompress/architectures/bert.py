@@ -13,3 +13,4 @@ class Bert(Architecture):
     config_class = "BertConfig"
     base = "bert"
     integer_only = True
+    token_elimination = True
