@@ -22,7 +22,9 @@ import importlib
 import logging
 import pkgutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from edgecompress.errors import EdgecompressError, InternalError, UserError
@@ -118,6 +120,8 @@ class Pass:
     # gives the reason.
     runs_after: ClassVar[tuple[str, ...]] = ()
     runs_before: ClassVar[tuple[str, ...]] = ()
+    # Passes this one cannot share a recipe with, in either order, each with the reason (refused at recipe load).
+    excludes: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def check_model(self, bundle: Any) -> None:
         """Raise UserError for what the model alone rules out (its family, task, depth), checked at intake
@@ -165,6 +169,10 @@ def broken_order(passes) -> tuple[int, str] | None:
     (1, "pass 'trim_gathered_tables' must come after 'fold_constants'").
     """
     names = [p.name for p in passes]
+    for index, p in enumerate(passes):
+        for name, why in p.excludes.items():
+            if name in names:
+                return index, f"pass '{p.name}' cannot be combined with '{name}': {why}"
     # (where the pair is complete, -index of the declaring pass, seen, index, reason)
     broken: list[tuple[int, int, int, int, str]] = []
     for index, p in enumerate(passes):

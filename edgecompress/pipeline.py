@@ -74,13 +74,23 @@ class StageCache:
     model for another profile of the same seq_len. Keyed by all those two stages read: model, tokenizer, --data
     and seq_len; with torch passes also each pass's name and options, --train-data and the tuning texts'
     source (what `PassContext` gives compress passes besides shapes; `ctx.artifacts` only refuses work, which is
-    then not cached). Each hit gets its own copy of the graph, because graph passes may edit it in place."""
+    then not cached). Each hit gets its own copy of the graph, because graph passes may edit it in place.
+
+    The torch passes' model is also kept apart under a key without --data (passes never see the eval texts):
+    a winner re-exported on the test split reuses its trained model and only scores it again."""
 
     entries: dict[tuple, tuple[Compressed, Any]] = field(default_factory=dict)
+    trained: dict[tuple, tuple[Any, tuple[PassRecord, ...]]] = field(default_factory=dict)
 
     @staticmethod
     def key(request: ExportRequest, recipe, seq_len: int) -> tuple | None:
-        key: tuple = (str(Path(request.model).resolve()), str(request.tokenizer), str(request.data), seq_len)
+        key: tuple = (str(request.data), seq_len)
+        return key + StageCache.passes_key(request, recipe, seq_len)
+
+    @staticmethod
+    def passes_key(request: ExportRequest, recipe, seq_len: int) -> tuple:
+        """What the torch passes read: the model, the tokenizer, seq_len, the passes, the training texts."""
+        key: tuple = (str(Path(request.model).resolve()), str(request.tokenizer), seq_len)
         if recipe.compress:
             passes = tuple((p.name, json.dumps(p.options(), sort_keys=True, default=str)) for p in recipe.compress)
             key += (str(request.train_data), str(request.calibration), passes)
@@ -174,8 +184,17 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     hit = cache.get(key) if cache is not None else None
     with clock.stage("compress") as summary:
         context = _pass_context(bundle, profile, calibration, train_data, tuning.kind)
-        compressed = hit[0] if hit else _compress(recipe.compress, bundle, data, context, clock)
-        reused = ", their model and reference outputs reused from an earlier export" if hit else ""
+        trained = _trained(cache, request, recipe, seq_len) if not hit and recipe.compress else None
+        compressed = hit[0] if hit else _compress(recipe.compress, bundle, data, context, clock, trained)
+        if cache is not None and recipe.compress and not hit:
+            cache.trained[cache.passes_key(request, recipe, seq_len)] = (compressed.bundle, compressed.records)
+        reused = (
+            ", their model and reference outputs reused from an earlier export"
+            if hit
+            else ", their model reused from an earlier export (scored on these texts)"
+            if trained
+            else ""
+        )
         summary.append(f"{len(recipe.compress)} passes{reused}")
     with clock.stage("lower") as summary:
         lowered = hit[1] if hit else lower(compressed.bundle, compressed.feeds, compressed.reference)
@@ -202,16 +221,25 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     return ExportResult(out_dir, report)
 
 
-def _compress(passes, bundle, data, context: PassContext, clock: StageClock) -> Compressed:
-    """Torch passes; the reference for parity becomes the compressed model, accuracy stays against the original."""
+def _trained(cache: StageCache | None, request: ExportRequest, recipe, seq_len: int):
+    """(model, pass records) the same torch passes made in an earlier export of this cache, or None."""
+    return cache.trained.get(cache.passes_key(request, recipe, seq_len)) if cache is not None else None
+
+
+def _compress(passes, bundle, data, context: PassContext, clock: StageClock, trained=None) -> Compressed:
+    """Torch passes (or their model and records from an earlier export: `trained`); the reference for parity
+    becomes the compressed model, accuracy stays against the original."""
     from edgecompress.verify.evaluate import reference_outputs
 
     original = reference_outputs(bundle, data.feeds, progress=clock.ticker("reference"))
-    records = []
-    compressed = bundle
-    for p in passes:
-        compressed, record = apply_pass(p, compressed, context)
-        records.append(record)
+    if trained is not None:
+        compressed, records = trained[0], list(trained[1])
+    else:
+        records = []
+        compressed = bundle
+        for p in passes:
+            compressed, record = apply_pass(p, compressed, context)
+            records.append(record)
     encoded = data.encoded
     if compressed.tokenizer is not bundle.tokenizer:  # e.g. a trimmed vocabulary: the app sees new ids
         encoded = compressed.task.encode(

@@ -377,6 +377,18 @@ CASES = [
         "early exit does not apply to MobileBERT",
     ),
     (
+        "early-exit-with-token-elimination",
+        lambda k: k.export_args(
+            k.checkpoint,
+            "--recipe",
+            _file(k, "r.toml", '[[compress]]\npass = "eliminate_tokens"\n[[compress]]\npass = "early_exit"\n'),
+            "--train-data",
+            k.data,
+        ),
+        2,
+        "pass 'early_exit' cannot be combined with 'eliminate_tokens'",
+    ),
+    (
         "early-exit-without-train-data",
         lambda k: k.export_args(k.checkpoint, "--recipe", _file(k, "r.toml", '[[compress]]\npass = "early_exit"\n')),
         2,

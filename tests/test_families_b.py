@@ -91,6 +91,22 @@ def test_each_family_refuses_exactly_the_passes_it_cannot_take(family, refused):
     assert arch.refuse("integer_only")  # its reason: test_families.py's INTEGER_ONLY_REFUSED
 
 
+def test_every_layer_part_the_seam_names_is_a_module_of_the_family(family_checkpoint):
+    """The parts a student copies out of a teacher's layer (distill/small_bert.py's _LAYER_PARTS), LayerNorms
+    included: ALBERT and MPNet keep theirs elsewhere than BERT, and a default path would break their students."""
+    from edgecompress.distill.small_bert import _LAYER_PARTS, _get
+
+    name, checkpoint = family_checkpoint
+    bundle = load_bundle(checkpoint)
+    family = bundle.architecture
+    layer = family.layers(bundle.module.hf_model)[0]
+    for part in _LAYER_PARTS:
+        module = _get(layer, getattr(family, part))
+        assert isinstance(module, torch.nn.Module), (name, part)
+    for norm in ("attention_norm_path", "ffn_norm_path"):
+        assert _get(layer, getattr(family, norm)).weight.dim() == 1, (name, norm)  # MobileBERT's: bottleneck-wide
+
+
 @pytest.mark.parametrize("family", ["albert", "mobilebert"])
 def test_pruned_heads_give_exactly_the_masked_original(family, tmp_path):
     """ALBERT: the one shared layer loses its head at every depth, as the mask removes it at every depth."""

@@ -26,7 +26,7 @@ from edgecompress.intake.model import load_bundle
 from edgecompress.passes import PassContext, PassSkipped, apply_pass
 from edgecompress.recipe import load_recipe
 
-from conftest import SENTENCES, user_error
+from conftest import SENTENCES
 from helpers import ort_logits, pass_context, torch_logits
 
 SEQ_LEN = 16
@@ -202,7 +202,7 @@ def test_recipe_keeps_the_graph_integer():
 
 @pytest.fixture(scope="module")
 def ort_device(tiny_device, tmp_path_factory) -> Path:
-    """The tiny phone without TFLite: LiteRT has no builtins for the integer graph's arithmetic."""
+    """The tiny phone without TFLite, for the tests about the integer graph itself (the .tflite has its own test)."""
     text = tiny_device.read_text().replace('name = "tinyphone"', 'name = "tinyort"')
     text = text.replace('artifacts = ["onnx", "ort", "tflite"]', 'artifacts = ["onnx", "ort"]')
     path = tmp_path_factory.mktemp("devices") / "tinyort.toml"
@@ -267,7 +267,13 @@ def test_export_without_data_calibrates_on_the_built_in_sentences(tiny_checkpoin
     assert "of the built-in sentences held out for tuning" in report["data"]["tuned_on"]
 
 
-def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, tiny_data, tiny_device, tmp_path):
+def test_export_for_a_tflite_device_ships_a_bit_exact_full_integer_tflite(
+    tiny_checkpoint, tiny_data, tiny_device, tmp_path
+):
+    """Issue 14 part 6: the .tflite of the integer graph runs on LiteRT's integer kernels, gives ONNX Runtime's
+    logits to the bit, and computes in float only at the final dequantization (CAST and MUL of the logits)."""
+    import json
+
     result = CliRunner().invoke(
         main,
         [
@@ -281,10 +287,38 @@ def test_export_for_a_tflite_device_is_refused_before_any_work(tiny_checkpoint, 
             str(tmp_path / "out"),
             "--quantize",
             "integer-only",
+            "--no-measure",
+            "--json",
         ],
     )
-    line = user_error(result, tmp_path / "out")
-    assert "integer-only models ship for ONNX Runtime only" in line and 'artifacts = ["onnx", "ort"]' in line
+    assert result.exit_code in (0, 3), result.output
+    artifacts = {a["file"]: a for a in json.loads(result.stdout)["artifacts"]}
+    tflite = artifacts["model.tflite"]
+    assert tflite["parity"]["max_abs_diff"] == 0.0
+    assert tflite["parity_vs_onnxruntime"]["max_abs_diff"] == 0.0
+    assert tflite["float_ops_inside"] == [] and tflite["float_ops"] == ["CAST", "MUL"]
+    assert tflite["op_histogram"]["BATCH_MATMUL"] == 2 * 8 + 2  # every MatMulInteger
+    assert not {"FULLY_CONNECTED", "SOFTMAX", "TANH", "GELU"} & set(tflite["op_histogram"])
+
+
+@pytest.mark.parametrize("diff, fails", [(0.0, False), (1e-7, True)], ids=["same-bits", "one-lsb-off"])
+def test_an_integer_only_file_must_match_onnx_runtime_to_the_bit(diff, fails):
+    """Both runtimes compute the same integers, so any difference is a lowering bug, however small."""
+    from edgecompress.backends import Artifact
+    from edgecompress.errors import VerificationError
+    from edgecompress.verify.artifacts import Verified, check_bit_exact
+
+    artifacts = [
+        Artifact("onnx", Path("model.onnx"), "onnxruntime"),
+        Artifact("tflite", Path("model.tflite"), "litert"),
+    ]
+    cross = {"max_abs_diff": diff, "against": "the ONNX Runtime artifact"}
+    verified = Verified(artifacts, [], [], [{}, {}], [None, cross])
+    if fails:
+        with pytest.raises(VerificationError, match="model.tflite is not bit-exact with the ONNX Runtime artifact"):
+            check_bit_exact(verified)
+    else:
+        check_bit_exact(verified)
 
 
 def test_export_reports_an_empty_float_audit_inside_the_model(tiny_checkpoint, tiny_data, ort_device, tmp_path):
@@ -332,6 +366,24 @@ def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
         reference = model.bert(*(torch.from_numpy(feeds[n]) for n in NAMES)).last_hidden_state.numpy()[real]
     sqnr = 10 * np.log10((reference**2).sum() / ((hidden[real] - reference) ** 2).sum())
     assert sqnr > 15, sqnr  # measured 18.3 dB (12 short texts, ranges calibrated on them)
+
+
+@pytest.mark.slow
+def test_minilm_integer_tflite_is_bit_exact(minilm_classifier, tmp_path):
+    """The real MiniLM's ranges (int64 LayerNorm sums, 24-bit requantizations, 384-wide rows) on LiteRT."""
+    from edgecompress.backends.tflite.artifact import run_tflite_artifact
+    from edgecompress.backends.tflite.lowering import lower_to_tflite
+
+    bundle = load_bundle(minilm_classifier)
+    feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=32, input_names=bundle.input_names)
+    model = bundle.module.hf_model
+    integer = integer_bert(model, calibrate(model, feeds, rows=len(TEXTS), percentile=100.0), where="minilm")
+    graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
+    fixed = FixShapes().run(graph, pass_context(seq_len=32, input_names=NAMES)).model
+    path = tmp_path / "model.tflite"
+    path.write_bytes(lower_to_tflite(fixed))
+    litert = run_tflite_artifact(path, feeds, output_name="logits", threads=1)
+    np.testing.assert_array_equal(litert, ort_logits(fixed, feeds, NAMES, optimize=True, batch=1))
 
 
 def _integer_hidden_states(integer, feeds) -> np.ndarray:

@@ -173,7 +173,7 @@ def test_pass_fires_and_reports(case):
 
 @pytest.fixture(scope="module")
 def ort_device(tmp_path_factory) -> Path:
-    """pixel7 at seq_len 16 without TFLite: LiteRT has no builtins for the integer graph's arithmetic."""
+    """pixel7 at seq_len 16 without TFLite: the tests are about the integer graph (the .tflite: test_integer_only)."""
     path = tmp_path_factory.mktemp("devices") / "tinyort.toml"
     path.write_text(derived_profile_text("pixel7", name="tinyort", seq_len=SEQ_LEN, artifacts=["onnx", "ort"]))
     return path

@@ -319,6 +319,45 @@ def test_a_torch_pass_is_reused_by_another_profile_of_the_same_length_and_not_by
     assert reused == export(other_phone, 0.5, None, "fresh")
 
 
+def test_a_torch_pass_is_reused_on_other_eval_texts_and_scored_on_them(
+    tmp_path, tiny_checkpoint, tiny_device, tiny_data
+):
+    """Passes never read --data: a winner re-exported on the test split keeps its trained model and is scored on
+    the new texts (the report's accuracy is theirs), its file the same as a fresh export's."""
+    import json as json_module
+
+    from edgecompress.pipeline import ExportRequest, Progress, StageCache, run_export
+
+    lines = Path(tiny_data).read_text().splitlines()
+    other_data = tmp_path / "other.csv"
+    other_data.write_text("\n".join([lines[0], *lines[1:][::-1][: max(4, len(lines) // 2)]]) + "\n")
+    recipe = tmp_path / "drop.toml"
+    recipe.write_text('extends = "default"\n\n[[compress]]\npass = "drop_layers"\nratio = 0.5\n')
+    summaries: list[str] = []
+
+    class Stages(Progress):
+        def stage_finished(self, name: str, seconds: float, summary: str) -> None:
+            summaries.append(f"{name}: {summary}")
+
+    def export(data, cache: StageCache | None, out: str):
+        request = ExportRequest(
+            tiny_checkpoint, str(tiny_device), tmp_path / out, data=data, recipe=str(recipe), measure=False
+        )
+        request.stage_cache = cache
+        return run_export(request, Stages()).out_dir
+
+    cache = StageCache()
+    export(tiny_data, cache, "validation")
+    reused = export(other_data, cache, "test")
+    compress = [s for s in summaries if s.startswith("compress:")]
+    assert "their model reused from an earlier export (scored on these texts)" in compress[1]
+    fresh = export(other_data, None, "fresh")
+    assert (reused / "model.onnx").read_bytes() == (fresh / "model.onnx").read_bytes()
+    reports = [json_module.loads((d / "report.json").read_text())["artifacts"][0] for d in (reused, fresh)]
+    assert reports[0]["accuracy"]["value"] == reports[1]["accuracy"]["value"]
+    assert reports[0]["parity"]["examples"] == len(other_data.read_text().splitlines()) - 1  # the new texts
+
+
 def test_pruning_is_not_planned_for_an_onnx_file_or_without_train_data(tmp_path):
     from edgecompress.pipeline import ExportRequest
     from edgecompress.search.loop import _why_no_pruning

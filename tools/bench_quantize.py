@@ -201,7 +201,7 @@ def build_with_export(teacher: Path, recipe: str, seq_len: int, path: Path) -> N
     data = example_assets.rotten_tomatoes_dir()
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as scratch:
         profile = Path(scratch) / f"pixel7-seq{seq_len}.toml"
-        # only model.onnx is benchmarked; integer-only models have no .tflite
+        # only model.onnx is benchmarked (the integer-only .tflite: tools/bench_integer_tflite.py)
         profile.write_text(
             derived_profile_text("pixel7", name=f"pixel7-seq{seq_len}", seq_len=seq_len, artifacts=["onnx"])
         )

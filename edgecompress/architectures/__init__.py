@@ -104,6 +104,13 @@ class Architecture:
     # (BERT's layout); the segments' parity with the whole model is checked on every export anyway.
     early_exit: ClassVar[bool] = False
     embeddings_path: ClassVar[str] = "embeddings"  # from the encoder model: ids (and token types) -> hidden
+    # Progressive token elimination (compress/eliminate_tokens.py) keeps tokens between a layer's attention and its
+    # feed-forward: families opt in when, as in BERT's layer code, the encoder hands every layer one additive mask
+    # [batch, 1, queries or 1, keys], the module at `attention_block_path` returns (output after its residual and
+    # LayerNorm, attention probabilities) under eager attention, and `feed_forward_method` runs the rest.
+    attention_block_path: ClassVar[str] = "attention"
+    feed_forward_method: ClassVar[str] = "feed_forward_chunk"
+    token_elimination: ClassVar[bool] = False
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -145,6 +152,31 @@ class Architecture:
             output=_get(layer, self.attention_output_path),
             head_size=int(_get(layer, self.self_attention_path).attention_head_size),
         )
+
+    def attention_block(self, layer):
+        """One layer's attention with its residual and LayerNorm (see `attention_block_path`)."""
+        return _get(layer, self.attention_block_path)
+
+    def attention_probabilities(self, layer, hidden, mask):
+        """One layer's attention probabilities [batch, heads, queries, keys] recomputed from its Q and K weights,
+        softmax(Q K^T / sqrt(head size) + mask) as eager attention computes them, for a pass that reads them
+        beside an attention ONNX Runtime fuses into one op that does not output them. Written so that no node
+        equals one of the attention's (Q^T and K^T taken as W hidden^T, the scale folded into W_q): the
+        TorchScript exporter would merge equal nodes, and the fuser then delete what this reads."""
+        parts = self.attention(layer)
+        batch, tokens = hidden.shape[:2]
+        heads, size = parts.query.out_features // parts.head_size, parts.head_size
+        scale = size**-0.5
+        hidden_t = hidden.transpose(1, 2)  # the fuser wants exactly 3 MatMuls reading the layer's input
+        query_t = (parts.query.weight * scale) @ hidden_t + (parts.query.bias * scale)[:, None]
+        key_t = parts.key.weight @ hidden_t + parts.key.bias[:, None]  # [batch, heads x size, tokens]
+        query = query_t.view(batch, heads, size, tokens).transpose(2, 3)
+        scores = query @ key_t.view(batch, heads, size, tokens)
+        return (scores if mask is None else scores + mask).softmax(dim=-1)
+
+    def feed_forward(self, layer, hidden):
+        """One layer's feed-forward with its residual and LayerNorm, on the attention block's output."""
+        return getattr(layer, self.feed_forward_method)(hidden)
 
     def set_head_count(self, layer, count: int) -> None:
         """Record a pruned head count in the layer's attention module, which reshapes by it."""
@@ -192,6 +224,11 @@ class Architecture:
             return (
                 "early exit runs the encoder layer by layer (embeddings, layer(hidden, mask), a pooler-style head), "
                 "which has not been opted in for this family's modules"
+            )
+        if pass_name == "eliminate_tokens" and not self.token_elimination:
+            return (
+                "token elimination has not been opted in for this family (its layers' mask layout and "
+                "attention probabilities are not known to fit)"
             )
         return None
 

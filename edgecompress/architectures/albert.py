@@ -29,6 +29,8 @@ class Albert(Architecture):
     attention_output_path = "attention.dense"
     ffn_in_path = "ffn"
     ffn_out_path = "ffn_output"
+    attention_norm_path = "attention.LayerNorm"
+    ffn_norm_path = "full_layer_layer_norm"
     self_attention_path = "attention"
     # Measured (onnxruntime 1.31, bert patterns, tiny config): every depth but the first fuses (1 of 2).
     fused_attention_per_layer = 1

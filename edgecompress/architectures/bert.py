@@ -14,3 +14,4 @@ class Bert(Architecture):
     base = "bert"
     integer_only = True
     early_exit = True
+    token_elimination = True

@@ -25,6 +25,7 @@ class Electra(Architecture):
     head_dense_path = "classifier.dense"
     head_activation = "gelu"
     head_output_path = "classifier.out_proj"
+    token_elimination = True  # BERT's layer code (transformers copies it): tests/test_eliminate_tokens.py
     not_applicable = MappingProxyType(
         {
             "integer_only": "integer-only inference (I-BERT) has no integer kernels yet for its head's GELU or, where "

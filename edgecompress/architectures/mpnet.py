@@ -25,6 +25,7 @@ class MPNet(Architecture):
     key_path = "attention.attn.k"
     value_path = "attention.attn.v"
     attention_output_path = "attention.attn.o"
+    attention_norm_path = "attention.LayerNorm"
     self_attention_path = "attention.attn"
     uses_token_type_ids = False
     # Measured (onnxruntime 1.31, bert patterns, tiny config): 0 of 2 attention blocks fuse, for the relative

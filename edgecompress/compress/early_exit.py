@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from edgecompress.compress._taskdata import task_data, training_seq_len
 from edgecompress.errors import InternalError, UserError
@@ -42,8 +43,14 @@ class EarlyExit(Pass):
         "low_rank",
         "share_layers",
         "factorise_embeddings",
-        "qat",
-        "integer_only",
+    )
+    # The segments run the float layers one by one, each on every token.
+    excludes = MappingProxyType(
+        {
+            "eliminate_tokens": "its layers keep fewer tokens than the segments hand on, and ramps pool every token",
+            "qat": "the segments are exported from the float layers, not from quantization-aware ones",
+            "integer_only": "the segments are exported from the float layers; an integer-only model has none",
+        }
     )
     policy: str = "entropy"  # "entropy" (DeeBERT) or "patience" (PABEE)
     # The one the manifest ships: entropy in [0, 1], patience in [0, layers - 1]; None: policy.default_threshold.
@@ -98,8 +105,6 @@ class EarlyExit(Pass):
 
     def requires(self, bundle, ctx: PassContext) -> None:
         self.check_model(bundle)
-        if bundle.integer_only:
-            raise UserError("early exit cannot split an integer-only model into segments", where=f"pass '{self.name}'")
         if bundle.exits is not None:
             raise PassSkipped("the model has exit ramps already")
         if ctx.train_data is None:

@@ -3,8 +3,9 @@
 Four checks, in order: for an integer-only model, the op audit of each file (no float op between integer
 ops); each file against the reference model (the compressed torch model, or the input ONNX file), every
 text padded to the longest length; each non-ONNX-Runtime file against the ONNX Runtime file of the same
-export (one export must be one model on every runtime); and, for a profile with length buckets, each file
-run the way the app runs it, every text at its bucket, against the same file at the longest length. A
+export (one export must be one model on every runtime; bit-exact for an integer-only model); and, for a
+profile with length buckets, each file run the way the app runs it, every text at its bucket, against the
+same file at the longest length. A
 quantized file of a runtime with an exact writer that misses the first or second check gets a second
 chance on ONNX Runtime's integer grids. The result carries every figure the report needs; nothing here
 writes outside the staging folder.
@@ -95,6 +96,8 @@ def verify_artifacts(
         verified.parities.append(parity)
         verified.outputs.append(values)
     _cross_check(verified, graph, reference, ticker)
+    if integer_only:
+        check_bit_exact(verified)
     if len(reference.buckets) > 1:
         _check_buckets(verified, reference, ticker)
     return verified
@@ -297,6 +300,17 @@ def check_integer_only(artifacts: list[Artifact], audits: list[dict]) -> None:
             raise VerificationError(
                 f"{artifact.path.name} is not integer-only: {len(inside)} node(s) compute in "
                 f"float between integer ops ({', '.join(inside[:5])}); nothing was written"
+            )
+
+
+def check_bit_exact(verified: Verified) -> None:
+    """An integer-only model computes the same integers on every runtime (each lowering is exact), so its
+    non-ONNX-Runtime files must give ONNX Runtime's logits to the bit: any difference is a lowering bug."""
+    for artifact, cross in zip(verified.artifacts, verified.cross_runtime):
+        if cross is not None and cross["max_abs_diff"] != 0.0:
+            raise VerificationError(
+                f"{artifact.path.name} is not bit-exact with {cross['against']}: max |diff| "
+                f"{cross['max_abs_diff']:.3g} on an integer-only model; nothing was written"
             )
 
 

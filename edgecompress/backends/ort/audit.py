@@ -65,14 +65,14 @@ def float_nodes_inside(nodes: list[Node], types: dict[str, int]) -> list[Node]:
             if name in producer:
                 consumers[producer[name]].append(i)
     integer = {i for i, n in enumerate(nodes) if _computes_in_integer(n, types)}
-    after_integer = _reachable(integer, lambda i: consumers[i])
-    before_integer = _reachable(integer, lambda i: [producer[x] for x in nodes[i].inputs if x in producer])
+    after_integer = reachable(integer, lambda i: consumers[i])
+    before_integer = reachable(integer, lambda i: [producer[x] for x in nodes[i].inputs if x in producer])
     return [
         n for i, n in enumerate(nodes) if i in after_integer and i in before_integer and computes_in_float(n, types)
     ]
 
 
-def _reachable(start: set[int], step) -> set[int]:
+def reachable(start: set[int], step) -> set[int]:
     """Nodes reachable from `start` by one or more steps (not `start` itself unless on a path)."""
     seen: set[int] = set()
     frontier = [j for i in start for j in step(i)]

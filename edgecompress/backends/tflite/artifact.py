@@ -227,6 +227,8 @@ class TFLiteAudit:
 
     op_histogram: dict[str, int]  # builtin -> nodes
     float_ops: list[str]  # builtins computing in float: a float32 result and no int8/uint8 operand
+    # "<builtin> <first output>" of each float-computing node between two integer ones (see `float_nodes_inside`)
+    float_ops_inside: list[str]
     nodes: int
     delegated_nodes: int  # nodes XNNPACK runs
     partitions: int  # XNNPACK subgraphs; each boundary costs a hand-over between kernels
@@ -246,6 +248,7 @@ def audit_for_report(path: Path) -> dict:
     fields = {
         "op_histogram": audit.op_histogram,
         "float_ops": audit.float_ops,
+        "float_ops_inside": audit.float_ops_inside,
         "weight_storage": storage,
         "method": f"{audit.method}; {describe_weight_storage(storage)} (read from the file)",
         "delegation": {
@@ -287,6 +290,7 @@ def audit_tflite(path: Path | str) -> TFLiteAudit:
     return TFLiteAudit(
         op_histogram=dict(sorted(Counter(op["op_name"] for op in plain).items())),
         float_ops=sorted({op["op_name"] for op in plain if _computes_in_float(op)}),
+        float_ops_inside=float_nodes_inside(plain),
         nodes=len(plain),
         delegated_nodes=len(taken),
         partitions=len(delegates),
@@ -333,6 +337,37 @@ def _computes_in_float(op: dict) -> bool:
     return any(t is np.float32 for t in op["result_types"]) and not any(
         t in (np.int8, np.uint8) for t in op["operand_types"]
     )
+
+
+# Conversions at the boundary of an integer model (the ONNX Runtime audit's Cast and DequantizeLinear)
+_CONVERSIONS = {"CAST", "DEQUANTIZE", "QUANTIZE"}
+_INTEGER_RESULTS = (np.int8, np.uint8, np.int16, np.int32)  # int64: token ids, masks and shapes in float models
+
+
+def float_nodes_inside(nodes: list[dict]) -> list[str]:
+    """Float-computing nodes with an integer-computing node both upstream and downstream of them, as the ONNX
+    Runtime audit (`backends/ort/audit.py`) defines them: an integer-only model may compute in float only at its
+    boundary. `nodes` are LiteRT's op details without delegation; each is named by its builtin and first output."""
+    from edgecompress.backends.ort.audit import reachable
+
+    producer = {int(t): op["index"] for op in nodes for t in op["outputs"]}
+    by_index = {op["index"]: op for op in nodes}
+    consumers: dict[int, list[int]] = {}
+    for op in nodes:
+        for t in op["inputs"]:
+            if int(t) in producer:
+                consumers.setdefault(producer[int(t)], []).append(op["index"])
+    integer = {op["index"] for op in nodes if any(t in _INTEGER_RESULTS for t in op["result_types"])}
+    after = reachable(integer, lambda i: consumers.get(i, []))
+    before = reachable(integer, lambda i: [producer[int(t)] for t in by_index[i]["inputs"] if int(t) in producer])
+    return [
+        f"{op['op_name']} {op['outputs'][0]}"
+        for op in nodes
+        if op["index"] in after
+        and op["index"] in before
+        and op["op_name"] not in _CONVERSIONS
+        and _computes_in_float(op)
+    ]
 
 
 def _delegated_nodes(nodes: list[dict], delegates: list[dict]) -> set[int]:

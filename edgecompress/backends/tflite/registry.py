@@ -1,7 +1,8 @@
 """The TFLite op-lowering registry: a leaf module that every file under `ops/` imports.
 
 A lowering is a function `(Lowering, onnx node) -> None` registered for an ONNX op type with `@lowers`;
-an int8 form tried first is registered with `@lowers_int8`. This module imports nothing of the backend,
+an int8 form tried first is registered with `@lowers_int8` (so are the integer-only graph's integer forms of
+Cast and Div, `ops/integer.py`: tried first, they decline float nodes). This module imports nothing of the backend,
 so an op file can import it without importing the lowering (no import cycle), and adding an op is one
 new file under `ops/`, found by `lowering.import_op_lowerings()`.
 """

@@ -124,8 +124,21 @@ class FlatModel:
     def _subgraph(self, name: str, inputs: list[int], outputs: list[int]):
         graph = schema().SubGraphT()
         graph.name = name
-        graph.tensors, graph.operators, graph.inputs, graph.outputs = self.tensors, self.operators, inputs, outputs
+        graph.tensors, graph.inputs, graph.outputs = self.tensors, inputs, outputs
+        graph.operators = _live(self.operators, outputs)
         return graph
+
+
+def _live(operators: list, outputs: list[int]) -> list:
+    """The operators some graph output depends on, in their order. LiteRT runs every operator of a subgraph, read
+    or not, and a lowering may leave one unread (the integer-only graph's `Add(x, 128)` before a Cast to uint8,
+    once MatMulInteger reads x itself)."""
+    needed, live = set(outputs), []
+    for op in reversed(operators):
+        if any(t in needed for t in op.outputs):
+            live.append(op)
+            needed.update(t for t in op.inputs if t >= 0)
+    return live[::-1]
 
 
 def serialize_signatures(parts: list[tuple[str, FlatModel, list[int], list[int]]], description: str) -> bytes:

@@ -58,13 +58,6 @@ class IntegerOnly(Pass):
                 expected="a sequence classifier checkpoint (<Family>ForSequenceClassification)",
             )
         check_convertible(bundle.module.hf_model, str(bundle.source))
-        if "tflite" in ctx.artifacts:  # fail before calibration, not at the emit stage minutes later
-            raise UserError(
-                "integer-only models ship for ONNX Runtime only: LiteRT has no builtins for their "
-                "int32/int64 integer arithmetic (MatMulInteger, 64-bit shifts and divisions)",
-                expected="a device profile whose artifacts are onnx and/or ort",
-                hint='use a copy of the profile with artifacts = ["onnx", "ort"], or --quantize int8 for a .tflite',
-            )
         if ctx.calibration is None:
             raise UserError(
                 f"pass '{self.name}' calibrates activation ranges on texts, but none were given",
