@@ -6,6 +6,7 @@ import json
 import random
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -80,6 +81,8 @@ def test_segments_in_onnx_runtime_and_litert_reproduce_every_exit(exited, tmp_pa
         assert max(shipped.parity[runtime]["max_abs_diff_per_exit"]) <= 1e-4, runtime
         assert shipped.parity[runtime]["last_exit_vs_model"] <= 1e-4, runtime
     assert [s["signature"] for s in shipped.specs] == ["exit_0", "exit_1"]
+    for path in shipped.files:  # fused as the whole model is: one attention op per segment
+        assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Attention") == 1, path.name
     assert [i["name"] for i in shipped.specs[1]["inputs"]] == ["hidden_in", "attention_mask"]
     assert [o["name"] for o in shipped.specs[0]["outputs"]] == ["hidden", "logits"]
     assert [o["name"] for o in shipped.specs[1]["outputs"]] == ["logits"]
@@ -275,6 +278,8 @@ def test_dynamic_int8_segments_are_held_to_the_lossy_bar(exited, tmp_path):
         assert parity["lossy"] and parity["tolerance"] is None
         assert min(parity["agreement_per_exit"]) >= 0.95, (runtime, parity)
     assert max(shipped.parity["onnxruntime"]["max_abs_diff_per_exit"]) > 0  # it did quantize
+    for path in shipped.files:
+        assert "QAttention" in {n.op_type for n in onnx.load(str(path)).graph.node}, path.name
 
 
 @pytest.mark.slow

@@ -59,9 +59,15 @@ class ExitRamps:
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """[batch, seq] 0/1 -> [batch, 1, 1, seq] with 0 where attended and the float minimum where padded, exactly
-    as transformers builds it for eager attention (so segment k reproduces layer k bit for bit in torch)."""
-    return (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(dtype)) * torch.finfo(dtype).min
+    """[batch, seq] 0/1 -> [batch, 1, seq, seq] with 0 where the key is attended and the float minimum where it is
+    padding, the values transformers gives eager attention (so segment k reproduces layer k in torch).
+
+    Written as transformers 4 wrote its SDPA mask (Unsqueeze, Unsqueeze, Expand, Cast, Sub, then Where on the
+    inverted mask), the form ONNX Runtime's attention fuser matches (as compress/eliminate_tokens.py found):
+    written as (1 - mask) * min, no segment's attention fused."""
+    batch, tokens = attention_mask.shape
+    inverted = 1.0 - attention_mask.unsqueeze(1).unsqueeze(2).expand(batch, 1, tokens, tokens).to(dtype)
+    return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -68,13 +68,16 @@ def write_segments(
     first = {name: feeds[name][:1] for name in parts[0].input_names}
     graphs, samples, inputs = [], [], first
     lossy = quantization == "dynamic-int8"
+    probe = _probe_inputs(bundle, parts[0].input_names, seq_len)
     for part in parts:  # each segment is traced on the previous segment's real output for the first text
         graph = export_segment(part, inputs)
         samples.append(inputs)
+        rewritten = _rewritten(graph, bundle, seq_len, probe)
         if not part.last:
-            hidden = ort_session(graph.SerializeToString(), threads=1, optimize=True).run([HIDDEN_OUT], inputs)[0]
-            inputs = {HIDDEN_IN: hidden, "attention_mask": first["attention_mask"]}
-        graphs.append(_quantized(graph) if lossy else graph)
+            session = ort_session(graph.SerializeToString(), threads=1, optimize=True)
+            inputs = {HIDDEN_IN: session.run([HIDDEN_OUT], inputs)[0], "attention_mask": first["attention_mask"]}
+            probe = {HIDDEN_IN: session.run([HIDDEN_OUT], probe)[0], "attention_mask": probe["attention_mask"]}
+        graphs.append(_quantized(rewritten) if lossy else rewritten)
     sessions = [ort_session(g.SerializeToString(), threads=2, optimize=True) for g in graphs]
     found = ort_chain(sessions, feeds, parts[0].input_names)
     check = {"task": bundle.task, "feeds": feeds, "lossy": lossy, "atol": atol}
@@ -108,6 +111,46 @@ def write_segments(
     ]
     tflite_path = folder / TFLITE_FILE if tflite_bytes else None
     return ShippedExits(files, logits, parity, specs, samples, tflite_path, quantization if lossy else "none")
+
+
+# The whole model's float graph passes that apply to one layer, in the default recipe's order: fusion (one fused
+# attention per segment, the export fails without it) and the fast mask value of the fused attention.
+SEGMENT_GRAPH_PASSES = ("remove_training_nodes", "fuse_transformer", "attention_mask_value")
+
+
+def _probe_inputs(bundle, input_names, seq_len: int, rows: int = 8) -> dict[str, np.ndarray]:
+    """Seeded random token rows, padded after 4 to seq_len / 2 real tokens: what the graph passes check their
+    rewrite on (the fast mask value must not move padded rows' outputs), since later segments take hidden states
+    no tuning text is given as. Never --data, which only scores."""
+    rng = np.random.default_rng(0)
+    vocab = int(bundle.config.get("vocab_size") or 100)
+    lengths = rng.integers(4, max(seq_len // 2, 5), size=rows)
+    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(5, vocab, size=(rows, seq_len)).astype(np.int64) * mask
+    probe = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {name: probe[name] for name in input_names}
+
+
+def _rewritten(graph, bundle, seq_len: int, probe: dict[str, np.ndarray]):
+    """One segment through SEGMENT_GRAPH_PASSES, its axes left dynamic (fix_shapes runs for LiteRT only), checked
+    on `probe` (the segment's own inputs)."""
+    from edgecompress.passes import PassContext, apply_pass, registry
+
+    context = PassContext(
+        seq_len=seq_len,
+        batch=1,
+        dynamic_shapes=True,
+        num_heads=bundle.num_heads,
+        hidden_size=bundle.attention_width or bundle.hidden_size,
+        num_layers=1,
+        input_names=tuple(i.name for i in graph.graph.input),
+        architecture=bundle.architecture,
+        task=bundle.task,
+        calibration=probe,
+    )
+    for name in SEGMENT_GRAPH_PASSES:
+        graph, _ = apply_pass(registry("graph")[name](), graph, context)
+    return graph
 
 
 def _quantized(graph):
@@ -268,10 +311,13 @@ def _segments_note(segments: str, whole: str) -> str:
     """What the segments are next to the whole-model artifacts, for the report."""
     if segments == "dynamic-int8":
         how = "dynamic int8 (ONNX Runtime's dynamic quantizer on every weighted node, without the whole model's "
-        how += "sensitivity trials), unfused"
+        how += "sensitivity trials), fused"
     else:
-        how = "float and unfused"
-    return f"segments are {how}; the whole-model artifacts are {whole}, through every graph pass of the recipe"
+        how = "float, fused"
+    return (
+        f"segments are {how} ({', '.join(SEGMENT_GRAPH_PASSES)}); the whole-model artifacts are {whole}, through "
+        "every graph pass of the recipe"
+    )
 
 
 def exits_manifest(report: dict) -> dict:
