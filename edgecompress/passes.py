@@ -22,7 +22,9 @@ import importlib
 import logging
 import pkgutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from edgecompress.errors import EdgecompressError, InternalError, UserError
@@ -118,6 +120,12 @@ class Pass:
     # gives the reason.
     runs_after: ClassVar[tuple[str, ...]] = ()
     runs_before: ClassVar[tuple[str, ...]] = ()
+    # Passes this one cannot share a recipe with, in either order, each with the reason (refused at recipe load).
+    excludes: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def check_model(self, bundle: Any) -> None:
+        """Raise UserError for what the model alone rules out (its family, task, depth), checked at intake
+        before any work; `requires` still runs when the pass is reached."""
 
     def requires(self, model: Any, ctx: PassContext) -> None:
         """Raise PassSkipped(reason) when this model is not for this pass."""
@@ -161,6 +169,10 @@ def broken_order(passes) -> tuple[int, str] | None:
     (1, "pass 'trim_gathered_tables' must come after 'fold_constants'").
     """
     names = [p.name for p in passes]
+    for index, p in enumerate(passes):
+        for name, why in p.excludes.items():
+            if name in names:
+                return index, f"pass '{p.name}' cannot be combined with '{name}': {why}"
     # (where the pair is complete, -index of the declaring pass, seen, index, reason)
     broken: list[tuple[int, int, int, int, str]] = []
     for index, p in enumerate(passes):
@@ -204,12 +216,16 @@ def make_pass(stage: str, name: str, options: dict[str, Any], where: str) -> Pas
         )
     for key, value in options.items():
         _check_option_type(name, key, value, fields[key], where)
+    # TOML has arrays, not tuples: a tuple option (frozen dataclasses take no list defaults) takes an array.
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return cls(**options)
 
 
 def _check_option_type(pass_name: str, key: str, value: Any, f: dataclasses.Field, where: str) -> None:
     default = f.default if f.default is not dataclasses.MISSING else None
     if default is None or isinstance(value, type(default)):
+        return
+    if isinstance(default, tuple) and isinstance(value, list):
         return
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return

@@ -294,6 +294,9 @@ def _finish(
             bucket_atol=BUCKET_ATOL if bundle.parity_atol is None else bundle.parity_atol,
         )
         verified = verify_artifacts(artifacts, graph, reference, integer_only=bundle.integer_only, ticker=clock.ticker)
+        exits = _write_exits(bundle, compressed, staging, profile, rewrite.records)
+        if exits is not None:
+            summary.append(f"{len(exits.files)} early-exit segments")
         summary.append(
             ", ".join(
                 f"{a.path.name} max|diff| {p.max_abs_diff:.1e}" for a, p in zip(verified.artifacts, verified.parities)
@@ -319,6 +322,10 @@ def _finish(
                 if m
             )
         )
+        if exits is not None and request.measure:
+            from edgecompress.exits.ship import measure_segments
+
+            measure_segments(exits, threads=plan.threads if plan else 1, runs=request.runs, warmup=request.warmup)
         device = _measure_on_target(request, profile, verified.artifacts, compressed.feeds, clock)
         if device:
             summary.append(f"on {request.target}: " + ", ".join(f"p50 {r['latency_ms']['p50']:.2f} ms" for r in device))
@@ -341,6 +348,7 @@ def _finish(
             ),
             device=device,
         )
+        report.early_exit = _exits_report(exits, compressed, data, verified.artifacts, timing, rewrite.records)
         summary.append("all budgets met" if report.passed else f"{len(report.misses())} budget(s) exceeded")
     with clock.stage("package") as summary:
         write_package(
@@ -358,6 +366,48 @@ def _finish(
     report.write(staging)
     write_html(staging, report.to_dict())
     return report
+
+
+def _write_exits(bundle, compressed: Compressed, staging: Path, profile, graph_records):
+    """The early-exit segments, verified then written beside the artifacts (None: the model has no ramps); they
+    follow the whole model's quantization where they can (ship.SEGMENT_QUANTIZATION), else stay float."""
+    if bundle.exits is None:
+        return None
+    from edgecompress.exits.ship import SEGMENT_QUANTIZATION, write_segments
+    from edgecompress.report.manifest import quantization_mode
+    from edgecompress.verify.evaluate import parity_atol
+
+    mode = quantization_mode(graph_records)
+
+    return write_segments(
+        bundle,
+        compressed.feeds,
+        compressed.reference,
+        staging,
+        parity_atol(bundle),
+        seq_len=profile.runtime.seq_len,
+        tflite="tflite" in profile.artifacts,
+        quantization=mode if mode in SEGMENT_QUANTIZATION else "none",
+    )
+
+
+def _exits_report(exits, compressed: Compressed, data, artifacts, timing, graph_records) -> dict | None:
+    """Early exit's part of the report, beside the whole-model artifacts' host p50 and quantization (None: no
+    ramps)."""
+    if exits is None:
+        return None
+    from edgecompress.exits.ship import exits_report
+    from edgecompress.report.manifest import quantization_mode
+
+    whole = {a.runtime: m["latency_ms"]["p50"] for a, m in zip(artifacts, timing.results) if m and a.kind != "ort"}
+    return exits_report(
+        exits,
+        compressed.bundle.exits,
+        data.gold,
+        original=compressed.original,
+        whole_model_p50=whole,
+        whole_model_quantization=quantization_mode(graph_records),
+    )
 
 
 def _check_target(request: ExportRequest) -> None:
@@ -400,6 +450,8 @@ def _op_latency(graph, profile, artifacts, feeds, measure: bool) -> dict:
 def check_passes_apply(recipe, bundle) -> None:
     """A recipe pass that does not apply to the model's family is refused before any work, with the reason
     the family gives (its architecture's `not_applicable`)."""
+    for step in recipe.compress:
+        step.check_model(bundle)
     if bundle.architecture is None:
         return
     for step in (*recipe.compress, *recipe.graph):

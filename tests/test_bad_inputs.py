@@ -341,6 +341,59 @@ CASES = [
         2,
         "share one set of layer weights already",
     ),
+    # issue 14 part 4: an exit threshold out of range; early exit where it does not apply, or without training texts
+    (
+        "early-exit-threshold-out-of-range",
+        lambda k: k.export_args(
+            k.checkpoint,
+            "--recipe",
+            _file(k, "r.toml", '[[compress]]\npass = "early_exit"\npolicy = "patience"\nthreshold = 5\n'),
+            "--train-data",
+            k.data,
+        ),
+        2,
+        "exit threshold 5 is out of range for policy 'patience'",
+    ),
+    (
+        "early-exit-on-an-onnx-file",
+        lambda k: k.export_args(
+            k.onnx,
+            "--tokenizer",
+            k.checkpoint,
+            "--task",
+            "sequence-classification",
+            "--recipe",
+            _file(k, "r.toml", '[[compress]]\npass = "early_exit"\n'),
+        ),
+        2,
+        "early exit needs the model's layers as torch modules",
+    ),
+    (
+        "early-exit-on-mobilebert",
+        lambda k: k.export_args(
+            _family(k, "mobilebert"), "--recipe", _file(k, "r.toml", '[[compress]]\npass = "early_exit"\n')
+        ),
+        2,
+        "early exit does not apply to MobileBERT",
+    ),
+    (
+        "early-exit-with-token-elimination",
+        lambda k: k.export_args(
+            k.checkpoint,
+            "--recipe",
+            _file(k, "r.toml", '[[compress]]\npass = "eliminate_tokens"\n[[compress]]\npass = "early_exit"\n'),
+            "--train-data",
+            k.data,
+        ),
+        2,
+        "pass 'early_exit' cannot be combined with 'eliminate_tokens'",
+    ),
+    (
+        "early-exit-without-train-data",
+        lambda k: k.export_args(k.checkpoint, "--recipe", _file(k, "r.toml", '[[compress]]\npass = "early_exit"\n')),
+        2,
+        "pass 'early_exit' trains its ramps by distillation",
+    ),
     # issue 16: a profile's length buckets and what its latency budget bounds
     (
         "buckets-not-ending-at-seq-len",

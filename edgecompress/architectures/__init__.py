@@ -99,6 +99,11 @@ class Architecture:
     # Integer-only inference (I-BERT) covers the parts above and BERT's layer layout; families opt in once
     # every module of their classifier has an integer kernel (`not_applicable` may say what is missing).
     integer_only: ClassVar[bool] = False
+    # Early exit (exits/) runs the encoder one piece at a time: `embed`, then `run_layer` per layer with an
+    # additive mask, then `classify` on the first token. Families opt in once their modules take exactly that
+    # (BERT's layout); the segments' parity with the whole model is checked on every export anyway.
+    early_exit: ClassVar[bool] = False
+    embeddings_path: ClassVar[str] = "embeddings"  # from the encoder model: ids (and token types) -> hidden
     # Progressive token elimination (compress/eliminate_tokens.py) keeps tokens between a layer's attention and its
     # feed-forward: families opt in when, as in BERT's layer code, the encoder hands every layer one additive mask
     # [batch, 1, queries or 1, keys], the module at `attention_block_path` returns (output after its residual and
@@ -215,12 +220,37 @@ class Architecture:
             return self.not_applicable[pass_name]
         if pass_name == "integer_only" and not self.integer_only:
             return "integer-only inference (I-BERT) has not been opted in for this family's parts"
+        if pass_name == "early_exit" and not self.early_exit:
+            return (
+                "early exit runs the encoder layer by layer (embeddings, layer(hidden, mask), a pooler-style head), "
+                "which has not been opted in for this family's modules"
+            )
         if pass_name == "eliminate_tokens" and not self.token_elimination:
             return (
                 "token elimination has not been opted in for this family (its layers' mask layout and "
                 "attention probabilities are not known to fit)"
             )
         return None
+
+    def embed(self, hf_model, input_ids, token_type_ids):
+        """The hidden states the first encoder layer reads: embeddings of the ids (and token types)."""
+        return self.encoder_model(hf_model).get_submodule(self.embeddings_path)(
+            input_ids=input_ids, token_type_ids=token_type_ids
+        )
+
+    def run_layer(self, layer, hidden, additive_mask):
+        """One encoder layer on [batch, seq, hidden] with a [batch, 1, 1, seq] additive mask (0 or the float
+        minimum, as transformers builds it for eager attention)."""
+        out = layer(hidden, attention_mask=additive_mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    def classify(self, hf_model, hidden):
+        """A sequence classifier's logits from the last hidden states: the head on the first token's row."""
+        import torch
+
+        dense, output = self.head(hf_model)
+        activation = torch.tanh if self.head_activation == "tanh" else torch.nn.functional.gelu
+        return output(activation(dense(hidden[:, 0])))
 
     def position_pad(self, config: Mapping[str, Any]) -> int | None:
         """The pad id when position ids count non-pad tokens (`positions_skip_padding`), None for 0..n-1."""

@@ -13,4 +13,5 @@ class Bert(Architecture):
     config_class = "BertConfig"
     base = "bert"
     integer_only = True
+    early_exit = True
     token_elimination = True

@@ -32,4 +32,5 @@ class Roberta(Architecture):
     head_dense_path = "classifier.dense"
     head_output_path = "classifier.out_proj"
     integer_only = True
+    early_exit = True
     token_elimination = True  # BERT's layer code (transformers copies it): tests/test_eliminate_tokens.py

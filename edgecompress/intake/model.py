@@ -63,6 +63,9 @@ class ModelBundle:
     # Tolerance of artifact parity for a model that is not float (an integer-only model: one least-significant
     # bit of its output scale); None: the float tolerance, FLOAT_PARITY_ATOL.
     parity_atol: float | None = None
+    # Early exit (compress/early_exit.py): the trained ramps, policy and threshold (an exits.ramps.ExitRamps);
+    # the package stage then ships the model as segments beside the whole-model artifacts. None: no exits.
+    exits: Any = None
 
     @property
     def kind(self) -> str:

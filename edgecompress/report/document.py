@@ -104,6 +104,8 @@ class Report:
     # Latency per op type: the device estimate, and onnxruntime's profiler on the host when measured
     # (measure/op_breakdown.py); drawn in report.html.
     op_latency: dict[str, Any] | None = None
+    # Early exit (exits/ship.py): the policy, the segments, and per threshold accuracy and mean latency.
+    early_exit: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -139,6 +141,10 @@ def render_markdown(report: Report) -> str:
     lines += _artifact_table(report)
     lines += _bucket_lines(report)
     lines += _audit_lines(report)
+    if report.early_exit:
+        from edgecompress.exits.ship import markdown
+
+        lines += markdown(report.early_exit)
     lines += [
         "",
         "## Budgets",

@@ -83,6 +83,8 @@ def write_html(
         parts.append(_search_table(search_rows))
     parts.append(_budget_table(report))
     parts.append(_ops_section(report, folder))
+    if report.get("early_exit"):
+        parts.append(_early_exit_section(report["early_exit"]))
     parts.append(_pass_table(report))
     parts.append(_notes(report))
     page = f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(_title(report))}</title>"
@@ -196,6 +198,15 @@ def _ops_section(report: dict[str, Any], folder: Path) -> str:
         + "</p>"
         + _table(["op type", "estimated ms (device)", "measured ms (this host)"], rows)
     )
+
+
+def _early_exit_section(early_exit: dict[str, Any]) -> str:
+    from edgecompress.exits.ship import sweep_table, title
+
+    header, rows, how = sweep_table(early_exit)
+    notes = "".join(f"<li>{escape(sentence)}</li>" for sentence in how)
+    table = _table(header, [[escape(cell) for cell in row] for row in rows])
+    return f"<h2>{escape(title(early_exit))}</h2><ul class='muted'>{notes}</ul>{table}"
 
 
 def _pass_table(report: dict[str, Any]) -> str:

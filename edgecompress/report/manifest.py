@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from edgecompress.backends import backend_for
+from edgecompress.exits.ship import exits_manifest
 from edgecompress.report.document import Report
 
 _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 3: "int8", 2: "uint8"}
@@ -102,8 +103,8 @@ def build_manifest(
             "scores": _scores(report),
         },
         "device": profile.name,
-        "inputs": [_value_spec(v) for v in graph.graph.input],
-        "outputs": [_value_spec(v) for v in graph.graph.output if v.name == bundle.output_name],
+        "inputs": [value_spec(v) for v in graph.graph.input],
+        "outputs": [value_spec(v) for v in graph.graph.output if v.name == bundle.output_name],
         "tokenizer": {
             "files": tokenizer_files,
             "lowercase": settings.lowercase,
@@ -135,6 +136,7 @@ def build_manifest(
         "budgets": profile.to_dict()["budgets"],
         "verdicts": {a.file: [v.__dict__ for v in a.verdicts] for a in report.artifacts},
         "passed": report.passed,
+        **({"early_exit": exits_manifest(report.early_exit)} if report.early_exit else {}),
     }
 
 
@@ -150,7 +152,7 @@ def _scores(report: Report) -> dict | None:
     }
 
 
-def _value_spec(value) -> dict:
+def value_spec(value) -> dict:
     tensor = value.type.tensor_type
     shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
     return {"name": value.name, "dtype": _DTYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape}
