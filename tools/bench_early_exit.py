@@ -35,12 +35,9 @@ from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log  # noqa: E402
 
 SEQ_LEN = 128
-GRAPH_PASSES = "".join(
-    f'\n[[graph]]\npass = "{name}"\n'
-    for name in ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes", "fold_constants")
-)
 RUNTIMES = ("onnxruntime", "litert")
 WHOLE_MODEL = {"onnxruntime": "model.onnx", "litert": "model.tflite"}
 
@@ -51,8 +48,8 @@ def main() -> None:
     show_progress_on_stderr()
     args.work.mkdir(parents=True, exist_ok=True)
     splits = example_assets.rotten_tomatoes_dir()
-    train = limited(splits / "train.csv", args.limit, args.work, "train")
-    test = limited(splits / "test.csv", args.eval_limit, args.work, "test")
+    train = first_rows(splits / "train.csv", args.limit, args.work, "train")
+    test = first_rows(splits / "test.csv", args.eval_limit, args.work, "test")
     load_before = load_average()
     for quantize in args.quantize:
         device = args.work / quantize / "bench.toml"
@@ -78,20 +75,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def limited(csv_path: Path, limit: int, work: Path, name: str) -> Path:
-    if not limit:
-        return csv_path
-    path = work / f"{name}-{limit}.csv"
-    example_assets.write_csv(path, example_assets.read_csv(csv_path)[:limit])
-    return path
-
-
 def export(policy: str, quantize: str, device: Path, train: Path, test: Path, splits: Path, args):
     threshold = 0.3 if policy == "entropy" else 2
     recipe = device.parent / f"early-exit-{policy}.toml"
     recipe.write_text(
         f'description = "early exit, {policy}"\n[[compress]]\npass = "early_exit"\npolicy = "{policy}"\n'
-        f"threshold = {threshold}\nepochs = {args.epochs}\n{GRAPH_PASSES}"
+        f"threshold = {threshold}\nepochs = {args.epochs}\n{FLOAT_GRAPH_PASSES}"
     )
     log(f"{policy}: exporting")
     start = time.perf_counter()
@@ -171,14 +160,6 @@ def target_line(report: dict, runtime: str, teacher_accuracy: float, whole_ms: f
 
 def size_mb(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f}" if path.is_file() else "-"
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,10 @@ from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES  # noqa: E402
 
 SEQ_LEN = 64
 VARIANTS = ("teacher float", "pruned, no recovery", "pruned + recovery")
-GRAPH_PASSES = "".join(
-    f'\n[[graph]]\npass = "{name}"\n'
-    for name in ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes", "fold_constants")
-)
 ONE_SHOT = (
     """description = "prune_heads 0.5 + prune_ffn 0.75 + trim_vocab, no recovery"
 [[compress]]
@@ -59,7 +56,7 @@ ratio = 0.75
 [[compress]]
 pass = "trim_vocab"
 """
-    + GRAPH_PASSES
+    + FLOAT_GRAPH_PASSES
 )
 
 

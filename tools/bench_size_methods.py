@@ -44,12 +44,9 @@ from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log  # noqa: E402
 
 SEQ_LEN = 128
-GRAPH_PASSES = "".join(
-    f'\n[[graph]]\npass = "{name}"\n'
-    for name in ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes", "fold_constants")
-)
 RECOVERY = "epochs = 1.0\n"
 VARIANTS = {
     "teacher": None,
@@ -69,7 +66,7 @@ def main() -> None:
     logging.getLogger("edgecompress.compress").setLevel(logging.INFO)
     args.work.mkdir(parents=True, exist_ok=True)
     splits = example_assets.rotten_tomatoes_dir()
-    train = limited(splits / "train.csv", args.limit, args.work)
+    train = first_rows(splits / "train.csv", args.limit, args.work, "train")
     rows = {name: export(name, recipe, splits, train, args) for name, recipe in VARIANTS.items()}
     latencies = measure_interleaved(rows, args)
     print(f"load average before timing: {args.load_before}; after: {load_average()}")
@@ -86,14 +83,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def limited(train_csv: Path, limit: int, work: Path) -> Path:
-    if not limit:
-        return train_csv
-    path = work / f"train-{limit}.csv"
-    example_assets.write_csv(path, example_assets.read_csv(train_csv)[:limit])
-    return path
-
-
 def export(name: str, compress: str | None, splits: Path, train: Path, args) -> dict:
     out_root, summary = args.work / name, args.work / f"{name}.json"
     if args.reuse and summary.is_file():
@@ -105,7 +94,7 @@ def export(name: str, compress: str | None, splits: Path, train: Path, args) -> 
     recipe = "default"
     if compress:
         recipe = str(args.work / f"{name}.toml")
-        Path(recipe).write_text(f'description = "{name}"\n{compress}{GRAPH_PASSES}')
+        Path(recipe).write_text(f'description = "{name}"\n{compress}{FLOAT_GRAPH_PASSES}')
     log(f"{name}: exporting")
     start = time.perf_counter()
     request = ExportRequest(
@@ -175,14 +164,6 @@ def print_table(rows: dict, p50: dict) -> None:
             f"| {100 * row['accuracy']:.2f}% | {agreement} "
             f"| {row['training_s']:.0f} |"
         )
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -55,15 +55,12 @@ from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log  # noqa: E402
 from bench_timing import weighted_rank  # noqa: E402
 
 SEQ_LEN = 128
 BUCKETS = [16, 32, 64, 128]
 RECOVERY = "epochs = 1.0\n"
-GRAPH_PASSES = "".join(
-    f'\n[[graph]]\npass = "{name}"\n'
-    for name in ("remove_training_nodes", "fuse_transformer", "attention_mask_value", "fix_shapes", "fold_constants")
-)
 
 
 def _eliminate(retention: str, recovery: str) -> str:
@@ -90,8 +87,8 @@ def main() -> None:
     logging.getLogger("edgecompress.compress").setLevel(logging.INFO)
     args.work.mkdir(parents=True, exist_ok=True)
     splits = example_assets.rotten_tomatoes_dir()
-    test = limited(splits / "test.csv", args.limit, args.work, "test")
-    train = limited(splits / "train.csv", args.limit or args.train_texts, args.work, "train")
+    test = first_rows(splits / "test.csv", args.limit, args.work, "test")
+    train = first_rows(splits / "train.csv", args.limit or args.train_texts, args.work, "train")
     lengths = text_lengths(test)
     log(f"test texts: {len(lengths)}, tokens mean {np.mean(lengths):.1f}, longest {max(lengths)}")
     rows = {name: export(name, spec, test, train, args) for name, spec in VARIANTS.items()}
@@ -111,14 +108,6 @@ def parse_args():
     parser.add_argument("--runs", type=int, default=20, help="timed runs per file, length and round")
     parser.add_argument("--reuse", action="store_true", help="keep exports already in --work")
     return parser.parse_args()
-
-
-def limited(csv: Path, limit: int, work: Path, name: str) -> Path:
-    if not limit:
-        return csv
-    path = work / f"{name}-{limit}.csv"
-    example_assets.write_csv(path, example_assets.read_csv(csv)[:limit])
-    return path
 
 
 def text_lengths(test: Path) -> list[int]:
@@ -146,7 +135,7 @@ def export(name: str, spec: tuple[str | None, bool], test: Path, train: Path, ar
     recipe = "default"
     if compress:
         recipe = str(args.work / f"{name}.toml")
-        Path(recipe).write_text(f'description = "{name}"\n{compress}{GRAPH_PASSES}')
+        Path(recipe).write_text(f'description = "{name}"\n{compress}{FLOAT_GRAPH_PASSES}')
     log(f"{name}: exporting")
     start = time.perf_counter()
     request = ExportRequest(
@@ -239,14 +228,6 @@ def print_table(rows: dict, p50: dict) -> None:
             f"| {bucketed[0] / ort:.2f}x / {bucketed[1] / lite:.2f}x "
             f"| {100 * row['accuracy']:.2f}% | {agreement} | {row['training_s']:.0f} ({row['pass_s']:.0f}) |"
         )
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
