@@ -349,14 +349,20 @@ def test_export_reports_an_empty_float_audit_inside_the_model(tiny_checkpoint, t
 # ---- the real MiniLM -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
+@pytest.fixture(scope="module")
+def minilm_integer(minilm_classifier):
+    """The real MiniLM (seq 32), its integer module calibrated on TEXTS, and that module's ONNX graph."""
     bundle = load_bundle(minilm_classifier)
     feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=32, input_names=bundle.input_names)
     model = bundle.module.hf_model
     integer = integer_bert(model, calibrate(model, feeds, rows=len(TEXTS), percentile=100.0), where="minilm")
+    return model, feeds, integer, integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
+
+
+@pytest.mark.slow
+def test_minilm_integer_graph_is_bit_exact(minilm_integer):
+    model, feeds, integer, graph = minilm_integer
     expected = torch_logits(integer, feeds, NAMES)
-    graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
     np.testing.assert_array_equal(ort_logits(graph, feeds, NAMES, optimize=True), expected)
     assert [op for _, op in float_nodes(graph)] == ["Cast", "Mul"]
     # The untrained head's logits are ~0.01: judge the encoder by its last hidden states instead.
@@ -369,16 +375,12 @@ def test_minilm_integer_graph_is_bit_exact(minilm_classifier, tmp_path):
 
 
 @pytest.mark.slow
-def test_minilm_integer_tflite_is_bit_exact(minilm_classifier, tmp_path):
+def test_minilm_integer_tflite_is_bit_exact(minilm_integer, tmp_path):
     """The real MiniLM's ranges (int64 LayerNorm sums, 24-bit requantizations, 384-wide rows) on LiteRT."""
     from edgecompress.backends.tflite.artifact import run_tflite_artifact
     from edgecompress.backends.tflite.lowering import lower_to_tflite
 
-    bundle = load_bundle(minilm_classifier)
-    feeds = tokenize(bundle.tokenizer, TEXTS, seq_len=32, input_names=bundle.input_names)
-    model = bundle.module.hf_model
-    integer = integer_bert(model, calibrate(model, feeds, rows=len(TEXTS), percentile=100.0), where="minilm")
-    graph = integer.to_onnx(feeds, input_names=NAMES, output_name="logits")
+    _, feeds, _, graph = minilm_integer
     fixed = FixShapes().run(graph, pass_context(seq_len=32, input_names=NAMES)).model
     path = tmp_path / "model.tflite"
     path.write_bytes(lower_to_tflite(fixed))
