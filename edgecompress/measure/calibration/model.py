@@ -108,26 +108,29 @@ def _columns(params: list[str], threads: list[int]) -> list[tuple[str, str]]:
     return columns
 
 
-def _coefficient(kind: str, param: str, work: Mapping[str, float], n: int) -> float:
-    if kind == SERIAL:
-        return work.get(param, 0.0)
-    if kind == PARALLEL:
-        return work.get(param, 0.0) / n
-    if param == NODE_HANDOFF:
-        return (n - 1) * sum(amount for key, amount in work.items() if key.endswith(".nodes"))
-    return (n - 1) * work.get(RUN, 0.0)
+def _unit_terms(param: str, n: int) -> list[tuple[tuple[str, str], float]]:
+    """One unit of `param` at `n` threads, in the unknowns: (column, factor). The one rule of the thread model,
+    read both ways: a benchmark's design row sums it over its work, a price sums it over the solution."""
+    terms = [((SERIAL, param), 1.0), ((PARALLEL, param), 1.0 / n)]
+    if param.endswith(".nodes"):
+        terms.append(((GROWTH, NODE_HANDOFF), n - 1.0))
+    elif param == RUN:
+        terms.append(((GROWTH, RUN), n - 1.0))
+    return terms
+
+
+def _design_row(work: Mapping[str, float], n: int, index: Mapping[tuple[str, str], int]) -> np.ndarray:
+    """A benchmark's coefficients on the unknowns (`index`: column -> position) at `n` threads."""
+    row = np.zeros(len(index))
+    for param, amount in work.items():
+        for column, factor in _unit_terms(param, n):
+            if column in index:
+                row[index[column]] += amount * factor
+    return row
 
 
 def _prices_from(solution: Mapping[tuple[str, str], float], params: list[str], n: int) -> dict[str, float]:
-    prices = {}
-    for param in params:
-        price = solution.get((SERIAL, param), 0.0) + solution.get((PARALLEL, param), 0.0) / n
-        if param.endswith(".nodes"):
-            price += (n - 1) * solution.get((GROWTH, NODE_HANDOFF), 0.0)
-        elif param == RUN:
-            price += (n - 1) * solution.get((GROWTH, RUN), 0.0)
-        prices[param] = price
-    return prices
+    return {p: sum(solution.get(column, 0.0) * factor for column, factor in _unit_terms(p, n)) for p in params}
 
 
 def fit_prices(works: Mapping[str, Mapping[str, float]], seconds: Mapping[int, Mapping[str, float]]) -> dict[int, Fit]:
@@ -140,7 +143,8 @@ def fit_prices(works: Mapping[str, Mapping[str, float]], seconds: Mapping[int, M
     rows = [(n, name) for n in threads for name in sorted(seconds[n])]
     params = sorted({p for _, name in rows for p, amount in works[name].items() if amount > 0})
     columns = _columns(params, threads)
-    design = np.array([[_coefficient(kind, p, works[name], n) for kind, p in columns] for n, name in rows])
+    index = {column: i for i, column in enumerate(columns)}
+    design = np.array([_design_row(works[name], n, index) for n, name in rows])
     measured = np.array([seconds[n][name] for n, name in rows])
     # Rows scaled by 1/measured: the residual of each row is the relative error. Columns scaled to unit norm
     # so that ops (~1e9) and nodes (~10) are on one footing for the solver; prices are unscaled after.
