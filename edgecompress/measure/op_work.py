@@ -78,6 +78,7 @@ OPS_PER_ELEMENT = {
 # kernels for these have no fast vector path, and division, remainder and int64 reductions cost several times an
 # add. Measured on an x86 host with onnxruntime 1.31's profiler on the integer-only MiniLM (ns per element: Add
 # 0.46, Where 1.3, BitShift 0.8, Div 2.2, ReduceSum 3.2, Mod 4.8); a calibration prices the class as a whole.
+INT_OPS_PER_ELEMENT = {"Where": 3, "BitShift": 2, "Div": 5, "ReduceSum": 7, "Mod": 10, "Cast": 0.7, "Abs": 0.8}
 # Element-wise kernels that ONNX Runtime splits across its intra-op threads, and from how many output elements:
 # the binary broadcast kernels (measured on ORT 1.2x, int32 and float alike: Add over 65,536 elements runs on one
 # thread, over 98,304 on two at 0.7x the time). Where, Cast, Abs, Min/Max, Mod and ReduceSum stayed on one thread
@@ -87,7 +88,6 @@ THREADED_ELEMENTWISE_OPS = {
     "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Xor",
 }  # fmt: skip
 THREADED_MIN_ELEMENTS = 65_536
-INT_OPS_PER_ELEMENT = {"Where": 3, "BitShift": 2, "Div": 5, "ReduceSum": 7, "Mod": 10, "Cast": 0.7, "Abs": 0.8}
 # Pure data movement: no arithmetic, but their bytes still cost time.
 DATA_MOVEMENT_OPS = {
     "Transpose",
@@ -212,11 +212,9 @@ def node_work(
     if op_class == "lstm":
         work.update(_lstm_work(node, shapes))
     elif op_class == "elementwise_int":  # priced per weighted element: its bytes add nothing the weights miss
-        work[_elementwise_ops_feature(node, shapes)] = float(_node_ops(node, shapes))
+        work[_ops_feature(node, op_class, shapes)] = float(_node_ops(node, shapes))
     elif op_class != "view":
-        work[_elementwise_ops_feature(node, shapes) if op_class == _ELEMENTWISE else "ops"] = float(
-            _node_ops(node, shapes)
-        )
+        work[_ops_feature(node, op_class, shapes)] = float(_node_ops(node, shapes))
         weights = weight_bytes(node, shapes, constants)
         work["bytes"] = float(node_bytes(node, shapes) - weights)
         if weights:
@@ -229,11 +227,11 @@ def node_work(
     return NodeWork(node.name or f"{node.op_type}#{index}", node.op_type, op_class, work)
 
 
-def _elementwise_ops_feature(node: onnx.NodeProto, shapes: Shapes) -> str:
+def _ops_feature(node: onnx.NodeProto, op_class: str, shapes: Shapes) -> str:
     """ "wide_ops" for an element-wise node that ONNX Runtime runs on all its threads, else "ops"."""
     output = node.output[0] if node.output else ""
-    threaded = node.op_type in THREADED_ELEMENTWISE_OPS and output in shapes
-    return "wide_ops" if threaded and numel(shapes, output) > THREADED_MIN_ELEMENTS else "ops"
+    threaded = op_class in (_ELEMENTWISE, "elementwise_int") and node.op_type in THREADED_ELEMENTWISE_OPS
+    return "wide_ops" if threaded and output in shapes and numel(shapes, output) > THREADED_MIN_ELEMENTS else "ops"
 
 
 def op_class_of(node: onnx.NodeProto, shapes: Shapes, constants: set[str] | frozenset = frozenset()) -> str:
