@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +37,10 @@ from edgecompress.intake.data import label_ids, load_dataset, tokenize  # noqa: 
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import cache_dir  # noqa: E402
 
-from bench_tflite import child_env, copy_head, last_line, log, percentile  # noqa: E402
+from bench_tflite import copy_head, export_ours, log, percentile  # noqa: E402
 
 RECIPES = {"float": "default", "integer-only": "integer-only"}
 FILES = {"onnxruntime": ("model.onnx", "ort_runner"), "litert": ("model.tflite", "litert_runner")}
-EXPORT_OK = (0, 3)  # 3: a budget missed; the artifacts are written all the same
 
 
 @dataclass
@@ -127,29 +124,9 @@ def export(out: Path, variant: str, recipe: str, profile: Path, texts: dict[str,
     folder = out / profile.stem
     if not (args.reuse and (folder / "report.json").is_file()):
         log(f"{variant}: edgecompress export --recipe {recipe}")
-        cmd = [
-            sys.executable,
-            "-c",
-            "from edgecompress.cli import main; main()",
-            "export",
-            str(args.teacher),
-            "--device",
-            str(profile),
-            "--recipe",
-            recipe,
-            "--data",
-            str(texts["export"]),
-            "--calibration",
-            str(texts["calibration"]),
-            "-o",
-            str(out),
-            "--no-measure",
-        ]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(REPO))
-        log(f"  exit {proc.returncode} after {time.perf_counter() - start:.0f} s")
-        if proc.returncode not in EXPORT_OK:
-            why = f"export failed: {last_line(proc.stderr) or f'exit {proc.returncode}'}"
+        failure = export_ours(args.teacher, profile, recipe, out, texts)
+        if failure is not None:
+            why = f"export failed: {failure}"
             return [File(variant, runtime, None, missing=why) for runtime in FILES]
     report = {a["file"]: a for a in json.loads((folder / "report.json").read_text())["artifacts"]}
     files = []
