@@ -96,6 +96,14 @@ class StageCache:
             key += (str(request.train_data), str(request.calibration), passes)
         return key
 
+    def get_trained(self, request: ExportRequest, recipe, seq_len: int):
+        """(model, pass records) the same torch passes made in an earlier export, or None (also without passes)."""
+        return self.trained.get(self.passes_key(request, recipe, seq_len)) if recipe.compress else None
+
+    def put_trained(self, request: ExportRequest, recipe, seq_len: int, compressed: Compressed) -> None:
+        if recipe.compress:
+            self.trained[self.passes_key(request, recipe, seq_len)] = (compressed.bundle, compressed.records)
+
     def get(self, key: tuple | None):
         from edgecompress.graph._quant_common import copy_model
 
@@ -184,18 +192,11 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     hit = cache.get(key) if cache is not None else None
     with clock.stage("compress") as summary:
         context = _pass_context(bundle, profile, calibration, train_data, tuning.kind)
-        trained = _trained(cache, request, recipe, seq_len) if not hit and recipe.compress else None
+        trained = cache.get_trained(request, recipe, seq_len) if cache is not None and not hit else None
         compressed = hit[0] if hit else _compress(recipe.compress, bundle, data, context, clock, trained)
-        if cache is not None and recipe.compress and not hit:
-            cache.trained[cache.passes_key(request, recipe, seq_len)] = (compressed.bundle, compressed.records)
-        reused = (
-            ", their model and reference outputs reused from an earlier export"
-            if hit
-            else ", their model reused from an earlier export (scored on these texts)"
-            if trained
-            else ""
-        )
-        summary.append(f"{len(recipe.compress)} passes{reused}")
+        if cache is not None and not hit:
+            cache.put_trained(request, recipe, seq_len, compressed)
+        summary.append(f"{len(recipe.compress)} passes{_reuse_note(hit, trained)}")
     with clock.stage("lower") as summary:
         lowered = hit[1] if hit else lower(compressed.bundle, compressed.feeds, compressed.reference)
         summary.append(f"{len(lowered.graph.node)} nodes" + (", reused from an earlier export" if hit else ""))
@@ -221,9 +222,10 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     return ExportResult(out_dir, report)
 
 
-def _trained(cache: StageCache | None, request: ExportRequest, recipe, seq_len: int):
-    """(model, pass records) the same torch passes made in an earlier export of this cache, or None."""
-    return cache.trained.get(cache.passes_key(request, recipe, seq_len)) if cache is not None else None
+def _reuse_note(hit, trained) -> str:
+    if hit:
+        return ", their model and reference outputs reused from an earlier export"
+    return ", their model reused from an earlier export (scored on these texts)" if trained else ""
 
 
 def _compress(passes, bundle, data, context: PassContext, clock: StageClock, trained=None) -> Compressed:
