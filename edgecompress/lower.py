@@ -43,32 +43,43 @@ def export_onnx(bundle, sample_feeds: dict) -> onnx.ModelProto:
     args = tuple(torch.from_numpy(sample_feeds[name][:1]) for name in bundle.input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in bundle.input_names}
     axes[bundle.output_name] = {0: "batch"}
+    try:
+        return torchscript_to_onnx(module, args, bundle.input_names, (bundle.output_name,), axes)
+    except Exception as exc:
+        raise UserError(
+            f"torch.onnx.export failed: {type(exc).__name__}: {str(exc)[:300]}",
+            where=str(bundle.source),
+            hint="the model may contain a layer the ONNX exporter cannot lower",
+        ) from None
+
+
+def torchscript_to_onnx(
+    module, args: tuple, input_names, output_names, dynamic_axes: dict, props: dict[str, str] | None = None
+) -> onnx.ModelProto:
+    """`module` through the TorchScript exporter (see the module docstring) at OPSET, into memory; IR version
+    capped at MAX_IR_VERSION; `converted_by` (and `props`) in the model's metadata."""
+    import onnx
+    import torch
+
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
-        try:
-            # torch's stub names only paths; the TorchScript exporter writes to any binary file object
-            torch.onnx.export(
-                module,
-                args,
-                buffer,  # type: ignore[arg-type]
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=list(bundle.input_names),
-                output_names=[bundle.output_name],
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
-        except Exception as exc:
-            raise UserError(
-                f"torch.onnx.export failed: {type(exc).__name__}: {str(exc)[:300]}",
-                where=str(bundle.source),
-                hint="the model may contain a layer the ONNX exporter cannot lower",
-            ) from None
+        # torch's stub names only paths; the TorchScript exporter writes to any binary file object
+        torch.onnx.export(
+            module,
+            args,
+            buffer,  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
     model = onnx.load_from_string(buffer.getvalue())
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     # producer_name stays "pytorch": ONNX Runtime's fuser checks it to pick its BERT patterns.
-    onnx.helper.set_model_props(model, {"converted_by": "edgecompress"})
+    onnx.helper.set_model_props(model, {"converted_by": "edgecompress", **(props or {})})
     return model
 
 

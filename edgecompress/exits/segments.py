@@ -10,16 +10,13 @@ after `share_layers`: each ONNX file then holds its own copy of a shared layer; 
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import torch
 
 from edgecompress.errors import VerificationError
 from edgecompress.exits import HIDDEN_IN, HIDDEN_OUT, LOGITS
 from edgecompress.exits.ramps import additive_mask, mean_pool
-from edgecompress.lower import MAX_IR_VERSION, OPSET
+from edgecompress.lower import torchscript_to_onnx
 
 
 class Segment(torch.nn.Module):
@@ -51,32 +48,14 @@ def segments(bundle) -> list[Segment]:
 
 
 def export_segment(segment: Segment, sample: dict[str, np.ndarray]):
-    """One segment as an ONNX graph with dynamic batch and sequence axes (TorchScript exporter, as lower.py)."""
-    import onnx
-
+    """One segment as an ONNX graph with dynamic batch and sequence axes (the TorchScript exporter, as lower.py)."""
     args = tuple(torch.from_numpy(sample[name]) for name in segment.input_names)
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in segment.input_names}
     axes[LOGITS] = {0: "batch"}
     if not segment.last:
         axes[HIDDEN_OUT] = {0: "batch", 1: "sequence"}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            segment.eval(),
-            args,
-            buffer,  # type: ignore[arg-type]
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=list(segment.input_names),
-            output_names=list(segment.output_names),
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
-    onnx.helper.set_model_props(model, {"converted_by": "edgecompress", "early_exit_segment": str(segment.index)})
-    return model
+    props = {"early_exit_segment": str(segment.index)}
+    return torchscript_to_onnx(segment.eval(), args, segment.input_names, segment.output_names, axes, props)
 
 
 def torch_chain(parts: list[Segment], feeds: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
