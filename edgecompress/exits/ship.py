@@ -168,20 +168,17 @@ def _tflite_bytes(graphs, seq_len: int) -> bytes:
     """One .tflite, signature `exit_<k>` per segment, each graph's shapes fixed to batch 1 and `seq_len` first
     (LiteRT's lowering takes fixed shapes only), through the same graph passes the whole model's graph uses. Int8
     segments run LiteRT's own per-row activation grid, as the whole model's .tflite does."""
-    from edgecompress.backends.tflite.lowering import lower_graph
-    from edgecompress.backends.tflite.writer import serialize_signatures
+    from edgecompress.backends.tflite.lowering import lower_to_tflite_signatures
     from edgecompress.passes import PassContext, apply_pass, registry
 
     context = PassContext(seq_len=seq_len, batch=1, dynamic_shapes=False)
     passes = [registry("graph")[name]() for name in ("fix_shapes", "fold_constants")]
-    parts, description = [], ""
+    named = []
     for k, graph in enumerate(graphs):
         for p in passes:
             graph, _ = apply_pass(p, graph, context)
-        lowering = lower_graph(graph)
-        description = description or lowering.description()
-        parts.append((signature_key(k), lowering.flat, lowering.inputs, lowering.outputs()))
-    return serialize_signatures(parts, description)
+        named.append((signature_key(k), graph))
+    return lower_to_tflite_signatures(named)
 
 
 def _tflite_chain(data: bytes, count: int, input_names, feeds) -> np.ndarray:

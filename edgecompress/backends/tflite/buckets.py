@@ -23,8 +23,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from edgecompress.backends.tflite.lowering import lower_graph, lower_to_tflite
-from edgecompress.backends.tflite.writer import serialize_signatures
+from edgecompress.backends.tflite.lowering import lower_to_tflite, lower_to_tflite_signatures
 from edgecompress.errors import InternalError
 
 SIGNATURE_PREFIX = "seq_"
@@ -45,13 +44,8 @@ def lower_to_tflite_buckets(graphs: Mapping[int, onnx.ModelProto], *, exact_dyna
     if len(graphs) == 1:
         [model] = graphs.values()
         return lower_to_tflite(model, exact_dynamic_int8=exact_dynamic_int8)
-    parts, description = [], None
-    for seq_len in sorted(graphs, reverse=True):
-        lowering = lower_graph(graphs[seq_len], exact_dynamic_int8=exact_dynamic_int8)
-        outputs = lowering.outputs()
-        description = description or lowering.description()
-        parts.append((signature_key(seq_len), lowering.flat, lowering.inputs, outputs))
-    return serialize_signatures(parts, description)
+    named = [(signature_key(seq_len), graphs[seq_len]) for seq_len in sorted(graphs, reverse=True)]
+    return lower_to_tflite_signatures(named, exact_dynamic_int8=exact_dynamic_int8)
 
 
 def _check_buckets(graphs: Mapping[int, onnx.ModelProto]) -> None:

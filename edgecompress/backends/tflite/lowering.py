@@ -48,6 +48,21 @@ def lower_to_tflite(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False)
     return lower_graph(model, exact_dynamic_int8=exact_dynamic_int8).finish()
 
 
+def lower_to_tflite_signatures(
+    named_graphs: list[tuple[str, onnx.ModelProto]], *, exact_dynamic_int8: bool = False
+) -> bytes:
+    """One `.tflite` with a signature per (key, graph), in that order (the first is subgraph 0, what `invoke()`
+    runs), constant buffers stored once by content (`writer.serialize_signatures`)."""
+    from edgecompress.backends.tflite.writer import serialize_signatures
+
+    parts, description = [], ""
+    for key, graph in named_graphs:
+        lowering = lower_graph(graph, exact_dynamic_int8=exact_dynamic_int8)
+        description = description or lowering.description()
+        parts.append((key, lowering.flat, lowering.inputs, lowering.outputs()))
+    return serialize_signatures(parts, description)
+
+
 def lower_graph(model: onnx.ModelProto, *, exact_dynamic_int8: bool = False) -> Lowering:
     """`model` walked into one TFLite subgraph, not yet serialized (see `lower_to_tflite`)."""
     from edgecompress.backends.tflite.legalize import legalize_for_tflite
