@@ -3,8 +3,11 @@ split, the load average they print beside each table, and their progress log on 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
+
+from edgecompress.logs import show_progress_on_stderr
 
 import example_assets
 
@@ -30,3 +33,12 @@ def load_average() -> str:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def show_progress(*, compress_steps: bool = False) -> None:
+    """Warnings only, the progress lines of long work (training steps with time left) on stderr, and with
+    `compress_steps` the compress passes' own INFO lines (pruning rounds, recovery)."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    show_progress_on_stderr()
+    if compress_steps:
+        logging.getLogger("edgecompress.compress").setLevel(logging.INFO)

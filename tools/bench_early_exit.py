@@ -20,7 +20,6 @@ Timing is only meaningful on a quiet machine (the load average is printed before
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -30,12 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgecompress.devices import derived_profile_text  # noqa: E402
-from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log, show_progress  # noqa: E402
 
 SEQ_LEN = 128
 RUNTIMES = ("onnxruntime", "litert")
@@ -44,8 +42,7 @@ WHOLE_MODEL = {"onnxruntime": "model.onnx", "litert": "model.tflite"}
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    show_progress_on_stderr()
+    show_progress(compress_steps=False)
     args.work.mkdir(parents=True, exist_ok=True)
     splits = example_assets.rotten_tomatoes_dir()
     train = first_rows(splits / "train.csv", args.limit, args.work, "train")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -34,14 +33,13 @@ import numpy as np  # noqa: E402
 
 from edgecompress.devices import derived_profile_text
 from edgecompress.intake.data import load_dataset, tokenize  # noqa: E402
-from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.paths import recipes_dir  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from bench_common import FLOAT_GRAPH_PASSES  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, show_progress  # noqa: E402
 
 SEQ_LEN = 64
 VARIANTS = ("teacher float", "pruned, no recovery", "pruned + recovery")
@@ -62,9 +60,7 @@ pass = "trim_vocab"
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    show_progress_on_stderr()  # training steps of recovery and distillation, with time left
-    logging.getLogger("edgecompress.compress").setLevel(logging.INFO)  # pruning rounds and recovery progress
+    show_progress(compress_steps=True)
     teacher = train_teacher.teacher_dir()
     splits = example_assets.rotten_tomatoes_dir()
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -38,13 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from edgecompress.devices import derived_profile_text  # noqa: E402
-from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log, show_progress  # noqa: E402
 
 SEQ_LEN = 128
 RECOVERY = "epochs = 1.0\n"
@@ -61,9 +59,7 @@ RUNTIMES = {"model.ort": "ort_runner", "model.tflite": "litert_runner"}
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    show_progress_on_stderr()
-    logging.getLogger("edgecompress.compress").setLevel(logging.INFO)
+    show_progress(compress_steps=True)
     args.work.mkdir(parents=True, exist_ok=True)
     splits = example_assets.rotten_tomatoes_dir()
     train = first_rows(splits / "train.csv", args.limit, args.work, "train")

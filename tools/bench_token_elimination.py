@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -49,13 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from edgecompress.devices import derived_profile_text  # noqa: E402
-from edgecompress.logs import show_progress_on_stderr  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
 from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log  # noqa: E402
+from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log, show_progress  # noqa: E402
 from bench_timing import weighted_rank  # noqa: E402
 
 SEQ_LEN = 128
@@ -82,9 +80,7 @@ RUNTIMES = {"model.ort": "ort_runner", "model.tflite": "litert_runner"}
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    show_progress_on_stderr()
-    logging.getLogger("edgecompress.compress").setLevel(logging.INFO)
+    show_progress(compress_steps=True)
     args.work.mkdir(parents=True, exist_ok=True)
     splits = example_assets.rotten_tomatoes_dir()
     test = first_rows(splits / "test.csv", args.limit, args.work, "test")
