@@ -3,7 +3,7 @@ kernel computing the very same integers as torch.
 
 Measured bounds (this file asserts slightly above them): i-GELU max |error| 1.81e-2 on [-8, 8]
 (I-BERT reports ~1.8e-2), i-exp 2.1e-3 on [-20, 0] (I-BERT ~1.9e-3), i-softmax 3.8e-3 with 8-bit output,
-i-tanh 5.3e-3 with int8 output, i-LayerNorm 1.23 int16 output steps, isqrt exact.
+i-tanh 5.3e-3 with int8 output, i-LayerNorm (int32) 24 int16 output steps.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from edgecompress.compress.integer_only.kernels import (
     i_linear,
     i_softmax,
     i_tanh,
-    isqrt,
     layernorm_params,
     linear_params,
     requantize,
@@ -165,20 +164,9 @@ def test_i_tanh_error_bound():
     assert (out.double() * out_scale - torch.tanh(q.double() * scale)).abs().max().item() < 6e-3
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 2**62 - 1))
-def test_isqrt_is_exact(n):
-    assert int(isqrt(TORCH, torch.tensor([n]))[0]) == math.isqrt(n)
-
-
-def test_isqrt_onnx_matches_math_isqrt_across_bit_lengths():
-    n = np.array([1, 2, 3, 4, 15, 16, 17, 2**31 - 1, 2**40 + 12345, 2**62 - 1], dtype=np.int64)
-    assert run_onnx(isqrt, n).tolist() == [math.isqrt(int(v)) for v in n]
-
-
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**16), st.floats(0.1, 30.0))
-def test_i_layernorm_error_within_2_output_steps(seed, spread):
+def test_i_layernorm_error_within_a_thousandth_of_the_output_range(seed, spread):
     generator = np.random.default_rng(seed)
     x = torch.from_numpy(generator.normal(0.3, spread, (16, 64)))
     x[:, 3] *= 10  # an outlier channel, as BERT has
@@ -187,7 +175,24 @@ def test_i_layernorm_error_within_2_output_steps(seed, spread):
     reference = torch.nn.functional.layer_norm(x, (64,), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-12)
     out_scale = reference.abs().max().item() / 32767
     out = i_layernorm(TORCH, q, layernorm_params(gamma, beta, out_scale, 16))
-    assert (out.double() * out_scale - reference).abs().max().item() <= 2 * out_scale
+    assert (out.double() * out_scale - reference).abs().max().item() <= 40 * out_scale  # 2^-9.7 of the range
+
+
+@pytest.mark.parametrize("n", [64, 384, 768])
+def test_i_layernorm_keeps_small_channels_beside_a_100x_outlier(n):
+    """BERT's residual rows carry a few channels far above the rest: the int32 program narrows each row to its
+    largest value, and the other channels must keep their precision (relative to their own range)."""
+    generator = np.random.default_rng(n)
+    x = torch.from_numpy(generator.normal(0.0, 1.0, (32, n)))
+    x[:, 5] = 100.0
+    gamma, beta = generator.uniform(0.2, 2.0, n), generator.normal(0, 0.2, n)
+    q = torch.round(x / (x.abs().max() / 2**19)).long()
+    reference = torch.nn.functional.layer_norm(x, (n,), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-12)
+    out_scale = reference.abs().max().item() / 32767
+    out = i_layernorm(TORCH, q, layernorm_params(gamma, beta, out_scale, 16)).double() * out_scale
+    rest = [j for j in range(n) if j != 5]
+    error = (out - reference)[:, rest].abs().max() / reference[:, rest].abs().max()
+    assert error.item() < 3e-3  # measured 1.3e-3 to 1.6e-3
 
 
 def test_i_linear_is_exact_integer_matmul_and_close_to_float():

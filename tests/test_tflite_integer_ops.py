@@ -56,7 +56,7 @@ def test_int64_div_by_constants_truncates_like_onnx(tmp_path):
 
 
 def test_int64_div_by_a_run_time_divisor_truncates_like_onnx(tmp_path):
-    """LayerNorm's division by a row's isqrt: one divisor per row, found at run time (trailing zeros, 2-adic
+    """A division by one divisor per row, found at run time (a wide softmax's row sum; trailing zeros, 2-adic
     inverse); odd, even, powers of two, 2^31 - 1, above 2^32, negative. The divisor is d + 1, so that the lowering's
     shape run on zeros divides by 1."""
     divisors = np.array([[1], [2], [3], [384], [2**31 - 1], [3 << 20], [1 << 40], [999983], [-6]], np.int64)

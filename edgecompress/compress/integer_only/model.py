@@ -22,9 +22,9 @@ import torch
 
 from edgecompress.architectures import architecture_of
 from edgecompress.compress.integer_only.kernels import (
-    ERF_ONE_BITS,
     TORCH,
     LinearParams,
+    gelu_table,
     layernorm_params,
     linear_params,
     quantize_float,
@@ -36,6 +36,7 @@ from edgecompress.compress.integer_only.program import (
     HIDDEN_BITS,
     LOGIT_BITS,
     RESIDUAL_BITS,
+    RESIDUAL_PART_BITS,
     EmbeddingPlan,
     HeadPlan,
     IntegerPlan,
@@ -194,10 +195,9 @@ def smoothed_linears(linears, channel_absmax: np.ndarray):
 
 
 # Bounds on the integers each requantization reads, from the bit widths of the program (`kernels.requantizer`
-# makes the multiplier int32 where they allow): int8 values, the 16-bit hidden states, GELU's product.
+# makes the multiplier int32 where they allow): int8 values, the 16-bit hidden states.
 INT8 = 127
 HIDDEN = 2 ** (HIDDEN_BITS - 1) - 1
-GELU_PRODUCT = (2 ** (GELU_BITS - 1) - 1) * 2 ** (ERF_ONE_BITS + 1)
 
 
 def _acc_bound(params: LinearParams) -> int:
@@ -217,7 +217,7 @@ def _layer_plan(family, layer, r: dict, hidden_scale: float, max_len: int) -> La
     ffn_in, ffn_out_linear = family.ffn(layer)
     (intermediate,), x_ffn = smoothed_linears([ffn_in], r["x_ffn"])
     s_gelu_in = _step(r["gelu_in"], GELU_BITS)
-    gelu_out_scale = s_gelu_in * _gelu_output_scale(s_gelu_in)
+    table, gelu_out_scale = gelu_table(s_gelu_in, GELU_BITS)
     (ffn_out,), s_gelu = smoothed_linears([ffn_out_linear], r["gelu_out"])
     s_res2, s_h2 = _step(r["res2"], RESIDUAL_BITS), _step(r["h2"], HIDDEN_BITS)
     norm2 = layer.get_submodule(family.ffn_norm_path)
@@ -235,30 +235,22 @@ def _layer_plan(family, layer, r: dict, hidden_scale: float, max_len: int) -> La
         to_context=requantizer(2.0**-8 * s_v / s_ctx, 255 * INT8 * max_len, 8),  # 8-bit probs x int8 V
         attn_out=attn_out,
         attn_residual=(
-            requantizer(attn_out.acc_scale / s_res1, _acc_bound(attn_out), None),
+            requantizer(attn_out.acc_scale / s_res1, _acc_bound(attn_out), RESIDUAL_PART_BITS),
             requantizer(hidden_scale / s_res1, HIDDEN, None),
         ),
         norm1=layernorm_params(_np(norm1.weight), _np(norm1.bias), s_h1, HIDDEN_BITS),
         to_ffn_input=requantizer(s_h1 / x_ffn, HIDDEN, 8),
         intermediate=intermediate,
         to_gelu=requantizer(intermediate.acc_scale / s_gelu_in, _acc_bound(intermediate), GELU_BITS),
-        gelu_scale=s_gelu_in,
-        from_gelu=requantizer(gelu_out_scale / s_gelu, GELU_PRODUCT, 8),
+        gelu_table=table,
+        from_gelu=requantizer(gelu_out_scale / s_gelu, int(np.abs(table).max()), 8),  # the table bounds GELU
         ffn_out=ffn_out,
         ffn_residual=(
-            requantizer(ffn_out.acc_scale / s_res2, _acc_bound(ffn_out), None),
+            requantizer(ffn_out.acc_scale / s_res2, _acc_bound(ffn_out), RESIDUAL_PART_BITS),
             requantizer(s_h1 / s_res2, HIDDEN, None),
         ),
         norm2=layernorm_params(_np(norm2.weight), _np(norm2.bias), s_h2, HIDDEN_BITS),
     )
-
-
-def _gelu_output_scale(input_scale: float) -> float:
-    """i-GELU's output scale relative to its input scale (it depends only on the input scale)."""
-    from edgecompress.compress.integer_only.kernels import i_gelu
-
-    _, scale = i_gelu(TORCH, torch.zeros(1, dtype=torch.long), input_scale)
-    return scale / input_scale
 
 
 def head_input_step(activation: str, ranges: dict) -> float:

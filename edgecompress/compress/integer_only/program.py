@@ -6,7 +6,7 @@ dequantization of the logits (one multiply by the output scale). Per layer:
 
     h (int16) -> int8 -> Q, K, V (int8) -> scores (int32) -> i-softmax (uint8) -> context (int8)
       -> dense (int32) + h -> residual (22-bit) -> i-LayerNorm -> h1 (int16)
-      -> int8 -> intermediate (int32) -> 16-bit -> i-GELU -> int8 -> dense (int32) + h1 -> i-LayerNorm -> h2
+      -> int8 -> intermediate (int32) -> 16-bit -> i-GELU (a table) -> int8 -> dense (int32) + h1 -> i-LayerNorm -> h2
 head: h[:, 0] -> int8 -> dense -> 16-bit -> i-tanh (int8 at 1/127), or -> int8 -> ReLU (DistilBERT's head)
       -> classifier (int32) -> 16-bit logits -> float
 
@@ -25,7 +25,6 @@ from edgecompress.compress.integer_only.kernels import (
     LayerNormParams,
     LinearParams,
     Multiplier,
-    i_gelu,
     i_layernorm,
     i_linear,
     i_softmax,
@@ -34,10 +33,13 @@ from edgecompress.compress.integer_only.kernels import (
 )
 
 HIDDEN_BITS = 16  # the residual stream between layers
-# A residual sum, as LayerNorm's input (I-BERT uses 22). 20 keeps LayerNorm's sum of squares below
-# 2^53 (onnxruntime's int64 ReduceSum is exact only there) even at 8x the calibrated range.
+# A residual sum, as LayerNorm's input (I-BERT uses 22): its calibrated range in 20 bits.
 RESIDUAL_BITS = 20
+# The dense layer's part of a residual sum is clipped at 4x the sum's calibrated range: a bound that lets its
+# requantization run in int32 and keeps LayerNorm's row sums within int32.
+RESIDUAL_PART_BITS = RESIDUAL_BITS + 2
 GELU_BITS = 14  # GELU's input, so that i-erf's square stays small
+GELU_TOP = 2 ** (GELU_BITS - 1) - 1  # the largest |GELU input|: the table's index offset
 LOGIT_BITS = 16  # the logits before the final dequantization
 
 
@@ -72,7 +74,7 @@ class LayerPlan:
     to_ffn_input: Multiplier
     intermediate: LinearParams
     to_gelu: Multiplier  # accumulator -> GELU input scale
-    gelu_scale: float
+    gelu_table: np.ndarray  # int32 [2^GELU_BITS - 1]: i-GELU at its input scale, at index input + GELU_TOP
     from_gelu: Multiplier  # GELU output scale -> int8
     ffn_out: LinearParams
     ffn_residual: tuple[Multiplier, Multiplier]
@@ -137,13 +139,13 @@ def encoder_layer(ops, plan: LayerPlan, h, key_mask, max_len: int | None = None)
     h1 = residual_norm(ops, i_linear(ops, context, plan.attn_out), h, plan.attn_residual, plan.norm1)
     x = requantize(ops, h1, plan.to_ffn_input, 8)
     gelu_in = requantize(ops, i_linear(ops, x, plan.intermediate), plan.to_gelu, GELU_BITS)
-    gelu, _ = i_gelu(ops, gelu_in, plan.gelu_scale)
+    gelu = ops.lookup(plan.gelu_table, ops.add(gelu_in, GELU_TOP))  # i-GELU, tabulated
     x = requantize(ops, gelu, plan.from_gelu, 8)
     return residual_norm(ops, i_linear(ops, x, plan.ffn_out), h1, plan.ffn_residual, plan.norm2)
 
 
 def residual_norm(ops, accumulator, skip, to_sum: tuple[Multiplier, Multiplier], norm: LayerNormParams):
-    total = ops.add(requantize(ops, accumulator, to_sum[0]), requantize(ops, skip, to_sum[1]))
+    total = ops.add(requantize(ops, accumulator, to_sum[0], RESIDUAL_PART_BITS), requantize(ops, skip, to_sum[1]))
     return i_layernorm(ops, total, norm)
 
 

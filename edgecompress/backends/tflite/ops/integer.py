@@ -163,7 +163,7 @@ def _exact_quotient(w: _Writer, m: int, d: int, constant: np.ndarray | None, d_s
     m / d = (m >> t) * o^-1 mod 2^64, because m >> t = (m / d) o exactly and the quotient fits int64.
     The 2-adic inverse o^-1 is Newton's x <- x (2 - o x) (each step doubles the correct low bits); LiteRT's int64
     MUL and SUB wrap modulo 2^64 (measured), which is the arithmetic the inverse lives in. A constant d has t
-    and o^-1 computed here; a run-time d (a row's isqrt in LayerNorm) counts its trailing zeros with FLOOR_MOD."""
+    and o^-1 computed here; a run-time d (a row sum found at run time) counts its trailing zeros with FLOOR_MOD."""
     if constant is not None:
         d64 = np.asarray(constant, dtype=np.int64)
         t = _trailing_zeros(d64)
