@@ -67,16 +67,21 @@ def test_every_value_lies_in_its_interval(emitted):
     assert len(names) > 300  # the whole program was watched
 
 
-def test_matmul_accumulators_and_their_bias_stay_int32(emitted):
-    """MatMulInteger's int32 accumulator plus an int32 bias fits int32 by its bound (127 x 255 x inner length),
-    so no Linear widens to int64 before its requantization."""
+def test_matmul_accumulators_requantize_in_int32_with_the_bias_folded(emitted):
+    """MatMulInteger's int32 accumulator goes straight into its requantization, whose rounding constant carries the
+    Linear's bias (no element-wise Add of its own), and everything computing on an accumulator stays int32 (the
+    context's head merge only moves it)."""
     ops, graph, _ = emitted
     consumers: dict[str, list] = {}
     for node in graph.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    weights = {t.name for t in graph.graph.initializer}
+    linears = [n.output[0] for n in graph.graph.node if n.op_type == "MatMulInteger" and n.input[1] in weights]
+    assert len(linears) == 6 * 2 + 2  # Q, K, V, attention output, FFN in and out per layer; the head's two
     accumulators = [n.output[0] for n in graph.graph.node if n.op_type == "MatMulInteger"]
-    biased = [node for name in accumulators for node in consumers.get(name, []) if node.op_type == "Add"]
-    assert len(biased) == 2 * 6 + 2  # Q, K, V, attention output, FFN in and out per layer; the head's two
-    assert all(ops.dtype_of(node.output[0]) == TensorProto.INT32 for node in biased)
+    readers = [node for name in accumulators for node in consumers.get(name, []) if node.op_type != "Transpose"]
+    wide = [(node.op_type, node.name) for node in readers if ops.dtype_of(node.output[0]) != TensorProto.INT32]
+    assert readers and not wide
+    assert not any(node.op_type == "Add" for name in linears for node in consumers.get(name, []))
     assert sum(ops.dtype_of(n.output[0]) == TensorProto.INT32 for n in graph.graph.node) > 100

@@ -28,10 +28,10 @@ import torch
 from edgecompress.errors import InternalError
 
 DYADIC_BITS = 24  # b in [2^23, 2^24]: relative error of a requantization multiplier <= 2^-24
-# An int32 requantization (`requantizer`): |q| * b stays within 2^29, leaving room for the rounding and the
-# offset that makes a floor non-negative; b (or a divisor d) keeps at least 7 bits, relative error <= 2^-8 (the
-# error of an int8 weight step; a gain error that small moves no prediction measurably).
-INT32_PRODUCT_BITS = 29
+# An int32 requantization (`requantizer`): |q| * b stays within 2^29.5, leaving room for the rounding and the
+# offset (2^30) that makes a floor non-negative; b (or a divisor d) keeps at least 7 bits, relative error <= 2^-8
+# (the error of an int8 weight step; a gain error that small moves no prediction measurably).
+INT32_PRODUCT_BITS = 29.5
 INT32_MIN_BITS = 7
 # LayerNorm runs in int32 (see `i_layernorm`): its normalized value (x - mean) / std at 2^-10, gamma in 14 bits
 # relative to the largest |gamma|. Bound: |normalized| <= 2 sqrt(n) 2^10 (< 2^15.3 for n = 384), times gamma
@@ -106,10 +106,10 @@ class TorchOps:
     def clip(self, a, low: int, high: int):
         return torch.clamp(a, low, high)
 
-    def clip_mul(self, a, limit, b):
-        """a clipped to [-limit, limit], then times b (limit and b: ints or per-channel vectors)."""
-        limit = torch.as_tensor(self._t(limit))
-        return torch.maximum(torch.minimum(a, limit), -limit) * self._t(b)
+    def clip_mul(self, a, low, high, b):
+        """a clipped to [low, high], then times b (each an int or a per-channel vector)."""
+        low, high = torch.as_tensor(self._t(low)), torch.as_tensor(self._t(high))
+        return torch.maximum(torch.minimum(a, high), low) * self._t(b)
 
     def abs(self, a):
         return torch.abs(a)
@@ -255,20 +255,36 @@ def _limit(limit: np.ndarray):
     return int(limit.max()) if limit.ndim == 0 or np.all(limit == limit.flat[0]) else limit
 
 
-def requantize(ops, q, m: Multiplier, bits: int | None = None):
-    """q at scale s_in -> round(q * s_in / s_out) at s_out, with m = s_in / s_out; clipped to signed `bits`.
+def requantize(ops, q, m: Multiplier, bits: int | None = None, bias=None):
+    """q (+ bias) at scale s_in -> round((q + bias) * s_in / s_out) at s_out, with m = s_in / s_out; clipped to
+    signed `bits`.
 
-    round half up: floor((q b + 2^(c-1)) / 2^c) for a dyadic m, floor((q + floor(d/2)) / d) for m = 1/d.
+    round half up: floor((q b + 2^(c-1)) / 2^c) for a dyadic m, floor((q + floor(d/2)) / d) for m = 1/d. A `bias`
+    (a per-channel vector: a linear layer's) joins the constants the rounding adds anyway, b * bias + 2^(c-1) or
+    bias + floor(d/2), and the limits move by it: one element-wise Add fewer than adding it to q first.
     """
+    bias = np.zeros((), dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
     if isinstance(m, Divisor):
         if m.limit is not None:
-            q = ops.clip(q, -m.limit, m.limit)
-        out = ops.floor_div(q, m.d, plus=np.asarray(m.d) // 2)
+            q = _clip_shifted(ops, q, m.limit, bias)
+        out = ops.floor_div(q, m.d, plus=np.asarray(m.d) // 2 + bias)
     elif m.limit is None:
-        out = ops.floor_shift(ops.mul(q, m.b), m.c, plus=m.half)
+        out = ops.floor_shift(ops.mul(q, m.b), m.c, plus=m.half + bias * m.b)
     else:
-        out = ops.floor_shift(ops.clip_mul(q, m.limit, m.b), m.c, plus=m.half)
+        out = ops.floor_shift(ops.clip_mul(q, -m.limit - bias, m.limit - bias, m.b), m.c, plus=m.half + bias * m.b)
     return out if bits is None else ops.clip(out, -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+
+
+def _clip_shifted(ops, q, limit, bias: np.ndarray):
+    """q + bias clipped to [-limit, limit], minus bias: q clipped to [-limit - bias, limit - bias]."""
+    if not bias.any():
+        return ops.clip(q, -limit, limit)
+    return ops.maximum(ops.minimum(q, limit - bias), -limit - bias)
+
+
+def linear_requantized(ops, x, params: LinearParams, m: Multiplier, bits: int | None = None):
+    """i_linear then requantize, with the bias folded into the requantization (see `requantize`)."""
+    return requantize(ops, ops.matmul(x, params.weight), m, bits, bias=params.bias)
 
 
 def i_poly(ops, q, scale: float, a: float, b: float, c: float):

@@ -57,6 +57,7 @@ class OnnxOps:
         self.initializers: list = []
         self._constants: dict = {}
         self._casts: dict = {}
+        self._shifted_u8: dict[str, str] = {}  # int8 value -> its uint8 form (+ 128) for MatMulInteger
         self._count = 0
         self.types: dict[str, int] = {}  # value name -> ONNX element type
         self.ranges: dict[str, tuple[int, int]] = {}  # value name -> interval of its integers
@@ -250,15 +251,15 @@ class OnnxOps:
             return self._arith("Clip", [a, low, high], (min(max(lo, low), high), max(min(hi, high), low)))
         return self.minimum(self.maximum(a, low), high)
 
-    def clip_mul(self, a, limit, b):
-        """a clipped to [-limit, limit], then times b, for per-channel (last axis) vectors limit and b: the product's
-        interval is the largest limit_j * b_j, where one interval per value would pair the largest of each."""
-        if np.ndim(limit) == 0:
-            return self.mul(self.clip(a, -int(limit), int(limit)), b)
-        limit = np.asarray(limit, dtype=np.int64)
-        clipped = self.maximum(self.minimum(a, limit), -limit)
-        widest = int(np.max(np.abs(limit * np.asarray(b, dtype=np.int64))))
-        return self._arith("Mul", [clipped, b], (-widest, widest))
+    def clip_mul(self, a, low, high, b):
+        """a clipped to [low, high], then times b, for per-channel (last axis) vectors: the product's interval is
+        the widest low_j b_j, high_j b_j, where one interval per value would pair the widest of each."""
+        if np.ndim(low) == 0 and np.ndim(high) == 0:
+            return self.mul(self.clip(a, int(low), int(high)), b)
+        low, high, b = (np.asarray(v, dtype=np.int64) for v in (low, high, b))
+        clipped = self.maximum(self.minimum(a, high), low)
+        ends = np.stack(np.broadcast_arrays(low * b, high * b))
+        return self._arith("Mul", [clipped, b], (int(ends.min()), int(ends.max())))
 
     def abs(self, a):
         lo, hi = self.interval(a)
@@ -308,17 +309,26 @@ class OnnxOps:
             return self._out(
                 self._node("Cast", [gathered], to=TensorProto.INT32), TensorProto.INT32, self.interval(table)
             )
-        dtype = TensorProto.INT32 if _fits32(self.interval(table)) else TensorProto.INT64
-        return self._out(self._node("Gather", [self._as(table, dtype), index]), dtype, self.interval(table))
+        interval = self._entries(table, index)
+        dtype = TensorProto.INT32 if _fits32(interval) else TensorProto.INT64
+        return self._out(self._node("Gather", [self._as(table, dtype), index]), dtype, interval)
+
+    def _entries(self, table, index) -> tuple[int, int]:
+        """The interval of the entries of a 1-D constant table that the index's interval can reach."""
+        table = np.asarray(table)
+        lo, hi = self.interval(index)
+        reached = table[max(lo, 0) : min(hi, len(table) - 1) + 1] if table.ndim == 1 and lo >= 0 else table
+        return self.interval(reached if reached.size else table)
 
     def lookup(self, table: np.ndarray, index):
         """table[index]: GatherElements on the flattened indices (onnxruntime 1.31's Gather of single elements is
         7x slower, measured on 196,608 lookups), reshaped back."""
         flat = self._node("Reshape", [index, self.constant(np.array([-1]))])
-        dtype = TensorProto.INT32 if _fits32(self.interval(table)) else TensorProto.INT64
+        interval = self._entries(table, index)
+        dtype = TensorProto.INT32 if _fits32(interval) else TensorProto.INT64
         gathered = self._node("GatherElements", [self._as(table, dtype), flat], axis=0)
         shaped = self._node("Reshape", [gathered, self._node("Shape", [index])])
-        return self._out(shaped, dtype, self.interval(table))
+        return self._out(shaped, dtype, interval)
 
     def matmul(self, a, b, *, a_unsigned: bool = False, terms: int | None = None):
         """MatMulInteger (int32 out): a as uint8 (signed a shifted by 128 with zero point 128, the fast u8s8 path),
@@ -333,9 +343,11 @@ class OnnxOps:
         dtype = self.dtype_of(a) if isinstance(a, str) else TensorProto.INT32
         if a_unsigned:
             a8, zero_point = self._node("Cast", [a], to=TensorProto.UINT8), None
-        else:
-            a8 = self._node("Cast", [self._node("Add", [a, self.constant(128, NUMPY[dtype])])], to=TensorProto.UINT8)
-            zero_point = self.constant(128, np.uint8)
+        else:  # shifted once per value: Q, K and V read the same input
+            if a not in self._shifted_u8:
+                shifted = self._node("Add", [a, self.constant(128, NUMPY[dtype])])
+                self._shifted_u8[a] = self._node("Cast", [shifted], to=TensorProto.UINT8)
+            a8, zero_point = self._shifted_u8[a], self.constant(128, np.uint8)
         b8 = self.constant(b, np.int8) if isinstance(b, np.ndarray) else self._node("Cast", [b], to=TensorProto.INT8)
         product = self._node("MatMulInteger", [a8, b8, zero_point] if zero_point else [a8, b8])
         return self._out(product, TensorProto.INT32, (-bound, bound))

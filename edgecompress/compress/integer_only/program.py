@@ -26,18 +26,18 @@ from edgecompress.compress.integer_only.kernels import (
     LinearParams,
     Multiplier,
     i_layernorm,
-    i_linear,
     i_softmax,
     i_tanh,
+    linear_requantized,
     requantize,
 )
 
 HIDDEN_BITS = 16  # the residual stream between layers
 # A residual sum, as LayerNorm's input (I-BERT uses 22): its calibrated range in 20 bits.
 RESIDUAL_BITS = 20
-# The dense layer's part of a residual sum is clipped at 4x the sum's calibrated range: a bound that lets its
+# The dense layer's part of a residual sum is clipped at 2x the sum's calibrated range: a bound that lets its
 # requantization run in int32 and keeps LayerNorm's row sums within int32.
-RESIDUAL_PART_BITS = RESIDUAL_BITS + 2
+RESIDUAL_PART_BITS = RESIDUAL_BITS + 1
 GELU_BITS = 14  # GELU's input, so that i-erf's square stays small
 GELU_TOP = 2 ** (GELU_BITS - 1) - 1  # the largest |GELU input|: the table's index offset
 LOGIT_BITS = 16  # the logits before the final dequantization
@@ -123,7 +123,7 @@ def encoder_layer(ops, plan: LayerPlan, h, key_mask, max_len: int | None = None)
     """One layer; `max_len` bounds the number of keys (the emitting backend types by it; None: unknown)."""
     x = requantize(ops, h, plan.to_attn_input, 8)
     q, k, v = (
-        requantize(ops, i_linear(ops, x, params), to_int8, 8)
+        linear_requantized(ops, x, params, to_int8, 8)
         for params, to_int8 in zip((plan.query, plan.key, plan.value), plan.to_qkv)
     )
     scores = ops.matmul(
@@ -136,25 +136,27 @@ def encoder_layer(ops, plan: LayerPlan, h, key_mask, max_len: int | None = None)
     values = ops.split_heads(v, plan.heads, plan.head_size)
     context = ops.matmul(probs, values, a_unsigned=True, terms=max_len)
     context = requantize(ops, ops.merge_heads(context, plan.heads * plan.head_size), plan.to_context, 8)
-    h1 = residual_norm(ops, i_linear(ops, context, plan.attn_out), h, plan.attn_residual, plan.norm1)
+    h1 = residual_norm(ops, context, plan.attn_out, h, plan.attn_residual, plan.norm1)
     x = requantize(ops, h1, plan.to_ffn_input, 8)
-    gelu_in = requantize(ops, i_linear(ops, x, plan.intermediate), plan.to_gelu, GELU_BITS)
+    gelu_in = linear_requantized(ops, x, plan.intermediate, plan.to_gelu, GELU_BITS)
     gelu = ops.lookup(plan.gelu_table, ops.add(gelu_in, GELU_TOP))  # i-GELU, tabulated
     x = requantize(ops, gelu, plan.from_gelu, 8)
-    return residual_norm(ops, i_linear(ops, x, plan.ffn_out), h1, plan.ffn_residual, plan.norm2)
+    return residual_norm(ops, x, plan.ffn_out, h1, plan.ffn_residual, plan.norm2)
 
 
-def residual_norm(ops, accumulator, skip, to_sum: tuple[Multiplier, Multiplier], norm: LayerNormParams):
-    total = ops.add(requantize(ops, accumulator, to_sum[0], RESIDUAL_PART_BITS), requantize(ops, skip, to_sum[1]))
+def residual_norm(ops, x, dense: LinearParams, skip, to_sum: tuple[Multiplier, Multiplier], norm: LayerNormParams):
+    """LayerNorm(dense(x) + skip), each part requantized to the sum's scale."""
+    part = linear_requantized(ops, x, dense, to_sum[0], RESIDUAL_PART_BITS)
+    total = ops.add(part, requantize(ops, skip, to_sum[1]))
     return i_layernorm(ops, total, norm)
 
 
 def classify(ops, plan: HeadPlan, h):
     x = requantize(ops, ops.first_token(h), plan.to_pool_input, 8)
-    dense = i_linear(ops, x, plan.pooler)
     if plan.activation == "tanh":
-        pooled, _ = i_tanh(ops, requantize(ops, dense, plan.to_activation, HIDDEN_BITS), plan.activation_scale)
+        dense = linear_requantized(ops, x, plan.pooler, plan.to_activation, HIDDEN_BITS)
+        pooled, _ = i_tanh(ops, dense, plan.activation_scale)
     else:  # relu: max(x, 0) on the int8 grid the classifier reads
-        pooled = ops.maximum(requantize(ops, dense, plan.to_activation, 8), 0)
-    logits = requantize(ops, i_linear(ops, pooled, plan.classifier), plan.to_logits, LOGIT_BITS)
+        pooled = ops.maximum(linear_requantized(ops, x, plan.pooler, plan.to_activation, 8), 0)
+    logits = linear_requantized(ops, pooled, plan.classifier, plan.to_logits, LOGIT_BITS)
     return ops.dequantize(logits, plan.logit_scale)
