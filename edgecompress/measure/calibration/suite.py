@@ -258,12 +258,14 @@ def _head_products(b: _Builder, shape: Shape, repeat: int) -> list[str]:
 
 def _integer_kernel(kind: str) -> Callable[[_Builder, Shape, int], list[str]]:
     """The integer-only recipe's own GELU, softmax and LayerNorm programs (compress/integer_only/kernels.py,
-    lowered as that recipe lowers them): int64 compare-and-select, division, shifts and sums, the op mix an
-    integer-only graph spends its time in."""
+    lowered as that recipe lowers them): int32 requantizations, table lookups, divisions, shifts and row sums,
+    the op mix an integer-only graph spends its time in. GELU is the model's: a requantization to the table's
+    input bits, then the table."""
 
     def build(b: _Builder, shape: Shape, repeat: int) -> list[str]:
         from edgecompress.compress.integer_only import kernels
         from edgecompress.compress.integer_only.lower import OnnxOps
+        from edgecompress.compress.integer_only.program import GELU_BITS, GELU_TOP
 
         ops = OnnxOps()
         if kind == "softmax":
@@ -274,11 +276,13 @@ def _integer_kernel(kind: str) -> Callable[[_Builder, Shape, int], list[str]]:
         # The interval the integer-only model's activations lie in (int32 accumulators): with none declared the
         # emitter assumes any int64, and a LayerNorm's row sum would not even fit int64.
         ops.declare(x, TensorProto.INT64, INTEGER_ACTIVATIONS)
+        table, _ = kernels.gelu_table(0.02, GELU_BITS)
+        to_gelu = kernels.requantizer(2.0**-9, max(INTEGER_ACTIVATIONS[1], int(np.abs(table).max())), GELU_BITS)
         for _ in range(repeat):  # chained: side by side on one input, the copies would be merged at load
             if kind == "gelu":
-                x = kernels.i_gelu(ops, x, 0.02)[0]
+                x = ops.lookup(table, ops.add(kernels.requantize(ops, x, to_gelu, GELU_BITS), GELU_TOP))
             elif kind == "softmax":
-                x = kernels.i_softmax(ops, x, 0.01, mask)[0]
+                x = kernels.i_softmax(ops, x, 0.01, mask, max_keys=shape.seq)[0]  # as the model bounds its keys
             else:
                 params = kernels.layernorm_params(np.ones(shape.hidden), np.zeros(shape.hidden), 0.05, 8)
                 x = kernels.i_layernorm(ops, x, params)
