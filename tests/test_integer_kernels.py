@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 from edgecompress.compress.integer_only.kernels import (
     TORCH,
+    TorchOps,
     dyadic,
     i_exp,
     i_gelu,
@@ -207,6 +208,19 @@ def test_i_linear_is_exact_integer_matmul_and_close_to_float():
     reference = x @ weight.T + bias
     sqnr = 10 * np.log10((reference**2).sum() / ((acc * params.acc_scale - reference) ** 2).sum())
     assert sqnr > 30
+
+
+def test_torch_backend_keeps_no_per_call_constants():
+    """A requantization with a bias makes new per-channel arrays on every call (the moved limits, the bias times
+    its multiplier): the eager backend's tensor cache must not keep them, or every forward grows it."""
+    ops = TorchOps()
+    m = requantizer(np.array([0.01, 0.02]), 10_000, 8)
+    q, bias = torch.tensor([[100, -200], [5000, 7]]), np.array([3, -4])
+    first = requantize(ops, q, m, 8, bias=bias)
+    cached = len(ops._constants)
+    for _ in range(5):
+        assert torch.equal(requantize(ops, q, m, 8, bias=bias), first)
+    assert len(ops._constants) == cached
 
 
 # ---- every kernel lowers to ONNX bit-exactly -------------------------------------------------------------
