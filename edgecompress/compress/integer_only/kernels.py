@@ -90,15 +90,12 @@ class TorchOps:
         return torch.div(self._t(a), self._t(d), rounding_mode="floor")
 
     def floor_shift(self, a, c, plus=0):
-        """floor((a + plus) / 2^c) for signed a and constants c >= 0, plus (ints or per-channel vectors)."""
+        """floor((a + plus) / 2^c) for signed a, c >= 0 and plus: constants (ints or per-channel vectors) or, for c
+        in [0, 30] and plus, per-row tensors."""
         return torch.bitwise_right_shift(self.add(a, plus), self._t(c))  # arithmetic shift on int64: floor
 
     def shift_right(self, a, z):
         """floor(a / 2^z) for a >= 0 and a tensor z in [0, 62]."""
-        return torch.bitwise_right_shift(torch.as_tensor(self._t(a)), z)
-
-    def shift_floor(self, a, z):
-        """floor(a / 2^z) for signed a and a tensor z in [0, 30] (an arithmetic shift)."""
         return torch.bitwise_right_shift(a, z)
 
     def minimum(self, a, b):
@@ -107,13 +104,13 @@ class TorchOps:
     def maximum(self, a, b):
         return torch.maximum(torch.as_tensor(self._t(a)), torch.as_tensor(self._t(b)))
 
-    def clip(self, a, low: int, high: int):
-        return torch.clamp(a, low, high)
+    def clip(self, a, low, high):
+        """a clipped to [low, high]: ints or per-channel vectors."""
+        return torch.maximum(torch.minimum(a, torch.as_tensor(self._t(high))), torch.as_tensor(self._t(low)))
 
     def clip_mul(self, a, low, high, b):
         """a clipped to [low, high], then times b (each an int or a per-channel vector)."""
-        low, high = torch.as_tensor(self._t(low)), torch.as_tensor(self._t(high))
-        return torch.maximum(torch.minimum(a, high), low) * self._t(b)
+        return self.clip(a, low, high) * self._t(b)
 
     def abs(self, a):
         return torch.abs(a)
@@ -138,9 +135,7 @@ class TorchOps:
     def gather(self, table, index):
         return self._t(table)[index]
 
-    def lookup(self, table: np.ndarray, index):
-        """table[index] for a 1-D integer table and indices in range."""
-        return self._t(table)[index]
+    lookup = gather  # one op here; the emitting backend writes large lookups differently (`OnnxOps.lookup`)
 
     def matmul(self, a, b, *, a_unsigned: bool = False, terms: int | None = None):
         """a @ b for int8 a (uint8 when `a_unsigned`) and int8 b; `terms`: the inner length (for emission)."""
@@ -269,8 +264,8 @@ def requantize(ops, q, m: Multiplier, bits: int | None = None, bias=None):
     """
     bias = np.zeros((), dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
     if isinstance(m, Divisor):
-        if m.limit is not None:
-            q = _clip_shifted(ops, q, m.limit, bias)
+        if m.limit is not None:  # q + bias within the limit
+            q = ops.clip(q, -m.limit - bias, m.limit - bias)
         out = ops.floor_div(q, m.d, plus=np.asarray(m.d) // 2 + bias)
     elif m.limit is None:
         out = ops.floor_shift(ops.mul(q, m.b), m.c, plus=m.half + bias * m.b)
@@ -279,15 +274,9 @@ def requantize(ops, q, m: Multiplier, bits: int | None = None, bias=None):
     return out if bits is None else ops.clip(out, -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
 
 
-def _clip_shifted(ops, q, limit, bias: np.ndarray):
-    """q + bias clipped to [-limit, limit], minus bias: q clipped to [-limit - bias, limit - bias]."""
-    if not bias.any():
-        return ops.clip(q, -limit, limit)
-    return ops.maximum(ops.minimum(q, limit - bias), -limit - bias)
-
-
 def linear_requantized(ops, x, params: LinearParams, m: Multiplier, bits: int | None = None):
-    """i_linear then requantize, with the bias folded into the requantization (see `requantize`)."""
+    """A linear layer (int8 x int8 -> int32 plus bias) requantized, the bias folded into the requantization (see
+    `requantize`)."""
     return requantize(ops, ops.matmul(x, params.weight), m, bits, bias=params.bias)
 
 
@@ -439,7 +428,7 @@ def rsqrt_table(big_r: int) -> np.ndarray:
 
 
 def rsqrt(ops, v, big_r: int):
-    """1 / sqrt(v) for v >= 0 as (r, t): 2^R / sqrt(v) ~ r / 2^t, r within 2^-17 or so, on one value per row.
+    """1 / sqrt(v) for v >= 0 as (r, t): 2^R / sqrt(v) ~ r / 2^t, r within about 2^-12, on one value per row.
 
     v = m 4^t with the mantissa m in [2^(B-2), 2^B) (B = RSQRT_BITS; t may be negative), r = table[m] in
     (2^(R - B/2), 2^(R - B/2 + 1)]: the caller shifts by t, where a shifted reciprocal would lose r's low bits.
@@ -473,7 +462,7 @@ def layernorm_params(gamma: np.ndarray, beta: np.ndarray, out_scale: float, out_
 def _round_to_bits(ops, x, bits, width: int):
     """(round(x / 2^z), z) per row, z = max(0, bits - width): the row's largest |x| (of `bits` bits) in `width`."""
     z = ops.clip(ops.sub(bits, width), 0, ROW_SHIFT_MAX)
-    return ops.clip(ops.shift_floor(ops.add(x, _half(ops, z)), z), -(2**width), 2**width), z
+    return ops.clip(ops.floor_shift(x, z, plus=_half(ops, z)), -(2**width), 2**width), z
 
 
 def _square_sum_bits(n: int) -> int:
@@ -490,8 +479,8 @@ def _half(ops, z):
 
 
 def _normalized_bound(n: int) -> int:
-    """|(x - mean) / std| <= sqrt(n) for the exact std; the integer std may be up to 2x smaller (it is >= 1 and
-    floors), so 2 sqrt(n), at 2^-LN_FRACTION_BITS."""
+    """|(x - mean) / std| <= sqrt(n) for the exact std; the integer one, from rounded values and a floored variance,
+    may be up to 2x smaller, so 2 sqrt(n), at 2^-LN_FRACTION_BITS."""
     return 2 * (math.isqrt(n) + 1) << LN_FRACTION_BITS
 
 
@@ -524,7 +513,7 @@ def i_layernorm(ops, q, params: LayerNormParams):
     # c / std = c' / (std(c'') 2^d) = c' r 2^(F/2 - R - t - d): the shift R - K - F/2 + t + d is >= 0 (t >= -B/2)
     constant = big_r - LN_FRACTION_BITS - VAR_FRACTION_BITS // 2 + drop
     shift = ops.clip(ops.add(t, constant), 0, ROW_SHIFT_MAX)
-    normalized = ops.shift_floor(ops.add(ops.mul(wide, reciprocal), _half(ops, shift)), shift)
+    normalized = ops.floor_shift(ops.mul(wide, reciprocal), shift, plus=_half(ops, shift))
     bound = _normalized_bound(n)
     affine = ops.add(ops.mul(ops.clip(normalized, -bound, bound), params.gamma), params.beta)
     return requantize(ops, affine, params.out, params.out_bits)
@@ -547,11 +536,6 @@ def linear_params(weight: np.ndarray, bias: np.ndarray | None, input_scale: floa
     bias = np.zeros(len(w_scale)) if bias is None else bias
     bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int64)
     return LinearParams(np.ascontiguousarray(weight_q.T), bias_q, acc_scale)
-
-
-def i_linear(ops, q, params: LinearParams):
-    """int8 x int8 -> int32 accumulation plus bias, at scale `params.acc_scale` (per output channel)."""
-    return ops.add(ops.matmul(q, params.weight), params.bias)
 
 
 def quantize_float(x: torch.Tensor, scale, bits: int) -> torch.Tensor:

@@ -170,7 +170,10 @@ class OnnxOps:
         Cast-BitShift-Cast 134 us), in int64 a BitShift as unsigned.
 
         The shift making it non-negative is the least power of two >= 2^max(c) above -min(a + plus) in int32,
-        2^62 in int64; it folds into the Add of `plus` and comes off again after the shift."""
+        2^62 in int64; it folds into the Add of `plus` and comes off again after the shift. A run-time c (and plus)
+        goes through `_floor_shift_by`."""
+        if isinstance(c, str):
+            return self._floor_shift_by(a if isinstance(plus, int) and plus == 0 else self.add(a, plus), c)
         c_iv, p_iv, a_iv = self.interval(c), self.interval(plus), self.interval(a)
         total = (a_iv[0] + p_iv[0], a_iv[1] + p_iv[1])
         result = _corners(lambda x, y: x >> y, total, c_iv)
@@ -217,7 +220,7 @@ class OnnxOps:
         )
         return self._out(self._node("Cast", [shifted], to=dtype), dtype, (lo >> zhi, hi >> zlo))
 
-    def shift_floor(self, a, z):
+    def _floor_shift_by(self, a, z):
         """floor(a / 2^z) for signed a and a tensor z in [0, 30]: a made non-negative by a power of two O that is a
         multiple of every 2^z, shifted as unsigned, and O / 2^z (from a table, indexed by z) taken off again."""
         lo, zhi = self.interval(a)[0], self.interval(z)[1]
@@ -243,7 +246,11 @@ class OnnxOps:
             return self._arith("Max", [a, b], interval)
         return self._out(self.where(self._compare("Greater", a, b), a, b), TensorProto.INT64, interval)
 
-    def clip(self, a, low: int, high: int):
+    def clip(self, a, low, high):
+        """a clipped to [low, high]: ints, or per-channel (last axis) vectors as Min and Max."""
+        if np.ndim(low) or np.ndim(high):
+            return self.maximum(self.minimum(a, np.asarray(high, dtype=np.int64)), np.asarray(low, dtype=np.int64))
+        low, high = int(low), int(high)
         lo, hi = self.interval(a)
         if isinstance(a, str) and low <= lo and hi <= high:  # its interval says it changes nothing: no node
             return a
@@ -257,9 +264,8 @@ class OnnxOps:
         if np.ndim(low) == 0 and np.ndim(high) == 0:
             return self.mul(self.clip(a, int(low), int(high)), b)
         low, high, b = (np.asarray(v, dtype=np.int64) for v in (low, high, b))
-        clipped = self.maximum(self.minimum(a, high), low)
         ends = np.stack(np.broadcast_arrays(low * b, high * b))
-        return self._arith("Mul", [clipped, b], (int(ends.min()), int(ends.max())))
+        return self._arith("Mul", [self.clip(a, low, high), b], (int(ends.min()), int(ends.max())))
 
     def abs(self, a):
         lo, hi = self.interval(a)
