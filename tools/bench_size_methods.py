@@ -25,10 +25,8 @@ synthetic inputs at 128 tokens, interleaved rounds so load hits every variant al
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,13 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from edgecompress.devices import derived_profile_text  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
-from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
-import train_teacher  # noqa: E402
-from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log, show_progress  # noqa: E402
+from bench_common import RUNTIMES, export_float, first_rows, load_average, log, show_progress  # noqa: E402
 
 SEQ_LEN = 128
 RECOVERY = "epochs = 1.0\n"
@@ -54,7 +49,6 @@ VARIANTS = {
     "trimmed-vocab": '[[compress]]\npass = "trim_vocab"\n',
     "shared-layers-2": '[[compress]]\npass = "share_layers"\ngroup = 2\nepochs = 0\n',
 }
-RUNTIMES = {"model.ort": "ort_runner", "model.tflite": "litert_runner"}
 
 
 def main() -> None:
@@ -80,45 +74,26 @@ def parse_args():
 
 
 def export(name: str, compress: str | None, splits: Path, train: Path, args) -> dict:
-    out_root, summary = args.work / name, args.work / f"{name}.json"
-    if args.reuse and summary.is_file():
-        log(f"{name}: reusing {out_root}")
-        return json.loads(summary.read_text())
-    device = args.work / "bench.toml"
-    text = derived_profile_text("pixel7", name="bench", seq_len=SEQ_LEN, artifacts=["ort", "tflite"])
-    device.write_text(text.replace('quantize = "dynamic-int8"', 'quantize = "none"'))
-    recipe = "default"
-    if compress:
-        recipe = str(args.work / f"{name}.toml")
-        Path(recipe).write_text(f'description = "{name}"\n{compress}{FLOAT_GRAPH_PASSES}')
-    log(f"{name}: exporting")
-    start = time.perf_counter()
-    request = ExportRequest(
-        model=train_teacher.teacher_dir(),
-        device=str(device),
-        out_root=out_root,
+    def extra(report) -> dict:
+        compressed = [p for p in report.passes if p["stage"] == "compress"]
+        return {
+            "training_s": sum(p["stats"].get("training_seconds", 0.0) for p in compressed),
+            "parameters": next(
+                (p["stats"]["parameters_after"] for p in report.passes if "parameters_after" in p["stats"]), None
+            ),
+        }
+
+    return export_float(
+        args.work,
+        name,
+        compress,
+        reuse=args.reuse,
+        seq_len=SEQ_LEN,
         data=splits / "test.csv",
         calibration=splits / "validation.csv",
         train_data=train,
-        recipe=recipe,
-        measure=False,
+        extra=extra,
     )
-    result = run_export(request)
-    report = result.report
-    ort = next(a for a in report.artifacts if a.kind == "ort")
-    row = {
-        "dir": str(result.out_dir),
-        "export_s": round(time.perf_counter() - start, 1),
-        "training_s": sum(p["stats"].get("training_seconds", 0.0) for p in report.passes if p["stage"] == "compress"),
-        "parameters": next(
-            (p["stats"]["parameters_after"] for p in report.passes if "parameters_after" in p["stats"]), None
-        ),
-        "accuracy": ort.accuracy.value,
-        "agreement": ort.agreement.value if ort.agreement else None,
-        "sizes_mb": {f: (result.out_dir / f).stat().st_size / 1e6 for f in RUNTIMES},
-    }
-    summary.write_text(json.dumps(row, indent=2) + "\n")
-    return row
 
 
 def measure_interleaved(rows: dict, args) -> dict:

@@ -35,11 +35,9 @@ test text), ~2 min of recovery for each of the three trained rows, ~1 min of sea
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,13 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from edgecompress.devices import derived_profile_text  # noqa: E402
 from edgecompress.measure.runner import run_runner  # noqa: E402
-from edgecompress.pipeline import ExportRequest, run_export  # noqa: E402
 
 import example_assets  # noqa: E402
 import train_teacher  # noqa: E402
-from bench_common import FLOAT_GRAPH_PASSES, first_rows, load_average, log, show_progress  # noqa: E402
+from bench_common import RUNTIMES, export_float, first_rows, load_average, log, show_progress  # noqa: E402
 from bench_timing import weighted_rank  # noqa: E402
 
 SEQ_LEN = 128
@@ -75,7 +71,6 @@ VARIANTS: dict[str, tuple[str | None, bool]] = {
     "keep-32-8": (_eliminate("[32, 16, 16, 8, 8]", RECOVERY), False),
     "search-99": (_eliminate('"search"\nagreement = 0.99', RECOVERY), False),
 }
-RUNTIMES = {"model.ort": "ort_runner", "model.tflite": "litert_runner"}
 
 
 def main() -> None:
@@ -117,49 +112,27 @@ def text_lengths(test: Path) -> list[int]:
 
 def export(name: str, spec: tuple[str | None, bool], test: Path, train: Path, args) -> dict:
     compress, bucketed = spec
-    out_root, summary = args.work / name, args.work / f"{name}.json"
-    if args.reuse and summary.is_file():
-        log(f"{name}: reusing {out_root}")
-        return json.loads(summary.read_text())
-    profile = "bench-buckets" if bucketed else "bench"
-    device = args.work / f"{profile}.toml"
-    buckets = BUCKETS if bucketed else [SEQ_LEN]
-    text = derived_profile_text(
-        "pixel7", name=profile, seq_len=SEQ_LEN, buckets=buckets, artifacts=["ort", "tflite"]
-    ).replace('quantize = "dynamic-int8"', 'quantize = "none"')
-    device.write_text(text)
-    recipe = "default"
-    if compress:
-        recipe = str(args.work / f"{name}.toml")
-        Path(recipe).write_text(f'description = "{name}"\n{compress}{FLOAT_GRAPH_PASSES}')
-    log(f"{name}: exporting")
-    start = time.perf_counter()
-    request = ExportRequest(
-        model=train_teacher.teacher_dir(),
-        device=str(device),
-        out_root=out_root,
+
+    def extra(report) -> dict:
+        elimination = next((p for p in report.passes if p["name"] == "eliminate_tokens"), None)
+        return {
+            "bucketed": bucketed,
+            "keep": elimination["stats"]["keep"] if elimination else None,
+            "training_s": elimination["stats"]["training_seconds"] if elimination else 0.0,
+            "pass_s": round(elimination["seconds"], 1) if elimination else 0.0,
+        }
+
+    return export_float(
+        args.work,
+        name,
+        compress,
+        reuse=args.reuse,
+        seq_len=SEQ_LEN,
+        buckets=BUCKETS if bucketed else None,
         data=test,
         train_data=train,
-        recipe=recipe,
-        measure=False,
+        extra=extra,
     )
-    result = run_export(request)
-    report = result.report
-    ort = next(a for a in report.artifacts if a.kind == "ort")
-    elimination = next((p for p in report.passes if p["name"] == "eliminate_tokens"), None)
-    row = {
-        "dir": str(result.out_dir),
-        "bucketed": bucketed,
-        "export_s": round(time.perf_counter() - start, 1),
-        "keep": elimination["stats"]["keep"] if elimination else None,
-        "training_s": elimination["stats"]["training_seconds"] if elimination else 0.0,
-        "pass_s": round(elimination["seconds"], 1) if elimination else 0.0,
-        "accuracy": ort.accuracy.value,
-        "agreement": ort.agreement.value if ort.agreement else None,
-        "sizes_mb": {f: (result.out_dir / f).stat().st_size / 1e6 for f in RUNTIMES},
-    }
-    summary.write_text(json.dumps(row, indent=2) + "\n")
-    return row
 
 
 def timed_lengths(row: dict, file: str, lengths: list[int]) -> dict[int, int]:
